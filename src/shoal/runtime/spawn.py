@@ -1,0 +1,94 @@
+"""Start ``n`` local worker processes in a fresh process group and collect their results.
+
+For tests, benchmarks and notebooks: ``spawn_local(fn, 4, *args)`` runs ``fn(*args)`` in four
+processes (``spawn`` start method, one thread each so 4 ranks do not oversubscribe a small
+machine) with ``RANK``/``WORLD_SIZE``/``MASTER_*`` set, so ``fn`` can call
+:func:`shoal.runtime.procgroup.init_from_env`. Returns the ranks' return values in rank order;
+a rank that raises, dies or outlives ``timeout_s`` fails the whole call with its rank named.
+Real jobs use ``shoal launch`` (torchrun) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(
+    rank: int, world: int, port: int, env: dict[str, str], fn: Callable, args: tuple, q: Any
+) -> None:
+    os.environ.update(env)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    try:
+        q.put((rank, True, fn(*args)))
+    except BaseException:  # report any failure to the parent, with its traceback
+        q.put((rank, False, traceback.format_exc()))
+    finally:
+        from shoal.runtime.procgroup import shutdown
+
+        shutdown()
+
+
+def spawn_local(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    timeout_s: float = 300.0,
+    env: dict[str, str] | None = None,
+) -> list[Any]:
+    """Run ``fn(*args)`` on ``world_size`` local ranks; see the module docstring."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    ctx = mp.get_context("spawn")
+    q = ctx.SimpleQueue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, env or {}, fn, args, q))
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(results) < world_size:
+            if not q.empty():
+                rank, ok, value = q.get()
+                if not ok:
+                    raise RuntimeError(f"rank {rank} failed:\n{value}")
+                results[rank] = value
+                continue
+            dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead and q.empty():
+                raise RuntimeError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode}")
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(world_size)) - set(results))
+                raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s")
+            time.sleep(0.01)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [results[r] for r in range(world_size)]

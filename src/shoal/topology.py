@@ -1,0 +1,159 @@
+"""Who talks to whom: communication graphs as mixing matrices.
+
+A :class:`Topology` over ``n`` nodes is a mixing matrix ``M`` (``[n, n]``, float64) whose row
+``i`` holds the weights node ``i`` gives to what it receives: one gossip step is
+``x_i <- sum_j M[i, j] x_j``. Undirected graphs get Metropolis-Hastings weights
+(Xiao & Boyd, "Fast linear iterations for distributed averaging", 2004), which are symmetric
+and doubly stochastic, as D-PSGD requires (Lian et al., NeurIPS 2017). Directed graphs, as
+Stochastic Gradient Push uses them (Assran et al., ICML 2019), are column-stochastic: node
+``j`` splits its mass over itself and its out-neighbours, and push-sum weights correct the bias.
+
+Time-varying graphs (SGP's one-peer exponential graph) are a cycle of topologies:
+``topology.at(step)`` gives the graph used at a step; a static graph returns itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A mixing matrix ``mixing_WW`` (see the module docstring) and, for stars, the hub."""
+
+    name: str
+    mixing_WW: torch.Tensor
+    hub: int | None = None
+    """The server of a star (federated) topology; ``None`` for peer-to-peer graphs."""
+    cycle: tuple[Topology, ...] = field(default=(), repr=False)
+    """For time-varying graphs: the topologies used at steps ``0, 1, ...`` (repeating)."""
+
+    def __post_init__(self) -> None:
+        m = self.mixing_WW
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"{self.name}: the mixing matrix must be square, got {tuple(m.shape)}")
+        if (m < 0).any():
+            raise ValueError(f"{self.name}: mixing weights must be non-negative")
+        if not torch.allclose(m.sum(0), torch.ones_like(m[0]), atol=1e-12):
+            raise ValueError(f"{self.name}: columns must sum to 1 (every node keeps its mass)")
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.mixing_WW.shape[0])
+
+    @property
+    def doubly_stochastic(self) -> bool:
+        return bool(torch.allclose(self.mixing_WW.sum(1), torch.ones(self.num_nodes).double()))
+
+    def at(self, step: int) -> Topology:
+        """The graph used at ``step`` (itself for a static graph)."""
+        return self.cycle[step % len(self.cycle)] if self.cycle else self
+
+    def in_neighbors(self, node: int) -> list[int]:
+        """Nodes whose messages ``node`` mixes in (excluding itself)."""
+        row = self.mixing_WW[node]
+        return [int(j) for j in torch.nonzero(row).flatten() if int(j) != node]
+
+    def out_neighbors(self, node: int) -> list[int]:
+        """Nodes that mix in what ``node`` sends (excluding itself)."""
+        col = self.mixing_WW[:, node]
+        return [int(i) for i in torch.nonzero(col).flatten() if int(i) != node]
+
+    def spectral_gap(self) -> float:
+        """``1 - |lambda_2|`` of the mixing matrix: how fast gossip averages (1 for complete)."""
+        ev = torch.linalg.eigvals(self.mixing_WW).abs().sort(descending=True).values
+        return float(1.0 - ev[1]) if self.num_nodes > 1 else 1.0
+
+
+def _check_n(n: int, least: int = 1) -> None:
+    if n < least:
+        raise ValueError(f"a topology needs at least {least} node(s), got {n}")
+
+
+def from_edges(n: int, edges: Sequence[tuple[int, int]], name: str = "graph") -> Topology:
+    """An undirected graph from its edge list, with Metropolis-Hastings weights."""
+    _check_n(n)
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    for i, j in edges:
+        if not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"{name}: edge ({i}, {j}) names a node outside [0, {n})")
+        if i != j:
+            adj[i, j] = adj[j, i] = True
+    deg = adj.sum(1)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for i, j in adj.nonzero().tolist():
+        m[i, j] = 1.0 / (1.0 + max(int(deg[i]), int(deg[j])))
+    m += torch.diag(1.0 - m.sum(1))
+    return Topology(name, m)
+
+
+def from_matrix(mixing_WW: torch.Tensor, name: str = "custom") -> Topology:
+    """A user-given mixing matrix (column-stochastic; doubly stochastic for D-PSGD)."""
+    return Topology(name, torch.as_tensor(mixing_WW, dtype=torch.float64).clone())
+
+
+def complete(n: int) -> Topology:
+    """Everyone averages with everyone: one gossip step is the exact mean."""
+    _check_n(n)
+    return Topology("complete", torch.full((n, n), 1.0 / n, dtype=torch.float64))
+
+
+def star(n: int, hub: int = 0) -> Topology:
+    """The federated server-client graph (the hub averages; used for cost accounting)."""
+    _check_n(n)
+    return Topology("star", complete(n).mixing_WW, hub=hub)
+
+
+def ring(n: int) -> Topology:
+    """Each node with its two ring neighbours, weights 1/3 (n >= 3)."""
+    _check_n(n)
+    return from_edges(n, [(i, (i + 1) % n) for i in range(n)], "ring")
+
+
+def torus(rows: int, cols: int) -> Topology:
+    """A 2-D torus (each node with 4 neighbours when rows, cols >= 3)."""
+    _check_n(rows * cols)
+    edges = []
+    for r in range(rows):
+        for c in range(cols):
+            i = r * cols + c
+            edges += [(i, r * cols + (c + 1) % cols), (i, ((r + 1) % rows) * cols + c)]
+    return from_edges(rows * cols, edges, "torus")
+
+
+def exponential(n: int) -> Topology:
+    """The static exponential graph: node ``i`` linked to ``i +- 2^k`` (undirected)."""
+    _check_n(n)
+    hops = [2**k for k in range(max(1, math.ceil(math.log2(max(n, 2)))))]
+    return from_edges(n, [(i, (i + h) % n) for i in range(n) for h in hops], "exponential")
+
+
+def one_peer_exponential(n: int) -> Topology:
+    """SGP's time-varying directed graph: at step ``t`` node ``i`` keeps half its mass and
+    pushes half to ``i + 2^(t mod log2 n)``. For ``n`` a power of two, ``log2 n`` consecutive
+    steps average exactly (Assran et al. 2019, Sec. 5)."""
+    _check_n(n)
+    periods = max(1, math.ceil(math.log2(n))) if n > 1 else 1
+    graphs = []
+    for k in range(periods):
+        m = torch.zeros(n, n, dtype=torch.float64)
+        for j in range(n):
+            m[j, j] += 0.5 if n > 1 else 1.0
+            if n > 1:
+                m[(j + 2**k) % n, j] += 0.5
+        graphs.append(Topology(f"one_peer_exponential[{k}]", m))
+    return Topology("one_peer_exponential", graphs[0].mixing_WW, cycle=tuple(graphs))
+
+
+TOPOLOGIES = {
+    "complete": complete,
+    "ring": ring,
+    "exponential": exponential,
+    "one_peer_exponential": one_peer_exponential,
+    "star": star,
+}
+"""Topologies built from the node count alone (``torus`` also needs its shape)."""
