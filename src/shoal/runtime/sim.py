@@ -19,6 +19,7 @@ size, and linear aggregators (the mean) keep only running sums of the messages.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,7 +31,7 @@ from shoal.functional import batch_loss
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, stack_states
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.transmit import transmit
-from shoal.types import ClientState
+from shoal.types import ClientState, Message
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -60,6 +61,21 @@ def _activation_numel_per_sample(model: nn.Module, x_1: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return max(total, 1)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What the server receives from one chunk of clients (see ``SimRuntime.train_clients``)."""
+
+    positions: np.ndarray
+    """The clients' places in the round's task."""
+    msg: Message
+    weights: torch.Tensor
+    uplink_bytes: int
+    loss_sum: np.ndarray
+    """Per client: summed per-sample loss over its local minibatches."""
+    samples: np.ndarray
+    """Per client: how many samples those minibatches held."""
 
 
 @dataclass
@@ -101,15 +117,33 @@ class SimRuntime:
         return fit if cap is None else min(fit, cap)
 
     def run_round(self, task: RoundTask, store: ClientStore) -> RoundResult:
-        steps = np.array([p.num_steps for p in task.plans])
-        # Longest-working clients first, so the still-active clients are always a prefix.
-        order = np.argsort(-steps, kind="stable")
         acc = Inbox(task.aggregator, task.spec.num_params, task.attack, task.byzantine)
-        dev = task.params_D.device
         losses = np.zeros(len(task.plans))
         samples = np.zeros(len(task.plans))
         uplink = 0
-        batch = max(p.index_TB.shape[1] for p in task.plans)
+        for ch in self.train_clients(task, store, np.arange(len(task.plans))):
+            acc.add(ch.msg, ch.weights, ch.positions)
+            losses[ch.positions], samples[ch.positions] = ch.loss_sum, ch.samples
+            uplink += ch.uplink_bytes
+        return RoundResult(
+            mean_msg=acc.result(),
+            train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
+            uplink_bytes=uplink,
+            client_train_loss=losses / np.maximum(samples, 1.0),
+        )
+
+    def train_clients(
+        self, task: RoundTask, store: ClientStore, positions: np.ndarray
+    ) -> Iterator[Chunk]:
+        """Train the task's clients at ``positions``, a chunk at a time, and transmit their
+        messages; yields what the server receives from each chunk."""
+        steps = np.array([p.num_steps for p in task.plans])
+        # Longest-working clients first, so the still-active clients are always a prefix.
+        order = positions[np.argsort(-steps[positions], kind="stable")]
+        dev = task.params_D.device
+        if len(order) == 0:
+            return
+        batch = max(task.plans[i].index_TB.shape[1] for i in order)
         vectorize = self.vectorized(task)
         chunk = self.chunk_size(task, batch) if vectorize else 1
         for start in range(0, len(order), chunk):
@@ -124,15 +158,8 @@ class SimRuntime:
             for j, c in enumerate(ids):
                 store.put(c, {k: v[j].clone() for k, v in new_state.items()})
             msg, sent = transmit(task.compressor, msg, ids, store.compressor, task.spec.num_params)
-            uplink += sent
-            acc.add(msg, torch.as_tensor(task.weights[pos], dtype=params.dtype, device=dev), pos)
-            losses[pos], samples[pos] = loss_sum, n
-        return RoundResult(
-            mean_msg=acc.result(),
-            train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
-            uplink_bytes=uplink,
-            client_train_loss=losses / np.maximum(samples, 1.0),
-        )
+            weights = torch.as_tensor(task.weights[pos], dtype=params.dtype, device=dev)
+            yield Chunk(pos, msg, weights, sent, loss_sum, n)
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
