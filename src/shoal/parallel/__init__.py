@@ -1,0 +1,56 @@
+"""Data-parallel and decentralized training: every worker holds its own shard and model.
+
+The same algorithm code runs with every worker stacked on a leading axis in one process
+(:class:`SimComm`) and with one worker per ``torch.distributed`` process (:class:`DistComm`,
+gloo on CPU, NCCL on GPU)::
+
+    comm = SimComm(8)                                   # or DistComm(init_from_env())
+    result = train_parallel(model, data, shards, dpsgd(0.1, ring(8)), ParallelConfig(500), comm)
+
+Methods: :func:`sync_sgd` (all-reduce SGD, optionally compressed), :func:`local_sgd`,
+:func:`dpsgd` (gossip), :func:`sgp` (push-sum), :func:`easgd` / :func:`eamsgd` (elastic
+averaging; asynchronous with a parameter server in distributed runs).
+"""
+
+from shoal.parallel.algorithms import (
+    DPSGD,
+    EASGD,
+    SGP,
+    LocalSGD,
+    SyncSGD,
+    dpsgd,
+    eamsgd,
+    easgd,
+    local_sgd,
+    sgp,
+    sync_sgd,
+)
+from shoal.parallel.base import GradFn, ParallelAlgorithm, State
+from shoal.parallel.comm import Comm, DistComm, SimComm
+from shoal.parallel.config import ParallelConfig, ParallelResult
+from shoal.parallel.graph import Neighbors
+from shoal.parallel.loop import train_parallel
+
+__all__ = [
+    "DPSGD",
+    "EASGD",
+    "SGP",
+    "Comm",
+    "DistComm",
+    "GradFn",
+    "LocalSGD",
+    "Neighbors",
+    "ParallelAlgorithm",
+    "ParallelConfig",
+    "ParallelResult",
+    "SimComm",
+    "State",
+    "SyncSGD",
+    "dpsgd",
+    "eamsgd",
+    "easgd",
+    "local_sgd",
+    "sgp",
+    "sync_sgd",
+    "train_parallel",
+]

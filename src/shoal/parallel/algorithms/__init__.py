@@ -1,0 +1,26 @@
+"""Data-parallel and decentralized training methods, one paper per module.
+
+Each is a frozen dataclass with ``name``, ``init(params_WD, comm)``, ``step(params_WD,
+grad_fn, state, comm, step)`` and ``model(params_WD, state)`` (see
+:mod:`shoal.parallel.base`), and a lower-case factory.
+"""
+
+from shoal.parallel.algorithms.dpsgd import DPSGD, dpsgd
+from shoal.parallel.algorithms.easgd import EASGD, eamsgd, easgd
+from shoal.parallel.algorithms.local_sgd import LocalSGD, local_sgd
+from shoal.parallel.algorithms.sgp import SGP, sgp
+from shoal.parallel.algorithms.sync_sgd import SyncSGD, sync_sgd
+
+__all__ = [
+    "DPSGD",
+    "EASGD",
+    "SGP",
+    "LocalSGD",
+    "SyncSGD",
+    "dpsgd",
+    "eamsgd",
+    "easgd",
+    "local_sgd",
+    "sgp",
+    "sync_sgd",
+]

@@ -1,0 +1,148 @@
+"""The protocol of a data-parallel / decentralized algorithm, and helpers they share.
+
+Every worker holds its own model copy and data shard and trains step by step. The loop
+(:func:`shoal.parallel.train_parallel`) calls, for ``step = 0, 1, ...``::
+
+    state = alg.init(params_WD, comm)                       # once
+    params_WD, state = alg.step(params_WD, grad_fn, state, comm, step)
+
+``params_WD`` stacks the models of the workers this process holds: all of them in simulation
+(:class:`~shoal.parallel.SimComm`), this process's one worker in distributed mode
+(:class:`~shoal.parallel.DistComm`), so the same algorithm code runs in both.
+
+``grad_fn(at_WD) -> grads_WD`` computes each local worker's minibatch gradient *at the given
+parameters* on this step's minibatch (the loop draws it before the call; calling twice gives
+the same batch). A closure rather than a precomputed gradient, because several methods do not
+differentiate at ``params_WD``: Stochastic Gradient Push at the de-biased ``z = x / w``,
+EAMSGD at the Nesterov look-ahead ``x + delta v``. After a call ``grad_fn.loss_W`` holds the
+workers' minibatch losses.
+
+All communication goes through ``comm`` (:class:`~shoal.parallel.Comm`); ``state`` is a dict
+of tensors with a leading ``W`` axis where they are per worker (momentum buffers, push-sum
+weights), plus whatever else the method keeps (compressor states, a message in flight).
+
+Algorithms also say which model is evaluated: ``model(params_WD, state) -> [W, D]`` (each
+worker's model, e.g. SGP's de-biased ``z``) or ``[1, D]`` (EASGD's centre). The loop averages
+the rows in simulation and takes the first row on rank 0 in distributed mode.
+
+Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from shoal.parallel.comm import Comm
+
+State = dict[str, Any]
+"""An algorithm's state: tensors (``[W, ...]`` when per worker) and small Python values."""
+
+
+class GradFn(Protocol):
+    """``grad_fn(at_WD) -> grads_WD`` on this step's minibatches (see the module docstring)."""
+
+    loss_W: torch.Tensor | None
+
+    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ParallelAlgorithm(Protocol):
+    """A data-parallel or decentralized training method (see the module docstring)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def init(self, params_WD: torch.Tensor, comm: Comm) -> State: ...
+
+    def step(
+        self, params_WD: torch.Tensor, grad_fn: GradFn, state: State, comm: Comm, step: int
+    ) -> tuple[torch.Tensor, State]: ...
+
+    def model(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        """The model(s) to evaluate: ``[W, D]`` per worker, or ``[1, D]`` for a centre."""
+        ...
+
+
+@runtime_checkable
+class ServerAlgorithm(ParallelAlgorithm, Protocol):
+    """A method that, in distributed runs, puts a parameter server on one rank (asynchronous
+    EASGD): the loop runs ``serve`` there and ``finish`` on the workers after their steps."""
+
+    def server_rank(self, comm: Comm) -> int | None:
+        """The server's rank with this ``comm``, or ``None`` when it runs without one."""
+        ...
+
+    def serve(
+        self, centre_D: torch.Tensor, comm: Comm, on_exchange: Callable[..., bool]
+    ) -> torch.Tensor:
+        """Serve the workers until all are done; returns the final centre."""
+        ...
+
+    def finish(self, params_WD: torch.Tensor, state: State, comm: Comm, step: int) -> torch.Tensor:
+        """Worker side: sign off; returns the final centre ``[1, D]``."""
+        ...
+
+
+class OwnModel:
+    """The common case: each worker's parameters are its model."""
+
+    @staticmethod
+    def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        return params_WD
+
+
+def check_positive(name: str, value: float) -> None:
+    """Learning rates and similar step sizes must be finite and positive."""
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_fraction(name: str, value: float, *, closed: bool = False) -> None:
+    """A coefficient in ``[0, 1)`` (``[0, 1]`` with ``closed=True``): momentum, decay."""
+    ok = isinstance(value, (int, float)) and value >= 0 and (value <= 1 if closed else value < 1)
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+
+
+def check_period(name: str, value: int) -> None:
+    """A number of steps between communications (local SGD's H, EASGD's tau)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def sgd_direction(
+    grads_WD: torch.Tensor,
+    params_WD: torch.Tensor,
+    momentum_WD: torch.Tensor | None,
+    *,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The step direction of ``torch.optim.SGD`` (dampening 0) and the new momentum buffer.
+
+    ``d = g + wd x``; ``m <- mu m + d``; direction ``d + mu m`` (Nesterov) or ``m``. The first
+    step sets ``m = d``, as PyTorch does; a zero buffer gives the same numbers.
+    """
+    d_WD = grads_WD + weight_decay * params_WD if weight_decay else grads_WD
+    if not momentum:
+        return d_WD, momentum_WD
+    assert momentum_WD is not None
+    m_WD = momentum * momentum_WD + d_WD
+    return (d_WD + momentum * m_WD if nesterov else m_WD), m_WD
+
+
+def resolve(value: Any) -> Any:
+    """A message in flight (anything with ``wait()``) becomes what it delivers."""
+    return value.wait() if hasattr(value, "wait") else value
+
+
+def settle(state: State) -> State:
+    """The state with every message in flight received: what a checkpoint can hold."""
+    return {k: resolve(v) for k, v in state.items()}

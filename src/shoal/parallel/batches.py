@@ -1,0 +1,142 @@
+"""Minibatches and gradients of the workers held by one process.
+
+Worker ``w`` draws its step-``t`` minibatch from its own shard with a generator seeded by
+``(seed, t, w)`` alone, so a simulation (all workers here), a distributed run (one worker per
+process) and a resumed run see the same batches. A batch is ``batch_size`` distinct rows of the
+shard (the whole shard when it is smaller); rows are drawn afresh every step.
+
+Gradients: stacked workers go through one ``vmap`` of the model's loss and one backward pass
+(the losses are independent, so the gradient of their sum w.r.t. worker ``w``'s parameters is
+worker ``w``'s gradient); convolutional models on the CPU, where ``vmap`` makes grouped
+convolutions that are no faster than a loop, and single workers use plain autograd per worker
+(see :class:`shoal.runtime.sim.SimRuntime`).
+
+Shape suffixes: ``W`` local workers, ``B`` batch, ``D`` flat parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from shoal.functional import LossFn, ParamSpec, batch_loss
+
+_BATCH_STREAM = 11  # keeps these generators apart from any other use of (seed, step, worker)
+
+
+def draw_positions(seed: int, step: int, worker: int, shard_size: int, batch_size: int):
+    """Positions (into the worker's shard) of its step-``step`` minibatch."""
+    rng = np.random.default_rng([seed, step, worker, _BATCH_STREAM])
+    return rng.choice(shard_size, size=min(batch_size, shard_size), replace=False)
+
+
+def uses_vmap(model: nn.Module, device: torch.device, num_local: int) -> bool:
+    if num_local == 1:
+        return False
+    conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return not (conv and device.type == "cpu")
+
+
+class LocalBatches:
+    """The rows of this process's workers' shards, on the device, and their minibatches."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        shards: Sequence[np.ndarray],
+        workers: Sequence[int],
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        local = [np.asarray(shards[w], dtype=np.int64) for w in workers]
+        rows = torch.from_numpy(np.concatenate(local)) if local else torch.zeros(0).long()
+        self.x, self.y = x[rows].to(device), y[rows].to(device)
+        self.offsets = np.cumsum([0] + [len(s) for s in local])[:-1]
+        self.sizes = [len(s) for s in local]
+        self.workers = tuple(workers)
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+
+    def samples(self) -> list[int]:
+        """Rows per step of each local worker."""
+        return [min(self.batch_size, n) for n in self.sizes]
+
+    def index(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index_WB, mask_WB)`` into ``self.x``: padding rows (shards smaller than the
+        batch) repeat row 0 of the shard and are masked out of the loss."""
+        b = max(self.samples())
+        index = np.zeros((len(self.workers), b), dtype=np.int64)
+        mask = np.zeros((len(self.workers), b), dtype=np.float32)
+        for i, (w, n, off) in enumerate(zip(self.workers, self.sizes, self.offsets)):
+            pos = draw_positions(self.seed, step, w, n, self.batch_size)
+            index[i, :] = off
+            index[i, : len(pos)] = off + pos
+            mask[i, : len(pos)] = 1.0
+        return torch.from_numpy(index).to(self.device), torch.from_numpy(mask).to(self.device)
+
+
+class Gradients:
+    """``grad_fn(at_WD) -> grads_WD`` on one step's minibatches (see :mod:`shoal.parallel.base`).
+
+    Also measures the compute time of each call, and emulates stragglers by sleeping
+    ``(factor - 1)`` times that long (``slowdown`` is the largest factor of the local workers).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ParamSpec,
+        loss_fn: LossFn,
+        batches: LocalBatches,
+        index_WB: torch.Tensor,
+        mask_WB: torch.Tensor,
+        vectorize: bool,
+        slowdown: float = 1.0,
+    ) -> None:
+        self.model, self.spec, self.loss_fn = model, spec, loss_fn
+        self.batches, self.index_WB, self.mask_WB = batches, index_WB, mask_WB
+        self.vectorize, self.slowdown = vectorize, slowdown
+        self.loss_W: torch.Tensor | None = None
+        self.compute_seconds = 0.0
+
+    def _loss(
+        self, named: dict[str, torch.Tensor], x_B: torch.Tensor, y_B: torch.Tensor, mask_B
+    ) -> torch.Tensor:
+        return batch_loss(self.model, self.loss_fn, named, x_B, y_B, mask_B)
+
+    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        grads_WD = self._vmapped(at_WD) if self.vectorize else self._looped(at_WD)
+        if grads_WD.is_cuda:
+            torch.cuda.synchronize(grads_WD.device)  # measure the compute, not the launch
+        spent = time.perf_counter() - t0
+        if self.slowdown > 1.0:
+            time.sleep((self.slowdown - 1.0) * spent)
+        self.compute_seconds += time.perf_counter() - t0
+        return grads_WD
+
+    def _vmapped(self, at_WD: torch.Tensor) -> torch.Tensor:
+        leaves = self.spec.leaves(at_WD)  # per-parameter [W, *shape] views, autograd leaves
+        x, y = self.batches.x[self.index_WB], self.batches.y[self.index_WB]
+        loss_W = torch.func.vmap(self._loss)(leaves, x, y, self.mask_WB)
+        grads = torch.autograd.grad(loss_W.sum(), tuple(leaves.values()))
+        self.loss_W = loss_W.detach()
+        w = at_WD.shape[0]
+        return torch.cat([g.reshape(w, -1) for g in grads], dim=1)
+
+    def _looped(self, at_WD: torch.Tensor) -> torch.Tensor:
+        rows, losses = [], []
+        for i in range(at_WD.shape[0]):
+            leaves = self.spec.leaves(at_WD[i])
+            idx = self.index_WB[i]
+            loss = self._loss(leaves, self.batches.x[idx], self.batches.y[idx], self.mask_WB[i])
+            grads = torch.autograd.grad(loss, tuple(leaves.values()))
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+            losses.append(loss.detach())
+        self.loss_W = torch.stack(losses)
+        return torch.stack(rows)

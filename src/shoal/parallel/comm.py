@@ -1,0 +1,164 @@
+"""Communication between workers, on stacked per-worker tensors.
+
+A :class:`Comm` moves rows of ``x_WD``, one row per worker held by this process:
+:class:`SimComm` holds every worker (``W = N``, one process), :class:`DistComm` holds one
+(``W = 1``, one ``torch.distributed`` process per worker). Algorithms written against
+``Comm`` therefore run unchanged in simulation and in real distributed training.
+
+Operations:
+
+- ``all_reduce_mean(x_WD) -> x_WD``: every row becomes the mean over all ``N`` workers.
+- ``all_gather(x_WD) -> x_ND``: every worker's row, in worker order.
+- ``all_reduce_payloads`` / ``all_gather_payloads``: the same for compressor payloads (sum of
+  the floating-point entries of summable payloads; every worker's payload, exactly as sent).
+- ``gossip(x_WD, topology) -> x_WD``: ``x_i <- sum_j M_ij x_j`` with ``M = topology.mixing_WW``,
+  by point-to-point messages to the graph's neighbours only.
+- ``neighbors(x_WD, topology)``: each worker's in-neighbours' rows, padded to the largest
+  in-degree, with a mask (for robust gossip, which aggregates them itself).
+- ``start_neighbors(x_WD, topology)``: the same, non-blocking: ``.wait()`` later gives the rows
+  (Overlap SGP consumes its messages one step late).
+
+``bytes_sent`` counts exactly the payload bytes this process's workers have sent, in the wire
+format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"values": x_D}``):
+one payload per destination for point-to-point messages, and one per worker for a collective
+(the payload it contributes; how the collective library relays it, e.g. ring all-reduce's
+``2(N-1)/N`` factor, is not counted). :class:`SimComm` counts all workers, :class:`DistComm`
+its own process; the loop sums them. ``sum_stats`` (metrics bookkeeping) is not counted.
+
+Shape suffixes: ``W`` local workers, ``N`` all workers, ``K`` in-neighbour slots, ``D`` flat
+parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from shoal.compress.base import Payload
+from shoal.compress.wire import payload_nbytes
+from shoal.parallel.dist_comm import DistComm
+from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
+from shoal.parallel.messages import check_rows, dense_nbytes, sum_floats
+from shoal.topology import Topology
+
+__all__ = ["Comm", "Delivered", "DistComm", "InFlight", "Neighbors", "SimComm", "dense_nbytes"]
+
+
+class InFlight(Protocol):
+    """Messages on their way: ``wait()`` gives what each local worker received."""
+
+    def wait(self) -> Neighbors: ...
+
+
+@runtime_checkable
+class Comm(Protocol):
+    """See the module docstring."""
+
+    world_size: int
+    workers: tuple[int, ...]
+    bytes_sent: int
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where this process's tensors live (``None``: wherever the caller puts them)."""
+        ...
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and reports (rank 0; always in simulation)."""
+        ...
+
+    def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor: ...
+
+    def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor: ...
+
+    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload: ...
+
+    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]: ...
+
+    def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor: ...
+
+    def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors: ...
+
+    def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> InFlight: ...
+
+    def graph(self, topology: Topology) -> InGraph:
+        """The in-neighbour tables of ``topology`` (checked against the number of workers)."""
+        ...
+
+    def sum_stats(self, values: Sequence[float]) -> list[float]: ...
+
+
+class Delivered:
+    """A message exchange that has already completed (simulation)."""
+
+    def __init__(self, received: Neighbors) -> None:
+        self.received = received
+
+    def wait(self) -> Neighbors:
+        return self.received
+
+
+class SimComm:
+    """Every worker in this process; messages are tensor indexing (see the module docstring)."""
+
+    def __init__(self, world_size: int) -> None:
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
+        self.world_size = world_size
+        self.workers = tuple(range(world_size))
+        self.bytes_sent = 0
+        self._graphs = GraphCache()
+
+    device = None
+    is_main = True
+
+    def __repr__(self) -> str:
+        return f"SimComm(world_size={self.world_size})"
+
+    def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
+        check_rows(x_WD, self.world_size, "all_reduce_mean")
+        self.bytes_sent += self.world_size * dense_nbytes(x_WD[0])
+        return x_WD.mean(0, keepdim=True).expand_as(x_WD).clone()
+
+    def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
+        check_rows(x_WD, self.world_size, "all_gather")
+        self.bytes_sent += self.world_size * dense_nbytes(x_WD[0])
+        return x_WD.clone()
+
+    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
+        if len(payloads) != self.world_size:
+            raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
+        self.bytes_sent += sum(payload_nbytes(p) for p in payloads)
+        return sum_floats(payloads)
+
+    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if len(payloads) != self.world_size:
+            raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
+        self.bytes_sent += sum(payload_nbytes(p) for p in payloads)
+        return list(payloads)
+
+    def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
+        check_rows(x_WD, self.world_size, "neighbors")
+        graph = self._graphs.get(topology, self.world_size)
+        row_bytes = dense_nbytes(x_WD[0])
+        self.bytes_sent += sum(len(o) for o in graph.outs) * row_bytes
+        source = graph.source_NK.to(x_WD.device)
+        mask = graph.mask_NK.to(x_WD.device)
+        rows_WKD = torch.where(mask.unsqueeze(-1), x_WD[source], 0.0)
+        return Neighbors(rows_WKD, mask)
+
+    def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> InFlight:
+        return Delivered(self.neighbors(x_WD, topology))
+
+    def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor:
+        received = self.neighbors(x_WD, topology)
+        return mix(x_WD, received, self._graphs.get(topology, self.world_size), self.workers)
+
+    def graph(self, topology: Topology) -> InGraph:
+        return self._graphs.get(topology, self.world_size)
+
+    def sum_stats(self, values: Sequence[float]) -> list[float]:
+        return [float(v) for v in values]

@@ -1,0 +1,221 @@
+"""DistComm: one worker per ``torch.distributed`` process (gloo on CPU, NCCL on GPU).
+
+The collective operations are ``torch.distributed`` collectives on this process's row. Gossip
+and ``neighbors`` are point-to-point: each process posts one ``isend`` per out-neighbour and one
+``irecv`` per in-neighbour in a single ``batch_isend_irecv`` (grouped for NCCL, so the order in
+which peers post cannot deadlock), and nothing else travels: on a ring every process talks to
+two peers, never to the whole group. Compressed payloads of unequal sizes (a threshold
+sparsifier) are gathered as raw bytes (``Tensor.view(torch.uint8)`` on the device, no host
+round trip) after their shapes. See :mod:`shoal.parallel.comm` for the semantics and for what
+``bytes_sent`` counts.
+
+Shape suffixes: ``W`` local workers (1 here), ``N`` all workers, ``K`` in-neighbour slots,
+``D`` flat parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from shoal.compress.base import Payload
+from shoal.compress.wire import payload_nbytes
+from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
+from shoal.parallel.messages import check_rows, dense_nbytes
+from shoal.runtime.procgroup import DistContext
+from shoal.topology import Topology
+
+
+class _Pending:
+    """Point-to-point messages posted by :meth:`DistComm.start_neighbors`."""
+
+    def __init__(
+        self, works: list[Any], bufs: list[torch.Tensor], sent: torch.Tensor, k: int, mask_WK
+    ) -> None:
+        self._works, self._bufs, self._sent = works, bufs, sent  # keep the send buffer alive
+        self._k, self._mask = k, mask_WK
+        self._received: Neighbors | None = None
+
+    def wait(self) -> Neighbors:
+        if self._received is None:
+            for w in self._works:
+                w.wait()
+            rows = self._sent.new_zeros(1, self._k, self._sent.numel())
+            for slot, buf in enumerate(self._bufs):
+                rows[0, slot] = buf
+            self._received = Neighbors(rows, self._mask)
+            self._works, self._bufs = [], []
+        return self._received
+
+
+class DistComm:
+    """This process's one worker in a process group joined with
+    :func:`shoal.runtime.procgroup.init_from_env` (see the module docstring)."""
+
+    def __init__(self, ctx: DistContext) -> None:
+        if not dist.is_initialized():
+            raise ValueError(
+                "DistComm needs a process group: call shoal.runtime.procgroup.init_from_env() "
+                "first (under torchrun, shoal launch or spawn_local)"
+            )
+        if ctx.world_size != dist.get_world_size() or ctx.rank != dist.get_rank():
+            raise ValueError("the DistContext does not describe the current process group")
+        self.ctx = ctx
+        self.rank = ctx.rank
+        self.world_size = ctx.world_size
+        self.workers: tuple[int, ...] = (ctx.rank,)
+        self.bytes_sent = 0
+        self._graphs = GraphCache()
+        # One collective up front: NCCL's first batched point-to-point call must otherwise
+        # involve every rank, which a sparse gossip graph does not.
+        dist.all_reduce(torch.zeros(1, device=ctx.device))
+
+    def __repr__(self) -> str:
+        return f"DistComm(rank={self.rank}, world_size={self.world_size}, {self.ctx.backend})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _row(self, x_WD: torch.Tensor, who: str) -> torch.Tensor:
+        check_rows(x_WD, 1, who)
+        if x_WD.device != self.device:
+            raise ValueError(f"{who}: tensor on {x_WD.device}, this process uses {self.device}")
+        return x_WD[0].detach().clone()  # contiguous, and safe to send while the caller goes on
+
+    # ---- collectives ---------------------------------------------------------------------
+
+    def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
+        buf_D = self._row(x_WD, "all_reduce_mean")
+        self.bytes_sent += dense_nbytes(buf_D)
+        dist.all_reduce(buf_D)
+        return (buf_D / self.world_size).unsqueeze(0)
+
+    def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
+        row_D = self._row(x_WD, "all_gather")
+        self.bytes_sent += dense_nbytes(row_D)
+        out = [torch.empty_like(row_D) for _ in range(self.world_size)]
+        dist.all_gather(out, row_D)
+        return torch.stack(out)
+
+    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
+        (payload,) = self._one(payloads)
+        self.bytes_sent += payload_nbytes(payload)
+        out = dict(payload)
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        for key, t in payload.items():
+            if t.is_floating_point():
+                by_dtype.setdefault(t.dtype, []).append(key)
+        for keys in by_dtype.values():  # one collective per dtype, not per entry
+            flat = torch.cat([payload[k].reshape(-1) for k in keys])
+            dist.all_reduce(flat)
+            at = 0
+            for k in keys:
+                n = payload[k].numel()
+                out[k] = flat[at : at + n].view_as(payload[k])
+                at += n
+        return out
+
+    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
+        (payload,) = self._one(payloads)
+        self.bytes_sent += payload_nbytes(payload)
+        dev = self.device
+        keys = list(payload)
+        # Shapes first (every worker's payload has the same entries, maybe different lengths).
+        dims = [d for k in keys for d in payload[k].shape]
+        shapes_ND = torch.tensor([dims], dtype=torch.int64, device=dev)
+        if dims:
+            gathered = [torch.empty_like(shapes_ND) for _ in range(self.world_size)]
+            dist.all_gather(gathered, shapes_ND)
+            shapes_ND = torch.cat(gathered)
+        else:
+            shapes_ND = shapes_ND.expand(self.world_size, 0)
+        per_worker = [_split_shapes(row.tolist(), payload) for row in shapes_ND]
+        lengths = [
+            sum(math.prod(s) * payload[k].element_size() for k, s in zip(keys, shp))
+            for shp in per_worker
+        ]
+        mine = _to_bytes(payload, dev)
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
+        padded[: mine.numel()] = mine
+        bufs = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(bufs, padded)
+        return [_from_bytes(buf, payload, shp) for buf, shp in zip(bufs, per_worker)]
+
+    def sum_stats(self, values: Sequence[float]) -> list[float]:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
+    # ---- point to point ------------------------------------------------------------------
+
+    def graph(self, topology: Topology) -> InGraph:
+        return self._graphs.get(topology, self.world_size)
+
+    def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> _Pending:
+        row_D = self._row(x_WD, "neighbors")
+        graph = self.graph(topology)
+        ins, outs = graph.ins[self.rank], graph.outs[self.rank]
+        bufs = [torch.empty_like(row_D) for _ in ins]
+        ops = [dist.P2POp(dist.isend, row_D, j) for j in outs]
+        ops += [dist.P2POp(dist.irecv, b, j) for b, j in zip(bufs, ins)]
+        works = dist.batch_isend_irecv(ops) if ops else []
+        self.bytes_sent += len(outs) * dense_nbytes(row_D)
+        mask_WK = graph.mask_NK[self.rank : self.rank + 1].to(self.device)
+        return _Pending(list(works), bufs, row_D, graph.max_in_degree, mask_WK)
+
+    def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
+        return self.start_neighbors(x_WD, topology).wait()
+
+    def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor:
+        received = self.neighbors(x_WD, topology)
+        return mix(x_WD, received, self.graph(topology), self.workers)
+
+    def send(self, payload: Payload, dst: int) -> None:
+        """Blocking send of a payload's tensors, in order, to rank ``dst``."""
+        for t in payload.values():
+            dist.send(t.contiguous(), dst)
+        self.bytes_sent += payload_nbytes(payload)
+
+    def recv(self, like: Payload, src: int) -> Payload:
+        """Blocking receive of a payload shaped like ``like`` from rank ``src``."""
+        out = {k: torch.empty_like(v) for k, v in like.items()}
+        for t in out.values():
+            dist.recv(t, src)
+        return out
+
+    def _one(self, payloads: Sequence[Payload]) -> Sequence[Payload]:
+        if len(payloads) != 1:
+            raise ValueError(f"DistComm holds one worker: expected 1 payload, got {len(payloads)}")
+        return payloads
+
+
+def _split_shapes(dims: list[int], payload: Payload) -> list[tuple[int, ...]]:
+    out, at = [], 0
+    for t in payload.values():
+        out.append(tuple(dims[at : at + t.ndim]))
+        at += t.ndim
+    return out
+
+
+def _to_bytes(payload: Payload, device: torch.device) -> torch.Tensor:
+    parts = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in payload.values()]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=device)
+
+
+def _from_bytes(buf: torch.Tensor, like: Payload, shapes: list[tuple[int, ...]]) -> Payload:
+    out, at = {}, 0
+    for (key, t), shape in zip(like.items(), shapes):
+        n = math.prod(shape) * t.element_size()
+        # clone(): a view to a wider dtype needs an aligned storage offset
+        out[key] = buf[at : at + n].clone().view(t.dtype).reshape(shape)
+        at += n
+    return out

@@ -1,0 +1,294 @@
+"""The data-parallel driver: ``train_parallel(model, data, shards, algorithm, config, comm)``.
+
+Every worker holds its own shard and model copy. Each step the loop draws every local worker's
+minibatch (keyed by ``(seed, step, worker)``, see :mod:`.batches`), hands the algorithm a
+gradient closure, and lets it step and communicate through ``comm``. The same code runs
+all workers in one process (:class:`SimComm`) or one worker per process (:class:`DistComm`).
+
+Every ``eval_every`` steps (and at the end) it logs a metrics row: ``step``, ``train_loss``
+(the workers' minibatch losses since the last row), ``test_loss`` / ``test_accuracy`` of the
+evaluated model (the workers' average in simulation, rank 0's model in distributed runs, the
+centre for EASGD), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
+``wall_seconds`` (training and evaluation) and ``samples_per_second`` (since the last row,
+training time only). In distributed runs the counters are summed with one small all-reduce
+per row and rank 0 evaluates and writes the files.
+
+Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
+received first), the counters and the rows so far, one file per rank; ``resume=True``
+restores them, and because every random choice is keyed by the step, a resumed run ends with
+the same parameters and metrics as an uninterrupted one (only the timings differ).
+
+The asynchronous form of EASGD runs differently: its last rank is the parameter server
+(:mod:`.server`), which evaluates the centre and writes the metrics; the worker ranks never
+wait for each other (see :mod:`.algorithms.deepspark`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from shoal.data.types import FederatedDataset
+from shoal.functional import LossFn, ParamSpec, cross_entropy
+from shoal.parallel import records
+from shoal.parallel.base import ParallelAlgorithm, ServerAlgorithm, State, settle
+from shoal.parallel.batches import Gradients, LocalBatches, uses_vmap
+from shoal.parallel.comm import Comm
+from shoal.parallel.config import ParallelConfig, ParallelResult
+from shoal.parallel.job import Callback, Job, Progress
+from shoal.parallel.server import run_server
+from shoal.runtime.sim import resolve_device
+
+
+def train_parallel(
+    model: nn.Module,
+    data: FederatedDataset,
+    shards: Sequence[np.ndarray],
+    algorithm: ParallelAlgorithm,
+    config: ParallelConfig,
+    comm: Comm,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    init: torch.Tensor | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callback: Callback | None = None,
+) -> ParallelResult:
+    """Train ``model`` on ``data`` split into ``shards`` (one index array per worker).
+
+    ``init``: the initial flat parameters of every worker (default: the model's). With
+    ``out_dir``, the reporting process writes ``metrics.jsonl``, ``model.pt`` and
+    ``summary.json`` there and every process its checkpoint; ``resume=True`` continues from
+    them. ``callback(row)`` is called with every metrics row. See the module docstring.
+    """
+    if not isinstance(algorithm, ParallelAlgorithm):
+        raise TypeError(f"algorithm must have name/init/step/model, got {type(algorithm)}")
+    if not isinstance(comm, Comm):
+        raise TypeError(f"comm must be a SimComm or DistComm, got {type(comm).__name__}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    dev = _device(config, comm)
+    model = model.to(dev)
+    spec = ParamSpec.of(model)
+    params_D = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
+    if params_D.shape != (spec.num_params,):
+        raise ValueError(f"init has shape {tuple(params_D.shape)}, expected ({spec.num_params},)")
+    server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
+    num_workers = comm.world_size - (server is not None)
+    _check_shards(shards, num_workers, len(data.train), server is not None)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    job = Job(model, spec, data, shards, algorithm, config, comm, loss_fn, out, callback)
+    if server is not None and job.rank == server:
+        return run_server(job, params_D, resume)
+    return _WorkerRun(job, dev).train(params_D, resume, asynchronous=server is not None)
+
+
+def _device(config: ParallelConfig, comm: Comm) -> torch.device:
+    if comm.device is None:
+        return resolve_device(config.device)
+    if config.device != "auto" and torch.device(config.device) != comm.device:
+        raise ValueError(
+            f"config.device={config.device!r} but this process's group uses {comm.device}; "
+            "leave device='auto' in distributed runs"
+        )
+    return comm.device
+
+
+def _check_shards(shards: Sequence[np.ndarray], num_workers: int, n: int, server: bool) -> None:
+    if len(shards) != num_workers:
+        extra = " (the last rank is the parameter server)" if server else ""
+        raise ValueError(f"got {len(shards)} shards for {num_workers} workers{extra}")
+    for w, idx in enumerate(shards):
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or len(idx) == 0:
+            raise ValueError(f"shard {w} must be a non-empty 1-D index array")
+        if idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"shard {w} has indices outside the training set [0, {n})")
+
+
+class _WorkerRun:
+    """The loop of the processes that hold workers (all of them, except EASGD's server)."""
+
+    def __init__(self, job: Job, dev: torch.device) -> None:
+        self.job, self.dev = job, dev
+        self.model, self.spec, self.algorithm = job.model, job.spec, job.algorithm
+        self.config, self.comm, self.loss_fn, self.out = job.config, job.comm, job.loss_fn, job.out
+        config, comm, data = job.config, job.comm, job.data
+        self.batches = LocalBatches(
+            data.train.x,
+            data.train.y,
+            job.shards,
+            comm.workers,
+            config.batch_size,
+            config.seed,
+            dev,
+        )
+        self.num_workers = len(job.shards)
+        self.vectorize = uses_vmap(job.model, dev, len(comm.workers))
+        self.slowdown = max(config.slowdown.get(w, 1.0) for w in comm.workers)
+        self.reports = comm.is_main
+        if self.reports:
+            self.x_test, self.y_test = data.test.x.to(dev), data.test.y.to(dev)
+        self.rows: list[dict[str, Any]] = []
+
+    def evaluated(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        models = self.algorithm.model(params_WD, state)
+        return models.mean(0) if len(self.comm.workers) == self.num_workers else models[0]
+
+    def train(self, params_D: torch.Tensor, resume: bool, asynchronous: bool) -> ParallelResult:
+        cfg, comm, alg, callback = self.config, self.comm, self.algorithm, self.job.callback
+        params_WD = params_D.expand(len(comm.workers), -1).clone()
+        state = alg.init(params_WD, comm)
+        prog = Progress()
+        ckpt = self.out / records.checkpoint_name(self.job.rank) if self.out is not None else None
+        if resume and ckpt is not None:
+            params_WD, state, prog = self._restore(ckpt)
+        if self.out is not None and self.reports and not asynchronous:
+            records.write_metrics(self.out / records.METRICS, self.rows)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.dev)
+        step_samples = float(sum(self.batches.samples()))
+        bar = tqdm(
+            range(prog.step, cfg.steps),
+            initial=prog.step,
+            total=cfg.steps,
+            desc=alg.name,
+            unit="step",
+            disable=not (cfg.progress and self.reports),
+        )
+        for step in bar:
+            t0 = time.perf_counter()
+            grad_fn = Gradients(
+                self.model,
+                self.spec,
+                self.loss_fn,
+                self.batches,
+                *self.batches.index(step),
+                self.vectorize,
+                self.slowdown,
+            )
+            params_WD, state = alg.step(params_WD, grad_fn, state, comm, step)
+            if grad_fn.loss_W is not None:
+                loss_acc += grad_fn.loss_W.double().sum()
+                prog.loss_count += len(comm.workers)
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+            spent = time.perf_counter() - t0
+            prog.step, prog.samples = step + 1, prog.samples + step_samples
+            prog.train_seconds += spent
+            prog.wall += spent
+            stop = bool(state.get("stop", False))
+            last = step + 1 == cfg.steps or stop
+            if not asynchronous and ((step + 1) % cfg.eval_every == 0 or last):
+                prog.loss_sum += float(loss_acc)
+                loss_acc.zero_()
+                row, reached = self._report(params_WD, state, prog)
+                stop = stop or reached
+                if row is not None:
+                    bar.set_postfix(acc=f"{row['test_accuracy']:.3f}")
+                    if callback is not None:
+                        callback(row)
+            if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or last or stop):
+                prog.loss_sum += float(loss_acc)
+                loss_acc.zero_()
+                self._save(ckpt, params_WD, state, prog)
+            if stop:
+                break
+        bar.close()
+        state = settle(state)  # no message left in flight when the run returns
+        if asynchronous:
+            assert isinstance(alg, ServerAlgorithm)
+            centre_1D = alg.finish(params_WD, state, comm, prog.step)
+            return ParallelResult(centre_1D[0], params_WD, state, self.spec, [], {})
+        final_D = self.evaluated(params_WD, state)
+        summary: dict[str, Any] = {}
+        if self.reports:
+            summary = records.summarize(
+                alg.name,
+                self.rows,
+                num_workers=self.num_workers,
+                num_params=self.spec.num_params,
+                samples=self.rows[-1]["samples"] if self.rows else 0.0,
+                train_seconds=prog.train_seconds,
+                target=prog.target(cfg),
+            )
+            if self.out is not None:
+                records.save_final(self.out, self.model, self.spec, final_D, summary)
+        return ParallelResult(final_D, params_WD, state, self.spec, self.rows, summary)
+
+    def _report(
+        self, params_WD: torch.Tensor, state: State, prog: Progress
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """One metrics row (on the reporting process) and whether the target was reached."""
+        t0 = time.perf_counter()
+        cfg, comm = self.config, self.comm
+        loss, count, samples, sent = comm.sum_stats(
+            [prog.loss_sum, prog.loss_count, prog.samples, comm.bytes_sent]
+        )
+        prog.loss_sum = prog.loss_count = 0.0
+        d_samples = samples - prog.last_samples
+        d_seconds = prog.train_seconds - prog.last_train_seconds
+        prog.last_samples, prog.last_train_seconds = samples, prog.train_seconds
+        row = None
+        reached = False
+        if self.reports:
+            test_loss, test_acc = records.evaluate(
+                self.model,
+                self.spec,
+                self.evaluated(params_WD, state),
+                self.x_test,
+                self.y_test,
+                self.loss_fn,
+                cfg.eval_batch_size,
+            )
+            prog.wall += time.perf_counter() - t0
+            row = {
+                "step": prog.step,
+                "train_loss": loss / count if count else None,
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+                "bytes_sent": int(sent),
+                "samples": int(samples),
+                "wall_seconds": prog.wall,
+                "samples_per_second": d_samples / d_seconds if d_seconds > 0 else None,
+            }
+            target = cfg.target_accuracy
+            if target is not None and prog.steps_to_target is None and test_acc >= target:
+                prog.steps_to_target, prog.time_to_target_seconds = prog.step, prog.wall
+                reached = True
+            self.rows.append(row)
+            if self.out is not None:
+                records.append_metrics(self.out / records.METRICS, row)
+        # Everyone stops together: the reporting process decides, the others learn it here.
+        reached = comm.sum_stats([float(reached)])[0] > 0
+        return row, reached
+
+    def _save(self, path: Path, params_WD: torch.Tensor, state: State, prog: Progress) -> None:
+        ck = {
+            "params_WD": params_WD,
+            "state": settle(state),
+            "progress": asdict(prog),
+            "rows": self.rows,
+            "bytes_sent": self.comm.bytes_sent,
+        }
+        records.atomic_save(ck, path)
+
+    def _restore(self, path: Path) -> tuple[torch.Tensor, State, Progress]:
+        if not path.exists():
+            raise ValueError(f"cannot resume: no {path.name} in {path.parent}")
+        ck = torch.load(path, map_location=self.dev, weights_only=False)
+        if ck["params_WD"].shape[0] != len(self.comm.workers):
+            raise ValueError(f"{path.name} holds {ck['params_WD'].shape[0]} workers, not these")
+        self.rows = ck["rows"]
+        self.comm.bytes_sent = ck["bytes_sent"]
+        return ck["params_WD"], ck["state"], Progress(**ck["progress"])

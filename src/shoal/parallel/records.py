@@ -1,0 +1,95 @@
+"""Files a run writes (metrics.jsonl, checkpoints, model.pt, summary.json) and its summary.
+
+Writes are atomic (a temporary file, flushed, then renamed), so a run killed at any moment
+leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shoal.evaluate import pooled, predict
+from shoal.functional import LossFn, ParamSpec
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+MODEL = "model.pt"
+
+
+def checkpoint_name(rank: int | None) -> str:
+    """``checkpoint.pt`` in simulation; one file per rank in distributed runs."""
+    return "checkpoint.pt" if rank is None else f"checkpoint.rank{rank}.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def evaluate(
+    model: nn.Module,
+    spec: ParamSpec,
+    params_D: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    batch_size: int,
+) -> tuple[float, float]:
+    """Pooled ``(loss, accuracy)`` of the model with ``params_D`` on ``(x, y)``."""
+    return pooled(*predict(model, spec, params_D, x, y, loss_fn, batch_size))
+
+
+def summarize(
+    name: str,
+    rows: list[dict[str, Any]],
+    *,
+    num_workers: int,
+    num_params: int,
+    samples: float,
+    train_seconds: float,
+    target: dict[str, Any],
+) -> dict[str, Any]:
+    evaluated = [r for r in rows if r.get("test_accuracy") is not None]
+    last = rows[-1] if rows else {}
+    return {
+        "algorithm": name,
+        "steps": last.get("step", 0),
+        "num_workers": num_workers,
+        "num_params": num_params,
+        "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+        "final_test_loss": evaluated[-1]["test_loss"] if evaluated else None,
+        "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+        "total_bytes_sent": last.get("bytes_sent", 0),
+        "wall_seconds": last.get("wall_seconds", 0.0),
+        "samples_per_second": samples / train_seconds if train_seconds > 0 else None,
+        **target,
+    }
+
+
+def save_final(
+    out: Path, model: nn.Module, spec: ParamSpec, params_D: torch.Tensor, summary: dict[str, Any]
+) -> None:
+    spec.load_into(model, params_D)
+    atomic_save(model.state_dict(), out / MODEL)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,188 @@
+"""Update rules against simpler references, in simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from shoal.algorithms import fedavg
+from shoal.algorithms.base import LocalWork
+from shoal.parallel import (
+    ParallelConfig,
+    SimComm,
+    dpsgd,
+    eamsgd,
+    easgd,
+    local_sgd,
+    sgp,
+    sync_sgd,
+    train_parallel,
+)
+from shoal.parallel.batches import draw_positions
+from shoal.runtime.sim import SimRuntime
+from shoal.schedule import ClientSampler
+from shoal.topology import complete, from_matrix, ring
+from shoal.train import TrainConfig, train
+
+from .cases import ZeroGrad, config, push_sum_start, shards, tiny_data, tiny_model
+
+
+def _run(alg, world, steps=6, batch_size=16, **kw):
+    cfg = config(steps=steps, batch_size=batch_size, eval_every=steps, **kw)
+    return train_parallel(tiny_model(), tiny_data(), shards(world), alg, cfg, SimComm(world))
+
+
+def _batch(shard, step, worker, batch_size=16, seed=3):
+    return shard[draw_positions(seed, step, worker, len(shard), batch_size)]
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"momentum": 0.9},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+        {"momentum": 0.0, "weight_decay": 1e-2},
+    ],
+)
+def test_sync_sgd_with_one_worker_is_torch_sgd(opts):
+    got = _run(sync_sgd(0.1, **opts), world=1, steps=8)
+    data, (shard,) = tiny_data(), shards(1)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, **opts)
+    for step in range(8):
+        idx = torch.from_numpy(_batch(shard, step, 0))
+        opt.zero_grad()
+        F.cross_entropy(model(data.train.x[idx]), data.train.y[idx]).backward()
+        opt.step()
+    ref = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    torch.testing.assert_close(got.params_WD[0], ref, rtol=0, atol=1e-6)
+
+
+def test_dpsgd_on_complete_graph_is_fedavg_with_every_client_every_step():
+    n, steps = 4, 5
+    parts = shards(n)
+    # Full-batch steps: shoal.train's FedAvg (one local step, every client, uniform weights).
+    got = _run(dpsgd(0.3, complete(n)), world=n, steps=steps, batch_size=1000)
+    cfg = TrainConfig(
+        rounds=steps,
+        sampler=ClientSampler(n),
+        work=LocalWork(epochs=1, batch_size=None),
+        weighting="uniform",
+        eval_every=steps,
+        client_eval=False,
+        progress=False,
+        device="cpu",
+    )
+    ref = train(tiny_model(), tiny_data(), parts, fedavg(0.3), cfg, runtime=SimRuntime(False))
+    for w in range(n):
+        torch.testing.assert_close(got.params_WD[w], ref.params, rtol=0, atol=1e-5)
+    # Minibatches: a hand-written FedAvg round per step on the same batches.
+    got = _run(dpsgd(0.3, complete(n)), world=n, steps=steps)
+    data, model = tiny_data(), tiny_model()
+    x = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    for step in range(steps):
+        locals_ = []
+        for w in range(n):
+            torch.nn.utils.vector_to_parameters(x, model.parameters())
+            idx = torch.from_numpy(_batch(parts[w], step, w))
+            model.zero_grad()
+            F.cross_entropy(model(data.train.x[idx]), data.train.y[idx]).backward()
+            g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            locals_.append(x - 0.3 * g)
+        x = torch.stack(locals_).mean(0)
+    for w in range(n):
+        torch.testing.assert_close(got.params_WD[w], x, rtol=0, atol=1e-5)
+
+
+def test_local_sgd_with_h1_is_sync_sgd_and_models_agree_after_each_average():
+    a = _run(local_sgd(0.2, period=1), world=3)
+    b = _run(sync_sgd(0.2), world=3)
+    torch.testing.assert_close(a.params_WD, b.params_WD, rtol=0, atol=1e-5)
+    c = _run(local_sgd(0.2, period=3), world=3, steps=6)  # averaged after steps 3 and 6
+    assert (c.params_WD - c.params_WD[0]).abs().max() < 1e-6
+    d = _run(local_sgd(0.2, period=4), world=3, steps=6)  # last average after step 4
+    assert (d.params_WD - d.params_WD[0]).abs().max() > 1e-4
+
+
+def test_easgd_with_tau1_and_vanishing_alpha_is_independent_sgd():
+    steps = 8
+    got = _run(easgd(0.2, tau=1, alpha=1e-9), world=3, steps=steps)
+    independent = _run(local_sgd(0.2, period=steps + 1), world=3, steps=steps)
+    torch.testing.assert_close(got.params_WD, independent.params_WD, rtol=0, atol=1e-6)
+    # With a large alpha the workers track the centre much more closely.
+    tight = _run(easgd(0.2, tau=1, alpha=0.3), world=3, steps=steps)
+    spread = (got.params_WD - got.state["centre_1D"]).norm(dim=1).max()
+    tight_spread = (tight.params_WD - tight.state["centre_1D"]).norm(dim=1).max()
+    assert tight_spread < 0.5 * spread
+    # The evaluated model is the centre.
+    torch.testing.assert_close(tight.params, tight.state["centre_1D"][0])
+
+
+def test_eamsgd_centre_conserves_the_elastic_exchange():
+    # tau = 2: on exchange steps the centre moves by exactly what the workers gave up.
+    alg = eamsgd(0.1, tau=2, alpha=0.2, momentum=0.9)
+    comm = SimComm(3)
+    x = push_sum_start(3).float()
+    state = alg.init(x, comm)
+    before = x.sum(0) + state["centre_1D"][0]
+    x, state = alg.step(x, ZeroGrad(), state, comm, 0)
+    torch.testing.assert_close(x.sum(0) + state["centre_1D"][0], before, rtol=1e-6, atol=1e-5)
+
+
+def test_overlap_sgp_with_zero_gradients_still_reaches_the_average():
+    comm, n = SimComm(8), 8
+    alg = sgp(1.0, overlap=True)
+    x = push_sum_start(n)
+    state = alg.init(x, comm)
+    for t in range(60):
+        x, state = alg.step(x, ZeroGrad(), state, comm, t)
+    torch.testing.assert_close(
+        alg.model(x, state), push_sum_start(n).mean(0).expand(n, -1), rtol=0, atol=1e-5
+    )
+
+
+def test_dpsgd_orders_differ_but_both_train():
+    a = _run(dpsgd(0.2, ring(4)), world=4)
+    b = _run(dpsgd(0.2, ring(4), "lian"), world=4)
+    assert (a.params_WD - b.params_WD).abs().max() > 1e-5
+    for r in (a, b):
+        assert r.metrics[-1]["train_loss"] < 1.2
+
+
+def test_bad_configurations_raise_clear_errors():
+    with pytest.raises(ValueError, match="tau must be an integer >= 1"):
+        easgd(0.1, tau=0)
+    with pytest.raises(ValueError, match="H must be an integer >= 1"):
+        local_sgd(0.1, period=0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        easgd(0.1, alpha=1.5)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        sync_sgd(0.0)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        sync_sgd(0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="order must be one of"):
+        dpsgd(0.1, ring(4), "bogus")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="compressor must implement"):
+        sync_sgd(0.1, compressor="top_k")  # type: ignore[arg-type]
+    directed = from_matrix(torch.tensor([[0.5, 0.0, 1.0], [0.5, 0.5, 0.0], [0.0, 0.5, 0.0]]))
+    with pytest.raises(ValueError, match="not doubly stochastic.*use sgp"):
+        dpsgd(0.1, directed)
+    with pytest.raises(ValueError, match="5 nodes but there are 4 workers"):
+        _run(dpsgd(0.1, ring(5)), world=4)
+    with pytest.raises(ValueError, match="3 nodes but there are 4 workers"):
+        _run(sgp(0.1, directed), world=4)
+    with pytest.raises(ValueError, match="asynchronous form needs a DistComm"):
+        _run(easgd(0.1, mode="async"), world=2)
+    with pytest.raises(ValueError, match="got 3 shards for 4 workers"):
+        train_parallel(tiny_model(), tiny_data(), shards(3), sync_sgd(0.1), config(), SimComm(4))
+    with pytest.raises(ValueError, match="outside the training set"):
+        bad = [np.array([0, 1]), np.array([10_000])]
+        train_parallel(tiny_model(), tiny_data(), bad, sync_sgd(0.1), config(), SimComm(2))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        ParallelConfig(steps=0)
+    with pytest.raises(ValueError, match="slowdown factors must be >= 1"):
+        ParallelConfig(steps=1, slowdown={0: 0.5})
+    with pytest.raises(ValueError, match="target_accuracy"):
+        ParallelConfig(steps=1, target_accuracy=1.5)

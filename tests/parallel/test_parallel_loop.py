@@ -1,0 +1,117 @@
+"""The driver: metrics rows, exact bytes, stopping at a target, files, and a killed run
+resumed bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from shoal.functional import ParamSpec, cross_entropy
+from shoal.parallel import SimComm, sync_sgd, train_parallel
+from shoal.parallel.batches import Gradients, LocalBatches
+from shoal.parallel.messages import dense_nbytes
+
+from .cases import CASES, config, run_case, shards, tiny_data, tiny_model
+
+COLUMNS = {
+    "step",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "bytes_sent",
+    "samples",
+    "wall_seconds",
+    "samples_per_second",
+}
+
+
+def test_rows_have_the_columns_and_exact_counts():
+    r = run_case("sync_sgd", SimComm(3), steps=6, eval_every=3)
+    assert [row["step"] for row in r.metrics] == [3, 6]
+    d = r.spec.num_params
+    per_step = 3 * dense_nbytes(torch.zeros(d))  # every worker contributes its gradient once
+    sizes = [min(16, len(s)) for s in shards(3)]
+    for row in r.metrics:
+        assert set(row) == COLUMNS
+        assert row["bytes_sent"] == row["step"] * per_step
+        assert row["samples"] == row["step"] * sum(sizes)
+        assert row["samples_per_second"] > 0 and row["wall_seconds"] > 0
+    assert r.summary["total_bytes_sent"] == r.metrics[-1]["bytes_sent"]
+    # The evaluated model is the workers' average.
+    torch.testing.assert_close(r.params, r.params_WD.mean(0))
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["sgp_overlap", "sync_sgd_topk_ef", "dpsgd_ring_lian"])
+def test_a_killed_run_resumes_bit_for_bit(name, tmp_path):
+    whole = run_case(name, SimComm(4), steps=7, out_dir=tmp_path / "whole")
+
+    def kill(row):
+        if row["step"] == 6:  # after the checkpoint at step 5, before the one at 7
+            raise _Killed
+
+    out = tmp_path / "killed"
+    cfg = config(steps=7, checkpoint_every=5)
+    with pytest.raises(_Killed):
+        train_parallel(
+            tiny_model(),
+            tiny_data(),
+            shards(4),
+            CASES[name](4),
+            cfg,
+            SimComm(4),
+            out_dir=out,
+            callback=kill,
+        )
+    resumed = run_case(name, SimComm(4), steps=7, checkpoint_every=5, out_dir=out, resume=True)
+    torch.testing.assert_close(resumed.params_WD, whole.params_WD, rtol=0, atol=0)
+    timing = {"wall_seconds", "samples_per_second"}
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+    assert strip(resumed.metrics) == strip(whole.metrics)
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert strip(lines) == strip(whole.metrics)
+    assert {"model.pt", "summary.json", "checkpoint.pt"} <= {p.name for p in out.iterdir()}
+
+
+def test_target_accuracy_stops_the_run_and_records_when(tmp_path):
+    r = run_case(
+        "sync_sgd", SimComm(2), steps=200, eval_every=5, target_accuracy=0.6, out_dir=tmp_path
+    )
+    last = r.metrics[-1]
+    assert last["test_accuracy"] >= 0.6 and last["step"] < 200
+    assert r.summary["steps_to_target"] == last["step"]
+    assert r.summary["time_to_target_seconds"] == last["wall_seconds"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps_to_target"] == last["step"]
+
+
+def test_slowdown_in_simulation_still_reports_throughput():
+    r = run_case("sgp", SimComm(3), steps=4, eval_every=2, slowdown={1: 3.0})
+    assert all(row["samples_per_second"] > 0 for row in r.metrics)
+
+
+def test_vmapped_and_looped_gradients_agree():
+    model, data, parts = tiny_model(), tiny_data(), shards(4)
+    spec = ParamSpec.of(model)
+    batches = LocalBatches(data.train.x, data.train.y, parts, range(4), 16, 0, torch.device("cpu"))
+    params = spec.flatten(model).expand(4, -1) + 0.01 * torch.randn(4, spec.num_params)
+    index, mask = batches.index(0)
+    g_vmap = Gradients(model, spec, cross_entropy, batches, index, mask, True)
+    g_loop = Gradients(model, spec, cross_entropy, batches, index, mask, False)
+    torch.testing.assert_close(g_vmap(params), g_loop(params), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_vmap.loss_W, g_loop.loss_W, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sync_sgd_run_learns(tmp_path):
+    r = run_case("sync_sgd", SimComm(4), steps=60, eval_every=20)
+    assert r.metrics[-1]["test_accuracy"] > 0.7
+    assert r.metrics[-1]["train_loss"] < r.metrics[0]["train_loss"]
+    assert sync_sgd(0.1).name == "sync_sgd"
