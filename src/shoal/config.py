@@ -39,6 +39,14 @@ The schema (two levels: top-level keys, then one table per concern)::
                         # count_sketch; every other key goes to the factory (ratio, levels, rank,
                         # ...); powersgd's shapes come from the model
     error_feedback = false  # wrap the compressor in error feedback (a residual per client)
+    downlink = "identity"   # the server's broadcast, compressed against the clients' copy (any
+                        # name above; its options prefixed: downlink_ratio, downlink_levels, ...)
+
+    [network]
+    profile = "none"    # none | datacenter | ethernet_1g | wifi | 4g: simulated time per round;
+                        # the profile's values, overridable: latency_ms, uplink_mbit_s,
+                        # downlink_mbit_s; seconds_per_sample (compute); heterogeneity:
+                        # speed_sigma, bandwidth_sigma, straggler_probability, straggler_slowdown
 
     [client]
     epochs = 1
@@ -175,7 +183,9 @@ SECTIONS: dict[str, dict[str, Param]] = {
     "compression": {
         "name": Param(str, "identity"),
         "error_feedback": Param(bool, False),
+        "downlink": Param(str, "identity"),
     },
+    "network": {"profile": Param(str, "none")},
     "client": {
         "epochs": Param(int, 1, _ge(1), ">= 1"),
         "batch_size": Param(int, 10, _ge(0), ">= 0 (0 = full local batch)"),
@@ -206,7 +216,12 @@ SELECTORS = {
     "model": "name",
     "algorithm": "name",
     "compression": "name",
+    "network": "profile",
 }
+
+SUBSELECTORS = {"compression": ("downlink", "downlink_")}
+"""A second key that picks from the same section's catalog; its options carry the prefix
+(``downlink = "top_k"`` with ``downlink_ratio = 0.01``)."""
 """The key of each section whose value picks that section's extra options from the catalog."""
 
 
@@ -221,9 +236,17 @@ class Config:
         section, _, name = key.rpartition(".")
         return self.values[section][name] if section else self.values[name]
 
-    def options(self, section: str) -> dict[str, Any]:
-        """The section's keys beyond the fixed schema: those passed on to a factory."""
-        return {k: v for k, v in self.values[section].items() if k not in SECTIONS[section]}
+    def options(self, section: str, prefix: str = "") -> dict[str, Any]:
+        """The section's keys beyond the fixed schema: those passed on to a factory.
+
+        With ``prefix`` (see :data:`SUBSELECTORS`), the options of the section's second choice,
+        without the prefix; without it, those are left out.
+        """
+        extra = {k: v for k, v in self.values[section].items() if k not in SECTIONS[section]}
+        if prefix:
+            return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+        sub = SUBSELECTORS.get(section)
+        return {k: v for k, v in extra.items() if sub is None or not k.startswith(sub[1])}
 
     def replace(self, key: str, value: Any) -> Config:
         """A copy with one dotted key set (no validation: for values the data determines)."""
@@ -375,6 +398,14 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
                     f"allowed: {_join(list(entries))}"
                 )
             extra = entries[choice]()
+            if section in SUBSELECTORS:
+                key, prefix = SUBSELECTORS[section]
+                if values[key] not in entries:
+                    raise ConfigError(
+                        f"{section}.{key} = {_show(values[key])}: unknown {section}; "
+                        f"allowed: {_join(list(entries))}"
+                    )
+                extra = {**extra, **{prefix + k: p for k, p in entries[values[key]]().items()}}
         for key in given:
             if key not in fixed and key not in extra:
                 what = f" for {section} {_show(values[SELECTORS[section]])}" if extra else ""

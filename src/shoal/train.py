@@ -30,10 +30,12 @@ from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
 from shoal.compress.base import Compressor, identity
+from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled, predict
 from shoal.functional import LossFn, ParamSpec, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
+from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
 from shoal.runtime.sim import SimRuntime, resolve_device
 from shoal.schedule import ClientSampler, Stragglers, make_plan
 
@@ -41,7 +43,6 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 MODEL = "model.pt"
-_RAW = identity()  # uncompressed tensors, in the same wire framing as compressed ones
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def train(
     runtime: Runtime | None = None,
     aggregator: Aggregator | None = None,
     compressor: Compressor | None = None,
+    downlink_compressor: Compressor | None = None,
+    network: CostModel | None = None,
     byzantine: Byzantine | None = None,
     loss_fn: LossFn = cross_entropy,
     init: torch.Tensor | None = None,
@@ -142,7 +145,11 @@ def train(
 
     ``init`` gives the initial flat parameters (default: the model's current ones).
     ``compressor`` compresses every client's model-sized uploads (default: none); the
-    metrics count the bytes of the payloads it really produced. ``byzantine`` makes some
+    metrics count the bytes of the payloads it really produced. ``downlink_compressor``
+    compresses the server's broadcast against the clients' copy (see
+    :mod:`shoal.runtime.broadcast`; bytes again as really produced). ``network`` adds
+    ``round_sim_seconds`` and the cumulative ``sim_seconds`` to every metrics row: the round's
+    time on that network (see :mod:`shoal.cost`). ``byzantine`` makes some
     clients attack (see :mod:`shoal.attacks.byzantine`).
     With ``out_dir``, writes ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt`` and
     ``summary.json`` there; ``resume=True`` continues from the checkpoint in ``out_dir``.
@@ -153,6 +160,8 @@ def train(
     runtime = runtime if runtime is not None else SimRuntime()
     aggregator = aggregator if aggregator is not None else mean()
     compressor = compressor if compressor is not None else identity()
+    downlink = downlink_compressor if downlink_compressor is not None else identity()
+    check_downlink(downlink)
     model = model.to(dev)
     spec = ParamSpec.of(model)
     params = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
@@ -181,6 +190,8 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     server = algorithm.server_init(params)
     store = ClientStore()
+    bcast: DownlinkState = {}  # the clients' copy of the broadcast, for downlink compression
+    sim = 0.0  # simulated seconds so far, with a network cost model
     rows: list[dict[str, Any]] = []
     start_round, wall, cum_up, cum_down = 0, 0.0, 0, 0
     if out is not None:
@@ -193,6 +204,7 @@ def train(
             store = ClientStore(ck["clients"], ck["compressor"])
             start_round, wall = ck["round"], ck["wall_seconds"]
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
+            bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
         _write_metrics(out / METRICS, rows)
 
     bar = tqdm(
@@ -208,8 +220,11 @@ def train(
         sampled = config.sampler(sizes, config.seed, r)
         epochs = config.stragglers.epochs(len(sampled), work, config.seed, r)
         keep = epochs > 0
-        down = algorithm.download(params, server)
-        down_bytes = len(sampled) * sum(_RAW.nbytes({"values": t}) for t in down.values())
+        down, down_W, bcast = broadcast(
+            downlink, algorithm.download(params, server), sampled, bcast, spec.num_params
+        )
+        down_bytes = int(down_W.sum())
+        samples_W, up_W = np.zeros(len(sampled)), np.zeros(len(sampled))  # for the cost model
         row: dict[str, Any] = {"round": r + 1, "clients": int(keep.sum())}
         if keep.any():
             trained = sampled[keep]
@@ -225,7 +240,7 @@ def train(
                 algorithm,
                 aggregator,
                 compressor,
-                params,
+                down["params"],  # the clients' copy: with downlink compression, not params
                 down,
                 x,
                 y,
@@ -245,11 +260,18 @@ def train(
                     "rate(s) or check the data"
                 )
             row.update(train_loss=res.train_loss, uplink_bytes=res.uplink_bytes)
+            samples_W[keep] = [p.mask_TB.sum() for p in plans]
+            per_client = res.client_uplink_bytes
+            up_W[keep] = res.uplink_bytes / len(trained) if per_client is None else per_client
         else:  # every sampled client was a dropped straggler: no update, server state kept
             row.update(train_loss=None, uplink_bytes=0)
         cum_up += row["uplink_bytes"]
         cum_down += down_bytes
         row.update(downlink_bytes=down_bytes, cum_uplink_bytes=cum_up, cum_downlink_bytes=cum_down)
+        if network is not None:
+            round_s = network.federated_round(sampled, samples_W, up_W, down_W, r)
+            sim += round_s
+            row.update(round_sim_seconds=round_s, sim_seconds=sim)
         if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
             loss_n, correct_n = predict(
                 model, spec, params, x_test, y_test, loss_fn, config.eval_batch_size
@@ -282,6 +304,8 @@ def train(
                     "wall_seconds": wall,
                     "cum_uplink_bytes": cum_up,
                     "cum_downlink_bytes": cum_down,
+                    "downlink": bcast,
+                    "sim_seconds": sim,
                 }
                 _atomic_save(ck, out / CHECKPOINT)
     bar.close()

@@ -24,7 +24,11 @@ def _sets(assignments: list[str]) -> list[str]:
 
 def test_default_is_identity() -> None:
     cfg = resolve({}, CATALOG)
-    assert cfg.values["compression"] == {"name": "identity", "error_feedback": False}
+    assert cfg.values["compression"] == {
+        "name": "identity",
+        "error_feedback": False,
+        "downlink": "identity",
+    }
     assert cfg.options("compression") == {}
 
 
@@ -52,7 +56,8 @@ def test_top_k_with_error_feedback_sends_fewer_bytes(tmp_path: Path) -> None:
         assert 0 < t["uplink_bytes"] < d["uplink_bytes"] / 5, (t, d)
     assert topk[-1]["cum_uplink_bytes"] == sum(r["uplink_bytes"] for r in topk)
     written = resolve(load(tmp_path / "topk" / "config.toml"), CATALOG)  # resumable as written
-    assert written.values["compression"] == {"name": "top_k", "error_feedback": True, "ratio": 0.05}
+    expected = {"name": "top_k", "error_feedback": True, "downlink": "identity", "ratio": 0.05}
+    assert written.values["compression"] == expected
 
 
 def test_build_wraps_and_fills_in_the_model_shapes(tmp_path: Path) -> None:
@@ -116,7 +121,8 @@ def test_topk_example_resolves_and_runs(
 ) -> None:
     raw = load(TOPK_EXAMPLE)
     cfg = resolve(raw | {"data": {**raw["data"], "dir": ""}}, CATALOG)  # data.dir: cwd-relative
-    assert cfg.values["compression"] == {"name": "top_k", "error_feedback": True, "ratio": 0.01}
+    expected = {"name": "top_k", "error_feedback": True, "downlink": "identity", "ratio": 0.01}
+    assert cfg.values["compression"] == expected
     if not (REPO / raw["data"]["dir"]).is_dir():
         pytest.skip("the shared MNIST subset is not next to this checkout")
     monkeypatch.chdir(REPO)  # data.dir is relative to the current directory

@@ -72,13 +72,29 @@ def _metrics_rows(path: Path) -> int:
         return 0
 
 
+# Simulated time with per-client spread and stragglers, and a compressed downlink (whose copy
+# of the model is checkpointed): a resumed run must match these too.
+NETWORK = [
+    f"--set={a}"
+    for a in (
+        "network.profile=4g",
+        "network.seconds_per_sample=0.001",
+        "network.speed_sigma=0.5",
+        "network.straggler_probability=0.2",
+        "compression.downlink=qsgd",
+        "compression.downlink_levels=4",
+    )
+]
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     rounds = 40
     cfg_path = write_config(tmp_path, rounds=rounds, epochs=3)
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(killed), "--quiet"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(killed), "--quiet"],
+        run + NETWORK,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,7 +112,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     assert not (killed / "summary.json").exists()
 
     assert shoal("run", "--resume", killed, "--quiet") == 0
-    assert shoal("run", cfg_path, "--out", tmp_path / "straight", "--quiet") == 0
+    assert shoal("run", cfg_path, "--out", tmp_path / "straight", "--quiet", *NETWORK) == 0
 
     a = torch.load(killed / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
@@ -105,6 +121,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         assert torch.equal(a[k], b[k]), k
     rows_a, rows_b = read_metrics(killed), read_metrics(tmp_path / "straight")
     assert len(rows_a) == len(rows_b) == rounds
+    assert rows_a[-1]["sim_seconds"] > 0
     for ra, rb in zip(rows_a, rows_b):
         ra.pop("wall_seconds")
         rb.pop("wall_seconds")

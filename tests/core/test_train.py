@@ -7,6 +7,8 @@ import torch
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
+from shoal.compress import top_k
+from shoal.cost import CostModel, Heterogeneity, cellular_4g
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
@@ -71,10 +73,19 @@ def test_full_inbox_path_equals_streaming_mean():
     torch.testing.assert_close(streamed, full, atol=1e-6, rtol=0)
 
 
-def test_resume_after_crash_equals_uninterrupted(tmp_path):
+# Simulated time (heterogeneous speeds and bandwidths, stragglers) and the downlink's copy
+# (compressed against what the clients hold) live in the checkpoint too.
+NETWORK = CostModel(cellular_4g(), 1e-3, Heterogeneity(0.5, 0.5, straggler_probability=0.3, seed=1))
+WITH_COST = {"network": NETWORK, "downlink_compressor": top_k(ratio=0.3)}
+
+
+@pytest.mark.parametrize("extra", [{}, WITH_COST], ids=["plain", "network_downlink"])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, extra):
     data = tiny_data()
     clients = unequal_clients(len(data.train), 10)
-    ref = train(tiny_model(), data, clients, fedavg(0.2), _config(), out_dir=tmp_path / "a")
+    ref = train(
+        tiny_model(), data, clients, fedavg(0.2), _config(), out_dir=tmp_path / "a", **extra
+    )
 
     def crash(row):
         if row["round"] == 4:
@@ -89,6 +100,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
             _config(),
             out_dir=tmp_path / "b",
             callback=crash,
+            **extra,
         )
     # A different initial model proves the state really comes from the checkpoint.
     res = train(
@@ -99,8 +111,10 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
         _config(),
         out_dir=tmp_path / "b",
         resume=True,
+        **extra,
     )
     assert torch.equal(ref.params, res.params)
+    assert ("sim_seconds" in ref.metrics[-1]) == bool(extra)
     rows = [
         json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import math
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,15 @@ from shoal.cli.registry import (
     DATASETS,
     MODEL_ARGS,
     MODELS,
+    NETWORKS,
     SCHEMES,
     call_factory,
     in_cache,
     rng_for,
 )
-from shoal.compress import Compressor, error_feedback
+from shoal.compress import Compressor, error_feedback, identity
 from shoal.config import Config, ConfigError, check_num_clients
+from shoal.cost import MBIT_S, CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, feature_noise, fetch
 from shoal.functional import ParamSpec, init_params
 from shoal.runtime.sim import SimRuntime, resolve_device
@@ -55,6 +57,8 @@ class Experiment:
     train_config: TrainConfig
     runtime: SimRuntime
     compressor: Compressor
+    downlink: Compressor = field(default_factory=identity)
+    network: CostModel | None = None
 
 
 def cache_dir(cfg: Config) -> Path:
@@ -202,20 +206,45 @@ def build_model(cfg: Config, data: FederatedDataset) -> tuple[nn.Module, torch.T
     return model, init
 
 
-def build_compressor(cfg: Config, model: nn.Module) -> Compressor:
-    """The uplink compressor of ``[compression]``; model-given arguments (shapes) filled in."""
-    name = cfg["compression.name"]
+def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> Compressor:
+    """The uplink compressor of ``[compression]``, or with ``downlink`` the downlink's
+    (``downlink`` and its ``downlink_*`` options; never error feedback, which the downlink has
+    built in); model-given arguments (shapes) filled in."""
+    key, prefix = ("downlink", "downlink_") if downlink else ("name", "")
+    name = cfg[f"compression.{key}"]
     factory = COMPRESSORS[name]
-    options = cfg.options("compression")
+    options = cfg.options("compression", prefix)
     wanted = MODEL_ARGS & set(inspect.signature(factory).parameters)
     facts = {"shapes": ParamSpec.of(model).shapes} if wanted else {}
     compressor = call_factory(
         "compression",
-        f'compression.name = "{name}"',
+        f'compression.{key} = "{name}"',
         options,
         lambda: factory(**options, **facts),
+        prefix,
     )
-    return error_feedback(compressor) if cfg["compression.error_feedback"] else compressor
+    if downlink or not cfg["compression.error_feedback"]:
+        return compressor
+    return error_feedback(compressor)
+
+
+def build_network(cfg: Config) -> CostModel | None:
+    """The cost model of ``[network]`` (None for ``profile = "none"``), seeded by ``seed``."""
+    name = cfg["network.profile"]
+    if NETWORKS[name] is None:
+        return None
+    o = cfg.options("network")
+    latency = o["latency_ms"] / 1e3
+    uplink = alpha_beta(latency, o["uplink_mbit_s"] * MBIT_S)
+    downlink = alpha_beta(latency, o["downlink_mbit_s"] * MBIT_S)
+    spread = Heterogeneity(
+        o["speed_sigma"],
+        o["bandwidth_sigma"],
+        o["straggler_probability"],
+        o["straggler_slowdown"],
+        seed=cfg["seed"],
+    )
+    return CostModel(Network(name, uplink, downlink), o["seconds_per_sample"], spread)
 
 
 def build(cfg: Config, *, progress: bool = True) -> Experiment:
@@ -227,6 +256,8 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
     cfg, data, clients = build_clients(cfg)
     model, init = build_model(cfg, data)
     compressor = build_compressor(cfg, model)
+    downlink = build_compressor(cfg, model, downlink=True)
+    network = build_network(cfg)
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
     algorithm = call_factory(
@@ -256,4 +287,16 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         progress=progress,
     )
     runtime = SimRuntime(cfg["runtime.vectorize"], cfg["runtime.memory_budget_mb"])
-    return Experiment(cfg, data, clients, model, init, algorithm, train_config, runtime, compressor)
+    return Experiment(
+        cfg,
+        data,
+        clients,
+        model,
+        init,
+        algorithm,
+        train_config,
+        runtime,
+        compressor,
+        downlink,
+        network,
+    )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from shoal import algorithms, compress, models
+from shoal import algorithms, compress, cost, models
 from shoal.config import REQUIRED, Catalog, ConfigError, Param, describe
 from shoal.data import (
     CATALOGUE,
@@ -247,6 +247,39 @@ COMPRESSORS: dict[str, Callable[..., compress.Compressor]] = {
 MODEL_ARGS = frozenset({"shapes"})
 """Compressor arguments that the model determines (PowerSGD's matrix shapes)."""
 
+NETWORKS: dict[str, Callable[[], cost.Network] | None] = {
+    "none": None,
+    "datacenter": cost.datacenter,
+    "ethernet_1g": cost.ethernet_1g,
+    "wifi": cost.wifi,
+    "4g": cost.cellular_4g,
+}
+"""``[network] profile``: a device profile of :mod:`shoal.cost` (``none``: no simulated time)."""
+
+
+def network_params(name: str) -> Mapping[str, Param]:
+    """``[network]``'s keys for a profile, its own values as the defaults (in ms and Mbit/s)."""
+    factory = NETWORKS[name]
+    if factory is None:
+        return {}
+    net = factory()
+    non_negative, positive = (lambda v: 0 <= v < math.inf), (lambda v: 0 < v < math.inf)
+    return {
+        # One latency for both directions (every profile has one); the API takes two.
+        "latency_ms": Param(float, round(net.uplink.latency_s * 1e3, 9), non_negative, ">= 0"),
+        "uplink_mbit_s": Param(
+            float, round(net.uplink.bandwidth_Bps / cost.MBIT_S, 9), positive, "> 0"
+        ),
+        "downlink_mbit_s": Param(
+            float, round(net.downlink.bandwidth_Bps / cost.MBIT_S, 9), positive, "> 0"
+        ),
+        "seconds_per_sample": Param(float, 0.0, non_negative, ">= 0 (0 = count only the network)"),
+        "speed_sigma": Param(float, 0.0, non_negative, ">= 0"),
+        "bandwidth_sigma": Param(float, 0.0, non_negative, ">= 0"),
+        "straggler_probability": Param(float, 0.0, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "straggler_slowdown": Param(float, 10.0, lambda v: 1 <= v < math.inf, ">= 1"),
+    }
+
 
 @functools.cache
 def signature_params(factory: Callable[..., Any], skip: frozenset[str]) -> Mapping[str, Param]:
@@ -281,16 +314,20 @@ CATALOG: Catalog = {
     "compression": {
         n: functools.partial(signature_params, f, MODEL_ARGS) for n, f in COMPRESSORS.items()
     },
+    "network": {n: functools.partial(network_params, n) for n in NETWORKS},
 }
 """What :func:`shoal.config.resolve` needs to check the name-dependent keys."""
 
 
-def call_factory(section: str, label: str, keys: Collection[str], fn: Callable[[], Any]) -> Any:
+def call_factory(
+    section: str, label: str, keys: Collection[str], fn: Callable[[], Any], prefix: str = ""
+) -> Any:
     """Run a factory; its ``ValueError``/``TypeError`` becomes a one-line :class:`ConfigError`.
 
     Library messages usually start with the argument's name ("mu must be ..."), sometimes
     after the factory's name ("top_k: ratio must be ..."); when that is one of the config
-    ``keys`` it is written as the dotted key (``algorithm.mu must be ...``).
+    ``keys`` it is written as the dotted key (``algorithm.mu must be ...``), with ``prefix``
+    before the key when the config spells it so (``compression.downlink_ratio``).
     """
     try:
         return fn()
@@ -301,9 +338,9 @@ def call_factory(section: str, label: str, keys: Collection[str], fn: Callable[[
         msg = lines[0] if lines else type(e).__name__
         who, sep, rest = msg.partition(": ")
         if msg.split(" ", 1)[0] in keys:
-            msg = f"{section}.{msg}"
+            msg = f"{section}.{prefix}{msg}"
         elif sep and " " not in who and rest.split(" ", 1)[0] in keys:
-            msg = f"{section}.{rest}"
+            msg = f"{section}.{prefix}{rest}"
         raise ConfigError(f"{label}: {msg}") from None
 
 

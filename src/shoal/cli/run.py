@@ -99,6 +99,8 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
             exp.train_config,
             runtime=exp.runtime,
             compressor=exp.compressor,
+            downlink_compressor=exp.downlink,
+            network=exp.network,
             init=exp.init,
             out_dir=out,
             resume=resume,
@@ -127,8 +129,11 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
         )
     lines.append(
         f"  sent {human_bytes(s['total_uplink_bytes'])} up ({exp.compressor.name}), "
-        f"{human_bytes(s['total_downlink_bytes'])} down"
+        f"{human_bytes(s['total_downlink_bytes'])} down ({exp.downlink.name})"
     )
+    if exp.network is not None and result.metrics:
+        sim = result.metrics[-1]["sim_seconds"]
+        lines.append(f"  simulated time on {exp.network.network.name}: {sim:.1f} s")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     files = ", ".join((CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT))
     lines.append(f"  files in {out}{os.sep}: {files}")

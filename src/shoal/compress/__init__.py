@@ -15,6 +15,7 @@ from shoal.compress.base import (
     Identity,
     Payload,
     identity,
+    init_for_worker,
     is_homomorphic,
     tensor_bytes,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "fp16",
     "identity",
     "index_dtype",
+    "init_for_worker",
     "is_homomorphic",
     "layerwise",
     "natural_compression",

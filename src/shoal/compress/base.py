@@ -8,6 +8,12 @@ The runtimes charge ``nbytes`` of what was really produced, never a nominal mode
 A payload is self-describing given the compressor's configuration: ``decompress`` needs no
 worker state (lengths, seeds and step counters that the receiver needs travel in the payload).
 
+Randomness is either *private* to a worker (stochastic rounding in QSGD, TernGrad and natural
+compression; DGC's sample offset): :func:`init_for_worker` gives each worker its own seed, so
+workers round independently; or *shared* (random-k's indices, PowerSGD's starting query):
+those compressors declare ``shared_seed = True`` and every worker keeps the configured seed, so
+their messages still add up in compressed form.
+
 Compressors whose payloads can be added without decompressing (Jang, Na, Yoon 2017,
 "homomorphic parameter compression") also satisfy :class:`Homomorphic`: ``homomorphic = True``
 and ``sum_payloads(payloads) -> payload`` with ``decompress(sum_payloads(ps))`` equal to
@@ -24,6 +30,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from shoal.compress._common import init_with_seed, mix
 from shoal.compress.wire import payload_nbytes
 
 Payload = dict[str, torch.Tensor]
@@ -56,6 +63,24 @@ class Homomorphic(Compressor, Protocol):
 def is_homomorphic(compressor: Any) -> bool:
     """Whether ``compressor`` declares ``homomorphic = True`` (wrappers forward the flag)."""
     return bool(getattr(compressor, "homomorphic", False))
+
+
+def init_for_worker(compressor: Compressor, x_D: torch.Tensor, worker: int, *stream: int) -> Any:
+    """``compressor.init`` for one worker (a client id, a rank).
+
+    Private randomness gets the seed ``mix(seed, worker, *stream)``, with ``seed`` the configured
+    one (of the innermost compressor of a wrapper) and ``stream`` telling apart a worker's
+    messages (SCAFFOLD sends two); with the state's call counter, a worker's stream depends on
+    (seed, worker, use count), so two clients do not round alike. Compressors with
+    ``shared_seed = True`` keep the configured seed (see the module docstring).
+    """
+    if getattr(compressor, "shared_seed", False):
+        return compressor.init(x_D)
+    inner: Any = compressor
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    seed = mix(int(getattr(inner, "seed", 0)), worker, *stream)
+    return init_with_seed(compressor, x_D, seed)
 
 
 def tensor_bytes(payload: Payload) -> int:

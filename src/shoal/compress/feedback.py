@@ -49,6 +49,10 @@ class ErrorFeedback:
     def homomorphic(self) -> bool:
         return is_homomorphic(self.inner)
 
+    @property
+    def shared_seed(self) -> bool:
+        return bool(getattr(self.inner, "shared_seed", False))
+
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
         x_D = check_flat(x_D, self.name)
         return {"residual": torch.zeros_like(x_D), "inner": init_with_seed(self.inner, x_D, seed)}

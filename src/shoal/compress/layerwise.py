@@ -55,6 +55,10 @@ class Layerwise:
     def homomorphic(self) -> bool:
         return is_homomorphic(self.inner)
 
+    @property
+    def shared_seed(self) -> bool:
+        return bool(getattr(self.inner, "shared_seed", False))
+
     @cached_property
     def _layout(self) -> tuple[tuple[int, int, bool], ...]:
         """``(offset, numel, skipped)`` per block."""

@@ -69,6 +69,8 @@ class PowerSGD:
     min_compression_rate: float = 2.0
     seed: int = 0
     homomorphic: ClassVar[bool] = True
+    shared_seed: ClassVar[bool] = True
+    """Every worker starts from the same query Q, as the all-reduce needs."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "powersgd"))

@@ -23,8 +23,9 @@ and max-scaler sharing are not applied here (clip before compressing); scaled si
 ``x_i = 0`` as ``+scale`` (one bit has no zero); natural compression works on float32 (other
 dtypes are cast), sends non-finite entries as +-inf, and clamps the round-up of entries above
 2**127 (the one place it is biased). Stochastic compressors draw from a generator seeded by
-``(seed, step)`` from their state on the input's device; ``init(x_D, seed=...)`` sets the seed
-(give workers different seeds: shared seeds correlate their rounding).
+``(seed, step)`` from their state on the input's device; ``init(x_D, seed=...)`` sets the seed.
+Workers must not share it (shared seeds correlate their rounding):
+:func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 
 Shape suffixes: ``D`` flat parameters, ``B`` buckets (here, not batch), ``L`` bucket length.
 """

@@ -42,6 +42,8 @@ class CountSketch:
     depth: int = 3
     seed: int = 0
     homomorphic: ClassVar[bool] = True
+    shared_seed: ClassVar[bool] = True
+    """The hashes must agree for sketches to add up (they come from ``seed``, not the state)."""
 
     def __post_init__(self) -> None:
         check_positive_int(self.width, "width", "count_sketch")

@@ -151,6 +151,8 @@ class RandomK:
     seed: int = 0
     unbiased: bool = False
     homomorphic: ClassVar[bool] = True
+    shared_seed: ClassVar[bool] = True
+    """Workers keep the same seed (and so, at equal call counts, the same indices)."""
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "random_k")

@@ -17,21 +17,33 @@ __all__ = ["plot_label_histogram", "plot_runs"]
 
 Rows = Sequence[Mapping[str, Any]]
 
-# (metrics key, file stem, x-axis label, log-x); a later cost model adds ``sim_seconds``.
+# (metrics key, file stem, x-axis label, log-x); ``sim_seconds`` comes from a network cost
+# model (``train(network=...)``, ``[network]`` in a config) and is drawn only when present.
 _AXES = (
     ("round", "test_vs_rounds", "round", False),
     ("cum_uplink_bytes", "test_vs_uplink_bytes", "cumulative uplink (bytes, log scale)", True),
-    ("sim_seconds", "test_vs_sim_time", "simulated time (s)", False),
+    ("sim_seconds", "test_vs_sim_time", "simulated time", False),
 )
 
 
-def _curve(rows: Rows, x_key: str, y_key: str, log_x: bool) -> tuple[list[float], list[float]]:
+def _time_unit(runs: Mapping[str, Rows]) -> tuple[str, float]:
+    """Seconds, minutes or hours, whichever keeps the longest run's axis readable."""
+    longest = max((r.get("sim_seconds") or 0.0 for rows in runs.values() for r in rows), default=0)
+    for unit, scale in (("h", 3600.0), ("min", 60.0)):
+        if longest >= 3 * scale:
+            return unit, scale
+    return "s", 1.0
+
+
+def _curve(
+    rows: Rows, x_key: str, y_key: str, log_x: bool, scale: float = 1.0
+) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r in rows:
         x, y = r.get(x_key), r.get(y_key)
         if x is None or y is None or (log_x and x <= 0):
             continue  # not evaluated this round, or nothing sent yet (no place on a log axis)
-        xs.append(float(x))
+        xs.append(float(x) / scale)
         ys.append(float(y))
     return xs, ys
 
@@ -48,12 +60,16 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
     for x_key, stem, x_label, log_x in _AXES:
         if not any(x_key in r for rows in runs.values() for r in rows):
             continue
+        scale = 1.0
+        if x_key == "sim_seconds":
+            unit, scale = _time_unit(runs)
+            x_label = f"{x_label} ({unit})"
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         ax_acc, ax_loss = fig.subplots(1, 2)
         for label, rows in runs.items():
-            xs, acc = _curve(rows, x_key, "test_accuracy", log_x)
+            xs, acc = _curve(rows, x_key, "test_accuracy", log_x, scale)
             ax_acc.plot(xs, [100 * a for a in acc], label=label, marker="." if len(xs) < 40 else "")
-            xs, loss = _curve(rows, x_key, "test_loss", log_x)
+            xs, loss = _curve(rows, x_key, "test_loss", log_x, scale)
             ax_loss.plot(xs, loss, label=label, marker="." if len(xs) < 40 else "")
         for ax, what, unit in (
             (ax_acc, "test accuracy", "%"),

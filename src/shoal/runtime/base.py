@@ -75,6 +75,9 @@ class RoundResult:
     uplink_bytes: int
     client_train_loss: np.ndarray
     """Per client (in task order): mean loss over its own local minibatches."""
+    client_uplink_bytes: np.ndarray | None = None
+    """Per client (in task order): the bytes it uploaded, for the network cost model; ``None``
+    from a runtime that does not count them (the cost model then splits ``uplink_bytes``)."""
 
 
 class Runtime(Protocol):

@@ -30,7 +30,7 @@ from torch import nn
 from shoal.functional import batch_loss
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, stack_states
 from shoal.runtime.inbox import Inbox
-from shoal.runtime.transmit import transmit
+from shoal.runtime.transmit import transmit_each
 from shoal.types import ClientState, Message
 
 
@@ -76,6 +76,8 @@ class Chunk:
     """Per client: summed per-sample loss over its local minibatches."""
     samples: np.ndarray
     """Per client: how many samples those minibatches held."""
+    client_uplink_bytes: np.ndarray
+    """Per client: the bytes it sent (they sum to ``uplink_bytes``)."""
 
 
 @dataclass
@@ -120,16 +122,17 @@ class SimRuntime:
         acc = Inbox(task.aggregator, task.spec.num_params, task.attack, task.byzantine)
         losses = np.zeros(len(task.plans))
         samples = np.zeros(len(task.plans))
-        uplink = 0
+        uplink = np.zeros(len(task.plans), dtype=np.int64)
         for ch in self.train_clients(task, store, np.arange(len(task.plans))):
             acc.add(ch.msg, ch.weights, ch.positions)
             losses[ch.positions], samples[ch.positions] = ch.loss_sum, ch.samples
-            uplink += ch.uplink_bytes
+            uplink[ch.positions] = ch.client_uplink_bytes
         return RoundResult(
             mean_msg=acc.result(),
             train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
-            uplink_bytes=uplink,
+            uplink_bytes=int(uplink.sum()),
             client_train_loss=losses / np.maximum(samples, 1.0),
+            client_uplink_bytes=uplink,
         )
 
     def train_clients(
@@ -157,9 +160,11 @@ class SimRuntime:
             msg, new_state = task.algorithm.upload(params, task.down, cstate, steps_W1)
             for j, c in enumerate(ids):
                 store.put(c, {k: v[j].clone() for k, v in new_state.items()})
-            msg, sent = transmit(task.compressor, msg, ids, store.compressor, task.spec.num_params)
+            msg, sent_W = transmit_each(
+                task.compressor, msg, ids, store.compressor, task.spec.num_params
+            )
             weights = torch.as_tensor(task.weights[pos], dtype=params.dtype, device=dev)
-            yield Chunk(pos, msg, weights, sent, loss_sum, n)
+            yield Chunk(pos, msg, weights, int(sent_W.sum()), loss_sum, n, sent_W)
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""

@@ -5,16 +5,19 @@ updates) go through the compressor one client at a time; the receiver sees the d
 tensors and the ledger is charged ``compressor.nbytes`` of what was really produced. Smaller
 tensors (FedNova's ``tau``, one number per client) travel uncompressed in the same framing.
 A client's compressor state (error feedback's residual, a random-k counter) lives in the
-client store next to its algorithm state, created on first participation.
+client store next to its algorithm state, created on first participation with the client's own
+seed for private randomness (:func:`shoal.compress.init_for_worker`): two clients sending the
+same vector round it independently, while random-k's shared index seed stays shared.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from shoal.compress.base import Compressor, Identity, identity
+from shoal.compress.base import Compressor, Identity, identity, init_for_worker
 from shoal.types import Message
 
 _RAW = identity()
@@ -28,20 +31,32 @@ def transmit(
     num_params: int,
 ) -> tuple[Message, int]:
     """Send each client's row of ``msg``; returns what the server receives and the bytes."""
+    received, sent_W = transmit_each(compressor, msg, clients, states, num_params)
+    return received, int(sent_W.sum())
+
+
+def transmit_each(
+    compressor: Compressor,
+    msg: Message,
+    clients: list[int],
+    states: dict[int, dict[str, Any]],
+    num_params: int,
+) -> tuple[Message, np.ndarray]:
+    """:func:`transmit`, with the bytes each client sent (int64, in ``clients`` order)."""
     received: Message = {}
-    total = 0
-    for key, value in msg.items():
+    sent_W = np.zeros(len(clients), dtype=np.int64)
+    for index, (key, value) in enumerate(msg.items()):
         if value.shape[-1] != num_params or isinstance(compressor, Identity):
-            total += sum(_RAW.nbytes({"values": row}) for row in value)
+            sent_W += [_RAW.nbytes({"values": row}) for row in value]
             received[key] = value
             continue
         rows = []
         for j, client in enumerate(clients):
             state = states.setdefault(client, {})
             if key not in state:
-                state[key] = compressor.init(value[j])
+                state[key] = init_for_worker(compressor, value[j], client, index)
             payload, state[key] = compressor.compress(value[j], state[key])
-            total += compressor.nbytes(payload)
+            sent_W[j] += compressor.nbytes(payload)
             rows.append(compressor.decompress(payload).to(value.dtype))
         received[key] = torch.stack(rows)
-    return received, total
+    return received, sent_W

@@ -1,0 +1,288 @@
+"""Simulated time: what a round would take on a given network, from the bytes it really sent.
+
+Links follow the alpha-beta (latency-bandwidth) model of Hockney ("The communication challenge
+for MPP: Intel Paragon and Meiko CS-2", Parallel Computing 20(3), 1994): a message of ``n``
+bytes takes ``alpha + n / beta`` seconds; no message takes no time. Computation takes
+``seconds_per_sample`` times the samples a worker processed, times its slowdown: a number you
+can measure (the wall time of one local epoch on the target device over its sample count).
+
+How a round's time follows the topology:
+
+- federated (a star): every sampled client downloads, trains and uploads on its own link;
+  the server waits for the slowest, so the round takes ``max_k (down_k + compute_k + up_k)``.
+  The server's own link is assumed not to be the bottleneck (the clients' access links are).
+- data-parallel (a ring all-reduce of ``n`` bytes over ``W`` workers): ``2 (W-1)/W * n / beta +
+  2 (W-1) alpha`` after the slowest worker's compute, on the slowest link (Thakur, Rabenseifner,
+  Gropp, "Optimization of collective communication operations in MPICH", IJHPCA 2005, Sec. 4;
+  Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations",
+  JPDC 2009).
+- gossip: node ``i`` exchanges with each neighbour in parallel, so it takes the longest of its
+  exchanges; a synchronous step waits for the slowest node. Parallel exchanges are assumed
+  not to share a link's bandwidth (exact for one-peer graphs, optimistic for dense ones).
+
+Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
+bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
+not fitted to traces: FedScale, Lai et al. ICML 2022, ships measured ones), and per round,
+stragglers: each sampled client is ``straggler_slowdown`` times slower with probability
+``straggler_probability``. Every draw depends only on ``(seed, client)`` or
+``(seed, round, client)``, so a resumed run charges the same time.
+
+Shape suffix: ``W`` the workers (sampled clients) of a round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shoal.topology import Topology
+
+__all__ = [
+    "CostModel",
+    "Heterogeneity",
+    "MBIT_S",
+    "Link",
+    "Network",
+    "alpha_beta",
+    "cellular_4g",
+    "datacenter",
+    "ethernet_1g",
+    "ring_all_reduce_seconds",
+    "wifi",
+]
+
+MBIT_S = 1e6 / 8
+"""One Mbit/s in bytes per second."""
+
+_SPEED, _BANDWIDTH, _STRAGGLE = 0, 1, 2  # independent random streams
+
+
+def _finite(value: float, what: str, positive: bool = False) -> None:
+    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(
+            f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value}"
+        )
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction of a link: ``seconds(n) = latency_s + n / bandwidth_Bps`` (0 for n = 0)."""
+
+    latency_s: float
+    bandwidth_Bps: float
+
+    def __post_init__(self) -> None:
+        _finite(self.latency_s, "latency_s")
+        _finite(self.bandwidth_Bps, "bandwidth_Bps", positive=True)
+
+    def seconds(self, nbytes: np.ndarray, factor_W: np.ndarray | float = 1.0) -> np.ndarray:
+        """Per message: its time over this link with bandwidth scaled by ``factor_W``."""
+        n = np.asarray(nbytes, dtype=np.float64)
+        t = self.latency_s + n / (self.bandwidth_Bps * np.asarray(factor_W, dtype=np.float64))
+        return np.where(n > 0, t, 0.0)
+
+
+def alpha_beta(latency_s: float, bandwidth_Bps: float) -> Link:
+    """A link with ``latency_s`` seconds per message and ``bandwidth_Bps`` bytes per second."""
+    return Link(latency_s, bandwidth_Bps)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A device profile: the uplink (client to server) and the downlink (server to client)."""
+
+    name: str
+    uplink: Link
+    downlink: Link
+
+
+# Typical values, not measurements; one-way latency is half a round trip (ping).
+# - datacenter: 25 Gbit/s Ethernet (IEEE 802.3by), a common cloud-instance NIC; 0.25 ms is half
+#   the 0.5 ms "round trip within the same datacenter" of Jeff Dean's "Numbers everyone should
+#   know" (LADIS 2009 keynote), an older, TCP-through-switches figure.
+# - ethernet_1g: 1 Gbit/s (IEEE 802.3ab, 1000BASE-T) commodity LAN, the same latency.
+# - wifi: a phone or laptop on home Wi-Fi, limited by the broadband line behind it. OpenSignal's
+#   "The State of Wifi vs Mobile Network Experience as 5G Arrives" (Nov. 2018) measured
+#   smartphone Wi-Fi downloads at tens of Mbit/s (21.6 in Australia, 72.8 in Singapore): 50 down;
+#   the 10 up (a fifth, as on asymmetric cable/DSL lines) and 10 ms are assumptions.
+# - 4g: OpenSignal's US "Mobile Network Experience" report (2019): 4G downloads 14-21 Mbit/s,
+#   uploads 2.4-7 Mbit/s, latency 58-70 ms round trip; so 20 down, 5 up, 30 ms. Uploads several
+#   times slower than downloads is why federated learning compresses uplinks first (Konecny et
+#   al., "Federated learning: strategies for improving communication efficiency", 2016).
+
+
+def datacenter() -> Network:
+    """25 Gbit/s each way, 0.25 ms (typical values; see the comment above)."""
+    link = Link(0.25e-3, 25_000 * MBIT_S)
+    return Network("datacenter", link, link)
+
+
+def ethernet_1g() -> Network:
+    """1 Gbit/s each way, 0.25 ms (typical values)."""
+    link = Link(0.25e-3, 1_000 * MBIT_S)
+    return Network("ethernet_1g", link, link)
+
+
+def wifi() -> Network:
+    """10 Mbit/s up, 50 Mbit/s down, 10 ms (typical values)."""
+    return Network("wifi", Link(10e-3, 10 * MBIT_S), Link(10e-3, 50 * MBIT_S))
+
+
+def cellular_4g() -> Network:
+    """5 Mbit/s up, 20 Mbit/s down, 30 ms (typical values)."""
+    return Network("4g", Link(30e-3, 5 * MBIT_S), Link(30e-3, 20 * MBIT_S))
+
+
+def _normal(seed: int, stream: int, clients_W: np.ndarray) -> np.ndarray:
+    """One standard normal per client, a function of ``(seed, stream, client)`` only: the same
+    whichever other clients are sampled with it, and in every round."""
+    return np.array(
+        [np.random.default_rng([seed, stream, int(c)]).standard_normal() for c in clients_W]
+    )
+
+
+@dataclass(frozen=True)
+class Heterogeneity:
+    """Seeded per-client slowdowns and bandwidth factors, and per-round stragglers."""
+
+    speed_sigma: float = 0.0
+    """Log-normal sigma of each client's persistent compute slowdown (0: all equal)."""
+    bandwidth_sigma: float = 0.0
+    """Log-normal sigma of each client's persistent bandwidth factor, up and down (0: equal)."""
+    straggler_probability: float = 0.0
+    """Chance that a sampled client is a straggler in a round."""
+    straggler_slowdown: float = 10.0
+    """How many times longer a straggler computes (an order of magnitude: an assumption)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _finite(self.speed_sigma, "speed_sigma")
+        _finite(self.bandwidth_sigma, "bandwidth_sigma")
+        if not 0.0 <= self.straggler_probability <= 1.0:
+            raise ValueError(
+                f"straggler_probability must be in [0, 1], got {self.straggler_probability}"
+            )
+        if not (math.isfinite(self.straggler_slowdown) and self.straggler_slowdown >= 1.0):
+            raise ValueError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
+
+    def slowdown(self, clients_W: np.ndarray, round_idx: int) -> np.ndarray:
+        """Compute-time multiplier of each client in round ``round_idx`` (>= 0)."""
+        out = np.ones(len(clients_W))
+        if self.speed_sigma > 0:
+            out *= np.exp(self.speed_sigma * _normal(self.seed, _SPEED, clients_W))
+        if self.straggler_probability > 0:
+            u = np.array(
+                [
+                    np.random.default_rng([self.seed, _STRAGGLE, round_idx, int(c)]).random()
+                    for c in clients_W
+                ]
+            )
+            out = np.where(u < self.straggler_probability, out * self.straggler_slowdown, out)
+        return out
+
+    def bandwidth(self, clients_W: np.ndarray) -> np.ndarray:
+        """Bandwidth multiplier of each client (its link's up and down speeds scale together)."""
+        if self.bandwidth_sigma == 0:
+            return np.ones(len(clients_W))
+        return np.exp(self.bandwidth_sigma * _normal(self.seed, _BANDWIDTH, clients_W))
+
+
+def ring_all_reduce_seconds(num_workers: int, nbytes: float, link: Link) -> float:
+    """A ring all-reduce of ``nbytes`` per worker: ``2(W-1)/W n/beta + 2(W-1) alpha``."""
+    w = num_workers
+    if w <= 1 or nbytes <= 0:
+        return 0.0
+    return 2 * (w - 1) / w * nbytes / link.bandwidth_Bps + 2 * (w - 1) * link.latency_s
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A network, a compute speed and optional heterogeneity: bytes and samples -> seconds."""
+
+    network: Network
+    seconds_per_sample: float = 0.0
+    """Reference compute time per trained sample (forward + backward); 0 counts only the
+    network. Measure it on the device you simulate."""
+    heterogeneity: Heterogeneity = field(default_factory=Heterogeneity)
+
+    def __post_init__(self) -> None:
+        _finite(self.seconds_per_sample, "seconds_per_sample")
+
+    def compute_seconds(
+        self, clients_W: np.ndarray, samples_W: np.ndarray, round_idx: int
+    ) -> np.ndarray:
+        slow_W = self.heterogeneity.slowdown(np.asarray(clients_W), round_idx)
+        return np.asarray(samples_W, dtype=np.float64) * self.seconds_per_sample * slow_W
+
+    def client_seconds(
+        self,
+        clients_W: np.ndarray,
+        samples_W: np.ndarray,
+        uplink_bytes_W: np.ndarray,
+        downlink_bytes_W: np.ndarray,
+        round_idx: int,
+    ) -> np.ndarray:
+        """Download + compute + upload of each client of a federated round."""
+        bw_W = self.heterogeneity.bandwidth(np.asarray(clients_W))
+        down_W = self.network.downlink.seconds(downlink_bytes_W, bw_W)
+        up_W = self.network.uplink.seconds(uplink_bytes_W, bw_W)
+        return down_W + self.compute_seconds(clients_W, samples_W, round_idx) + up_W
+
+    def federated_round(
+        self,
+        clients_W: np.ndarray,
+        samples_W: np.ndarray,
+        uplink_bytes_W: np.ndarray,
+        downlink_bytes_W: np.ndarray,
+        round_idx: int,
+    ) -> float:
+        """A server round: the server waits for its slowest sampled client."""
+        per_client = self.client_seconds(
+            clients_W, samples_W, uplink_bytes_W, downlink_bytes_W, round_idx
+        )
+        return float(per_client.max()) if len(per_client) else 0.0
+
+    def _slowest_link(self, workers_W: np.ndarray) -> Link:
+        """The ring's bottleneck: the slowest direction of the slowest worker's link."""
+        factor = float(self.heterogeneity.bandwidth(workers_W).min())
+        up, down = self.network.uplink, self.network.downlink
+        return Link(
+            max(up.latency_s, down.latency_s),
+            min(up.bandwidth_Bps, down.bandwidth_Bps) * factor,
+        )
+
+    def all_reduce(
+        self, workers_W: np.ndarray, nbytes: float, samples_W: np.ndarray, round_idx: int
+    ) -> float:
+        """A data-parallel step: the slowest worker's compute, then a ring all-reduce."""
+        workers_W = np.asarray(workers_W)
+        compute = self.compute_seconds(workers_W, samples_W, round_idx)
+        link = self._slowest_link(workers_W)
+        return float(compute.max(initial=0.0)) + ring_all_reduce_seconds(
+            len(workers_W), nbytes, link
+        )
+
+    def gossip(
+        self, topology: Topology, nbytes_W: np.ndarray, samples_W: np.ndarray, round_idx: int
+    ) -> float:
+        """A synchronous gossip step: each node computes, then sends ``nbytes_W[i]`` to every
+        out-neighbour in parallel; a node is done when its last exchange has arrived, and the
+        step waits for the slowest node."""
+        nodes = np.arange(topology.num_nodes)
+        bw_W = self.heterogeneity.bandwidth(nodes)
+        up, down = self.network.uplink, self.network.downlink
+        latency = max(up.latency_s, down.latency_s)
+        nbytes = np.asarray(nbytes_W, dtype=np.float64)
+        compute_W = self.compute_seconds(nodes, samples_W, round_idx)
+        done = float(compute_W.max(initial=0.0))
+        for i in nodes:
+            if nbytes[i] <= 0:
+                continue
+            for j in topology.out_neighbors(int(i)):
+                # i's uplink feeds j's downlink: the slower of the two sets the pace.
+                beta = min(up.bandwidth_Bps * bw_W[i], down.bandwidth_Bps * bw_W[j])
+                done = max(done, float(compute_W[i]) + latency + nbytes[i] / beta)
+        return done

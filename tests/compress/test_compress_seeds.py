@@ -1,0 +1,89 @@
+"""Per-worker randomness: stochastic rounding is independent across clients, shared seeds stay
+shared (random-k's indices, PowerSGD's query), and both hold through the uplink in training."""
+
+from __future__ import annotations
+
+import torch
+
+from shoal.compress import (
+    Compressor,
+    error_feedback,
+    init_for_worker,
+    layerwise,
+    natural_compression,
+    powersgd,
+    qsgd,
+    random_k,
+    terngrad,
+    threshold,
+)
+from shoal.runtime.transmit import transmit, transmit_each
+
+D = 256
+SHAPES = [torch.Size([16, 16])]
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(D, generator=torch.Generator().manual_seed(0))
+
+
+def _first_message(c: Compressor, worker: int) -> torch.Tensor:
+    x = _x()
+    payload, _ = c.compress(x, init_for_worker(c, x, worker))
+    return c.decompress(payload)
+
+
+STOCHASTIC = [
+    qsgd(2),
+    terngrad(),
+    natural_compression(),
+    error_feedback(qsgd(2)),
+    layerwise(terngrad(), SHAPES),
+]
+
+
+def test_two_clients_round_the_same_vector_differently() -> None:
+    for c in STOCHASTIC:
+        a, b = _first_message(c, 3), _first_message(c, 4)
+        assert not torch.equal(a, b), c.name
+        assert torch.equal(a, _first_message(c, 3)), c.name  # yet each is reproducible
+
+
+def test_a_client_stream_depends_on_its_use_count() -> None:
+    c, x = qsgd(2), _x()
+    state = init_for_worker(c, x, 5)
+    first, state = c.compress(x, state)
+    second, _ = c.compress(x, state)
+    assert not torch.equal(c.decompress(first), c.decompress(second))
+
+
+def test_shared_seeds_stay_shared_and_random_k_sums_homomorphically() -> None:
+    c = random_k(0.1, seed=4)
+    xs = [torch.randn(D, generator=torch.Generator().manual_seed(w)) for w in range(3)]
+    payloads = [c.compress(x, init_for_worker(c, x, w))[0] for w, x in enumerate(xs)]
+    summed = c.sum_payloads(payloads)  # raises unless seeds and steps agree
+    manual = payloads[0]["values"] + payloads[1]["values"] + payloads[2]["values"]
+    assert torch.equal(summed["values"], manual)
+    assert torch.equal(
+        c.decompress(summed),
+        c.decompress(payloads[0]) + c.decompress(payloads[1]) + c.decompress(payloads[2]),
+    )
+    for shared in (error_feedback(random_k(0.1)), layerwise(random_k(0.1), SHAPES)):
+        assert torch.equal(_first_message(shared, 0), _first_message(shared, 1)), shared.name
+    p = powersgd(SHAPES, rank=2)
+    assert torch.equal(init_for_worker(p, _x(), 0)["q0"], init_for_worker(p, _x(), 9)["q0"])
+
+
+def test_transmit_gives_each_client_its_own_rounding() -> None:
+    same = _x().expand(2, D).clone()  # two clients, one vector
+    for c, differ in ((qsgd(2), True), (random_k(0.2), False)):
+        states: dict = {}
+        got, _ = transmit(c, {"delta": same}, [10, 11], states, D)
+        assert torch.equal(got["delta"][0], got["delta"][1]) is not differ, c.name
+        assert set(states) == {10, 11}
+
+
+def test_transmit_each_counts_each_clients_bytes() -> None:
+    rows = torch.stack([_x(), torch.zeros(D)])
+    got, sent = transmit_each(threshold(0.5), {"delta": rows}, [0, 1], {}, D)
+    assert sent[0] > sent[1] > 0 and got["delta"].shape == (2, D)

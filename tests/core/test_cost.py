@@ -1,0 +1,169 @@
+"""The network cost model: rounds by hand, seeded heterogeneity, simulated time in training."""
+
+import numpy as np
+import pytest
+import torch
+
+from shoal.aggregate.mean import mean
+from shoal.algorithms import fedavg
+from shoal.algorithms.base import LocalWork
+from shoal.compress import threshold
+from shoal.cost import (
+    CostModel,
+    Heterogeneity,
+    Link,
+    Network,
+    alpha_beta,
+    cellular_4g,
+    datacenter,
+    ethernet_1g,
+    ring_all_reduce_seconds,
+    wifi,
+)
+from shoal.functional import ParamSpec, cross_entropy
+from shoal.runtime.base import ClientStore, RoundTask
+from shoal.runtime.sim import SimRuntime
+from shoal.schedule import ClientSampler, make_plan
+from shoal.topology import ring
+from shoal.train import TrainConfig, train
+
+from .helpers import tiny_data, tiny_model, unequal_clients
+
+# Up: 10 ms + 1,000 B/s; down: 20 ms + 4,000 B/s; 1 ms per sample.
+NET = Network("test", alpha_beta(0.01, 1000.0), alpha_beta(0.02, 4000.0))
+MODEL = CostModel(NET, seconds_per_sample=0.001)
+
+
+def test_star_round_by_hand():
+    clients = np.array([4, 9, 2])
+    samples = np.array([100, 200, 0])  # the third was dropped: it only downloaded
+    up = np.array([500, 1000, 0])
+    down = np.array([2000, 2000, 2000])
+    # download 0.02 + 0.5; compute 0.1 / 0.2 / 0; upload 0.01 + 0.5 / 0.01 + 1.0 / nothing
+    per_client = MODEL.client_seconds(clients, samples, up, down, round_idx=0)
+    np.testing.assert_allclose(per_client, [1.13, 1.73, 0.52])
+    assert MODEL.federated_round(clients, samples, up, down, 0) == pytest.approx(1.73)
+    assert MODEL.federated_round(clients[:0], samples[:0], up[:0], down[:0], 0) == 0.0
+
+
+def test_ring_all_reduce_by_hand():
+    link = Link(1e-3, 1e8)  # 1 ms, 100 MB/s
+    # 2 (4-1)/4 * 1e6 / 1e8 = 0.015 s of transfer, 2 (4-1) * 1 ms = 0.006 s of latency
+    assert ring_all_reduce_seconds(4, 1e6, link) == pytest.approx(0.021)
+    assert ring_all_reduce_seconds(1, 1e6, link) == 0.0
+    cm = CostModel(Network("sym", link, link), seconds_per_sample=1e-4)
+    samples = np.array([10, 20, 30, 40])  # slowest computes 4 ms
+    assert cm.all_reduce(np.arange(4), 1e6, samples, 0) == pytest.approx(0.025)
+
+
+def test_gossip_step_by_hand():
+    link = Link(0.5, 100.0)
+    cm = CostModel(Network("sym", link, link), seconds_per_sample=0.01)
+    nbytes = np.array([100.0, 100.0, 300.0, 100.0])
+    samples = np.array([0, 0, 0, 50])
+    # node 2 sends 300 B to its two ring neighbours: 0.5 + 3 s; node 3 computes 0.5 s, sends 1.5 s
+    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(3.5)
+    nbytes[2] = 100.0
+    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(2.0)
+
+
+def test_profiles_are_typical_values_with_a_slower_4g_uplink():
+    assert datacenter().uplink.bandwidth_Bps == 25e9 / 8
+    assert ethernet_1g().downlink.bandwidth_Bps == 1e9 / 8
+    for net in (wifi(), cellular_4g()):
+        assert net.uplink.bandwidth_Bps < net.downlink.bandwidth_Bps
+    assert cellular_4g().uplink.latency_s > datacenter().uplink.latency_s
+
+
+def test_heterogeneity_is_seeded_per_client():
+    h = Heterogeneity(speed_sigma=0.5, bandwidth_sigma=0.3, seed=7)
+    clients = np.array([3, 11, 42, 5])
+    a = h.slowdown(clients, 0)
+    np.testing.assert_array_equal(a, Heterogeneity(0.5, 0.3, seed=7).slowdown(clients, 0))
+    # A client's factor is its own: the same whoever else is sampled, and in any round.
+    np.testing.assert_array_equal(h.slowdown(clients[::-1], 5), a[::-1])
+    assert h.slowdown(np.array([42]), 3)[0] == a[2]
+    assert not np.allclose(a, Heterogeneity(0.5, 0.3, seed=8).slowdown(clients, 0))
+    assert len(set(a)) == 4 and (a > 0).all()
+    assert not np.allclose(h.bandwidth(clients), a)  # an independent stream
+    spread = Heterogeneity(speed_sigma=1.0).slowdown(np.arange(4000), 0)
+    assert np.median(spread) == pytest.approx(1.0, abs=0.1)  # log-normal with median 1
+
+
+def test_stragglers_are_drawn_per_round():
+    clients = np.arange(2000)
+    h = Heterogeneity(straggler_probability=0.25, straggler_slowdown=8.0, seed=1)
+    r0, r1 = h.slowdown(clients, 0), h.slowdown(clients, 1)
+    assert set(np.unique(r0)) == {1.0, 8.0}
+    assert (r0 == 8.0).mean() == pytest.approx(0.25, abs=0.03)
+    assert not np.array_equal(r0, r1)
+    np.testing.assert_array_equal(r0, h.slowdown(clients, 0))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Link(-1.0, 10.0), "latency_s"),
+        (lambda: Link(0.0, 0.0), "bandwidth_Bps"),
+        (lambda: Heterogeneity(straggler_probability=1.5), "straggler_probability"),
+        (lambda: Heterogeneity(straggler_slowdown=0.5), "straggler_slowdown"),
+        (lambda: Heterogeneity(speed_sigma=float("nan")), "speed_sigma"),
+        (lambda: CostModel(NET, seconds_per_sample=-1.0), "seconds_per_sample"),
+    ],
+)
+def test_bad_values_are_one_line(make, match):
+    with pytest.raises(ValueError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+def _setup():
+    data = tiny_data()
+    return data, unequal_clients(len(data.train), 10)
+
+
+def test_runtime_reports_each_clients_uplink_bytes():
+    torch.set_num_threads(1)
+    data, clients = _setup()
+    model = tiny_model()
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model)
+    alg = fedavg(0.2)
+    chosen = np.array([0, 3, 5, 8])
+    plans = [make_plan(clients[c], LocalWork(1, 8), 1, 0, 0, int(c)) for c in chosen]
+    task = RoundTask(
+        model, spec, cross_entropy, alg, mean(), threshold(0.02), params,
+        alg.download(params, {}), data.train.x, data.train.y, chosen, plans,
+        np.ones(len(chosen)),
+    )  # fmt: skip
+    res = SimRuntime(vectorize=True, memory_budget_mb=0.02).run_round(task, ClientStore())
+    assert res.client_uplink_bytes is not None
+    assert res.client_uplink_bytes.sum() == res.uplink_bytes
+    assert len(set(res.client_uplink_bytes.tolist())) > 1  # threshold: sizes differ per client
+
+
+def _train(network, rounds=3):
+    data, clients = _setup()
+    cfg = TrainConfig(
+        rounds=rounds, sampler=ClientSampler(4), work=LocalWork(1, 8), progress=False, seed=2
+    )
+    return train(tiny_model(), data, clients, fedavg(0.2), cfg, network=network)
+
+
+def test_training_logs_simulated_time():
+    torch.set_num_threads(1)
+    plain = _train(None, rounds=2)
+    assert "sim_seconds" not in plain.metrics[0]
+    res = _train(CostModel(NET, seconds_per_sample=1e-3), rounds=2)
+    row = res.metrics[0]
+    # Equal dense messages: one download and one upload of a client's bytes, plus the compute
+    # of the largest sampled client (one epoch: every one of its samples once).
+    up, down = row["uplink_bytes"] / 4, row["downlink_bytes"] / 4
+    data, clients = _setup()
+    sizes = np.array([len(c) for c in clients], dtype=np.float64)
+    most = max(len(clients[c]) for c in ClientSampler(4)(sizes, 2, 0))
+    expected = 0.02 + down / 4000 + 1e-3 * most + 0.01 + up / 1000
+    assert row["round_sim_seconds"] == pytest.approx(expected)
+    sims = [r["round_sim_seconds"] for r in res.metrics]
+    assert res.metrics[-1]["sim_seconds"] == pytest.approx(sum(sims))
+    assert res.metrics[0]["test_accuracy"] == plain.metrics[0]["test_accuracy"]  # timing only
