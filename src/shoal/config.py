@@ -63,8 +63,10 @@ The schema (two levels: top-level keys, then one table per concern)::
     drop_stragglers = false
 
     [runtime]
+    kind = "auto"       # sim | dist | "auto" (auto: dist under `shoal launch` / torchrun)
     vectorize = "auto"  # true | false | "auto" (auto: loop for conv models on the CPU)
     memory_budget_mb = 1024
+    timeout_s = 120     # dist: how long a collective waits for a peer that died or stalled
 
     [eval]
     every = 1
@@ -201,8 +203,10 @@ SECTIONS: dict[str, dict[str, Param]] = {
         "drop_stragglers": Param(bool, False),
     },
     "runtime": {
+        "kind": Param(str, "auto", choices=("auto", "sim", "dist")),
         "vectorize": Param(Literal["auto"] | bool, "auto"),
         "memory_budget_mb": Param(float, 1024.0, _positive, "a finite number > 0"),
+        "timeout_s": Param(float, 120.0, _positive, "a finite number of seconds > 0"),
     },
     "eval": {
         "every": Param(int, 1, _ge(1), ">= 1"),

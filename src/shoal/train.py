@@ -158,6 +158,7 @@ def train(
     config.sampler.check(len(clients))
     dev = resolve_device(config.device)
     runtime = runtime if runtime is not None else SimRuntime()
+    main = runtime.is_main  # the one process that evaluates and writes files
     aggregator = aggregator if aggregator is not None else mean()
     compressor = compressor if compressor is not None else identity()
     downlink = downlink_compressor if downlink_compressor is not None else identity()
@@ -195,7 +196,8 @@ def train(
     rows: list[dict[str, Any]] = []
     start_round, wall, cum_up, cum_down = 0, 0.0, 0, 0
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
         if resume:
             if not (out / CHECKPOINT).exists():
                 raise ValueError(f"cannot resume: no {CHECKPOINT} in {out}")
@@ -205,7 +207,8 @@ def train(
             start_round, wall = ck["round"], ck["wall_seconds"]
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
-        _write_metrics(out / METRICS, rows)
+        if main:
+            _write_metrics(out / METRICS, rows)
 
     bar = tqdm(
         range(start_round, config.rounds),
@@ -213,7 +216,7 @@ def train(
         total=config.rounds,
         desc=algorithm.name,
         unit="round",
-        disable=not config.progress,
+        disable=not (config.progress and main),
     )
     for r in bar:
         t0 = time.perf_counter()
@@ -272,7 +275,7 @@ def train(
             round_s = network.federated_round(sampled, samples_W, up_W, down_W, r)
             sim += round_s
             row.update(round_sim_seconds=round_s, sim_seconds=sim)
-        if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+        if main and ((r + 1) % config.eval_every == 0 or r + 1 == config.rounds):
             loss_n, correct_n = predict(
                 model, spec, params, x_test, y_test, loss_fn, config.eval_batch_size
             )
@@ -290,16 +293,18 @@ def train(
         rows.append(row)
         if callback is not None:
             callback(row)
-        if out is not None:
+        if out is not None and main:
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if (r + 1) % config.checkpoint_every == 0 or r + 1 == config.rounds:
+        if out is not None and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.rounds):
+            everyone = runtime.gather_store(store)  # a collective: every rank takes part
+            if main:
                 ck = {
                     "round": r + 1,
                     "params": params,
                     "server": server,
-                    "clients": store.states,
-                    "compressor": store.compressor,
+                    "clients": everyone.states,
+                    "compressor": everyone.compressor,
                     "metrics": rows,
                     "wall_seconds": wall,
                     "cum_uplink_bytes": cum_up,
@@ -310,11 +315,14 @@ def train(
                 _atomic_save(ck, out / CHECKPOINT)
     bar.close()
 
-    summary = _summary(model, spec, params, data, clients, loss_fn, config, rows, algorithm.name)
-    if out is not None:
+    summary = _summary(
+        model, spec, params, data, clients, loss_fn, config, rows, algorithm.name, evaluate=main
+    )
+    if out is not None and main:
         spec.load_into(model, params)
         _atomic_save(model.state_dict(), out / MODEL)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)
 
 
@@ -328,6 +336,7 @@ def _summary(
     config: TrainConfig,
     rows: list[dict[str, Any]],
     name: str,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Final numbers, with the distribution of per-client accuracy of the global model."""
     dev = params.device
@@ -344,6 +353,8 @@ def _summary(
         "total_downlink_bytes": rows[-1]["cum_downlink_bytes"] if rows else 0,
         "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
     }
+    if not evaluate:  # a non-main rank of a distributed run: rank 0 evaluates
+        return summary
     if config.client_eval:
         _, correct = predict(
             model,

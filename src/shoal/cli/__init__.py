@@ -1,4 +1,4 @@
-"""The ``shoal`` command line: ``run``, ``plot``, ``data list|fetch|show`` and ``demo``.
+"""The ``shoal`` command line: ``run``, ``launch``, ``plot``, ``data list|fetch|show`` and ``demo``.
 
 Mistakes a user can make (a config key, a value, a missing folder) end in one line on stderr
 naming what was wrong and what is allowed, with exit code 2; failures the library reports
@@ -49,7 +49,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shoal.cli import data, plot, run
+    from shoal.cli import data, launch, plot, run
 
     parser = _Parser(
         prog="shoal",
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shoal {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run.add_parsers(sub)
+    launch.add_parser(sub)
     plot.add_parser(sub)
     data.add_parser(sub)
     return parser

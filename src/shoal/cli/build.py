@@ -37,6 +37,9 @@ from shoal.config import Config, ConfigError, check_num_clients
 from shoal.cost import MBIT_S, CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, feature_noise, fetch
 from shoal.functional import ParamSpec, init_params
+from shoal.runtime.base import Runtime
+from shoal.runtime.dist import DistRuntime
+from shoal.runtime.procgroup import in_distributed_env
 from shoal.runtime.sim import SimRuntime, resolve_device
 from shoal.schedule import ClientSampler, Stragglers
 from shoal.train import TrainConfig
@@ -55,7 +58,7 @@ class Experiment:
     init: torch.Tensor
     algorithm: Algorithm
     train_config: TrainConfig
-    runtime: SimRuntime
+    runtime: Runtime
     compressor: Compressor
     downlink: Compressor = field(default_factory=identity)
     network: CostModel | None = None
@@ -286,7 +289,16 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         device=cfg["device"],
         progress=progress,
     )
-    runtime = SimRuntime(cfg["runtime.vectorize"], cfg["runtime.memory_budget_mb"])
+    sim = SimRuntime(cfg["runtime.vectorize"], cfg["runtime.memory_budget_mb"])
+    runtime: Runtime = sim
+    kind = cfg["runtime.kind"]
+    if kind == "dist" or (kind == "auto" and in_distributed_env()):
+        if not in_distributed_env():
+            raise ConfigError(
+                "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
+                "`shoal launch` or `torchrun`"
+            )
+        runtime = DistRuntime(sim, device=cfg["device"], timeout_s=cfg["runtime.timeout_s"])
     return Experiment(
         cfg,
         data,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, apply_overrides, dumps, load, loads, resolve
 from shoal.report import human_bytes, plot_runs
+from shoal.runtime.procgroup import in_distributed_env
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
 
 CONFIG = "config.toml"
@@ -89,7 +92,7 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
             torch.set_num_threads(cfg["num_threads"])
         exp = build(cfg, progress=progress)
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume and _rank() == 0:
             _write_config(exp.config, out / CONFIG)
         result = train(
             exp.model,
@@ -104,6 +107,7 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
             init=exp.init,
             out_dir=out,
             resume=resume,
+            callback=_fault_injection(),
         )
     except KeyboardInterrupt:
         if (out / CONFIG).is_file():
@@ -111,8 +115,49 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
         raise
     finally:
         torch.set_num_threads(threads)
-    print(summary_text(exp, result, out, time.perf_counter() - started))
+    if _rank() == 0:
+        print(summary_text(exp, result, out, time.perf_counter() - started))
     return result
+
+
+def _rank() -> int:
+    """This process's rank in a distributed run (0 otherwise)."""
+    return int(os.environ.get("RANK", "0")) if in_distributed_env() else 0
+
+
+def _fault_injection() -> Callable[[dict[str, Any]], None] | None:
+    """``SHOAL_FAULT_KILL=RANK:ROUND``: that rank kills itself (SIGKILL) after that round of
+    the first attempt — to test what a job does when a worker dies."""
+    spec = os.environ.get("SHOAL_FAULT_KILL")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    rank, round_ = (int(v) for v in spec.split(":"))
+
+    def kill(row: dict[str, Any]) -> None:
+        if _rank() == rank and row["round"] == round_:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+def _distributed_run(args: argparse.Namespace) -> int:
+    """A worker of `shoal launch` / torchrun: every rank shares ``--out``; rank 0 writes it.
+    After an elastic restart the workers continue from the checkpoint."""
+    if args.resume:
+        out = Path(args.resume)
+        cfg = resolve(load(out / CONFIG), CATALOG)
+    else:
+        if not args.config or not args.out:
+            raise UsageError(
+                "a distributed run needs CONFIG.toml and --out DIR: every rank writes to and "
+                "resumes from the same folder (`shoal launch` picks one for you)"
+            )
+        out = Path(args.out)
+        cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    resume = (bool(args.resume) or restarted) and (out / CHECKPOINT).is_file()
+    execute(cfg, out, resume=resume, progress=not args.quiet)
+    return 0
 
 
 def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float) -> str:
@@ -141,6 +186,8 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if in_distributed_env():
+        return _distributed_run(args)
     if args.resume:
         if args.config or args.set or args.out:
             raise UsageError(

@@ -83,6 +83,20 @@ class RoundResult:
 class Runtime(Protocol):
     def run_round(self, task: RoundTask, store: ClientStore) -> RoundResult: ...
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process evaluates and writes the run's files (one process does)."""
+        ...
+
+    def gather_store(self, store: ClientStore) -> ClientStore:
+        """Every client's state, for the main process's checkpoint (a distributed runtime
+        keeps each client's state on the process that trains it)."""
+        ...
+
+    def sync(self) -> None:
+        """Wait until every process got here (the main one has written the run's files)."""
+        ...
+
 
 def stack_states(states: list[ClientState]) -> ClientState:
     """Stack per-client states along a new leading ``W`` axis."""

@@ -49,11 +49,14 @@ class Inbox:
             else:
                 self.rows.setdefault(k, []).append(v)
 
+    def total_weight(self) -> torch.Tensor:
+        return torch.cat(self.weights).sum()
+
     def result(self) -> Message:
-        w = torch.cat(self.weights)
         if self.streaming:
-            total = w.sum()
+            total = self.total_weight()
             return {k: v / total for k, v in self.sums.items()}
+        w = torch.cat(self.weights)
         inbox = {k: torch.cat(vs) for k, vs in self.rows.items()}
         if self.attack is not None and self.byzantine is not None:
             bad = torch.from_numpy(self.byzantine[np.concatenate(self.positions)])

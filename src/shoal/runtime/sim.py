@@ -166,6 +166,16 @@ class SimRuntime:
             weights = torch.as_tensor(task.weights[pos], dtype=params.dtype, device=dev)
             yield Chunk(pos, msg, weights, int(sent_W.sum()), loss_sum, n, sent_W)
 
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def gather_store(self, store: ClientStore) -> ClientStore:
+        return store
+
+    def sync(self) -> None:
+        pass
+
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
         if self.vectorize != "auto":

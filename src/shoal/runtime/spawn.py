@@ -10,6 +10,7 @@ Real jobs use ``shoal launch`` (torchrun) instead.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
@@ -40,7 +41,11 @@ def _worker(
     )
     torch.set_num_threads(1)
     try:
-        q.put((rank, True, fn(*args)))
+        # Results travel as torch.save bytes: a tensor sent as-is would be shared through a
+        # file descriptor that dies with this process before the parent reads it.
+        buf = io.BytesIO()
+        torch.save(fn(*args), buf)
+        q.put((rank, True, buf.getvalue()))
     except BaseException:  # report any failure to the parent, with its traceback
         q.put((rank, False, traceback.format_exc()))
     finally:
@@ -76,7 +81,7 @@ def spawn_local(
                 rank, ok, value = q.get()
                 if not ok:
                     raise RuntimeError(f"rank {rank} failed:\n{value}")
-                results[rank] = value
+                results[rank] = torch.load(io.BytesIO(value), weights_only=False)
                 continue
             dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
             if dead and q.empty():

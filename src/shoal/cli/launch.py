@@ -1,0 +1,118 @@
+"""``shoal launch``: one config on several processes (and machines), through ``torchrun``.
+
+``shoal launch --nproc-per-node 4 CONFIG.toml`` starts ``torchrun`` with ``shoal run`` as
+the worker; each worker sees torchrun's ``RANK``/``WORLD_SIZE`` and trains with
+:class:`~shoal.runtime.dist.DistRuntime` (``[runtime] kind = "auto"``). The plain form
+``torchrun --nproc-per-node 4 -m shoal run CONFIG.toml --out DIR`` is the same job.
+
+Failures: with ``--max-restarts K`` torchrun's elastic agent restarts every worker after one
+dies, and the restarted workers resume from the run's checkpoint; without restarts the agent
+stops the survivors as soon as a worker exits, and this command ends with one line naming
+the rank that died and its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shoal.cli import UsageError, add_set_option
+from shoal.cli.registry import CATALOG
+from shoal.config import apply_overrides, load, resolve
+from shoal.runtime.spawn import free_port
+
+# torchrun's failure report names the rank and exit code of the first worker that failed.
+_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)")
+_EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="run a config on several processes with torchrun (DistRuntime)",
+        description="Run one experiment across processes and machines: a thin layer over "
+        "torchrun whose workers are `shoal run` with the distributed runtime.",
+    )
+    p.add_argument("config", metavar="CONFIG.toml", help="the experiment config")
+    add_set_option(p)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
+    p.add_argument("--nproc-per-node", type=int, default=2, help="processes on this machine")
+    p.add_argument("--nnodes", default="1", help="machines (or MIN:MAX for elastic jobs)")
+    p.add_argument("--node-rank", type=int, default=None, help="this machine's rank")
+    p.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="rendezvous address on the first machine (needed with --nnodes > 1)",
+    )
+    p.add_argument("--rdzv-id", default="shoal", help="job id shared by all machines")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart all workers up to K times after a failure; they resume from the checkpoint",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_launch)
+
+
+def torchrun_command(args: argparse.Namespace, out: Path) -> list[str]:
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    multi = args.nnodes not in ("1", "1:1")
+    if multi and not args.rdzv_endpoint:
+        raise UsageError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT of the first machine")
+    endpoint = args.rdzv_endpoint or f"127.0.0.1:{free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={args.nproc_per_node}",
+        f"--nnodes={args.nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={args.rdzv_id}",
+        f"--max-restarts={args.max_restarts}",
+        "--monitor-interval=0.5",
+    ]
+    if args.node_rank is not None:
+        cmd.append(f"--node-rank={args.node_rank}")
+    cmd += ["-m", "shoal", "run", str(args.config), "--out", str(out)]
+    for item in args.set:
+        cmd += ["--set", item]
+    if args.quiet:
+        cmd.append("--quiet")
+    return cmd
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from shoal.cli.run import fresh_out
+
+    # Check the config here, once, so a typo is one line rather than one per worker.
+    resolve(apply_overrides(load(args.config), args.set), CATALOG)
+    if args.nnodes not in ("1", "1:1") and not args.out:
+        raise UsageError("--nnodes > 1 needs --out DIR (on a folder every machine can reach)")
+    out = fresh_out(args.out, Path(args.config).stem)
+    cmd = torchrun_command(args, out)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
+    failed_rank = exit_code = None
+    assert proc.stderr is not None
+    for line in proc.stderr:  # pass torchrun's log through, noting who failed
+        sys.stderr.write(line)
+        if failed_rank is None and (m := _FAILED_RANK.search(line)):
+            failed_rank = m.group(1)
+        if exit_code is None and (m := _EXIT_CODE.search(line)):
+            exit_code = m.group(1)
+    rc = proc.wait()
+    if rc != 0:
+        who = f"rank {failed_rank}" if failed_rank is not None else "a worker"
+        how = f" with exit code {exit_code}" if exit_code is not None else ""
+        hint = "" if args.max_restarts else "; --max-restarts K restarts from the checkpoint"
+        print(f"shoal: error: {who} failed{how}; the job stopped{hint}", file=sys.stderr)
+        return 1
+    return 0

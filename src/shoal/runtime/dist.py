@@ -1,0 +1,194 @@
+"""DistRuntime: a federated round across ``torch.distributed`` processes.
+
+Every process runs the same driver (:func:`shoal.train.train`) with the same seed, so all of
+them sample the same clients and plan the same batches; the runtime is the only code that
+differs from simulation. Client ``k`` is trained by rank ``k mod world_size``, which keeps
+its algorithm and compressor state (SCAFFOLD's ``c_k``, an error-feedback residual) on the
+process that needs it, round after round. Each rank trains its share with
+:class:`~shoal.runtime.sim.SimRuntime`'s machinery, then the server's inbox is formed
+collectively:
+
+- a linear rule (the weighted mean) with no attack: each rank sums its weighted messages and
+  one ``all_reduce`` adds the partial sums — the data-parallel pattern;
+- robust rules and attacks need every message: the rows are all-gathered, put back in the
+  round's client order, and every rank applies the same aggregator (so every rank holds the
+  same global model without a broadcast).
+
+The server update then runs identically on every rank; only rank 0 evaluates and writes files.
+Processes are started by ``shoal launch`` / ``torchrun`` (or
+:func:`shoal.runtime.spawn.spawn_local`); gloo on CPU, NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from shoal.runtime.base import ClientStore, RoundResult, RoundTask
+from shoal.runtime.inbox import Inbox
+from shoal.runtime.procgroup import DEFAULT_TIMEOUT_S, DistContext, init_from_env
+from shoal.runtime.sim import Chunk, SimRuntime
+from shoal.types import Message
+
+
+@dataclass
+class DistRuntime:
+    """Federated rounds across processes; see the module docstring."""
+
+    local: SimRuntime = field(default_factory=SimRuntime)
+    """How each rank trains its own clients (vectorized or looped, memory budget)."""
+    backend: str = "auto"
+    device: str = "auto"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    """How long a collective may wait for a peer before failing (a dead rank)."""
+    _ctx: DistContext | None = field(default=None, repr=False)
+
+    @property
+    def ctx(self) -> DistContext:
+        if self._ctx is None:
+            self._ctx = init_from_env(self.backend, self.device, self.timeout_s)
+        return self._ctx
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    def owner(self, clients: np.ndarray) -> np.ndarray:
+        """The rank that trains (and keeps the state of) each client."""
+        return np.asarray(clients) % self.ctx.world_size
+
+    def run_round(self, task: RoundTask, store: ClientStore) -> RoundResult:
+        ctx = self.ctx
+        n = len(task.plans)
+        mine = np.nonzero(self.owner(task.clients) == ctx.rank)[0]
+        chunks = list(self.local.train_clients(task, store, mine))
+        dev = task.params_D.device
+        # Per-client losses, sample counts and uplink bytes; each rank fills its own clients.
+        stats = torch.zeros(3, n, dtype=torch.float64, device=dev)
+        for ch in chunks:
+            pos = torch.as_tensor(ch.positions, device=dev)
+            for row, value in enumerate((ch.loss_sum, ch.samples, ch.client_uplink_bytes)):
+                stats[row, pos] = torch.as_tensor(value, dtype=torch.float64, device=dev)
+        dist.all_reduce(stats)
+        acc = Inbox(task.aggregator, task.spec.num_params, task.attack, task.byzantine)
+        layout = _layout(chunks)
+        if acc.streaming:
+            mean_msg = self._reduce_mean(acc, chunks, layout, dev)
+        else:
+            mean_msg = self._gather_rows(acc, chunks, layout, n, task, dev)
+        losses, samples, sent = stats.cpu().numpy()
+        uplink = np.rint(sent).astype(np.int64)  # byte counts are exact in float64 below 2^53
+        return RoundResult(
+            mean_msg=mean_msg,
+            train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
+            uplink_bytes=int(uplink.sum()),
+            client_train_loss=losses / np.maximum(samples, 1.0),
+            client_uplink_bytes=uplink,
+        )
+
+    def _reduce_mean(
+        self, acc: Inbox, chunks: list[Chunk], layout: dict[str, Any], dev: torch.device
+    ) -> Message:
+        """Weighted mean: local weighted sums, then one all-reduce per message key."""
+        for ch in chunks:
+            acc.add(ch.msg, ch.weights, ch.positions)
+        shapes, dtype = _agree_on_layout(layout)
+        total = acc.total_weight() if chunks else torch.zeros((), dtype=dtype, device=dev)
+        total = total.reshape(1).to(dtype)
+        dist.all_reduce(total)
+        out: Message = {}
+        for key, shape in shapes.items():
+            part = acc.sums.get(key)
+            buf = part.clone() if part is not None else torch.zeros(shape, dtype=dtype, device=dev)
+            dist.all_reduce(buf)
+            out[key] = buf / total[0]
+        return out
+
+    def _gather_rows(
+        self,
+        acc: Inbox,
+        chunks: list[Chunk],
+        layout: dict[str, Any],
+        n: int,
+        task: RoundTask,
+        dev: torch.device,
+    ) -> Message:
+        """Every message row to every rank (padded all-gather), in the round's client order."""
+        shapes, dtype = _agree_on_layout(layout)
+        world = self.ctx.world_size
+        owned = np.concatenate([ch.positions for ch in chunks]) if chunks else np.zeros(0, int)
+        counts = torch.zeros(world, dtype=torch.int64, device=dev)
+        counts[self.ctx.rank] = len(owned)
+        dist.all_reduce(counts)
+        most = int(counts.max())
+        pos = torch.full((most,), -1, dtype=torch.int64, device=dev)
+        pos[: len(owned)] = torch.as_tensor(owned, device=dev)
+        all_pos = torch.cat(_all_gather(pos, world))
+        valid = all_pos >= 0
+        order = torch.argsort(all_pos[valid])  # back to the task's client order
+        received: Message = {}
+        for key, shape in shapes.items():
+            rows = torch.zeros(most, *shape, dtype=dtype, device=dev)
+            if chunks:
+                rows[: len(owned)] = torch.cat([ch.msg[key] for ch in chunks])
+            received[key] = torch.cat(_all_gather(rows, world))[valid][order]
+        weights = torch.as_tensor(task.weights, dtype=dtype, device=dev)
+        acc.add(received, weights, np.arange(n))
+        return acc.result()
+
+    def sync(self) -> None:
+        dist.barrier()
+
+    def gather_store(self, store: ClientStore) -> ClientStore:
+        """Rank 0 receives every rank's client states (on the CPU); others keep their own."""
+        ctx = self.ctx
+        mine = (_to_cpu(store.states), _to_cpu(store.compressor))
+        parts: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+        dist.gather_object(mine, parts, dst=0)
+        if parts is None:
+            return store
+        merged = ClientStore()
+        for states, comp in parts:
+            merged.states.update(states)
+            merged.compressor.update(comp)
+        return merged
+
+
+def _layout(chunks: list[Chunk]) -> dict[str, Any]:
+    """Shapes (per client) and dtype of this rank's message keys; empty without clients."""
+    if not chunks:
+        return {}
+    msg = chunks[0].msg
+    return {
+        "shapes": {k: tuple(v.shape[1:]) for k, v in msg.items()},
+        "dtype": next(iter(msg.values())).dtype,
+    }
+
+
+def _agree_on_layout(layout: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], torch.dtype]:
+    """Ranks without clients this round learn the message layout from those with some."""
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, layout)
+    known = next(x for x in everyone if x)  # someone trained: the round has >= 1 client
+    return known["shapes"], known["dtype"]
+
+
+def _all_gather(t: torch.Tensor, world: int) -> list[torch.Tensor]:
+    out = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Tensors (in nested dicts, lists and tuples) moved to the CPU, for pickling to rank 0."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

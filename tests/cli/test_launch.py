@@ -1,0 +1,73 @@
+"""``shoal launch``: torchrun workers with DistRuntime, and what happens when one dies.
+
+A worker is killed with SIGKILL after round 2 (``SHOAL_FAULT_KILL``). With ``--max-restarts``
+the elastic agent restarts the workers, they resume from the checkpoint and end with exactly
+the model and metrics of an uninterrupted single-process run; without restarts the job stops
+within seconds and says which rank died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import shoal, write_config
+
+
+def _launch(cfg: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHOAL_FAULT_KILL": "1:2", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shoal", "launch", "--nproc-per-node", "2", str(cfg)]
+    cmd += ["--out", str(out), "--quiet", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("wall_seconds")
+    return rows
+
+
+def test_killed_worker_restarts_and_resumes_exactly(tmp_path):
+    cfg = write_config(tmp_path, rounds=4)
+    assert shoal("run", cfg, "--out", tmp_path / "single", "--quiet") == 0
+    proc = _launch(cfg, tmp_path / "dist", "--max-restarts", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exitcode: -9" in proc.stderr  # the kill really happened
+    # Equal up to float summation order (ranks add their partial sums in an all-reduce).
+    dist, single = _metrics(tmp_path / "dist"), _metrics(tmp_path / "single")
+    assert [r["round"] for r in dist] == [1, 2, 3, 4]
+    assert dist == [pytest.approx(r, rel=1e-6) for r in single]
+    a = torch.load(tmp_path / "dist" / "model.pt")
+    b = torch.load(tmp_path / "single" / "model.pt")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_killed_worker_without_restarts_fails_fast_naming_the_rank(tmp_path):
+    cfg = write_config(tmp_path, rounds=50)
+    started = time.monotonic()
+    proc = _launch(cfg, tmp_path / "dist")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("shoal: error: rank 1 failed with exit code -9"), last
+    assert time.monotonic() - started < 120  # bounded, not a hang
+
+
+def test_distributed_worker_needs_an_out_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert shoal("run", write_config(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("bad", [["--nproc-per-node", "0"], ["--nnodes", "2"]])
+def test_launch_usage_errors_are_one_line(tmp_path, capsys, bad):
+    assert shoal("launch", write_config(tmp_path), *bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shoal: error:")
