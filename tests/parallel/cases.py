@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.compress import error_feedback, random_k, threshold, top_k
+from shoal.compress import error_feedback, qsgd, random_k, threshold, top_k
 from shoal.data.types import ArrayDataset, FederatedDataset
 from shoal.parallel import (
     Comm,
@@ -61,6 +61,7 @@ CASES: dict[str, Callable[[int], Any]] = {
     ),
     "sync_sgd_random_k": lambda n: sync_sgd(0.2, compressor=random_k(0.3)),
     "sync_sgd_threshold": lambda n: sync_sgd(0.2, compressor=error_feedback(threshold(0.05))),
+    "sync_sgd_qsgd": lambda n: sync_sgd(0.2, compressor=qsgd(4, bucket_size=16)),
     "local_sgd": lambda n: local_sgd(0.2, period=2, momentum=0.5),
     "dpsgd_ring": lambda n: dpsgd(0.2, ring(n)),
     "dpsgd_ring_lian": lambda n: dpsgd(0.2, ring(n), "lian", momentum=0.5),
@@ -165,7 +166,12 @@ def straggling(ctx: Any, slow: int, factor: float) -> dict[str, Any]:
     sgp_run = train_parallel(tiny_model(), data, shards(n), sgp(0.2), cfg, DistComm(ctx))
     comm = DistComm(ctx)
     easgd_run = train_parallel(tiny_model(), data, shards(n - 1), easgd(0.2, tau=2), cfg, comm)
+    # Asynchronous EASGD stopping at a target accuracy: the server tells every worker.
+    cfg = config(steps=300, eval_every=5, target_accuracy=0.6)
+    target_run = train_parallel(tiny_model(), data, shards(n - 1), easgd(0.2), cfg, DistComm(ctx))
     return {
+        "target_easgd": target_run.summary,
+        "target_easgd_rows": target_run.metrics,
         "straggler_sgp": sgp_run.metrics,
         "straggler_easgd": easgd_run.metrics,
         "straggler_easgd_params": easgd_run.params,

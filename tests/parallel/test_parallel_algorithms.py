@@ -184,5 +184,29 @@ def test_bad_configurations_raise_clear_errors():
         ParallelConfig(steps=0)
     with pytest.raises(ValueError, match="slowdown factors must be >= 1"):
         ParallelConfig(steps=1, slowdown={0: 0.5})
+    with pytest.raises(ValueError, match=r"slowdown names worker\(s\) \[5\]"):
+        _run(sync_sgd(0.1), world=2, slowdown={5: 2.0})
     with pytest.raises(ValueError, match="target_accuracy"):
         ParallelConfig(steps=1, target_accuracy=1.5)
+
+
+def test_compressed_sync_sgd_sums_in_compressed_form_only_when_that_is_exact():
+    from shoal.compress import count_sketch, error_feedback, identity, powersgd, qsgd, random_k
+    from shoal.functional import ParamSpec
+
+    shapes = ParamSpec.of(tiny_model()).shapes
+    expected = {
+        "identity": (identity(), True),
+        "random_k": (error_feedback(random_k(0.3)), True),
+        "count_sketch": (count_sketch(width=40, depth=1), True),
+        "powersgd": (error_feedback(powersgd(shapes, rank=1)), False),  # needs two rounds
+        "qsgd": (qsgd(4), False),
+    }
+    for name, (compressor, summed) in expected.items():
+        r = _run(sync_sgd(0.2, compressor=compressor), world=3)
+        assert r.state["summed"] is summed, name
+        assert torch.isfinite(r.params_WD).all(), name
+        assert (r.params_WD - r.params_WD[0]).abs().max() == 0, name  # replicas stay equal
+    dense = _run(sync_sgd(0.2), world=3)
+    lossless = _run(sync_sgd(0.2, compressor=identity()), world=3)
+    torch.testing.assert_close(lossless.params_WD, dense.params_WD, rtol=0, atol=1e-6)

@@ -131,3 +131,11 @@ def test_stragglers_keep_training_sgp_and_async_easgd(spawned):
     centre = got[3]["straggler_easgd_params"]
     for g in got:  # every rank ends with the final centre
         torch.testing.assert_close(g["straggler_easgd_params"], centre, rtol=0, atol=0)
+
+
+def test_async_easgd_stops_every_worker_at_the_target(spawned):
+    got = spawned(4)
+    summary, rows = got[3]["target_easgd"], got[3]["target_easgd_rows"]
+    assert summary["steps_to_target"] is not None and summary["time_to_target_seconds"] > 0
+    assert rows[-1]["step"] < 300  # the workers stopped early (and the run did not hang)
+    assert max(r["test_accuracy"] for r in rows) >= 0.6

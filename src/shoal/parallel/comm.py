@@ -23,7 +23,8 @@ format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"val
 one payload per destination for point-to-point messages, and one per worker for a collective
 (the payload it contributes; how the collective library relays it, e.g. ring all-reduce's
 ``2(N-1)/N`` factor, is not counted). :class:`SimComm` counts all workers, :class:`DistComm`
-its own process; the loop sums them. ``sum_stats`` (metrics bookkeeping) is not counted.
+its own process; the loop sums them. ``sum_stats`` (metrics bookkeeping) and ``broadcast``
+(the initial model, once) are not counted.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``K`` in-neighbour slots, ``D`` flat
 parameters.
@@ -88,7 +89,13 @@ class Comm(Protocol):
         """The in-neighbour tables of ``topology`` (checked against the number of workers)."""
         ...
 
-    def sum_stats(self, values: Sequence[float]) -> list[float]: ...
+    def sum_stats(self, values: Sequence[float]) -> list[float]:
+        """Sums over all processes of a few numbers (metrics bookkeeping, not counted)."""
+        ...
+
+    def broadcast(self, x_D: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``x_D`` on every process (setting up the initial model, not counted)."""
+        ...
 
 
 class Delivered:
@@ -162,3 +169,6 @@ class SimComm:
 
     def sum_stats(self, values: Sequence[float]) -> list[float]:
         return [float(v) for v in values]
+
+    def broadcast(self, x_D: torch.Tensor) -> torch.Tensor:
+        return x_D

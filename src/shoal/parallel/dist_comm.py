@@ -155,6 +155,11 @@ class DistComm:
         dist.all_reduce(t)
         return [float(v) for v in t.tolist()]
 
+    def broadcast(self, x_D: torch.Tensor) -> torch.Tensor:
+        out = x_D.detach().clone()
+        dist.broadcast(out, src=0)
+        return out
+
     # ---- point to point ------------------------------------------------------------------
 
     def graph(self, topology: Topology) -> InGraph:

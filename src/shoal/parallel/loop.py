@@ -85,6 +85,11 @@ def train_parallel(
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
     num_workers = comm.world_size - (server is not None)
     _check_shards(shards, num_workers, len(data.train), server is not None)
+    unknown = sorted(w for w in config.slowdown if w >= num_workers)
+    if unknown:
+        raise ValueError(f"slowdown names worker(s) {unknown}, but there are {num_workers}")
+    # Every worker starts from rank 0's model, as DDP does, whatever seed each process used.
+    params_D = comm.broadcast(params_D)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,8 +116,8 @@ def _check_shards(shards: Sequence[np.ndarray], num_workers: int, n: int, server
         raise ValueError(f"got {len(shards)} shards for {num_workers} workers{extra}")
     for w, idx in enumerate(shards):
         idx = np.asarray(idx)
-        if idx.ndim != 1 or len(idx) == 0:
-            raise ValueError(f"shard {w} must be a non-empty 1-D index array")
+        if idx.ndim != 1 or len(idx) == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"shard {w} must be a non-empty 1-D integer index array")
         if idx.min() < 0 or idx.max() >= n:
             raise ValueError(f"shard {w} has indices outside the training set [0, {n})")
 

@@ -7,7 +7,8 @@ gradient, the gradients are averaged across workers, and every worker applies th
 stay identical. With one worker it is ``torch.optim.SGD``.
 
 With a ``compressor`` each worker compresses its own gradient with its own compressor state
-(error feedback's residual lives there: Seide et al. 2014, Karimireddy et al. 2019):
+(error feedback's residual lives there: Seide et al. 2014, Karimireddy et al. 2019; a
+stochastic compressor gets a seed per worker, unless its messages are summed compressed):
 
 - homomorphic compressors (identity, random-k with a shared seed, count sketch; Jang, Na,
   Yoon 2017) are summed *in compressed form* by an all-reduce of the payloads' floating-point
@@ -15,9 +16,12 @@ With a ``compressor`` each worker compresses its own gradient with its own compr
 - the others (top-k, QSGD, sign, ...) are all-gathered as payloads, and every worker
   decompresses each and averages them in worker order: ``mean = sum_i decompress(C(g_i)) / N``.
 
-Deviation, named: PowerSGD is homomorphic only through its two-round ``project`` / ``complete``
-protocol (Vogels et al. 2019), which this method does not run; its one-round ``compress``
-payloads are all-gathered instead.
+Which path a compressor takes is decided once, at ``init``, by a probe: the payloads are summed
+in compressed form only if adding their floating-point entries (what the all-reduce does)
+decompresses to what the compressor's own ``sum_payloads`` gives. Deviation, named: PowerSGD is
+homomorphic only through its two-round ``project`` / ``complete`` protocol (Vogels et al.
+2019), which this method does not run; its one-round ``compress`` payloads fail the probe and
+are all-gathered.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 """
@@ -29,8 +33,8 @@ from typing import Any
 
 import torch
 
+from shoal.compress._common import init_with_seed, mix
 from shoal.compress.base import Compressor, add_all, is_homomorphic
-from shoal.compress.low_rank import PowerSGD
 from shoal.parallel.base import (
     GradFn,
     OwnModel,
@@ -40,16 +44,23 @@ from shoal.parallel.base import (
     sgd_direction,
 )
 from shoal.parallel.comm import Comm
+from shoal.parallel.messages import sum_floats
 
 
-def _summable(compressor: Compressor) -> bool:
-    """Homomorphic, and in one round (see the module docstring on PowerSGD)."""
-    inner: Any = compressor
-    while inner is not None:
-        if isinstance(inner, PowerSGD):
-            return False
-        inner = getattr(inner, "inner", None)
-    return is_homomorphic(compressor)
+def summable(compressor: Compressor, like_D: torch.Tensor) -> bool:
+    """Whether an all-reduce of the payloads' floating-point entries is the compressor's own
+    ``sum_payloads`` (probed on two fixed random vectors, so every process decides alike)."""
+    if not is_homomorphic(compressor):
+        return False
+    g = torch.Generator().manual_seed(0)
+    a_D, b_D = torch.randn(2, like_D.numel(), generator=g).to(like_D.device, like_D.dtype)
+    state = compressor.init(a_D)
+    payloads = [compressor.compress(a_D, state)[0], compressor.compress(b_D, state)[0]]
+    try:
+        own_D = compressor.decompress(compressor.sum_payloads(payloads))  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # e.g. PowerSGD's one-round payloads do not add up
+        return False
+    return bool(torch.allclose(compressor.decompress(sum_floats(payloads)), own_D, atol=1e-5))
 
 
 def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -> None:
@@ -60,7 +71,7 @@ def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -
 
 
 def compressed_mean(
-    compressor: Compressor, rows_WD: torch.Tensor, states: list[Any], comm: Comm
+    compressor: Compressor, rows_WD: torch.Tensor, states: list[Any], comm: Comm, summed: bool
 ) -> tuple[torch.Tensor, list[Any]]:
     """The mean over all workers of ``rows_WD`` sent compressed; each worker's new state."""
     payloads, new_states = [], []
@@ -68,7 +79,7 @@ def compressed_mean(
         payload, s = compressor.compress(row_D, s)
         payloads.append(payload)
         new_states.append(s)
-    if _summable(compressor):
+    if summed:
         total_D = compressor.decompress(comm.all_reduce_payloads(payloads)).to(rows_WD.dtype)
     else:
         inbox = comm.all_gather_payloads(payloads)
@@ -103,7 +114,14 @@ class SyncSGD(OwnModel):
         if self.momentum:
             state["momentum_WD"] = torch.zeros_like(params_WD)
         if self.compressor is not None:
-            state["compressor"] = [self.compressor.init(row) for row in params_WD]
+            summed = summable(self.compressor, params_WD[0])
+            # Summed payloads need the same random choices on every worker (random-k's shared
+            # seed); otherwise each worker draws its own (QSGD's rounding is independent).
+            state["compressor"] = [
+                init_with_seed(self.compressor, row, None if summed else mix(w, 0x5EED))
+                for w, row in zip(comm.workers, params_WD)
+            ]
+            state["summed"] = summed
         return state
 
     def step(
@@ -115,7 +133,7 @@ class SyncSGD(OwnModel):
             mean_WD = comm.all_reduce_mean(grads_WD)
         else:
             mean_WD, state["compressor"] = compressed_mean(
-                self.compressor, grads_WD, state["compressor"], comm
+                self.compressor, grads_WD, state["compressor"], comm, state["summed"]
             )
         direction_WD, m_WD = sgd_direction(
             mean_WD,
