@@ -103,11 +103,10 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def check_fraction(name: str, value: float, *, closed: bool = False) -> None:
-    """A coefficient in ``[0, 1)`` (``[0, 1]`` with ``closed=True``): momentum, decay."""
-    ok = isinstance(value, (int, float)) and value >= 0 and (value <= 1 if closed else value < 1)
-    if not ok:
-        raise ValueError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+def check_fraction(name: str, value: float) -> None:
+    """A coefficient in ``[0, 1)``: momentum."""
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def check_period(name: str, value: int) -> None:

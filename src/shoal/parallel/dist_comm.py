@@ -131,14 +131,14 @@ class DistComm:
         keys = list(payload)
         # Shapes first (every worker's payload has the same entries, maybe different lengths).
         dims = [d for k in keys for d in payload[k].shape]
-        shapes_ND = torch.tensor([dims], dtype=torch.int64, device=dev)
+        dims_NS = torch.tensor([dims], dtype=torch.int64, device=dev)
         if dims:
-            gathered = [torch.empty_like(shapes_ND) for _ in range(self.world_size)]
-            dist.all_gather(gathered, shapes_ND)
-            shapes_ND = torch.cat(gathered)
+            gathered = [torch.empty_like(dims_NS) for _ in range(self.world_size)]
+            dist.all_gather(gathered, dims_NS)
+            dims_NS = torch.cat(gathered)
         else:
-            shapes_ND = shapes_ND.expand(self.world_size, 0)
-        per_worker = [_split_shapes(row.tolist(), payload) for row in shapes_ND]
+            dims_NS = dims_NS.expand(self.world_size, 0)
+        per_worker = [_split_shapes(row.tolist(), payload) for row in dims_NS]
         lengths = [
             sum(math.prod(s) * payload[k].element_size() for k, s in zip(keys, shp))
             for shp in per_worker

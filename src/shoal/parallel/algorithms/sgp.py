@@ -61,7 +61,9 @@ class SGP:
             raise ValueError("sgp: nesterov=True needs momentum > 0")
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
-        topology = self.topology or one_peer_exponential(comm.world_size)
+        topology = self.topology
+        if topology is None:
+            topology = one_peer_exponential(comm.world_size)
         check_topology("sgp", topology, comm)
         state: State = {
             "weight_W1": torch.ones_like(params_WD[:, :1]),

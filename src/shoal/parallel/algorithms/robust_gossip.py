@@ -1,0 +1,422 @@
+"""Byzantine-robust gossip: D-PSGD whose neighbour averaging is a robust rule.
+
+Every node ``i`` takes a local momentum step and then, instead of the plain weighted average
+of D-PSGD (Lian et al., NeurIPS 2017), applies a robust rule to its own half-step model and
+those of its in-neighbours (received with ``comm.neighbors``, over any topology)::
+
+    x_i^+ = x_i - lr * d_i                      d_i: torch.optim.SGD direction (momentum)
+    x_i   <- rule(x_i^+, {x_j^+ : j in-neighbour of i})
+
+Rules (``W_ij`` = ``topology.mixing_WW``):
+
+- :func:`clipped_gossip` (He, Karimireddy, Jaggi, "Byzantine-robust decentralized learning
+  via ClippedGossip", 2022, also titled "...via self-centered clipping"):
+  ``x_i + sum_j W_ij clip(x_j - x_i, tau_i)``, ``clip(v, tau) = v min(1, tau / ||v||)``.
+  A fixed ``tau``, or ``b=``: ``tau_i`` is the ``(b+1)``-th largest distance
+  ``||x_j - x_i||``, so exactly the ``b`` farthest neighbours are clipped (to the distance of
+  the next one). **Deviation, named**: the paper's adaptive ``tau_i`` is computed from the
+  *honest* neighbours' distances, which a node cannot know; ``b=`` is what a node can compute.
+  ``tau = inf`` with no Byzantine nodes is D-PSGD, bit for bit (tested).
+- :func:`trimmed_gossip`: the coordinate-wise trimmed mean (Yin et al., ICML 2018) of
+  ``{x_i} U {x_j}``, ``b`` values cut from each side; needs ``deg_i >= 2b``. Each output
+  coordinate stays in the range of the honest values when at most ``b`` in-neighbours are
+  Byzantine. (BRIDGE-T, Fang, Yang, Bajwa 2022, trims the neighbours only and always keeps
+  the own value; on a ring with ``b = 1`` that would ignore both neighbours.)
+- :func:`nna_gossip`: MoNNA's nearest-neighbour averaging (Farhadkhani et al., ICML 2023,
+  Alg. 1; :func:`shoal.aggregate.monna`): the mean of the ``deg_i + 1 - f`` models nearest to
+  ``x_i``; needs ``deg_i >= 2f``. MoNNA's momentum ``m <- beta m + (1 - beta) g`` with step
+  ``gamma`` is ``momentum=beta, lr=gamma (1 - beta)`` here (PyTorch's undampened buffer).
+- :func:`plain_gossip`: the weighted average (D-PSGD), the baseline under attack.
+
+Trimmed mean and NNA ignore the mixing weights, as their papers do.
+
+**Byzantine nodes** (``byzantine=shoal.attacks.byzantine(num, n, attack, seed)`` or a
+``Byzantine(frozenset(ids), attack)``) train like everyone else, but what each honest node
+``i`` receives from them is forged, per receiver, from ``i``'s neighbourhood: the omniscient
+threat model of He et al. (a Byzantine node may send different models to different
+neighbours). Any update attack of :mod:`shoal.attacks` is applied to what ``i`` averages,
+the displacements ``x_k - x_i`` of its honest neighbourhood (its own row, 0, included):
+a Byzantine neighbour sends ``x_i + attack(displacements, f_i)``. So ``sign_flip()`` sends
+``x_i - mean(x_k - x_i)``, ``gaussian(sigma)`` ``x_i + N(0, sigma^2 I)`` (seeded by
+``(seed, step, receiver)``, so every runtime draws the same noise), ``alie()``
+``mean - z std`` of the neighbourhood. ALIE's ``z_max(n, f)`` is 0 or undefined in the
+small neighbourhoods of sparse graphs (``n = 3`` on a ring); there it uses ``z = 0``, so
+pass ``alie(z=...)`` for a real shift. :func:`dissensus` is He et al.'s gossip attack.
+Label flipping is a data attack and is not supported here.
+
+Runs with :class:`~shoal.parallel.SimComm` (all nodes in one process) and with
+:class:`~shoal.parallel.DistComm` (one node per process; the receiving process forges its
+Byzantine neighbours' rows, so the numbers are the same). The evaluated model is the mean of
+the honest nodes' models in simulation and rank 0's model in distributed runs (node 0 must
+then be honest).
+
+Shape suffixes: ``W`` local workers, ``K`` in-neighbour slots, ``H`` honest rows, ``F``
+Byzantine rows, ``D`` flat parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from shoal.aggregate import monna, trimmed_mean
+from shoal.attacks import ALittleIsEnough, Attack, Byzantine, GaussianNoise, LabelFlip, alie_z
+from shoal.attacks.base import check_attack, repeat
+from shoal.parallel.algorithms.dpsgd import check_topology
+from shoal.parallel.algorithms.sync_sgd import check_optimizer
+from shoal.parallel.base import GradFn, State, sgd_direction
+from shoal.parallel.comm import Comm
+from shoal.parallel.graph import InGraph, Neighbors, mix
+from shoal.topology import Topology
+
+
+class GossipRule(Protocol):
+    """``rule(own_WD, received, graph, workers) -> x_WD`` for the local workers."""
+
+    name: str
+
+    def check(self, topology: Topology) -> None:
+        """Raise a ValueError if some node has too few in-neighbours for this rule."""
+        ...
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor: ...
+
+
+def _degrees(mask_WK: torch.Tensor) -> list[int]:
+    # Slots are filled in order (see shoal.parallel.graph): node w's rows are [:deg_w].
+    deg = mask_WK.sum(1)
+    assert bool((mask_WK == (torch.arange(mask_WK.shape[1]) < deg[:, None])).all())
+    return [int(d) for d in deg]
+
+
+def _need_degree(who: str, topology: Topology, least: int, why: str) -> None:
+    for g in topology.cycle or (topology,):
+        for i in range(g.num_nodes):
+            deg = len(g.in_neighbors(i))
+            if deg < least:
+                raise ValueError(
+                    f"{who} needs every node to have at least {least} in-neighbours ({why}); "
+                    f"node {i} of {g.name!r} has {deg}: lower it or use a denser graph"
+                )
+
+
+@dataclass(frozen=True)
+class PlainGossip:
+    name: str = "plain"
+
+    def check(self, topology: Topology) -> None:
+        pass
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        return mix(own_WD, received, graph, workers)
+
+
+@dataclass(frozen=True)
+class ClippedGossip:
+    tau: float = math.inf
+    b: int | None = None
+    name: str = "clipped"
+
+    def __post_init__(self) -> None:
+        if self.b is not None and (isinstance(self.b, bool) or not isinstance(self.b, int)):
+            raise ValueError(f"clipped_gossip: b must be an integer >= 0, got {self.b!r}")
+        if self.b is not None and (self.b < 0 or self.tau != math.inf):
+            raise ValueError("clipped_gossip: give either tau (a radius) or b >= 0, not both")
+        if not self.tau > 0:
+            raise ValueError(f"clipped_gossip: tau must be > 0, got {self.tau!r}")
+
+    def check(self, topology: Topology) -> None:
+        pass
+
+    def radius(self, dist_WK: torch.Tensor, mask_WK: torch.Tensor) -> torch.Tensor:
+        """``tau_i`` per worker, ``[W, 1]``."""
+        if self.b is None:
+            return torch.full_like(dist_WK[:, :1], self.tau)
+        if self.b >= dist_WK.shape[1]:  # nobody has more than b neighbours: clip all to 0
+            return torch.zeros_like(dist_WK[:, :1])
+        desc = torch.where(mask_WK, dist_WK, -1.0).sort(dim=1, descending=True).values
+        # With b or fewer neighbours the slot holds the -1 padding: every message clipped to 0.
+        return desc[:, self.b : self.b + 1].clamp_min(0.0)
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rows_WKD, mask_WK = received
+        diff_WKD = rows_WKD - own_WD[:, None]
+        dist_WK = torch.linalg.vector_norm(diff_WKD, dim=2)
+        tau_W1 = self.radius(dist_WK, mask_WK)
+        clipped = mask_WK & (dist_WK > tau_W1)
+        scale_WK = tau_W1 / torch.where(clipped, dist_WK, 1.0)
+        # Unclipped messages are used as received (not x_i + (x_j - x_i)), so that tau = inf
+        # reproduces D-PSGD's mixing bit for bit.
+        forged = own_WD[:, None] + scale_WK[..., None] * diff_WKD
+        rows_WKD = torch.where(clipped[..., None], forged, rows_WKD)
+        return mix(own_WD, Neighbors(rows_WKD, mask_WK), graph, workers)
+
+
+@dataclass(frozen=True)
+class TrimmedGossip:
+    b: int
+    name: str = "trimmed"
+
+    def __post_init__(self) -> None:
+        trimmed_mean(self.b)  # the same checks of b
+
+    def check(self, topology: Topology) -> None:
+        _need_degree("trimmed_gossip", topology, 2 * self.b, f"2b with b={self.b}")
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rule = trimmed_mean(self.b)
+        out = torch.empty_like(own_WD)
+        for w, deg in enumerate(_degrees(received.mask_WK)):
+            rows = torch.cat([own_WD[w : w + 1], received.rows_WKD[w, :deg]])
+            out[w] = rule(rows, torch.ones(deg + 1, device=rows.device))
+        return out
+
+
+@dataclass(frozen=True)
+class NNAGossip:
+    f: int
+    name: str = "nna"
+
+    def __post_init__(self) -> None:
+        monna(self.f)
+
+    def check(self, topology: Topology) -> None:
+        _need_degree("nna_gossip", topology, 2 * self.f, f"2f with f={self.f}")
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rule = monna(self.f)
+        out = torch.empty_like(own_WD)
+        for w, deg in enumerate(_degrees(received.mask_WK)):
+            out[w] = rule(own_WD[w], received.rows_WKD[w, :deg])
+        return out
+
+
+def plain_gossip() -> PlainGossip:
+    """The weighted neighbour average of D-PSGD (not robust): the baseline."""
+    return PlainGossip()
+
+
+def clipped_gossip(tau: float = math.inf, *, b: int | None = None) -> ClippedGossip:
+    """ClippedGossip (He et al. 2022) with radius ``tau``, or clipping the ``b`` farthest."""
+    return ClippedGossip(tau, b)
+
+
+def trimmed_gossip(b: int) -> TrimmedGossip:
+    """Coordinate-wise trimmed mean of own + in-neighbours' models, ``b`` cut per side."""
+    return TrimmedGossip(b)
+
+
+def nna_gossip(f: int) -> NNAGossip:
+    """MoNNA's nearest-neighbour averaging (Farhadkhani et al. 2023) over the neighbourhood."""
+    return NNAGossip(f)
+
+
+@dataclass(frozen=True)
+class Dissensus:
+    """He et al. 2022's dissensus attack: every Byzantine neighbour ``j`` of ``i`` sends
+    ``x_i - eps * sum_k W_ik (x_k - x_i) / sum_j W_ij`` (``k`` honest, ``j`` Byzantine
+    in-neighbours), which cancels (``eps = 1``) or reverses (``eps > 1``) the honest pull of
+    plain gossip. The default ``eps = 1.5`` is ours, not the paper's. As a plain
+    :class:`~shoal.attacks.Attack` (uniform weights) it sends ``-eps * sum(honest) / f``."""
+
+    eps: float = 1.5
+
+    def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
+        check_attack(honest_HD, f, "dissensus")
+        return repeat(-self.eps * honest_HD.sum(0) / max(f, 1), f)
+
+    def weighted(
+        self, diff_HD: torch.Tensor, w_H: torch.Tensor, w_byz: float, f: int
+    ) -> torch.Tensor:
+        """The paper's form: ``diff_HD`` honest neighbours' displacements, ``w_H`` their
+        weights, ``w_byz`` the Byzantine neighbours' total weight."""
+        pull_D = (w_H[:, None] * diff_HD).sum(0)
+        return repeat(-self.eps * pull_D / w_byz, f)
+
+
+def dissensus(eps: float = 1.5) -> Dissensus:
+    """He et al. 2022's dissensus attack on gossip (see :class:`Dissensus`)."""
+    return Dissensus(eps)
+
+
+def _seeded(seed: int, step: int, node: int) -> torch.Generator:
+    key = np.random.SeedSequence([seed, step, node]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(key))
+
+
+def forge(
+    attack: Attack,
+    own_D: torch.Tensor,
+    honest_KD: torch.Tensor,
+    w_K: torch.Tensor,
+    w_byz: float,
+    f: int,
+    step: int,
+    receiver: int,
+) -> torch.Tensor:
+    """The ``f`` models a receiver gets from its Byzantine in-neighbours, ``[F, D]``
+    (``honest_KD``: its honest in-neighbours' models, ``w_K`` their weights)."""
+    diff_KD = honest_KD - own_D
+    if isinstance(attack, Dissensus):
+        return own_D + attack.weighted(diff_KD, w_K, w_byz, f)
+    diff_HD = torch.cat([torch.zeros_like(own_D)[None], diff_KD])  # the receiver's own: 0
+    if isinstance(attack, GaussianNoise):
+        noise = attack(diff_HD, f, generator=_seeded(attack.seed, step, receiver))
+        return own_D + noise
+    if isinstance(attack, ALittleIsEnough):
+        h = diff_HD.shape[0]
+        try:
+            z = alie_z(h + f, f) if attack.z is None else attack.z
+        except ValueError:  # z_max undefined for this tiny neighbourhood (module docstring)
+            z = 0.0
+        sigma = diff_HD.std(0) if h > 1 else torch.zeros_like(own_D)
+        return own_D + repeat(diff_HD.mean(0) - z * sigma, f)
+    return own_D + attack(diff_HD, f)
+
+
+@dataclass(frozen=True)
+class RobustGossip:
+    """Decentralized momentum SGD with a robust gossip rule; see the module docstring."""
+
+    lr: float
+    topology: Topology
+    rule: GossipRule
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    byzantine: Byzantine | None = None
+    name: str = field(default="robust_gossip")
+
+    def __post_init__(self) -> None:
+        check_optimizer("robust_gossip", self.lr, self.momentum, self.weight_decay)
+        if not isinstance(self.topology, Topology):
+            raise TypeError(f"robust_gossip: topology must be a Topology, got {self.topology!r}")
+        if not callable(getattr(self.rule, "check", None)):
+            raise TypeError(
+                "robust_gossip: rule must be clipped_gossip(...), trimmed_gossip(b), "
+                f"nna_gossip(f) or plain_gossip(), got {self.rule!r}"
+            )
+        for g in self.topology.cycle or (self.topology,):
+            if not g.doubly_stochastic:
+                raise ValueError(
+                    f"robust_gossip: topology {g.name!r} is not doubly stochastic; the rules "
+                    "mix like D-PSGD, which needs a doubly stochastic matrix"
+                )
+        self.rule.check(self.topology)
+        byz = self.byzantine
+        if byz is not None:
+            if isinstance(byz.behaviour, LabelFlip):
+                raise TypeError(
+                    "robust_gossip: label_flip poisons a node's data; Byzantine gossip nodes "
+                    "send forged models (an update attack of shoal.attacks, or dissensus())"
+                )
+            n = self.topology.num_nodes
+            bad = sorted(i for i in byz.clients if not 0 <= i < n)
+            if bad:
+                raise ValueError(f"robust_gossip: Byzantine node(s) {bad} not in 0..{n - 1}")
+
+    @property
+    def byzantine_nodes(self) -> frozenset[int]:
+        return frozenset() if self.byzantine is None else frozenset(self.byzantine.clients)
+
+    def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
+        check_topology("robust_gossip", self.topology, comm)
+        bad = self.byzantine_nodes
+        distributed = len(comm.workers) < comm.world_size
+        if distributed and 0 in bad:
+            raise ValueError(
+                "robust_gossip: rank 0 evaluates its own model in distributed runs; "
+                "make node 0 honest (choose other Byzantine ids)"
+            )
+        honest = [w not in bad for w in comm.workers]
+        evaluate = [True] * len(honest) if distributed else honest
+        state: State = {"evaluate_W": torch.tensor(evaluate, device=params_WD.device)}
+        if self.momentum:
+            state["momentum_WD"] = torch.zeros_like(params_WD)
+        return state
+
+    def model(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        """The honest nodes' models (simulation) or this process's (distributed)."""
+        return params_WD[state["evaluate_W"]]
+
+    def step(
+        self, params_WD: torch.Tensor, grad_fn: GradFn, state: State, comm: Comm, step: int
+    ) -> tuple[torch.Tensor, State]:
+        topology = self.topology.at(step)
+        direction_WD, m_WD = sgd_direction(
+            grad_fn(params_WD),
+            params_WD,
+            state.get("momentum_WD"),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            nesterov=False,
+        )
+        half_WD = params_WD - self.lr * direction_WD
+        received = comm.neighbors(half_WD, topology)
+        graph = comm.graph(topology)
+        if self.byzantine is not None and self.byzantine_nodes:
+            received = self._attacked(half_WD, received, graph, comm.workers, step)
+        params_WD = self.rule(half_WD, received, graph, comm.workers)
+        return params_WD, ({**state, "momentum_WD": m_WD} if m_WD is not None else state)
+
+    def _attacked(
+        self,
+        own_WD: torch.Tensor,
+        received: Neighbors,
+        graph: InGraph,
+        workers: tuple[int, ...],
+        step: int,
+    ) -> Neighbors:
+        """``received`` with every honest node's Byzantine in-neighbours' rows forged."""
+        assert self.byzantine is not None
+        attack = self.byzantine.behaviour
+        assert not isinstance(attack, LabelFlip)  # refused in __post_init__
+        bad = self.byzantine_nodes
+        rows_WKD = received.rows_WKD.clone()
+        for w, i in enumerate(workers):
+            if i in bad:  # Byzantine nodes collude: their own inbox is left alone
+                continue
+            deg = len(graph.ins[i])
+            src = graph.source_NK[i, :deg].tolist()
+            byz = [k for k in range(deg) if src[k] in bad]
+            if not byz:
+                continue
+            ok = [k for k in range(deg) if src[k] not in bad]
+            weight_K = graph.weight_NK[i].to(own_WD.device, own_WD.dtype)
+            rows_WKD[w, byz] = forge(
+                attack,
+                own_WD[w],
+                received.rows_WKD[w, ok],
+                weight_K[ok],
+                float(weight_K[byz].sum()),
+                len(byz),
+                step,
+                i,
+            ).to(own_WD.dtype)
+        return Neighbors(rows_WKD, received.mask_WK)
+
+
+def robust_gossip(
+    lr: float,
+    topology: Topology,
+    rule: GossipRule,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    byzantine: Byzantine | None = None,
+) -> RobustGossip:
+    """Robust decentralized SGD on ``topology`` with ``rule`` (see the module docstring)."""
+    return RobustGossip(lr, topology, rule, momentum, weight_decay, byzantine)
