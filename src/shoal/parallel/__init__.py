@@ -9,7 +9,8 @@ gloo on CPU, NCCL on GPU)::
 
 Methods: :func:`sync_sgd` (all-reduce SGD, optionally compressed), :func:`local_sgd`,
 :func:`dpsgd` (gossip), :func:`sgp` (push-sum), :func:`easgd` / :func:`eamsgd` (elastic
-averaging; asynchronous with a parameter server in distributed runs).
+averaging; asynchronous with a parameter server in distributed runs), :func:`robust_gossip`
+(Byzantine-robust gossip: clipped, trimmed or nearest-neighbour averaging of neighbours).
 """
 
 from shoal.parallel.algorithms import (
@@ -17,13 +18,20 @@ from shoal.parallel.algorithms import (
     EASGD,
     SGP,
     LocalSGD,
+    RobustGossip,
     SyncSGD,
+    clipped_gossip,
+    dissensus,
     dpsgd,
     eamsgd,
     easgd,
     local_sgd,
+    nna_gossip,
+    plain_gossip,
+    robust_gossip,
     sgp,
     sync_sgd,
+    trimmed_gossip,
 )
 from shoal.parallel.base import GradFn, ParallelAlgorithm, State
 from shoal.parallel.comm import Comm, DistComm, SimComm
@@ -43,14 +51,21 @@ __all__ = [
     "ParallelAlgorithm",
     "ParallelConfig",
     "ParallelResult",
+    "RobustGossip",
     "SimComm",
     "State",
     "SyncSGD",
+    "clipped_gossip",
+    "dissensus",
     "dpsgd",
     "eamsgd",
     "easgd",
     "local_sgd",
+    "nna_gossip",
+    "plain_gossip",
+    "robust_gossip",
     "sgp",
     "sync_sgd",
     "train_parallel",
+    "trimmed_gossip",
 ]

@@ -8,6 +8,15 @@ grad_fn, state, comm, step)`` and ``model(params_WD, state)`` (see
 from shoal.parallel.algorithms.dpsgd import DPSGD, dpsgd
 from shoal.parallel.algorithms.easgd import EASGD, eamsgd, easgd
 from shoal.parallel.algorithms.local_sgd import LocalSGD, local_sgd
+from shoal.parallel.algorithms.robust_gossip import (
+    RobustGossip,
+    clipped_gossip,
+    dissensus,
+    nna_gossip,
+    plain_gossip,
+    robust_gossip,
+    trimmed_gossip,
+)
 from shoal.parallel.algorithms.sgp import SGP, sgp
 from shoal.parallel.algorithms.sync_sgd import SyncSGD, sync_sgd
 
@@ -16,11 +25,18 @@ __all__ = [
     "EASGD",
     "SGP",
     "LocalSGD",
+    "RobustGossip",
     "SyncSGD",
+    "clipped_gossip",
+    "dissensus",
     "dpsgd",
     "eamsgd",
     "easgd",
     "local_sgd",
+    "nna_gossip",
+    "plain_gossip",
+    "robust_gossip",
     "sgp",
     "sync_sgd",
+    "trimmed_gossip",
 ]

@@ -56,236 +56,45 @@ Byzantine rows, ``D`` flat parameters.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
 import torch
 
-from shoal.aggregate import monna, trimmed_mean
-from shoal.attacks import ALittleIsEnough, Attack, Byzantine, GaussianNoise, LabelFlip, alie_z
-from shoal.attacks.base import check_attack, repeat
+from shoal.attacks import Byzantine, LabelFlip
 from shoal.parallel.algorithms.dpsgd import check_topology
+from shoal.parallel.algorithms.robust_gossip.attacks import Dissensus, dissensus, forge
+from shoal.parallel.algorithms.robust_gossip.rules import (
+    ClippedGossip,
+    GossipRule,
+    NNAGossip,
+    PlainGossip,
+    TrimmedGossip,
+    clipped_gossip,
+    nna_gossip,
+    plain_gossip,
+    trimmed_gossip,
+)
 from shoal.parallel.algorithms.sync_sgd import check_optimizer
 from shoal.parallel.base import GradFn, State, sgd_direction
 from shoal.parallel.comm import Comm
-from shoal.parallel.graph import InGraph, Neighbors, mix
+from shoal.parallel.graph import InGraph, Neighbors
 from shoal.topology import Topology
 
-
-class GossipRule(Protocol):
-    """``rule(own_WD, received, graph, workers) -> x_WD`` for the local workers."""
-
-    name: str
-
-    def check(self, topology: Topology) -> None:
-        """Raise a ValueError if some node has too few in-neighbours for this rule."""
-        ...
-
-    def __call__(
-        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
-    ) -> torch.Tensor: ...
-
-
-def _degrees(mask_WK: torch.Tensor) -> list[int]:
-    # Slots are filled in order (see shoal.parallel.graph): node w's rows are [:deg_w].
-    deg = mask_WK.sum(1)
-    assert bool((mask_WK == (torch.arange(mask_WK.shape[1]) < deg[:, None])).all())
-    return [int(d) for d in deg]
-
-
-def _need_degree(who: str, topology: Topology, least: int, why: str) -> None:
-    for g in topology.cycle or (topology,):
-        for i in range(g.num_nodes):
-            deg = len(g.in_neighbors(i))
-            if deg < least:
-                raise ValueError(
-                    f"{who} needs every node to have at least {least} in-neighbours ({why}); "
-                    f"node {i} of {g.name!r} has {deg}: lower it or use a denser graph"
-                )
-
-
-@dataclass(frozen=True)
-class PlainGossip:
-    name: str = "plain"
-
-    def check(self, topology: Topology) -> None:
-        pass
-
-    def __call__(
-        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
-    ) -> torch.Tensor:
-        return mix(own_WD, received, graph, workers)
-
-
-@dataclass(frozen=True)
-class ClippedGossip:
-    tau: float = math.inf
-    b: int | None = None
-    name: str = "clipped"
-
-    def __post_init__(self) -> None:
-        if self.b is not None and (isinstance(self.b, bool) or not isinstance(self.b, int)):
-            raise ValueError(f"clipped_gossip: b must be an integer >= 0, got {self.b!r}")
-        if self.b is not None and (self.b < 0 or self.tau != math.inf):
-            raise ValueError("clipped_gossip: give either tau (a radius) or b >= 0, not both")
-        if not self.tau > 0:
-            raise ValueError(f"clipped_gossip: tau must be > 0, got {self.tau!r}")
-
-    def check(self, topology: Topology) -> None:
-        pass
-
-    def radius(self, dist_WK: torch.Tensor, mask_WK: torch.Tensor) -> torch.Tensor:
-        """``tau_i`` per worker, ``[W, 1]``."""
-        if self.b is None:
-            return torch.full_like(dist_WK[:, :1], self.tau)
-        if self.b >= dist_WK.shape[1]:  # nobody has more than b neighbours: clip all to 0
-            return torch.zeros_like(dist_WK[:, :1])
-        desc = torch.where(mask_WK, dist_WK, -1.0).sort(dim=1, descending=True).values
-        # With b or fewer neighbours the slot holds the -1 padding: every message clipped to 0.
-        return desc[:, self.b : self.b + 1].clamp_min(0.0)
-
-    def __call__(
-        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
-    ) -> torch.Tensor:
-        rows_WKD, mask_WK = received
-        diff_WKD = rows_WKD - own_WD[:, None]
-        dist_WK = torch.linalg.vector_norm(diff_WKD, dim=2)
-        tau_W1 = self.radius(dist_WK, mask_WK)
-        clipped = mask_WK & (dist_WK > tau_W1)
-        scale_WK = tau_W1 / torch.where(clipped, dist_WK, 1.0)
-        # Unclipped messages are used as received (not x_i + (x_j - x_i)), so that tau = inf
-        # reproduces D-PSGD's mixing bit for bit.
-        forged = own_WD[:, None] + scale_WK[..., None] * diff_WKD
-        rows_WKD = torch.where(clipped[..., None], forged, rows_WKD)
-        return mix(own_WD, Neighbors(rows_WKD, mask_WK), graph, workers)
-
-
-@dataclass(frozen=True)
-class TrimmedGossip:
-    b: int
-    name: str = "trimmed"
-
-    def __post_init__(self) -> None:
-        trimmed_mean(self.b)  # the same checks of b
-
-    def check(self, topology: Topology) -> None:
-        _need_degree("trimmed_gossip", topology, 2 * self.b, f"2b with b={self.b}")
-
-    def __call__(
-        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
-    ) -> torch.Tensor:
-        rule = trimmed_mean(self.b)
-        out = torch.empty_like(own_WD)
-        for w, deg in enumerate(_degrees(received.mask_WK)):
-            rows = torch.cat([own_WD[w : w + 1], received.rows_WKD[w, :deg]])
-            out[w] = rule(rows, torch.ones(deg + 1, device=rows.device))
-        return out
-
-
-@dataclass(frozen=True)
-class NNAGossip:
-    f: int
-    name: str = "nna"
-
-    def __post_init__(self) -> None:
-        monna(self.f)
-
-    def check(self, topology: Topology) -> None:
-        _need_degree("nna_gossip", topology, 2 * self.f, f"2f with f={self.f}")
-
-    def __call__(
-        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
-    ) -> torch.Tensor:
-        rule = monna(self.f)
-        out = torch.empty_like(own_WD)
-        for w, deg in enumerate(_degrees(received.mask_WK)):
-            out[w] = rule(own_WD[w], received.rows_WKD[w, :deg])
-        return out
-
-
-def plain_gossip() -> PlainGossip:
-    """The weighted neighbour average of D-PSGD (not robust): the baseline."""
-    return PlainGossip()
-
-
-def clipped_gossip(tau: float = math.inf, *, b: int | None = None) -> ClippedGossip:
-    """ClippedGossip (He et al. 2022) with radius ``tau``, or clipping the ``b`` farthest."""
-    return ClippedGossip(tau, b)
-
-
-def trimmed_gossip(b: int) -> TrimmedGossip:
-    """Coordinate-wise trimmed mean of own + in-neighbours' models, ``b`` cut per side."""
-    return TrimmedGossip(b)
-
-
-def nna_gossip(f: int) -> NNAGossip:
-    """MoNNA's nearest-neighbour averaging (Farhadkhani et al. 2023) over the neighbourhood."""
-    return NNAGossip(f)
-
-
-@dataclass(frozen=True)
-class Dissensus:
-    """He et al. 2022's dissensus attack: every Byzantine neighbour ``j`` of ``i`` sends
-    ``x_i - eps * sum_k W_ik (x_k - x_i) / sum_j W_ij`` (``k`` honest, ``j`` Byzantine
-    in-neighbours), which cancels (``eps = 1``) or reverses (``eps > 1``) the honest pull of
-    plain gossip. The default ``eps = 1.5`` is ours, not the paper's. As a plain
-    :class:`~shoal.attacks.Attack` (uniform weights) it sends ``-eps * sum(honest) / f``."""
-
-    eps: float = 1.5
-
-    def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
-        check_attack(honest_HD, f, "dissensus")
-        return repeat(-self.eps * honest_HD.sum(0) / max(f, 1), f)
-
-    def weighted(
-        self, diff_HD: torch.Tensor, w_H: torch.Tensor, w_byz: float, f: int
-    ) -> torch.Tensor:
-        """The paper's form: ``diff_HD`` honest neighbours' displacements, ``w_H`` their
-        weights, ``w_byz`` the Byzantine neighbours' total weight."""
-        pull_D = (w_H[:, None] * diff_HD).sum(0)
-        return repeat(-self.eps * pull_D / w_byz, f)
-
-
-def dissensus(eps: float = 1.5) -> Dissensus:
-    """He et al. 2022's dissensus attack on gossip (see :class:`Dissensus`)."""
-    return Dissensus(eps)
-
-
-def _seeded(seed: int, step: int, node: int) -> torch.Generator:
-    key = np.random.SeedSequence([seed, step, node]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(key))
-
-
-def forge(
-    attack: Attack,
-    own_D: torch.Tensor,
-    honest_KD: torch.Tensor,
-    w_K: torch.Tensor,
-    w_byz: float,
-    f: int,
-    step: int,
-    receiver: int,
-) -> torch.Tensor:
-    """The ``f`` models a receiver gets from its Byzantine in-neighbours, ``[F, D]``
-    (``honest_KD``: its honest in-neighbours' models, ``w_K`` their weights)."""
-    diff_KD = honest_KD - own_D
-    if isinstance(attack, Dissensus):
-        return own_D + attack.weighted(diff_KD, w_K, w_byz, f)
-    diff_HD = torch.cat([torch.zeros_like(own_D)[None], diff_KD])  # the receiver's own: 0
-    if isinstance(attack, GaussianNoise):
-        noise = attack(diff_HD, f, generator=_seeded(attack.seed, step, receiver))
-        return own_D + noise
-    if isinstance(attack, ALittleIsEnough):
-        h = diff_HD.shape[0]
-        try:
-            z = alie_z(h + f, f) if attack.z is None else attack.z
-        except ValueError:  # z_max undefined for this tiny neighbourhood (module docstring)
-            z = 0.0
-        sigma = diff_HD.std(0) if h > 1 else torch.zeros_like(own_D)
-        return own_D + repeat(diff_HD.mean(0) - z * sigma, f)
-    return own_D + attack(diff_HD, f)
+__all__ = [
+    "ClippedGossip",
+    "Dissensus",
+    "GossipRule",
+    "NNAGossip",
+    "PlainGossip",
+    "RobustGossip",
+    "TrimmedGossip",
+    "clipped_gossip",
+    "dissensus",
+    "nna_gossip",
+    "plain_gossip",
+    "robust_gossip",
+    "trimmed_gossip",
+]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""The robust gossip rules: what a node makes of its own model and its in-neighbours'.
+
+Each rule is a small frozen dataclass called as ``rule(own_WD, received, graph, workers)``
+(``received``: :class:`~shoal.parallel.graph.Neighbors` from ``comm.neighbors``; ``graph``:
+the in-neighbour tables with the mixing weights; ``workers``: the local workers' node ids),
+with ``check(topology)`` raising when some node has too few in-neighbours for the rule. The
+papers and the deviations are in :mod:`shoal.parallel.algorithms.robust_gossip`.
+
+Shape suffixes: ``W`` local workers, ``K`` in-neighbour slots, ``D`` flat parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from shoal.aggregate import monna, trimmed_mean
+from shoal.parallel.graph import InGraph, Neighbors, mix
+from shoal.topology import Topology
+
+
+class GossipRule(Protocol):
+    """``rule(own_WD, received, graph, workers) -> x_WD`` for the local workers."""
+
+    name: str
+
+    def check(self, topology: Topology) -> None:
+        """Raise a ValueError if some node has too few in-neighbours for this rule."""
+        ...
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor: ...
+
+
+def _degrees(mask_WK: torch.Tensor) -> list[int]:
+    # Slots are filled in order (see shoal.parallel.graph): node w's rows are [:deg_w].
+    deg = mask_WK.sum(1)
+    assert bool((mask_WK == (torch.arange(mask_WK.shape[1]) < deg[:, None])).all())
+    return [int(d) for d in deg]
+
+
+def _need_degree(who: str, topology: Topology, least: int, why: str) -> None:
+    for g in topology.cycle or (topology,):
+        for i in range(g.num_nodes):
+            deg = len(g.in_neighbors(i))
+            if deg < least:
+                raise ValueError(
+                    f"{who} needs every node to have at least {least} in-neighbours ({why}); "
+                    f"node {i} of {g.name!r} has {deg}: lower it or use a denser graph"
+                )
+
+
+@dataclass(frozen=True)
+class PlainGossip:
+    name: str = "plain"
+
+    def check(self, topology: Topology) -> None:
+        pass
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        return mix(own_WD, received, graph, workers)
+
+
+@dataclass(frozen=True)
+class ClippedGossip:
+    tau: float = math.inf
+    b: int | None = None
+    name: str = "clipped"
+
+    def __post_init__(self) -> None:
+        if self.b is not None and (isinstance(self.b, bool) or not isinstance(self.b, int)):
+            raise ValueError(f"clipped_gossip: b must be an integer >= 0, got {self.b!r}")
+        if self.b is not None and (self.b < 0 or self.tau != math.inf):
+            raise ValueError("clipped_gossip: give either tau (a radius) or b >= 0, not both")
+        if not self.tau > 0:
+            raise ValueError(f"clipped_gossip: tau must be > 0, got {self.tau!r}")
+
+    def check(self, topology: Topology) -> None:
+        pass
+
+    def radius(self, dist_WK: torch.Tensor, mask_WK: torch.Tensor) -> torch.Tensor:
+        """``tau_i`` per worker, ``[W, 1]``."""
+        if self.b is None:
+            return torch.full_like(dist_WK[:, :1], self.tau)
+        if self.b >= dist_WK.shape[1]:  # nobody has more than b neighbours: clip all to 0
+            return torch.zeros_like(dist_WK[:, :1])
+        desc = torch.where(mask_WK, dist_WK, -1.0).sort(dim=1, descending=True).values
+        # With b or fewer neighbours the slot holds the -1 padding: every message clipped to 0.
+        return desc[:, self.b : self.b + 1].clamp_min(0.0)
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rows_WKD, mask_WK = received
+        diff_WKD = rows_WKD - own_WD[:, None]
+        dist_WK = torch.linalg.vector_norm(diff_WKD, dim=2)
+        tau_W1 = self.radius(dist_WK, mask_WK)
+        clipped = mask_WK & (dist_WK > tau_W1)
+        scale_WK = tau_W1 / torch.where(clipped, dist_WK, 1.0)
+        # Unclipped messages are used as received (not x_i + (x_j - x_i)), so that tau = inf
+        # reproduces D-PSGD's mixing bit for bit.
+        forged = own_WD[:, None] + scale_WK[..., None] * diff_WKD
+        rows_WKD = torch.where(clipped[..., None], forged, rows_WKD)
+        return mix(own_WD, Neighbors(rows_WKD, mask_WK), graph, workers)
+
+
+@dataclass(frozen=True)
+class TrimmedGossip:
+    b: int
+    name: str = "trimmed"
+
+    def __post_init__(self) -> None:
+        trimmed_mean(self.b)  # the same checks of b
+
+    def check(self, topology: Topology) -> None:
+        _need_degree("trimmed_gossip", topology, 2 * self.b, f"2b with b={self.b}")
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rule = trimmed_mean(self.b)
+        out = torch.empty_like(own_WD)
+        for w, deg in enumerate(_degrees(received.mask_WK)):
+            rows = torch.cat([own_WD[w : w + 1], received.rows_WKD[w, :deg]])
+            out[w] = rule(rows, torch.ones(deg + 1, device=rows.device))
+        return out
+
+
+@dataclass(frozen=True)
+class NNAGossip:
+    f: int
+    name: str = "nna"
+
+    def __post_init__(self) -> None:
+        monna(self.f)
+
+    def check(self, topology: Topology) -> None:
+        _need_degree("nna_gossip", topology, 2 * self.f, f"2f with f={self.f}")
+
+    def __call__(
+        self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
+    ) -> torch.Tensor:
+        rule = monna(self.f)
+        out = torch.empty_like(own_WD)
+        for w, deg in enumerate(_degrees(received.mask_WK)):
+            out[w] = rule(own_WD[w], received.rows_WKD[w, :deg])
+        return out
+
+
+def plain_gossip() -> PlainGossip:
+    """The weighted neighbour average of D-PSGD (not robust): the baseline."""
+    return PlainGossip()
+
+
+def clipped_gossip(tau: float = math.inf, *, b: int | None = None) -> ClippedGossip:
+    """ClippedGossip (He et al. 2022) with radius ``tau``, or clipping the ``b`` farthest."""
+    return ClippedGossip(tau, b)
+
+
+def trimmed_gossip(b: int) -> TrimmedGossip:
+    """Coordinate-wise trimmed mean of own + in-neighbours' models, ``b`` cut per side."""
+    return TrimmedGossip(b)
+
+
+def nna_gossip(f: int) -> NNAGossip:
+    """MoNNA's nearest-neighbour averaging (Farhadkhani et al. 2023) over the neighbourhood."""
+    return NNAGossip(f)
