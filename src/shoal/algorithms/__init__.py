@@ -1,6 +1,7 @@
 """Federated optimization algorithms, one paper per module; see each module's docstring."""
 
 from shoal.algorithms.base import Algorithm, LocalWork
+from shoal.algorithms.dgc import DGC, dgc
 from shoal.algorithms.fedavg import FedAvg, fedavg
 from shoal.algorithms.fednova import FedNova, fednova
 from shoal.algorithms.fedopt import (
@@ -18,6 +19,7 @@ from shoal.algorithms.fedsgd import FedSGD, fedsgd
 from shoal.algorithms.scaffold import Scaffold, scaffold
 
 __all__ = [
+    "DGC",
     "Algorithm",
     "FedAdagrad",
     "FedAdam",
@@ -29,6 +31,7 @@ __all__ = [
     "FedYogi",
     "LocalWork",
     "Scaffold",
+    "dgc",
     "fedadagrad",
     "fedadam",
     "fedavg",

@@ -223,6 +223,7 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "fedadam": algorithms.fedadam,
     "fedyogi": algorithms.fedyogi,
     "fednova": algorithms.fednova,
+    "dgc": algorithms.dgc,
 }
 
 
