@@ -241,6 +241,9 @@ COMPRESSORS: dict[str, Callable[..., compress.Compressor]] = {
     "natural_compression": compress.natural_compression,
     "powersgd": compress.powersgd,
     "count_sketch": compress.count_sketch,
+    "lgreco_top_k": compress.lgreco_top_k,
+    "lgreco_qsgd": compress.lgreco_qsgd,
+    "lgreco_powersgd": compress.lgreco_powersgd,
 }
 """``[compression] name``; ``error_feedback = true`` wraps the result in
 :func:`shoal.compress.error_feedback`."""

@@ -22,6 +22,7 @@ from shoal.compress.base import (
 from shoal.compress.cast import Cast, bf16, fp16
 from shoal.compress.feedback import ErrorFeedback, error_feedback
 from shoal.compress.layerwise import Layerwise, layerwise, skip_1d
+from shoal.compress.lgreco import LGreCo, lgreco_powersgd, lgreco_qsgd, lgreco_top_k
 from shoal.compress.low_rank import PowerSGD, powersgd
 from shoal.compress.quantize import (
     QSGD,
@@ -55,6 +56,7 @@ __all__ = [
     "ErrorFeedback",
     "Homomorphic",
     "Identity",
+    "LGreCo",
     "Layerwise",
     "NaturalCompression",
     "Payload",
@@ -75,6 +77,9 @@ __all__ = [
     "init_for_worker",
     "is_homomorphic",
     "layerwise",
+    "lgreco_powersgd",
+    "lgreco_qsgd",
+    "lgreco_top_k",
     "natural_compression",
     "payload_nbytes",
     "powersgd",
