@@ -72,6 +72,18 @@ The schema (two levels: top-level keys, then one table per concern)::
     every = 1
     batch_size = 1000
 
+    [parallel]          # data-parallel / decentralized algorithms (sync_sgd, local_sgd, dpsgd,
+                        # sgp, easgd, eamsgd): one worker per partition client, step by step
+    steps = 500
+    batch_size = 32     # per worker and step
+    eval_every = 50
+    target_accuracy = 0.0   # > 0: stop at the first evaluation that reaches it
+    checkpoint_every = 100
+    topology = "auto"   # dpsgd/sgp graph: auto (ring for dpsgd, one-peer exponential for sgp) |
+                        # complete | ring | exponential | one_peer_exponential
+    slowdown_worker = -1    # >= 0: that worker computes slowdown_factor times slower
+    slowdown_factor = 5.0
+
 This module knows the fixed keys. The keys that depend on a choice (a dataset's, a scheme's,
 a model's, an algorithm's or a compressor's own options) come from a :data:`Catalog` that the
 CLI builds from its one name -> factory mapping, so no dataset, algorithm or compressor name is
@@ -211,6 +223,20 @@ SECTIONS: dict[str, dict[str, Param]] = {
     "eval": {
         "every": Param(int, 1, _ge(1), ">= 1"),
         "batch_size": Param(int, 1000, _ge(1), ">= 1"),
+    },
+    "parallel": {
+        "steps": Param(int, 500, _ge(1), ">= 1"),
+        "batch_size": Param(int, 32, _ge(1), ">= 1"),
+        "eval_every": Param(int, 50, _ge(1), ">= 1"),
+        "target_accuracy": Param(float, 0.0, lambda v: 0 <= v <= 1, "in [0, 1] (0 = none)"),
+        "checkpoint_every": Param(int, 100, _ge(1), ">= 1"),
+        "topology": Param(
+            str,
+            "auto",
+            choices=("auto", "complete", "ring", "exponential", "one_peer_exponential"),
+        ),
+        "slowdown_worker": Param(int, -1, _ge(-1), ">= -1 (-1 = none)"),
+        "slowdown_factor": Param(float, 5.0, lambda v: 1 <= v < math.inf, ">= 1"),
     },
 }
 
@@ -422,11 +448,16 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
             if v is not None:
                 values[k] = v
         out[section] = values
-    _check_across(out)
+    _check_across(out, sampled=out["algorithm"]["name"] not in catalog.get(UNSAMPLED, {}))
     return Config(out)
 
 
-def _check_across(cfg: dict[str, Any]) -> None:
+UNSAMPLED = "unsampled_algorithms"
+"""A catalog key naming the algorithms that train every client (worker) at every step: the
+data-parallel ones, for which ``[sampling]`` means nothing and is not checked."""
+
+
+def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:
     """Checks that involve more than one key."""
     part, client, sampling = cfg["partition"], cfg["client"], cfg["sampling"]
     if part["num_clients"] == 0 and part["scheme"] != "natural":
@@ -440,7 +471,7 @@ def _check_across(cfg: dict[str, Any]) -> None:
             f"{client['epochs']}"
         )
     n, m = part["num_clients"], sampling["clients_per_round"]
-    if n and m > n and not sampling["replace"]:
+    if sampled and n and m > n and not sampling["replace"]:
         raise ConfigError(
             f"sampling.clients_per_round = {m}: must be <= partition.num_clients = {n} "
             "(or set sampling.replace = true)"

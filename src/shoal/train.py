@@ -160,7 +160,8 @@ def train(
     runtime = runtime if runtime is not None else SimRuntime()
     main = runtime.is_main  # the one process that evaluates and writes files
     aggregator = aggregator if aggregator is not None else mean()
-    compressor = compressor if compressor is not None else identity()
+    if compressor is None:  # an algorithm with its own wire encoding (DGC) is charged by it
+        compressor = getattr(algorithm, "default_compressor", None) or identity()
     downlink = downlink_compressor if downlink_compressor is not None else identity()
     check_downlink(downlink)
     model = model.to(dev)

@@ -32,7 +32,7 @@ from shoal.cli.registry import (
     in_cache,
     rng_for,
 )
-from shoal.compress import Compressor, error_feedback, identity
+from shoal.compress import Compressor, Identity, error_feedback, identity
 from shoal.config import Config, ConfigError, check_num_clients
 from shoal.cost import MBIT_S, CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, feature_noise, fetch
@@ -118,8 +118,11 @@ def load_data(cfg: Config) -> FederatedDataset:
         raise ConfigError(f'data.name = "{name}": cannot read {root}: {e}') from None
 
 
-def build_clients(cfg: Config) -> tuple[Config, FederatedDataset, list[np.ndarray]]:
-    """The dataset and its partition; ``partition.num_clients = 0`` becomes the user count."""
+def build_clients(
+    cfg: Config, check_sampling: bool = True
+) -> tuple[Config, FederatedDataset, list[np.ndarray]]:
+    """The dataset and its partition; ``partition.num_clients = 0`` becomes the user count.
+    ``check_sampling=False``: a data-parallel run, whose clients are all workers every step."""
     data = load_data(cfg)
     scheme = cfg["partition.scheme"]
     options = cfg.options("partition")
@@ -154,7 +157,8 @@ def build_clients(cfg: Config) -> tuple[Config, FederatedDataset, list[np.ndarra
             f"partition.num_clients = {num_clients}: {len(empty)} clients get no samples under "
             f'scheme "{scheme}" (client {empty[0]} first); use fewer clients or another scheme'
         )
-    check_num_clients(cfg, len(clients))
+    if check_sampling:
+        check_num_clients(cfg, len(clients))
     sigma = cfg["partition.feature_noise"]
     if sigma > 0:
         x = data.train.x
@@ -263,12 +267,18 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
     network = build_network(cfg)
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
+    # Model-given arguments (DGC's tensor shapes), as for compressors.
+    wanted = MODEL_ARGS & set(inspect.signature(ALGORITHMS[name]).parameters)
+    facts = {"shapes": ParamSpec.of(model).shapes} if wanted else {}
     algorithm = call_factory(
         "algorithm",
         f'algorithm.name = "{name}"',
         [*options, "lr"],
-        lambda: ALGORITHMS[name](lr=cfg["algorithm.lr"], **options),
+        lambda: ALGORITHMS[name](lr=cfg["algorithm.lr"], **options, **facts),
     )
+    own = getattr(algorithm, "default_compressor", None)
+    if own is not None and isinstance(compressor, Identity):
+        compressor = own  # the algorithm's own wire encoding, so its bytes are charged exactly
     c = cfg.values["client"]
     work = LocalWork(
         epochs=c["epochs"],

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from shoal import algorithms, compress, cost, models
-from shoal.config import REQUIRED, Catalog, ConfigError, Param, describe
+from shoal import algorithms, compress, cost, models, parallel
+from shoal.config import REQUIRED, UNSAMPLED, Catalog, ConfigError, Param, describe
 from shoal.data import (
     CATALOGUE,
     FederatedDataset,
@@ -226,6 +226,19 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "dgc": algorithms.dgc,
 }
 
+PARALLEL: dict[str, Callable[..., Any]] = {
+    "sync_sgd": parallel.sync_sgd,
+    "local_sgd": parallel.local_sgd,
+    "dpsgd": parallel.dpsgd,
+    "sgp": parallel.sgp,
+    "easgd": parallel.easgd,
+    "eamsgd": parallel.eamsgd,
+}
+"""Data-parallel and decentralized methods (:mod:`shoal.parallel`): ``[algorithm] name`` picks
+them like the federated ones; the run is then configured by ``[parallel]``. Their topology
+and compressor come from ``[parallel] topology`` and ``[compression]``."""
+PARALLEL_ARGS = frozenset({"lr", "topology", "compressor"})
+
 
 COMPRESSORS: dict[str, Callable[..., compress.Compressor]] = {
     "identity": compress.identity,
@@ -313,12 +326,17 @@ CATALOG: Catalog = {
     "partition": {n: _static(s.options) for n, s in SCHEMES.items()},
     "model": {n: functools.partial(signature_params, f, DATA_ARGS) for n, f in MODELS.items()},
     "algorithm": {
-        n: functools.partial(signature_params, f, frozenset({"lr"})) for n, f in ALGORITHMS.items()
+        **{
+            n: functools.partial(signature_params, f, frozenset({"lr"}))
+            for n, f in ALGORITHMS.items()
+        },
+        **{n: functools.partial(signature_params, f, PARALLEL_ARGS) for n, f in PARALLEL.items()},
     },
     "compression": {
         n: functools.partial(signature_params, f, MODEL_ARGS) for n, f in COMPRESSORS.items()
     },
     "network": {n: functools.partial(network_params, n) for n in NETWORKS},
+    UNSAMPLED: {n: dict for n in PARALLEL},
 }
 """What :func:`shoal.config.resolve` needs to check the name-dependent keys."""
 

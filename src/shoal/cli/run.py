@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from shoal.cli import UsageError, add_set_option
+from shoal.cli import UsageError, add_set_option, parallel
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, apply_overrides, dumps, load, loads, resolve
@@ -83,8 +83,12 @@ def _write_config(cfg: Config, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainResult:
-    """Build the experiment, write ``config.toml`` and train; then print a short summary."""
+def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainResult | None:
+    """Build the experiment, write ``config.toml`` and train; then print a short summary.
+    A data-parallel config (see :mod:`shoal.cli.parallel`) returns None."""
+    if parallel.is_parallel(cfg):
+        execute_parallel(cfg, out, resume=resume, progress=progress)
+        return None
     started = time.perf_counter()
     threads = torch.get_num_threads()
     try:
@@ -118,6 +122,29 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
     if _rank() == 0:
         print(summary_text(exp, result, out, time.perf_counter() - started))
     return result
+
+
+def execute_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> None:
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        if cfg["num_threads"]:
+            torch.set_num_threads(cfg["num_threads"])
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and _rank() == 0:
+            _write_config(cfg, out / CONFIG)
+        result = parallel.train_parallel(cfg, out, resume=resume, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    if result.summary:  # the reporting process (rank 0, or EASGD's server)
+        print(parallel.summary_text(cfg, result, out, time.perf_counter() - started))
+
+
+def _resumable(cfg: Config, out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint this process can continue from."""
+    if parallel.is_parallel(cfg):
+        return parallel.has_checkpoint(out)
+    return (out / CHECKPOINT).is_file()
 
 
 def _rank() -> int:
@@ -155,7 +182,7 @@ def _distributed_run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-    resume = (bool(args.resume) or restarted) and (out / CHECKPOINT).is_file()
+    resume = (bool(args.resume) or restarted) and _resumable(cfg, out)
     execute(cfg, out, resume=resume, progress=not args.quiet)
     return 0
 
@@ -199,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume}: no {CONFIG} there (not a run folder)")
         cfg = resolve(load(out / CONFIG), CATALOG)
         # Killed before the first checkpoint: nothing to continue, so start over.
-        execute(cfg, out, resume=(out / CHECKPOINT).is_file(), progress=not args.quiet)
+        execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)
         return 0
     if not args.config:
         raise UsageError("give a CONFIG.toml to run, or --resume DIR")
@@ -224,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for name in (CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
     result = execute(cfg, out, resume=False, progress=not args.quiet)
+    assert result is not None, "the demo is a federated run"
     pngs = plot_runs({out.name: result.metrics}, out)
     print(f"metrics: {out / METRICS}")
     for png in pngs:

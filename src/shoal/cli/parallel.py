@@ -1,0 +1,158 @@
+"""Data-parallel and decentralized runs from a config (``[algorithm] name = "dpsgd"``, ...).
+
+The partition's clients are the workers (one shard each); ``[parallel]`` says how many steps,
+the per-worker batch, the gossip topology and an optional straggler. In one process the
+workers are simulated together (:class:`~shoal.parallel.SimComm`); under ``shoal launch`` /
+``torchrun`` each process is one worker (:class:`~shoal.parallel.DistComm`), so the job needs
+as many processes as ``partition.num_clients`` (one more for asynchronous EASGD's parameter
+server).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from shoal.cli.build import build_clients, build_compressor, build_model
+from shoal.cli.registry import PARALLEL, call_factory
+from shoal.compress import Identity
+from shoal.config import Config, ConfigError
+from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
+from shoal.parallel import train_parallel as _train_parallel
+from shoal.parallel.base import ServerAlgorithm
+from shoal.parallel.records import checkpoint_name
+from shoal.runtime.procgroup import in_distributed_env, init_from_env
+from shoal.runtime.sim import resolve_device
+from shoal.topology import TOPOLOGIES, Topology
+
+# The graph ``topology = "auto"`` means for the methods that gossip.
+_DEFAULT_GRAPH = {"dpsgd": "ring", "sgp": "one_peer_exponential"}
+
+
+def is_parallel(cfg: Config) -> bool:
+    return cfg["algorithm.name"] in PARALLEL
+
+
+def make_comm(cfg: Config, num_workers: int) -> Comm:
+    kind = cfg["runtime.kind"]
+    if kind == "dist" or (kind == "auto" and in_distributed_env()):
+        if not in_distributed_env():
+            raise ConfigError(
+                "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
+                "`shoal launch` or `torchrun`"
+            )
+        return DistComm(init_from_env(device=cfg["device"], timeout_s=cfg["runtime.timeout_s"]))
+    return SimComm(num_workers)
+
+
+def _topology(cfg: Config, num_workers: int) -> dict[str, Topology]:
+    name, graph = cfg["algorithm.name"], cfg["parallel.topology"]
+    if name not in _DEFAULT_GRAPH:
+        if graph != "auto":
+            raise ConfigError(
+                f'parallel.topology = "{graph}": {name} does not gossip; only dpsgd and sgp '
+                "take a topology"
+            )
+        return {}
+    graph = _DEFAULT_GRAPH[name] if graph == "auto" else graph
+    return {"topology": TOPOLOGIES[graph](num_workers)}
+
+
+def build_algorithm(cfg: Config, compressor: Any, num_workers: int) -> Any:
+    name = cfg["algorithm.name"]
+    options = cfg.options("algorithm")
+    extra: dict[str, Any] = _topology(cfg, num_workers)
+    if not isinstance(compressor, Identity):
+        if name != "sync_sgd":
+            raise ConfigError(
+                f'compression.name = "{cfg["compression.name"]}": only sync_sgd compresses its '
+                f"messages; {name} sends models dense"
+            )
+        extra["compressor"] = compressor
+    return call_factory(
+        "algorithm",
+        f'algorithm.name = "{name}"',
+        [*options, "lr"],
+        lambda: PARALLEL[name](lr=cfg["algorithm.lr"], **options, **extra),
+    )
+
+
+def parallel_config(cfg: Config, progress: bool) -> ParallelConfig:
+    p = cfg.values["parallel"]
+    slow = {p["slowdown_worker"]: p["slowdown_factor"]} if p["slowdown_worker"] >= 0 else {}
+    return ParallelConfig(
+        steps=p["steps"],
+        batch_size=p["batch_size"],
+        seed=cfg["seed"],
+        eval_every=p["eval_every"],
+        eval_batch_size=cfg["eval.batch_size"],
+        target_accuracy=p["target_accuracy"] or None,
+        device=cfg["device"],
+        progress=progress,
+        checkpoint_every=p["checkpoint_every"],
+        slowdown=slow,
+    )
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether this process has a checkpoint of a data-parallel run to resume from."""
+    rank = int(os.environ["RANK"]) if in_distributed_env() else None
+    return (out / checkpoint_name(rank)).is_file()
+
+
+def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> ParallelResult:
+    """Build the data, shards, model and method of a data-parallel config and train it."""
+    try:
+        resolve_device(cfg["device"])
+    except ValueError as e:
+        raise ConfigError(f'device = "{cfg["device"]}": {e}') from None
+    cfg, data, shards = build_clients(cfg, check_sampling=False)
+    model, init = build_model(cfg, data)
+    compressor = build_compressor(cfg, model)
+    comm = make_comm(cfg, len(shards))
+    algorithm = build_algorithm(cfg, compressor, comm.world_size)
+    server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
+    workers = comm.world_size - (server is not None)
+    if workers != len(shards):
+        extra = " plus the parameter server" if server is not None else ""
+        raise ConfigError(
+            f"partition.num_clients = {len(shards)}: a {cfg['algorithm.name']} job with "
+            f"{comm.world_size} processes has {workers} workers{extra}; give the partition "
+            "one client per worker"
+        )
+    return _train_parallel(
+        model,
+        data,
+        shards,
+        algorithm,
+        parallel_config(cfg, progress),
+        comm,
+        init=init,
+        out_dir=out,
+        resume=resume,
+    )
+
+
+def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float) -> str:
+    s = result.summary
+    lines = [
+        f"{s['algorithm']} on {cfg['data.name']}: {s['steps']} steps, {s['num_workers']} "
+        f"workers, {s['num_params']:,} parameters"
+    ]
+    if s["final_test_accuracy"] is not None:
+        lines.append(
+            f"  final test accuracy {s['final_test_accuracy']:.2%} "
+            f"(best {s['best_test_accuracy']:.2%}), test loss {s['final_test_loss']:.4f}"
+        )
+    if s.get("steps_to_target") is not None:
+        lines.append(
+            f"  reached {cfg['parallel.target_accuracy']:.2%} after {s['steps_to_target']} "
+            f"steps, {s['time_to_target_seconds']:.1f} s"
+        )
+    sps = s.get("samples_per_second")
+    rate = f", {sps:,.0f} samples/s" if sps else ""
+    lines.append(f"  sent {s['total_bytes_sent']:,} bytes in all{rate}")
+    lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
+    lines.append(f"  files in {out}")
+    return "\n".join(lines)

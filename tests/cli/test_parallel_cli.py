@@ -1,0 +1,93 @@
+"""Data-parallel and decentralized methods from a config: `shoal run` simulates the workers,
+`shoal launch` runs one per process, with the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import shoal
+
+DP = """
+seed = 1
+num_threads = 1
+[data]
+name = "digits"
+[partition]
+scheme = "iid"
+num_clients = 2
+[model]
+name = "mlp"
+hidden = [32]
+[algorithm]
+name = "{name}"
+lr = 0.3
+[parallel]
+steps = 30
+eval_every = 10
+batch_size = 16
+"""
+
+
+def _config(folder: Path, name: str, extra: str = "") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(DP.format(name=name) + extra)
+    return path
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["sync_sgd", "local_sgd", "dpsgd", "sgp", "easgd"])
+def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
+    cfg = _config(tmp_path, name)
+    if name == "local_sgd":  # its averaging period H is an algorithm option
+        cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\nperiod = 4"))
+    out = tmp_path / "run"
+    assert shoal("run", cfg, "--out", out, "--quiet") == 0
+    for f in ("config.toml", "metrics.jsonl", "summary.json", "model.pt"):
+        assert (out / f).is_file(), f
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert rows[-1]["bytes_sent"] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "key"),
+    [
+        ("sync_sgd", '\ntopology = "ring"\n', "parallel.topology"),
+        ("dpsgd", '[compression]\nname = "top_k"\n', "compression.name"),
+        ("dpsgd", "\nslowdown_factor = 0.5\n", "parallel.slowdown_factor"),
+    ],
+)
+def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, key):
+    text = DP.format(name=name)
+    text = (
+        text + extra if extra.startswith("[") else text.replace("[parallel]", "[parallel]" + extra)
+    )
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert shoal("run", cfg, "--out", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0], err
+
+
+def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path):
+    cfg = _config(tmp_path, "dpsgd", '[compression]\nname = "identity"\n')
+    assert shoal("run", cfg, "--out", tmp_path / "sim", "--quiet") == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shoal", "launch", "--nproc-per-node", "2", str(cfg)]
+    cmd += ["--out", str(tmp_path / "dist"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sim, dist = _rows(tmp_path / "sim"), _rows(tmp_path / "dist")
+    for a, b in zip(dist, sim, strict=True):
+        assert a["bytes_sent"] == b["bytes_sent"]
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
