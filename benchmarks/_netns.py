@@ -1,0 +1,263 @@
+"""Network namespaces joined by a bridge, each link rate-capped with ``tc``: a small shaped LAN.
+
+``with network(4, "100mbit") as net:`` creates the namespaces ``shoal0 .. shoal3``. Namespace
+``i`` holds one end of a veth pair, ``shoaln<i>``, with the address ``10.78.0.<i+1>/24``; the
+other end, ``shoalh<i>``, is attached to the bridge ``shoalbr`` in the root namespace. A token
+bucket (``tc qdisc ... tbf``) caps both directions of every link: the namespace side's egress
+(what worker ``i`` sends) and the bridge side's egress (what worker ``i`` receives). Traffic from
+``i`` to ``j`` therefore passes two caps, ``i``'s uplink and ``j``'s downlink, like hosts on a
+switch whose ports run at the given rate.
+
+``net.exec_prefix(i)`` is the command prefix that runs a program inside namespace ``i``
+(``ip netns exec shoal<i>``); ``net.env(i)`` the environment a gloo rank there needs
+(``GLOO_SOCKET_IFNAME`` names the veth, ``MASTER_ADDR`` is namespace 0's address);
+``net.set_rate(rate)`` changes the caps in place; ``net.tx_bytes(i)`` counts the bytes that
+namespace ``i`` has put on its link (IP headers and TCP included).
+
+The kernel of the reference machine has no ``netem``, so only the rate is shaped, not latency
+(see ``reference/platform-notes.md``, item 10). Needs root and ``ip``/``tc`` (iproute2).
+
+Setup first removes leftovers of an earlier run with the same names; the context manager always
+removes what it created, on an exception, on Ctrl-C and on SIGTERM too.
+
+``python benchmarks/_netns.py`` is a self-check: a 40 MB gloo all-reduce between two namespaces,
+unshaped and at 100 Mbit/s (the platform notes measured 34 ms and 3.24 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "shoal"
+BRIDGE = "shoalbr"
+SUBNET = "10.78.0"
+
+
+class NetnsError(RuntimeError):
+    """The shaped network cannot be set up here (not root, no iproute2, a failing command)."""
+
+
+def check_available() -> None:
+    """Raise :class:`NetnsError` with what to do if namespaces cannot be made here."""
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        raise NetnsError(
+            f"{' and '.join(missing)} not found: install iproute2, or run with --no-netns "
+            "(loopback, no shaping)"
+        )
+    if os.geteuid() != 0:
+        raise NetnsError(
+            "network namespaces need root: run as root (e.g. sudo), or with --no-netns "
+            "(loopback, no shaping)"
+        )
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def parse_rate(rate: str) -> float:
+    """``"100mbit"`` -> bits per second (tc's units: kbit, mbit, gbit, bit; decimal)."""
+    units = {"gbit": 1e9, "mbit": 1e6, "kbit": 1e3, "bit": 1.0}
+    text = rate.strip().lower()
+    for unit, scale in units.items():
+        if text.endswith(unit):
+            try:
+                return float(text[: -len(unit)]) * scale
+            except ValueError:
+                break
+    raise ValueError(f"rate must look like '100mbit' or '1gbit', got {rate!r}")
+
+
+def _tbf_args(rate: str) -> list[str]:
+    # The bucket holds 10 ms of traffic (at least 64 KiB): enough that the kernel timer's
+    # granularity does not lower the rate at 1 Gbit/s, small enough that bursts stay short.
+    # 100 ms of queue before drops, as in the platform notes' measurement.
+    burst = max(64 * 1024, int(parse_rate(rate) / 8 * 0.010))
+    return ["tbf", "rate", rate, "burst", str(burst), "latency", "100ms"]
+
+
+@dataclass
+class Network:
+    """Handle on the namespaces created by :func:`network`."""
+
+    num_hosts: int
+    rate: str | None
+
+    def ns(self, i: int) -> str:
+        return f"{PREFIX}{i}"
+
+    def ifname(self, i: int) -> str:
+        """The veth end inside namespace ``i`` (``GLOO_SOCKET_IFNAME``)."""
+        return f"{PREFIX}n{i}"
+
+    def host_ifname(self, i: int) -> str:
+        """The veth end on the bridge, in the root namespace."""
+        return f"{PREFIX}h{i}"
+
+    def addr(self, i: int) -> str:
+        return f"{SUBNET}.{i + 1}"
+
+    def exec_prefix(self, i: int) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(i)]
+
+    def env(self, i: int) -> dict[str, str]:
+        return {"GLOO_SOCKET_IFNAME": self.ifname(i), "MASTER_ADDR": self.addr(0)}
+
+    def set_rate(self, rate: str | None) -> None:
+        """Cap every link at ``rate`` in both directions; ``None`` removes the caps."""
+        for i in range(self.num_hosts):
+            for netns, dev in ((self.ns(i), self.ifname(i)), (None, self.host_ifname(i))):
+                where = ["-n", netns] if netns else []
+                if rate is None:
+                    _run("tc", *where, "qdisc", "del", "dev", dev, "root", check=False)
+                else:
+                    _run("tc", *where, "qdisc", "replace", "dev", dev, "root", *_tbf_args(rate))
+        self.rate = rate
+
+    def tx_bytes(self, i: int) -> int:
+        """Bytes namespace ``i`` has sent on its link (= what its bridge port received)."""
+        path = Path(f"/sys/class/net/{self.host_ifname(i)}/statistics/rx_bytes")
+        return int(path.read_text())
+
+    def rx_bytes(self, i: int) -> int:
+        path = Path(f"/sys/class/net/{self.host_ifname(i)}/statistics/tx_bytes")
+        return int(path.read_text())
+
+
+def teardown(num_hosts: int) -> None:
+    """Delete the namespaces, veths and bridge of this module's naming; missing ones are fine.
+
+    Deleting a namespace deletes the veth end inside it, and with it the pair and its qdiscs.
+    """
+    for i in range(num_hosts):
+        _run("ip", "link", "del", f"{PREFIX}h{i}", check=False)
+        _run("ip", "netns", "del", f"{PREFIX}{i}", check=False)
+    _run("ip", "link", "del", BRIDGE, check=False)
+
+
+def leftovers() -> list[str]:
+    """Namespaces and links of this module's naming that exist now (should be empty after use)."""
+    names = [n.split()[0] for n in _run("ip", "netns", "list").stdout.splitlines() if n.strip()]
+    found = [n for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()]
+    links = _run("ip", "-o", "link", "show").stdout.splitlines()
+    for line in links:
+        name = line.split(":")[1].strip().split("@")[0]
+        if name == BRIDGE or (name.startswith(f"{PREFIX}h") and name[len(PREFIX) + 1 :].isdigit()):
+            found.append(name)
+    return found
+
+
+def _setup(num_hosts: int) -> None:
+    _run("ip", "link", "add", BRIDGE, "type", "bridge")
+    _run("ip", "link", "set", BRIDGE, "up")
+    for i in range(num_hosts):
+        ns, inner, outer = f"{PREFIX}{i}", f"{PREFIX}n{i}", f"{PREFIX}h{i}"
+        _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        _run("ip", "link", "set", inner, "netns", ns)
+        _run("ip", "link", "set", outer, "master", BRIDGE)
+        _run("ip", "link", "set", outer, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", inner)
+        _run("ip", "-n", ns, "link", "set", inner, "up")
+        # Rank 0 reaches its own TCPStore through its own address, which routes over lo.
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def network(num_hosts: int, rate: str | None = None) -> Iterator[Network]:
+    """Namespaces ``shoal0..`` on one bridge, links capped at ``rate``; see the module docstring."""
+    if not 1 <= num_hosts <= 200:
+        raise ValueError(f"num_hosts must be in 1..200, got {num_hosts}")
+    check_available()
+    teardown(max(num_hosts, 16))  # leftovers of a killed run, idempotent
+    previous = signal.getsignal(signal.SIGTERM)
+    # SIGTERM would end the interpreter without running the cleanup below.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _setup(num_hosts)
+        net = Network(num_hosts, None)
+        net.set_rate(rate)
+        yield net
+    finally:
+        teardown(num_hosts)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- self-check: a 40 MB all-reduce between two namespaces -------------------------------------
+
+
+def _allreduce_worker(numel: int, repeats: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    x = torch.ones(numel)
+    dist.all_reduce(x)  # warm-up: connections
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        times.append(time.perf_counter() - t0)
+    if dist.get_rank() == 0:
+        print(f"{statistics.median(times):.4f}", flush=True)
+    dist.destroy_process_group()
+
+
+def _measure_allreduce(net: Network, numel: int, repeats: int, port: int) -> float:
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, RANK=str(i), WORLD_SIZE="2", MASTER_PORT=str(port), **net.env(i))
+        cmd = [*net.exec_prefix(i), sys.executable, __file__, "--worker", str(numel), str(repeats)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise NetnsError(f"all-reduce workers failed: exit codes {[p.returncode for p in procs]}")
+    return float(outs[0].strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb", type=float, default=40.0, help="all-reduce size in MB (float32)")
+    p.add_argument("--rate", default="100mbit")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        _allreduce_worker(*a.worker)
+        return
+    numel = int(a.mb * 1e6 / 4)
+    with network(2) as net:
+        unshaped = _measure_allreduce(net, numel, a.repeats, 29411)
+        net.set_rate(a.rate)
+        shaped = _measure_allreduce(net, numel, a.repeats, 29412)
+    expected = a.mb * 8e6 / parse_rate(a.rate)  # 2 ranks: each direction carries the tensor
+    print(f"{a.mb:g} MB gloo all-reduce between 2 namespaces (median of {a.repeats}):")
+    print(f"  unshaped:       {unshaped * 1e3:8.1f} ms")
+    print(f"  tbf {a.rate:>9}: {shaped * 1e3:8.1f} ms  (rate bound {expected * 1e3:.0f} ms)")
+    left = leftovers()
+    print("cleanup:", "ok" if not left else f"LEFT OVER {left}")
+
+
+if __name__ == "__main__":
+    main()
