@@ -21,7 +21,14 @@ Setup first removes leftovers of an earlier run with the same names; the context
 removes what it created, on an exception, on Ctrl-C and on SIGTERM too.
 
 ``python benchmarks/_netns.py`` is a self-check: a 40 MB gloo all-reduce between two namespaces,
-unshaped and at 100 Mbit/s (the platform notes measured 34 ms and 3.24 s).
+unshaped and at 100 Mbit/s (the platform notes measured 34 ms and 3.24 s with tbf on one side,
+3.40 s on both), and 10 MB sent one way and both ways at once between the two ranks. The last
+shows a property of this emulated link to keep in mind: one large message each way at once over
+the connection of a pair of ranks takes about twice the rate bound (1.4-1.7 s against 0.8 s for
+10 MB; with tbf or htb, with BBR or Reno; plain TCP sockets showed it intermittently), whereas
+gloo's all-reduce, which moves the same bytes both ways in pipelined chunks, runs near the rate
+bound. Gossip exchanges in which two ranks send each other a whole model at once (D-PSGD on a
+ring, SGP's steps with mutual peers) pay for it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,10 +141,6 @@ class Network:
         path = Path(f"/sys/class/net/{self.host_ifname(i)}/statistics/rx_bytes")
         return int(path.read_text())
 
-    def rx_bytes(self, i: int) -> int:
-        path = Path(f"/sys/class/net/{self.host_ifname(i)}/statistics/tx_bytes")
-        return int(path.read_text())
-
 
 def teardown(num_hosts: int) -> None:
     """Delete the namespaces, veths and bridge of this module's naming; missing ones are fine.
@@ -205,26 +208,48 @@ def network(num_hosts: int, rate: str | None = None) -> Iterator[Network]:
 # -- self-check: a 40 MB all-reduce between two namespaces -------------------------------------
 
 
-def _allreduce_worker(numel: int, repeats: int) -> None:
+def _timed(fn: Callable[[], None], repeats: int) -> float:
+    import torch.distributed as dist
+
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _selfcheck_worker(numel: int, repeats: int) -> None:
+    """Rank 0 prints the median seconds of: the all-reduce of ``numel`` floats; a quarter of
+    that sent one way (rank 1 to rank 0, timed by the receiver: a send returns once the data is
+    in the kernel's buffers); the same quarter sent both ways at once."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    rank, peer = dist.get_rank(), 1 - dist.get_rank()
     x = torch.ones(numel)
+    part, buf = x[: numel // 4].clone(), torch.empty(numel // 4)
     dist.all_reduce(x)  # warm-up: connections
-    times = []
-    for _ in range(repeats):
-        dist.barrier()
-        t0 = time.perf_counter()
-        dist.all_reduce(x)
-        times.append(time.perf_counter() - t0)
-    if dist.get_rank() == 0:
-        print(f"{statistics.median(times):.4f}", flush=True)
+
+    def one_way() -> None:
+        dist.recv(buf, peer) if rank == 0 else dist.send(part, peer)
+
+    def both_ways() -> None:
+        ops = [dist.P2POp(dist.isend, part, peer), dist.P2POp(dist.irecv, buf, peer)]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+    out = [_timed(lambda: dist.all_reduce(x), repeats)]
+    out += [_timed(one_way, repeats), _timed(both_ways, repeats)]
+    if rank == 0:
+        print(" ".join(f"{t:.4f}" for t in out), flush=True)
     dist.destroy_process_group()
 
 
-def _measure_allreduce(net: Network, numel: int, repeats: int, port: int) -> float:
+def _measure(net: Network, numel: int, repeats: int, port: int) -> list[float]:
     procs = []
     for i in range(2):
         env = dict(os.environ, RANK=str(i), WORLD_SIZE="2", MASTER_PORT=str(port), **net.env(i))
@@ -232,8 +257,8 @@ def _measure_allreduce(net: Network, numel: int, repeats: int, port: int) -> flo
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     if any(p.returncode for p in procs):
-        raise NetnsError(f"all-reduce workers failed: exit codes {[p.returncode for p in procs]}")
-    return float(outs[0].strip().splitlines()[-1])
+        raise NetnsError(f"self-check workers failed: exit codes {[p.returncode for p in procs]}")
+    return [float(v) for v in outs[0].strip().splitlines()[-1].split()]
 
 
 def main() -> None:
@@ -244,17 +269,25 @@ def main() -> None:
     p.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        _allreduce_worker(*a.worker)
+        _selfcheck_worker(*a.worker)
         return
     numel = int(a.mb * 1e6 / 4)
     with network(2) as net:
-        unshaped = _measure_allreduce(net, numel, a.repeats, 29411)
+        unshaped = _measure(net, numel, a.repeats, 29411)
         net.set_rate(a.rate)
-        shaped = _measure_allreduce(net, numel, a.repeats, 29412)
-    expected = a.mb * 8e6 / parse_rate(a.rate)  # 2 ranks: each direction carries the tensor
-    print(f"{a.mb:g} MB gloo all-reduce between 2 namespaces (median of {a.repeats}):")
-    print(f"  unshaped:       {unshaped * 1e3:8.1f} ms")
-    print(f"  tbf {a.rate:>9}: {shaped * 1e3:8.1f} ms  (rate bound {expected * 1e3:.0f} ms)")
+        shaped = _measure(net, numel, a.repeats, 29412)
+    bound = a.mb * 8e6 / parse_rate(a.rate)  # 2 ranks: each direction carries the tensor
+    print(f"gloo between 2 namespaces, median of {a.repeats}:      unshaped   tbf {a.rate}")
+    rows = [
+        (f"all-reduce of {a.mb:g} MB", 0, bound),
+        (f"{a.mb / 4:g} MB sent one way", 1, bound / 4),
+        (f"{a.mb / 4:g} MB sent both ways at once", 2, bound / 4),
+    ]
+    for label, k, rate_bound in rows:
+        print(
+            f"  {label:<34} {unshaped[k] * 1e3:8.1f} ms {shaped[k] * 1e3:8.1f} ms"
+            f"  (rate bound {rate_bound * 1e3:.0f} ms)"
+        )
     left = leftovers()
     print("cleanup:", "ok" if not left else f"LEFT OVER {left}")
 

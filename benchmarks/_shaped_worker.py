@@ -2,21 +2,22 @@
 
 Started by the driver (inside a network namespace, or on loopback) with ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` and ``GLOO_SOCKET_IFNAME`` set; joins the gloo
-group with :func:`shoal.runtime.procgroup.init_from_env` and writes ``rank<r>.json`` into
-``--out``.
+group with :func:`shoal.runtime.procgroup.init_from_env`, runs the configurations named by
+``--config`` one after the other (several only in the smoke test) and writes
+``<config>_rank<r>.json`` into ``--out`` for each.
 
 Every configuration trains the same model from the same initial weights on the same IID
 shards, with the same per-worker batch size, learning rate and momentum:
 
 - ``ddp``: the peer, unmodified: ``torch.nn.parallel.DistributedDataParallel`` (gloo) with
   ``torch.optim.SGD(momentum)``. Minibatches are drawn exactly as Shoal draws them
-  (:func:`shoal.parallel.batches.draw_positions` when available), so the data order matches.
+  (:func:`shoal.parallel.batches.draw_positions`), so the data order matches.
 - everything else: :func:`shoal.parallel.train_parallel` with one ``shoal.parallel``
   algorithm (see ``shoal_algorithm``).
 
 Evaluation: rank 0 evaluates on the test split every ``--eval-every`` steps; the clock that
-measures training time is stopped while it does (the other ranks wait for its verdict at the
-next collective), so ``time_to_target_seconds`` is training time only.
+measures training time is stopped while it does (the other ranks wait for its verdict), so
+``time_to_target_seconds`` is training time only, for DDP and for Shoal alike (``Timed``).
 
 Wire bytes: ``tx_bytes`` is what this process's network interface sent while training, read
 from the kernel's counters (``/sys/class/net/<GLOO_SOCKET_IFNAME>/statistics``); on loopback
@@ -39,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 import shoal
+from shoal.parallel.batches import draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
@@ -120,12 +122,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
 
 
 def _positions(seed: int, step: int, worker: int, n: int, batch: int) -> np.ndarray:
-    try:  # the same minibatches as shoal.parallel
-        from shoal.parallel.batches import draw_positions
-    except ImportError:
-        rng = np.random.default_rng([seed, step, worker, 11])
-        return rng.choice(n, size=min(batch, n), replace=False)
-    return np.asarray(draw_positions(seed, step, worker, n, batch))
+    return np.asarray(draw_positions(seed, step, worker, n, batch))  # Shoal's minibatches
 
 
 def run_ddp(a: argparse.Namespace, rank: int, world: int, data: Any, shards: list) -> dict:
