@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.aggregate import monna, trimmed_mean
 from shoal.attacks import Byzantine, alie, byzantine, gaussian, label_flip, sign_flip
 from shoal.functional import ParamSpec, cross_entropy
 from shoal.parallel import (
@@ -139,6 +140,25 @@ def test_robust_rules_bound_honest_nodes_under_any_attacker(case, seed, scale):
     for i in honest_nodes:
         w_byz = float(graph.weight_NK[i][byz_slot[i]].sum())
         assert float((out[i] - ref[i]).norm()) <= tau * w_byz + 1e-9
+
+
+def test_batched_rules_equal_the_aggregators_node_by_node():
+    # An irregular graph (degrees 2 to 5), so nodes are grouped by degree; up to 12 rows.
+    edges = [(0, j) for j in range(1, 6)] + [(1, 2), (2, 3), (3, 4), (4, 5), (5, 1), (6, 0)]
+    edges += [(6, 1), (7, 2), (7, 3)] + [(8, j) for j in range(9, 14)] + [(8, 0), (9, 10)]
+    edges += [(10, 11), (11, 12), (12, 13), (13, 9), (8, 1), (8, 2), (8, 3)]
+    topology = from_edges(14, edges)
+    x, attacked, _, _, graph = _attacked_inbox(topology, {0}, seed=1, scale=10.0)
+    workers = tuple(range(14))
+    trimmed, nna = (
+        trimmed_gossip(1)(x, attacked, graph, workers),
+        nna_gossip(1)(x, attacked, graph, workers),
+    )
+    for i in workers:
+        deg = int(attacked.mask_WK[i].sum())
+        rows = torch.cat([x[i : i + 1], attacked.rows_WKD[i, :deg]])
+        assert torch.equal(trimmed[i], trimmed_mean(1)(rows, torch.ones(deg + 1)))
+        torch.testing.assert_close(nna[i], monna(1)(x[i], rows[1:]), rtol=0, atol=1e-12)
 
 
 def test_dissensus_with_eps_one_stops_plain_gossip_exactly():
