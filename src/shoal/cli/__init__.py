@@ -1,4 +1,5 @@
-"""The ``shoal`` command line: ``run``, ``launch``, ``plot``, ``data list|fetch|show`` and ``demo``.
+"""The ``shoal`` command line: ``run``, ``launch``, ``plot``, ``data list|fetch|show``, ``demo``
+and ``robustness``.
 
 Mistakes a user can make (a config key, a value, a missing folder) end in one line on stderr
 naming what was wrong and what is allowed, with exit code 2; failures the library reports
@@ -49,7 +50,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shoal.cli import data, launch, plot, run
+    from shoal.cli import data, launch, plot, robustness, run
 
     parser = _Parser(
         prog="shoal",
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_parser(sub)
     plot.add_parser(sub)
     data.add_parser(sub)
+    robustness.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""``shoal robustness``: a tiny grid on sklearn digits writes the table, heat map and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import shoal
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # the command sets its own (--threads, default 1)
+
+
+def test_tiny_grid_writes_table_heatmap_and_json(tmp_path: Path, capsys):
+    out = tmp_path / "grid"
+    code = shoal(
+        "robustness",
+        "--data", "digits",
+        "--attacks", "sign_flip", "gaussian",
+        "--aggregators", "mean,trimmed_mean",
+        "--rounds", "3",
+        "--out", out,
+        "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    for name in ("robustness.json", "robustness.md", "robustness.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "robustness.md").read_text()
+    assert "| attack | mean | trimmed mean |" in table
+    assert "| clean |" in table and "| sign flip |" in table and "| gaussian |" in table
+    report = json.loads((out / "robustness.json").read_text())
+    grid = report["headline"]["grid"]
+    assert list(grid) == ["clean", "sign flip", "gaussian"]
+    assert all(list(row) == ["mean", "trimmed mean"] for row in grid.values())
+    assert report["headline"]["clean_accuracy"] == grid["clean"]["mean"]
+    assert 0 <= report["headline"]["clean_accuracy"] <= 1
+    assert report["setup"]["style"] == "data_parallel" and report["setup"]["rounds"] == 3
+    assert report["command"].startswith("shoal robustness --style data_parallel")
+    assert "| clean |" in capsys.readouterr().out  # the table is printed too
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "listed"),
+    [("--attacks", "signflip", "sign_flip"), ("--aggregators", "krumm", "multi_krum")],
+)
+def test_unknown_names_fail_in_one_line_listing_what_exists(capsys, flag, name, listed):
+    assert shoal("robustness", "--data", "digits", flag, name) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown" in err and repr(name) in err and listed in err
+
+
+def test_missing_mnist_files_say_what_to_do(capsys):
+    assert shoal("robustness") == 2  # SHOAL_DATA is an empty folder in these tests
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "--data digits" in err
