@@ -33,6 +33,7 @@ from shoal.compress.base import Compressor, identity
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled, predict
+from shoal.files import atomic_save, write_metrics
 from shoal.functional import LossFn, ParamSpec, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
@@ -94,22 +95,6 @@ class TrainResult:
 
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a kill leaves old or new."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def _check_clients(clients: list[np.ndarray], n: int) -> None:
@@ -209,7 +194,7 @@ def train(
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
         if main:
-            _write_metrics(out / METRICS, rows)
+            write_metrics(out / METRICS, rows)
 
     bar = tqdm(
         range(start_round, config.rounds),
@@ -313,7 +298,7 @@ def train(
                     "downlink": bcast,
                     "sim_seconds": sim,
                 }
-                _atomic_save(ck, out / CHECKPOINT)
+                atomic_save(ck, out / CHECKPOINT)
     bar.close()
 
     summary = _summary(
@@ -321,7 +306,7 @@ def train(
     )
     if out is not None and main:
         spec.load_into(model, params)
-        _atomic_save(model.state_dict(), out / MODEL)
+        atomic_save(model.state_dict(), out / MODEL)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)

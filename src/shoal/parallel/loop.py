@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shoal.data.types import FederatedDataset
+from shoal.files import atomic_save, write_metrics
 from shoal.functional import LossFn, ParamSpec, cross_entropy
 from shoal.parallel import records
 from shoal.parallel.base import ParallelAlgorithm, ServerAlgorithm, State, settle
@@ -160,7 +161,7 @@ class _WorkerRun:
         if resume and ckpt is not None:
             params_WD, state, prog = self._restore(ckpt)
         if self.out is not None and self.reports and not asynchronous:
-            records.write_metrics(self.out / records.METRICS, self.rows)
+            write_metrics(self.out / records.METRICS, self.rows)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.dev)
         step_samples = float(sum(self.batches.samples()))
         bar = tqdm(
@@ -286,7 +287,7 @@ class _WorkerRun:
             "rows": self.rows,
             "bytes_sent": self.comm.bytes_sent,
         }
-        records.atomic_save(ck, path)
+        atomic_save(ck, path)
 
     def _restore(self, path: Path) -> tuple[torch.Tensor, State, Progress]:
         if not path.exists():

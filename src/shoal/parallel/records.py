@@ -7,7 +7,6 @@ leaves either the old or the new file, never half of one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from shoal.evaluate import pooled, predict
+from shoal.files import atomic_save
 from shoal.functional import LossFn, ParamSpec
 
 METRICS = "metrics.jsonl"
@@ -25,21 +25,6 @@ MODEL = "model.pt"
 def checkpoint_name(rank: int | None) -> str:
     """``checkpoint.pt`` in simulation; one file per rank in distributed runs."""
     return "checkpoint.pt" if rank is None else f"checkpoint.rank{rank}.pt"
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def append_metrics(path: Path, row: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from shoal.files import atomic_save, write_metrics
 from shoal.parallel import records
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.config import ParallelResult
@@ -47,7 +48,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
         prog, comm.bytes_sent = Progress(**ck["progress"]), ck["bytes_sent"]
         received_before = ck["received"]
     if out is not None:
-        records.write_metrics(out / records.METRICS, rows)
+        write_metrics(out / records.METRICS, rows)
     bar = tqdm(total=config.steps, desc=algorithm.name, unit="step", disable=not config.progress)
     clock = [time.perf_counter()]  # start of the current stretch of serving
 
@@ -91,7 +92,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
         if ckpt is not None:
             state = {"centre_D": centre, "rows": rows, "steps_W": steps_W}
             counts = {"bytes_sent": comm.bytes_sent, "received": total_bytes - comm.bytes_sent}
-            records.atomic_save({**state, "progress": asdict(prog), **counts}, ckpt)
+            atomic_save({**state, "progress": asdict(prog), **counts}, ckpt)
         clock[0] = time.perf_counter()
         return reached
 
