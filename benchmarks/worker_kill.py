@@ -72,7 +72,9 @@ def launch(cfg: Path, out: Path, nproc: int, *, kill: str | None, restarts: int)
     metrics = out / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     rows = [json.loads(line) for line in lines]
-    last_line = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    # Only shoal's own one-line verdict; torchrun's log lines name this machine's paths.
+    last_line = last if last.startswith("shoal:") else ""
     return {
         "returncode": proc.returncode,
         "wall_seconds": wall,
