@@ -293,4 +293,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NetnsError as err:
+        sys.exit(f"error: {err}")

@@ -600,4 +600,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers and namespaces are gone already
+        sys.exit("interrupted; workers stopped, namespaces removed")
