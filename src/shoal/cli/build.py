@@ -254,6 +254,17 @@ def build_network(cfg: Config) -> CostModel | None:
     return CostModel(Network(name, uplink, downlink), o["seconds_per_sample"], spread)
 
 
+def distributed(cfg: Config) -> bool:
+    """Whether this process is one worker of a distributed job (``runtime.kind``)."""
+    kind = cfg["runtime.kind"]
+    if kind == "dist" and not in_distributed_env():
+        raise ConfigError(
+            "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
+            "`shoal launch` or `torchrun`"
+        )
+    return kind == "dist" or (kind == "auto" and in_distributed_env())
+
+
 def build(cfg: Config, *, progress: bool = True) -> Experiment:
     """Data, partition, model, algorithm and the train config, each checked against the config."""
     try:
@@ -301,13 +312,7 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
     )
     sim = SimRuntime(cfg["runtime.vectorize"], cfg["runtime.memory_budget_mb"])
     runtime: Runtime = sim
-    kind = cfg["runtime.kind"]
-    if kind == "dist" or (kind == "auto" and in_distributed_env()):
-        if not in_distributed_env():
-            raise ConfigError(
-                "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
-                "`shoal launch` or `torchrun`"
-            )
+    if distributed(cfg):
         runtime = DistRuntime(sim, device=cfg["device"], timeout_s=cfg["runtime.timeout_s"])
     return Experiment(
         cfg,

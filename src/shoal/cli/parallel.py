@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shoal.cli.build import build_clients, build_compressor, build_model
+from shoal.cli.build import build_clients, build_compressor, build_model, distributed
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
 from shoal.config import Config, ConfigError
@@ -35,13 +35,7 @@ def is_parallel(cfg: Config) -> bool:
 
 
 def make_comm(cfg: Config, num_workers: int) -> Comm:
-    kind = cfg["runtime.kind"]
-    if kind == "dist" or (kind == "auto" and in_distributed_env()):
-        if not in_distributed_env():
-            raise ConfigError(
-                "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
-                "`shoal launch` or `torchrun`"
-            )
+    if distributed(cfg):
         return DistComm(init_from_env(device=cfg["device"], timeout_s=cfg["runtime.timeout_s"]))
     return SimComm(num_workers)
 
