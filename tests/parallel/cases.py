@@ -63,6 +63,9 @@ CASES: dict[str, Callable[[int], Any]] = {
     "sync_sgd_threshold": lambda n: sync_sgd(0.2, compressor=error_feedback(threshold(0.05))),
     "sync_sgd_qsgd": lambda n: sync_sgd(0.2, compressor=qsgd(4, bucket_size=16)),
     "local_sgd": lambda n: local_sgd(0.2, period=2, momentum=0.5),
+    "local_sgd_topk_ef": lambda n: local_sgd(
+        0.2, period=2, momentum=0.5, compressor=error_feedback(top_k(ratio=0.2))
+    ),
     "dpsgd_ring": lambda n: dpsgd(0.2, ring(n)),
     "dpsgd_ring_lian": lambda n: dpsgd(0.2, ring(n), "lian", momentum=0.5),
     "sgp": lambda n: sgp(0.2, momentum=0.5),

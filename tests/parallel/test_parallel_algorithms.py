@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from shoal.algorithms import fedavg
 from shoal.algorithms.base import LocalWork
+from shoal.compress import error_feedback, identity, top_k
 from shoal.parallel import (
     ParallelConfig,
     SimComm,
@@ -104,6 +105,24 @@ def test_local_sgd_with_h1_is_sync_sgd_and_models_agree_after_each_average():
     assert (c.params_WD - c.params_WD[0]).abs().max() < 1e-6
     d = _run(local_sgd(0.2, period=4), world=3, steps=6)  # last average after step 4
     assert (d.params_WD - d.params_WD[0]).abs().max() > 1e-4
+
+
+def test_compressed_local_sgd_is_qsparse_local_sgd():
+    # The identity compressor sends the exact model changes: plain local SGD.
+    a = _run(local_sgd(0.2, period=3, momentum=0.5, compressor=identity()), world=3)
+    b = _run(local_sgd(0.2, period=3, momentum=0.5), world=3)
+    torch.testing.assert_close(a.params_WD, b.params_WD, rtol=0, atol=1e-6)
+    # H = 1 without momentum: the change is -lr * grad and top-k commutes with the scaling,
+    # so top-k + error feedback on model changes is top-k + error feedback on gradients.
+    ef = lambda: error_feedback(top_k(ratio=0.2))  # noqa: E731
+    c = _run(local_sgd(0.2, period=1, compressor=ef()), world=3)
+    d = _run(sync_sgd(0.2, compressor=ef()), world=3)
+    torch.testing.assert_close(c.params_WD, d.params_WD, rtol=0, atol=1e-6)
+    # H = 3: after each synchronisation every replica restarts from the same model, and it
+    # is not the uncompressed average.
+    e = _run(local_sgd(0.2, period=3, compressor=ef()), world=3, steps=6)
+    assert (e.params_WD - e.params_WD[0]).abs().max() == 0
+    assert (e.params_WD - b.params_WD).abs().max() > 1e-4
 
 
 def test_easgd_with_tau1_and_vanishing_alpha_is_independent_sgd():

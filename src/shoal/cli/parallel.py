@@ -53,15 +53,20 @@ def _topology(cfg: Config, num_workers: int) -> dict[str, Topology]:
     return {"topology": TOPOLOGIES[graph](num_workers)}
 
 
+COMPRESSING = frozenset({"sync_sgd", "local_sgd"})
+"""The data-parallel methods that take ``[compression]`` (gradients; local SGD's model changes)."""
+
+
 def build_algorithm(cfg: Config, compressor: Any, num_workers: int) -> Any:
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
     extra: dict[str, Any] = _topology(cfg, num_workers)
     if not isinstance(compressor, Identity):
-        if name != "sync_sgd":
+        if name not in COMPRESSING:
             raise ConfigError(
-                f'compression.name = "{cfg["compression.name"]}": only sync_sgd compresses its '
-                f"messages; {name} sends models dense"
+                f'compression.name = "{cfg["compression.name"]}": only '
+                f"{' and '.join(sorted(COMPRESSING))} compress their messages; {name} sends "
+                "models dense"
             )
         extra["compressor"] = compressor
     return call_factory(

@@ -30,6 +30,7 @@ from torch import nn
 from shoal.functional import batch_loss
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, stack_states
 from shoal.runtime.inbox import Inbox
+from shoal.runtime.loop import ClientLoop
 from shoal.runtime.transmit import transmit_each
 from shoal.types import ClientState, Message
 
@@ -96,6 +97,7 @@ class SimRuntime:
     against 4.6 s per 1,000-client MLP round with 200-client chunks), none on a GPU, which wants
     the largest batch that fits; ``None``: only the memory budget decides."""
     _act_cache: dict[int, int] = field(default_factory=dict, repr=False)
+    _loop: ClientLoop = field(default_factory=ClientLoop, repr=False)
 
     def __post_init__(self) -> None:
         if self.memory_budget_mb <= 0:
@@ -148,14 +150,17 @@ class SimRuntime:
             return
         batch = max(task.plans[i].index_TB.shape[1] for i in order)
         vectorize = self.vectorized(task)
-        chunk = self.chunk_size(task, batch) if vectorize else 1
+        chunk = self.chunk_size(task, batch)
         for start in range(0, len(order), chunk):
             pos = order[start : start + chunk]
             ids = [int(task.clients[i]) for i in pos]
             states = [store.get(c, task.algorithm, task.params_D) for c in ids]
             cstate = stack_states(states)
             plans = [task.plans[i] for i in pos]
-            params, loss_sum, n = self._train(task, plans, cstate, vectorize)
+            if vectorize:
+                params, loss_sum, n = self._train(task, plans, cstate)
+            else:
+                params, loss_sum, n = self._loop.train(task, plans, cstate)
             steps_W1 = torch.tensor(steps[pos], dtype=params.dtype, device=dev).unsqueeze(1)
             msg, new_state = task.algorithm.upload(params, task.down, cstate, steps_W1)
             for j, c in enumerate(ids):
@@ -184,9 +189,9 @@ class SimRuntime:
         return not (conv and task.params_D.device.type == "cpu")
 
     def _train(
-        self, task: RoundTask, plans: list, cstate: ClientState, vectorize: bool
+        self, task: RoundTask, plans: list, cstate: ClientState
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Local SGD for a group of clients sorted by decreasing steps; returns ``params_WD``."""
+        """Stacked local SGD for clients sorted by decreasing steps; returns ``params_WD``."""
         dev = task.params_D.device
         W = len(plans)
         T = plans[0].num_steps
@@ -227,15 +232,9 @@ class SimRuntime:
             idx, m = index_t[:a, t], mask_t[:a, t]
             # Step 0 trains from the broadcast global model (a read-only expanded view).
             cur = [b[:a] for b in blocks] or [v.expand(a, *v.shape) for v in start]
-            if vectorize:
-                leaves = {n: v.detach().requires_grad_(True) for n, v in zip(names, cur)}
-                loss_W = batched_loss(leaves, task.x[idx], task.y[idx], m)
-            else:  # the reference: one client (a == W == 1), plain autograd
-                leaves = {n: v[0].detach().requires_grad_(True) for n, v in zip(names, cur)}
-                loss_W = client_loss(leaves, task.x[idx[0]], task.y[idx[0]], m[0]).unsqueeze(0)
+            leaves = {n: v.detach().requires_grad_(True) for n, v in zip(names, cur)}
+            loss_W = batched_loss(leaves, task.x[idx], task.y[idx], m)
             grads = torch.autograd.grad(loss_W.sum(), tuple(leaves.values()))
-            if not vectorize:
-                grads = tuple(g.unsqueeze(0) for g in grads)
             with torch.no_grad():
                 corr = None
                 if corrected:

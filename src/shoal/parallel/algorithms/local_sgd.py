@@ -7,6 +7,17 @@ al.'s code), and after every ``H``-th step (steps ``H, 2H, ...``) all models are
 their average with an all-reduce. ``H = 1`` is synchronous SGD with model averaging, which
 for plain SGD equals gradient averaging.
 
+With a ``compressor`` the averaging step is Qsparse-local-SGD's (Basu, Data, Karakus,
+Diggavi, "Qsparse-local-SGD: Distributed SGD with Quantization, Sparsification, and Local
+Computations", NeurIPS 2019, Algorithm 1, synchronous case): every worker compresses the change
+of its model since the last synchronisation, ``x_i - x_sync``, with error feedback kept in its
+compressor state (wrap the compressor in :func:`shoal.compress.error_feedback`), the compressed
+changes are averaged exactly as :func:`~shoal.parallel.sync_sgd` averages compressed gradients
+(summed in compressed form when homomorphic, else all-gathered), and every worker restarts from
+``x_sync + mean`` — so the replicas are identical again after each synchronisation. Deviation,
+named: the paper adds the memory to the *local* model before compressing; here it lives in the
+compressor wrapper, which adds it to the change (the same sum).
+
 Shape suffixes: ``W`` local workers, ``D`` flat parameters.
 """
 
@@ -16,7 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.parallel.algorithms.sync_sgd import check_optimizer
+from shoal.compress.base import Compressor
+from shoal.parallel.algorithms.sync_sgd import (
+    check_compressor,
+    check_optimizer,
+    compressed_mean,
+    compressor_states,
+)
 from shoal.parallel.base import GradFn, OwnModel, State, check_period, sgd_direction
 from shoal.parallel.comm import Comm
 
@@ -30,6 +47,7 @@ class LocalSGD(OwnModel):
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
+    compressor: Compressor | None = None
     name: str = "local_sgd"
 
     def __post_init__(self) -> None:
@@ -37,9 +55,14 @@ class LocalSGD(OwnModel):
         check_period("local_sgd: the averaging period H", self.period)
         if self.nesterov and not self.momentum:
             raise ValueError("local_sgd: nesterov=True needs momentum > 0")
+        check_compressor("local_sgd", self.compressor)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
-        return {"momentum_WD": torch.zeros_like(params_WD)} if self.momentum else {}
+        state: State = {"momentum_WD": torch.zeros_like(params_WD)} if self.momentum else {}
+        if self.compressor is not None:
+            state.update(compressor_states(self.compressor, params_WD, comm))
+            state["anchor_WD"] = params_WD.clone()  # x_sync: identical rows on every worker
+        return state
 
     def step(
         self, params_WD: torch.Tensor, grad_fn: GradFn, state: State, comm: Comm, step: int
@@ -53,9 +76,24 @@ class LocalSGD(OwnModel):
             nesterov=self.nesterov,
         )
         params_WD = params_WD - self.lr * direction_WD
+        state = dict(state)
+        if m_WD is not None:
+            state["momentum_WD"] = m_WD
         if (step + 1) % self.period == 0:
-            params_WD = comm.all_reduce_mean(params_WD)
-        return params_WD, ({"momentum_WD": m_WD} if m_WD is not None else state)
+            if self.compressor is None:
+                params_WD = comm.all_reduce_mean(params_WD)
+            else:
+                anchor_WD = state["anchor_WD"]
+                mean_WD, state["compressor"] = compressed_mean(
+                    self.compressor,
+                    params_WD - anchor_WD,
+                    state["compressor"],
+                    comm,
+                    state["summed"],
+                )
+                params_WD = anchor_WD + mean_WD
+                state["anchor_WD"] = params_WD
+        return params_WD, state
 
 
 def local_sgd(
@@ -65,6 +103,8 @@ def local_sgd(
     *,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    compressor: Compressor | None = None,
 ) -> LocalSGD:
-    """Local SGD averaging the models every ``period`` (H) steps."""
-    return LocalSGD(lr, period, momentum, weight_decay, nesterov)
+    """Local SGD averaging the models every ``period`` (H) steps; with a ``compressor``,
+    Qsparse-local-SGD (compressed model changes, see the module docstring)."""
+    return LocalSGD(lr, period, momentum, weight_decay, nesterov, compressor)

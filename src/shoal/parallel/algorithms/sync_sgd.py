@@ -70,6 +70,26 @@ def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -
         raise ValueError(f"{who}: weight_decay must be >= 0, got {weight_decay!r}")
 
 
+def compressor_states(compressor: Compressor, params_WD: torch.Tensor, comm: Comm) -> State:
+    """Each local worker's compressor state, and whether payloads are summed compressed."""
+    summed = summable(compressor, params_WD[0])
+    # Summed payloads need the same random choices on every worker (random-k's shared seed);
+    # otherwise each worker draws its own (QSGD's rounding is independent).
+    states = [
+        init_with_seed(compressor, row, None if summed else mix(w, 0x5EED))
+        for w, row in zip(comm.workers, params_WD)
+    ]
+    return {"compressor": states, "summed": summed}
+
+
+def check_compressor(who: str, compressor: object) -> None:
+    if compressor is not None and not isinstance(compressor, Compressor):
+        raise TypeError(
+            f"{who}: compressor must implement init/compress/decompress/nbytes "
+            f"(shoal.compress), got {type(compressor).__name__}"
+        )
+
+
 def compressed_mean(
     compressor: Compressor, rows_WD: torch.Tensor, states: list[Any], comm: Comm, summed: bool
 ) -> tuple[torch.Tensor, list[Any]]:
@@ -103,25 +123,14 @@ class SyncSGD(OwnModel):
         check_optimizer("sync_sgd", self.lr, self.momentum, self.weight_decay)
         if self.nesterov and not self.momentum:
             raise ValueError("sync_sgd: nesterov=True needs momentum > 0")
-        if self.compressor is not None and not isinstance(self.compressor, Compressor):
-            raise TypeError(
-                "sync_sgd: compressor must implement init/compress/decompress/nbytes "
-                f"(shoal.compress), got {type(self.compressor).__name__}"
-            )
+        check_compressor("sync_sgd", self.compressor)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         state: State = {}
         if self.momentum:
             state["momentum_WD"] = torch.zeros_like(params_WD)
         if self.compressor is not None:
-            summed = summable(self.compressor, params_WD[0])
-            # Summed payloads need the same random choices on every worker (random-k's shared
-            # seed); otherwise each worker draws its own (QSGD's rounding is independent).
-            state["compressor"] = [
-                init_with_seed(self.compressor, row, None if summed else mix(w, 0x5EED))
-                for w, row in zip(comm.workers, params_WD)
-            ]
-            state["summed"] = summed
+            state.update(compressor_states(self.compressor, params_WD, comm))
         return state
 
     def step(

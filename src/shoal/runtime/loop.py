@@ -1,0 +1,109 @@
+"""The looped trainer: each client's local SGD in plain PyTorch, one client after another.
+
+This is the reference the vectorized path is tested against, and on a CPU it is also the
+faster one for small models: a client's parameters stay in the cache for all its steps,
+where the stacked path streams every active client's parameters through memory each step.
+
+It trains a *work copy* of the model whose trainable parameters are views of one flat buffer
+(the flat-parameter trick of Apex and FSDP): a client starts with one copy into that buffer,
+each step is an ordinary ``module(x)`` + ``autograd.grad`` + one fused ``_foreach_add_``, and
+algorithm corrections read the flat buffer directly. Calling the module itself, instead of
+:func:`torch.func.functional_call` on every step, saves about 1 ms of Python per step
+(measured on workload W's MLP: 0.5 ms per step instead of 1.8 ms).
+
+Buffers and frozen parameters are *shared* with the user's model, not copied, so the work
+copy always computes what ``functional_call(model, params, x)`` would.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import numpy as np
+import torch
+
+from shoal.runtime.base import RoundTask
+from shoal.types import ClientState
+
+
+class FlatModule:
+    """A work copy of ``model`` whose trainable parameters are views of ``self.flat``."""
+
+    def __init__(self, task: RoundTask) -> None:
+        model, spec = task.model, task.spec
+        trainable = {id(model.get_parameter(n)) for n in spec.names}
+        # deepcopy with the shared tensors pre-seeded in its memo keeps them shared.
+        shared = [t for t in [*model.parameters(), *model.buffers()] if id(t) not in trainable]
+        self.module = copy.deepcopy(model, memo={id(t): t for t in shared})
+        self.flat = torch.empty_like(task.params_D)
+        self.params: list[torch.Tensor] = []
+        for name, view in spec.unflatten(self.flat).items():
+            p = self.module.get_parameter(name)
+            p.data = view
+            self.params.append(p)
+        self.views = list(spec.unflatten(self.flat).values())
+        self._source = weakref.ref(model)
+
+    def serves(self, task: RoundTask) -> bool:
+        return (
+            self._source() is task.model
+            and self.flat.device == task.params_D.device
+            and self.flat.dtype == task.params_D.dtype
+        )
+
+
+class ClientLoop:
+    """Trains clients one at a time with a cached :class:`FlatModule`."""
+
+    def __init__(self) -> None:
+        self._work: FlatModule | None = None
+
+    def train(
+        self, task: RoundTask, plans: list, cstate: ClientState
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Local SGD for each client of ``plans`` (state rows ``cstate``); ``params_WD``."""
+        if self._work is None or not self._work.serves(task):
+            self._work = FlatModule(task)
+        work = self._work
+        work.module.train(task.model.training)
+        alg, lr = task.algorithm, task.algorithm.lr
+        probe = {k: v[:1] for k, v in cstate.items()}
+        corrected = alg.correction(task.params_D.unsqueeze(0), task.down, probe) is not None
+        params = work.flat.new_empty(len(plans), task.spec.num_params)
+        loss_sum = np.zeros(len(plans))
+        samples = np.zeros(len(plans))
+        for w, plan in enumerate(plans):
+            row = {k: v[w : w + 1] for k, v in cstate.items()}
+            loss_sum[w], samples[w] = self._client(task, work, plan, row, corrected, lr)
+            params[w].copy_(work.flat)
+        return params, loss_sum, samples
+
+    @staticmethod
+    def _client(
+        task: RoundTask, work: FlatModule, plan, row: ClientState, corrected: bool, lr: float
+    ) -> tuple[float, float]:
+        dev = work.flat.device
+        work.flat.copy_(task.params_D)
+        index = torch.from_numpy(plan.index_TB).to(dev)
+        x_TB, y_TB = task.x[index], task.y[index]  # every step's batch in one gather
+        counts = plan.mask_TB.sum(axis=1)
+        mask_TB = torch.from_numpy(plan.mask_TB).to(dev)
+        losses = []
+        for t in range(plan.num_steps):
+            per_sample = task.loss_fn(work.module(x_TB[t]), y_TB[t])
+            if counts[t] == per_sample.shape[0]:
+                loss = per_sample.mean()
+            else:  # a short last batch: average over its real rows, as the vectorized path
+                loss = (per_sample * mask_TB[t]).sum() / max(float(counts[t]), 1.0)
+            grads = torch.autograd.grad(loss, work.params)
+            with torch.no_grad():
+                if corrected:  # evaluated at the parameters before this step, like the gradient
+                    corr = task.algorithm.correction(work.flat.unsqueeze(0), task.down, row)
+                    assert corr is not None
+                    work.flat.sub_(corr[0], alpha=lr)
+                torch._foreach_add_(work.params, list(grads), alpha=-lr)
+            losses.append(loss.detach())
+        # One device-to-host transfer per client, not one per step.
+        loss_T = torch.stack(losses).double().cpu().numpy()
+        return float(loss_T @ counts.astype(np.float64)), float(counts.sum())
