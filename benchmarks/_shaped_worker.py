@@ -11,7 +11,10 @@ shards, with the same per-worker batch size, learning rate and momentum:
 
 - ``ddp``: the peer, unmodified: ``torch.nn.parallel.DistributedDataParallel`` (gloo) with
   ``torch.optim.SGD(momentum)``. Minibatches are drawn exactly as Shoal draws them
-  (:func:`shoal.parallel.batches.draw_positions`), so the data order matches.
+  (:func:`shoal.parallel.batches.draw_positions`), so the data order matches. On the CPU its
+  module is put in channels-last memory format (one standard line), which gives its
+  convolutions the same oneDNN kernels Shoal's CPU path uses
+  (:func:`shoal.functional.channels_last`): the comparison is of communication, not kernels.
 - everything else: :func:`shoal.parallel.train_parallel` with one ``shoal.parallel``
   algorithm (see ``shoal_algorithm``).
 
@@ -44,7 +47,8 @@ from shoal.parallel.batches import draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
-    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "sgp_overlap", "local_sgd", "easgd",
+    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "sgp_overlap", "local_sgd",
+    "local_sgd_topk", "local_sgd_powersgd", "easgd",
 )  # fmt: skip
 
 
@@ -152,6 +156,8 @@ def run_ddp(a: argparse.Namespace, rank: int, world: int, data: Any, shards: lis
         model.zero_grad(set_to_none=True)
         ratio = statistics.median(ratios[1:])
 
+    if any(p.dim() == 4 for p in model.parameters()):  # see the module docstring
+        model = model.to(memory_format=torch.channels_last)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=a.lr, momentum=a.momentum)
     counter = tx_counter()
@@ -223,6 +229,13 @@ def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_wo
         return sgp(a.lr, top, overlap=True, momentum=a.momentum)
     if config == "local_sgd":
         return local_sgd(a.lr, a.local_period, momentum=a.momentum)
+    if config == "local_sgd_topk":  # Qsparse-local-SGD (Basu et al. 2019)
+        ef_topk = compress.error_feedback(compress.top_k(ratio=a.topk_ratio))
+        return local_sgd(a.lr, a.local_period, momentum=a.momentum, compressor=ef_topk)
+    if config == "local_sgd_powersgd":
+        shapes = ParamSpec.of(model).shapes
+        ef_psgd = compress.error_feedback(compress.powersgd(shapes, rank=a.powersgd_rank))
+        return local_sgd(a.lr, a.local_period, momentum=a.momentum, compressor=ef_psgd)
     if config == "easgd":
         # Asynchronous EASGD has no momentum term (EAMSGD's is Nesterov's, with its own
         # delta), so it runs plain SGD at the common learning rate.

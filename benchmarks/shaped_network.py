@@ -55,10 +55,15 @@ EASGD_PERIOD = 4  # tau of asynchronous EASGD (Zhang et al. 2015 use 4..64)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_shaped_worker.py")
-MAIN_CONFIGS = ("ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd")
+MAIN_CONFIGS = (
+    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd", "local_sgd_topk",
+    "local_sgd_powersgd",
+)  # fmt: skip
 STRAGGLER_CONFIGS = ("ddp", "dense", "sgp", "sgp_overlap", "easgd")
 # "Compressed or decentralized" configurations, the candidates for the headline speedup.
-REDUCED = ("topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd")
+REDUCED = (
+    "topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd", "local_sgd_topk", "local_sgd_powersgd",
+)  # fmt: skip
 LABELS = {
     "ddp": "PyTorch DDP (peer)",
     "dense": "Shoal sync SGD, dense",
@@ -68,6 +73,8 @@ LABELS = {
     "sgp": "Shoal SGP, 1-peer exp.",
     "sgp_overlap": "Shoal overlap SGP, 1-peer",
     "local_sgd": f"Shoal local SGD, H={LOCAL_SGD_PERIOD}",
+    "local_sgd_topk": f"Shoal Qsparse local SGD, H={LOCAL_SGD_PERIOD}, top-k {TOPK_RATIO:g} + EF",
+    "local_sgd_powersgd": f"Shoal local SGD, H={LOCAL_SGD_PERIOD}, PowerSGD r{POWERSGD_RANK} + EF",
     "easgd": f"Shoal async EASGD, tau={EASGD_PERIOD}",
 }
 

@@ -106,6 +106,22 @@ def batch_loss(
     return (losses * mask_B).sum() / mask_B.sum().clamp_min(1)
 
 
+def channels_last(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The 4-D parameters (2-D convolution kernels) in channels-last memory format.
+
+    Shoal's flat vectors hold every kernel contiguous (``[out, in, h, w]``), but oneDNN's
+    CPU convolution and the pooling after it are much faster in channels-last layout, which
+    it picks when the kernel is in it: 51 ms -> 35 ms for a batch-32 step of McMahan's CNN on
+    one core. The conversion is a differentiable copy of each kernel (the gradient comes back
+    in the flat layout), a few microseconds against the convolution. The values are the same;
+    only the summation order inside the kernels differs. Not for ``vmap``-ped calls.
+    """
+    return {
+        k: v.clone(memory_format=torch.channels_last) if v.dim() == 4 else v
+        for k, v in named.items()
+    }
+
+
 def init_params(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor]:
     """Build a model with a fixed seed and return it with its flat initial parameters."""
     state = torch.random.get_rng_state()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec, batch_loss
+from shoal.functional import LossFn, ParamSpec, batch_loss, channels_last
 
 _BATCH_STREAM = 11  # keeps these generators apart from any other use of (seed, step, worker)
 
@@ -134,7 +134,8 @@ class Gradients:
         for i in range(at_WD.shape[0]):
             leaves = self.spec.leaves(at_WD[i])
             idx = self.index_WB[i]
-            loss = self._loss(leaves, self.batches.x[idx], self.batches.y[idx], self.mask_WB[i])
+            named = channels_last(leaves) if at_WD.device.type == "cpu" else leaves
+            loss = self._loss(named, self.batches.x[idx], self.batches.y[idx], self.mask_WB[i])
             grads = torch.autograd.grad(loss, tuple(leaves.values()))
             rows.append(torch.cat([g.reshape(-1) for g in grads]))
             losses.append(loss.detach())
