@@ -451,8 +451,9 @@ def statement(a: argparse.Namespace) -> str:
         f"every {a.eval_every} steps (evaluation time excluded). Per-worker batch "
         f"{a.batch_size}, SGD lr {a.lr}, momentum {a.momentum}, same initial weights and the "
         f"same minibatches for every configuration; target {a.target:.0%} test accuracy, cap "
-        f"{a.max_steps} steps. Medians of {a.repeats} run(s); configurations interleaved."
-        + straggler
+        f"{a.max_steps} steps. Convolution kernels in channels-last layout on the CPU for DDP "
+        "(its module) and Shoal alike. Medians of "
+        f"{a.repeats} run(s); configurations interleaved." + straggler
     )
 
 

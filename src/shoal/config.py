@@ -64,7 +64,7 @@ The schema (two levels: top-level keys, then one table per concern)::
 
     [runtime]
     kind = "auto"       # sim | dist | "auto" (auto: dist under `shoal launch` / torchrun)
-    vectorize = "auto"  # true | false | "auto" (auto: loop for conv models on the CPU)
+    vectorize = "auto"  # true | false | "auto" (auto: CPU loops conv models and linear chains)
     memory_budget_mb = 1024
     timeout_s = 120     # dist: how long a collective waits for a peer that died or stalled
 

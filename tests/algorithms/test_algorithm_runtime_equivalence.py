@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
+from shoal.aggregate import mean
 from shoal.algorithms import (
     LocalWork,
     fedadagrad,
@@ -25,8 +27,11 @@ from shoal.algorithms import (
     fedyogi,
     scaffold,
 )
-from shoal.functional import ParamSpec
+from shoal.compress import identity
+from shoal.functional import ParamSpec, cross_entropy
+from shoal.models import mclr, mlp
 from shoal.runtime.base import RoundTask
+from shoal.runtime.fused import linear_chain
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import Stragglers
 
@@ -43,6 +48,7 @@ ALGORITHMS = [
 ]
 
 CLIENTS_PER_ROUND = 4
+FEATURES, CLASSES = 4, 3  # as the problem fixture's
 
 
 class ChunkSpy(SimRuntime):
@@ -78,3 +84,56 @@ def test_vectorized_equals_looped(problem, run, alg, budget_mb):
     # The runs moved the model: a no-op would pass the equality trivially.
     model = problem.model()
     assert (looped.params - ParamSpec.of(model).flatten(model)).abs().max() > 1e-3
+
+
+def _relu_mlp() -> torch.nn.Module:
+    return mlp(FEATURES, (7, 5), CLASSES)  # Flatten, Linear, ReLU, Linear, ReLU | Linear
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS, ids=lambda a: a.name)
+def test_fused_mlp_step_equals_autograd(problem, run, alg):
+    problem.build = _relu_mlp
+    cfg = dict(
+        rounds=3,
+        clients_per_round=CLIENTS_PER_ROUND,
+        work=LocalWork(epochs=2, batch_size=4, min_epochs=1),
+        stragglers=Stragglers(0.25),
+    )
+    autograd = run(problem, alg, runtime=SimRuntime(vectorize=False, fused=False), **cfg)
+    fused = run(problem, alg, runtime=SimRuntime(vectorize=False), **cfg)
+    vectorized = run(problem, alg, runtime=SimRuntime(vectorize=True), **cfg)
+    torch.testing.assert_close(fused.params, autograd.params, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused.params, vectorized.params, rtol=0, atol=1e-5)
+    assert [m["train_loss"] for m in fused.metrics] == pytest.approx(
+        [m["train_loss"] for m in autograd.metrics], abs=1e-6
+    )
+    model = problem.model()
+    assert (fused.params - ParamSpec.of(model).flatten(model)).abs().max() > 1e-3
+
+
+def _task(model: torch.nn.Module, loss_fn=cross_entropy) -> RoundTask:
+    spec = ParamSpec.of(model)
+    x = torch.zeros(2, FEATURES)
+    return RoundTask(
+        model, spec, loss_fn, fedavg(0.1), mean(), identity(), spec.flatten(model), {}, x,
+        torch.zeros(2, dtype=torch.long), np.zeros(0), [], np.zeros(0),
+    )  # fmt: skip
+
+
+def test_fused_step_applies_only_to_relu_chains_under_cross_entropy():
+    nn = torch.nn
+    assert linear_chain(_task(_relu_mlp())) is not None
+    assert linear_chain(_task(mclr(FEATURES, CLASSES))) is not None
+    assert linear_chain(_task(nn.Sequential(nn.Linear(FEATURES, CLASSES)))) is not None
+    tanh = nn.Sequential(nn.Linear(FEATURES, 6), nn.Tanh(), nn.Linear(6, CLASSES))
+    assert linear_chain(_task(tanh)) is None
+    frozen = _relu_mlp()
+    frozen.head.bias.requires_grad_(False)
+    assert linear_chain(_task(frozen)) is None
+    assert linear_chain(_task(_relu_mlp(), loss_fn=lambda o, y: (o - 0).pow(2).sum(1))) is None
+
+    class Custom(nn.Sequential):  # a forward of its own is not a plain chain
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert linear_chain(_task(Custom(nn.Linear(FEATURES, CLASSES)))) is None

@@ -12,7 +12,9 @@ algorithm corrections read the flat buffer directly. Calling the module itself, 
 (measured on workload W's MLP: 0.5 ms per step instead of 1.8 ms).
 
 Buffers and frozen parameters are *shared* with the user's model, not copied, so the work
-copy always computes what ``functional_call(model, params, x)`` would.
+copy always computes what ``functional_call(model, params, x)`` would. On the CPU its 2-D
+convolution kernels reach the convolutions in channels-last layout (a parametrization; see
+:func:`shoal.functional.channels_last`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ import weakref
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
+from shoal.functional import channels_last
 from shoal.runtime.base import RoundTask
+from shoal.runtime.fused import fused_client, linear_chain
 from shoal.types import ClientState
+
+
+class _ChannelsLast(nn.Module):
+    """A parametrization: the kernel as the module sees it, in channels-last layout."""
+
+    def forward(self, kernel: torch.Tensor) -> torch.Tensor:
+        return channels_last({"k": kernel})["k"]
 
 
 class FlatModule:
@@ -38,10 +51,18 @@ class FlatModule:
         self.module = copy.deepcopy(model, memo={id(t): t for t in shared})
         self.flat = torch.empty_like(task.params_D)
         self.params: list[torch.Tensor] = []
+        kernels = []
         for name, view in spec.unflatten(self.flat).items():
             p = self.module.get_parameter(name)
             p.data = view
             self.params.append(p)
+            if p.dim() == 4 and self.flat.device.type == "cpu":
+                kernels.append(name)
+        for name in kernels:  # see shoal.functional.channels_last (after the loop: renames)
+            owner, _, attr = name.rpartition(".")
+            parametrize.register_parametrization(
+                self.module.get_submodule(owner), attr, _ChannelsLast(), unsafe=True
+            )
         self.views = list(spec.unflatten(self.flat).values())
         self._source = weakref.ref(model)
 
@@ -54,9 +75,11 @@ class FlatModule:
 
 
 class ClientLoop:
-    """Trains clients one at a time with a cached :class:`FlatModule`."""
+    """Trains clients one at a time with a cached :class:`FlatModule`; chains of linear
+    layers take the fused step of :mod:`shoal.runtime.fused` unless ``fused=False``."""
 
-    def __init__(self) -> None:
+    def __init__(self, fused: bool = True) -> None:
+        self.fused = fused
         self._work: FlatModule | None = None
 
     def train(
@@ -73,9 +96,15 @@ class ClientLoop:
         params = work.flat.new_empty(len(plans), task.spec.num_params)
         loss_sum = np.zeros(len(plans))
         samples = np.zeros(len(plans))
+        layers = linear_chain(task) if self.fused else None
+        views = dict(zip(task.spec.names, work.views))
         for w, plan in enumerate(plans):
             row = {k: v[w : w + 1] for k, v in cstate.items()}
-            loss_sum[w], samples[w] = self._client(task, work, plan, row, corrected, lr)
+            if layers is not None:
+                out = fused_client(task, layers, work.flat, views, plan, row, corrected)
+            else:
+                out = self._client(task, work, plan, row, corrected, lr)
+            loss_sum[w], samples[w] = out
             params[w].copy_(work.flat)
         return params, loss_sum, samples
 
