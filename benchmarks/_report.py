@@ -89,7 +89,8 @@ def statement(a: argparse.Namespace) -> str:
         + (SKIPPED if a.skip_flower else SAMPLING)
         + "Data order: both use shoal.schedule.make_plan. "
         f"Shoal: {'SimRuntime(vectorize=False)' if a.shoal_loop else 'SimRuntime()'} "
-        "(default 'auto': vectorized for the MLP, looped for the CNN on a CPU), torch threads "
+        "(default 'auto' on a CPU: looped, the MLP with the fused step, the CNN with "
+        "channels-last kernels; gc.freeze() after its imports, as `shoal run`), torch threads "
         f"{a.threads or '1 (MLP) / 2 (CNN)'}. Flower: run_simulation (Ray), client num_cpus="
         f"{a.flower_client_cpus}. Each run is a fresh subprocess timed launch-to-exit; medians "
         f"of {a.repeats} run(s). Peak memory: Shoal = ru_maxrss of its process; Flower = "

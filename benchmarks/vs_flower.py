@@ -14,6 +14,7 @@ order (``shoal.schedule.make_plan``), so the accuracy curves should nearly coinc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ def shoal_worker(a: argparse.Namespace) -> dict[str, Any]:
     from shoal.schedule import ClientSampler
     from shoal.train import TrainConfig, train
 
+    gc.freeze()  # as `shoal run` does once its modules are imported (src/shoal/cli/__init__.py)
     data, clients = wl.load(a.data_dir, a.copies)
     model, p0 = init_params(lambda: wl.build_model(a.model), wl.INIT_SEED)
     if a.schedule:

@@ -10,6 +10,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import warnings
@@ -84,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not debug:
                 warnings.showwarning = _show_warning
             args = build_parser().parse_args(argv)
+            if argv is None:  # the program itself (a caller passing argv keeps its own gc)
+                # The command's modules (torch's among them) are imported by now and live until
+                # the process exits: move them out of the cyclic collector's way. Every full
+                # collection and the shutdown then skip them (exit after `import torch`: 0.5 s
+                # -> 0.15 s). Objects freed by reference counting are unaffected.
+                gc.freeze()
             return int(args.func(args) or 0)
     except (ConfigError, UsageError) as e:
         if debug:
