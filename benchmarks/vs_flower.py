@@ -234,6 +234,8 @@ def main() -> None:
     settings = {k: str(v) for k, v in vars(a).items() if v is not None and k not in hidden}
     results["settings"] = {k: v for k, v in settings.items() if k != "client_cpus"}
     results["settings"]["data_dir"] = shown(a.data_dir)
+    if a.json:
+        results["settings"]["json"] = shown(a.json)
     report(results, a)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

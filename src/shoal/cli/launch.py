@@ -100,16 +100,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
     out = fresh_out(args.out, Path(args.config).stem)
     cmd = torchrun_command(args, out)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
-    failed_rank = exit_code = None
+    ranks: list[str] = []
+    codes: list[str] = []
     assert proc.stderr is not None
     for line in proc.stderr:  # pass torchrun's log through, noting who failed
         sys.stderr.write(line)
-        if failed_rank is None and (m := _FAILED_RANK.search(line)):
-            failed_rank = m.group(1)
-        if exit_code is None and (m := _EXIT_CODE.search(line)):
-            exit_code = m.group(1)
+        if m := _FAILED_RANK.search(line):
+            ranks.append(m.group(1))
+        if (m := _EXIT_CODE.search(line)) and len(codes) < len(ranks):
+            codes.append(m.group(1))
     rc = proc.wait()
     if rc != 0:
+        # torchrun's root cause is the failure it observed first; when a worker is killed its
+        # peers' collectives break too, and either may be seen first. A signal (a negative
+        # exit code) is the cause, the peers' errors its consequence.
+        failures: list[tuple[str | None, str | None]] = list(zip(ranks, codes))
+        if not failures and ranks:
+            failures = [(ranks[0], None)]
+        killed = [f for f in failures if f[1] is not None and f[1].startswith("-")]
+        failed_rank, exit_code = (killed or failures or [(None, None)])[0]
         who = f"rank {failed_rank}" if failed_rank is not None else "a worker"
         how = f" with exit code {exit_code}" if exit_code is not None else ""
         hint = "" if args.max_restarts else "; --max-restarts K restarts from the checkpoint"

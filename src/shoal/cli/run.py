@@ -162,6 +162,8 @@ def _fault_injection() -> Callable[[dict[str, Any]], None] | None:
 
     def kill(row: dict[str, Any]) -> None:
         if _rank() == rank and row["round"] == round_:
+            print(f"shoal: fault injection: rank {rank} SIGKILLs itself", file=sys.stderr)
+            sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
     return kill
