@@ -111,8 +111,8 @@ def channels_last(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     Shoal's flat vectors hold every kernel contiguous (``[out, in, h, w]``), but oneDNN's
     CPU convolution and the pooling after it are much faster in channels-last layout, which
-    it picks when the kernel is in it: 51 ms -> 35 ms for a batch-32 step of McMahan's CNN on
-    one core. The conversion is a differentiable copy of each kernel (the gradient comes back
+    it picks when the kernel is in it: about 41 ms -> 31 ms for a batch-32 step of McMahan's CNN
+    on one core. The conversion is a differentiable copy of each kernel (the gradient comes back
     in the flat layout), a few microseconds against the convolution. The values are the same;
     only the summation order inside the kernels differs. Not for ``vmap``-ped calls.
     """

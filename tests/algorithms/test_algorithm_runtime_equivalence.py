@@ -8,6 +8,7 @@ that forces several chunks.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -137,3 +138,5 @@ def test_fused_step_applies_only_to_relu_chains_under_cross_entropy():
             return super().forward(x) * 2
 
     assert linear_chain(_task(Custom(nn.Linear(FEATURES, CLASSES)))) is None
+    images = _task(nn.Sequential(nn.Linear(FEATURES, CLASSES)))  # 3-D samples, no Flatten
+    assert linear_chain(dataclasses.replace(images, x=torch.zeros(2, 2, FEATURES // 2))) is None
