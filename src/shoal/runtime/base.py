@@ -103,3 +103,10 @@ def stack_states(states: list[ClientState]) -> ClientState:
     if not states or not states[0]:
         return {}
     return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
+def corrects(task: RoundTask, cstate: ClientState) -> bool:
+    """Whether the task's algorithm adds a correction to the local gradient (probed on the
+    first client's state at the global model)."""
+    probe = {k: v[:1] for k, v in cstate.items()}
+    return task.algorithm.correction(task.params_D.unsqueeze(0), task.down, probe) is not None

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from shoal.functional import channels_last
-from shoal.runtime.base import RoundTask
+from shoal.runtime.base import RoundTask, corrects
 from shoal.runtime.fused import fused_client, linear_chain
 from shoal.types import ClientState
 
@@ -90,9 +90,8 @@ class ClientLoop:
             self._work = FlatModule(task)
         work = self._work
         work.module.train(task.model.training)
-        alg, lr = task.algorithm, task.algorithm.lr
-        probe = {k: v[:1] for k, v in cstate.items()}
-        corrected = alg.correction(task.params_D.unsqueeze(0), task.down, probe) is not None
+        lr = task.algorithm.lr
+        corrected = corrects(task, cstate)
         params = work.flat.new_empty(len(plans), task.spec.num_params)
         loss_sum = np.zeros(len(plans))
         samples = np.zeros(len(plans))

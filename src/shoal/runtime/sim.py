@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from shoal.functional import batch_loss
-from shoal.runtime.base import ClientStore, RoundResult, RoundTask, stack_states
+from shoal.runtime.base import ClientStore, RoundResult, RoundTask, corrects, stack_states
 from shoal.runtime.fused import linear_chain
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.loop import ClientLoop
@@ -227,12 +227,7 @@ class SimRuntime:
 
         batched_loss = torch.func.vmap(client_loss)
         alg, lr, names = task.algorithm, task.algorithm.lr, task.spec.names
-        corrected = (
-            alg.correction(
-                task.params_D.unsqueeze(0), task.down, {k: v[:1] for k, v in cstate.items()}
-            )
-            is not None
-        )
+        corrected = corrects(task, cstate)
         # Per-parameter training buffers [W, *shape], created at the first step with the memory
         # layout autograd gives the gradients (a linear layer's weight gradient comes out
         # transposed under vmap): every later update then streams instead of transposing.
