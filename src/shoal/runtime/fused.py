@@ -54,6 +54,22 @@ def _ops(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield prefix, module
 
 
+def client_batches(
+    task: RoundTask, plan, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Every local step's batch of one client in one gather (``[T, B, ...]``), and how many
+    real rows each step holds."""
+    index = torch.from_numpy(plan.index_TB).to(dev)
+    return task.x[index], task.y[index], plan.mask_TB.sum(axis=1)
+
+
+def summed_loss(loss_T: torch.Tensor, counts: np.ndarray) -> tuple[float, float]:
+    """(summed per-sample loss, samples) from each step's mean loss: one device-to-host
+    transfer per client, not one per step."""
+    mean_T = loss_T.double().cpu().numpy()
+    return float(mean_T @ counts.astype(np.float64)), float(counts.sum())
+
+
 def linear_chain(task: RoundTask) -> list[Layer] | None:
     """The model as a list of layers if the fused step applies to it, else ``None``."""
     if task.loss_fn is not cross_entropy or not task.x.is_floating_point():
@@ -93,10 +109,9 @@ def fused_client(
     lr = task.algorithm.lr
     dev = flat.device
     flat.copy_(task.params_D)
-    index = torch.from_numpy(plan.index_TB).to(dev)
+    x_TB, y_TB, counts = client_batches(task, plan, dev)
     T, B = plan.index_TB.shape
-    x_TBF, y_TB = task.x[index].reshape(T, B, -1), task.y[index]
-    counts = plan.mask_TB.sum(axis=1)
+    x_TBF = x_TB.reshape(T, B, -1)
     # Per-row weight of the mean loss: 1/count on real rows, 0 on padding; and the targets
     # one-hot, weighted alike, so that d(mean loss)/d(logits) = softmax * w - target_w.
     scale_TB1 = torch.from_numpy(plan.mask_TB / np.maximum(counts, 1.0)[:, None]).to(dev)
@@ -138,5 +153,4 @@ def fused_client(
                     delta = back
             if corr is not None:
                 flat.sub_(corr[0], alpha=lr)
-    loss_T = -torch.stack(minus_loss).double().cpu().numpy()
-    return float(loss_T @ counts.astype(np.float64)), float(counts.sum())
+    return summed_loss(-torch.stack(minus_loss), counts)

@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from shoal.functional import channels_last
 from shoal.runtime.base import RoundTask, corrects
-from shoal.runtime.fused import fused_client, linear_chain
+from shoal.runtime.fused import client_batches, fused_client, linear_chain, summed_loss
 from shoal.types import ClientState
 
 
@@ -113,9 +113,7 @@ class ClientLoop:
     ) -> tuple[float, float]:
         dev = work.flat.device
         work.flat.copy_(task.params_D)
-        index = torch.from_numpy(plan.index_TB).to(dev)
-        x_TB, y_TB = task.x[index], task.y[index]  # every step's batch in one gather
-        counts = plan.mask_TB.sum(axis=1)
+        x_TB, y_TB, counts = client_batches(task, plan, dev)
         mask_TB = torch.from_numpy(plan.mask_TB).to(dev)
         losses = []
         for t in range(plan.num_steps):
@@ -132,6 +130,4 @@ class ClientLoop:
                     work.flat.sub_(corr[0], alpha=lr)
                 torch._foreach_add_(work.params, list(grads), alpha=-lr)
             losses.append(loss.detach())
-        # One device-to-host transfer per client, not one per step.
-        loss_T = torch.stack(losses).double().cpu().numpy()
-        return float(loss_T @ counts.astype(np.float64)), float(counts.sum())
+        return summed_loss(torch.stack(losses), counts)
