@@ -3,13 +3,15 @@
 Workload: MLP 784-200-200-10 (McMahan's 2NN), FedAvg, 1 local epoch, batch 10, lr 0.05, on
 clients of ~40 mnist5k images each: the 100 clients of workload W (Dirichlet alpha=0.5,
 seed 0), copied as often as needed to populate 10,000 clients. For each K in 10, 100, 1,000,
-10,000 sampled clients per round, the vectorized and the looped ``SimRuntime`` (which trains
-this MLP with its fused step, ``shoal.runtime.fused``) each run in a fresh subprocess (so
-peak RSS is theirs alone); the steady round time is the median over the
-rounds after the first. Achieved GFLOP/s (3x the forward FLOPs per trained sample) is
-compared with a plain float32 matmul on the same machine and thread count.
+10,000 sampled clients per round, the vectorized and the looped ``SimRuntime`` (both train
+this MLP with the fused step of ``shoal.runtime.fused``, stacked or per client) each run in
+a fresh subprocess (so peak RSS is theirs alone); the steady round time is the median over
+the rounds after the first. Achieved GFLOP/s (3x the forward FLOPs per trained sample) is
+compared with a plain float32 matmul on the same machine and thread count (by default
+PyTorch's, one thread per core).
 
     python benchmarks/scale.py --json scale.json [--clients 10,100,1000,10000] [--threads 1]
+    python benchmarks/scale.py --modes vectorized,looped,vmapped --clients 10,100,1000
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from shoal.algorithms.base import LocalWork
     from shoal.algorithms.fedavg import fedavg
     from shoal.data.idx import load_mnist_family
@@ -57,7 +60,11 @@ def worker(args: argparse.Namespace) -> None:
         progress=False,
         eval_every=args.rounds,
     )
-    rt = SimRuntime(vectorize=args.mode == "vectorized", memory_budget_mb=args.budget_mb)
+    rt = SimRuntime(
+        vectorize=args.mode != "looped",
+        fused=args.mode != "vmapped",
+        memory_budget_mb=args.budget_mb,
+    )
     times: list[float] = []
     last = [0.0]
 
@@ -86,7 +93,8 @@ def worker(args: argparse.Namespace) -> None:
 def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     t = time.perf_counter()
@@ -98,9 +106,15 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clients", default="10,100,1000,10000")
-    ap.add_argument("--modes", default="vectorized,looped")
+    ap.add_argument(
+        "--modes",
+        default="vectorized,looped",
+        help="of vectorized (stacked fused step), looped (fused step per client), "
+        "vmapped (stacked, autograd through vmap: the path of models the fused step "
+        "does not cover)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="0: PyTorch's default, one per core")
     ap.add_argument("--budget-mb", type=float, default=1024.0)
     ap.add_argument("--looped-max", type=int, default=10000, help="skip the loop above this K")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
@@ -112,7 +126,10 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
+    import torch
+
     peak = matmul_gflops(args.threads)
+    args.threads = torch.get_num_threads()
     print(f"plain 1024x1024 float32 matmul, {args.threads} thread(s): {peak:.1f} GFLOP/s")
     print(
         f"MLP 784-200-200-10, FedAvg 1 epoch batch 10, ~40 mnist5k samples per client, "

@@ -51,8 +51,8 @@ class Replay:
 def shoal_worker(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    # Batch-10 MLP steps are too small to split across threads; the CNN's convolutions are not.
-    threads = a.threads or (2 if a.model == "cnn" else 1)
+    # PyTorch's default, one thread per core, as Flower's Ray runs one client per core.
+    threads = a.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     import numpy as np
 
@@ -188,7 +188,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch threads of the Shoal worker (0: 1 for the MLP, 2 for the CNN)",
+        help="torch threads of the Shoal worker (0: PyTorch's default, one per core)",
     )
     p.add_argument("--shoal-loop", action="store_true", help="Shoal's looped (not vectorized)")
     p.add_argument("--flower-client-cpus", type=float, default=1.0)

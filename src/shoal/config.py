@@ -64,7 +64,7 @@ The schema (two levels: top-level keys, then one table per concern)::
 
     [runtime]
     kind = "auto"       # sim | dist | "auto" (auto: dist under `shoal launch` / torchrun)
-    vectorize = "auto"  # true | false | "auto" (auto: CPU loops conv models and linear chains)
+    vectorize = "auto"  # true | false | "auto" (auto: on a CPU, conv models are looped)
     memory_budget_mb = 1024
     timeout_s = 120     # dist: how long a collective waits for a peer that died or stalled
 

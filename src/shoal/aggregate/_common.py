@@ -97,3 +97,18 @@ def coordinate_median(x_ND: torch.Tensor) -> torch.Tensor:
         return lo
     hi = torch.kthvalue(x_ND, n // 2 + 1, dim=0).values
     return (lo + hi) / 2
+
+
+def canonical_order(
+    x_ND: torch.Tensor, weights_N: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows and their weights sorted by a fixed projection of the rows.
+
+    Rules built on matrix products (a Gram matrix, eigenvectors) round differently when the
+    same messages arrive in another order (a product's tiling depends on a row's position),
+    and a near-tie in a selection (Krum's scores after mixing) can then flip. Sorting first
+    makes such a rule exactly invariant to the order of its inbox.
+    """
+    v_D = torch.linspace(1.0, 2.0, x_ND.shape[1], dtype=x_ND.dtype, device=x_ND.device)
+    order = torch.argsort(x_ND @ v_D, stable=True)
+    return x_ND[order], weights_N[order]

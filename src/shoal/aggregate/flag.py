@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, gram
+from shoal.aggregate._common import as_matrix, canonical_order, gram
 
 # Relative size below which an eigenvalue of the weighted scatter counts as zero.
 _RANK_RTOL = 1e-12
@@ -111,6 +111,7 @@ class FlagAggregator:
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
         x_ND, shape = as_matrix(inbox_ND, weights_N, "flag_aggregator")
+        x_ND, weights_N = canonical_order(x_ND, weights_N)
         n = x_ND.shape[0]
         if self.r > n:
             raise ValueError(f"flag_aggregator: r={self.r} exceeds the inbox size n={n}")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from shoal.aggregate._common import as_matrix, check_f, require, sq_distances
+from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
 from shoal.aggregate.base import Aggregator
 
 
@@ -115,7 +115,8 @@ class NearestNeighborMixing:
         x_ND, shape = as_matrix(inbox_ND, weights_N, "nnm")
         n = x_ND.shape[0]
         require(n >= 2 * self.f + 1, "nnm", "n >= 2f+1", n, self.f)
-        return self.agg(self.mix(x_ND).reshape(inbox_ND.shape), weights_N)
+        x_ND, weights_N = canonical_order(x_ND, weights_N)
+        return self.agg(self.mix(x_ND).reshape(n, *shape), weights_N)
 
 
 def bucketing(agg: Aggregator, s: int = 2, seed: int = 0) -> Bucketing:

@@ -5,9 +5,13 @@ Most models of the federated-learning literature's small benchmarks are chains o
 LEAF) and McMahan et al.'s 2NN. For such a chain the backward pass is a handful of matrix
 products, written out here by hand (the textbook back-propagation of a ReLU network under
 softmax cross-entropy), and each weight's SGD update is *fused* into the product that computes
-its gradient (``W.addmm_(delta.T, h, alpha=-lr)``): the gradient is never materialized and
-autograd's graph is never built. On one CPU core a batch-10 step of the 2NN takes about
-0.5 ms this way against 1.0 ms through autograd (``benchmarks/vs_flower.py`` measures the effect
+its gradient (``W.baddbmm_(delta.T, h, alpha=-lr)``): the gradient is never materialized and
+autograd's graph is never built. :func:`fused_train` steps a whole chunk of clients at once
+(every product batched over the clients still training, ``bmm``), so the interpreter's cost is
+paid once per step of the chunk and PyTorch spreads each product over the cores; the looped
+runtime calls it with one client at a time. For W's 2NN at batch 10 a client-step costs about
+0.25 ms stacked over 32 clients on 2 cores (0.38 ms on one), 0.55 ms alone, against 1.0 ms
+through autograd (``benchmarks/vs_flower.py`` and ``benchmarks/scale.py`` measure the effect
 end to end).
 
 :func:`linear_chain` recognizes the models it applies to — ``nn.Sequential`` /
@@ -54,22 +58,6 @@ def _ops(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield prefix, module
 
 
-def client_batches(
-    task: RoundTask, plan, dev: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Every local step's batch of one client in one gather (``[T, B, ...]``), and how many
-    real rows each step holds."""
-    index = torch.from_numpy(plan.index_TB).to(dev)
-    return task.x[index], task.y[index], plan.mask_TB.sum(axis=1)
-
-
-def summed_loss(loss_T: torch.Tensor, counts: np.ndarray) -> tuple[float, float]:
-    """(summed per-sample loss, samples) from each step's mean loss: one device-to-host
-    transfer per client, not one per step."""
-    mean_T = loss_T.double().cpu().numpy()
-    return float(mean_T @ counts.astype(np.float64)), float(counts.sum())
-
-
 def linear_chain(task: RoundTask) -> list[Layer] | None:
     """The model as a list of layers if the fused step applies to it, else ``None``."""
     if task.loss_fn is not cross_entropy or not task.x.is_floating_point():
@@ -96,61 +84,86 @@ def linear_chain(task: RoundTask) -> list[Layer] | None:
     return layers
 
 
-def fused_client(
+def stacked_plan(plans: list, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The minibatch indices ``[W, T, B]`` and masks of clients sorted by decreasing steps
+    (zero-padded), and how many clients are still training at each step (a prefix)."""
+    W, T = len(plans), plans[0].num_steps
+    B = max(p.index_TB.shape[1] for p in plans)
+    index = np.zeros((W, T, B), dtype=np.int64)
+    mask = np.zeros((W, T, B), dtype=np.float32)
+    for w, p in enumerate(plans):
+        t, b = p.index_TB.shape
+        index[w, :t, :b], mask[w, :t, :b] = p.index_TB, p.mask_TB
+    num_steps = np.array([p.num_steps for p in plans])
+    active_T = (num_steps[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    return torch.from_numpy(index).to(dev), torch.from_numpy(mask).to(dev), active_T
+
+
+def fused_train(
     task: RoundTask,
     layers: list[Layer],
-    flat: torch.Tensor,
-    views: dict[str, torch.Tensor],
-    plan,
-    row: ClientState,
+    params_WD: torch.Tensor,
+    plans: list,
+    cstate: ClientState,
     corrected: bool,
-) -> tuple[float, float]:
-    """One client's local SGD on ``flat`` (its views by name); returns (loss sum, samples)."""
-    lr = task.algorithm.lr
-    dev = flat.device
-    flat.copy_(task.params_D)
-    x_TB, y_TB, counts = client_batches(task, plan, dev)
-    T, B = plan.index_TB.shape
-    x_TBF = x_TB.reshape(T, B, -1)
-    # Per-row weight of the mean loss: 1/count on real rows, 0 on padding; and the targets
-    # one-hot, weighted alike, so that d(mean loss)/d(logits) = softmax * w - target_w.
-    scale_TB1 = torch.from_numpy(plan.mask_TB / np.maximum(counts, 1.0)[:, None]).to(dev)
-    scale_TB1 = scale_TB1.to(flat.dtype).unsqueeze(-1)
-    width = views[next(la.weight for la in reversed(layers) if la.kind == "linear")].shape[0]
-    target_TBC = torch.nn.functional.one_hot(y_TB, width).to(flat.dtype).mul_(scale_TB1)
-    ones_B = torch.ones(B, dtype=flat.dtype, device=dev)
-    minus_loss = []  # -(mean loss) per step
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local SGD of the clients of ``plans`` (sorted by decreasing steps; state rows
+    ``cstate``), all at once and in place in ``params_WD``, which starts as the global model.
+    Each product is batched over the clients still training (``bmm``), so one step of 32
+    clients costs one pass of the interpreter and PyTorch spreads it over the cores.
+    Returns each client's summed per-sample loss and its number of samples."""
+    lr, alg = task.algorithm.lr, task.algorithm
+    dev, dtype = params_WD.device, params_WD.dtype
+    params_WD.copy_(task.params_D.expand_as(params_WD))
+    views = task.spec.unflatten(params_WD)  # [W, *shape] each, rows ``D`` apart
+    index_WTB, mask_WTB, active_T = stacked_plan(plans, dev)
+    W, T, B = index_WTB.shape
+    counts_WT = mask_WTB.sum(2)
+    # Per-row weight of each client's mean loss: 1/count on real rows, 0 on padding; and the
+    # targets one-hot, weighted alike, so that d(mean loss)/d(logits) = softmax * w - target_w.
+    scale_WTB1 = (mask_WTB / counts_WT.clamp_min(1.0).unsqueeze(2)).to(dtype).unsqueeze(-1)
+    width = views[next(la.weight for la in reversed(layers) if la.kind == "linear")].shape[1]
+    loss_W = torch.zeros(W, dtype=torch.float64, device=dev)
     with torch.no_grad():
-        for t in range(plan.num_steps):
+        for t in range(T):
+            a = int(active_T[t])
+            idx = index_WTB[:a, t]
             corr = None
             if corrected:  # evaluated before the step, like the gradient
-                corr = task.algorithm.correction(flat.unsqueeze(0), task.down, row)
+                sub = {k: v[:a] for k, v in cstate.items()}
+                corr = alg.correction(params_WD[:a], task.down, sub)
             # Forward: keep each linear layer's input and each ReLU's output.
-            h = x_TBF[t]
+            h = task.x[idx].reshape(a, B, -1)
             inputs: list[torch.Tensor] = []
             for layer in layers:
                 if layer.kind == "linear":
                     inputs.append(h)
-                    w = views[layer.weight]
-                    h = torch.addmm(views[layer.bias], h, w.t()) if layer.bias else h @ w.t()
+                    w_T = views[layer.weight][:a].transpose(1, 2)
+                    if layer.bias:
+                        h = torch.baddbmm(views[layer.bias][:a].unsqueeze(1), h, w_T)
+                    else:
+                        h = torch.bmm(h, w_T)
                 else:
                     h = h.clamp_min(0)
                     inputs.append(h)
-            logp = torch.log_softmax(h, dim=1)
-            minus_loss.append(torch.vdot(logp.view(-1), target_TBC[t].view(-1)))
-            delta = logp.exp_().mul_(scale_TB1[t]).sub_(target_TBC[t])
+            logp = torch.log_softmax(h, dim=2)
+            scale = scale_WTB1[:a, t]
+            target = torch.nn.functional.one_hot(task.y[idx], width).to(dtype).mul_(scale)
+            mean_loss = -(logp * target).sum((1, 2))
+            loss_W[:a] += mean_loss.double() * counts_WT[:a, t].double()
+            delta = logp.exp_().mul_(scale).sub_(target)
             for i in range(len(layers) - 1, -1, -1):
                 layer, h_in = layers[i], inputs[i]
                 if layer.kind == "relu":
                     delta = torch.ops.aten.threshold_backward(delta, h_in, 0)
                     continue
-                w = views[layer.weight]
-                back = delta @ w if i > 0 else None  # with the weight before its update
-                w.addmm_(delta.t(), h_in, alpha=-lr)
+                w = views[layer.weight][:a]
+                back = torch.bmm(delta, w) if i > 0 else None  # the weight before its update
+                w.baddbmm_(delta.transpose(1, 2), h_in, alpha=-lr)
                 if layer.bias:
-                    views[layer.bias].addmv_(delta.t(), ones_B, alpha=-lr)
+                    views[layer.bias][:a].sub_(delta.sum(1), alpha=lr)
                 if back is not None:
                     delta = back
             if corr is not None:
-                flat.sub_(corr[0], alpha=lr)
-    return summed_loss(-torch.stack(minus_loss), counts)
+                params_WD[:a].sub_(corr, alpha=lr)
+    return loss_W.cpu().numpy(), counts_WT.sum(1).double().cpu().numpy()

@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from shoal.functional import channels_last
 from shoal.runtime.base import RoundTask, corrects
-from shoal.runtime.fused import client_batches, fused_client, linear_chain, summed_loss
+from shoal.runtime.fused import fused_train, linear_chain
 from shoal.types import ClientState
 
 
@@ -76,7 +76,8 @@ class FlatModule:
 
 class ClientLoop:
     """Trains clients one at a time with a cached :class:`FlatModule`; chains of linear
-    layers take the fused step of :mod:`shoal.runtime.fused` unless ``fused=False``."""
+    layers take the fused step of :mod:`shoal.runtime.fused` unless ``fused=False`` (one
+    client at a time too, in place in its row of the output)."""
 
     def __init__(self, fused: bool = True) -> None:
         self.fused = fused
@@ -86,34 +87,36 @@ class ClientLoop:
         self, task: RoundTask, plans: list, cstate: ClientState
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Local SGD for each client of ``plans`` (state rows ``cstate``); ``params_WD``."""
-        if self._work is None or not self._work.serves(task):
-            self._work = FlatModule(task)
-        work = self._work
-        work.module.train(task.model.training)
-        lr = task.algorithm.lr
         corrected = corrects(task, cstate)
-        params = work.flat.new_empty(len(plans), task.spec.num_params)
+        params = task.params_D.new_empty(len(plans), task.spec.num_params)
         loss_sum = np.zeros(len(plans))
         samples = np.zeros(len(plans))
         layers = linear_chain(task) if self.fused else None
-        views = dict(zip(task.spec.names, work.views))
+        work = self._work_copy(task) if layers is None else None
         for w, plan in enumerate(plans):
             row = {k: v[w : w + 1] for k, v in cstate.items()}
             if layers is not None:
-                out = fused_client(task, layers, work.flat, views, plan, row, corrected)
-            else:
-                out = self._client(task, work, plan, row, corrected, lr)
-            loss_sum[w], samples[w] = out
-            params[w].copy_(work.flat)
+                loss, n = fused_train(task, layers, params[w : w + 1], [plan], row, corrected)
+                loss_sum[w], samples[w] = loss[0], n[0]
+            elif work is not None:
+                loss_sum[w], samples[w] = self._client(task, work, plan, row, corrected)
+                params[w].copy_(work.flat)
         return params, loss_sum, samples
+
+    def _work_copy(self, task: RoundTask) -> FlatModule:
+        if self._work is None or not self._work.serves(task):
+            self._work = FlatModule(task)
+        self._work.module.train(task.model.training)
+        return self._work
 
     @staticmethod
     def _client(
-        task: RoundTask, work: FlatModule, plan, row: ClientState, corrected: bool, lr: float
+        task: RoundTask, work: FlatModule, plan, row: ClientState, corrected: bool
     ) -> tuple[float, float]:
-        dev = work.flat.device
+        dev, lr = work.flat.device, task.algorithm.lr
         work.flat.copy_(task.params_D)
-        x_TB, y_TB, counts = client_batches(task, plan, dev)
+        index_TB = torch.from_numpy(plan.index_TB).to(dev)  # every step's batch in one gather
+        x_TB, y_TB, counts = task.x[index_TB], task.y[index_TB], plan.mask_TB.sum(axis=1)
         mask_TB = torch.from_numpy(plan.mask_TB).to(dev)
         losses = []
         for t in range(plan.num_steps):
@@ -130,4 +133,6 @@ class ClientLoop:
                     work.flat.sub_(corr[0], alpha=lr)
                 torch._foreach_add_(work.params, list(grads), alpha=-lr)
             losses.append(loss.detach())
-        return summed_loss(torch.stack(losses), counts)
+        # One device-to-host transfer per client, not one per step.
+        mean_T = torch.stack(losses).double().cpu().numpy()
+        return float(mean_T @ counts.astype(np.float64)), float(counts.sum())

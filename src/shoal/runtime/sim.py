@@ -29,7 +29,7 @@ from torch import nn
 
 from shoal.functional import batch_loss
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, corrects, stack_states
-from shoal.runtime.fused import linear_chain
+from shoal.runtime.fused import fused_train, linear_chain, stacked_plan
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.loop import ClientLoop
 from shoal.runtime.transmit import transmit_each
@@ -89,10 +89,7 @@ class SimRuntime:
     vectorize: bool | Literal["auto"] = "auto"
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
     each convolution into a grouped convolution that is no faster than the loop
-    (``reference/flower-baseline.md``), and for the chains of linear layers that the fused
-    loop trains (``fused``), which on one core beat the stacked step: 0.85-1.0 s against
-    1.2-1.4 s for W-MLP's 20 rounds, 2.5-3.4 s against 3.4-3.7 s per 1,000-client round
-    (``benchmarks/vs_flower.py``, ``benchmarks/scale.py``). On a GPU it always vectorizes."""
+    (``reference/flower-baseline.md``). On a GPU it always vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
     max_chunk: int | Literal["auto"] | None = "auto"
@@ -101,8 +98,9 @@ class SimRuntime:
     against 4.6 s per 1,000-client MLP round with 200-client chunks), none on a GPU, which wants
     the largest batch that fits; ``None``: only the memory budget decides."""
     fused: bool = True
-    """Looped mode: train chains of ``Linear``/``ReLU`` layers under cross-entropy with the
-    hand-written fused step of :mod:`shoal.runtime.fused` instead of autograd (same result)."""
+    """Train chains of ``Linear``/``ReLU`` layers under cross-entropy with the hand-written
+    fused step of :mod:`shoal.runtime.fused` instead of autograd (same result), stacked over
+    a chunk's clients when vectorized, one client at a time when looped."""
     _act_cache: dict[int, int] = field(default_factory=dict, repr=False)
     _loop: ClientLoop = field(init=False, repr=False)
 
@@ -195,28 +193,23 @@ class SimRuntime:
             return bool(self.vectorize)
         if task.params_D.device.type != "cpu":
             return True
-        conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in task.model.modules())
-        return not (conv or (self.fused and linear_chain(task) is not None))
+        return not any(isinstance(m, nn.modules.conv._ConvNd) for m in task.model.modules())
 
     def _train(
         self, task: RoundTask, plans: list, cstate: ClientState
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Stacked local SGD for clients sorted by decreasing steps; returns ``params_WD``."""
         dev = task.params_D.device
-        W = len(plans)
-        T = plans[0].num_steps
-        B = max(p.index_TB.shape[1] for p in plans)
-        index = np.zeros((W, T, B), dtype=np.int64)
-        mask = np.zeros((W, T, B), dtype=np.float32)
-        for w, p in enumerate(plans):
-            t, b = p.index_TB.shape
-            index[w, :t, :b], mask[w, :t, :b] = p.index_TB, p.mask_TB
-        index_t = torch.from_numpy(index).to(dev)
-        mask_t = torch.from_numpy(mask).to(dev)
-        num_steps = np.array([p.num_steps for p in plans])
-        active = (num_steps[None, :] > np.arange(T)[:, None]).sum(axis=1)  # clients at step t
-        # Filled from the training buffers at the end (and for corrections, when one is used).
-        params = torch.empty(W, task.spec.num_params, dtype=task.params_D.dtype, device=dev)
+        corrected = corrects(task, cstate)
+        layers = linear_chain(task) if self.fused else None
+        # Filled by training in place (fused) or from the training buffers at the end.
+        params = torch.empty(
+            len(plans), task.spec.num_params, dtype=task.params_D.dtype, device=dev
+        )
+        if layers is not None:
+            return (params, *fused_train(task, layers, params, plans, cstate, corrected))
+        index_t, mask_t, active = stacked_plan(plans, dev)
+        W, T, _ = index_t.shape
         start = list(task.spec.unflatten(task.params_D).values())
         loss_sum = torch.zeros(W, dtype=torch.float64, device=dev)
 
@@ -227,7 +220,6 @@ class SimRuntime:
 
         batched_loss = torch.func.vmap(client_loss)
         alg, lr, names = task.algorithm, task.algorithm.lr, task.spec.names
-        corrected = corrects(task, cstate)
         # Per-parameter training buffers [W, *shape], created at the first step with the memory
         # layout autograd gives the gradients (a linear layer's weight gradient comes out
         # transposed under vmap): every later update then streams instead of transposing.
@@ -261,5 +253,4 @@ class SimRuntime:
         with torch.no_grad():
             for flat, b in zip(task.spec.unflatten(params).values(), blocks):
                 flat.copy_(b)
-        n = mask.sum(axis=(1, 2))
-        return params, loss_sum.cpu().numpy(), n
+        return params, loss_sum.cpu().numpy(), mask_t.sum((1, 2)).double().cpu().numpy()
