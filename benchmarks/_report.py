@@ -89,12 +89,15 @@ def statement(a: argparse.Namespace) -> str:
         + (SKIPPED if a.skip_flower else SAMPLING)
         + "Data order: both use shoal.schedule.make_plan. "
         f"Shoal: {'SimRuntime(vectorize=False)' if a.shoal_loop else 'SimRuntime()'} "
-        "(default 'auto' on a CPU: looped, the MLP with the fused step, the CNN with "
-        "channels-last kernels; gc.freeze() after its imports, as `shoal run`), torch threads "
-        f"{a.threads or '1 (MLP) / 2 (CNN)'}. Flower: run_simulation (Ray), client num_cpus="
-        f"{a.flower_client_cpus}. Each run is a fresh subprocess timed launch-to-exit; medians "
-        f"of {a.repeats} run(s). Peak memory: Shoal = ru_maxrss of its process; Flower = "
-        f"summed PSS (RSS) of its process tree sampled every {a.interval} s." + SCALE * a.scale1000
+        "(default 'auto' on a CPU: the MLP vectorized, with the fused step stacked over the "
+        "round's clients; the CNN looped, with channels-last kernels; gc.freeze() after its "
+        "imports, as `shoal run`), torch threads "
+        f"{a.threads or 'PyTorch default (one per core)'}. Flower: run_simulation (Ray), "
+        f"client num_cpus={a.flower_client_cpus}. Each run is a fresh subprocess timed "
+        f"launch-to-exit; medians of {a.repeats} run(s). Peak memory: Shoal = ru_maxrss of its "
+        f"process; Flower = summed PSS (RSS) of its process tree sampled every {a.interval} s."
+        + SCALE
+        * a.scale1000
     )
 
 
