@@ -96,8 +96,7 @@ def statement(a: argparse.Namespace) -> str:
         f"client num_cpus={a.flower_client_cpus}. Each run is a fresh subprocess timed "
         f"launch-to-exit; medians of {a.repeats} run(s). Peak memory: Shoal = ru_maxrss of its "
         f"process; Flower = summed PSS (RSS) of its process tree sampled every {a.interval} s."
-        + SCALE
-        * a.scale1000
+        + (SCALE if a.scale1000 else "")
     )
 
 
