@@ -63,7 +63,6 @@ class FlatModule:
             parametrize.register_parametrization(
                 self.module.get_submodule(owner), attr, _ChannelsLast(), unsafe=True
             )
-        self.views = list(spec.unflatten(self.flat).values())
         self._source = weakref.ref(model)
 
     def serves(self, task: RoundTask) -> bool:
