@@ -129,6 +129,17 @@ class StatelessClient:
         return {"delta": params_WD - down["params"]}, client
 
 
+def apply_mean_delta(
+    params_D: torch.Tensor,
+    server: ServerState,
+    mean_msg: Message,
+    num_sampled: int,
+    num_clients: int,
+) -> tuple[torch.Tensor, ServerState]:
+    """FedAvg's server step, an ``Algorithm.server_update``: add the aggregated client delta."""
+    return params_D + mean_msg["delta"], server
+
+
 def check_lr(name: str, value: float) -> None:
     """Learning rates and similar step sizes must be finite and positive."""
     if not (value > 0 and value < float("inf")):

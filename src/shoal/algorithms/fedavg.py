@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from shoal.algorithms.base import StatelessClient, check_lr
-from shoal.types import Message, ServerState
+from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr
 
 
 @dataclass(frozen=True)
@@ -26,15 +23,7 @@ class FedAvg(StatelessClient):
     def __post_init__(self) -> None:
         check_lr("lr", self.lr)
 
-    def server_update(
-        self,
-        params_D: torch.Tensor,
-        server: ServerState,
-        mean_msg: Message,
-        num_sampled: int,
-        num_clients: int,
-    ) -> tuple[torch.Tensor, ServerState]:
-        return params_D + mean_msg["delta"], server
+    server_update = staticmethod(apply_mean_delta)
 
 
 def fedavg(lr: float) -> FedAvg:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import StatelessClient, check_lr
-from shoal.types import ClientState, Message, ServerState
+from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr
+from shoal.types import ClientState, Message
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,7 @@ class FedProx(StatelessClient):
         # down["params"] is the round's global model w^t, [D], broadcast over the W rows.
         return self.mu * (params_WD - down["params"])
 
-    def server_update(
-        self,
-        params_D: torch.Tensor,
-        server: ServerState,
-        mean_msg: Message,
-        num_sampled: int,
-        num_clients: int,
-    ) -> tuple[torch.Tensor, ServerState]:
-        return params_D + mean_msg["delta"], server
+    server_update = staticmethod(apply_mean_delta)
 
 
 def fedprox(lr: float, mu: float) -> FedProx:

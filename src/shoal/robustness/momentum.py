@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import LocalWork, check_lr
+from shoal.algorithms.base import LocalWork, apply_mean_delta, check_lr
 from shoal.types import ClientState, Message, ServerState
 
 
@@ -69,15 +69,7 @@ class WorkerMomentum:
         )
         return {"delta": m_WD.mul(-self.lr)}, {"momentum": m_WD}
 
-    def server_update(
-        self,
-        params_D: torch.Tensor,
-        server: ServerState,
-        mean_msg: Message,
-        num_sampled: int,
-        num_clients: int,
-    ) -> tuple[torch.Tensor, ServerState]:
-        return params_D + mean_msg["delta"], server
+    server_update = staticmethod(apply_mean_delta)
 
 
 def worker_momentum(lr: float, momentum: float = 0.9, batch_size: int = 32) -> WorkerMomentum:
