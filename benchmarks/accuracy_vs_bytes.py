@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _workload as wl  # noqa: E402
 from shoal import compress as C  # noqa: E402
+from shoal.compress.low_rank import PowerSGD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PNG = REPO / "docs" / "img" / "accuracy_vs_bytes.png"
@@ -54,6 +55,31 @@ LAST = 5  # rounds averaged in the "mean of the last rounds" column
 EF = C.error_feedback
 
 Factory = Callable[[tuple[torch.Size, ...]], Any]
+
+
+class BestRank(PowerSGD):
+    """Not a method, a bound: each block's best rank-r approximation (truncated SVD).
+
+    Same payload and bytes as PowerSGD's (``p`` = the top r left singular vectors, ``q`` =
+    the right ones scaled by the singular values), so the row shows how much accuracy *any*
+    rank-r message of W's client deltas can carry; PowerSGD's one warm-started power step
+    approximates it.
+    """
+
+    def compress(self, x_D: torch.Tensor, state: Any) -> tuple[C.Payload, Any]:
+        payload: C.Payload = {}
+        dense = []
+        for i, b in enumerate(self._blocks):
+            if not b.rank:
+                dense.append(x_D[b.offset : b.offset + b.numel])
+                continue
+            u, sv, vh = torch.linalg.svd(self._matrix(x_D, b), full_matrices=False)
+            payload[f"p{i}"] = u[:, : b.rank].contiguous()
+            payload[f"q{i}"] = (vh[: b.rank].T * sv[: b.rank]).contiguous()
+        if dense:
+            payload["dense"] = torch.cat(dense)
+        return payload, state
+
 
 # (key, family for the plot, label, factory(shapes) -> compressor)
 CONFIGS: list[tuple[str, str, str, Factory]] = [
@@ -73,6 +99,8 @@ CONFIGS: list[tuple[str, str, str, Factory]] = [
     ("powersgd_r1", "PowerSGD EF", "EF(powersgd r1)", lambda s: EF(C.powersgd(s, 1))),
     ("powersgd_r2", "PowerSGD EF", "EF(powersgd r2)", lambda s: EF(C.powersgd(s, 2))),
     ("powersgd_r4", "PowerSGD EF", "EF(powersgd r4)", lambda s: EF(C.powersgd(s, 4))),
+    ("svd_r2_bound", "bound (not a method)", "EF(best rank 2, SVD): bound",
+     lambda s: EF(BestRank(s, 2))),
     ("qsgd_4", "QSGD", "qsgd 4 levels", lambda s: C.qsgd(4)),
     ("qsgd_16", "QSGD", "qsgd 16 levels", lambda s: C.qsgd(16)),
     ("terngrad", "TernGrad", "terngrad (1 scale)", lambda s: C.terngrad()),

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.compress import dgc_top_k, random_k, serialize, threshold, top_k
-from shoal.compress.sparsify import DGCPlan, dgc_plan, dgc_select
+from shoal.compress.sparsify import (
+    DGCPlan,
+    dgc_plan,
+    dgc_select,
+    sparse_decompress,
+    sparse_indices,
+    sparse_payload,
+)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -51,9 +58,9 @@ def test_top_k_keeps_the_largest_magnitudes(d: int, ratio: float, seed: int) -> 
     payload, _ = c.compress(x, None)
     k = max(1, min(d, math.ceil(round(ratio * d, 9))))
     assert payload["values"].numel() == k
-    kept = set(payload["indices"].long().tolist())
+    kept = set(sparse_indices(payload).tolist())
     assert kept == set(x.abs().argsort(descending=True)[:k].tolist())
-    assert torch.equal(payload["values"], x[payload["indices"].long()])
+    assert torch.equal(payload["values"], x[sparse_indices(payload)])
 
 
 def test_top_k_ratio_rounding_and_k_cap() -> None:
@@ -257,10 +264,10 @@ def test_dgc_selects_between_0_8k_and_1_3k(d: int, ratio: float, dist: str, seed
         payload, state = c.compress(x, state)
         n = payload["values"].numel()
         assert 0.8 * k <= n <= 1.3 * k
-        assert torch.equal(payload["values"], x[payload["indices"].long()])
+        assert torch.equal(payload["values"], x[sparse_indices(payload)])
         # what is kept are the largest magnitudes: nothing dropped exceeds what is kept
         dropped = torch.ones(d, dtype=torch.bool)
-        dropped[payload["indices"].long()] = False
+        dropped[sparse_indices(payload)] = False
         assert x[dropped].abs().max() <= payload["values"].abs().min()
 
 
@@ -269,4 +276,52 @@ def test_dgc_on_a_small_vector_is_exact_top_k() -> None:
     c = dgc_top_k(0.02)
     payload, _ = c.compress(x, c.init(x))
     exact, _ = top_k(ratio=0.02).compress(x, None)
-    assert set(payload["indices"].tolist()) == set(exact["indices"].tolist())
+    assert set(sparse_indices(payload).tolist()) == set(sparse_indices(exact).tolist())
+
+
+def test_blocked_index_encoding_by_hand() -> None:
+    # 40 kept entries of a 70,000-vector: flat int32 indices cost 160 bytes, blocked int16
+    # offsets 80 bytes plus a 16-byte ``counts`` entry (3 uint8 counts), so blocked wins.
+    index = torch.cat([torch.arange(65_536, 65_556), torch.arange(20)])  # unsorted on purpose
+    values = torch.arange(40, dtype=torch.float32)
+    payload = sparse_payload(values, index, 70_000)
+    assert payload["indices"].dtype == torch.int16
+    assert payload["indices"].tolist() == list(range(20)) * 2
+    assert payload["counts"].tolist() == [20, 0, 20]
+    assert payload["values"].tolist() == list(range(20, 40)) + list(range(20))
+    assert sparse_indices(payload).tolist() == list(range(20)) + list(range(65_536, 65_556))
+    flat = {"values": values, "indices": index.to(torch.int32), "size": payload["size"]}
+    assert len(serialize(payload)) == len(serialize(flat)) - 160 + 80 + 16
+    dense = torch.zeros(70_000)
+    dense[index] = values
+    assert torch.equal(sparse_decompress(payload), dense)
+
+
+def test_few_kept_entries_keep_the_flat_encoding() -> None:
+    # 4 entries: 16 flat bytes against 8 + 16 blocked, so the flat int32 form is shorter.
+    payload = sparse_payload(torch.ones(4), torch.tensor([5, 32_768, 32_769, 69_999]), 70_000)
+    assert "counts" not in payload and payload["indices"].dtype == torch.int32
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    d=st.integers(32_769, 300_000),
+    ratio=st.sampled_from([0.0001, 0.001, 0.01, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_sparse_payload_is_the_shorter_encoding_and_decodes_exactly(
+    d: int, ratio: float, seed: int
+) -> None:
+    x = torch.randn(d, generator=gen(seed))
+    for c in (top_k(ratio=ratio), dgc_top_k(ratio)):
+        payload, _ = c.compress(x, c.init(x))
+        index = sparse_indices(payload)
+        assert torch.equal(payload["values"], x[index])
+        assert index.unique().numel() == index.numel()
+        flat = {"values": payload["values"], "indices": index.to(torch.int32)}
+        flat["size"] = payload["size"]
+        assert len(serialize(payload)) <= len(serialize(flat))
+        assert c.nbytes(payload) == len(serialize(payload))
+        expected = torch.zeros_like(x)
+        expected[index] = x[index]
+        assert torch.equal(c.decompress(payload), expected)

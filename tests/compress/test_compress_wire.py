@@ -176,7 +176,11 @@ def test_index_dtype_is_the_smallest_that_fits(d: int, dtype: torch.dtype) -> No
 )
 def test_sparse_payloads_store_indices_in_that_dtype(d: int, dtype: torch.dtype) -> None:
     x = torch.randn(d, generator=torch.Generator().manual_seed(1))
-    compressors: list[Compressor] = [top_k(k=5), threshold(1.0), dgc_top_k(0.01)]
+    # Few kept entries, so even the 40,000-vector keeps the flat encoding (see
+    # test_compress_sparsify.py for the blocked one).
+    compressors: list[Compressor] = [top_k(k=5), dgc_top_k(1e-4)]
+    if d < 2**15:
+        compressors.append(threshold(1.0))
     for c in compressors:
         payload, _ = c.compress(x, c.init(x))
         assert payload["indices"].dtype == dtype

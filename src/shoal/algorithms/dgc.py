@@ -63,7 +63,7 @@ from shoal.algorithms.base import LocalWork, check_lr
 from shoal.compress._common import as_shapes, check_flat, mix
 from shoal.compress.base import Payload
 from shoal.compress.layerwise import Layerwise, skip_1d
-from shoal.compress.sparsify import DGCTopK, sparse_decompress, sparse_payload
+from shoal.compress.sparsify import DGCTopK, sparse_decompress, sparse_indices, sparse_payload
 from shoal.compress.wire import payload_nbytes
 from shoal.types import ClientState, Message, ServerState
 
@@ -214,7 +214,7 @@ class DGC:
             return torch.arange(v_K.numel(), device=v_K.device)
         selector = DGCTopK(density, self.sample_ratio)
         payload, _ = selector.compress(v_K, {"seed": mix(self.seed, tensor), "step": step})
-        return payload["indices"].long()
+        return sparse_indices(payload)
 
     def upload(
         self, params_WD: torch.Tensor, down: Message, client: ClientState, steps_W1: torch.Tensor
