@@ -32,7 +32,7 @@ from shoal.compress import (
     threshold,
     top_k,
 )
-from shoal.compress.wire import DTYPE_CODES
+from shoal.compress.wire import DTYPE_CODES, parse_layout, serialize_layout
 
 SHAPES = [torch.Size([16, 8]), torch.Size([16]), torch.Size([4, 2, 3, 3]), torch.Size([4])]
 D = sum(math.prod(s) for s in SHAPES)
@@ -131,6 +131,22 @@ def test_round_trip_is_bitwise_for_any_payload(payload: dict[str, torch.Tensor])
         assert back[key].dtype == t.dtype and back[key].shape == t.shape
         # compare bit patterns: NaNs from random bytes must survive too
         assert torch.equal(back[key].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(payloads())
+def test_layout_plus_data_is_the_message(payload: dict[str, torch.Tensor]) -> None:
+    layout = serialize_layout(payload)
+    data = sum(t.numel() * t.element_size() for t in payload.values())
+    assert len(layout) + data == len(serialize(payload)) == payload_nbytes(payload)
+    assert parse_layout(layout) == [(k, t.dtype, tuple(t.shape)) for k, t in payload.items()]
+
+
+def test_parse_layout_rejects_garbage() -> None:
+    layout = serialize_layout({"a": torch.ones(4), "b": torch.ones(2, 3, dtype=torch.int16)})
+    for bad in (layout[:-1], layout + b"\x00", serialize({"a": torch.ones(4)})):
+        with pytest.raises(ValueError, match="not a Shoal|trailing"):
+            parse_layout(bad)
 
 
 def test_deserialize_rejects_garbage() -> None:

@@ -134,6 +134,14 @@ def push_sum(comm: Comm, steps: int) -> dict[str, list[torch.Tensor]]:
     return out
 
 
+def mixed_payload(rank: int) -> dict[str, torch.Tensor]:
+    """Sparse payloads of one 40,000-vector whose layouts differ by rank: even ranks keep ~32%
+    (blocked indices with ``counts``), odd ranks 3 entries (flat int32 indices)."""
+    x = torch.randn(40_000, generator=torch.Generator().manual_seed(rank))
+    compressor = threshold(1.0) if rank % 2 == 0 else top_k(k=3)
+    return compressor.compress(x, None)[0]
+
+
 def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, Any]:
     """Everything the distributed tests check, in one process start-up (which is what costs):
     every case, a stopped-and-resumed case, push-sum and, with ``stragglers``, SGP with worker
@@ -153,6 +161,7 @@ def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, A
     r = run_case("sgp_overlap", DistComm(ctx), out_dir=out_dir, resume=True)
     got["sgp_overlap_resumed"] = {"params": r.params_WD[0], "rows": r.metrics}
     got["push_sum"] = push_sum(DistComm(ctx), 2)
+    got["mixed_gather"] = DistComm(ctx).all_gather_payloads([mixed_payload(ctx.rank)])
     if stragglers:
         got.update(straggling(ctx, slow=1, factor=5.0))
     return got

@@ -22,6 +22,7 @@ from .cases import (
     CASES,
     STRAGGLER_STEPS,
     dist_worker,
+    mixed_payload,
     push_sum_start,
     run_case,
     tiny_data,
@@ -108,6 +109,19 @@ def test_distributed_push_sum_averages_exactly(runs):
         w_sum = sum(float(got[r]["push_sum"]["w"][t][0, 0]) for r in range(world))
         torch.testing.assert_close(x_sum, push_sum_start(world).sum(0), rtol=0, atol=1e-12)
         assert math.isclose(w_sum, world, abs_tol=1e-12)
+
+
+def test_payloads_with_different_layouts_are_gathered_exactly(runs):
+    world, got = runs
+    sent = [mixed_payload(r) for r in range(world)]
+    assert "counts" in sent[0] and "counts" not in sent[1]  # the layouts really differ
+    for rank in range(world):
+        gathered = got[rank]["mixed_gather"]
+        assert len(gathered) == world
+        for mine, theirs in zip(gathered, sent):
+            assert list(mine) == list(theirs)
+            for key, t in theirs.items():
+                assert mine[key].dtype == t.dtype and torch.equal(mine[key], t), key
 
 
 def test_stragglers_keep_training_sgp_and_async_easgd(spawned):

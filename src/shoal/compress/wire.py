@@ -74,41 +74,84 @@ def _raw(t: torch.Tensor) -> bytes:
     return flat.view(torch.uint8).numpy().tobytes()
 
 
-def serialize(payload: Mapping[str, torch.Tensor]) -> bytes:
-    """The payload as bytes in the wire format above (tensors may live on any device)."""
+def _frame(name: str, t: torch.Tensor) -> bytes:
+    """One entry's framing: ``name_len name dtype ndim dim*ndim``."""
+    encoded = _check_entry(name, t)
+    return (
+        struct.pack("<B", len(encoded))
+        + encoded
+        + struct.pack(f"<BB{t.dim()}I", DTYPE_CODES[t.dtype], t.dim(), *t.shape)
+    )
+
+
+def _read_frame(view: memoryview, pos: int) -> tuple[str, torch.dtype, tuple[int, ...], int]:
+    """Name, dtype and shape of the entry framed at ``pos``, and where its data starts."""
+    (name_len,) = struct.unpack_from("<B", view, pos)
+    pos += 1
+    name = bytes(view[pos : pos + name_len]).decode("utf-8")
+    pos += name_len
+    code, ndim = struct.unpack_from("<BB", view, pos)
+    pos += 2
+    shape = struct.unpack_from(f"<{ndim}I", view, pos)
+    return name, CODE_DTYPES[code], tuple(shape), pos + 4 * ndim
+
+
+def _check_little_endian() -> None:
     if sys.byteorder != "little":  # pragma: no cover - every platform we run on is
         raise NotImplementedError("the wire format is little-endian; big-endian hosts unsupported")
+
+
+def serialize(payload: Mapping[str, torch.Tensor]) -> bytes:
+    """The payload as bytes in the wire format above (tensors may live on any device)."""
+    _check_little_endian()
     _check_count(payload)
     parts = [struct.pack("<H", len(payload))]
     for name, t in payload.items():
-        encoded = _check_entry(name, t)
-        parts.append(struct.pack("<B", len(encoded)))
-        parts.append(encoded)
-        parts.append(struct.pack("<BB", DTYPE_CODES[t.dtype], t.dim()))
-        parts.append(struct.pack(f"<{t.dim()}I", *t.shape))
-        parts.append(_raw(t))
+        parts += [_frame(name, t), _raw(t)]
     return b"".join(parts)
+
+
+Layout = list[tuple[str, torch.dtype, tuple[int, ...]]]
+"""Name, dtype and shape of each entry of a payload, in order."""
+
+
+def serialize_layout(payload: Mapping[str, torch.Tensor]) -> bytes:
+    """The message's framing alone: ``count`` and every entry's framing, without the data.
+
+    With the entries' data bytes concatenated (in order) it is exactly as long as
+    :func:`serialize`'s message; a receiver that gets both rebuilds the payload with
+    :func:`parse_layout`. Collectives use it to keep the data on the device.
+    """
+    _check_count(payload)
+    return struct.pack("<H", len(payload)) + b"".join(_frame(n, t) for n, t in payload.items())
+
+
+def parse_layout(data: bytes) -> Layout:
+    """Inverse of :func:`serialize_layout`."""
+    view = memoryview(data)
+    try:
+        (count,) = struct.unpack_from("<H", view, 0)
+        pos, out = 2, []
+        for _ in range(count):
+            name, dtype, shape, pos = _read_frame(view, pos)
+            out.append((name, dtype, shape))
+    except (struct.error, KeyError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a Shoal payload layout: {exc}") from exc
+    if pos != len(view):
+        raise ValueError(f"{len(view) - pos} trailing bytes after the last entry's framing")
+    return out
 
 
 def deserialize(data: bytes, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Inverse of :func:`serialize`; tensors are placed on ``device`` (CPU by default)."""
-    if sys.byteorder != "little":  # pragma: no cover
-        raise NotImplementedError("the wire format is little-endian; big-endian hosts unsupported")
+    _check_little_endian()
     view = memoryview(data)
     try:
         (count,) = struct.unpack_from("<H", view, 0)
         pos = 2
         out: dict[str, torch.Tensor] = {}
         for _ in range(count):
-            (name_len,) = struct.unpack_from("<B", view, pos)
-            pos += 1
-            name = bytes(view[pos : pos + name_len]).decode("utf-8")
-            pos += name_len
-            code, ndim = struct.unpack_from("<BB", view, pos)
-            pos += 2
-            shape = struct.unpack_from(f"<{ndim}I", view, pos)
-            pos += 4 * ndim
-            dtype = CODE_DTYPES[code]
+            name, dtype, shape, pos = _read_frame(view, pos)
             numel = 1
             for s in shape:
                 numel *= s

@@ -6,8 +6,8 @@ and ``neighbors`` are point-to-point: each process posts one ``isend`` per out-n
 which peers post cannot deadlock), and nothing else travels: on a ring every process talks to
 two peers, never to the whole group. Compressed payloads of unequal sizes (a threshold
 sparsifier) are gathered as raw bytes (``Tensor.view(torch.uint8)`` on the device, no host
-round trip) after their shapes. See :mod:`shoal.parallel.comm` for the semantics and for what
-``bytes_sent`` counts.
+round trip for the data) after their layouts (the wire format's framing). See
+:mod:`shoal.parallel.comm` for the semantics and for what ``bytes_sent`` counts.
 
 Shape suffixes: ``W`` local workers (1 here), ``N`` all workers, ``K`` in-neighbour slots,
 ``D`` flat parameters.
@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from shoal.compress.base import Payload
-from shoal.compress.wire import payload_nbytes
+from shoal.compress.wire import Layout, parse_layout, payload_nbytes, serialize_layout
 from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes
 from shoal.runtime.procgroup import DistContext
@@ -128,27 +128,26 @@ class DistComm:
         (payload,) = self._one(payloads)
         self.bytes_sent += payload_nbytes(payload)
         dev = self.device
-        keys = list(payload)
-        # Shapes first (every worker's payload has the same entries, maybe different lengths).
-        dims = [d for k in keys for d in payload[k].shape]
-        dims_NS = torch.tensor([dims], dtype=torch.int64, device=dev)
-        if dims:
-            gathered = [torch.empty_like(dims_NS) for _ in range(self.world_size)]
-            dist.all_gather(gathered, dims_NS)
-            dims_NS = torch.cat(gathered)
-        else:
-            dims_NS = dims_NS.expand(self.world_size, 0)
-        per_worker = [_split_shapes(row.tolist(), payload) for row in dims_NS]
-        lengths = [
-            sum(math.prod(s) * payload[k].element_size() for k, s in zip(keys, shp))
-            for shp in per_worker
-        ]
-        mine = _to_bytes(payload, dev)
-        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
-        padded[: mine.numel()] = mine
+        # Workers' payloads may differ in length, and even in entries and dtypes (a threshold
+        # sparsifier keeps a different count; few kept entries use flat indices, many the
+        # blocked ones), so each sends its layout (the wire framing) ahead of its data. The
+        # two together are exactly the serialized message, and the data stays on the device.
+        head = torch.frombuffer(bytearray(serialize_layout(payload)), dtype=torch.uint8)
+        data = _to_bytes(payload, dev)
+        sizes_N2 = torch.tensor([[head.numel(), data.numel()]], dtype=torch.int64, device=dev)
+        gathered = [torch.empty_like(sizes_N2) for _ in range(self.world_size)]
+        dist.all_gather(gathered, sizes_N2)
+        sizes = torch.cat(gathered).tolist()
+        padded = torch.zeros(max(h + n for h, n in sizes), dtype=torch.uint8, device=dev)
+        padded[: head.numel()] = head.to(dev)
+        padded[head.numel() : head.numel() + data.numel()] = data
         bufs = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(bufs, padded)
-        return [_from_bytes(buf, payload, shp) for buf, shp in zip(bufs, per_worker)]
+        out = []
+        for buf, (h, n) in zip(bufs, sizes):
+            layout = parse_layout(buf[:h].cpu().numpy().tobytes())
+            out.append(_from_bytes(buf[h : h + n], layout))
+        return out
 
     def sum_stats(self, values: Sequence[float]) -> list[float]:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
@@ -203,24 +202,16 @@ class DistComm:
         return payloads
 
 
-def _split_shapes(dims: list[int], payload: Payload) -> list[tuple[int, ...]]:
-    out, at = [], 0
-    for t in payload.values():
-        out.append(tuple(dims[at : at + t.ndim]))
-        at += t.ndim
-    return out
-
-
 def _to_bytes(payload: Payload, device: torch.device) -> torch.Tensor:
     parts = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in payload.values()]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=device)
 
 
-def _from_bytes(buf: torch.Tensor, like: Payload, shapes: list[tuple[int, ...]]) -> Payload:
+def _from_bytes(buf: torch.Tensor, layout: Layout) -> Payload:
     out, at = {}, 0
-    for (key, t), shape in zip(like.items(), shapes):
-        n = math.prod(shape) * t.element_size()
+    for key, dtype, shape in layout:
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         # clone(): a view to a wider dtype needs an aligned storage offset
-        out[key] = buf[at : at + n].clone().view(t.dtype).reshape(shape)
+        out[key] = buf[at : at + n].clone().view(dtype).reshape(shape)
         at += n
     return out
