@@ -83,3 +83,47 @@ def test_resume_keeps_error_feedback_residuals(tmp_path):
         resume=True,
     )
     assert torch.equal(ref.params, res.params)
+
+
+def test_each_client_gets_back_its_own_compressor_state():
+    """Error feedback only works if a client's next upload starts from the state its last one
+    left: follow a counting state through a partially sampled run, in both runtimes."""
+    from shoal.compress import payload_nbytes
+    from shoal.compress._common import mix
+
+    log: list[tuple[int, int]] = []
+
+    class Tagged:  # identity payload; the state is (owner's seed, uses so far)
+        name = "tagged"
+        seed = 0
+
+        def init(self, x_D, seed=None):
+            return {"owner": seed, "uses": 0}
+
+        def compress(self, x_D, state):
+            log.append((state["owner"], state["uses"]))
+            return {"values": x_D}, {**state, "uses": state["uses"] + 1}
+
+        def decompress(self, payload):
+            return payload["values"]
+
+        def nbytes(self, payload):
+            return payload_nbytes(payload)
+
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    sampler = ClientSampler(4)
+    sizes = [len(c) for c in clients]
+    expected, uses = [], dict.fromkeys(range(10), 0)
+    for r in range(6):
+        for k in sampler(sizes, 0, r):
+            expected.append((mix(0, int(k), 0), uses[int(k)]))
+            uses[int(k)] += 1
+    assert max(uses.values()) >= 3  # some clients come back more than once
+    for vectorize in (True, False):
+        log.clear()
+        cfg = TrainConfig(rounds=6, sampler=sampler, work=LocalWork(epochs=1, batch_size=8),
+                          seed=0, progress=False)  # fmt: skip
+        train(tiny_model(), data, clients, fedavg(0.2), cfg, compressor=Tagged(),
+              runtime=SimRuntime(vectorize=vectorize))  # fmt: skip
+        assert sorted(log) == sorted(expected)
