@@ -62,7 +62,7 @@ def sparse_payload(values_K: torch.Tensor, index_K: torch.Tensor, d: int) -> Pay
     """``values``, ``indices`` and ``size`` in the shorter of the flat and blocked encodings."""
     k, num_blocks = index_K.numel(), -(-d // BLOCK)
     count_dtype = smallest_int_dtype(k)
-    flat_bytes = k * _itemsize(index_dtype(d))
+    flat_bytes = k * index_dtype(d).itemsize
     blocked_bytes = k * 2 + entry_nbytes("counts", torch.empty(num_blocks, dtype=count_dtype))
     if d <= BLOCK or blocked_bytes >= flat_bytes:
         return {
@@ -78,10 +78,6 @@ def sparse_payload(values_K: torch.Tensor, index_K: torch.Tensor, d: int) -> Pay
         "counts": counts_B.to(count_dtype),
         "size": size_scalar(d, values_K.device),
     }
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def sparse_indices(payload: Payload) -> torch.Tensor:

@@ -155,7 +155,7 @@ def deserialize(data: bytes, device: torch.device | str | None = None) -> dict[s
             numel = 1
             for s in shape:
                 numel *= s
-            size = numel * torch.empty((), dtype=dtype).element_size()
+            size = numel * dtype.itemsize
             if pos + size > len(view):
                 raise ValueError("truncated message")
             if size == 0:

@@ -210,7 +210,7 @@ def _to_bytes(payload: Payload, device: torch.device) -> torch.Tensor:
 def _from_bytes(buf: torch.Tensor, layout: Layout) -> Payload:
     out, at = {}, 0
     for key, dtype, shape in layout:
-        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        n = math.prod(shape) * dtype.itemsize
         # clone(): a view to a wider dtype needs an aligned storage offset
         out[key] = buf[at : at + n].clone().view(dtype).reshape(shape)
         at += n
