@@ -211,7 +211,7 @@ def homomorphic_saving(x: torch.Tensor, workers: int, reps: int) -> dict[str, An
             "max_abs_difference": float((hom - each).abs().max()),
         }
     # Count sketch decodes with a median over rows, so the estimate of the sum differs from
-    # the sum of estimates (it is the better estimate); random-k agrees exactly.
+    # the sum of estimates (neither is closer in general); random-k agrees exactly.
     out["count_sketch"]["note"] = "median decoding: decompress(sum) is not sum(decompress)"
     return out
 

@@ -14,8 +14,11 @@ seed, ``sum_payloads`` (adding the tables) equals the sketch of the summed input
 exact arithmetic, bit for bit when the float additions are exact (e.g. integer-valued inputs),
 up to rounding otherwise. What is *approximate* is decompression: ``x_hat`` is an estimate
 (error about ``||x_tail||_2 / sqrt(width)`` per row for the heavy entries), and because of the
-median, ``decompress(sum)`` is *not* ``sum(decompress)``; it is the estimate of the sum, which
-is what a server wants. With ``depth = 1`` the estimate is unbiased and linear.
+median, ``decompress(sum)`` is *not* ``sum(decompress)``: it estimates the sum from one table,
+at the cost of one decode instead of one per worker. Neither is closer to the true sum in
+general (on ten FedAvg client deltas of the mnist5k CNN the mean of the ten decodes was the
+closer one, by 3-7% relative error). With ``depth = 1`` the estimate is unbiased and linear,
+and the two agree.
 """
 
 from __future__ import annotations
