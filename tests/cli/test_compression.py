@@ -40,7 +40,13 @@ def test_every_compressor_name_resolves_with_its_own_options() -> None:
         cfg = resolve({"compression": given}, CATALOG)
         assert cfg["compression.name"] == name
     opts = resolve({"compression": {"name": "powersgd", "rank": 2}}, CATALOG).options("compression")
-    assert opts == {"rank": 2, "min_compression_rate": 2.0, "seed": 0}  # no shapes: the model's
+    assert opts == {  # no shapes: the model's
+        "rank": 2,
+        "min_compression_rate": 2.0,
+        "seed": 0,
+        "power_iterations": 1,
+        "warm_start": True,
+    }
 
 
 def test_top_k_with_error_feedback_sends_fewer_bytes(tmp_path: Path) -> None:

@@ -152,7 +152,53 @@ def test_error_feedback_powersgd_conserves_to_rounding_and_takes_param_spec_shap
         assert torch.allclose(c.decompress(payload) + state["residual"], acc, atol=1e-6)
 
 
+def test_power_iterations_in_one_call_equal_as_many_warm_started_calls() -> None:
+    """k iterations in one compress = k calls that warm-start from each other (the same
+    subspace iteration), and many of them give the truncated SVD of the matrix."""
+    g = gen(5)
+    u, _ = torch.linalg.qr(torch.randn(12, 5, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(5, 5, generator=g))
+    m = u @ torch.diag(torch.tensor([10.0, 5.0, 1.0, 0.5, 0.1])) @ v.T
+    x = m.reshape(-1).to(torch.float64)
+    shapes = [torch.Size([12, 5])]
+    for k in (2, 3):
+        warm = powersgd(shapes, rank=2, min_compression_rate=0)
+        state = warm.init(x)
+        for _ in range(k):
+            calls, state = warm.compress(x, state)
+        cold = powersgd(shapes, rank=2, min_compression_rate=0, power_iterations=k)
+        once, _ = cold.compress(x, cold.init(x))
+        torch.testing.assert_close(
+            cold.decompress(once), warm.decompress(calls), rtol=0, atol=1e-12
+        )
+    many = powersgd(shapes, rank=2, min_compression_rate=0, power_iterations=40)
+    payload, _ = many.compress(x, many.init(x))
+    svd_u, svd_s, svd_vh = torch.linalg.svd(m.to(torch.float64))
+    best = svd_u[:, :2] @ torch.diag(svd_s[:2]) @ svd_vh[:2]
+    torch.testing.assert_close(many.decompress(payload).view(12, 5), best, rtol=0, atol=1e-9)
+    assert many.name == "powersgd(rank=2, power_iterations=40)"
+
+
+def test_cold_start_ignores_and_keeps_the_state() -> None:
+    x = torch.randn(D, generator=gen(6))
+    cold = powersgd(SHAPES, rank=2, min_compression_rate=0, warm_start=False)
+    fresh = cold.init(x)
+    other = {k: torch.randn(v.shape, generator=gen(7)) for k, v in fresh.items()}
+    first, kept = cold.compress(x, other)
+    assert kept is other  # nothing to carry to the next call
+    second, _ = cold.compress(x, fresh)
+    warm = powersgd(SHAPES, rank=2, min_compression_rate=0)
+    from_seed, _ = warm.compress(x, fresh)
+    for key in first:
+        assert torch.equal(first[key], second[key]) and torch.equal(first[key], from_seed[key])
+    assert cold.name == "powersgd(rank=2, warm_start=False)"
+
+
 def test_validation() -> None:
+    with pytest.raises(ValueError, match="power_iterations"):
+        powersgd(SHAPES, power_iterations=0)
+    with pytest.raises(ValueError, match="warm_start"):
+        powersgd(SHAPES, warm_start="no")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rank"):
         powersgd(SHAPES, rank=0)
     with pytest.raises(ValueError, match="shapes"):

@@ -1,4 +1,4 @@
-"""PowerSGD: rank-r compression by one step of subspace iteration, warm-started.
+"""PowerSGD: rank-r compression by a step of subspace iteration, warm-started.
 
 Vogels, Karimireddy, Jaggi, NeurIPS 2019, Algorithm 1 (``epfml/powersgd``). Each parameter
 block of ``shapes`` with two or more dimensions is a matrix ``M`` [n, m] (convolution kernels
@@ -26,6 +26,20 @@ Two ways to use it:
   equals ``sum(decompress(m))`` up to float rounding (bit for bit on the dense blocks).
   The scale of the warm-start ``Q`` does not matter (P is orthogonalized), so the sum of the
   workers' Q may be reused as it is.
+
+Two options of the reference implementations, both off by default (the paper's Algorithm 1):
+
+- ``power_iterations`` (the packaged ``epfml/powersgd``'s ``num_iters_per_step``, which counts
+  half-steps; here a count of full steps): ``compress`` first runs ``power_iterations - 1``
+  steps ``Q <- M^T orthogonalize(M Q)`` locally, then the step above, i.e. subspace iteration,
+  which approaches the best rank-r approximation (truncated SVD) as the count grows. Same
+  bytes; extra matrix products on the sender.
+- ``warm_start=False`` (PyTorch's ``PowerSGDState(warm_start=False)``): every call starts from
+  the seed's query instead of the last one. Warm starting pays off when a worker compresses
+  every step; a federated client sampled every ~10 rounds warm-starts from a stale query, and
+  there a cold start with 2 iterations is better (``benchmarks/accuracy_vs_bytes.py``).
+
+``project`` / ``complete`` (the two-round all-reduce protocol) are always one step.
 
 Deviation, named: the paper's code orthogonalizes with Gram-Schmidt and an epsilon; we use
 ``torch.linalg.qr`` (same span when P has full column rank, well defined when it has not).
@@ -68,6 +82,8 @@ class PowerSGD:
     rank: int = 1
     min_compression_rate: float = 2.0
     seed: int = 0
+    power_iterations: int = 1
+    warm_start: bool = True
     homomorphic: ClassVar[bool] = True
     shared_seed: ClassVar[bool] = True
     """Every worker starts from the same query Q, as the all-reduce needs."""
@@ -75,6 +91,9 @@ class PowerSGD:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "powersgd"))
         check_positive_int(self.rank, "rank", "powersgd")
+        check_positive_int(self.power_iterations, "power_iterations", "powersgd")
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"powersgd: warm_start must be true or false, got {self.warm_start!r}")
         if not (
             isinstance(self.min_compression_rate, (int, float)) and self.min_compression_rate >= 0
         ):
@@ -84,7 +103,9 @@ class PowerSGD:
 
     @property
     def name(self) -> str:
-        return f"powersgd(rank={self.rank})"
+        extra = f", power_iterations={self.power_iterations}" if self.power_iterations > 1 else ""
+        extra += "" if self.warm_start else ", warm_start=False"
+        return f"powersgd(rank={self.rank}{extra})"
 
     @cached_property
     def _blocks(self) -> tuple[_Block, ...]:
@@ -166,7 +187,21 @@ class PowerSGD:
     def compress(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
     ) -> tuple[Payload, dict[str, torch.Tensor]]:
-        return self.complete(x_D, self.project(x_D, state), state)
+        query = state if self.warm_start else self.init(x_D)
+        for _ in range(self.power_iterations - 1):
+            query = self._subspace_step(x_D, query)
+        payload, new_state = self.complete(x_D, self.project(x_D, query), query)
+        return payload, new_state if self.warm_start else state
+
+    def _subspace_step(
+        self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``Q <- M^T orthogonalize(M Q)`` per block, nothing sent."""
+        new_state = dict(state)
+        for i, b in self._compressed():
+            m = self._matrix(x_D, b)
+            new_state[f"q{i}"] = m.T @ torch.linalg.qr(m @ state[f"q{i}"], mode="reduced").Q
+        return new_state
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         compressed = self._compressed()
@@ -212,6 +247,15 @@ def powersgd(
     rank: int = 1,
     min_compression_rate: float = 2.0,
     seed: int = 0,
+    power_iterations: int = 1,
+    warm_start: bool = True,
 ) -> PowerSGD:
     """PowerSGD of rank ``rank`` on the blocks ``shapes`` (``ParamSpec.shapes``)."""
-    return PowerSGD(as_shapes(shapes, "powersgd"), rank, min_compression_rate, seed)
+    return PowerSGD(
+        as_shapes(shapes, "powersgd"),
+        rank,
+        min_compression_rate,
+        seed,
+        power_iterations,
+        warm_start,
+    )
