@@ -364,10 +364,13 @@ def plot(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right", ncol=2)
     if long is not None:
+        count: dict[str, int] = {}  # rows of one family share a colour: vary the dashes
         for r in long["results"].values():
             color, _ = style.get(r["family"], ("black", "o"))
+            n = count[r["family"]] = count.get(r["family"], 0) + 1
+            dash = ("-", "--", ":")[min(n - 1, 2)]
             ax2.plot(r["cum_uplink_bytes"], [100 * v for v in r["accuracy"]], color=color,
-                     lw=1.2, label=r["label"])  # fmt: skip
+                     lw=1.2, ls=dash, label=r["label"])  # fmt: skip
         ax2.set_xscale("log")
         ax2.set_xlabel("cumulative uplink bytes (log scale)")
         ax2.set_ylabel("test accuracy (%)")
