@@ -495,8 +495,11 @@ def main() -> None:
     headline: dict[str, Any] = {}
     # The keys are the paper's PowerSGD (one warm-started step); the 2-iteration cold
     # start (better for clients sampled every ~10 rounds) gets keys of its own.
-    keys = [("topk_ef", "topk_ef_0.01"), ("powersgd_r2", "powersgd_r2")]
-    keys.append(("powersgd_r2_cold2", "powersgd_r2_cold2"))
+    keys = [
+        ("topk_ef", "topk_ef_0.01"),
+        ("powersgd_r2", "powersgd_r2"),
+        ("powersgd_r2_cold2", "powersgd_r2_cold2"),
+    ]
     for name, key in keys:
         if key in results:
             headline[f"{name}_acc_drop"] = results[key]["acc_drop_pts"]

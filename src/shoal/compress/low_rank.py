@@ -29,11 +29,13 @@ Two ways to use it:
 
 Two options of the reference implementations, both off by default (the paper's Algorithm 1):
 
-- ``power_iterations`` (the packaged ``epfml/powersgd``'s ``num_iters_per_step``, which counts
-  half-steps; here a count of full steps): ``compress`` first runs ``power_iterations - 1``
-  steps ``Q <- M^T orthogonalize(M Q)`` locally, then the step above, i.e. subspace iteration,
-  which approaches the best rank-r approximation (truncated SVD) as the count grows. Same
-  bytes; extra matrix products on the sender.
+- ``power_iterations``: ``compress`` first runs ``power_iterations - 1`` steps
+  ``Q <- M^T orthogonalize(M Q)`` locally, then the step above, i.e. subspace iteration, which
+  approaches the best rank-r approximation (truncated SVD) as the count grows. A worker that
+  compresses its own message holds all of ``M``, so the extra steps cost matrix products on the
+  sender and no bytes. (The packaged ``epfml/powersgd``'s ``num_iters_per_step`` is different:
+  there ``M`` is spread over the workers, so each half-step is all-reduced and sent, and the
+  approximations of the half-steps add up.)
 - ``warm_start=False`` (PyTorch's ``PowerSGDState(warm_start=False)``): every call starts from
   the seed's query instead of the last one. Warm starting pays off when a worker compresses
   every step; a federated client sampled every ~10 rounds warm-starts from a stale query, and
