@@ -17,6 +17,7 @@ from shoal.compress.sparsify import (
     sparse_decompress,
     sparse_indices,
     sparse_payload,
+    top_k_indices,
 )
 
 
@@ -325,3 +326,41 @@ def test_sparse_payload_is_the_shorter_encoding_and_decodes_exactly(
         expected = torch.zeros_like(x)
         expected[index] = x[index]
         assert torch.equal(c.decompress(payload), expected)
+
+
+BIG = 2**19  # the smallest CPU vector on which top_k_indices filters candidates first
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    extra=st.integers(0, 300_000),
+    ratio=st.sampled_from([1e-5, 0.001, 0.01, 0.1, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_top_k_indices_on_large_vectors_is_exactly_torch_topk(
+    extra: int, ratio: float, seed: int
+) -> None:
+    mag = torch.randn(BIG + extra, generator=gen(seed), dtype=torch.float64).abs()  # no ties
+    k = max(1, int(ratio * mag.numel()))
+    got = top_k_indices(mag, k)
+    assert got.numel() == k
+    assert set(got.tolist()) == set(torch.topk(mag, k).indices.tolist())
+
+
+def test_top_k_indices_falls_back_when_the_sample_misleads() -> None:
+    # The strided sample sees only the large entries, so its threshold admits fewer than k.
+    stride = BIG // 2**17
+    mag = torch.rand(BIG, generator=gen(1), dtype=torch.float64) * 1e-3
+    mag[::stride] += 1.0
+    k = BIG // stride + 100
+    assert set(top_k_indices(mag, k).tolist()) == set(torch.topk(mag, k).indices.tolist())
+
+
+def test_top_k_indices_with_ties_and_nan_keeps_what_torch_topk_keeps() -> None:
+    mag = torch.randint(0, 50, (BIG,), generator=gen(2)).double()  # many ties
+    mag[123_457] = float("nan")
+    k = 30_000
+    got = top_k_indices(mag, k)
+    assert got.unique().numel() == k and 123_457 in set(got.tolist())
+    ref = torch.topk(mag, k).values
+    assert torch.equal(mag[got].sort().values[:-1], ref.sort().values[:-1])  # NaN sorts last

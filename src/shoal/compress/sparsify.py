@@ -1,7 +1,8 @@
 """Sparsifiers: top-k, random-k, a magnitude threshold, and DGC's sampled top-k.
 
 - ``top_k``: keep the k entries of largest magnitude (Aji & Heafield 2017; Stich, Cordonnier,
-  Jaggi 2018, "Sparsified SGD with memory"), exactly, with ``torch.topk`` on ``|x|``.
+  Jaggi 2018, "Sparsified SGD with memory"), exactly: ``torch.topk`` on ``|x|``, or on a large
+  CPU vector :func:`top_k_indices`' candidate filter first (same set, 2-5x faster).
 - ``random_k``: keep k entries chosen uniformly without replacement (Stich et al. 2018,
   Wangni et al. 2018). Indices never travel: they are regenerated from a seed and a per-call
   step counter, both in the payload. Two flavours: ``unbiased=False`` sends ``x_i`` (biased,
@@ -138,8 +139,37 @@ class TopK(_Sparse):
         d = x_D.numel()
         if d == 0:
             return sparse_payload(x_D, x_D.new_zeros(0, dtype=torch.long), 0), state
-        index_K = torch.topk(x_D.abs(), self.num_kept(d), sorted=False).indices
+        index_K = top_k_indices(x_D.abs(), self.num_kept(d))
         return sparse_payload(x_D[index_K], index_K, d), state
+
+
+_FILTER_SAMPLE = 2**17  # entries sampled to place the candidate threshold
+_FILTER_MARGIN = 1.5  # the threshold admits ~1.5 k candidates
+
+
+def top_k_indices(mag_D: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries of ``mag_D`` (in no order; ties broken as
+    ``torch.topk`` breaks them among the candidates).
+
+    On a CPU vector of at least ``4 * _FILTER_SAMPLE`` entries, ``torch.topk`` over the whole
+    vector is slow (a partial sort, ~0.2 s for 10M entries). Instead: the threshold ``t`` is
+    the ``1.5 k/d``-quantile of a strided sample, every entry ``>= t`` is a candidate (one
+    comparison pass), and ``torch.topk`` runs on the ~1.5 k candidates. If fewer than k entries
+    pass (an unlucky sample), it falls back to ``torch.topk`` on everything, so the result is
+    always the exact top k. GPUs keep ``torch.topk`` (a radix select, and ``nonzero`` would
+    synchronize).
+    """
+    d = mag_D.numel()
+    if mag_D.device.type != "cpu" or d < 4 * _FILTER_SAMPLE:
+        return torch.topk(mag_D, k, sorted=False).indices
+    sample = mag_D[:: d // _FILTER_SAMPLE]
+    rank = min(sample.numel(), math.ceil(k / d * sample.numel() * _FILTER_MARGIN) + 1)
+    threshold = torch.topk(sample, rank, sorted=False).values.min()
+    # NaN is a candidate too: torch.topk ranks it above every number, and so must we.
+    candidates = ((mag_D >= threshold) | mag_D.isnan()).nonzero().view(-1)
+    if candidates.numel() < k:
+        return torch.topk(mag_D, k, sorted=False).indices
+    return candidates[torch.topk(mag_D[candidates], k, sorted=False).indices]
 
 
 @dataclass(frozen=True)
