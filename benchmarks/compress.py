@@ -19,8 +19,11 @@ random-k (shared seed) and count sketch, summed in compressed form and decompres
 once, against decompressing every payload and adding the dense vectors
 (``homomorphic_server_speedup_<compressor>`` is their time ratio).
 
-DGC: ``dgc_top_k(0.001).compress`` against the exact ``top_k(0.001).compress`` (``torch.topk``
-of ``|x|``) on the same vector; ``dgc_speedup_vs_exact_topk`` is their time ratio (medians).
+DGC: ``dgc_top_k(0.001).compress`` against exact top-k on the same vector, twice:
+``torch.topk(|x|, k)`` as PyTorch gives it (``dgc_speedup_vs_exact_topk``, the issue's
+yardstick) and Shoal's ``top_k(0.001).compress``, which filters candidates before its
+``torch.topk`` (``speedup_vs_top_k_compress`` in the JSON; ``top_k_speedup_vs_torch_topk`` is
+Shoal's exact top-k against ``torch.topk``). Time ratios of medians.
 
     python benchmarks/compress.py --json benchmarks/results/compress.json
     python benchmarks/compress.py --quick           # 3 reps, ~1 min
@@ -278,7 +281,8 @@ def main() -> None:
         f"{1e3 * dgc['dgc_top_k_compress_s']:.1f} ms (kept {dgc['dgc_kept']['min']:,}.."
         f"{dgc['dgc_kept']['max']:,}), top_k.compress {1e3 * dgc['exact_top_k_compress_s']:.1f} "
         f"ms -> {dgc['speedup_vs_top_k_compress']:.2f}x; bare torch.topk(|x|, k) "
-        f"{1e3 * dgc['bare_torch_topk_abs_s']:.1f} ms -> {dgc['speedup_vs_bare_torch_topk']:.2f}x"
+        f"{1e3 * dgc['bare_torch_topk_abs_s']:.1f} ms -> {dgc['speedup_vs_bare_torch_topk']:.2f}x "
+        "(Shoal's exact top_k filters candidates before torch.topk)"
     )
     print(
         f"\nServer-side reduction of {a.workers} workers' payloads (homomorphic compressors): "
@@ -290,7 +294,10 @@ def main() -> None:
             f"{1e3 * h['decompress_each_then_sum_s']:8.1f} ms -> {h['speedup']:.1f}x "
             f"(max |difference| {h['max_abs_difference']:.1e})"
         )
-    headline: dict[str, Any] = {"dgc_speedup_vs_exact_topk": dgc["speedup_vs_top_k_compress"]}
+    headline: dict[str, Any] = {
+        "dgc_speedup_vs_exact_topk": dgc["speedup_vs_bare_torch_topk"],
+        "top_k_speedup_vs_torch_topk": dgc["bare_torch_topk_abs_s"] / dgc["exact_top_k_compress_s"],
+    }
     headline.update({f"homomorphic_server_speedup_{k}": h["speedup"] for k, h in hom.items()})
     headline.update(
         {f"bandwidth_fraction_{k}": r["fraction_of_copy_bandwidth"] for k, r in rows.items()}
