@@ -66,6 +66,28 @@ def test_error_feedback_conserves_mass_bit_for_bit_for_sparsifiers(
         assert torch.all(state["residual"][kept] == 0)  # what is sent leaves the memory
 
 
+@pytest.mark.parametrize(
+    "inner",
+    [top_k(ratio=0.01), top_k(ratio=0.3), dgc_top_k(0.01), threshold(2.0)],
+    ids=lambda c: c.name,
+)
+def test_in_place_residual_equals_decompress_and_subtract(inner: Compressor) -> None:
+    """The sparsifiers' in-place residual (blocked and flat index encodings, d > 2**15) is
+    ``accumulated - decompress(payload)`` bit for bit, and leaves the caller's input and
+    state untouched."""
+    g = gen(11)
+    c = error_feedback(inner)
+    x = torch.randn(100_003, generator=g)
+    state = c.init(x)
+    for _ in range(3):
+        x_before, residual_before = x.clone(), state["residual"].clone()
+        accumulated = x + state["residual"]
+        payload, new_state = c.compress(x, state)
+        assert torch.equal(new_state["residual"], accumulated - c.decompress(payload))
+        assert torch.equal(x, x_before) and torch.equal(state["residual"], residual_before)
+        state, x = new_state, torch.randn(100_003, generator=g)
+
+
 def test_error_feedback_eventually_sends_everything() -> None:
     """With inputs only at step 0, top-k with memory drains the residual in ceil(d / k) steps."""
     x = torch.randn(100, generator=gen(1))

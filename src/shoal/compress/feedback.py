@@ -12,6 +12,10 @@ mass is either sent or carried. Biased compressors (top-k, scaled sign, PowerSGD
 converge. Wrapping changes neither the payload nor its decompression: ``nbytes``,
 ``decompress`` and ``sum_payloads`` are the inner compressor's.
 
+A compressor may offer ``residual(accumulated_D, payload)``, the same difference computed
+in place in ``accumulated_D`` (which error feedback allocates per call and owns); the
+sparsifiers do, zeroing the sent entries instead of decompressing and subtracting.
+
 The residual starts at zero. DGC's momentum correction and factor masking, which also touch the
 residual, belong to the algorithm (they need the optimizer's momentum).
 """
@@ -63,7 +67,11 @@ class ErrorFeedback:
             raise ValueError("error_feedback: state must come from error_feedback(c).init(x_D)")
         accumulated_D = x_D + state["residual"]
         payload, inner_state = self.inner.compress(accumulated_D, state["inner"])
-        residual_D = accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
+        residual = getattr(self.inner, "residual", None)
+        if residual is not None:  # a sparsifier: zero the sent entries of our own buffer
+            residual_D = residual(accumulated_D, payload)
+        else:
+            residual_D = accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
         return payload, {"residual": residual_D, "inner": inner_state}
 
     def decompress(self, payload: Payload) -> torch.Tensor:

@@ -108,6 +108,16 @@ class _Sparse:
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)
 
+    def residual(self, accumulated_D: torch.Tensor, payload: Payload) -> torch.Tensor:
+        """``accumulated_D - decompress(payload)``, computed in ``accumulated_D``'s storage.
+
+        The kept values are copies of ``accumulated_D``'s entries, so the difference is
+        ``accumulated_D`` with those entries zeroed: no decompressed vector, no subtraction
+        (error feedback's cost on a 10M vector drops from ~3 full passes to one scatter).
+        """
+        accumulated_D[sparse_indices(payload)] = 0
+        return accumulated_D
+
 
 @dataclass(frozen=True)
 class TopK(_Sparse):
