@@ -18,7 +18,11 @@ the count sketches (depth 3) hold 10% or 1% as many entries as the model.
 20-round accuracy on W is noisy (a few points between neighbouring configurations), so the
 mean over the last 5 rounds is reported next to the final accuracy; ``--long-rounds 100`` adds
 a longer run of a few configurations (not W: no headline), with the round and the bytes at which
-each first reaches 90%. The headline compares final accuracies of W as defined (20 rounds).
+each first reaches 90%. ``--server`` runs dense, top-k EF 1% and PowerSGD rank 2 again with a
+server optimizer (FedAvgM, server momentum 0.9, server lr 1 and 2) in place of FedAvg's plain
+average, each compressed run against dense under the same server optimizer: how much of the
+gap is a smaller step that a server optimizer would make up (not W: no headline). The headline
+compares final accuracies of W as defined (20 rounds).
 
 Configurations whose global model turns NaN are reported as diverged (with the round), not
 dropped. Timing is not the point here: one torch thread by default, because on this 2-core
@@ -26,7 +30,7 @@ machine shared with other jobs two threads ran 13x slower whenever another proce
 
     python benchmarks/accuracy_vs_bytes.py --json out.json               # W, 25 configs, ~12 min
     python benchmarks/accuracy_vs_bytes.py --quick                       # dense, top-k EF, PowerSGD
-    python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 \
+    python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 --server \
         --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~20 min
     python benchmarks/accuracy_vs_bytes.py --list                        # configuration keys
 """
@@ -122,6 +126,21 @@ CONFIGS: list[tuple[str, str, str, Factory]] = [
      lambda s: EF(C.count_sketch(_width(s, 0.1)))),
 ]  # fmt: skip
 QUICK = ["dense", "topk_ef_0.01", "powersgd_r2"]
+SERVER_ONLY = "topk_ef_0.01,powersgd_r2,powersgd_r2_cold2"
+
+
+def _fedavgm(server_lr: float) -> Callable[[], Any]:
+    from shoal.algorithms.fedopt import fedavgm
+
+    return lambda: fedavgm(wl.LR, server_lr=server_lr, momentum=0.9)
+
+
+# (key, label, algorithm) for --server: W's clients, a server optimizer instead of FedAvg's
+# plain average (Hsu, Qi, Brown 2019, FedAvgM; Reddi et al. 2021, FedOpt).
+SERVERS: list[tuple[str, str, Callable[[], Any]]] = [
+    ("fedavgm_0.9_lr1", "FedAvgM, server momentum 0.9, server lr 1", _fedavgm(1.0)),
+    ("fedavgm_0.9_lr2", "FedAvgM, server momentum 0.9, server lr 2", _fedavgm(2.0)),
+]
 EXTRA = ["dgc_ef_0.001", "terngrad_layer", "sketch_0.01", "sketch_ef_0.1"]
 """Run only with ``--all`` or ``--only`` (keeps the default run near 10 minutes)."""
 
@@ -131,8 +150,11 @@ def _width(shapes: tuple[torch.Size, ...], fraction: float) -> int:
     return max(1, math.ceil(fraction * sum(s.numel() for s in shapes) / 3))
 
 
-def run_one(factory: Factory, rounds: int, data_dir: str) -> dict[str, Any]:
-    """One run of W with ``factory(shapes)`` compressing the uploads."""
+def run_one(
+    factory: Factory, rounds: int, data_dir: str, server: Callable[[], Any] | None = None
+) -> dict[str, Any]:
+    """One run of W with ``factory(shapes)`` compressing the uploads (``server()``: another
+    algorithm than W's FedAvg, for the server optimizer table)."""
     from shoal.algorithms.base import LocalWork
     from shoal.algorithms.fedavg import fedavg
     from shoal.functional import ParamSpec, init_params
@@ -160,7 +182,7 @@ def run_one(factory: Factory, rounds: int, data_dir: str) -> dict[str, Any]:
             model,
             data,
             clients,
-            fedavg(wl.LR),
+            fedavg(wl.LR) if server is None else server(),
             cfg,
             runtime=SimRuntime(),
             init=p0,
@@ -185,12 +207,15 @@ def run_one(factory: Factory, rounds: int, data_dir: str) -> dict[str, Any]:
 
 
 def run_all(
-    chosen: list[tuple[str, str, str, Factory]], rounds: int, a: argparse.Namespace
+    chosen: list[tuple[str, str, str, Factory]],
+    rounds: int,
+    a: argparse.Namespace,
+    server: Callable[[], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every chosen configuration, then drops and byte ratios against ``dense``."""
     results: dict[str, dict[str, Any]] = {}
     for key, family, label, factory in chosen:
-        r = run_one(factory, rounds, a.data_dir)
+        r = run_one(factory, rounds, a.data_dir, server)
         results[key] = {"label": label, "family": family, **r}
         if r["diverged_at_round"]:
             what = f"diverged (NaN) in round {r['diverged_at_round']}"
@@ -412,6 +437,9 @@ def replot(a: argparse.Namespace) -> None:
     if long:
         long["table_markdown"] = table(long["results"], target)
         print("\n" + long["table_markdown"])
+    for server in report.get("server_optimizers", {}).values():
+        server["table_markdown"] = table(server["results"], target)
+        print(f"\n{server['label']}\n" + server["table_markdown"])
     if a.png:
         plot(report["results"], report["settings"]["rounds"], Path(a.png), long)
         print(f"plot: {shown(a.png)}")
@@ -429,6 +457,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--long-only", default="topk_ef_0.01,powersgd_r2,powersgd_r2_cold2", help="(dense always)"
+    )
+    ap.add_argument(
+        "--server",
+        action="store_true",
+        help=f"also run dense and {SERVER_ONLY} under each server optimizer of SERVERS",
     )
     ap.add_argument("--target-acc", type=float, default=0.9, help="for 'round/bytes to' columns")
     ap.add_argument(
@@ -491,6 +524,13 @@ def main() -> None:
         long_md = table(long_results, a.target_acc)
         print("\n" + long_md + "\n")
         long = {"rounds": a.long_rounds, "results": long_results, "table_markdown": long_md}
+    servers = {}
+    for key, label, server in SERVERS if a.server else []:
+        print(f"\nW's clients and compressors, {label} instead of FedAvg (not W; no headline)")
+        server_results = run_all(pick(SERVER_ONLY.split(",")), a.rounds, a, server)
+        server_md = table(server_results, a.target_acc)
+        print("\n" + server_md + "\n")
+        servers[key] = {"label": label, "results": server_results, "table_markdown": server_md}
 
     headline: dict[str, Any] = {}
     # The issue's keys are the paper's PowerSGD (one warm-started step); the 2-iteration cold
@@ -536,6 +576,7 @@ def main() -> None:
         "results": results,
         "table_markdown": md,
         "long_run": long,
+        "server_optimizers": servers,
         "targets": targets,
         "headline": headline,
     }
