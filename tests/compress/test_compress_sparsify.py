@@ -340,11 +340,11 @@ BIG = 2**19  # the smallest CPU vector on which top_k_indices filters candidates
 def test_top_k_indices_on_large_vectors_is_exactly_torch_topk(
     extra: int, ratio: float, seed: int
 ) -> None:
-    mag = torch.randn(BIG + extra, generator=gen(seed), dtype=torch.float64).abs()  # no ties
-    k = max(1, int(ratio * mag.numel()))
-    got = top_k_indices(mag, k)
+    x = torch.randn(BIG + extra, generator=gen(seed), dtype=torch.float64)  # no ties
+    k = max(1, int(ratio * x.numel()))
+    got = top_k_indices(x, k)  # by magnitude: negative entries count as much as positive
     assert got.numel() == k
-    assert set(got.tolist()) == set(torch.topk(mag, k).indices.tolist())
+    assert set(got.tolist()) == set(torch.topk(x.abs(), k).indices.tolist())
 
 
 def test_top_k_indices_falls_back_when_the_sample_misleads() -> None:
@@ -357,10 +357,10 @@ def test_top_k_indices_falls_back_when_the_sample_misleads() -> None:
 
 
 def test_top_k_indices_with_ties_and_nan_keeps_what_torch_topk_keeps() -> None:
-    mag = torch.randint(0, 50, (BIG,), generator=gen(2)).double()  # many ties
-    mag[123_457] = float("nan")
+    x = torch.randint(-50, 50, (BIG,), generator=gen(2)).double()  # many ties, both signs
+    x[123_457] = float("nan")
     k = 30_000
-    got = top_k_indices(mag, k)
+    got = top_k_indices(x, k)
     assert got.unique().numel() == k and 123_457 in set(got.tolist())
-    ref = torch.topk(mag, k).values
-    assert torch.equal(mag[got].sort().values[:-1], ref.sort().values[:-1])  # NaN sorts last
+    ref = torch.topk(x.abs(), k).values
+    assert torch.equal(x[got].abs().sort().values[:-1], ref.sort().values[:-1])  # NaN last

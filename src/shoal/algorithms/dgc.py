@@ -63,7 +63,13 @@ from shoal.algorithms.base import LocalWork, check_lr
 from shoal.compress._common import as_shapes, check_flat, mix
 from shoal.compress.base import Payload
 from shoal.compress.layerwise import Layerwise, skip_1d
-from shoal.compress.sparsify import DGCTopK, sparse_decompress, sparse_indices, sparse_payload
+from shoal.compress.sparsify import (
+    DGCTopK,
+    flat_nonzero,
+    sparse_decompress,
+    sparse_indices,
+    sparse_payload,
+)
 from shoal.compress.wire import payload_nbytes
 from shoal.types import ClientState, Message, ServerState
 
@@ -100,7 +106,7 @@ class Nonzeros:
 
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
-        index_K = x_D.nonzero().view(-1)
+        index_K = flat_nonzero(x_D != 0)
         sparse = sparse_payload(x_D[index_K], index_K, x_D.numel())
         dense = {"values": x_D}
         return (sparse if payload_nbytes(sparse) < payload_nbytes(dense) else dense), state
