@@ -2,7 +2,7 @@
 
 - ``top_k``: keep the k entries of largest magnitude (Aji & Heafield 2017; Stich, Cordonnier,
   Jaggi 2018, "Sparsified SGD with memory"), exactly: ``torch.topk`` on ``|x|``, or on a large
-  CPU vector :func:`top_k_indices`' candidate filter first (same set, 2-5x faster).
+  CPU vector :func:`top_k_indices`' candidate filter first (same set, ~5x faster).
 - ``random_k``: keep k entries chosen uniformly without replacement (Stich et al. 2018,
   Wangni et al. 2018). Indices never travel: they are regenerated from a seed and a per-call
   step counter, both in the payload. Two flavours: ``unbiased=False`` sends ``x_i`` (biased,
