@@ -244,6 +244,20 @@ def test_dgc_threshold_rule_matches_the_reference(case: str) -> None:
         assert ours.numel() == int((imp >= ours_thr).sum())
 
 
+@pytest.mark.parametrize("ratio", [0.0005, 0.001, 0.01])
+def test_dgc_select_on_a_signed_vector_of_several_chunks_matches_the_reference(
+    ratio: float,
+) -> None:
+    """dgc_select ranks |x| (it builds its mask a chunk at a time): on a signed 700,001-entry
+    vector, the reference transcription run on |x| gives the same threshold and set."""
+    x = torch.randn(700_001, generator=gen(4)) * torch.rand(700_001, generator=gen(5))
+    plan = dgc_plan(x.numel(), ratio, 0.01)
+    ours, ours_thr = dgc_select(x, plan, start=7)
+    ref, ref_thr = reference_sparsify(x.abs(), reference_plan(x.numel(), ratio, 0.01), 7)
+    assert torch.equal(ours_thr, ref_thr)
+    assert torch.equal(ours.sort().values, ref.sort().values)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     d=st.integers(3_000, 60_000),

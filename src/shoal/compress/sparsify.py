@@ -34,7 +34,7 @@ Shape suffixes: ``D`` flat parameters, ``K`` kept entries.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -166,9 +166,27 @@ def flat_nonzero(mask_D: torch.Tensor) -> torch.Tensor:
     return mask_D.nonzero().view(-1)
 
 
+_CHUNK = 2**18  # entries whose |x| is computed at a time (1 MiB of float32)
+
+
+def magnitude_mask(
+    x_D: torch.Tensor, compare: Callable[..., torch.Tensor], threshold: torch.Tensor
+) -> torch.Tensor:
+    """``compare(|x_D|, threshold)`` (``torch.ge``, ``torch.lt``) as a boolean mask.
+
+    On the CPU ``|x|`` is computed a cache-sized chunk at a time: ``|x|`` of a whole 10M
+    vector is a fresh 40 MB allocation whose page faults cost more than the arithmetic.
+    """
+    if x_D.device.type != "cpu":
+        return compare(x_D.abs(), threshold)
+    mask_D = torch.empty(x_D.numel(), dtype=torch.bool)
+    for x_C, mask_C in zip(x_D.split(_CHUNK), mask_D.split(_CHUNK)):
+        compare(x_C.abs(), threshold, out=mask_C)
+    return mask_D
+
+
 _FILTER_SAMPLE = 2**17  # entries sampled to place the candidate threshold
 _FILTER_MARGIN = 1.5  # the threshold admits ~1.5 k candidates
-_FILTER_CHUNK = 2**18  # entries whose |x| is computed at a time (1 MiB of float32)
 
 
 def top_k_indices(x_D: torch.Tensor, k: int) -> torch.Tensor:
@@ -189,14 +207,9 @@ def top_k_indices(x_D: torch.Tensor, k: int) -> torch.Tensor:
     sample = x_D[:: d // _FILTER_SAMPLE].abs()
     rank = min(sample.numel(), math.ceil(k / d * sample.numel() * _FILTER_MARGIN) + 1)
     threshold = torch.topk(sample, rank, sorted=False).values.min()
-    # The mask is built a cache-sized chunk at a time: |x| of the whole vector would be a
-    # fresh d-entry allocation (page faults cost more than the arithmetic). "Not below" rather
-    # than ">=": NaN is a candidate too (torch.topk ranks it above every number, and so must
-    # we).
-    mask_D = torch.empty(d, dtype=torch.bool)
-    for x_C, mask_C in zip(x_D.split(_FILTER_CHUNK), mask_D.split(_FILTER_CHUNK)):
-        torch.lt(x_C.abs(), threshold, out=mask_C)
-    candidates = flat_nonzero(mask_D.logical_not_())
+    # "Not below" rather than ">=": NaN is a candidate too (torch.topk ranks it above every
+    # number, and so must we).
+    candidates = flat_nonzero(magnitude_mask(x_D, torch.lt, threshold).logical_not_())
     if candidates.numel() < k:
         return torch.topk(x_D.abs(), k, sorted=False).indices
     return candidates[torch.topk(x_D[candidates].abs(), k, sorted=False).indices]
@@ -335,7 +348,7 @@ def dgc_plan(numel: int, ratio: float, sample_ratio: float) -> DGCPlan:
 
 
 def dgc_select(
-    importance_D: torch.Tensor,
+    x_D: torch.Tensor,
     plan: DGCPlan,
     start: int,
     upper_bound: float = 1.3,
@@ -344,26 +357,26 @@ def dgc_select(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DGC's threshold rule (``DGCCompressor._sparsify`` with ``resample=True``).
 
-    Returns ``(index_K, threshold)``. The threshold is the smallest of the top
-    ``top_k_samples`` of the strided sample ``importance[start::stride]``; then, at most
+    Importance is ``|x_D|``. Returns ``(index_K, threshold)``. The threshold is the smallest
+    of the top ``top_k_samples`` of the strided sample ``|x[start::stride]|``; then, at most
     ``max_adaptation_iters`` times: more than ``upper_bound * k`` candidates -> exact top-k
     among the candidates, stop; more than k -> stop; fewer than ``lower_bound * k`` ->
     ``threshold *= lower_bound`` and reselect.
     """
     k = plan.num_selects
-    samples = importance_D[start :: plan.sample_stride]
+    samples = x_D[start :: plan.sample_stride].abs()
     threshold = torch.topk(samples, plan.top_k_samples, sorted=False).values.min()
-    index_K = flat_nonzero(importance_D >= threshold)
+    index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, threshold))
     for _ in range(max_adaptation_iters):
         n = index_K.numel()
         if n > k:
             if n > upper_bound * k:
-                index_K = index_K[torch.topk(importance_D[index_K], k, sorted=False).indices]
+                index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
             break
         if n >= lower_bound * k:
             break
         threshold = threshold * lower_bound
-        index_K = flat_nonzero(importance_D >= threshold)
+        index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, threshold))
     return index_K, threshold
 
 
@@ -416,15 +429,14 @@ class DGCTopK(_Sparse):
         if d == 0:
             return sparse_payload(x_D, x_D.new_zeros(0, dtype=torch.long), 0), next_state(state)
         plan = dgc_plan(d, self.ratio, self.sample_ratio)
-        importance_D = x_D.abs()
         k = plan.num_selects
         if plan.num_samples == d:
-            index_K = torch.topk(importance_D, k, sorted=False).indices
+            index_K = torch.topk(x_D.abs(), k, sorted=False).indices
         else:
             g = generator(seed, step, "cpu")
             start = int(torch.randint(0, plan.sample_stride, (1,), generator=g))
             index_K, _ = dgc_select(
-                importance_D,
+                x_D,
                 plan,
                 start,
                 self.upper_bound,
@@ -432,7 +444,7 @@ class DGCTopK(_Sparse):
                 self.max_adaptation_iters,
             )
             if index_K.numel() > self.upper_bound * k:
-                index_K = index_K[torch.topk(importance_D[index_K], k, sorted=False).indices]
+                index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
         return sparse_payload(x_D[index_K], index_K, d), next_state(state)
 
 
