@@ -21,7 +21,10 @@ a longer run of a few configurations (not W: no headline), with the round and th
 each first reaches 90%. ``--server`` runs dense, top-k EF 1% and PowerSGD rank 2 again with a
 server optimizer (FedAvgM, server momentum 0.9, server lr 1 and 2) in place of FedAvg's plain
 average, each compressed run against dense under the same server optimizer: how much of the
-gap is a smaller step that a server optimizer would make up (not W: no headline). The headline
+gap is a smaller step that a server optimizer would make up (not W: no headline).
+``--participation 25,50,100`` runs them again with more clients sampled per round (W: 10 of
+100, so a client uploads about twice in 20 rounds): how much of the gap is error feedback's
+residual waiting at clients that are rarely sampled (not W: no headline). The headline
 compares final accuracies of W as defined (20 rounds).
 
 Configurations whose global model turns NaN are reported as diverged (with the round), not
@@ -31,7 +34,8 @@ machine shared with other jobs two threads ran 13x slower whenever another proce
     python benchmarks/accuracy_vs_bytes.py --json out.json               # W, 25 configs, ~12 min
     python benchmarks/accuracy_vs_bytes.py --quick                       # dense, top-k EF, PowerSGD
     python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 --server \
-        --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~20 min
+        --participation 25,50,100 \
+        --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~30 min
     python benchmarks/accuracy_vs_bytes.py --list                        # configuration keys
 """
 
@@ -58,6 +62,7 @@ from shoal.compress.low_rank import PowerSGD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PNG = REPO / "docs" / "img" / "accuracy_vs_bytes.png"
+W_ROUNDS = 20
 LAST = 5  # rounds averaged in the "mean of the last rounds" column
 EF = C.error_feedback
 
@@ -126,7 +131,7 @@ CONFIGS: list[tuple[str, str, str, Factory]] = [
      lambda s: EF(C.count_sketch(_width(s, 0.1)))),
 ]  # fmt: skip
 QUICK = ["dense", "topk_ef_0.01", "powersgd_r2"]
-SERVER_ONLY = "topk_ef_0.01,powersgd_r2,powersgd_r2_cold2"
+VARIANT_ONLY = "topk_ef_0.01,powersgd_r2,powersgd_r2_cold2"
 
 
 def _fedavgm(server_lr: float) -> Callable[[], Any]:
@@ -151,10 +156,15 @@ def _width(shapes: tuple[torch.Size, ...], fraction: float) -> int:
 
 
 def run_one(
-    factory: Factory, rounds: int, data_dir: str, server: Callable[[], Any] | None = None
+    factory: Factory,
+    rounds: int,
+    data_dir: str,
+    server: Callable[[], Any] | None = None,
+    per_round: int = 10,
 ) -> dict[str, Any]:
     """One run of W with ``factory(shapes)`` compressing the uploads (``server()``: another
-    algorithm than W's FedAvg, for the server optimizer table)."""
+    algorithm than W's FedAvg, for the server optimizer table; ``per_round``: clients sampled
+    per round, 10 in W, for the participation table)."""
     from shoal.algorithms.base import LocalWork
     from shoal.algorithms.fedavg import fedavg
     from shoal.functional import ParamSpec, init_params
@@ -167,7 +177,7 @@ def run_one(
     compressor = factory(ParamSpec.of(model).shapes)
     cfg = TrainConfig(
         rounds=rounds,
-        sampler=ClientSampler(10),
+        sampler=ClientSampler(per_round),
         work=LocalWork(epochs=wl.EPOCHS, batch_size=wl.BATCH_SIZE),
         seed=wl.SCHEDULE_SEED,
         device="cpu",
@@ -211,11 +221,12 @@ def run_all(
     rounds: int,
     a: argparse.Namespace,
     server: Callable[[], Any] | None = None,
+    per_round: int = 10,
 ) -> dict[str, dict[str, Any]]:
     """Every chosen configuration, then drops and byte ratios against ``dense``."""
     results: dict[str, dict[str, Any]] = {}
     for key, family, label, factory in chosen:
-        r = run_one(factory, rounds, a.data_dir, server)
+        r = run_one(factory, rounds, a.data_dir, server, per_round)
         results[key] = {"label": label, "family": family, **r}
         if r["diverged_at_round"]:
             what = f"diverged (NaN) in round {r['diverged_at_round']}"
@@ -238,6 +249,21 @@ def run_all(
         r["rounds_to_target"] = None if hit is None else hit + 1
         r["bytes_to_target"] = None if hit is None else r["cum_uplink_bytes"][hit]
     return results
+
+
+def run_variant(
+    label: str,
+    instead: str,
+    a: argparse.Namespace,
+    server: Callable[[], Any] | None = None,
+    per_round: int = 10,
+) -> dict[str, Any]:
+    """Dense and the VARIANT_ONLY compressors with one thing of W changed (not W: no headline)."""
+    print(f"\nW's clients and compressors, {label} {instead} (not W; no headline)")
+    results = run_all(pick(VARIANT_ONLY.split(",")), a.rounds, a, server, per_round)
+    md = table(results, a.target_acc)
+    print("\n" + md + "\n")
+    return {"label": label, "results": results, "table_markdown": md}
 
 
 def human(n: float) -> str:
@@ -437,18 +463,34 @@ def replot(a: argparse.Namespace) -> None:
     if long:
         long["table_markdown"] = table(long["results"], target)
         print("\n" + long["table_markdown"])
-    for server in report.get("server_optimizers", {}).values():
-        server["table_markdown"] = table(server["results"], target)
-        print(f"\n{server['label']}\n" + server["table_markdown"])
+    for section in ("server_optimizers", "participation"):
+        for variant in report.get(section, {}).values():
+            variant["table_markdown"] = table(variant["results"], target)
+            print(f"\n{variant['label']}\n" + variant["table_markdown"])
     if a.png:
         plot(report["results"], report["settings"]["rounds"], Path(a.png), long)
         print(f"plot: {shown(a.png)}")
     a.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
+def clients_per_round(text: str) -> list[int]:
+    """``--participation``'s value: comma-separated counts of clients sampled per round."""
+    try:
+        counts = [int(m) for m in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 25,50,100, got {text!r}"
+        ) from None
+    if bad := [m for m in counts if not 1 <= m <= wl.NUM_CLIENTS]:
+        raise argparse.ArgumentTypeError(f"clients per round must be in 1..{wl.NUM_CLIENTS}: {bad}")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=20, help="rounds of W (20 as defined)")
+    ap.add_argument(
+        "--rounds", type=int, default=W_ROUNDS, help=f"rounds of W ({W_ROUNDS} as defined)"
+    )
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--only", help="comma-separated configuration keys (dense is always run)")
     ap.add_argument("--all", action="store_true", help=f"also {', '.join(EXTRA)}")
@@ -461,7 +503,14 @@ def main() -> None:
     ap.add_argument(
         "--server",
         action="store_true",
-        help=f"also run dense and {SERVER_ONLY} under each server optimizer of SERVERS",
+        help=f"also run dense and {VARIANT_ONLY} under each server optimizer of SERVERS",
+    )
+    ap.add_argument(
+        "--participation",
+        type=clients_per_round,
+        default=[],
+        metavar="M,M,...",
+        help=f"also run dense and {VARIANT_ONLY} with M clients per round (e.g. 25,50,100)",
     )
     ap.add_argument("--target-acc", type=float, default=0.9, help="for 'round/bytes to' columns")
     ap.add_argument(
@@ -524,13 +573,14 @@ def main() -> None:
         long_md = table(long_results, a.target_acc)
         print("\n" + long_md + "\n")
         long = {"rounds": a.long_rounds, "results": long_results, "table_markdown": long_md}
-    servers = {}
-    for key, label, server in SERVERS if a.server else []:
-        print(f"\nW's clients and compressors, {label} instead of FedAvg (not W; no headline)")
-        server_results = run_all(pick(SERVER_ONLY.split(",")), a.rounds, a, server)
-        server_md = table(server_results, a.target_acc)
-        print("\n" + server_md + "\n")
-        servers[key] = {"label": label, "results": server_results, "table_markdown": server_md}
+    servers = {
+        key: run_variant(label, "instead of FedAvg", a, server=server)
+        for key, label, server in (SERVERS if a.server else [])
+    }
+    participation = {
+        f"{m}_per_round": run_variant(f"{m} clients per round", "instead of 10", a, per_round=m)
+        for m in a.participation
+    }
 
     headline: dict[str, Any] = {}
     # The issue's keys are the paper's PowerSGD (one warm-started step); the 2-iteration cold
@@ -540,21 +590,24 @@ def main() -> None:
         ("powersgd_r2", "powersgd_r2"),
         ("powersgd_r2_cold2", "powersgd_r2_cold2"),
     ]
+    is_w = a.rounds == W_ROUNDS  # the headline and the targets are W's, as defined
     for name, key in keys:
-        if key in results:
+        if is_w and key in results:
             headline[f"{name}_acc_drop"] = results[key]["acc_drop_pts"]
             headline[f"{name}_byte_reduction"] = results[key]["byte_reduction"]
     targets = {}
-    if "topk_ef_0.01" in results:
+    if is_w and "topk_ef_0.01" in results:
         r = results["topk_ef_0.01"]
         targets["topk_ef_0.01"] = {
             "within_1_point": r["acc_drop_pts"] is not None and r["acc_drop_pts"] <= 1.0,
             "at_least_50x_fewer_bytes": r["byte_reduction"] is not None
             and r["byte_reduction"] >= 50.0,
         }
-    if "powersgd_r2" in results:
+    if is_w and "powersgd_r2" in results:
         drop = results["powersgd_r2"]["acc_drop_pts"]
         targets["powersgd_r2"] = {"within_1_point": drop is not None and drop <= 1.0}
+    if not is_w:
+        print(f"--rounds {a.rounds}: not W ({W_ROUNDS} rounds), so no headline and no targets")
     for key, t in targets.items():
         print(f"target {key}: {', '.join(f'{k}={v}' for k, v in t.items())}")
     if a.png:
@@ -577,6 +630,7 @@ def main() -> None:
         "table_markdown": md,
         "long_run": long,
         "server_optimizers": servers,
+        "participation": participation,
         "targets": targets,
         "headline": headline,
     }
