@@ -101,7 +101,7 @@ def test_error_feedback_eventually_sends_everything() -> None:
 
 
 @pytest.mark.parametrize(
-    "inner", [qsgd(2, seed=1), scaled_sign(), identity()], ids=lambda c: c.name
+    "inner", [qsgd(8, bucket_size=64, seed=1), scaled_sign(), identity()], ids=lambda c: c.name
 )
 def test_error_feedback_residual_is_the_compression_error(inner: Compressor) -> None:
     x = torch.randn(64, generator=gen(2))

@@ -16,6 +16,7 @@ from shoal.compress.base import (
     Payload,
     identity,
     init_for_worker,
+    is_contractive,
     is_homomorphic,
     tensor_bytes,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "identity",
     "index_dtype",
     "init_for_worker",
+    "is_contractive",
     "is_homomorphic",
     "layerwise",
     "lgreco_powersgd",

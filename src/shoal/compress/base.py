@@ -19,6 +19,13 @@ Compressors whose payloads can be added without decompressing (Jang, Na, Yoon 20
 and ``sum_payloads(payloads) -> payload`` with ``decompress(sum_payloads(ps))`` equal to
 ``sum(decompress(p) for p in ps)`` (each class says whether bit for bit or up to rounding).
 
+Compressors also say whether they are *contractive*, ``E||x - C(x)||^2 <= ||x||^2`` for every
+``x`` (:func:`is_contractive`): the premise of error feedback's analysis (Stich, Cordonnier,
+Jaggi 2018; Karimireddy et al. 2019 ask for a strict ``(1 - delta)`` factor), under which the
+residual never outgrows what it accumulated. Sparsifiers, casts, scaled sign, natural
+compression and PowerSGD's projection are; the unbiased quantizers with a large variance, the
+rescaled random-k and the count sketch's estimate are not, and :func:`error_feedback` warns.
+
 Shape suffixes: ``D`` flat parameters, ``K`` kept entries.
 """
 
@@ -63,6 +70,13 @@ class Homomorphic(Compressor, Protocol):
 def is_homomorphic(compressor: Any) -> bool:
     """Whether ``compressor`` declares ``homomorphic = True`` (wrappers forward the flag)."""
     return bool(getattr(compressor, "homomorphic", False))
+
+
+def is_contractive(compressor: Any) -> bool | None:
+    """Whether ``compressor`` declares ``E||x - C(x)||^2 <= ||x||^2`` for every ``x``
+    (``contractive``; wrappers forward it); ``None`` when it does not say."""
+    flag = getattr(compressor, "contractive", None)
+    return None if flag is None else bool(flag)
 
 
 def init_for_worker(compressor: Compressor, x_D: torch.Tensor, worker: int, *stream: int) -> Any:
@@ -122,6 +136,7 @@ class Identity:
 
     name: str = "identity"
     homomorphic: ClassVar[bool] = True
+    contractive: ClassVar[bool] = True
 
     def init(self, x_D: torch.Tensor) -> None:
         return None

@@ -13,6 +13,7 @@ Payloads are not declared homomorphic: summing in half precision loses the bits 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -27,6 +28,7 @@ class Cast:
 
     dtype: torch.dtype
     output_dtype: torch.dtype = torch.float32
+    contractive: ClassVar[bool] = True  # relative rounding error < 2^-8 (finite range)
 
     def __post_init__(self) -> None:
         for what, dt in (("dtype", self.dtype), ("output_dtype", self.output_dtype)):

@@ -16,12 +16,18 @@ A compressor may offer ``residual(accumulated_D, payload)``, the same difference
 in place in ``accumulated_D`` (which error feedback allocates per call and owns); the
 sparsifiers do, zeroing the sent entries instead of decompressing and subtracting.
 
+Error feedback assumes a contractive compressor, ``E||x - C(x)||^2 <= ||x||^2``
+(:func:`shoal.compress.is_contractive`); wrapping one that declares otherwise (QSGD with few
+levels per bucket, TernGrad, rescaled random-k, the count sketch) warns, since its residual can
+grow without bound (a count sketch under error feedback diverged on workload W).
+
 The residual starts at zero. DGC's momentum correction and factor masking, which also touch the
 residual, belong to the algorithm (they need the optimizer's momentum).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +35,7 @@ from typing import Any
 import torch
 
 from shoal.compress._common import check_flat, init_with_seed
-from shoal.compress.base import Compressor, Payload, is_homomorphic
+from shoal.compress.base import Compressor, Payload, is_contractive, is_homomorphic
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,15 @@ class ErrorFeedback:
             raise TypeError(
                 f"error_feedback wraps a compressor (init/compress/decompress/nbytes), got "
                 f"{type(self.inner).__name__}"
+            )
+        if is_contractive(self.inner) is False:
+            warnings.warn(
+                f"error_feedback({self.inner.name}): this compressor is not contractive "
+                "(E||x - C(x)||^2 can exceed ||x||^2), so the residual can grow from one "
+                "message to the next and training diverge. Send its messages without error "
+                "feedback, or wrap a contractive compressor (top_k, scaled_sign, powersgd, "
+                "natural_compression, ...).",
+                stacklevel=4,  # the caller of error_feedback(...)
             )
 
     @property

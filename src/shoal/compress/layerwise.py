@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from shoal.compress._common import as_shapes, check_flat, init_with_seed, mix
-from shoal.compress.base import Compressor, Payload, add_all, check_same, is_homomorphic
+from shoal.compress.base import (
+    Compressor,
+    Payload,
+    add_all,
+    check_same,
+    is_contractive,
+    is_homomorphic,
+)
 from shoal.compress.wire import payload_nbytes
 
 
@@ -54,6 +61,10 @@ class Layerwise:
     @property
     def homomorphic(self) -> bool:
         return is_homomorphic(self.inner)
+
+    @property
+    def contractive(self) -> bool | None:
+        return is_contractive(self.inner)
 
     @property
     def shared_seed(self) -> bool:

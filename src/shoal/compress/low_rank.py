@@ -87,6 +87,7 @@ class PowerSGD:
     power_iterations: int = 1
     warm_start: bool = True
     homomorphic: ClassVar[bool] = True
+    contractive: ClassVar[bool] = True  # P P^T M with orthonormal P: a projection
     shared_seed: ClassVar[bool] = True
     """Every worker starts from the same query Q, as the all-reduce needs."""
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
@@ -115,6 +115,12 @@ class QSGD(_Stochastic):
         return f"qsgd(levels={self.levels})"
 
     @property
+    def contractive(self) -> bool:
+        """Lemma 3.1's variance bound ``min(b/s^2, sqrt(b)/s)`` (bucket length b) is <= 1,
+        i.e. ``s^2 >= b``; without buckets b is the whole message, unknown here."""
+        return self.bucket_size is not None and self.levels**2 >= self.bucket_size
+
+    @property
     def bits(self) -> int:
         return code_bits(2 * self.levels + 1)
 
@@ -156,6 +162,7 @@ class TernGrad(_Stochastic):
 
     bucket_size: int | None = None
     seed: int = 0
+    contractive: ClassVar[bool] = False  # E||x - C(x)||^2 = max|x| ||x||_1 - ||x||^2
 
     def __post_init__(self) -> None:
         _check_bucket_size(self.bucket_size, "terngrad")
@@ -194,6 +201,8 @@ class ScaledSign:
 
     Payload: ``signs`` (bit 1 for ``x_i >= 0``, packed 8 per byte), ``scale`` (0-d), ``size``.
     """
+
+    contractive: ClassVar[bool] = True  # ||x - C(x)||^2 = ||x||^2 - ||x||_1^2 / d
 
     @property
     def name(self) -> str:
@@ -236,6 +245,7 @@ class NaturalCompression(_Stochastic):
     """
 
     seed: int = 0
+    contractive: ClassVar[bool] = True  # E||x - C(x)||^2 <= ||x||^2 / 8
 
     @property
     def name(self) -> str:

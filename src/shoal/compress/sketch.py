@@ -45,6 +45,7 @@ class CountSketch:
     depth: int = 3
     seed: int = 0
     homomorphic: ClassVar[bool] = True
+    contractive: ClassVar[bool] = False  # each estimate carries its bucket-mates' mass
     shared_seed: ClassVar[bool] = True
     """The hashes must agree for sketches to add up (they come from ``seed``, not the state)."""
 

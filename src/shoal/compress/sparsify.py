@@ -103,6 +103,8 @@ def sparse_decompress(payload: Payload) -> torch.Tensor:
 class _Sparse:
     """Shared decompress / nbytes of the (values, indices, size) payload."""
 
+    contractive: ClassVar[bool] = True  # sends exact copies of some entries, zeros the rest
+
     def decompress(self, payload: Payload) -> torch.Tensor:
         return sparse_decompress(payload)
 
@@ -269,6 +271,12 @@ class RandomK:
     @property
     def name(self) -> str:
         return f"random_k(ratio={self.ratio}{', unbiased' if self.unbiased else ''})"
+
+    @property
+    def contractive(self) -> bool:
+        """Unscaled, a subset of exact entries; scaled by d/k, ``E||x - C(x)||^2 =
+        (d/k - 1)||x||^2``."""
+        return not self.unbiased or self.ratio >= 0.5
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
         return seed_state(self.seed if seed is None else seed, check_flat(x_D, self.name).device)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from shoal.compress._common import as_shapes, check_flat, init_with_seed, mix, smallest_int_dtype
-from shoal.compress.base import Compressor, Payload
+from shoal.compress.base import Compressor, Payload, is_contractive
 from shoal.compress.layerwise import skip_1d
 from shoal.compress.lgreco.knapsack import knapsack
 from shoal.compress.wire import entry_nbytes, payload_nbytes
@@ -85,6 +85,12 @@ class LGreCo:
     @property
     def name(self) -> str:
         return f"lgreco({self.family}, uniform={self.uniform})"
+
+    @property
+    def contractive(self) -> bool | None:
+        """Every level's compressor is (False if one is not, None if one does not say)."""
+        flags = {is_contractive(self.build(level, torch.Size([2, 2]))) for level in self.levels}
+        return False if False in flags else None if None in flags else True
 
     @cached_property
     def _blocks(self) -> tuple[tuple[int, int, torch.Size, bool], ...]:
