@@ -2,9 +2,10 @@
 
 A compressor that declares ``contractive`` must satisfy ``E||x - C(x)||^2 <= ||x||^2`` on every
 input tried (the mean over draws for the stochastic ones); one that declares it is not must
-break it on an ordinary Gaussian vector. Error feedback warns exactly for the latter, and the
-warning is earned: with a constant input, a non-expansive compressor's residual grows at most
-linearly (``||e_t|| <= t ||x||``), while the flagged ones' grows geometrically.
+break it on an ordinary Gaussian vector (TernGrad with short buckets: on its worst case). Error
+feedback warns exactly for the latter, and the warning is earned: with a constant input, a
+non-expansive compressor's residual grows at most linearly (``||e_t|| <= t ||x||``), while the
+flagged ones' grows geometrically.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CONTRACTIVE: list[Compressor] = [
     random_k(0.1),
     random_k(0.6, unbiased=True),
     qsgd(32, bucket_size=512),
+    terngrad(bucket_size=4),
+    terngrad(bucket_size=9),
     scaled_sign(),
     natural_compression(),
     powersgd(SHAPES, 2),
@@ -61,10 +64,19 @@ NOT_CONTRACTIVE: list[Compressor] = [
     qsgd(4),  # buckets of 512: s^2 = 16 < 512
     qsgd(4, bucket_size=None),  # one bucket of the whole message
     terngrad(),
+    terngrad(bucket_size=64),
     random_k(0.1, unbiased=True),
     count_sketch(100),
     layerwise(qsgd(2), SHAPES),
 ]
+
+
+def _worst_for_terngrad(b: int) -> torch.Tensor:
+    """Buckets of one 1 and ``b - 1`` entries at ``(sqrt(b) - 1) / (b - 1)``: TernGrad's error
+    is then ``(sqrt(b) - 1) / 2 ||x||^2``, its largest."""
+    bucket = torch.full((b,), (b**0.5 - 1) / (b - 1))
+    bucket[0] = 1.0
+    return bucket.repeat(D // b + 1)[:D]
 
 
 def _inputs() -> list[torch.Tensor]:
@@ -73,7 +85,14 @@ def _inputs() -> list[torch.Tensor]:
     heavy = torch.distributions.StudentT(1.5).sample((D,))  # Cauchy-like tails
     sparse = torch.zeros(D)
     sparse[torch.randperm(D, generator=g)[:20]] = torch.randn(20, generator=g) * 100
-    return [gaussian, heavy, sparse, torch.full((D,), -0.25), torch.zeros(D)]
+    return [
+        gaussian,
+        heavy,
+        sparse,
+        _worst_for_terngrad(4),
+        torch.full((D,), -0.25),
+        torch.zeros(D),
+    ]
 
 
 def _mean_error(c: Compressor, x: torch.Tensor, draws: int) -> float:
@@ -97,9 +116,11 @@ def test_declared_contractive_compressors_do_not_expand(c: Compressor) -> None:
 
 
 @pytest.mark.parametrize("c", NOT_CONTRACTIVE, ids=lambda c: c.name)
-def test_declared_non_contractive_compressors_expand_a_gaussian_vector(c: Compressor) -> None:
+def test_declared_non_contractive_compressors_expand_some_vector(c: Compressor) -> None:
     assert is_contractive(c) is False
-    x = _inputs()[0]
+    # A Gaussian vector, or TernGrad's worst case where its buckets are short (a Gaussian
+    # bucket of 64 entries is not expanded: 0.9 ||x||^2).
+    x = _worst_for_terngrad(64) if c == terngrad(bucket_size=64) else _inputs()[0]
     assert _mean_error(c, x, draws=16) > 1.5 * float(x.double().pow(2).sum()), c.name
 
 

@@ -162,10 +162,16 @@ class TernGrad(_Stochastic):
 
     bucket_size: int | None = None
     seed: int = 0
-    contractive: ClassVar[bool] = False  # E||x - C(x)||^2 = max|x| ||x||_1 - ||x||^2
 
     def __post_init__(self) -> None:
         _check_bucket_size(self.bucket_size, "terngrad")
+
+    @property
+    def contractive(self) -> bool:
+        """``E||x - C(x)||^2 = max|x| ||x||_1 - ||x||^2`` per bucket of length b, at worst
+        ``(sqrt(b) - 1) / 2 ||x||^2`` (one entry at the max, the others at ``(sqrt(b) - 1) /
+        (b - 1)`` of it): at most ``||x||^2`` for buckets of up to 9 entries."""
+        return self.bucket_size is not None and self.bucket_size <= 9
 
     @property
     def name(self) -> str:
