@@ -70,8 +70,10 @@ def test_top_k_ratio_rounding_and_k_cap() -> None:
     assert top_k(k=1000).compress(x, None)[0]["values"].numel() == 100
 
 
-def test_threshold_is_its_definition() -> None:
-    x = torch.randn(1000, generator=gen(1))
+@pytest.mark.parametrize("d", [1000, 3 * 2**18 + 5])  # the second spans several |x| chunks
+def test_threshold_is_its_definition(d: int) -> None:
+    x = torch.randn(d, generator=gen(1))
+    x[[0, d // 2, d - 1]] = torch.tensor([0.7, -math.inf, math.nan])  # tie, inf, NaN
     c = threshold(0.7)
     payload, _ = c.compress(x, None)
     expected = torch.where(x.abs() >= 0.7, x, torch.zeros_like(x))

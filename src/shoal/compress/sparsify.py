@@ -172,7 +172,7 @@ _CHUNK = 2**18  # entries whose |x| is computed at a time (1 MiB of float32)
 
 
 def magnitude_mask(
-    x_D: torch.Tensor, compare: Callable[..., torch.Tensor], threshold: torch.Tensor
+    x_D: torch.Tensor, compare: Callable[..., torch.Tensor], threshold: torch.Tensor | float
 ) -> torch.Tensor:
     """``compare(|x_D|, threshold)`` (``torch.ge``, ``torch.lt``) as a boolean mask.
 
@@ -236,7 +236,7 @@ class Threshold(_Sparse):
 
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
-        index_K = flat_nonzero(x_D.abs() >= self.tau)
+        index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, self.tau))
         return sparse_payload(x_D[index_K], index_K, x_D.numel()), state
 
 
