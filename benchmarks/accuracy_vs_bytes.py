@@ -24,8 +24,11 @@ average, each compressed run against dense under the same server optimizer: how 
 gap is a smaller step that a server optimizer would make up (not W: no headline).
 ``--participation 25,50,100`` runs them again with more clients sampled per round (W: 10 of
 100, so a client uploads about twice in 20 rounds): how much of the gap is error feedback's
-residual waiting at clients that are rarely sampled (not W: no headline). The headline
-compares final accuracies of W as defined (20 rounds).
+residual waiting at clients that are rarely sampled (not W: no headline). ``--seeds 1,2,3,4``
+runs them and the 1% count sketch again with other seeds for the initial weights, client
+sampling and minibatches (W's partition kept), and tabulates each drop's mean and standard
+deviation over W's seed and these: how far one seed's 20-round figures can be trusted (not W:
+no headline). The headline compares final accuracies of W as defined (20 rounds).
 
 Configurations whose global model turns NaN are reported as diverged (with the round), not
 dropped. Timing is not the point here: one torch thread by default, because on this 2-core
@@ -34,8 +37,8 @@ machine shared with other jobs two threads ran 13x slower whenever another proce
     python benchmarks/accuracy_vs_bytes.py --json out.json               # W, 25 configs, ~12 min
     python benchmarks/accuracy_vs_bytes.py --quick                       # dense, top-k EF, PowerSGD
     python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 --server \
-        --participation 25,50,100 \
-        --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~30 min
+        --participation 25,50,100 --seeds 1,2,3,4 \
+        --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~35 min
     python benchmarks/accuracy_vs_bytes.py --list                        # configuration keys
 """
 
@@ -132,6 +135,7 @@ CONFIGS: list[tuple[str, str, str, Factory]] = [
 ]  # fmt: skip
 QUICK = ["dense", "topk_ef_0.01", "powersgd_r2"]
 VARIANT_ONLY = "topk_ef_0.01,powersgd_r2,powersgd_r2_cold2"
+SEEDS_ONLY = VARIANT_ONLY + ",sketch_0.01"
 
 
 def _fedavgm(server_lr: float) -> Callable[[], Any]:
@@ -161,10 +165,12 @@ def run_one(
     data_dir: str,
     server: Callable[[], Any] | None = None,
     per_round: int = 10,
+    seed: int = wl.SCHEDULE_SEED,
 ) -> dict[str, Any]:
     """One run of W with ``factory(shapes)`` compressing the uploads (``server()``: another
     algorithm than W's FedAvg, for the server optimizer table; ``per_round``: clients sampled
-    per round, 10 in W, for the participation table)."""
+    per round, 10 in W, for the participation table; ``seed``: the initial weights, client
+    sampling and minibatches, 0 in W, for the seed table; the partition stays W's)."""
     from shoal.algorithms.base import LocalWork
     from shoal.algorithms.fedavg import fedavg
     from shoal.functional import ParamSpec, init_params
@@ -173,13 +179,13 @@ def run_one(
     from shoal.train import TrainConfig, train
 
     data, clients = wl.load(data_dir)
-    model, p0 = init_params(lambda: wl.build_model("cnn"), wl.INIT_SEED)
+    model, p0 = init_params(lambda: wl.build_model("cnn"), seed)
     compressor = factory(ParamSpec.of(model).shapes)
     cfg = TrainConfig(
         rounds=rounds,
         sampler=ClientSampler(per_round),
         work=LocalWork(epochs=wl.EPOCHS, batch_size=wl.BATCH_SIZE),
-        seed=wl.SCHEDULE_SEED,
+        seed=seed,
         device="cpu",
         progress=False,
         client_eval=False,
@@ -222,11 +228,12 @@ def run_all(
     a: argparse.Namespace,
     server: Callable[[], Any] | None = None,
     per_round: int = 10,
+    seed: int = wl.SCHEDULE_SEED,
 ) -> dict[str, dict[str, Any]]:
     """Every chosen configuration, then drops and byte ratios against ``dense``."""
     results: dict[str, dict[str, Any]] = {}
     for key, family, label, factory in chosen:
-        r = run_one(factory, rounds, a.data_dir, server, per_round)
+        r = run_one(factory, rounds, a.data_dir, server, per_round, seed)
         results[key] = {"label": label, "family": family, **r}
         if r["diverged_at_round"]:
             what = f"diverged (NaN) in round {r['diverged_at_round']}"
@@ -257,10 +264,12 @@ def run_variant(
     a: argparse.Namespace,
     server: Callable[[], Any] | None = None,
     per_round: int = 10,
+    seed: int = wl.SCHEDULE_SEED,
+    keys: str = VARIANT_ONLY,
 ) -> dict[str, Any]:
-    """Dense and the VARIANT_ONLY compressors with one thing of W changed (not W: no headline)."""
+    """Dense and the ``keys`` compressors with one thing of W changed (not W: no headline)."""
     print(f"\nW's clients and compressors, {label} {instead} (not W; no headline)")
-    results = run_all(pick(VARIANT_ONLY.split(",")), a.rounds, a, server, per_round)
+    results = run_all(pick(keys.split(",")), a.rounds, a, server, per_round, seed)
     md = table(results, a.target_acc)
     print("\n" + md + "\n")
     return {"label": label, "results": results, "table_markdown": md}
@@ -463,27 +472,57 @@ def replot(a: argparse.Namespace) -> None:
     if long:
         long["table_markdown"] = table(long["results"], target)
         print("\n" + long["table_markdown"])
-    for section in ("server_optimizers", "participation"):
+    for section in ("server_optimizers", "participation", "seeds"):
         for variant in report.get(section, {}).values():
             variant["table_markdown"] = table(variant["results"], target)
             print(f"\n{variant['label']}\n" + variant["table_markdown"])
+    if report.get("seeds"):
+        report["seeds_table_markdown"] = seed_table(report["results"], report["seeds"])
+        print("\nAcross seeds\n\n" + report["seeds_table_markdown"])
     if a.png:
         plot(report["results"], report["settings"]["rounds"], Path(a.png), long)
         print(f"plot: {shown(a.png)}")
     a.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
-def clients_per_round(text: str) -> list[int]:
-    """``--participation``'s value: comma-separated counts of clients sampled per round."""
-    try:
-        counts = [int(m) for m in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like 25,50,100, got {text!r}"
-        ) from None
-    if bad := [m for m in counts if not 1 <= m <= wl.NUM_CLIENTS]:
-        raise argparse.ArgumentTypeError(f"clients per round must be in 1..{wl.NUM_CLIENTS}: {bad}")
-    return counts
+def seed_table(w: dict[str, dict[str, Any]], seeds: dict[str, dict[str, Any]]) -> str:
+    """Markdown: dense's accuracy and each compressor's drop for W's seed and every other one,
+    with their mean and sample standard deviation (diverged runs are left out of both)."""
+    others = [(v["label"].removeprefix("seed "), v["results"]) for v in seeds.values()]
+    runs = [("0 (W)", w), *others]
+    keys = [k for k in runs[-1][1] if k != "dense" and all(k in r for _, r in runs)]
+    head = "| seed | " + " | ".join(name for name, _ in runs) + " | mean | sd |"
+    lines = [head, "|---|" + "---:|" * (len(runs) + 2)]
+
+    def row(label: str, values: list[float | None]) -> None:
+        ok = [v for v in values if v is not None]
+        cells = ["div." if v is None else f"{v:.1f}" for v in values]
+        mean = f"{statistics.fmean(ok):.1f}" if ok else "–"
+        sd = f"{statistics.stdev(ok):.1f}" if len(ok) > 1 else "–"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {sd} |")
+
+    for field, what in (("final_accuracy", "final"), ("mean_last5_accuracy", f"last-{LAST} mean")):
+        row(f"dense, {what} acc %", [100 * r["dense"][field] for _, r in runs])
+    for k in keys:
+        for field, what in (("acc_drop_pts", "final"), ("mean_last5_drop_pts", f"last-{LAST}")):
+            row(f"{w[k]['label']}: drop, {what}", [r[k][field] for _, r in runs])
+    return "\n".join(lines)
+
+
+def int_list(lo: int, hi: int, what: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers in ``lo..hi``."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(m) for m in text.split(",")]
+        except ValueError:
+            msg = f"expected comma-separated integers, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if bad := [m for m in values if not lo <= m <= hi]:
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}: {bad}")
+        return values
+
+    return parse
 
 
 def main() -> None:
@@ -507,10 +546,18 @@ def main() -> None:
     )
     ap.add_argument(
         "--participation",
-        type=clients_per_round,
+        type=int_list(1, wl.NUM_CLIENTS, "clients per round"),
         default=[],
         metavar="M,M,...",
         help=f"also run dense and {VARIANT_ONLY} with M clients per round (e.g. 25,50,100)",
+    )
+    ap.add_argument(
+        "--seeds",
+        type=int_list(1, 2**31 - 1, "seeds (0 is W's)"),
+        default=[],
+        metavar="S,S,...",
+        help=f"also run dense and {SEEDS_ONLY} with seed S for the initial weights, client "
+        "sampling and minibatches (W's partition), and a table of the drops' spread",
     )
     ap.add_argument("--target-acc", type=float, default=0.9, help="for 'round/bytes to' columns")
     ap.add_argument(
@@ -581,6 +628,15 @@ def main() -> None:
         f"{m}_per_round": run_variant(f"{m} clients per round", "instead of 10", a, per_round=m)
         for m in a.participation
     }
+    seeds = {
+        f"seed_{s}": run_variant(
+            f"seed {s}", "instead of 0 (weights, sampling, batches)", a, seed=s, keys=SEEDS_ONLY
+        )
+        for s in a.seeds
+    }
+    seeds_md = seed_table(results, seeds) if seeds else None
+    if seeds_md:
+        print("\nAcross seeds (W's partition):\n\n" + seeds_md + "\n")
 
     headline: dict[str, Any] = {}
     # The issue's keys are the paper's PowerSGD (one warm-started step); the 2-iteration cold
@@ -631,6 +687,8 @@ def main() -> None:
         "long_run": long,
         "server_optimizers": servers,
         "participation": participation,
+        "seeds": seeds,
+        "seeds_table_markdown": seeds_md,
         "targets": targets,
         "headline": headline,
     }
