@@ -20,7 +20,7 @@ from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, apply_overrides, dumps, load, loads, resolve
 from shoal.report import human_bytes, plot_runs
-from shoal.runtime.procgroup import in_distributed_env
+from shoal.runtime.procgroup import in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
 
 CONFIG = "config.toml"
@@ -185,7 +185,12 @@ def _distributed_run(args: argparse.Namespace) -> int:
         cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
     resume = (bool(args.resume) or restarted) and _resumable(cfg, out)
-    execute(cfg, out, resume=resume, progress=not args.quiet)
+    done = False
+    try:
+        execute(cfg, out, resume=resume, progress=not args.quiet)
+        done = True
+    finally:
+        shutdown(barrier=done)
     return 0
 
 

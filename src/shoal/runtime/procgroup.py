@@ -10,7 +10,12 @@ here: 3 of 7 plain restarts failed or hung). Each attempt therefore gets its own
 ``/shoal/attempt_<TORCHELASTIC_RESTART_COUNT>`` (6 of 6 restarts succeeded).
 
 A dead peer must not hang the survivors: every collective runs under ``timeout_s`` (gloo
-raises when it expires), and :func:`describe_failure` turns the error into one line.
+raises when it expires), the survivors exit, and ``shoal launch`` names the rank that died.
+
+Leaving: a process must destroy its group before it exits. One that exits with a live gloo
+group can abort in interpreter teardown (SIGABRT, "terminate called without an active
+exception", pytorch/pytorch#190489), and the agent then reports a finished run as failed
+(seen once in this project's CI, on a restarted worker). :func:`shutdown` does it.
 """
 
 from __future__ import annotations
@@ -90,15 +95,12 @@ def init_from_env(
     return DistContext(rank, world, local_rank, dev, backend, attempt)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def describe_failure(err: BaseException, ctx: DistContext) -> str:
-    """One line for a collective that failed because a peer died or stalled."""
-    return (
-        f"rank {ctx.rank}/{ctx.world_size}: a collective failed ({type(err).__name__}: "
-        f"{str(err).splitlines()[0] if str(err) else 'no message'}); a peer process most "
-        "likely died or stalled past the timeout — see the launcher's log for which rank exited"
-    )
+def shutdown(barrier: bool = False) -> None:
+    """Leave the group (see the module docstring). ``barrier``: first wait until every rank
+    is done, so that all leave together; only after a run that succeeded, since after a
+    failure a peer may never arrive."""
+    if not dist.is_initialized():
+        return
+    if barrier:
+        dist.barrier()
+    dist.destroy_process_group()
