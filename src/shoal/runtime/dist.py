@@ -16,7 +16,8 @@ collectively:
 
 The server update then runs identically on every rank; only rank 0 evaluates and writes files.
 Processes are started by ``shoal launch`` / ``torchrun`` (or
-:func:`shoal.runtime.spawn.spawn_local`); gloo on CPU, NCCL on GPU.
+:func:`shoal.runtime.spawn.spawn_local`); gloo on CPU, NCCL on GPU. Each leaves the group
+with :func:`shoal.runtime.procgroup.shutdown` before it exits (``shoal run`` does).
 """
 
 from __future__ import annotations
