@@ -28,7 +28,8 @@ residual waiting at clients that are rarely sampled (not W: no headline). ``--se
 runs them and the 1% count sketch again with other seeds for the initial weights, client
 sampling and minibatches (W's partition kept), and tabulates each drop's mean and standard
 deviation over W's seed and these: how far one seed's 20-round figures can be trusted (not W:
-no headline). The headline compares final accuracies of W as defined (20 rounds).
+no headline); ``--long-seeds`` does the same for the ``--long-rounds`` run. The headline
+compares final accuracies of W as defined (20 rounds).
 
 Configurations whose global model turns NaN are reported as diverged (with the round), not
 dropped. Timing is not the point here: one torch thread by default, because on this 2-core
@@ -39,6 +40,9 @@ machine shared with other jobs two threads ran 13x slower whenever another proce
     python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 --server \
         --participation 25,50,100 --seeds 1,2,3,4 \
         --json benchmarks/results/accuracy_vs_bytes.json                 # as committed, ~35 min
+    python benchmarks/accuracy_vs_bytes.py --only topk_ef_0.01,powersgd_r2,powersgd_r2_cold2 \
+        --long-rounds 100 --long-seeds 1,2,3,4 --png '' \
+        --json benchmarks/results/accuracy_vs_bytes_long_seeds.json     # ~30 min
     python benchmarks/accuracy_vs_bytes.py --list                        # configuration keys
 """
 
@@ -266,10 +270,12 @@ def run_variant(
     per_round: int = 10,
     seed: int = wl.SCHEDULE_SEED,
     keys: str = VARIANT_ONLY,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """Dense and the ``keys`` compressors with one thing of W changed (not W: no headline)."""
     print(f"\nW's clients and compressors, {label} {instead} (not W; no headline)")
-    results = run_all(pick(keys.split(",")), a.rounds, a, server, per_round, seed)
+    rounds = a.rounds if rounds is None else rounds
+    results = run_all(pick(keys.split(",")), rounds, a, server, per_round, seed)
     md = table(results, a.target_acc)
     print("\n" + md + "\n")
     return {"label": label, "results": results, "table_markdown": md}
@@ -472,13 +478,17 @@ def replot(a: argparse.Namespace) -> None:
     if long:
         long["table_markdown"] = table(long["results"], target)
         print("\n" + long["table_markdown"])
-    for section in ("server_optimizers", "participation", "seeds"):
-        for variant in report.get(section, {}).values():
+    for section in ("server_optimizers", "participation", "seeds", "long_seeds"):
+        for variant in (report.get(section) or {}).values():
             variant["table_markdown"] = table(variant["results"], target)
             print(f"\n{variant['label']}\n" + variant["table_markdown"])
-    if report.get("seeds"):
-        report["seeds_table_markdown"] = seed_table(report["results"], report["seeds"])
-        print("\nAcross seeds\n\n" + report["seeds_table_markdown"])
+    for section, base in (
+        ("seeds", report["results"]),
+        ("long_seeds", (long or {}).get("results")),
+    ):
+        if report.get(section):
+            report[f"{section}_table_markdown"] = seed_table(base, report[section])
+            print(f"\nAcross seeds ({section})\n\n" + report[f"{section}_table_markdown"])
     if a.png:
         plot(report["results"], report["settings"]["rounds"], Path(a.png), long)
         print(f"plot: {shown(a.png)}")
@@ -559,6 +569,13 @@ def main() -> None:
         help=f"also run dense and {SEEDS_ONLY} with seed S for the initial weights, client "
         "sampling and minibatches (W's partition), and a table of the drops' spread",
     )
+    ap.add_argument(
+        "--long-seeds",
+        type=int_list(1, 2**31 - 1, "seeds (0 is W's)"),
+        default=[],
+        metavar="S,S,...",
+        help="as --seeds, for dense and --long-only over --long-rounds rounds",
+    )
     ap.add_argument("--target-acc", type=float, default=0.9, help="for 'round/bytes to' columns")
     ap.add_argument(
         "--threads",
@@ -575,6 +592,8 @@ def main() -> None:
         "--replot", action="store_true", help="redraw table and plot from --json, no training"
     )
     a = ap.parse_args()
+    if a.long_seeds and not a.long_rounds:
+        ap.error("--long-seeds needs --long-rounds N (the horizon of the seeds' runs)")
     if a.replot:
         return replot(a)
     if a.list:
@@ -637,6 +656,20 @@ def main() -> None:
     seeds_md = seed_table(results, seeds) if seeds else None
     if seeds_md:
         print("\nAcross seeds (W's partition):\n\n" + seeds_md + "\n")
+    long_seeds = {
+        f"seed_{s}": run_variant(
+            f"seed {s}",
+            f"instead of 0, {a.long_rounds} rounds",
+            a,
+            seed=s,
+            keys=a.long_only,
+            rounds=a.long_rounds,
+        )
+        for s in a.long_seeds
+    }
+    long_seeds_md = seed_table(long["results"], long_seeds) if long and long_seeds else None
+    if long_seeds_md:
+        print(f"\nAcross seeds, {a.long_rounds} rounds:\n\n" + long_seeds_md + "\n")
 
     headline: dict[str, Any] = {}
     # The issue's keys are the paper's PowerSGD (one warm-started step); the 2-iteration cold
@@ -689,6 +722,8 @@ def main() -> None:
         "participation": participation,
         "seeds": seeds,
         "seeds_table_markdown": seeds_md,
+        "long_seeds": long_seeds,
+        "long_seeds_table_markdown": long_seeds_md,
         "targets": targets,
         "headline": headline,
     }
