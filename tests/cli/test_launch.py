@@ -69,9 +69,9 @@ def test_killed_worker_without_restarts_fails_fast_naming_the_rank(tmp_path):
 def test_a_finished_worker_leaves_its_process_group(tmp_path, monkeypatch):
     # A worker that exits with a live gloo group can abort in interpreter teardown (SIGABRT)
     # and fail a finished job (seen in CI on a restarted worker): the run destroys it first.
-    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    for name, value in {**env, "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(name, value)
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
     try:
         assert shoal("run", write_config(tmp_path, rounds=1), "--out", tmp_path / "o") == 0
         assert (tmp_path / "o" / "model.pt").is_file()  # it really ran as a worker
