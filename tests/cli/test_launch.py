@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from cli_helpers import shoal, write_config
 
+from shoal.cli.launch import _AgentLog
 from shoal.runtime.spawn import free_port
 
 
@@ -64,6 +65,34 @@ def test_killed_worker_without_restarts_fails_fast_naming_the_rank(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("shoal: error: rank 1 failed with exit code -9"), last
     assert time.monotonic() - started < 120  # bounded, not a hang
+    # Neither the survivor (its broken collective is one line) nor torchrun's agent prints a
+    # traceback; the agent's failure table stays.
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Root Cause" in proc.stderr
+
+
+AGENT_TRACEBACK = """Traceback (most recent call last):
+  File "torch/distributed/run.py", line 1028, in main
+    run(args)
+    ^^^^^^^^^
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+"""
+OTHER_TRACEBACK = """Traceback (most recent call last):
+  File "torch/distributed/run.py", line 1028, in main
+ValueError: bad rendezvous endpoint
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_launch_drops_only_the_agents_own_traceback(capsys, debug):
+    log = _AgentLog(verbose=debug)
+    text = "W1122 agent log line\n" + AGENT_TRACEBACK + "=====\nrank : 1\n" + OTHER_TRACEBACK
+    for line in text.splitlines(keepends=True):
+        log.write(line)
+    log.flush()
+    err = capsys.readouterr().err
+    want = text if debug else text.replace(AGENT_TRACEBACK, "")
+    assert err == want
 
 
 def test_a_finished_worker_leaves_its_process_group(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ the rank that died and its exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -28,6 +29,33 @@ from shoal.runtime.spawn import free_port
 # torchrun's failure report names the rank and exit code of the first worker that failed.
 _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+
+
+class _AgentLog:
+    """torchrun's stderr, passed through without the agent's own traceback.
+
+    When a worker fails, the agent raises ``ChildFailedError`` and prints its Python traceback
+    (a dozen lines inside torch) before the failure table that says which rank failed and how;
+    only the table is news. Any other traceback passes through (``SHOAL_DEBUG=1``: all)."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.held: list[str] = []
+
+    def write(self, line: str) -> None:
+        if not self.held and (self.verbose or not line.startswith("Traceback (most recent")):
+            sys.stderr.write(line)
+            return
+        self.held.append(line)
+        if line.startswith(_AGENT_FAILED):
+            self.held = []  # the agent's traceback: dropped
+        elif not line.startswith((" ", "Traceback")):
+            self.flush()  # an exception line that is not the agent's: the whole traceback
+
+    def flush(self) -> None:
+        sys.stderr.writelines(self.held)
+        self.held = []
 
 
 def add_parser(sub: Any) -> None:
@@ -103,12 +131,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     ranks: list[str] = []
     codes: list[str] = []
     assert proc.stderr is not None
+    log = _AgentLog(verbose=bool(os.environ.get("SHOAL_DEBUG")))
     for line in proc.stderr:  # pass torchrun's log through, noting who failed
-        sys.stderr.write(line)
+        log.write(line)
         if m := _FAILED_RANK.search(line):
             ranks.append(m.group(1))
         if (m := _EXIT_CODE.search(line)) and len(codes) < len(ranks):
             codes.append(m.group(1))
+    log.flush()
     rc = proc.wait()
     if rc != 0:
         # torchrun's root cause is the failure it observed first; when a worker is killed its

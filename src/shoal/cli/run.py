@@ -20,7 +20,7 @@ from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, apply_overrides, dumps, load, loads, resolve
 from shoal.report import human_bytes, plot_runs
-from shoal.runtime.procgroup import in_distributed_env, shutdown
+from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
 
 CONFIG = "config.toml"
@@ -171,7 +171,9 @@ def _fault_injection() -> Callable[[dict[str, Any]], None] | None:
 
 def _distributed_run(args: argparse.Namespace) -> int:
     """A worker of `shoal launch` / torchrun: every rank shares ``--out``; rank 0 writes it.
-    After an elastic restart the workers continue from the checkpoint."""
+    After an elastic restart the workers continue from the checkpoint. A collective broken by
+    a dead peer ends this worker with one line (``PeerFailure``), not a traceback: the
+    launcher's report names the rank that died."""
     if args.resume:
         out = Path(args.resume)
         cfg = resolve(load(out / CONFIG), CATALOG)
@@ -189,6 +191,10 @@ def _distributed_run(args: argparse.Namespace) -> int:
     try:
         execute(cfg, out, resume=resume, progress=not args.quiet)
         done = True
+    except RuntimeError as e:
+        if (lost := as_peer_failure(e, _rank())) is None:
+            raise
+        raise lost from e
     finally:
         shutdown(barrier=done)
     return 0

@@ -11,6 +11,9 @@ here: 3 of 7 plain restarts failed or hung). Each attempt therefore gets its own
 
 A dead peer must not hang the survivors: every collective runs under ``timeout_s`` (gloo
 raises when it expires), the survivors exit, and ``shoal launch`` names the rank that died.
+:func:`as_peer_failure` turns the survivors' broken collectives into one-line
+:class:`PeerFailure` errors (gloo raises them as plain ``RuntimeError`` exceptions whose text starts
+with its source location and ends in generic advice).
 
 Leaving: a process must destroy its group before it exits. One that exits with a live gloo
 group can abort in interpreter teardown (SIGABRT, "terminate called without an active
@@ -21,6 +24,7 @@ exception", pytorch/pytorch#190489), and the agent then reports a finished run a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -104,3 +108,27 @@ def shutdown(barrier: bool = False) -> None:
     if barrier:
         dist.barrier()
     dist.destroy_process_group()
+
+
+class PeerFailure(ConnectionError):
+    """A collective broke: a peer died, closed its connection or stopped responding."""
+
+
+# gloo's errors start with the C++ source location: "[.../gloo/transport/tcp/pair.cc:537] ".
+_GLOO_SOURCE = re.compile(r"^\[[^\]]*\bgloo\b[^\]]*\]\s*")
+
+
+def as_peer_failure(e: BaseException, rank: int) -> PeerFailure | None:
+    """``e`` as a one-line :class:`PeerFailure` if it is a broken collective (torch's
+    ``DistError`` family, or gloo's transport errors), else ``None``."""
+    text = " ".join(str(e).split())
+    gloo = _GLOO_SOURCE.match(text)
+    if gloo is None and not isinstance(e, dist.DistError):
+        return None
+    # The first sentence says what broke; gloo's next ones are advice that fits any failure.
+    reason = text[gloo.end() :] if gloo else text
+    reason = reason.split(". ")[0].rstrip(".") or type(e).__name__
+    return PeerFailure(
+        f"rank {rank}: a collective failed ({reason}); another worker has probably died or "
+        "stopped responding"
+    )
