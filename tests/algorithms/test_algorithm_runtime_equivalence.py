@@ -36,6 +36,10 @@ from shoal.runtime.fused import linear_chain
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import Stragglers
 
+# Every algorithm runs with the same LocalWork; FedSGD's warning that it uses its own is
+# expected here (tests/algorithms/test_fedavg_family.py checks that it is given).
+pytestmark = pytest.mark.filterwarnings("ignore:fedsgd fixes its own local work")
+
 ALGORITHMS = [
     fedavg(0.1),
     fedsgd(0.1),

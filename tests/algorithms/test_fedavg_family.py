@@ -54,8 +54,10 @@ def test_fedsgd_is_full_batch_gd_on_pooled_loss(problem, run):
     model = problem.model()
     x, y = problem.rows()
     expected = full_batch_gd(model, x, y, lr=0.5, steps=3)
-    # The run's LocalWork asks for minibatch epochs; FedSGD must override it.
-    res = run(problem, fedsgd(0.5), rounds=3, model=model, work=LocalWork(epochs=3, batch_size=2))
+    # The run's LocalWork asks for minibatch epochs; FedSGD must override it, and say so.
+    work = LocalWork(epochs=3, batch_size=2)
+    with pytest.warns(UserWarning, match="fedsgd fixes its own local work .* is ignored"):
+        res = run(problem, fedsgd(0.5), rounds=3, model=model, work=work)
     torch.testing.assert_close(res.params, expected, rtol=0, atol=1e-6)
 
 

@@ -12,6 +12,10 @@ from shoal.runtime.spawn import spawn_local
 
 from .dist_cases import cases, run, worker
 
+# Every algorithm runs with the same LocalWork; FedSGD's warning that it uses its own is
+# expected here (tests/algorithms/test_fedavg_family.py checks that it is given).
+pytestmark = pytest.mark.filterwarnings("ignore:fedsgd fixes its own local work")
+
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, torch.Tensor]:
