@@ -22,7 +22,7 @@ def test_a_gloo_transport_error_is_one_line_naming_what_broke():
     lost = as_peer_failure(RuntimeError(GLOO_RESET), rank=0)
     assert isinstance(lost, PeerFailure) and isinstance(lost, ConnectionError)
     text = str(lost)
-    assert text.startswith("rank 0: a collective failed (Read error [127.0.0.1]:14997: ")
+    assert text.startswith("rank 0: communication failed (Read error [127.0.0.1]:14997: ")
     assert "Connection reset by peer" in text and "died" in text
     assert "pair.cc" not in text and "typically" not in text and "\n" not in text
 
@@ -51,4 +51,4 @@ def _outlive_a_peer() -> tuple[str, str | None]:
 def test_a_real_collective_without_its_peer_becomes_a_peer_failure():
     (raw, lost), _ = spawn_local(_outlive_a_peer, 2, timeout_s=90)
     assert lost is not None, raw
-    assert lost.startswith("rank 0: a collective failed ("), lost
+    assert lost.startswith("rank 0: communication failed ("), lost

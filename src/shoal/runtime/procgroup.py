@@ -129,6 +129,6 @@ def as_peer_failure(e: BaseException, rank: int) -> PeerFailure | None:
     reason = text[gloo.end() :] if gloo else text
     reason = reason.split(". ")[0].rstrip(".") or type(e).__name__
     return PeerFailure(
-        f"rank {rank}: a collective failed ({reason}); another worker has probably died or "
+        f"rank {rank}: communication failed ({reason}); another worker has probably died or "
         "stopped responding"
     )
