@@ -32,7 +32,7 @@ from shoal.attacks.label_flip import LabelFlip
 from shoal.compress.base import Compressor, identity
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
-from shoal.evaluate import distribution, per_client_accuracy, pooled, predict
+from shoal.evaluate import distribution, per_client_accuracy, pooled
 from shoal.files import atomic_save, write_metrics
 from shoal.functional import LossFn, ParamSpec, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
@@ -143,7 +143,7 @@ def train(
     config.sampler.check(len(clients))
     dev = resolve_device(config.device)
     runtime = runtime if runtime is not None else SimRuntime()
-    main = runtime.is_main  # the one process that evaluates and writes files
+    main = runtime.is_main  # the one process that writes files
     aggregator = aggregator if aggregator is not None else mean()
     if compressor is None:  # an algorithm with its own wire encoding (DGC) is charged by it
         compressor = getattr(algorithm, "default_compressor", None) or identity()
@@ -261,14 +261,15 @@ def train(
             round_s = network.federated_round(sampled, samples_W, up_W, down_W, r)
             sim += round_s
             row.update(round_sim_seconds=round_s, sim_seconds=sim)
-        if main and ((r + 1) % config.eval_every == 0 or r + 1 == config.rounds):
-            loss_n, correct_n = predict(
+        if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+            # On every process: a distributed runtime shares the test rows out.
+            loss_n, correct_n = runtime.predict(
                 model, spec, params, x_test, y_test, loss_fn, config.eval_batch_size
             )
             row["test_loss"], row["test_accuracy"] = pooled(loss_n, correct_n)
             bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", loss=f"{row['test_loss']:.3f}")
             if config.eval_train:
-                loss_n, correct_n = predict(
+                loss_n, correct_n = runtime.predict(
                     model, spec, params, x, y, loss_fn, config.eval_batch_size
                 )
                 row["global_train_loss"], row["global_train_accuracy"] = pooled(loss_n, correct_n)
@@ -302,7 +303,7 @@ def train(
     bar.close()
 
     summary = _summary(
-        model, spec, params, data, clients, loss_fn, config, rows, algorithm.name, evaluate=main
+        model, spec, params, data, clients, loss_fn, config, rows, algorithm.name, runtime
     )
     if out is not None and main:
         spec.load_into(model, params)
@@ -322,7 +323,7 @@ def _summary(
     config: TrainConfig,
     rows: list[dict[str, Any]],
     name: str,
-    evaluate: bool = True,
+    runtime: Runtime,
 ) -> dict[str, Any]:
     """Final numbers, with the distribution of per-client accuracy of the global model."""
     dev = params.device
@@ -339,10 +340,8 @@ def _summary(
         "total_downlink_bytes": rows[-1]["cum_downlink_bytes"] if rows else 0,
         "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
     }
-    if not evaluate:  # a non-main rank of a distributed run: rank 0 evaluates
-        return summary
     if config.client_eval:
-        _, correct = predict(
+        _, correct = runtime.predict(
             model,
             spec,
             params,
@@ -353,7 +352,7 @@ def _summary(
         )
         summary["client_train_accuracy"] = distribution(per_client_accuracy(correct, clients))
     if data.natural_test_clients is not None and len(data.natural_test_clients) == len(clients):
-        _, correct_t = predict(
+        _, correct_t = runtime.predict(
             model,
             spec,
             params,

@@ -85,7 +85,7 @@ class Runtime(Protocol):
 
     @property
     def is_main(self) -> bool:
-        """Whether this process evaluates and writes the run's files (one process does)."""
+        """Whether this process writes the run's files and shows progress (one process does)."""
         ...
 
     def gather_store(self, store: ClientStore) -> ClientStore:
@@ -95,6 +95,20 @@ class Runtime(Protocol):
 
     def sync(self) -> None:
         """Wait until every process got here (the main one has written the run's files)."""
+        ...
+
+    def predict(
+        self,
+        model: nn.Module,
+        spec: ParamSpec,
+        params_D: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(loss_N, correct_N)`` of the global model on ``(x, y)``, on every
+        process (:func:`shoal.evaluate.predict`; a distributed runtime shares the rows out)."""
         ...
 
 
