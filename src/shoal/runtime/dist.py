@@ -11,8 +11,8 @@ differs from simulation. Which rank trains which client:
   round's clients are spread by their local steps, longest first, each to the rank with the
   least work so far (Graham's LPT rule, within 4/3 of the best split). A round lasts as long
   as its busiest rank: on workload W's partition (10 of 100 clients per round) the busiest
-  rank does 1.25x / 1.70x / 2.07x its fair share of steps under ``k mod world`` on 2 / 4 / 8
-  ranks, 1.02x / 1.12x / 1.14x under LPT (``benchmarks/dist_balance.py``).
+  rank does 1.25x / 1.67x / 2.05x its fair share of steps under ``k mod world`` on 2 / 4 / 8
+  ranks, 1.02x / 1.12x / 1.13x under LPT (``benchmarks/dist_balance.py``).
 
 Each rank trains its share with
 :class:`~shoal.runtime.sim.SimRuntime`'s machinery, then the server's inbox is formed
