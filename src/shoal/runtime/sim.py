@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from shoal.evaluate import predict
-from shoal.functional import LossFn, ParamSpec, batch_loss
+from shoal.functional import batch_loss
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, corrects, stack_states
 from shoal.runtime.fused import fused_train, linear_chain, stacked_plan
 from shoal.runtime.inbox import Inbox
@@ -188,17 +188,7 @@ class SimRuntime:
     def sync(self) -> None:
         pass
 
-    @staticmethod
-    def predict(
-        model: nn.Module,
-        spec: ParamSpec,
-        params_D: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        loss_fn: LossFn,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict(model, spec, params_D, x, y, loss_fn, batch_size)
+    predict = staticmethod(predict)  # one process scores every row
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
