@@ -11,9 +11,9 @@ here: 3 of 7 plain restarts failed or hung). Each attempt therefore gets its own
 
 A dead peer must not hang the survivors: every collective runs under ``timeout_s`` (gloo
 raises when it expires), the survivors exit, and ``shoal launch`` names the rank that died.
-:func:`as_peer_failure` turns the survivors' broken collectives into one-line
-:class:`PeerFailure` errors (gloo raises them as plain ``RuntimeError`` exceptions whose text starts
-with its source location and ends in generic advice).
+:func:`as_peer_failure` turns the survivors' broken collectives (and store errors) into
+one-line :class:`PeerFailure` errors; gloo raises them as plain ``RuntimeError`` exceptions
+whose text starts with its source location and ends in generic advice.
 
 Leaving: a process must destroy its group before it exits. One that exits with a live gloo
 group can abort in interpreter teardown (SIGABRT, "terminate called without an active
@@ -111,7 +111,8 @@ def shutdown(barrier: bool = False) -> None:
 
 
 class PeerFailure(ConnectionError):
-    """A collective broke: a peer died, closed its connection or stopped responding."""
+    """Communication with the other processes broke (a collective or the store): a peer
+    died, closed its connection or stopped responding."""
 
 
 # gloo's errors start with the C++ source location: "[.../gloo/transport/tcp/pair.cc:537] ".
