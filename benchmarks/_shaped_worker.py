@@ -18,9 +18,10 @@ shards, with the same per-worker batch size, learning rate and momentum:
 - everything else: :func:`shoal.parallel.train_parallel` with one ``shoal.parallel``
   algorithm (see ``shoal_algorithm``).
 
-Evaluation: rank 0 evaluates on the test split every ``--eval-every`` steps; the clock that
-measures training time is stopped while it does (the other ranks wait for its verdict), so
-``time_to_target_seconds`` is training time only, for DDP and for Shoal alike (``Timed``).
+Evaluation: on the test split every ``--eval-every`` steps (DDP: rank 0, the others wait
+for its verdict; Shoal: every rank scores a slice); the clock that measures training time is
+stopped meanwhile, so ``time_to_target_seconds`` is training time only, for DDP and for Shoal
+alike (``Timed``).
 
 Wire bytes: ``tx_bytes`` is what this process's network interface sent while training, read
 from the kernel's counters (``/sys/class/net/<GLOO_SOCKET_IFNAME>/statistics``); on loopback

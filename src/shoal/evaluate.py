@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from shoal.functional import LossFn, ParamSpec
@@ -33,6 +34,33 @@ def predict(
     finally:
         model.train(was_training)
     return torch.cat(losses), torch.cat(correct)
+
+
+def predict_shared(
+    rank: int,
+    world: int,
+    model: nn.Module,
+    spec: ParamSpec,
+    params_D: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict` across the ``world`` processes of the current group, which all hold
+    the same ``params_D``: each scores a contiguous slice of the rows and one all-gather
+    gives every process all of them (on one process alone, the others would wait for it)."""
+    n = len(y)
+    per = -(-n // world)
+    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
+    mine = torch.zeros(2, per, dtype=torch.float32, device=x.device)
+    if hi > lo:  # more processes than rows leaves the last ones without any
+        loss_N, correct_N = predict(model, spec, params_D, x[lo:hi], y[lo:hi], loss_fn, batch_size)
+        mine[0, : hi - lo], mine[1, : hi - lo] = loss_N, correct_N
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    both = torch.cat(parts, dim=1)[:, :n]
+    return both[0], both[1] > 0.5
 
 
 def pooled(loss_N: torch.Tensor, correct_N: torch.Tensor) -> tuple[float, float]:

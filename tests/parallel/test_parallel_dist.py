@@ -81,6 +81,10 @@ def test_distcomm_equals_simcomm(runs):
             assert r_dist["bytes_sent"] == r_sim["bytes_sent"], name
             assert r_dist["samples"] == r_sim["samples"], name
             assert math.isclose(r_dist["train_loss"], r_sim["train_loss"], abs_tol=1e-5), name
+            # The same model is scored: the workers' average, also where gossip keeps the
+            # workers' models apart (each process scored a slice of the test set).
+            assert math.isclose(r_dist["test_loss"], r_sim["test_loss"], abs_tol=1e-5), name
+            assert r_dist["test_accuracy"] == r_sim["test_accuracy"], name
         assert all(g[name]["rows"] == [] for g in got[1:])  # only rank 0 reports
 
 

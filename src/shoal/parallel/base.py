@@ -22,8 +22,10 @@ of tensors with a leading ``W`` axis where they are per worker (momentum buffers
 weights), plus whatever else the method keeps (compressor states, a message in flight).
 
 Algorithms also say which model is evaluated: ``model(params_WD, state) -> [W, D]`` (each
-worker's model, e.g. SGP's de-biased ``z``) or ``[1, D]`` (EASGD's centre). The loop averages
-the rows in simulation and takes the first row on rank 0 in distributed mode.
+worker's model, e.g. SGP's de-biased ``z``) or ``[1, D]`` (EASGD's centre, the same on every
+process). The loop scores the average of the workers' models over all processes (or the
+centre), so simulation and distributed runs report the same numbers; a method that is
+:class:`HonestSubset` (robust gossip under attack) has it average its honest workers only.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 """
@@ -66,6 +68,16 @@ class ParallelAlgorithm(Protocol):
 
     def model(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
         """The model(s) to evaluate: ``[W, D]`` per worker, or ``[1, D]`` for a centre."""
+        ...
+
+
+@runtime_checkable
+class HonestSubset(Protocol):
+    """A method whose metrics average only some workers' models: the honest nodes, when
+    Byzantine nodes train too."""
+
+    def evaluated_W(self, state: State) -> torch.Tensor:
+        """Which local workers' models the metrics average (a boolean ``[W]``)."""
         ...
 
 

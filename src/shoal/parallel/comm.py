@@ -23,8 +23,10 @@ format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"val
 one payload per destination for point-to-point messages, and one per worker for a collective
 (the payload it contributes; how the collective library relays it, e.g. ring all-reduce's
 ``2(N-1)/N`` factor, is not counted). :class:`SimComm` counts all workers, :class:`DistComm`
-its own process; the loop sums them. ``sum_stats`` (metrics bookkeeping) and ``broadcast``
-(the initial model, once) are not counted.
+its own process; the loop sums them. Metrics bookkeeping is not counted: ``sum_stats`` (a
+few numbers summed over processes), ``average`` (the workers' mean model, which is what gets
+evaluated) and ``predict`` (the test set scored, shared among the processes); nor is
+``broadcast`` (the initial model, once).
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``K`` in-neighbour slots, ``D`` flat
 parameters.
@@ -36,9 +38,12 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from shoal.compress.base import Payload
 from shoal.compress.wire import payload_nbytes
+from shoal.evaluate import predict
+from shoal.functional import LossFn, ParamSpec
 from shoal.parallel.dist_comm import DistComm
 from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes, sum_floats
@@ -95,6 +100,26 @@ class Comm(Protocol):
 
     def broadcast(self, x_D: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``x_D`` on every process (setting up the initial model, not counted)."""
+        ...
+
+    def average(self, x_WD: torch.Tensor, keep_W: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean over all workers (or those with ``keep_W`` set) of their rows, ``x_D``, on
+        every process (the model a metrics row evaluates; not counted)."""
+        ...
+
+    def predict(
+        self,
+        model: nn.Module,
+        spec: ParamSpec,
+        params_D: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(loss_N, correct_N)`` of ``params_D`` (the same on every process) on
+        ``(x, y)``, on every process (:func:`shoal.evaluate.predict`; shared out among the
+        processes in distributed runs)."""
         ...
 
 
@@ -172,3 +197,9 @@ class SimComm:
 
     def broadcast(self, x_D: torch.Tensor) -> torch.Tensor:
         return x_D
+
+    def average(self, x_WD: torch.Tensor, keep_W: torch.Tensor | None = None) -> torch.Tensor:
+        check_rows(x_WD, self.world_size, "average")
+        return (x_WD if keep_W is None else x_WD[keep_W]).mean(0)
+
+    predict = staticmethod(predict)

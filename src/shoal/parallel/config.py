@@ -50,9 +50,9 @@ class ParallelConfig:
 
 @dataclass
 class ParallelResult:
-    """The evaluated model ``params`` (flat; the workers' average in simulation, rank 0's model
-    or the centre in distributed runs), this process's workers' final parameters and
-    algorithm state, and, on the process that reports (see ``Comm.is_main``), the metrics."""
+    """The evaluated model ``params`` (flat: the workers' average, or the centre; the same on
+    every process), this process's workers' final parameters and algorithm state, and, on
+    the process that reports (see ``Comm.is_main``), the metrics."""
 
     params: torch.Tensor
     params_WD: torch.Tensor

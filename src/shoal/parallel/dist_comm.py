@@ -21,9 +21,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from shoal.compress.base import Payload
 from shoal.compress.wire import Layout, parse_layout, payload_nbytes, serialize_layout
+from shoal.evaluate import predict_shared
+from shoal.functional import LossFn, ParamSpec
 from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes
 from shoal.runtime.procgroup import DistContext
@@ -158,6 +161,31 @@ class DistComm:
         out = x_D.detach().clone()
         dist.broadcast(out, src=0)
         return out
+
+    def average(self, x_WD: torch.Tensor, keep_W: torch.Tensor | None = None) -> torch.Tensor:
+        row_D = self._row(x_WD, "average")
+        if keep_W is None:
+            dist.all_reduce(row_D)
+            return row_D / self.world_size
+        # The kept rows' sum and their count, in one collective.
+        kept = keep_W.to(row_D.dtype).reshape(1)
+        buf = torch.cat([row_D * kept, kept])
+        dist.all_reduce(buf)
+        return buf[:-1] / buf[-1]
+
+    def predict(
+        self,
+        model: nn.Module,
+        spec: ParamSpec,
+        params_D: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: LossFn,
+        batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict_shared(
+            self.rank, self.world_size, model, spec, params_D, x, y, loss_fn, batch_size
+        )
 
     # ---- point to point ------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ all workers in one process (:class:`SimComm`) or one worker per process (:class:
 
 Every ``eval_every`` steps (and at the end) it logs a metrics row: ``step``, ``train_loss``
 (the workers' minibatch losses since the last row), ``test_loss`` / ``test_accuracy`` of the
-evaluated model (the workers' average in simulation, rank 0's model in distributed runs, the
-centre for EASGD), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
+workers' average model (the centre for EASGD; in synchronous data parallelism every worker
+holds the same model), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
 ``wall_seconds`` (training and evaluation) and ``samples_per_second`` (since the last row,
-training time only). In distributed runs the counters are summed with one small all-reduce
-per row and rank 0 evaluates and writes the files.
+training time only). In distributed runs a row costs one small all-reduce (the counters),
+one all-reduce of the parameters (the average) and one all-gather of the test scores (each
+process scores a slice); none of it is counted in ``bytes_sent``. Rank 0 writes the files.
 
 Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
 received first), the counters and the rows so far, one file per rank; ``resume=True``
@@ -38,10 +39,17 @@ from torch import nn
 from tqdm import tqdm
 
 from shoal.data.types import FederatedDataset
+from shoal.evaluate import pooled
 from shoal.files import atomic_save, write_metrics
 from shoal.functional import LossFn, ParamSpec, cross_entropy
 from shoal.parallel import records
-from shoal.parallel.base import ParallelAlgorithm, ServerAlgorithm, State, settle
+from shoal.parallel.base import (
+    HonestSubset,
+    ParallelAlgorithm,
+    ServerAlgorithm,
+    State,
+    settle,
+)
 from shoal.parallel.batches import Gradients, LocalBatches, uses_vmap
 from shoal.parallel.comm import Comm
 from shoal.parallel.config import ParallelConfig, ParallelResult
@@ -144,13 +152,19 @@ class _WorkerRun:
         self.vectorize = uses_vmap(job.model, dev, len(comm.workers))
         self.slowdown = max(config.slowdown.get(w, 1.0) for w in comm.workers)
         self.reports = comm.is_main
-        if self.reports:
-            self.x_test, self.y_test = data.test.x.to(dev), data.test.y.to(dev)
+        self.x_test, self.y_test = data.test.x.to(dev), data.test.y.to(dev)
         self.rows: list[dict[str, Any]] = []
 
     def evaluated(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
-        models = self.algorithm.model(params_WD, state)
-        return models.mean(0) if len(self.comm.workers) == self.num_workers else models[0]
+        """The workers' average model (one collective in distributed runs): gossip leaves
+        the workers apart, and the average is what the decentralized literature scores.
+        A centre (EASGD's ``[1, D]``) is the same on every process and is scored as is."""
+        alg = self.algorithm
+        models = alg.model(params_WD, state)
+        if len(models) == 1 and len(self.comm.workers) > 1:
+            return models[0]
+        keep_W = alg.evaluated_W(state) if isinstance(alg, HonestSubset) else None
+        return self.comm.average(models, keep_W)
 
     def train(self, params_D: torch.Tensor, resume: bool, asynchronous: bool) -> ParallelResult:
         cfg, comm, alg, callback = self.config, self.comm, self.algorithm, self.job.callback
@@ -245,10 +259,10 @@ class _WorkerRun:
         d_samples = samples - prog.last_samples
         d_seconds = prog.train_seconds - prog.last_train_seconds
         prog.last_samples, prog.last_train_seconds = samples, prog.train_seconds
-        row = None
-        reached = False
-        if self.reports:
-            test_loss, test_acc = records.evaluate(
+        # Every process scores its slice of the test set and all of them get every score, so
+        # all of them see the same accuracy and stop at the same step without asking rank 0.
+        test_loss, test_acc = pooled(
+            *comm.predict(
                 self.model,
                 self.spec,
                 self.evaluated(params_WD, state),
@@ -257,26 +271,27 @@ class _WorkerRun:
                 self.loss_fn,
                 cfg.eval_batch_size,
             )
-            prog.wall += time.perf_counter() - t0
-            row = {
-                "step": prog.step,
-                "train_loss": loss / count if count else None,
-                "test_loss": test_loss,
-                "test_accuracy": test_acc,
-                "bytes_sent": int(sent),
-                "samples": int(samples),
-                "wall_seconds": prog.wall,
-                "samples_per_second": d_samples / d_seconds if d_seconds > 0 else None,
-            }
-            target = cfg.target_accuracy
-            if target is not None and prog.steps_to_target is None and test_acc >= target:
-                prog.steps_to_target, prog.time_to_target_seconds = prog.step, prog.wall
-                reached = True
-            self.rows.append(row)
-            if self.out is not None:
-                records.append_metrics(self.out / records.METRICS, row)
-        # Everyone stops together: the reporting process decides, the others learn it here.
-        reached = comm.sum_stats([float(reached)])[0] > 0
+        )
+        prog.wall += time.perf_counter() - t0
+        target = cfg.target_accuracy
+        reached = target is not None and prog.steps_to_target is None and test_acc >= target
+        if reached:
+            prog.steps_to_target, prog.time_to_target_seconds = prog.step, prog.wall
+        if not self.reports:
+            return None, reached
+        row = {
+            "step": prog.step,
+            "train_loss": loss / count if count else None,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "bytes_sent": int(sent),
+            "samples": int(samples),
+            "wall_seconds": prog.wall,
+            "samples_per_second": d_samples / d_seconds if d_seconds > 0 else None,
+        }
+        self.rows.append(row)
+        if self.out is not None:
+            records.append_metrics(self.out / records.METRICS, row)
         return row, reached
 
     def _save(self, path: Path, params_WD: torch.Tensor, state: State, prog: Progress) -> None:

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from shoal.algorithms.base import StatelessClient
-from shoal.evaluate import predict
+from shoal.evaluate import predict_shared
 from shoal.functional import LossFn, ParamSpec
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask
 from shoal.runtime.inbox import Inbox
@@ -194,19 +194,11 @@ class DistRuntime:
         loss_fn: LossFn,
         batch_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each rank scores a contiguous slice of the rows; one all-gather gives every rank
-        all of them. Evaluating on rank 0 alone made the others wait for it every round."""
-        n, world = len(y), self.ctx.world_size
-        per = -(-n // world)
-        lo, hi = min(self.ctx.rank * per, n), min((self.ctx.rank + 1) * per, n)
-        mine = torch.zeros(2, per, dtype=torch.float32, device=x.device)
-        if hi > lo:  # more ranks than rows leaves the last ones without any
-            loss_N, correct_N = predict(
-                model, spec, params_D, x[lo:hi], y[lo:hi], loss_fn, batch_size
-            )
-            mine[0, : hi - lo], mine[1, : hi - lo] = loss_N, correct_N
-        both = torch.cat(_all_gather(mine, world), dim=1)[:, :n]
-        return both[0], both[1] > 0.5
+        """:func:`shoal.evaluate.predict_shared`: each rank scores a slice of the rows."""
+        ctx = self.ctx
+        return predict_shared(
+            ctx.rank, ctx.world_size, model, spec, params_D, x, y, loss_fn, batch_size
+        )
 
     def gather_store(self, store: ClientStore) -> ClientStore:
         """Rank 0 receives every rank's client states (on the CPU); others keep their own."""

@@ -47,8 +47,7 @@ Label flipping is a data attack and is not supported here.
 Runs with :class:`~shoal.parallel.SimComm` (all nodes in one process) and with
 :class:`~shoal.parallel.DistComm` (one node per process; the receiving process forges its
 Byzantine neighbours' rows, so the numbers are the same). The evaluated model is the mean of
-the honest nodes' models in simulation and rank 0's model in distributed runs (node 0 must
-then be honest).
+the honest nodes' models, in both.
 
 Shape suffixes: ``W`` local workers, ``K`` in-neighbour slots, ``H`` honest rows, ``F``
 Byzantine rows, ``D`` flat parameters.
@@ -136,6 +135,8 @@ class RobustGossip:
             bad = sorted(i for i in byz.clients if not 0 <= i < n)
             if bad:
                 raise ValueError(f"robust_gossip: Byzantine node(s) {bad} not in 0..{n - 1}")
+            if len(byz.clients) >= n:
+                raise ValueError("robust_gossip: every node is Byzantine; none is left to train")
 
     @property
     def byzantine_nodes(self) -> frozenset[int]:
@@ -143,23 +144,20 @@ class RobustGossip:
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         check_topology("robust_gossip", self.topology, comm)
-        bad = self.byzantine_nodes
-        distributed = len(comm.workers) < comm.world_size
-        if distributed and 0 in bad:
-            raise ValueError(
-                "robust_gossip: rank 0 evaluates its own model in distributed runs; "
-                "make node 0 honest (choose other Byzantine ids)"
-            )
-        honest = [w not in bad for w in comm.workers]
-        evaluate = [True] * len(honest) if distributed else honest
-        state: State = {"evaluate_W": torch.tensor(evaluate, device=params_WD.device)}
+        honest = [w not in self.byzantine_nodes for w in comm.workers]
+        state: State = {"honest_W": torch.tensor(honest, device=params_WD.device)}
         if self.momentum:
             state["momentum_WD"] = torch.zeros_like(params_WD)
         return state
 
-    def model(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
-        """The honest nodes' models (simulation) or this process's (distributed)."""
-        return params_WD[state["evaluate_W"]]
+    @staticmethod
+    def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        return params_WD
+
+    @staticmethod
+    def evaluated_W(state: State) -> torch.Tensor:
+        """The metrics score the honest nodes' average model."""
+        return state["honest_W"]
 
     def step(
         self, params_WD: torch.Tensor, grad_fn: GradFn, state: State, comm: Comm, step: int
