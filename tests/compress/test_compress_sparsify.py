@@ -14,6 +14,7 @@ from shoal.compress.sparsify import (
     DGCPlan,
     dgc_plan,
     dgc_select,
+    random_indices,
     sparse_decompress,
     sparse_indices,
     sparse_payload,
@@ -107,14 +108,16 @@ def test_random_k_sends_only_values_and_regenerates_indices() -> None:
 
 
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_random_k_expectation(unbiased: bool) -> None:
+@pytest.mark.parametrize("d, k", [(12, 3), (96, 4)], ids=["permutation", "sparse-draws"])
+def test_random_k_expectation(unbiased: bool, d: int, k: int) -> None:
     """Unbiased: E[C(x)] = x; biased: E[C(x)] = (k/d) x. Monte Carlo with a 5-sigma band.
 
     Per entry the sent value is ``a x_i`` with probability k/d, ``a = d/k`` (unbiased) or 1,
     so the variance is ``a^2 x_i^2 (k/d)(1 - k/d)`` and the mean of n draws has standard
-    error ``sqrt(var / n)``.
+    error ``sqrt(var / n)``. Both ways of drawing the indices (a permutation for dense
+    masks, deduplicated draws for sparse ones) are covered.
     """
-    d, k, n = 12, 3, 2500
+    n = 2500
     x = torch.randn(d, generator=gen(4), dtype=torch.float64)
     c = random_k(k / d, seed=5, unbiased=unbiased)
     state = c.init(x)
@@ -127,6 +130,36 @@ def test_random_k_expectation(unbiased: bool) -> None:
     target = x if unbiased else p * x
     stderr = (a**2 * x**2 * p * (1 - p) / n).sqrt()
     assert ((mean - target).abs() <= 5 * stderr + 1e-12).all()
+
+
+@pytest.mark.parametrize("d, k", [(64, 8), (1024, 10), (102_400, 1000)])
+def test_random_indices_are_k_distinct_sorted_and_uniform(d: int, k: int) -> None:
+    """The sparse draw (k <= d/8): k distinct in-range indices, the same for the same
+    (seed, step); over many steps each index is chosen with probability k/d (5 sigma)."""
+    steps = 4000 if d <= 1000 else 40
+    counts = torch.zeros(d)
+    for step in range(steps):
+        idx = random_indices(d, k, 7, step, torch.device("cpu"))
+        assert idx.numel() == k and idx.unique().numel() == k
+        assert int(idx.min()) >= 0 and int(idx.max()) < d
+        assert torch.equal(idx, idx.sort().values)
+        counts[idx] += 1
+    assert torch.equal(idx, random_indices(d, k, 7, steps - 1, torch.device("cpu")))
+    # Counts over 64 equal bins of indices (each index alone where that keeps >= 25 per bin
+    # expected): Binomial(steps * k, bin / d) within 5 sigma. A draw that favoured small
+    # indices (e.g. the first k of the sorted distinct draws) fails this.
+    bins = counts.view(64, -1).sum(1) if d >= 1000 else counts
+    p = bins.numel() ** -1
+    sigma = math.sqrt(steps * k * p * (1 - p))
+    assert ((bins - steps * k * p).abs() <= 5 * sigma).all()
+    if d == 64:  # with this much repetition, also pairs: no pair favoured or avoided
+        pairs = torch.zeros(d, d)
+        for step in range(steps):
+            idx = random_indices(d, k, 8, step, torch.device("cpu"))
+            pairs[idx[:, None], idx[None, :]] += 1
+        q = k * (k - 1) / (d * (d - 1))
+        off = ~torch.eye(d, dtype=torch.bool)
+        assert ((pairs[off] - steps * q).abs() <= 5 * math.sqrt(steps * q * (1 - q))).all()
 
 
 # ---- DGC --------------------------------------------------------------------------------
