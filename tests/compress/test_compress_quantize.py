@@ -156,6 +156,16 @@ def test_pack_codes_round_trips(bits: int, n: int, seed: int) -> None:
     packed = pack_codes(codes, bits)
     assert packed.numel() * packed.element_size() == math.ceil(n * bits / 8)
     assert torch.equal(unpack_codes(packed, bits, n), codes)
+    # Quantizers hand over integer-valued floats and read floats back: the same bytes.
+    assert torch.equal(pack_codes(codes.double(), bits), packed)
+    assert torch.equal(unpack_codes(packed, bits, n, torch.float64), codes.double())
+
+
+def test_packed_layout_by_hand() -> None:
+    # 2-bit codes 1, 2, 3, 0 | 1: first code in the low bits, the last byte zero-padded.
+    assert pack_codes(torch.tensor([1, 2, 3, 0, 1]), 2).tolist() == [1 + (2 << 2) + (3 << 4), 1]
+    assert pack_codes(torch.tensor([1, 0, 0, 1, 1, 1, 1, 0, 1]), 1).tolist() == [0b01111001, 1]
+    assert pack_codes(torch.tensor([0xA, 0x3, 0xF]), 4).tolist() == [0x3A, 0xF]
 
 
 def test_code_bits() -> None:

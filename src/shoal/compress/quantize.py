@@ -131,13 +131,16 @@ class QSGD(_Stochastic):
         x_BL = _buckets(x_D, self.bucket_size)
         norms_B = torch.linalg.vector_norm(x_BL, dim=1)
         inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))
-        r_BL = x_BL.abs() * inv_B[:, None]
+        # In place where a fresh tensor allows: each pass over the vector costs as much as
+        # the arithmetic in it.
+        r_BL = x_BL.abs().mul_(inv_B[:, None])
         low_BL = r_BL.floor()
         g = generator(seed, step, x_D.device)
         u_BL = torch.rand(x_BL.shape, generator=g, dtype=x_BL.dtype, device=x_D.device)
-        # r <= s up to rounding; the clamp only guards that rounding.
-        xi_BL = (low_BL + (u_BL < r_BL - low_BL)).clamp_max(s)
-        codes = _unbucket(xi_BL * torch.sign(x_BL), x_D.numel()).long() + s
+        # xi = l + 1 w.p. r - l; r <= s up to rounding, which the clamp guards.
+        xi_BL = low_BL.add_(u_BL < r_BL.sub_(low_BL)).clamp_max_(s)
+        # Integer-valued floats, cast once by pack_codes (no int64 pass over the vector).
+        codes = _unbucket(xi_BL.mul_(torch.sign(x_BL)).add_(s), x_D.numel())
         payload = {
             "codes": pack_codes(codes, self.bits),
             "norms": norms_B,
@@ -148,7 +151,10 @@ class QSGD(_Stochastic):
     def decompress(self, payload: Payload) -> torch.Tensor:
         d = int(payload["size"])
         norms_B = payload["norms"]
-        q_D = (unpack_codes(payload["codes"], self.bits, d) - self.levels).to(norms_B.dtype)
+        if self.bits <= 16:  # codes < 2**16: exact in the float work dtype, no int64 pass
+            q_D = unpack_codes(payload["codes"], self.bits, d, norms_B.dtype).sub_(self.levels)
+        else:
+            q_D = (unpack_codes(payload["codes"], self.bits, d) - self.levels).to(norms_B.dtype)
         q_BL = _buckets(q_D, self.bucket_size).to(norms_B.dtype)
         return _unbucket(q_BL * (norms_B[:, None] / self.levels), d)
 
@@ -185,8 +191,9 @@ class TernGrad(_Stochastic):
         inv_B = torch.where(scales_B > 0, 1 / scales_B, torch.zeros_like(scales_B))
         g = generator(seed, step, x_D.device)
         u_BL = torch.rand(x_BL.shape, generator=g, dtype=x_BL.dtype, device=x_D.device)
-        t_BL = torch.sign(x_BL) * (u_BL < x_BL.abs() * inv_B[:, None])
-        codes = _unbucket(t_BL, x_D.numel()).long() + 1
+        kept_BL = u_BL < x_BL.abs().mul_(inv_B[:, None])
+        t_BL = torch.sign(x_BL).mul_(kept_BL)
+        codes = _unbucket(t_BL.add_(1), x_D.numel())  # integer-valued floats
         payload = {
             "codes": pack_codes(codes, 2),
             "scales": scales_B,
@@ -197,7 +204,7 @@ class TernGrad(_Stochastic):
     def decompress(self, payload: Payload) -> torch.Tensor:
         d = int(payload["size"])
         scales_B = payload["scales"]
-        t_D = (unpack_codes(payload["codes"], 2, d) - 1).to(scales_B.dtype)
+        t_D = unpack_codes(payload["codes"], 2, d, scales_B.dtype).sub_(1)
         return _unbucket(_buckets(t_D, self.bucket_size).to(scales_B.dtype) * scales_B[:, None], d)
 
 
@@ -231,8 +238,8 @@ class ScaledSign:
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         scale = payload["scale"]
-        bits_D = unpack_codes(payload["signs"], 1, int(payload["size"]))
-        return (2 * bits_D - 1).to(scale.dtype) * scale
+        bits_D = unpack_codes(payload["signs"], 1, int(payload["size"]), scale.dtype)
+        return bits_D.mul_(2).sub_(1).mul_(scale)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)
@@ -278,7 +285,7 @@ class NaturalCompression(_Stochastic):
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         exponent_D = payload["exponents"].to(torch.int32)
-        negative_D = unpack_codes(payload["signs"], 1, exponent_D.numel()).bool()
+        negative_D = unpack_codes(payload["signs"], 1, exponent_D.numel(), torch.bool)
         magnitude_D = (exponent_D << 23).view(torch.float32)
         return torch.where(negative_D, -magnitude_D, magnitude_D)
 
