@@ -268,17 +268,17 @@ class NaturalCompression(_Stochastic):
         x_D = check_flat(x_D, self.name)
         seed, step = check_seed_state(state, "natural_compression")
         bits_D = x_D.to(torch.float32).contiguous().view(torch.int32)
-        exponent_D = (bits_D >> 23) & 0xFF
+        exponent_D = ((bits_D >> 23) & 0xFF).to(torch.uint8)
         mantissa_D = bits_D & (_MANTISSA - 1)
         g = generator(seed, step, x_D.device)
         u_D = torch.randint(
             0, _MANTISSA, x_D.shape, generator=g, dtype=torch.int32, device=x_D.device
         )
-        rounded_D = exponent_D + (u_D < mantissa_D).to(torch.int32)
-        # Keep inf/nan's exponent; never round a finite entry up into inf.
-        rounded_D = torch.where(exponent_D == 255, exponent_D, rounded_D.clamp_max(254))
+        # Round up w.p. m / 2^23, except from exponent 254 (a finite entry never becomes inf)
+        # or 255 (inf and nan keep theirs).
+        up_D = (u_D < mantissa_D).logical_and_(exponent_D < 254)
         payload = {
-            "exponents": rounded_D.to(torch.uint8),
+            "exponents": exponent_D.add_(up_D),
             "signs": pack_codes((bits_D < 0).to(torch.uint8), 1),
         }
         return payload, next_state(state)
