@@ -104,6 +104,20 @@ def test_natural_compression_is_unbiased_and_powers_of_two() -> None:
     assert torch.all((draws.abs() <= 2 * x64.abs()) | (x64.abs() < 2.0**-126))
 
 
+def test_natural_compression_edges_non_finite_and_the_largest_floats() -> None:
+    # Non-finite entries go as +-inf; entries in [2^127, max] always round down to 2^127,
+    # never up into inf (the one biased case, named in the module docstring).
+    x = torch.tensor([math.inf, -math.inf, math.nan, 3.3e38, -(2.0**127), -3.4e38, 1.5])
+    c = natural_compression(seed=3)
+    state = c.init(x)
+    for _ in range(50):
+        payload, state = c.compress(x, state)
+        y = c.decompress(payload)
+        assert y[:3].tolist() == [math.inf, -math.inf, math.inf]
+        assert y[3:6].tolist() == [2.0**127, -(2.0**127), -(2.0**127)]
+        assert y[6].item() in (1.0, 2.0)
+
+
 def test_natural_compression_takes_nine_bits_per_entry() -> None:
     x = torch.randn(800, generator=gen(7))
     c = natural_compression()
