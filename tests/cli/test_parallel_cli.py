@@ -56,6 +56,10 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     assert [r["step"] for r in rows] == [10, 20, 30]
     assert rows[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert rows[-1]["bytes_sent"] > 0
+    if name == "dpsgd":  # `shoal run` ends with "plot it: shoal plot <out>": that works
+        assert shoal("plot", out) == 0
+        for png in ("test_vs_steps.png", "test_vs_bytes_sent.png"):
+            assert (out / png).read_bytes()[:4] == b"\x89PNG", png
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,16 @@ def test_plot_of_a_folder_without_metrics_is_one_line(
     assert err.count("\n") == 1 and "metrics.jsonl" in err
 
 
+def test_plot_of_a_run_without_evaluations_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "early").mkdir()  # e.g. killed before its first evaluation
+    (tmp_path / "early" / "metrics.jsonl").write_text("")
+    assert shoal("plot", "early") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing to plot" in err
+
+
 def test_data_show_prints_histogram_and_writes_png(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

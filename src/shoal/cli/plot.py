@@ -15,7 +15,8 @@ def add_parser(sub: Any) -> None:
         "plot",
         help="plot test accuracy and loss of one or more runs",
         description="Plot test accuracy and test loss against rounds, cumulative uplink bytes "
-        "and (when the metrics have it) simulated time; several runs are overlaid.",
+        "and (when the metrics have it) simulated time; for data-parallel and gossip runs "
+        "against steps and bytes sent; several runs are overlaid.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders (with metrics.jsonl)")
     p.add_argument(
@@ -33,6 +34,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise UsageError(f"{d}: no such run folder")
     runs = {label: read_metrics(d) for label, d in zip(run_labels(dirs), dirs)}
     out = Path(args.out) if args.out else dirs[0] if len(dirs) == 1 else Path("plots")
-    for png in plot_runs(runs, out):
+    try:
+        pngs = plot_runs(runs, out)
+    except ValueError as e:  # e.g. a run killed before its first evaluation
+        raise UsageError(str(e)) from None
+    for png in pngs:
         print(png)
     return 0

@@ -17,12 +17,16 @@ __all__ = ["plot_label_histogram", "plot_runs"]
 
 Rows = Sequence[Mapping[str, Any]]
 
-# (metrics key, file stem, x-axis label, log-x); ``sim_seconds`` comes from a network cost
-# model (``train(network=...)``, ``[network]`` in a config) and is drawn only when present.
+# (metrics key, file stem, x-axis label, log-x); each is drawn when some run's rows have the
+# key. Federated runs log ``round`` and ``cum_uplink_bytes`` (and ``sim_seconds`` with a
+# network cost model: ``train(network=...)``, ``[network]`` in a config); data-parallel and
+# gossip runs log ``step`` and ``bytes_sent`` (every worker's, cumulative).
 _AXES = (
     ("round", "test_vs_rounds", "round", False),
     ("cum_uplink_bytes", "test_vs_uplink_bytes", "cumulative uplink (bytes, log scale)", True),
     ("sim_seconds", "test_vs_sim_time", "simulated time", False),
+    ("step", "test_vs_steps", "step", False),
+    ("bytes_sent", "test_vs_bytes_sent", "bytes sent by all workers (log scale)", True),
 )
 
 
@@ -52,8 +56,11 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
     """Test accuracy and test loss against rounds, cumulative uplink bytes and, when the
     metrics have ``sim_seconds``, simulated time; one line per run, labelled by its key.
 
-    Returns the PNG paths written into ``out_dir``.
+    Returns the PNG paths written into ``out_dir``; raises ``ValueError`` when no run has a
+    row with test metrics to draw.
     """
+    if not any(r.get("test_accuracy") is not None for rows in runs.values() for r in rows):
+        raise ValueError(f"nothing to plot: no metrics row with test_accuracy in {', '.join(runs)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
