@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec
+from shoal.functional import LossFn, ParamSpec, channels_last
 
 
 @torch.no_grad()
@@ -20,8 +20,15 @@ def predict(
     loss_fn: LossFn,
     batch_size: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(loss_N, correct_N)`` of the model with ``params_D`` on ``(x, y)``."""
+    """Per-sample ``(loss_N, correct_N)`` of the model with ``params_D`` on ``(x, y)``.
+
+    On the CPU the convolution kernels go in channels-last layout, as in training
+    (:func:`shoal.functional.channels_last`): scoring mnist5k's 1,000 test images with
+    McMahan's CNN takes about half the time.
+    """
     named = spec.unflatten(params_D)
+    if params_D.device.type == "cpu":
+        named = channels_last(named)
     was_training = model.training
     model.eval()
     losses, correct = [], []
