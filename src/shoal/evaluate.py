@@ -44,8 +44,6 @@ def predict(
 
 
 def predict_shared(
-    rank: int,
-    world: int,
     model: nn.Module,
     spec: ParamSpec,
     params_D: torch.Tensor,
@@ -54,9 +52,11 @@ def predict_shared(
     loss_fn: LossFn,
     batch_size: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`predict` across the ``world`` processes of the current group, which all hold
-    the same ``params_D``: each scores a contiguous slice of the rows and one all-gather
-    gives every process all of them (on one process alone, the others would wait for it)."""
+    """:func:`predict` across the processes of the default ``torch.distributed`` group, which
+    all hold the same ``params_D``: each scores a contiguous slice of the rows and one
+    all-gather gives every process all of them (on one process alone, the others would wait
+    for it)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     n = len(y)
     per = -(-n // world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)

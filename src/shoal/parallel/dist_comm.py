@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from shoal.compress.base import Payload
 from shoal.compress.wire import Layout, parse_layout, payload_nbytes, serialize_layout
 from shoal.evaluate import predict_shared
-from shoal.functional import LossFn, ParamSpec
 from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes
 from shoal.runtime.procgroup import DistContext
@@ -173,19 +171,7 @@ class DistComm:
         dist.all_reduce(buf)
         return buf[:-1] / buf[-1]
 
-    def predict(
-        self,
-        model: nn.Module,
-        spec: ParamSpec,
-        params_D: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        loss_fn: LossFn,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict_shared(
-            self.rank, self.world_size, model, spec, params_D, x, y, loss_fn, batch_size
-        )
+    predict = staticmethod(predict_shared)
 
     # ---- point to point ------------------------------------------------------------------
 

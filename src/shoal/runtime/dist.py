@@ -194,11 +194,10 @@ class DistRuntime:
         loss_fn: LossFn,
         batch_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`shoal.evaluate.predict_shared`: each rank scores a slice of the rows."""
-        ctx = self.ctx
-        return predict_shared(
-            ctx.rank, ctx.world_size, model, spec, params_D, x, y, loss_fn, batch_size
-        )
+        """Each rank scores a slice of the rows; one all-gather gives every rank all of them
+        (:func:`shoal.evaluate.predict_shared`, once this process has joined the group)."""
+        self.ctx  # noqa: B018 -- the property joins the group on first use
+        return predict_shared(model, spec, params_D, x, y, loss_fn, batch_size)
 
     def gather_store(self, store: ClientStore) -> ClientStore:
         """Rank 0 receives every rank's client states (on the CPU); others keep their own."""
