@@ -115,3 +115,30 @@ def test_a_sync_sgd_run_learns(tmp_path):
     assert r.metrics[-1]["test_accuracy"] > 0.7
     assert r.metrics[-1]["train_loss"] < r.metrics[0]["train_loss"]
     assert sync_sgd(0.1).name == "sync_sgd"
+
+
+class _CountingComm(SimComm):
+    """A SimComm that counts the evaluation's averaging collectives."""
+
+    averages = 0
+
+    def average(self, x_WD: torch.Tensor, keep_W: torch.Tensor | None = None) -> torch.Tensor:
+        self.averages += 1
+        return super().average(x_WD, keep_W)
+
+
+@pytest.mark.parametrize(
+    ("name", "shared"),
+    [("sync_sgd", True), ("sync_sgd_topk_ef", True), ("local_sgd", False), ("dpsgd_ring", False)],
+)
+def test_a_model_all_workers_hold_is_scored_without_a_collective(name, shared):
+    comm = _CountingComm(3)
+    r = run_case(name, comm)
+    rows = len(r.metrics) + 1  # every metrics row, and the final model
+    if shared:  # synchronous SGD's replicas are exactly equal: scoring one needs no average
+        assert comm.averages == 0
+        assert torch.equal(r.params_WD, r.params_WD[:1].expand_as(r.params_WD))
+        assert torch.equal(r.params, r.params_WD[0])
+    else:
+        assert comm.averages == rows
+        torch.testing.assert_close(r.params, r.params_WD.mean(0), rtol=0, atol=0)

@@ -21,11 +21,12 @@ All communication goes through ``comm`` (:class:`~shoal.parallel.Comm`); ``state
 of tensors with a leading ``W`` axis where they are per worker (momentum buffers, push-sum
 weights), plus whatever else the method keeps (compressor states, a message in flight).
 
-Algorithms also say which model is evaluated: ``model(params_WD, state) -> [W, D]`` (each
-worker's model, e.g. SGP's de-biased ``z``) or ``[1, D]`` (EASGD's centre, the same on every
-process). The loop scores the average of the workers' models over all processes (or the
-centre), so simulation and distributed runs report the same numbers; a method that is
-:class:`HonestSubset` (robust gossip under attack) has it average its honest workers only.
+Algorithms also say which model is evaluated: ``model(params_WD, state)`` is either
+``[W, D]``, each worker's model (e.g. SGP's de-biased ``z``), whose average over all processes
+the loop scores (one collective in distributed runs), or ``[D]``, one model that every worker
+of every process holds (EASGD's centre, synchronous SGD's replicas), scored as it is. So
+simulation and distributed runs report the same numbers; a method that is
+:class:`HonestSubset` (robust gossip under attack) has the average take its honest workers only.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 """
@@ -67,7 +68,7 @@ class ParallelAlgorithm(Protocol):
     ) -> tuple[torch.Tensor, State]: ...
 
     def model(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
-        """The model(s) to evaluate: ``[W, D]`` per worker, or ``[1, D]`` for a centre."""
+        """The model(s) to evaluate: ``[W, D]`` per worker, or ``[D]`` held by all."""
         ...
 
 

@@ -158,11 +158,11 @@ class _WorkerRun:
     def evaluated(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
         """The workers' average model (one collective in distributed runs): gossip leaves
         the workers apart, and the average is what the decentralized literature scores.
-        A centre (EASGD's ``[1, D]``) is the same on every process and is scored as is."""
+        A model all workers hold (``[D]``: EASGD's centre, synchronous SGD) is scored as is."""
         alg = self.algorithm
         models = alg.model(params_WD, state)
-        if len(models) == 1 and len(self.comm.workers) > 1:
-            return models[0]
+        if models.dim() == 1:
+            return models
         keep_W = alg.evaluated_W(state) if isinstance(alg, HonestSubset) else None
         return self.comm.average(models, keep_W)
 

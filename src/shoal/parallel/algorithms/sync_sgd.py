@@ -37,7 +37,6 @@ from shoal.compress._common import init_with_seed, mix
 from shoal.compress.base import Compressor, add_all, is_homomorphic
 from shoal.parallel.base import (
     GradFn,
-    OwnModel,
     State,
     check_fraction,
     check_positive,
@@ -109,7 +108,7 @@ def compressed_mean(
 
 
 @dataclass(frozen=True)
-class SyncSGD(OwnModel):
+class SyncSGD:
     """All-reduce SGD; see the module docstring."""
 
     lr: float
@@ -124,6 +123,12 @@ class SyncSGD(OwnModel):
         if self.nesterov and not self.momentum:
             raise ValueError("sync_sgd: nesterov=True needs momentum > 0")
         check_compressor("sync_sgd", self.compressor)
+
+    @staticmethod
+    def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:
+        """One replica: every worker applies the same averaged update to the same start,
+        so all hold the same model and scoring it needs no collective."""
+        return params_WD[0]
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         state: State = {}
