@@ -11,8 +11,9 @@ workers' average model (the centre for EASGD; in synchronous data parallelism ev
 holds the same model), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
 ``wall_seconds`` (training and evaluation) and ``samples_per_second`` (since the last row,
 training time only). In distributed runs a row costs one small all-reduce (the counters),
-one all-reduce of the parameters (the average) and one all-gather of the test scores (each
-process scores a slice); none of it is counted in ``bytes_sent``. Rank 0 writes the files.
+one all-reduce of the parameters where the workers' models differ (the average), and one
+all-gather of the test scores (each process scores a slice); none of it is counted in
+``bytes_sent``. Rank 0 writes the files.
 
 Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
 received first), the counters and the rows so far, one file per rank; ``resume=True``
