@@ -18,7 +18,7 @@ from shoal.compress import (
     scaled_sign,
     terngrad,
 )
-from shoal.compress._common import code_bits, pack_codes, unpack_codes
+from shoal.compress._common import code_bits, generator, pack_codes, unpack_codes
 
 
 def gen(seed: int) -> torch.Generator:
@@ -84,6 +84,47 @@ def test_terngrad_is_unbiased_and_ternary() -> None:
     assert torch.allclose(draws.abs(), (draws != 0) * scale_i)
     # Var of entry i: s |x_i| - x_i^2 (Bernoulli(|x_i| / s) times s).
     assert_unbiased(mean, x, scale_i * x.abs() - x**2, N)
+
+
+def bucket_of(d: int, bucket_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + bucket_size, d))) for i in range(0, d, bucket_size)]
+
+
+@pytest.mark.parametrize(("levels", "bucket_size"), [(1, 7), (4, 7), (15, 4), (4, 512)])
+def test_qsgd_is_its_definition_entry_by_entry(levels: int, bucket_size: int) -> None:
+    # 23 entries: a last bucket shorter than the others (or one short bucket); zeros of both
+    # signs. Given the same uniforms u_i (the compressor's stream for its seed and step), the
+    # paper's rule per entry: r = s |x_i| / ||x_b||, l = floor(r), xi = l + 1 iff u_i < r - l.
+    x = torch.randn(23, generator=gen(12), dtype=torch.float64)
+    x[2], x[9] = 0.0, -0.0
+    c = qsgd(levels, bucket_size=bucket_size, seed=3)
+    payload, _ = c.compress(x, c.init(x))
+    u = torch.rand(23, generator=generator(3, 0), dtype=torch.float64).tolist()
+    expected = [0.0] * 23
+    for bucket in bucket_of(23, bucket_size):
+        norm = math.sqrt(sum(x[i].item() ** 2 for i in bucket))
+        for i in bucket:
+            r = levels * abs(x[i].item()) / norm
+            xi = math.floor(r) + (u[i] < r - math.floor(r))
+            expected[i] = math.copysign(norm * xi / levels, x[i].item())
+    assert torch.allclose(c.decompress(payload), torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bucket_size", [None, 5, 7])
+def test_terngrad_is_its_definition_entry_by_entry(bucket_size: int | None) -> None:
+    # s_b = max |x| over the bucket; b_i = 1 iff u_i < |x_i| / s_b; output s_b sgn(x_i) b_i.
+    x = torch.randn(23, generator=gen(13))
+    x[4] = 0.0
+    c = terngrad(bucket_size=bucket_size, seed=2)
+    payload, _ = c.compress(x, c.init(x))
+    u = torch.rand(23, generator=generator(2, 0)).tolist()
+    expected = [0.0] * 23
+    for bucket in bucket_of(23, bucket_size or 23):
+        scale = max(abs(x[i].item()) for i in bucket)
+        for i in bucket:
+            kept = u[i] < abs(x[i].item()) / scale
+            expected[i] = math.copysign(scale, x[i].item()) if kept else 0.0
+    assert torch.allclose(c.decompress(payload), torch.tensor(expected), rtol=0, atol=0)
 
 
 def test_natural_compression_is_unbiased_and_powers_of_two() -> None:
@@ -173,6 +214,8 @@ def test_pack_codes_round_trips(bits: int, n: int, seed: int) -> None:
     # Quantizers hand over integer-valued floats and read floats back: the same bytes.
     assert torch.equal(pack_codes(codes.double(), bits), packed)
     assert torch.equal(unpack_codes(packed, bits, n, torch.float64), codes.double())
+    if bits == 1:  # sign bits go in as bools
+        assert torch.equal(pack_codes(codes.bool(), bits), packed)
 
 
 def test_packed_layout_by_hand() -> None:

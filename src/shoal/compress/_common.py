@@ -153,12 +153,14 @@ def code_bits(num_codes: int) -> int:
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned integer codes ``< 2**bits`` (integer-valued, any dtype, 1-D) into a
-    byte-aligned tensor.
+    """Pack unsigned integer codes ``< 2**bits`` (integer-valued or bool, any dtype, 1-D) into
+    a byte-aligned tensor.
 
     1/2/4-bit codes go ``8 // bits`` to a uint8 byte (first code in the low bits); 8-bit codes
     are uint8; 16- and 32-bit codes are stored as int16 / int32 holding ``code - 2**(bits-1)``.
     """
+    if codes.dtype == torch.bool:
+        codes = codes.view(torch.uint8)  # bools are 0/1 bytes: no conversion pass
     if bits == 8:
         return codes.to(torch.uint8)
     if bits == 16:
@@ -189,5 +191,5 @@ def unpack_codes(
         return (packed.to(torch.int64)[:n] + 2 ** (bits - 1)).to(dtype)
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     mask = (1 << bits) - 1
-    codes = (packed.view(-1, 1) >> shifts) & mask
+    codes = (packed.view(-1, 1) >> shifts).bitwise_and_(mask)
     return codes.reshape(-1)[:n].to(dtype)

@@ -32,8 +32,8 @@ Shape suffixes: ``D`` flat parameters, ``B`` buckets (here, not batch), ``L`` bu
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -59,16 +59,37 @@ from shoal.compress.wire import payload_nbytes
 _MAX_LEVELS = 2**30
 
 
-def _buckets(x_D: torch.Tensor, bucket_size: int | None) -> torch.Tensor:
-    """``x_D`` zero-padded and viewed as ``[num_buckets, bucket_length]`` in the work dtype."""
-    d = x_D.numel()
-    length = bucket_size or max(d, 1)
-    num_buckets = math.ceil(d / length)
-    return F.pad(x_D.to(work_dtype(x_D)), (0, num_buckets * length - d)).view(num_buckets, length)
+def _bucket_length(d: int, bucket_size: int | None) -> int:
+    return bucket_size or max(d, 1)
 
 
-def _unbucket(x_BL: torch.Tensor, d: int) -> torch.Tensor:
-    return x_BL.reshape(-1)[:d]
+def _split_buckets(v_D: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of ``v_D``: its full buckets ``[B_full, length]`` and the shorter tail (maybe empty).
+
+    Working on views instead of a zero-padded copy saves a pass over the vector, and each
+    freshly allocated vector costs as much as the arithmetic done in it (its pages fault in).
+    """
+    full = v_D.numel() // length
+    return v_D[: full * length].view(full, length), v_D[full * length :]
+
+
+def _bucket_reduce(
+    v_D: torch.Tensor, length: int, reduce: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``reduce`` (a row reduction of ``[n, length]``) of each bucket, the tail zero-padded."""
+    body_BL, tail = _split_buckets(v_D, length)
+    if not tail.numel():
+        return reduce(body_BL)
+    return torch.cat([reduce(body_BL), reduce(F.pad(tail, (0, length - tail.numel()))[None])])
+
+
+def _scale_buckets_(v_D: torch.Tensor, scales_B: torch.Tensor, length: int) -> torch.Tensor:
+    """``v_D`` with each bucket multiplied by its scale, in place."""
+    body_BL, tail = _split_buckets(v_D, length)
+    body_BL.mul_(scales_B[: body_BL.shape[0], None])
+    if tail.numel():
+        tail.mul_(scales_B[-1])
+    return v_D
 
 
 class _Stochastic(ABC):
@@ -127,20 +148,22 @@ class QSGD(_Stochastic):
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:
         x_D = check_flat(x_D, self.name)
         seed, step = check_seed_state(state, "qsgd")
-        s = self.levels
-        x_BL = _buckets(x_D, self.bucket_size)
-        norms_B = torch.linalg.vector_norm(x_BL, dim=1)
+        s, d = self.levels, x_D.numel()
+        xw_D = x_D.to(work_dtype(x_D))
+        length = _bucket_length(d, self.bucket_size)
+        norms_B = _bucket_reduce(xw_D, length, lambda v_BL: torch.linalg.vector_norm(v_BL, dim=1))
         inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))
-        # In place where a fresh tensor allows: each pass over the vector costs as much as
-        # the arithmetic in it.
-        r_BL = x_BL.abs().mul_(inv_B[:, None])
-        low_BL = r_BL.floor()
+        # Three fresh vectors (r, floor(r), u), the rest in place: a fresh vector costs as
+        # much as the arithmetic done in it.
+        r_D = _scale_buckets_(xw_D.abs(), inv_B, length)
+        low_D = r_D.floor()
         g = generator(seed, step, x_D.device)
-        u_BL = torch.rand(x_BL.shape, generator=g, dtype=x_BL.dtype, device=x_D.device)
-        # xi = l + 1 w.p. r - l; r <= s up to rounding, which the clamp guards.
-        xi_BL = low_BL.add_(u_BL < r_BL.sub_(low_BL)).clamp_max_(s)
-        # Integer-valued floats, cast once by pack_codes (no int64 pass over the vector).
-        codes = _unbucket(xi_BL.mul_(torch.sign(x_BL)).add_(s), x_D.numel())
+        u_D = torch.rand(d, generator=g, dtype=xw_D.dtype, device=x_D.device)
+        # xi = l + 1 w.p. r - l (u becomes that 0/1 event); r <= s up to rounding, which the
+        # clamp guards. The codes xi sgn(x) + s are integer-valued floats, cast once by
+        # pack_codes (no int64 pass over the vector).
+        xi_D = low_D.add_(u_D.lt_(r_D.sub_(low_D))).clamp_max_(s)
+        codes = xi_D.copysign_(xw_D).add_(s)  # xi = 0 where x = 0: code s for either zero
         payload = {
             "codes": pack_codes(codes, self.bits),
             "norms": norms_B,
@@ -155,8 +178,7 @@ class QSGD(_Stochastic):
             q_D = unpack_codes(payload["codes"], self.bits, d, norms_B.dtype).sub_(self.levels)
         else:
             q_D = (unpack_codes(payload["codes"], self.bits, d) - self.levels).to(norms_B.dtype)
-        q_BL = _buckets(q_D, self.bucket_size).to(norms_B.dtype)
-        return _unbucket(q_BL * (norms_B[:, None] / self.levels), d)
+        return _scale_buckets_(q_D, norms_B / self.levels, _bucket_length(d, self.bucket_size))
 
 
 @dataclass(frozen=True)
@@ -186,14 +208,16 @@ class TernGrad(_Stochastic):
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:
         x_D = check_flat(x_D, self.name)
         seed, step = check_seed_state(state, "terngrad")
-        x_BL = _buckets(x_D, self.bucket_size)
-        scales_B = x_BL.abs().amax(dim=1) if x_BL.numel() else x_BL.new_zeros(x_BL.shape[0])
+        d = x_D.numel()
+        xw_D = x_D.to(work_dtype(x_D))
+        length = _bucket_length(d, self.bucket_size)
+        a_D = xw_D.abs()
+        scales_B = _bucket_reduce(a_D, length, lambda v_BL: v_BL.amax(dim=1))
         inv_B = torch.where(scales_B > 0, 1 / scales_B, torch.zeros_like(scales_B))
         g = generator(seed, step, x_D.device)
-        u_BL = torch.rand(x_BL.shape, generator=g, dtype=x_BL.dtype, device=x_D.device)
-        kept_BL = u_BL < x_BL.abs().mul_(inv_B[:, None])
-        t_BL = torch.sign(x_BL).mul_(kept_BL)
-        codes = _unbucket(t_BL.add_(1), x_D.numel())  # integer-valued floats
+        u_D = torch.rand(d, generator=g, dtype=xw_D.dtype, device=x_D.device)
+        kept_D = u_D.lt_(_scale_buckets_(a_D, inv_B, length))  # b ~ Bernoulli(|x| / s), as 0/1
+        codes = kept_D.copysign_(xw_D).add_(1)  # integer-valued floats; x = 0 gives b = 0
         payload = {
             "codes": pack_codes(codes, 2),
             "scales": scales_B,
@@ -205,7 +229,7 @@ class TernGrad(_Stochastic):
         d = int(payload["size"])
         scales_B = payload["scales"]
         t_D = unpack_codes(payload["codes"], 2, d, scales_B.dtype).sub_(1)
-        return _unbucket(_buckets(t_D, self.bucket_size).to(scales_B.dtype) * scales_B[:, None], d)
+        return _scale_buckets_(t_D, scales_B, _bucket_length(d, self.bucket_size))
 
 
 @dataclass(frozen=True)
@@ -230,7 +254,7 @@ class ScaledSign:
         xw_D = x_D.to(work_dtype(x_D))
         scale = xw_D.abs().sum() / max(d, 1)
         payload = {
-            "signs": pack_codes((x_D >= 0).to(torch.uint8), 1),
+            "signs": pack_codes(x_D >= 0, 1),
             "scale": scale,
             "size": size_scalar(d, x_D.device),
         }
@@ -268,26 +292,30 @@ class NaturalCompression(_Stochastic):
         x_D = check_flat(x_D, self.name)
         seed, step = check_seed_state(state, "natural_compression")
         bits_D = x_D.to(torch.float32).contiguous().view(torch.int32)
-        exponent_D = ((bits_D >> 23) & 0xFF).to(torch.uint8)
-        mantissa_D = bits_D & (_MANTISSA - 1)
+        exponent_D = (bits_D >> 23).bitwise_and_(0xFF)
         g = generator(seed, step, x_D.device)
         u_D = torch.randint(
             0, _MANTISSA, x_D.shape, generator=g, dtype=torch.int32, device=x_D.device
         )
-        # Round up w.p. m / 2^23, except from exponent 254 (a finite entry never becomes inf)
-        # or 255 (inf and nan keep theirs).
-        up_D = (u_D < mantissa_D).logical_and_(exponent_D < 254)
+        # Round up w.p. m / 2^23 (u becomes that 0/1 event), except from exponent 254 (a finite
+        # entry never becomes inf) or 255 (inf and nan keep theirs).
+        up_D = u_D.lt_(bits_D & (_MANTISSA - 1)).mul_(exponent_D < 254)
         payload = {
-            "exponents": exponent_D.add_(up_D),
-            "signs": pack_codes((bits_D < 0).to(torch.uint8), 1),
+            "exponents": exponent_D.add_(up_D).to(torch.uint8),
+            "signs": pack_codes(bits_D < 0, 1),
         }
         return payload, next_state(state)
 
     def decompress(self, payload: Payload) -> torch.Tensor:
-        exponent_D = payload["exponents"].to(torch.int32)
-        negative_D = unpack_codes(payload["signs"], 1, exponent_D.numel(), torch.bool)
-        magnitude_D = (exponent_D << 23).view(torch.float32)
-        return torch.where(negative_D, -magnitude_D, magnitude_D)
+        exponents = payload["exponents"]
+        # The float32 bit pattern: sign bit, exponent field, zero mantissa.
+        bits_D = unpack_codes(payload["signs"], 1, exponents.numel(), torch.int32)
+        return (
+            bits_D.bitwise_left_shift_(8)
+            .bitwise_or_(exponents)
+            .bitwise_left_shift_(23)
+            .view(torch.float32)
+        )
 
 
 def qsgd(levels: int, bucket_size: int | None = 512, seed: int = 0) -> QSGD:
