@@ -123,8 +123,10 @@ class CountSketch:
         estimates_RD = table.reshape(-1).index_select(0, bucket_RD.reshape(-1))
         estimates_RD = estimates_RD.view(bucket_RD.shape).mul_(sign_RD.to(table.dtype))
         if self.depth == 3:  # the same value as median(), by comparisons instead of a sort
-            a, b, c = estimates_RD
-            return torch.maximum(torch.minimum(a, b), torch.minimum(torch.maximum(a, b), c))
+            a, b, c = estimates_RD  # rows of our own buffer: overwritten in place
+            low = torch.minimum(a, b)
+            high = torch.minimum(torch.maximum(a, b, out=a), c, out=a)
+            return torch.maximum(low, high, out=low)
         return estimates_RD.median(dim=0).values
 
     def nbytes(self, payload: Payload) -> int:
