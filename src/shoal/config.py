@@ -84,6 +84,10 @@ The schema (two levels: top-level keys, then one table per concern)::
     slowdown_worker = -1    # >= 0: that worker computes slowdown_factor times slower
     slowdown_factor = 5.0
 
+A key that only the other kind of algorithm reads (see :data:`FEDERATED_ONLY`: rounds,
+``[client]``, ``[sampling]``, ... for a data-parallel one; ``[parallel]`` for a federated one)
+is refused rather than silently ignored, unless it is at its default.
+
 This module knows the fixed keys. The keys that depend on a choice (a dataset's, a scheme's,
 a model's, an algorithm's or a compressor's own options) come from a :data:`Catalog` that the
 CLI builds from its one name -> factory mapping, so no dataset, algorithm or compressor name is
@@ -394,8 +398,9 @@ def _join(names: Sequence[str]) -> str:
 def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
     """Validate ``raw`` (parsed TOML plus overrides) and fill in every default.
 
-    Raises :class:`ConfigError` for an unknown key, a wrong type, a value out of range or an
-    unknown name; the message names the dotted key and what is allowed.
+    Raises :class:`ConfigError` for an unknown key, a wrong type, a value out of range, an
+    unknown name or a key the chosen algorithm's kind does not use; the message names the
+    dotted key and what is allowed.
     """
     allowed_top = [*TOP, *SECTIONS]
     for key in raw:
@@ -448,13 +453,64 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
             if v is not None:
                 values[k] = v
         out[section] = values
-    _check_across(out, sampled=out["algorithm"]["name"] not in catalog.get(UNSAMPLED, {}))
+    data_parallel = list(catalog.get(UNSAMPLED, {}))
+    _check_across(out, sampled=out["algorithm"]["name"] not in data_parallel)
+    _check_kind(raw, out, data_parallel)
     return Config(out)
 
 
 UNSAMPLED = "unsampled_algorithms"
 """A catalog key naming the algorithms that train every client (worker) at every step: the
-data-parallel ones, for which ``[sampling]`` means nothing and is not checked."""
+data-parallel ones, for which ``[sampling]`` means nothing: it is not checked, and refused
+when set (see :data:`FEDERATED_ONLY`)."""
+
+FEDERATED_ONLY = (
+    "rounds",  # a federated run counts rounds; a data-parallel one counts parallel.steps
+    "client.",  # a round's local training per client; workers step by parallel.batch_size
+    "sampling.",  # which clients join a round; every data-parallel worker joins every step
+    "eval.every",  # counted in rounds; data-parallel runs use parallel.eval_every (steps)
+    "runtime.vectorize",  # trains a round's sampled clients together (vmap)
+    "runtime.memory_budget_mb",  # bounds how many clients runtime.vectorize trains at once
+    "compression.downlink",  # the server's broadcast to the clients, and its downlink_*
+    # options (this prefix matches both): the data-parallel methods send no such broadcast
+)
+"""Dotted prefixes of the keys only federated algorithms read (``"client."``: the whole
+table). ``[parallel]`` is the other way round: only the data-parallel ones read it. Everything
+else is read by both kinds."""
+
+
+def _check_kind(raw: Mapping[str, Any], cfg: dict[str, Any], data_parallel: Sequence[str]) -> None:
+    """Refuse a key that ``raw`` gives and the chosen algorithm's kind would silently ignore.
+
+    A key at its default does not count as given: it changes nothing whichever kind runs. That
+    keeps working a run folder's ``config.toml`` (written with every default filled in, both
+    kinds' keys, and re-read by ``--resume``) and a file that spells out every default
+    (``examples/fedavg_mnist5k.toml``); what is refused is a value the run would not use.
+    """
+    name = cfg["algorithm"]["name"]
+    unused = FEDERATED_ONLY if name in data_parallel else ("parallel.",)
+    # Schema order (a table's own options sorted), so the same key is always reported first.
+    given: list[tuple[str, Param | None]] = [(key, TOP[key]) for key in TOP if key in raw]
+    for section, fixed in SECTIONS.items():
+        table = raw.get(section, {})
+        keys = [*(k for k in fixed if k in table), *sorted(set(table) - set(fixed))]
+        given += [(f"{section}.{k}", fixed.get(k)) for k in keys]
+    for key, param in given:
+        section, _, k = key.rpartition(".")
+        at_default = param is not None and (cfg[section] if section else cfg)[k] == param.default
+        if at_default or not key.startswith(unused):
+            continue
+        if name in data_parallel:
+            raise ConfigError(
+                f"{key} is set, but algorithm.name = {_show(name)} is data-parallel: it runs "
+                "[parallel] steps (parallel.steps, parallel.batch_size, parallel.eval_every), "
+                f"not rounds with [client] and [sampling]. Remove {key}."
+            )
+        raise ConfigError(
+            f"{key} is set, but algorithm.name = {_show(name)} is federated: it runs rounds "
+            "with [client] and [sampling]; [parallel] applies to the data-parallel algorithms "
+            f"({_join(data_parallel)}). Remove [parallel] or pick one of those."
+        )
 
 
 def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:

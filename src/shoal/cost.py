@@ -16,9 +16,21 @@ How a round's time follows the topology:
   Gropp, "Optimization of collective communication operations in MPICH", IJHPCA 2005, Sec. 4;
   Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations",
   JPDC 2009).
-- gossip: node ``i`` exchanges with each neighbour in parallel, so it takes the longest of its
-  exchanges; a synchronous step waits for the slowest node. Parallel exchanges are assumed
-  not to share a link's bandwidth (exact for one-peer graphs, optimistic for dense ones).
+- an all-gather (every worker ends with every worker's block; compressed messages that do not
+  add, e.g. top-k): ``(W-1) (alpha + n_max / beta)``, the ring's ``W-1`` steps each paced by
+  the largest block (Thakur et al., Sec. 4).
+- gossip: node ``i`` sends to all its out-neighbours at once, sharing its uplink equally among
+  those messages, and a receiver shares its downlink equally among the messages arriving;
+  each message goes at the smaller of its two shares, so on a ring a node's two messages take
+  twice as long as a one-peer graph's one (the bytes SGP's one-peer graph saves). A
+  synchronous step waits for the slowest node.
+- a data-parallel step of several exchanges (:meth:`CostModel.step_seconds`, the
+  :class:`Exchange` records of :mod:`shoal.parallel`'s communicators): each worker's clock
+  starts at its compute time; a collective starts when the last worker joins it and ends
+  together for all; a point-to-point message leaves at its sender's clock and moves both
+  ends' clocks to its arrival; the step takes the last clock. Exchanges of one step happen
+  one after another (no overlap of communication with computation: Overlap SGP is charged
+  as if it waited for its messages, an upper bound).
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
 bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
@@ -33,7 +45,9 @@ Shape suffix: ``W`` the workers (sampled clients) of a round.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -41,6 +55,7 @@ from shoal.topology import Topology
 
 __all__ = [
     "CostModel",
+    "Exchange",
     "Heterogeneity",
     "MBIT_S",
     "Link",
@@ -49,6 +64,7 @@ __all__ = [
     "cellular_4g",
     "datacenter",
     "ethernet_1g",
+    "ring_all_gather_seconds",
     "ring_all_reduce_seconds",
     "wifi",
 ]
@@ -198,6 +214,34 @@ def ring_all_reduce_seconds(num_workers: int, nbytes: float, link: Link) -> floa
     return 2 * (w - 1) / w * nbytes / link.bandwidth_Bps + 2 * (w - 1) * link.latency_s
 
 
+def ring_all_gather_seconds(num_workers: int, nbytes: float, link: Link) -> float:
+    """A ring all-gather of blocks of at most ``nbytes``: ``(W-1) (alpha + n / beta)``."""
+    w = num_workers
+    if w <= 1 or nbytes <= 0:
+        return 0.0
+    return (w - 1) * (link.latency_s + nbytes / link.bandwidth_Bps)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One communication of a data-parallel step, as :meth:`CostModel.step_seconds` charges it.
+
+    ``kind``: ``"all_reduce"`` or ``"all_gather"`` (collectives over all workers; worker ``i``
+    contributes ``nbytes_N[i]``), or ``"p2p"`` (worker ``i`` sends ``nbytes_N[i]`` to each of
+    its out-neighbours in ``topology``).
+    """
+
+    kind: Literal["all_reduce", "all_gather", "p2p"]
+    nbytes_N: tuple[int, ...]
+    topology: Topology | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("all_reduce", "all_gather", "p2p"):
+            raise ValueError(f"Exchange kind must be all_reduce, all_gather or p2p: {self.kind!r}")
+        if (self.kind == "p2p") != (self.topology is not None):
+            raise ValueError("a p2p Exchange needs its topology, and only it takes one")
+
+
 @dataclass(frozen=True)
 class CostModel:
     """A network, a compute speed and optional heterogeneity: bytes and samples -> seconds."""
@@ -269,20 +313,51 @@ class CostModel:
         self, topology: Topology, nbytes_W: np.ndarray, samples_W: np.ndarray, round_idx: int
     ) -> float:
         """A synchronous gossip step: each node computes, then sends ``nbytes_W[i]`` to every
-        out-neighbour in parallel; a node is done when its last exchange has arrived, and the
-        step waits for the slowest node."""
-        nodes = np.arange(topology.num_nodes)
-        bw_W = self.heterogeneity.bandwidth(nodes)
+        out-neighbour at once (sharing its links: the module docstring); a node is done when
+        its last exchange has arrived, and the step waits for the slowest node."""
+        nbytes = tuple(int(n) for n in np.asarray(nbytes_W))
+        return self.step_seconds([Exchange("p2p", nbytes, topology)], samples_W, round_idx)
+
+    def step_seconds(
+        self, exchanges: Sequence[Exchange], samples_N: np.ndarray, step: int
+    ) -> float:
+        """A data-parallel step of workers ``0..N-1``: compute, then ``exchanges`` in order
+        (how their clocks combine: the module docstring)."""
+        nodes = np.arange(len(samples_N))
+        clock_N = self.compute_seconds(nodes, samples_N, step)
+        for ex in exchanges:
+            if len(ex.nbytes_N) != len(nodes):
+                raise ValueError(
+                    f"{ex.kind}: {len(ex.nbytes_N)} byte counts for {len(nodes)} workers"
+                )
+            if ex.topology is not None:
+                clock_N = self._point_to_point(ex.topology, ex.nbytes_N, clock_N)
+                continue
+            charge = ring_all_reduce_seconds if ex.kind == "all_reduce" else ring_all_gather_seconds
+            seconds = charge(len(nodes), max(ex.nbytes_N, default=0), self._slowest_link(nodes))
+            clock_N = np.full_like(clock_N, clock_N.max(initial=0.0) + seconds)
+        return float(clock_N.max(initial=0.0))
+
+    def _point_to_point(
+        self, topology: Topology, nbytes_N: Sequence[int], clock_N: np.ndarray
+    ) -> np.ndarray:
+        """Clocks after each node sends ``nbytes_N[i]`` to each of its out-neighbours."""
+        n = len(clock_N)
+        bw_N = self.heterogeneity.bandwidth(np.arange(n))
         up, down = self.network.uplink, self.network.downlink
         latency = max(up.latency_s, down.latency_s)
-        nbytes = np.asarray(nbytes_W, dtype=np.float64)
-        compute_W = self.compute_seconds(nodes, samples_W, round_idx)
-        done = float(compute_W.max(initial=0.0))
-        for i in nodes:
-            if nbytes[i] <= 0:
-                continue
-            for j in topology.out_neighbors(int(i)):
-                # i's uplink feeds j's downlink: the slower of the two sets the pace.
-                beta = min(up.bandwidth_Bps * bw_W[i], down.bandwidth_Bps * bw_W[j])
-                done = max(done, float(compute_W[i]) + latency + nbytes[i] / beta)
-        return done
+        messages = [(i, j) for i in range(n) if nbytes_N[i] > 0 for j in topology.out_neighbors(i)]
+        sending_N, receiving_N = np.zeros(n), np.zeros(n)
+        for i, j in messages:
+            sending_N[i] += 1
+            receiving_N[j] += 1
+        done_N = clock_N.copy()
+        for i, j in messages:
+            # Equal shares of i's uplink and of j's downlink; the smaller sets the pace.
+            beta = min(
+                up.bandwidth_Bps * bw_N[i] / sending_N[i],
+                down.bandwidth_Bps * bw_N[j] / receiving_N[j],
+            )
+            arrival = float(clock_N[i]) + latency + nbytes_N[i] / beta
+            done_N[i], done_N[j] = max(done_N[i], arrival), max(done_N[j], arrival)
+        return done_N

@@ -12,6 +12,7 @@ from shoal.cli.registry import CATALOG
 from shoal.config import (
     SECTIONS,
     TOP,
+    UNSAMPLED,
     Config,
     ConfigError,
     _toml_str,
@@ -118,6 +119,115 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     again = resolve(load(path), CATALOG)
     assert again == cfg
     assert dumps(again) == dumps(cfg)
+
+
+# A config that sets only its own kind's keys (and a few both kinds read).
+FEDERATED = {
+    "rounds": 3,
+    "algorithm": {"name": "dgc"},
+    "compression": {"downlink": "top_k", "downlink_ratio": 0.1},
+    "client": {"epochs": 2},
+    "sampling": {"clients_per_round": 4},
+    "runtime": {"vectorize": False, "memory_budget_mb": 64},
+    "eval": {"every": 2, "batch_size": 500},
+}
+DATA_PARALLEL = {
+    "partition": {"scheme": "iid", "num_clients": 4},
+    "algorithm": {"name": "dpsgd", "momentum": 0.9},
+    "network": {"profile": "wifi"},
+    "runtime": {"timeout_s": 30},
+    "eval": {"batch_size": 500},
+    "parallel": {"steps": 600, "batch_size": 16, "eval_every": 100, "topology": "ring"},
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        ({**FEDERATED, "parallel": {"steps": 600}}, "parallel.steps", ["federated", '"dpsgd"']),
+        ({**FEDERATED, "parallel": {"topology": "ring"}}, "parallel.topology", ["federated"]),
+        ({**DATA_PARALLEL, "rounds": 30}, "rounds", ["data-parallel", "parallel.steps"]),
+        ({**DATA_PARALLEL, "client": {"epochs": 2}}, "client.epochs", ["data-parallel"]),
+        (
+            {**DATA_PARALLEL, "sampling": {"clients_per_round": 4}},
+            "sampling.clients_per_round",
+            ["data-parallel"],
+        ),
+        (
+            {**DATA_PARALLEL, "compression": {"downlink": "top_k", "downlink_ratio": 0.1}},
+            "compression.downlink",
+            ["data-parallel"],
+        ),
+        ({**DATA_PARALLEL, "eval": {"every": 5}}, "eval.every", ["data-parallel"]),
+        ({**DATA_PARALLEL, "runtime": {"vectorize": True}}, "runtime.vectorize", []),
+    ],
+)
+def test_a_key_the_algorithm_kind_ignores_is_refused(raw: dict, key: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(raw, CATALOG)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{key} is set, but algorithm.name = ")
+    for w in words:
+        assert w in message
+
+
+def test_the_first_ignored_key_is_reported_in_schema_order() -> None:
+    # rounds before the tables, and a table's keys in the schema's order, however written.
+    raw = {"sampling": {"weighted": True}, "client": {"steps": 2, "epochs": 2}, "rounds": 5}
+    with pytest.raises(ConfigError, match=r"^rounds is set"):
+        resolve({**DATA_PARALLEL, **raw}, CATALOG)
+    del raw["rounds"]
+    with pytest.raises(ConfigError, match=r"^client\.epochs is set"):
+        resolve({**DATA_PARALLEL, **raw}, CATALOG)
+
+
+def test_the_data_parallel_names_come_from_the_catalog() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve({"parallel": {"steps": 10}}, CATALOG)
+    assert ", ".join(f'"{n}"' for n in CATALOG[UNSAMPLED]) in str(info.value)
+
+
+def test_a_key_at_its_default_is_not_refused() -> None:
+    # It changes nothing either way; a resolved config.toml holds both kinds' keys so.
+    resolve({**DATA_PARALLEL, "rounds": 20, "sampling": {"clients_per_round": 10}}, CATALOG)
+    resolve({**FEDERATED, "parallel": {"steps": 500, "topology": "auto"}}, CATALOG)
+
+
+@pytest.mark.parametrize("raw", [FEDERATED, DATA_PARALLEL])
+def test_a_config_of_either_kind_with_its_own_keys_resolves(raw: dict) -> None:
+    cfg = resolve(raw, CATALOG)
+    assert cfg["algorithm.name"] == raw["algorithm"]["name"]
+    assert cfg["eval.batch_size"] == 500
+
+
+@pytest.mark.parametrize("raw", [FEDERATED, DATA_PARALLEL])
+def test_resolved_config_of_either_kind_round_trips(raw: dict, tmp_path: Path) -> None:
+    # The written config has every default filled in, so it holds the other kind's keys too
+    # (at their defaults): re-reading it, as --resume does, must not refuse them.
+    cfg = resolve(raw, CATALOG)
+    text = dumps(cfg)
+    assert "[parallel]" in text and "[client]" in text
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    again = resolve(load(path), CATALOG)
+    assert again == cfg
+    assert dumps(again) == text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *sorted((Path(__file__).parents[2] / "examples").glob("*.toml")),
+        Path(__file__).parents[2] / "src" / "shoal" / "configs" / "demo.toml",
+    ],
+    ids=lambda p: p.name,
+)
+def test_the_shipped_configs_resolve(path: Path) -> None:
+    # examples/fedavg_mnist5k.toml spells out [parallel] at its defaults: not refused.
+    raw = load(path)
+    raw.get("data", {}).pop("dir", None)  # a data folder that may not exist here
+    resolve(raw, CATALOG)
 
 
 def test_bad_toml_is_one_line() -> None:

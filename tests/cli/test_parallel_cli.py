@@ -48,6 +48,8 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     cfg = _config(tmp_path, name)
     if name == "local_sgd":  # its averaging period H is an algorithm option
         cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\nperiod = 4"))
+    if name == "dpsgd":  # simulated time on a network
+        cfg.write_text(cfg.read_text() + '[network]\nprofile = "wifi"\nseconds_per_sample = 1e-3\n')
     out = tmp_path / "run"
     assert shoal("run", cfg, "--out", out, "--quiet") == 0
     for f in ("config.toml", "metrics.jsonl", "summary.json", "model.pt"):
@@ -57,8 +59,9 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     assert rows[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert rows[-1]["bytes_sent"] > 0
     if name == "dpsgd":  # `shoal run` ends with "plot it: shoal plot <out>": that works
+        assert 0 < rows[0]["sim_seconds"] < rows[1]["sim_seconds"] < rows[2]["sim_seconds"]
         assert shoal("plot", out) == 0
-        for png in ("test_vs_steps.png", "test_vs_bytes_sent.png"):
+        for png in ("test_vs_steps.png", "test_vs_bytes_sent.png", "test_vs_sim_time.png"):
             assert (out / png).read_bytes()[:4] == b"\x89PNG", png
 
 
@@ -83,7 +86,9 @@ def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, ke
 
 
 def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path):
-    cfg = _config(tmp_path, "dpsgd", '[compression]\nname = "identity"\n')
+    cfg = _config(
+        tmp_path, "dpsgd", '[compression]\nname = "identity"\n[network]\nprofile = "4g"\n'
+    )
     assert shoal("run", cfg, "--out", tmp_path / "sim", "--quiet") == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "shoal", "launch", "--nproc-per-node", "2", str(cfg)]
@@ -93,5 +98,6 @@ def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path)
     sim, dist = _rows(tmp_path / "sim"), _rows(tmp_path / "dist")
     for a, b in zip(dist, sim, strict=True):
         assert a["bytes_sent"] == b["bytes_sent"]
+        assert a["sim_seconds"] == pytest.approx(b["sim_seconds"], rel=1e-12)
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

@@ -10,6 +10,7 @@ from shoal.algorithms.base import LocalWork
 from shoal.compress import threshold
 from shoal.cost import (
     CostModel,
+    Exchange,
     Heterogeneity,
     Link,
     Network,
@@ -17,6 +18,7 @@ from shoal.cost import (
     cellular_4g,
     datacenter,
     ethernet_1g,
+    ring_all_gather_seconds,
     ring_all_reduce_seconds,
     wifi,
 )
@@ -24,7 +26,7 @@ from shoal.functional import ParamSpec, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler, make_plan
-from shoal.topology import ring
+from shoal.topology import one_peer_exponential, ring
 from shoal.train import TrainConfig, train
 
 from .helpers import tiny_data, tiny_model, unequal_clients
@@ -61,10 +63,52 @@ def test_gossip_step_by_hand():
     cm = CostModel(Network("sym", link, link), seconds_per_sample=0.01)
     nbytes = np.array([100.0, 100.0, 300.0, 100.0])
     samples = np.array([0, 0, 0, 50])
-    # node 2 sends 300 B to its two ring neighbours: 0.5 + 3 s; node 3 computes 0.5 s, sends 1.5 s
-    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(3.5)
+    # Every node sends to its two ring neighbours and receives from two: each message gets
+    # half of a 100 B/s link. Node 2's 300 B take 0.5 + 300 / 50 = 6.5 s; node 3 computes
+    # 0.5 s, then sends 100 B in 0.5 + 2 s.
+    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(6.5)
     nbytes[2] = 100.0
-    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(2.0)
+    assert cm.gossip(ring(4), nbytes, samples, 0) == pytest.approx(3.0)
+    # Only node 0 sends: its two messages share its uplink, each receiver gets one message.
+    assert cm.gossip(ring(4), np.array([100, 0, 0, 0]), np.zeros(4), 0) == pytest.approx(2.5)
+    # A one-peer graph sends one message per node: the full link each.
+    assert cm.gossip(one_peer_exponential(4).at(0), nbytes, samples, 0) == pytest.approx(2.0)
+
+
+def test_ring_all_gather_by_hand():
+    link = Link(1e-3, 1e8)
+    # 3 ring steps, each 1 ms + the largest block (1e6 B at 100 MB/s: 10 ms)
+    assert ring_all_gather_seconds(4, 1e6, link) == pytest.approx(0.033)
+    assert ring_all_gather_seconds(1, 1e6, link) == 0.0
+
+
+def test_a_step_of_several_exchanges_by_hand():
+    link = Link(0.05, 1000.0)
+    cm = CostModel(Network("sym", link, link), seconds_per_sample=0.01)
+    samples = np.array([10, 20, 30])  # the workers' clocks start at 0.1, 0.2, 0.3 s
+    p2p = Exchange("p2p", (100, 0, 0), ring(3))  # only worker 0 sends, to 1 and 2
+    reduce = Exchange("all_reduce", (300, 300, 300))
+    # p2p: 0's two messages share its uplink (500 B/s each) and arrive at 0.1 + 0.05 + 0.2 =
+    # 0.35, so the clocks are 0.35, 0.35, 0.3; the all-reduce starts at 0.35 and takes
+    # 2 (2/3) 300 / 1000 + 2 (2) 0.05 = 0.6 s.
+    assert cm.step_seconds([p2p, reduce], samples, 0) == pytest.approx(0.95)
+    # The other order: the all-reduce ends at 0.9 for all, then 0's messages take 0.25 s.
+    assert cm.step_seconds([reduce, p2p], samples, 0) == pytest.approx(1.15)
+    # A gather is paced by its largest block: 2 (0.05 + 0.4).
+    gather = Exchange("all_gather", (100, 400, 200))
+    assert cm.step_seconds([gather], samples, 0) == pytest.approx(0.3 + 0.9)
+    assert cm.step_seconds([], samples, 0) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="2 byte counts for 3 workers"):
+        cm.step_seconds([Exchange("all_reduce", (1, 2))], samples, 0)
+
+
+def test_exchanges_say_what_they_are():
+    with pytest.raises(ValueError, match="kind"):
+        Exchange("broadcast", (1,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="topology"):
+        Exchange("p2p", (1, 1))
+    with pytest.raises(ValueError, match="topology"):
+        Exchange("all_reduce", (1, 1, 1), ring(3))
 
 
 def test_profiles_are_typical_values_with_a_slower_4g_uplink():

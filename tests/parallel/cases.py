@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from shoal.compress import error_feedback, qsgd, random_k, threshold, top_k
+from shoal.cost import CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data.types import ArrayDataset, FederatedDataset
 from shoal.parallel import (
     Comm,
@@ -75,6 +76,14 @@ CASES: dict[str, Callable[[int], Any]] = {
 
 STEPS = 5
 
+NETWORK = CostModel(
+    Network("test", alpha_beta(1e-3, 1e6), alpha_beta(2e-3, 4e6)),
+    seconds_per_sample=1e-4,
+    heterogeneity=Heterogeneity(speed_sigma=0.3, bandwidth_sigma=0.5, seed=1),
+)
+"""Every case's simulated time: per-worker speeds and bandwidths, so which worker and which
+link is the slowest matters, and distributed runs must charge what the simulation does."""
+
 
 def config(**overrides: Any) -> ParallelConfig:
     base: dict[str, Any] = {
@@ -92,6 +101,7 @@ def run_case(name: str, comm: Comm, **overrides: Any) -> ParallelResult:
     n = comm.world_size
     out_dir = overrides.pop("out_dir", None)
     resume = overrides.pop("resume", False)
+    network = overrides.pop("network", NETWORK)
     return train_parallel(
         tiny_model(),
         tiny_data(),
@@ -101,6 +111,7 @@ def run_case(name: str, comm: Comm, **overrides: Any) -> ParallelResult:
         comm,
         out_dir=out_dir,
         resume=resume,
+        network=network,
     )
 
 
@@ -161,7 +172,9 @@ def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, A
     r = run_case("sgp_overlap", DistComm(ctx), out_dir=out_dir, resume=True)
     got["sgp_overlap_resumed"] = {"params": r.params_WD[0], "rows": r.metrics}
     got["push_sum"] = push_sum(DistComm(ctx), 2)
-    got["mixed_gather"] = DistComm(ctx).all_gather_payloads([mixed_payload(ctx.rank)])
+    comm = DistComm(ctx)
+    got["mixed_gather"] = comm.all_gather_payloads([mixed_payload(ctx.rank)])
+    got["mixed_gather_exchanges"] = comm.exchanges
     if stragglers:
         got.update(straggling(ctx, slow=1, factor=5.0))
     return got

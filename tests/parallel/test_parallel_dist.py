@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from shoal.compress.wire import payload_nbytes
 from shoal.functional import ParamSpec, cross_entropy
 from shoal.parallel import SimComm
 from shoal.parallel.records import evaluate
@@ -80,6 +81,8 @@ def test_distcomm_equals_simcomm(runs):
         for r_dist, r_sim in zip(rows, sim.metrics):
             assert r_dist["bytes_sent"] == r_sim["bytes_sent"], name
             assert r_dist["samples"] == r_sim["samples"], name
+            # Every process charges the exchanges it recorded: the simulation's figure.
+            assert math.isclose(r_dist["sim_seconds"], r_sim["sim_seconds"], rel_tol=1e-12), name
             assert math.isclose(r_dist["train_loss"], r_sim["train_loss"], abs_tol=1e-5), name
             # The same model is scored: the workers' average, also where gossip keeps the
             # workers' models apart (each process scored a slice of the test set).
@@ -126,6 +129,11 @@ def test_payloads_with_different_layouts_are_gathered_exactly(runs):
             assert list(mine) == list(theirs)
             for key, t in theirs.items():
                 assert mine[key].dtype == t.dtype and torch.equal(mine[key], t), key
+        # Every process records every worker's message size, as the simulation does.
+        sim = SimComm(world)
+        sim.all_gather_payloads(sent)
+        assert got[rank]["mixed_gather_exchanges"] == sim.exchanges
+        assert sim.exchanges[0].nbytes_N == tuple(payload_nbytes(p) for p in sent)
 
 
 def test_stragglers_keep_training_sgp_and_async_easgd(spawned):

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
+from shoal.cost import CostModel, Network, alpha_beta
 from shoal.functional import ParamSpec, cross_entropy
 from shoal.parallel import SimComm, sync_sgd, train_parallel
 from shoal.parallel.batches import Gradients, LocalBatches
 from shoal.parallel.messages import dense_nbytes
 
-from .cases import CASES, config, run_case, shards, tiny_data, tiny_model
+from .cases import CASES, NETWORK, config, run_case, shards, tiny_data, tiny_model
 
 COLUMNS = {
     "step",
@@ -24,6 +25,7 @@ COLUMNS = {
     "samples",
     "wall_seconds",
     "samples_per_second",
+    "sim_seconds",  # run_case charges every step on a network (cases.NETWORK)
 }
 
 
@@ -41,6 +43,36 @@ def test_rows_have_the_columns_and_exact_counts():
     assert r.summary["total_bytes_sent"] == r.metrics[-1]["bytes_sent"]
     # The evaluated model is the workers' average.
     torch.testing.assert_close(r.params, r.params_WD.mean(0))
+
+
+# Up 1 ms + 1 MB/s, down 2 ms + 4 MB/s, 0.1 ms per sample, no heterogeneity: every link the
+# same, so the slowest is 2 ms + 1 MB/s; every step computes 16 samples (batch 16 <= shards).
+BY_HAND = CostModel(
+    Network("by hand", alpha_beta(1e-3, 1e6), alpha_beta(2e-3, 4e6)), seconds_per_sample=1e-4
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "slowdown"),
+    [("sync_sgd", 1.0), ("sync_sgd", 3.0), ("sync_sgd_topk_ef", 1.0), ("dpsgd_ring", 1.0)],
+)
+def test_simulated_time_by_hand(name, slowdown):
+    workers, alpha, beta = 4, 2e-3, 1e6
+    r = run_case(name, SimComm(workers), network=BY_HAND, slowdown={2: slowdown})
+    compute = 16 * 1e-4 * slowdown  # the slowest worker's
+    for row in r.metrics:
+        step = row["step"]
+        if name == "sync_sgd":  # a ring all-reduce of every worker's dense gradient
+            n = dense_nbytes(torch.zeros(r.spec.num_params))
+            comm = 2 * (workers - 1) / workers * n / beta + 2 * (workers - 1) * alpha
+        elif name == "sync_sgd_topk_ef":  # a ring all-gather of equal-sized top-k messages
+            n = row["bytes_sent"] / (workers * step)
+            comm = (workers - 1) * (alpha + n / beta)
+        else:  # every node sends its model to its two ring neighbours at once: half the
+            n = row["bytes_sent"] / (workers * 2 * step)  # uplink each (the downlink is faster)
+            comm = alpha + n / (beta / 2)
+        assert row["sim_seconds"] == pytest.approx(step * (compute + comm), rel=1e-12)
+    assert r.summary["sim_seconds"] == r.metrics[-1]["sim_seconds"]
 
 
 class _Killed(Exception):
@@ -67,6 +99,7 @@ def test_a_killed_run_resumes_bit_for_bit(name, tmp_path):
             SimComm(4),
             out_dir=out,
             callback=kill,
+            network=NETWORK,
         )
     resumed = run_case(name, SimComm(4), steps=7, checkpoint_every=5, out_dir=out, resume=True)
     torch.testing.assert_close(resumed.params_WD, whole.params_WD, rtol=0, atol=0)

@@ -14,7 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shoal.cli.build import build_clients, build_compressor, build_model, distributed
+from shoal.cli.build import (
+    build_clients,
+    build_compressor,
+    build_model,
+    build_network,
+    distributed,
+)
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
 from shoal.config import Config, ConfigError
@@ -112,6 +118,13 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
     comm = make_comm(cfg, len(shards))
     algorithm = build_algorithm(cfg, compressor, comm.world_size)
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
+    network = build_network(cfg)
+    if network is not None and server is not None:
+        raise ConfigError(
+            f'network.profile = "{cfg["network.profile"]}": simulated time covers synchronous '
+            f"steps; this {cfg['algorithm.name']} job runs asynchronously with a parameter "
+            'server (set algorithm.mode = "sync", or network.profile = "none")'
+        )
     workers = comm.world_size - (server is not None)
     if workers != len(shards):
         extra = " plus the parameter server" if server is not None else ""
@@ -130,6 +143,7 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
         init=init,
         out_dir=out,
         resume=resume,
+        network=network,
     )
 
 
@@ -152,6 +166,9 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
     sps = s.get("samples_per_second")
     rate = f", {sps:,.0f} samples/s" if sps else ""
     lines.append(f"  sent {s['total_bytes_sent']:,} bytes in all{rate}")
+    sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
+    if sim is not None:
+        lines.append(f'  simulated time on "{cfg["network.profile"]}": {sim:.1f} s')
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     lines.append(f"  files in {out}")
     return "\n".join(lines)

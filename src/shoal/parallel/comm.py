@@ -23,10 +23,14 @@ format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"val
 one payload per destination for point-to-point messages, and one per worker for a collective
 (the payload it contributes; how the collective library relays it, e.g. ring all-reduce's
 ``2(N-1)/N`` factor, is not counted). :class:`SimComm` counts all workers, :class:`DistComm`
-its own process; the loop sums them. Metrics bookkeeping is not counted: ``sum_stats`` (a
-few numbers summed over processes), ``average`` (the workers' mean model, which is what gets
-evaluated) and ``predict`` (the test set scored, shared among the processes); nor is
-``broadcast`` (the initial model, once).
+its own process; the loop sums them. Every counted operation also appends a
+:class:`shoal.cost.Exchange` to ``exchanges`` (its kind and every worker's bytes, which each
+process knows: collectives of dense rows and summable payloads have one size, and an
+all-gather delivers every payload), from which ``train_parallel(network=...)`` charges a step
+simulated seconds; the loop empties the list after every step. Metrics bookkeeping is not
+counted: ``sum_stats`` (a few numbers summed over processes), ``average`` (the workers' mean
+model, which is what gets evaluated) and ``predict`` (the test set scored, shared among the
+processes); nor is ``broadcast`` (the initial model, once).
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``K`` in-neighbour slots, ``D`` flat
 parameters.
@@ -35,13 +39,14 @@ parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from shoal.compress.base import Payload
 from shoal.compress.wire import payload_nbytes
+from shoal.cost import Exchange
 from shoal.evaluate import predict
 from shoal.functional import LossFn, ParamSpec
 from shoal.parallel.dist_comm import DistComm
@@ -65,6 +70,7 @@ class Comm(Protocol):
     world_size: int
     workers: tuple[int, ...]
     bytes_sent: int
+    exchanges: list[Exchange]
 
     @property
     def device(self) -> torch.device | None:
@@ -142,6 +148,7 @@ class SimComm:
         self.world_size = world_size
         self.workers = tuple(range(world_size))
         self.bytes_sent = 0
+        self.exchanges: list[Exchange] = []
         self._graphs = GraphCache()
 
     device = None
@@ -150,26 +157,30 @@ class SimComm:
     def __repr__(self) -> str:
         return f"SimComm(world_size={self.world_size})"
 
+    def _collective(self, kind: Literal["all_reduce", "all_gather"], nbytes_N: list[int]) -> None:
+        self.bytes_sent += sum(nbytes_N)
+        self.exchanges.append(Exchange(kind, tuple(nbytes_N)))
+
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         check_rows(x_WD, self.world_size, "all_reduce_mean")
-        self.bytes_sent += self.world_size * dense_nbytes(x_WD[0])
+        self._collective("all_reduce", [dense_nbytes(x_WD[0])] * self.world_size)
         return x_WD.mean(0, keepdim=True).expand_as(x_WD).clone()
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
         check_rows(x_WD, self.world_size, "all_gather")
-        self.bytes_sent += self.world_size * dense_nbytes(x_WD[0])
+        self._collective("all_gather", [dense_nbytes(x_WD[0])] * self.world_size)
         return x_WD.clone()
 
     def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
         if len(payloads) != self.world_size:
             raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
-        self.bytes_sent += sum(payload_nbytes(p) for p in payloads)
+        self._collective("all_reduce", [payload_nbytes(p) for p in payloads])
         return sum_floats(payloads)
 
     def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
         if len(payloads) != self.world_size:
             raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
-        self.bytes_sent += sum(payload_nbytes(p) for p in payloads)
+        self._collective("all_gather", [payload_nbytes(p) for p in payloads])
         return list(payloads)
 
     def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
@@ -177,6 +188,7 @@ class SimComm:
         graph = self._graphs.get(topology, self.world_size)
         row_bytes = dense_nbytes(x_WD[0])
         self.bytes_sent += sum(len(o) for o in graph.outs) * row_bytes
+        self.exchanges.append(Exchange("p2p", (row_bytes,) * self.world_size, topology))
         source = graph.source_NK.to(x_WD.device)
         mask = graph.mask_NK.to(x_WD.device)
         rows_WKD = torch.where(mask.unsqueeze(-1), x_WD[source], 0.0)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
 from shoal.compress.base import Payload
 from shoal.compress.wire import Layout, parse_layout, payload_nbytes, serialize_layout
+from shoal.cost import Exchange
 from shoal.evaluate import predict_shared
 from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes
@@ -70,6 +71,7 @@ class DistComm:
         self.world_size = ctx.world_size
         self.workers: tuple[int, ...] = (ctx.rank,)
         self.bytes_sent = 0
+        self.exchanges: list[Exchange] = []
         self._graphs = GraphCache()
         # One collective up front: NCCL's first batched point-to-point call must otherwise
         # involve every rank, which a sparse gossip graph does not.
@@ -94,22 +96,28 @@ class DistComm:
 
     # ---- collectives ---------------------------------------------------------------------
 
+    def _collective(self, kind: Literal["all_reduce", "all_gather"], nbytes: int) -> None:
+        """Count this worker's contribution (every worker's has this size)."""
+        self.bytes_sent += nbytes
+        self.exchanges.append(Exchange(kind, (nbytes,) * self.world_size))
+
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         buf_D = self._row(x_WD, "all_reduce_mean")
-        self.bytes_sent += dense_nbytes(buf_D)
+        self._collective("all_reduce", dense_nbytes(buf_D))
         dist.all_reduce(buf_D)
         return (buf_D / self.world_size).unsqueeze(0)
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
         row_D = self._row(x_WD, "all_gather")
-        self.bytes_sent += dense_nbytes(row_D)
+        self._collective("all_gather", dense_nbytes(row_D))
         out = [torch.empty_like(row_D) for _ in range(self.world_size)]
         dist.all_gather(out, row_D)
         return torch.stack(out)
 
     def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
         (payload,) = self._one(payloads)
-        self.bytes_sent += payload_nbytes(payload)
+        # Payloads that add have one layout on every worker, hence one size.
+        self._collective("all_reduce", payload_nbytes(payload))
         out = dict(payload)
         by_dtype: dict[torch.dtype, list[str]] = {}
         for key, t in payload.items():
@@ -127,7 +135,6 @@ class DistComm:
 
     def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
         (payload,) = self._one(payloads)
-        self.bytes_sent += payload_nbytes(payload)
         dev = self.device
         # Workers' payloads may differ in length, and even in entries and dtypes (a threshold
         # sparsifier keeps a different count; few kept entries use flat indices, many the
@@ -139,6 +146,9 @@ class DistComm:
         gathered = [torch.empty_like(sizes_N2) for _ in range(self.world_size)]
         dist.all_gather(gathered, sizes_N2)
         sizes = torch.cat(gathered).tolist()
+        # Layout plus data is each worker's serialized message, so every size is known here.
+        self.bytes_sent += payload_nbytes(payload)
+        self.exchanges.append(Exchange("all_gather", tuple(h + n for h, n in sizes)))
         padded = torch.zeros(max(h + n for h, n in sizes), dtype=torch.uint8, device=dev)
         padded[: head.numel()] = head.to(dev)
         padded[head.numel() : head.numel() + data.numel()] = data
@@ -187,6 +197,7 @@ class DistComm:
         ops += [dist.P2POp(dist.irecv, b, j) for b, j in zip(bufs, ins)]
         works = dist.batch_isend_irecv(ops) if ops else []
         self.bytes_sent += len(outs) * dense_nbytes(row_D)
+        self.exchanges.append(Exchange("p2p", (dense_nbytes(row_D),) * self.world_size, topology))
         mask_WK = graph.mask_NK[self.rank : self.rank + 1].to(self.device)
         return _Pending(list(works), bufs, row_D, graph.max_in_degree, mask_WK)
 

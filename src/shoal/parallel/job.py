@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.functional import LossFn, ParamSpec
 from shoal.parallel.base import ParallelAlgorithm
@@ -33,6 +34,7 @@ class Job:
     loss_fn: LossFn
     out: Path | None
     callback: Callback | None
+    network: CostModel | None = None
 
     @property
     def rank(self) -> int | None:
@@ -54,6 +56,7 @@ class Progress:
     last_train_seconds: float = 0.0
     steps_to_target: int | None = None
     time_to_target_seconds: float | None = None
+    sim_seconds: float = 0.0
 
     def target(self, config: ParallelConfig) -> dict[str, Any]:
         return {

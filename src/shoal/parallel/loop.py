@@ -10,10 +10,13 @@ Every ``eval_every`` steps (and at the end) it logs a metrics row: ``step``, ``t
 workers' average model (the centre for EASGD; in synchronous data parallelism every worker
 holds the same model), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
 ``wall_seconds`` (training and evaluation) and ``samples_per_second`` (since the last row,
-training time only). In distributed runs a row costs one small all-reduce (the counters),
-one all-reduce of the parameters where the workers' models differ (the average), and one
-all-gather of the test scores (each process scores a slice); none of it is counted in
-``bytes_sent``. Rank 0 writes the files.
+training time only). With ``network=CostModel(...)`` rows also have ``sim_seconds``: every
+step's compute (``batch_size`` samples per worker, times its ``slowdown``) and the exchanges
+the communicator recorded, charged on that network (:meth:`shoal.cost.CostModel.step_seconds`;
+the same on every process, and kept exact across resumes). In distributed runs a row costs
+one small all-reduce (the counters), one all-reduce of the parameters where the workers'
+models differ (the average), and one all-gather of the test scores (each process scores a
+slice); none of it is counted in ``bytes_sent``. Rank 0 writes the files.
 
 Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
 received first), the counters and the rows so far, one file per rank; ``resume=True``
@@ -39,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
 from shoal.files import atomic_save, write_metrics
@@ -72,13 +76,15 @@ def train_parallel(
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     callback: Callback | None = None,
+    network: CostModel | None = None,
 ) -> ParallelResult:
     """Train ``model`` on ``data`` split into ``shards`` (one index array per worker).
 
     ``init``: the initial flat parameters of every worker (default: the model's). With
     ``out_dir``, the reporting process writes ``metrics.jsonl``, ``model.pt`` and
     ``summary.json`` there and every process its checkpoint; ``resume=True`` continues from
-    them. ``callback(row)`` is called with every metrics row. See the module docstring.
+    them. ``callback(row)`` is called with every metrics row. ``network`` adds simulated
+    time (``sim_seconds``) to the rows. See the module docstring.
     """
     if not isinstance(algorithm, ParallelAlgorithm):
         raise TypeError(f"algorithm must have name/init/step/model, got {type(algorithm)}")
@@ -92,7 +98,14 @@ def train_parallel(
     params_D = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
     if params_D.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params_D.shape)}, expected ({spec.num_params},)")
+    if network is not None and not isinstance(network, CostModel):
+        raise TypeError(f"network must be a shoal.cost.CostModel, got {type(network).__name__}")
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
+    if server is not None and network is not None:
+        raise ValueError(
+            f"{algorithm.name}: simulated time covers synchronous steps only, not the "
+            "asynchronous parameter-server form; leave network out (or use mode='sync')"
+        )
     num_workers = comm.world_size - (server is not None)
     _check_shards(shards, num_workers, len(data.train), server is not None)
     unknown = sorted(w for w in config.slowdown if w >= num_workers)
@@ -103,7 +116,7 @@ def train_parallel(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    job = Job(model, spec, data, shards, algorithm, config, comm, loss_fn, out, callback)
+    job = Job(model, spec, data, shards, algorithm, config, comm, loss_fn, out, callback, network)
     if server is not None and job.rank == server:
         return run_server(job, params_D, resume)
     return _WorkerRun(job, dev).train(params_D, resume, asynchronous=server is not None)
@@ -152,6 +165,13 @@ class _WorkerRun:
         self.num_workers = len(job.shards)
         self.vectorize = uses_vmap(job.model, dev, len(comm.workers))
         self.slowdown = max(config.slowdown.get(w, 1.0) for w in comm.workers)
+        # Every worker's compute per step, in samples (a straggler's times its slowdown).
+        self.step_samples_N = np.array(
+            [
+                min(config.batch_size, len(s)) * config.slowdown.get(w, 1.0)
+                for w, s in enumerate(job.shards)
+            ]
+        )
         self.reports = comm.is_main
         self.x_test, self.y_test = data.test.x.to(dev), data.test.y.to(dev)
         self.rows: list[dict[str, Any]] = []
@@ -187,6 +207,7 @@ class _WorkerRun:
             unit="step",
             disable=not (cfg.progress and self.reports),
         )
+        comm.exchanges.clear()  # the steps' own only
         for step in bar:
             t0 = time.perf_counter()
             grad_fn = Gradients(
@@ -199,6 +220,11 @@ class _WorkerRun:
                 self.slowdown,
             )
             params_WD, state = alg.step(params_WD, grad_fn, state, comm, step)
+            if self.job.network is not None:
+                prog.sim_seconds += self.job.network.step_seconds(
+                    comm.exchanges, self.step_samples_N, step
+                )
+            comm.exchanges.clear()
             if grad_fn.loss_W is not None:
                 loss_acc += grad_fn.loss_W.double().sum()
                 prog.loss_count += len(comm.workers)
@@ -290,6 +316,8 @@ class _WorkerRun:
             "wall_seconds": prog.wall,
             "samples_per_second": d_samples / d_seconds if d_seconds > 0 else None,
         }
+        if self.job.network is not None:
+            row["sim_seconds"] = prog.sim_seconds
         self.rows.append(row)
         if self.out is not None:
             records.append_metrics(self.out / records.METRICS, row)

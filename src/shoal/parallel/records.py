@@ -68,6 +68,7 @@ def summarize(
         "total_bytes_sent": last.get("bytes_sent", 0),
         "wall_seconds": last.get("wall_seconds", 0.0),
         "samples_per_second": samples / train_seconds if train_seconds > 0 else None,
+        **({"sim_seconds": last["sim_seconds"]} if "sim_seconds" in last else {}),
         **target,
     }
 
