@@ -1,0 +1,166 @@
+"""Shoal's network cost model against the step times measured on tc-shaped links.
+
+``benchmarks/shaped_network.py`` trained each configuration on 4 processes, each in its own
+network namespace behind a veth link capped by ``tc`` (100 Mbit/s and 1 Gbit/s both ways, no
+added delay: this kernel has no netem), and recorded, per configuration, the training seconds
+per step on rank 0 and the workers' gradient compute per step. Here every configuration is
+rebuilt as there (``_shaped_worker.shoal_algorithm``: the same CNN, mnist5k shards, batch,
+learning rate, compressors) and run for ``--steps`` steps in simulation with
+``train_parallel(network=...)``: links of the same rate with no latency, and
+``seconds_per_sample`` = that configuration's measured compute per step / batch. The simulated
+communicators record the exchanges the gloo ones do (tested in ``tests/parallel``), so the
+predicted seconds per step is what the cost model says the shaped run should have taken; the
+ratio measured / predicted says how far to trust ``sim_seconds``.
+
+The cost model charges gradient compute and the network only: compressing and decompressing
+(PowerSGD's orthogonalization, top-k's selection), Python and gloo's own per-message work are
+not in it, and the kernel's byte counts include TCP/IP headers (~3-4% on 1500-byte frames).
+PyTorch DDP's row uses dense synchronous SGD's exchanges and compute (DDP's own compute is
+not recorded separately).
+
+    python benchmarks/cost_model_check.py --json benchmarks/results/cost_model_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _shaped_worker as shaped  # noqa: E402
+from shoal.cost import CostModel, Network, alpha_beta  # noqa: E402
+from shoal.parallel import ParallelConfig, SimComm, train_parallel  # noqa: E402
+
+RATES_BPS = {"100mbit": 100e6 / 8, "1gbit": 1e9 / 8}
+# The measured run's hyperparameter names -> its worker's flags.
+FLAGS = {
+    "topk_ratio": "topk-ratio",
+    "powersgd_rank": "powersgd-rank",
+    "local_sgd_period": "local-period",
+    "easgd_period": "easgd-period",
+}
+
+
+def predicted_seconds_per_step(
+    a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int
+) -> float:
+    """Simulated seconds per step of ``config`` on links of ``rate_Bps`` (no latency)."""
+    data, shards = shaped.load(a, 4)
+    model = shaped.build_model(a.model)
+    link = alpha_beta(0.0, rate_Bps)
+    network = CostModel(Network("shaped", link, link), seconds_per_sample=compute_s / a.batch_size)
+    cfg = ParallelConfig(
+        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
+        device="cpu", checkpoint_every=steps,
+    )  # fmt: skip
+    algorithm = shaped.shoal_algorithm(a, config, model, 4)
+    result = train_parallel(model, data, shards, algorithm, cfg, SimComm(4), network=network)
+    return result.metrics[-1]["sim_seconds"] / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--shaped",
+        type=Path,
+        default=Path("benchmarks/results/shaped_network.json"),
+        help="the measured run (shaped_network.py --json)",
+    )
+    ap.add_argument("--steps", type=int, default=16, help="simulated steps per configuration")
+    ap.add_argument("--json", type=Path, help="write all figures here")
+    args = ap.parse_args()
+    measured = json.loads(args.shaped.read_text())
+    setup = measured["setup"]
+    if setup["workers"] != 4:
+        raise SystemExit(f"{args.shaped}: built for 4 workers, got {setup['workers']}")
+    a = shaped.parse_args(
+        ["--config", "dense", "--data-dir", setup["data"], "--model", setup["model"],
+         "--batch-size", str(setup["batch_size_per_worker"]), "--lr", str(setup["lr"]),
+         "--momentum", str(setup["momentum"]), "--seed", str(setup["seed"]), "--out", "."]
+        + [f"--{FLAGS[k]}={v}" for k, v in setup["hyperparameters"].items()]
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    print(
+        f"Cost model vs {args.shaped} ({setup['model']} on mnist5k, 4 workers, batch "
+        f"{a.batch_size}): predicted = {args.steps} simulated steps on links of the shaped rate, "
+        "no latency, the measured compute per step; measured = training seconds per step to "
+        "the target on tc-shaped veth links.\n"
+    )
+    rows: list[dict[str, Any]] = []
+    cache: dict[tuple[str, str], float] = {}
+    t0 = time.perf_counter()
+    print(f"| {'configuration':44s} | link    | measured s/step | predicted | measured/predicted |")
+    print(f"|{'-' * 46}|---------|-----------------|-----------|--------------------|")
+    for bw, configs in measured["summary"].items():
+        for config, m in configs.items():
+            if not isinstance(m, dict) or not m.get("seconds_per_step") or bw not in RATES_BPS:
+                continue
+            source = "dense" if config == "ddp" else config
+            compute = configs[source]["compute_seconds_per_step"]
+            if config not in shaped.CONFIGS or compute is None or config == "easgd":
+                continue
+            key = (bw, source)
+            if key not in cache:
+                cache[key] = predicted_seconds_per_step(
+                    a, source, RATES_BPS[bw], compute, args.steps
+                )
+            pred = cache[key]
+            ratio = m["seconds_per_step"] / pred
+            label = shaped_label(config)
+            cells = f"{m['seconds_per_step']:15.3f} | {pred:9.3f} | {ratio:18.2f}"
+            print(f"| {label:44s} | {bw:7s} | {cells} |")
+            rows.append(
+                {
+                    "config": config,
+                    "label": label,
+                    "bandwidth": bw,
+                    "measured_seconds_per_step": m["seconds_per_step"],
+                    "measured_compute_seconds_per_step": compute,
+                    "predicted_seconds_per_step": pred,
+                    "measured_over_predicted": ratio,
+                }
+            )
+    ratios = [r["measured_over_predicted"] for r in rows]
+    by = {(r["config"], r["bandwidth"]): r["measured_over_predicted"] for r in rows}
+    headline = {
+        "median_measured_over_predicted": statistics.median(ratios),
+        "dense_measured_over_predicted_100mbit": by.get(("dense", "100mbit")),
+        "dpsgd_measured_over_predicted_100mbit": by.get(("dpsgd_ring", "100mbit")),
+        "topk_ef_measured_over_predicted_100mbit": by.get(("topk_ef", "100mbit")),
+    }
+    median = headline["median_measured_over_predicted"]
+    print(f"\nmedian measured/predicted over {len(rows)} rows: {median:.2f}")
+    print("headline:", json.dumps(headline))
+    if args.json:
+        out = {
+            "benchmark": "cost_model_check",
+            "command": "python benchmarks/cost_model_check.py " + " ".join(sys.argv[1:]),
+            "measured_run": {"file": str(args.shaped), "command": measured.get("command")},
+            "steps_simulated": args.steps,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "rows": rows,
+            "seconds": time.perf_counter() - t0,
+            "headline": headline,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def shaped_label(config: str) -> str:
+    from shaped_network import LABELS  # the measured run's names for its configurations
+
+    return LABELS.get(config, config)
+
+
+if __name__ == "__main__":
+    main()
