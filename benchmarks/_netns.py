@@ -24,11 +24,13 @@ removes what it created, on an exception, on Ctrl-C and on SIGTERM too.
 unshaped and at 100 Mbit/s (the platform notes measured 34 ms and 3.24 s with tbf on one side,
 3.40 s on both), and 10 MB sent one way and both ways at once between the two ranks. The last
 shows a property of this emulated link to keep in mind: one large message each way at once over
-the connection of a pair of ranks takes about twice the rate bound (1.4-1.7 s against 0.8 s for
-10 MB; with tbf or htb, with BBR or Reno; plain TCP sockets showed it intermittently), whereas
-gloo's all-reduce, which moves the same bytes both ways in pipelined chunks, runs near the rate
-bound. Gossip exchanges in which two ranks send each other a whole model at once (D-PSGD on a
-ring, SGP's steps with mutual peers) pay for it.
+the connection of a pair of ranks took up to twice the rate bound (0.86-1.55 s against 0.8 s
+for 10 MB; with tbf or htb, with BBR or Reno; plain TCP sockets showed it intermittently) when
+each rank posted its send before its receive, and 0.83 s when the receive went first; gloo's
+all-reduce, which moves the same bytes both ways in pipelined chunks, runs near the rate bound.
+``--gossip`` measures it where it matters, a D-PSGD step on a ring of 4 (each rank sends a
+model to both neighbours and receives theirs), with the sends posted first and with the
+receives posted first (what :class:`shoal.parallel.DistComm` does).
 """
 
 from __future__ import annotations
@@ -249,11 +251,40 @@ def _selfcheck_worker(numel: int, repeats: int) -> None:
     dist.destroy_process_group()
 
 
-def _measure(net: Network, numel: int, repeats: int, port: int) -> list[float]:
+def _gossip_worker(numel: int, repeats: int) -> None:
+    """Rank 0 prints the median seconds of a ring exchange of ``numel`` floats with both
+    neighbours, sends posted first, then receives posted first (alternating, ``repeats`` each)."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    peers = [(rank - 1) % world, (rank + 1) % world]
+    x, bufs = torch.ones(numel), [torch.empty(numel) for _ in peers]
+    sends = [dist.P2POp(dist.isend, x, j) for j in peers]
+    recvs = [dist.P2POp(dist.irecv, b, j) for b, j in zip(bufs, peers)]
+    dist.all_reduce(torch.ones(1))  # warm-up: connections
+    times: list[list[float]] = [[], []]
+    for _ in range(repeats):
+        for k, ops in enumerate((sends + recvs, recvs + sends)):
+            times[k].append(
+                _timed(lambda ops=ops: [w.wait() for w in dist.batch_isend_irecv(ops)], 1)
+            )
+    if rank == 0:
+        print(" ".join(f"{statistics.median(t):.4f}" for t in times), flush=True)
+    dist.destroy_process_group()
+
+
+def _measure(
+    net: Network, numel: int, repeats: int, port: int, hosts: int = 2, mode: str = "--worker"
+) -> list[float]:
     procs = []
-    for i in range(2):
-        env = dict(os.environ, RANK=str(i), WORLD_SIZE="2", MASTER_PORT=str(port), **net.env(i))
-        cmd = [*net.exec_prefix(i), sys.executable, __file__, "--worker", str(numel), str(repeats)]
+    for i in range(hosts):
+        env = dict(
+            os.environ, RANK=str(i), WORLD_SIZE=str(hosts), MASTER_PORT=str(port), **net.env(i)
+        )
+        cmd = [*net.exec_prefix(i), sys.executable, __file__, mode, str(numel), str(repeats)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -266,12 +297,28 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=40.0, help="all-reduce size in MB (float32)")
     p.add_argument("--rate", default="100mbit")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--gossip", action="store_true", help="a ring of 4 exchanging --mb with both neighbours"
+    )
     p.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--gossip-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         _selfcheck_worker(*a.worker)
         return
+    if a.gossip_worker:
+        _gossip_worker(*a.gossip_worker)
+        return
     numel = int(a.mb * 1e6 / 4)
+    if a.gossip:
+        with network(4, a.rate) as net:
+            first = _measure(net, numel, a.repeats, 29413, hosts=4, mode="--gossip-worker")
+        bound = 2 * a.mb * 8e6 / parse_rate(a.rate)  # two messages share each uplink
+        print(f"ring of 4 at {a.rate}, {a.mb:g} MB to each neighbour, median of {a.repeats}:")
+        print(f"  sends posted first     {first[0]:.3f} s  (rate bound {bound:.3f} s)")
+        print(f"  receives posted first  {first[1]:.3f} s")
+        print("cleanup:", "ok" if not leftovers() else f"LEFT OVER {leftovers()}")
+        return
     with network(2) as net:
         unshaped = _measure(net, numel, a.repeats, 29411)
         net.set_rate(a.rate)
