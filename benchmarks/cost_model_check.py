@@ -72,16 +72,25 @@ def main() -> None:
     ap.add_argument(
         "--shaped",
         type=Path,
-        default=Path("benchmarks/results/shaped_network.json"),
-        help="the measured run (shaped_network.py --json)",
+        nargs="+",
+        default=[Path("benchmarks/results/shaped_network.json")],
+        help="measured runs (shaped_network.py --json) of one setup; a later file's "
+        "configurations replace an earlier one's (a re-run of some of them)",
     )
     ap.add_argument("--steps", type=int, default=16, help="simulated steps per configuration")
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
-    measured = json.loads(args.shaped.read_text())
-    setup = measured["setup"]
+    runs = [json.loads(path.read_text()) for path in args.shaped]
+    setup = runs[0]["setup"]
     if setup["workers"] != 4:
-        raise SystemExit(f"{args.shaped}: built for 4 workers, got {setup['workers']}")
+        raise SystemExit(f"{args.shaped[0]}: built for 4 workers, got {setup['workers']}")
+    summary: dict[str, dict[str, Any]] = {}
+    for path, run in zip(args.shaped, runs):
+        same = ("model", "batch_size_per_worker", "lr", "momentum", "seed", "hyperparameters")
+        if any(run["setup"][k] != setup[k] for k in same):
+            raise SystemExit(f"{path}: another setup than {args.shaped[0]}'s")
+        for bw, configs in run["summary"].items():
+            summary.setdefault(bw, {}).update(configs)
     a = shaped.parse_args(
         ["--config", "dense", "--data-dir", setup["data"], "--model", setup["model"],
          "--batch-size", str(setup["batch_size_per_worker"]), "--lr", str(setup["lr"]),
@@ -90,7 +99,8 @@ def main() -> None:
     )  # fmt: skip
     torch.set_num_threads(1)
     print(
-        f"Cost model vs {args.shaped} ({setup['model']} on mnist5k, 4 workers, batch "
+        f"Cost model vs {', '.join(map(str, args.shaped))} "
+        f"({setup['model']} on mnist5k, 4 workers, batch "
         f"{a.batch_size}): predicted = {args.steps} simulated steps on links of the shaped rate, "
         "no latency, the measured compute per step; measured = training seconds per step to "
         "the target on tc-shaped veth links.\n"
@@ -100,7 +110,7 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"| {'configuration':44s} | link    | measured s/step | predicted | measured/predicted |")
     print(f"|{'-' * 46}|---------|-----------------|-----------|--------------------|")
-    for bw, configs in measured["summary"].items():
+    for bw, configs in summary.items():
         for config, m in configs.items():
             if not isinstance(m, dict) or not m.get("seconds_per_step") or bw not in RATES_BPS:
                 continue
@@ -144,7 +154,10 @@ def main() -> None:
         out = {
             "benchmark": "cost_model_check",
             "command": "python benchmarks/cost_model_check.py " + " ".join(sys.argv[1:]),
-            "measured_run": {"file": str(args.shaped), "command": measured.get("command")},
+            "measured_runs": [
+                {"file": str(path), "command": run.get("command")}
+                for path, run in zip(args.shaped, runs)
+            ],
             "steps_simulated": args.steps,
             "torch": torch.__version__,
             "machine": platform.machine(),

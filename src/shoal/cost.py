@@ -35,7 +35,8 @@ How a round's time follows the topology:
 Not charged: compressing and decompressing (fold a compressor's measured time into
 ``seconds_per_sample`` where it matters) and the transport's per-message work. Against step
 times measured on tc-shaped links (``benchmarks/cost_model_check.py``) dense all-reduces come
-within 4-20%, compressed synchronous SGD takes 2.3-2.7x and gossip 1.5-2x the prediction.
+within 4-20%, gossip within 23-44%, and compressed synchronous SGD takes 2.3-2.7x the
+prediction.
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
 bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
