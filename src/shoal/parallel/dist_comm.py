@@ -199,8 +199,9 @@ class DistComm:
         ops = [dist.P2POp(dist.irecv, b, j) for b, j in zip(bufs, ins)]
         ops += [dist.P2POp(dist.isend, row_D, j) for j in outs]
         works = dist.batch_isend_irecv(ops) if ops else []
-        self.bytes_sent += len(outs) * dense_nbytes(row_D)
-        self.exchanges.append(Exchange("p2p", (dense_nbytes(row_D),) * self.world_size, topology))
+        row_bytes = dense_nbytes(row_D)  # every rank's row has this size
+        self.bytes_sent += len(outs) * row_bytes
+        self.exchanges.append(Exchange("p2p", (row_bytes,) * self.world_size, topology))
         mask_WK = graph.mask_NK[self.rank : self.rank + 1].to(self.device)
         return _Pending(list(works), bufs, row_D, graph.max_in_degree, mask_WK)
 
