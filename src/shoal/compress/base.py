@@ -19,6 +19,12 @@ Compressors whose payloads can be added without decompressing (Jang, Na, Yoon 20
 and ``sum_payloads(payloads) -> payload`` with ``decompress(sum_payloads(ps))`` equal to
 ``sum(decompress(p) for p in ps)`` (each class says whether bit for bit or up to rounding).
 
+A receiver that needs only the *sum* of many decompressed messages (a data-parallel all-gather
+inbox) calls :func:`decompress_sum`; compressors that can form it without one dense vector per
+message define ``decompress_sum(payloads, dtype)`` (sparsifiers scatter-add every message into
+one buffer, bit for bit the sum; PowerSGD multiplies the stacked factors once, equal up to
+rounding), and the others fall back to decompressing each.
+
 Compressors also say whether they are *contractive*, ``E||x - C(x)||^2 <= ||x||^2`` for every
 ``x`` (:func:`is_contractive`): the premise of error feedback's analysis (Stich, Cordonnier,
 Jaggi 2018; Karimireddy et al. 2019 ask for a strict ``(1 - delta)`` factor), under which the
@@ -112,6 +118,20 @@ def add_all(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     for t in tensors[1:]:
         acc += t
     return acc
+
+
+def decompress_sum(
+    compressor: Compressor, payloads: Sequence[Payload], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``decompress(p0).to(dtype) + decompress(p1).to(dtype) + ...``, left to right, by the
+    compressor's own ``decompress_sum`` where it has one (the module docstring)."""
+    if len(payloads) == 0:
+        raise ValueError(f"decompress_sum({compressor.name}) needs at least one payload")
+    own = getattr(compressor, "decompress_sum", None)
+    if own is not None:
+        return own(payloads, dtype)
+    parts = [compressor.decompress(p) for p in payloads]
+    return add_all([t if dtype is None else t.to(dtype) for t in parts])
 
 
 def check_same(payloads: Sequence[Payload], keys: Sequence[str], who: str) -> None:

@@ -35,7 +35,13 @@ from typing import Any
 import torch
 
 from shoal.compress._common import check_flat, init_with_seed
-from shoal.compress.base import Compressor, Payload, is_contractive, is_homomorphic
+from shoal.compress.base import (
+    Compressor,
+    Payload,
+    decompress_sum,
+    is_contractive,
+    is_homomorphic,
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,11 @@ class ErrorFeedback:
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         return self.inner.decompress(payload)
+
+    def decompress_sum(
+        self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        return decompress_sum(self.inner, payloads, dtype)
 
     def nbytes(self, payload: Payload) -> int:
         return self.inner.nbytes(payload)

@@ -28,6 +28,7 @@ from shoal.compress.base import (
     Payload,
     add_all,
     check_same,
+    decompress_sum,
     is_contractive,
     is_homomorphic,
 )
@@ -131,6 +132,21 @@ class Layerwise:
             else:
                 parts.append(self.inner.decompress(blocks[str(i)]))
         return torch.cat(parts)  # promotes, e.g. a float32 dense part with float64 blocks
+
+    def decompress_sum(
+        self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Block by block with the inner compressor's :func:`decompress_sum`."""
+        split = [self._split(p) for p in payloads]
+        parts, dense_at = [], 0
+        for i, (_, numel, skipped) in enumerate(self._layout):
+            if skipped:
+                dense = [p["dense"][dense_at : dense_at + numel] for p in payloads]
+                parts.append(add_all([d if dtype is None else d.to(dtype) for d in dense]))
+                dense_at += numel
+            else:
+                parts.append(decompress_sum(self.inner, [s[str(i)] for s in split], dtype))
+        return torch.cat(parts)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)

@@ -207,17 +207,29 @@ class PowerSGD:
         return new_state
 
     def decompress(self, payload: Payload) -> torch.Tensor:
+        return self.decompress_sum([payload])
+
+    def decompress_sum(
+        self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``sum_w P_w Q_w^T`` per block as one product of the stacked factors,
+        ``[P_1 .. P_W] [Q_1 .. Q_W]^T`` (rank ``W r``): equal to the sum of the decompressed
+        messages up to rounding, without a dense matrix per message."""
         compressed = self._compressed()
-        if compressed and f"q{compressed[0][0]}" not in payload:
+        if compressed and any(f"q{compressed[0][0]}" not in p for p in payloads):
             raise ValueError("powersgd: a round-1 (project) payload has no decompression")
         parts, dense_at = [], 0
         for i, b in enumerate(self._blocks):
             if b.rank:
-                parts.append((payload[f"p{i}"] @ payload[f"q{i}"].T).reshape(-1))
+                p_MR = torch.cat([p[f"p{i}"] for p in payloads], dim=1)
+                q_NR = torch.cat([p[f"q{i}"] for p in payloads], dim=1)
+                parts.append((p_MR @ q_NR.T).reshape(-1))
             else:
-                parts.append(payload["dense"][dense_at : dense_at + b.numel])
+                dense = [p["dense"][dense_at : dense_at + b.numel] for p in payloads]
+                parts.append(add_all(dense))
                 dense_at += b.numel
-        return torch.cat(parts)
+        out_D = torch.cat(parts)
+        return out_D if dtype is None else out_D.to(dtype)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)

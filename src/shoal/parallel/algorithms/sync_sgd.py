@@ -14,7 +14,9 @@ stochastic compressor gets a seed per worker, unless its messages are summed com
   Yoon 2017) are summed *in compressed form* by an all-reduce of the payloads' floating-point
   entries, then decompressed once: ``mean = decompress(sum_i C(g_i)) / N``;
 - the others (top-k, QSGD, sign, ...) are all-gathered as payloads, and every worker
-  decompresses each and averages them in worker order: ``mean = sum_i decompress(C(g_i)) / N``.
+  decompresses each and averages them in worker order: ``mean = sum_i decompress(C(g_i)) / N``
+  (:func:`shoal.compress.decompress_sum`: sparse messages are scatter-added into one buffer,
+  bit for bit the same sum, and PowerSGD's factors multiplied once, stacked).
 
 Which path a compressor takes is decided once, at ``init``, by a probe: the payloads are summed
 in compressed form only if adding their floating-point entries (what the all-reduce does)
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 
 from shoal.compress._common import init_with_seed, mix
-from shoal.compress.base import Compressor, add_all, is_homomorphic
+from shoal.compress.base import Compressor, decompress_sum, is_homomorphic
 from shoal.parallel.base import (
     GradFn,
     State,
@@ -102,7 +104,7 @@ def compressed_mean(
         total_D = compressor.decompress(comm.all_reduce_payloads(payloads)).to(rows_WD.dtype)
     else:
         inbox = comm.all_gather_payloads(payloads)
-        total_D = add_all([compressor.decompress(p).to(rows_WD.dtype) for p in inbox])
+        total_D = decompress_sum(compressor, inbox, rows_WD.dtype)
     mean_D = total_D / comm.world_size
     return mean_D.expand_as(rows_WD), new_states
 

@@ -1,0 +1,106 @@
+"""``decompress_sum``: the sum of many decompressed messages, against decompressing each.
+
+Reference: the left-to-right sum of the ``decompress``-ed messages (what a receiver without the
+fast path computes). Sparsifiers (and the wrappers around them) must match it bit for bit;
+PowerSGD's stacked product to float rounding; compressors without a fast path fall back to it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shoal.compress import (
+    decompress_sum,
+    dgc_top_k,
+    error_feedback,
+    init_for_worker,
+    layerwise,
+    powersgd,
+    qsgd,
+    threshold,
+    top_k,
+)
+
+SHAPES = [torch.Size([400, 200]), torch.Size([200]), torch.Size([16, 3, 5, 5]), torch.Size([7])]
+D = sum(s.numel() for s in SHAPES)  # 81,409
+
+
+def left_sum(ts: list[torch.Tensor]) -> torch.Tensor:
+    acc = ts[0].clone()
+    for t in ts[1:]:
+        acc += t
+    return acc
+
+
+def messages(compressor, n: int = 4, scale: float = 1.0):
+    """``n`` workers' payloads, each from its own input and its own compressor state."""
+    out = []
+    for w in range(n):
+        x = torch.randn(D, generator=torch.Generator().manual_seed(w)) * scale
+        state = init_for_worker(compressor, x, w)
+        out.append(compressor.compress(x, state)[0])
+    return out
+
+
+@pytest.mark.parametrize(
+    "compressor",
+    [
+        top_k(ratio=0.001),  # blocked indices (D > 2**15)
+        threshold(1.5),  # a different count per message
+        dgc_top_k(0.01),
+        error_feedback(top_k(ratio=0.05)),
+        layerwise(top_k(ratio=0.1), SHAPES),  # blocked and flat (a 1,200-entry block)
+        qsgd(4, bucket_size=64),  # no fast path: the fallback
+    ],
+    ids=lambda c: c.name,
+)
+@pytest.mark.parametrize("dtype", [None, torch.float64])
+def test_sum_is_bit_for_bit_the_sum_of_the_decompressed_messages(compressor, dtype) -> None:
+    payloads = messages(compressor)
+    reference = left_sum([compressor.decompress(p).to(dtype or torch.float32) for p in payloads])
+    got = decompress_sum(compressor, payloads, dtype)
+    assert got.dtype == reference.dtype
+    assert torch.equal(got, reference)
+
+
+def test_both_index_encodings_are_covered() -> None:
+    assert "counts" in messages(top_k(ratio=0.001))[0]
+    per_block = messages(layerwise(top_k(ratio=0.1), SHAPES))[0]
+    assert "0.counts" in per_block and "2.indices" in per_block and "2.counts" not in per_block
+
+
+def test_threshold_messages_overlap_and_differ_in_length() -> None:
+    # The premise of the test above for threshold: messages share some indices, not all.
+    payloads = messages(threshold(1.5))
+    kept = [set(threshold(1.5).decompress(p).nonzero().flatten().tolist()) for p in payloads]
+    assert len({len(k) for k in kept}) > 1
+    assert kept[0] & kept[1] and kept[0] != kept[1]
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_powersgd_stacked_product_is_the_sum_to_rounding(wrap: bool) -> None:
+    inner = powersgd(SHAPES, rank=2, min_compression_rate=0)
+    compressor = error_feedback(inner) if wrap else inner
+    payloads = messages(compressor)
+    reference = left_sum([compressor.decompress(p) for p in payloads])
+    torch.testing.assert_close(decompress_sum(compressor, payloads), reference)
+    # The 1-D blocks travel dense: their sum is exact.
+    one_d = slice(80_000, 80_200)
+    assert torch.equal(decompress_sum(compressor, payloads)[one_d], reference[one_d])
+    # A single message is its own decompression.
+    assert torch.equal(decompress_sum(compressor, payloads[:1]), compressor.decompress(payloads[0]))
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one payload"):
+        decompress_sum(top_k(ratio=0.1), [])
+    short = top_k(ratio=0.1).compress(torch.randn(50), None)[0]
+    long = top_k(ratio=0.1).compress(torch.randn(60), None)[0]
+    with pytest.raises(ValueError, match="different lengths"):
+        decompress_sum(top_k(ratio=0.1), [short, long])
+    c = powersgd(SHAPES, rank=2, min_compression_rate=0)
+    x = torch.randn(D)
+    round_1 = c.project(x, c.init(x))
+    with pytest.raises(ValueError, match="round-1"):
+        decompress_sum(c, [round_1])
