@@ -17,6 +17,7 @@ from shoal.compress import (
     error_feedback,
     identity,
     layerwise,
+    powersgd,
     qsgd,
     random_k,
     scaled_sign,
@@ -86,6 +87,26 @@ def test_in_place_residual_equals_decompress_and_subtract(inner: Compressor) -> 
         assert torch.equal(new_state["residual"], accumulated - c.decompress(payload))
         assert torch.equal(x, x_before) and torch.equal(state["residual"], residual_before)
         state, x = new_state, torch.randn(100_003, generator=g)
+
+
+def test_powersgd_in_place_residual_is_accumulated_minus_decompressed() -> None:
+    """PowerSGD's fused residual: ``M - P Q^T`` per matrix to rounding, the dense (1-D and
+    too-small) blocks exactly zero, the caller's input and state untouched."""
+    shapes = [torch.Size([40, 30]), torch.Size([30]), torch.Size([8, 2, 3, 3])]
+    c = error_feedback(powersgd(shapes, rank=2, min_compression_rate=0))
+    g = gen(12)
+    x = torch.randn(1374, generator=g)
+    state = c.init(x)
+    for _ in range(3):
+        x_before, residual_before = x.clone(), state["residual"].clone()
+        accumulated = x + state["residual"]
+        payload, new_state = c.compress(x, state)
+        expected = accumulated - c.decompress(payload)
+        torch.testing.assert_close(new_state["residual"], expected, rtol=0, atol=1e-6)
+        assert torch.equal(new_state["residual"][1200:1230], torch.zeros(30))
+        assert new_state["residual"][:1200].abs().max() > 0.1  # rank 2 of 30 drops a lot
+        assert torch.equal(x, x_before) and torch.equal(state["residual"], residual_before)
+        state, x = new_state, torch.randn(1374, generator=g)
 
 
 def test_error_feedback_eventually_sends_everything() -> None:

@@ -14,7 +14,9 @@ converge. Wrapping changes neither the payload nor its decompression: ``nbytes``
 
 A compressor may offer ``residual(accumulated_D, payload)``, the same difference computed
 in place in ``accumulated_D`` (which error feedback allocates per call and owns); the
-sparsifiers do, zeroing the sent entries instead of decompressing and subtracting.
+sparsifiers do, zeroing the sent entries instead of decompressing and subtracting, and so does
+PowerSGD (``M - P Q^T`` by one fused product per matrix: equal to the subtraction up to
+rounding, 3.5x less time for the 1.66M-parameter CNN).
 
 Error feedback assumes a contractive compressor, ``E||x - C(x)||^2 <= ||x||^2``
 (:func:`shoal.compress.is_contractive`); wrapping one that declares otherwise (QSGD with few

@@ -209,6 +209,19 @@ class PowerSGD:
     def decompress(self, payload: Payload) -> torch.Tensor:
         return self.decompress_sum([payload])
 
+    def residual(self, accumulated_D: torch.Tensor, payload: Payload) -> torch.Tensor:
+        """``accumulated_D - decompress(payload)`` (error feedback's memory), computed in
+        ``accumulated_D``'s storage: ``M - P Q^T`` per compressed block by one fused
+        ``addmm_`` (equal to the subtraction up to rounding), and the dense blocks, sent as
+        exact copies, zeroed. No decompressed vector is formed."""
+        for i, b in enumerate(self._blocks):
+            block_D = accumulated_D[b.offset : b.offset + b.numel]
+            if b.rank:
+                block_D.view(b.rows, b.cols).addmm_(payload[f"p{i}"], payload[f"q{i}"].T, alpha=-1)
+            else:
+                block_D.zero_()
+        return accumulated_D
+
     def decompress_sum(
         self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
     ) -> torch.Tensor:
