@@ -12,11 +12,14 @@ communicators record the exchanges the gloo ones do (tested in ``tests/parallel`
 predicted seconds per step is what the cost model says the shaped run should have taken; the
 ratio measured / predicted says how far to trust ``sim_seconds``.
 
-The cost model charges gradient compute and the network only: compressing and decompressing
-(PowerSGD's orthogonalization, top-k's selection), Python and gloo's own per-message work are
-not in it, and the kernel's byte counts include TCP/IP headers (~3-4% on 1500-byte frames).
-PyTorch DDP's row uses dense synchronous SGD's exchanges and compute (DDP's own compute is
-not recorded separately).
+Each compressed configuration is predicted twice: with the network and the compute only, and
+with the codec's time too (``CostModel.codec_seconds_per_element``): ``shoal.cost.measure_codec``
+of its compressor on the CNN's gradient size here, in this one process, times how much slower
+the measured run's workers computed than this process does (4 workers shared 2 cores): the
+codec is assumed to get the share of a core the compute got. Not in either: Python's and gloo's
+own per-message work; and the kernel's byte counts include TCP/IP headers (~3-4% on
+1500-byte frames). PyTorch DDP's row uses dense synchronous SGD's exchanges and compute (DDP's
+own compute is not recorded separately).
 
     python benchmarks/cost_model_check.py --json benchmarks/results/cost_model_check.json
 """
@@ -37,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _shaped_worker as shaped  # noqa: E402
-from shoal.cost import CostModel, Network, alpha_beta  # noqa: E402
+from shoal.cost import CostModel, Network, alpha_beta, measure_codec  # noqa: E402
 from shoal.parallel import ParallelConfig, SimComm, train_parallel  # noqa: E402
 
 RATES_BPS = {"100mbit": 100e6 / 8, "1gbit": 1e9 / 8}
@@ -50,21 +53,50 @@ FLAGS = {
 }
 
 
-def predicted_seconds_per_step(
-    a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int
-) -> float:
-    """Simulated seconds per step of ``config`` on links of ``rate_Bps`` (no latency)."""
+def simulate(
+    a: argparse.Namespace, config: str, steps: int, comm: Any, network: CostModel | None = None
+) -> dict[str, Any]:
+    """``config`` as the shaped run trains it, for ``steps`` steps in simulation; its last row."""
     data, shards = shaped.load(a, 4)
     model = shaped.build_model(a.model)
-    link = alpha_beta(0.0, rate_Bps)
-    network = CostModel(Network("shaped", link, link), seconds_per_sample=compute_s / a.batch_size)
     cfg = ParallelConfig(
         steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
         device="cpu", checkpoint_every=steps,
     )  # fmt: skip
     algorithm = shaped.shoal_algorithm(a, config, model, 4)
-    result = train_parallel(model, data, shards, algorithm, cfg, SimComm(4), network=network)
-    return result.metrics[-1]["sim_seconds"] / steps
+    shards = shards[: comm.world_size]
+    return train_parallel(model, data, shards, algorithm, cfg, comm, network=network).metrics[-1]
+
+
+def predicted_seconds_per_step(
+    a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int,
+    codec_s: float = 0.0,
+) -> float:  # fmt: skip
+    """Simulated seconds per step of ``config`` on links of ``rate_Bps`` (no latency)."""
+    link = alpha_beta(0.0, rate_Bps)
+    network = CostModel(
+        Network("shaped", link, link),
+        seconds_per_sample=compute_s / a.batch_size,
+        codec_seconds_per_element=codec_s,
+    )
+    return simulate(a, config, steps, SimComm(4), network)["sim_seconds"] / steps
+
+
+def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
+    """One worker's gradient compute per step in this process (dense SGD, one simulated worker:
+    its training time is the compute and a trivial update)."""
+    row = simulate(a, "dense", steps, SimComm(1))
+    return a.batch_size / row["samples_per_second"]
+
+
+def codec_seconds_per_element(a: argparse.Namespace, config: str) -> float:
+    """``measure_codec`` of ``config``'s compressor here (0 for an uncompressed one)."""
+    algorithm = shaped.shoal_algorithm(a, config, shaped.build_model(a.model), 4)
+    compressor = getattr(algorithm, "compressor", None)
+    if compressor is None:
+        return 0.0
+    numel = sum(p.numel() for p in shaped.build_model(a.model).parameters())
+    return measure_codec(compressor, numel, 4)
 
 
 def main() -> None:
@@ -106,10 +138,20 @@ def main() -> None:
         "the target on tc-shaped veth links.\n"
     )
     rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, str], float] = {}
+    cache: dict[tuple[str, str, float], float] = {}
     t0 = time.perf_counter()
-    print(f"| {'configuration':44s} | link    | measured s/step | predicted | measured/predicted |")
-    print(f"|{'-' * 46}|---------|-----------------|-----------|--------------------|")
+    own_compute = own_compute_seconds(a)
+    codec = {c: codec_seconds_per_element(a, c) for cs in summary.values() for c in cs}
+    print(
+        f"One worker's compute per step here: {own_compute * 1e3:.1f} ms. Codec per gradient "
+        "entry here: " + ", ".join(f"{c} {v * 1e9:.1f} ns" for c, v in codec.items() if v) + ".\n"
+    )
+    print(
+        f"| {'configuration':44s} | link    | measured s/step | predicted | measured/predicted "
+        "| with codec | measured/with codec |"
+    )
+    print(f"|{'-' * 46}|---------|-----------------|-----------|--------------------|"
+          "------------|---------------------|")  # fmt: skip
     for bw, configs in summary.items():
         for config, m in configs.items():
             if not isinstance(m, dict) or not m.get("seconds_per_step") or bw not in RATES_BPS:
@@ -118,15 +160,18 @@ def main() -> None:
             compute = configs[source]["compute_seconds_per_step"]
             if config not in shaped.CONFIGS or compute is None or config == "easgd":
                 continue
-            key = (bw, source)
-            if key not in cache:
-                cache[key] = predicted_seconds_per_step(
-                    a, source, RATES_BPS[bw], compute, args.steps
-                )
-            pred = cache[key]
-            ratio = m["seconds_per_step"] / pred
+            # The codec shares a core as the compute did: scaled by the run's slowdown.
+            codec_s = codec[source] * compute / own_compute
+            for rate in {0.0, codec_s}:
+                if (bw, source, rate) not in cache:
+                    cache[bw, source, rate] = predicted_seconds_per_step(
+                        a, source, RATES_BPS[bw], compute, args.steps, rate
+                    )
+            pred, with_codec = cache[bw, source, 0.0], cache[bw, source, codec_s]
+            ratio, ratio_codec = m["seconds_per_step"] / pred, m["seconds_per_step"] / with_codec
             label = shaped_label(config)
             cells = f"{m['seconds_per_step']:15.3f} | {pred:9.3f} | {ratio:18.2f}"
+            cells += f" | {with_codec:10.3f} | {ratio_codec:19.2f}"
             print(f"| {label:44s} | {bw:7s} | {cells} |")
             rows.append(
                 {
@@ -135,17 +180,30 @@ def main() -> None:
                     "bandwidth": bw,
                     "measured_seconds_per_step": m["seconds_per_step"],
                     "measured_compute_seconds_per_step": compute,
+                    "codec_seconds_per_element": codec_s,
                     "predicted_seconds_per_step": pred,
                     "measured_over_predicted": ratio,
+                    "predicted_with_codec_seconds_per_step": with_codec,
+                    "measured_over_predicted_with_codec": ratio_codec,
                 }
             )
     ratios = [r["measured_over_predicted"] for r in rows]
-    by = {(r["config"], r["bandwidth"]): r["measured_over_predicted"] for r in rows}
+    by = {(r["config"], r["bandwidth"]): r for r in rows}
+
+    def ratio_of(config: str, key: str = "measured_over_predicted") -> float | None:
+        return by[config, "100mbit"][key] if (config, "100mbit") in by else None
+
     headline = {
         "median_measured_over_predicted": statistics.median(ratios),
-        "dense_measured_over_predicted_100mbit": by.get(("dense", "100mbit")),
-        "dpsgd_measured_over_predicted_100mbit": by.get(("dpsgd_ring", "100mbit")),
-        "topk_ef_measured_over_predicted_100mbit": by.get(("topk_ef", "100mbit")),
+        "median_measured_over_predicted_with_codec": statistics.median(
+            r["measured_over_predicted_with_codec"] for r in rows
+        ),
+        "dense_measured_over_predicted_100mbit": ratio_of("dense"),
+        "dpsgd_measured_over_predicted_100mbit": ratio_of("dpsgd_ring"),
+        "topk_ef_measured_over_predicted_100mbit": ratio_of("topk_ef"),
+        "topk_ef_measured_over_predicted_with_codec_100mbit": ratio_of(
+            "topk_ef", "measured_over_predicted_with_codec"
+        ),
     }
     median = headline["median_measured_over_predicted"]
     print(f"\nmedian measured/predicted over {len(rows)} rows: {median:.2f}")
@@ -159,6 +217,8 @@ def main() -> None:
                 for path, run in zip(args.shaped, runs)
             ],
             "steps_simulated": args.steps,
+            "own_compute_seconds_per_step": own_compute,
+            "codec_seconds_per_element_here": {c: v for c, v in codec.items() if v},
             "torch": torch.__version__,
             "machine": platform.machine(),
             "rows": rows,

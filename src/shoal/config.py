@@ -45,8 +45,10 @@ The schema (two levels: top-level keys, then one table per concern)::
     [network]
     profile = "none"    # none | datacenter | ethernet_1g | wifi | 4g: simulated time per round;
                         # the profile's values, overridable: latency_ms, uplink_mbit_s,
-                        # downlink_mbit_s; seconds_per_sample (compute); heterogeneity:
-                        # speed_sigma, bandwidth_sigma, straggler_probability, straggler_slowdown
+                        # downlink_mbit_s; seconds_per_sample (compute);
+                        # codec_seconds_per_element (compression, data-parallel runs: see
+                        # shoal.cost.measure_codec); heterogeneity: speed_sigma,
+                        # bandwidth_sigma, straggler_probability, straggler_slowdown
 
     [client]
     epochs = 1
@@ -412,6 +414,7 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
     out: dict[str, Any] = {
         k: _value(k, raw.get(k), p, missing=k not in raw) for k, p in TOP.items()
     }
+    schema: dict[str, Mapping[str, Param]] = {}  # each table's keys, the chosen names' included
     for section, fixed in SECTIONS.items():
         given = raw.get(section, {})
         if not isinstance(given, dict):
@@ -453,9 +456,10 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
             if v is not None:
                 values[k] = v
         out[section] = values
+        schema[section] = {**fixed, **extra}
     data_parallel = list(catalog.get(UNSAMPLED, {}))
     _check_across(out, sampled=out["algorithm"]["name"] not in data_parallel)
-    _check_kind(raw, out, data_parallel)
+    _check_kind(raw, out, schema, data_parallel)
     return Config(out)
 
 
@@ -475,11 +479,21 @@ FEDERATED_ONLY = (
     # options (this prefix matches both): the data-parallel methods send no such broadcast
 )
 """Dotted prefixes of the keys only federated algorithms read (``"client."``: the whole
-table). ``[parallel]`` is the other way round: only the data-parallel ones read it. Everything
-else is read by both kinds."""
+table). :data:`PARALLEL_ONLY` is the other way round. Everything else is read by both kinds."""
+
+PARALLEL_ONLY = (
+    "parallel.",
+    "network.codec_seconds_per_element",  # charged per data-parallel exchange (shoal.cost)
+)
+"""Dotted prefixes of the keys only data-parallel algorithms read."""
 
 
-def _check_kind(raw: Mapping[str, Any], cfg: dict[str, Any], data_parallel: Sequence[str]) -> None:
+def _check_kind(
+    raw: Mapping[str, Any],
+    cfg: dict[str, Any],
+    schema: Mapping[str, Mapping[str, Param]],
+    data_parallel: Sequence[str],
+) -> None:
     """Refuse a key that ``raw`` gives and the chosen algorithm's kind would silently ignore.
 
     A key at its default does not count as given: it changes nothing whichever kind runs. That
@@ -488,13 +502,13 @@ def _check_kind(raw: Mapping[str, Any], cfg: dict[str, Any], data_parallel: Sequ
     (``examples/fedavg_mnist5k.toml``); what is refused is a value the run would not use.
     """
     name = cfg["algorithm"]["name"]
-    unused = FEDERATED_ONLY if name in data_parallel else ("parallel.",)
+    unused = FEDERATED_ONLY if name in data_parallel else PARALLEL_ONLY
     # Schema order (a table's own options sorted), so the same key is always reported first.
     given: list[tuple[str, Param | None]] = [(key, TOP[key]) for key in TOP if key in raw]
     for section, fixed in SECTIONS.items():
         table = raw.get(section, {})
         keys = [*(k for k in fixed if k in table), *sorted(set(table) - set(fixed))]
-        given += [(f"{section}.{k}", fixed.get(k)) for k in keys]
+        given += [(f"{section}.{k}", schema[section].get(k)) for k in keys]
     for key, param in given:
         section, _, k = key.rpartition(".")
         at_default = param is not None and (cfg[section] if section else cfg)[k] == param.default
@@ -508,8 +522,8 @@ def _check_kind(raw: Mapping[str, Any], cfg: dict[str, Any], data_parallel: Sequ
             )
         raise ConfigError(
             f"{key} is set, but algorithm.name = {_show(name)} is federated: it runs rounds "
-            "with [client] and [sampling]; [parallel] applies to the data-parallel algorithms "
-            f"({_join(data_parallel)}). Remove [parallel] or pick one of those."
+            f"with [client] and [sampling]; {key} applies to the data-parallel algorithms "
+            f"({_join(data_parallel)}) only. Remove it or pick one of those."
         )
 
 

@@ -32,11 +32,15 @@ How a round's time follows the topology:
   one after another (no overlap of communication with computation: Overlap SGP is charged
   as if it waited for its messages, an upper bound).
 
-Not charged: compressing and decompressing (fold a compressor's measured time into
-``seconds_per_sample`` where it matters) and the transport's per-message work. Against step
-times measured on tc-shaped links (``benchmarks/cost_model_check.py``) dense all-reduces come
-within 4-20%, gossip within 23-44%, and compressed synchronous SGD takes 2.3-2.7x the
-prediction.
+Compressing and decompressing take ``codec_seconds_per_element`` times the entries a worker
+compressed for an exchange (the :class:`Exchange`'s ``codec_elements``: its own message out
+and the sum of the messages in), times its slowdown, before that exchange; 0 (the default)
+charges none. It depends on the compressor and the device, not on the network: measure it with
+:func:`measure_codec`. Federated rounds do not take it (a client compresses once per local
+training; fold that into ``seconds_per_sample``). Not charged: the transport's per-message
+work. Against step times measured on tc-shaped links (``benchmarks/cost_model_check.py``)
+dense all-reduces come within 4-20% and gossip within 23-44%; see there for compressed
+synchronous SGD with and without the codec's time.
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
 bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
@@ -51,11 +55,14 @@ Shape suffix: ``W`` the workers (sampled clients) of a round.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from shoal.topology import Topology
 
@@ -70,6 +77,7 @@ __all__ = [
     "cellular_4g",
     "datacenter",
     "ethernet_1g",
+    "measure_codec",
     "ring_all_gather_seconds",
     "ring_all_reduce_seconds",
     "wifi",
@@ -240,12 +248,16 @@ class Exchange:
     kind: Literal["all_reduce", "all_gather", "p2p"]
     nbytes_N: tuple[int, ...]
     topology: Topology | None = None
+    codec_elements: int = 0
+    """Entries each worker compressed for this exchange (0: sent as they are)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("all_reduce", "all_gather", "p2p"):
             raise ValueError(f"Exchange kind must be all_reduce, all_gather or p2p: {self.kind!r}")
         if (self.kind == "p2p") != (self.topology is not None):
             raise ValueError("a p2p Exchange needs its topology, and only it takes one")
+        if not isinstance(self.codec_elements, int) or self.codec_elements < 0:
+            raise ValueError(f"codec_elements must be an int >= 0, got {self.codec_elements!r}")
 
 
 @dataclass(frozen=True)
@@ -257,9 +269,14 @@ class CostModel:
     """Reference compute time per trained sample (forward + backward); 0 counts only the
     network. Measure it on the device you simulate."""
     heterogeneity: Heterogeneity = field(default_factory=Heterogeneity)
+    codec_seconds_per_element: float = 0.0
+    """Reference time to compress a message and decompress the incoming ones, per entry
+    compressed (data-parallel exchanges only; :func:`measure_codec` measures it); 0 charges
+    none."""
 
     def __post_init__(self) -> None:
         _finite(self.seconds_per_sample, "seconds_per_sample")
+        _finite(self.codec_seconds_per_element, "codec_seconds_per_element")
 
     def compute_seconds(
         self, clients_W: np.ndarray, samples_W: np.ndarray, round_idx: int
@@ -331,11 +348,13 @@ class CostModel:
         (how their clocks combine: the module docstring)."""
         nodes = np.arange(len(samples_N))
         clock_N = self.compute_seconds(nodes, samples_N, step)
+        codec_N = self.codec_seconds_per_element * self.heterogeneity.slowdown(nodes, step)
         for ex in exchanges:
             if len(ex.nbytes_N) != len(nodes):
                 raise ValueError(
                     f"{ex.kind}: {len(ex.nbytes_N)} byte counts for {len(nodes)} workers"
                 )
+            clock_N = clock_N + ex.codec_elements * codec_N
             if ex.topology is not None:
                 clock_N = self._point_to_point(ex.topology, ex.nbytes_N, clock_N)
                 continue
@@ -367,3 +386,42 @@ class CostModel:
             arrival = float(clock_N[i]) + latency + nbytes_N[i] / beta
             done_N[i], done_N[j] = max(done_N[i], arrival), max(done_N[j], arrival)
         return done_N
+
+
+def measure_codec(
+    compressor: Any,
+    numel: int,
+    world_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 7,
+    seed: int = 0,
+) -> float:
+    """Seconds per entry to compress one ``numel``-entry message and sum ``world_size``
+    received ones (:func:`shoal.compress.decompress_sum`), as synchronous SGD does every step:
+    the median of ``repeats`` timed steps (after one untimed warm-up, the compressor's state
+    carried as in training) over ``numel``. A property of this machine and device, like
+    ``seconds_per_sample``: pass it as :class:`CostModel`'s ``codec_seconds_per_element``.
+    """
+    from shoal.compress import Compressor, decompress_sum, init_for_worker
+
+    if not isinstance(compressor, Compressor):
+        raise TypeError(f"measure_codec needs a compressor, got {type(compressor).__name__}")
+    for name, value in (("numel", numel), ("world_size", world_size), ("repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"measure_codec: {name} must be an int >= 1, got {value!r}")
+    dev = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    inputs = [torch.randn(numel, generator=gen).to(dev) for _ in range(repeats + 1)]
+    state = init_for_worker(compressor, inputs[0], 0)
+    seconds = []
+    for x_D in inputs:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        payload, state = compressor.compress(x_D, state)
+        decompress_sum(compressor, [payload] * world_size)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[1:]) / numel

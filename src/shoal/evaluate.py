@@ -71,8 +71,14 @@ def predict_shared(
 
 
 def pooled(loss_N: torch.Tensor, correct_N: torch.Tensor) -> tuple[float, float]:
-    """Pooled ``(loss, accuracy)``: every test sample counts once (sum correct / sum samples)."""
-    return float(loss_N.mean()), float(correct_N.float().mean())
+    """Pooled ``(loss, accuracy)``: every test sample counts once (sum correct / sum samples).
+
+    The accuracy is the exact count over the size in double precision: a float32 mean makes
+    950 of 1,000 correct 0.94999999, which a 95% target would not count as reached.
+    """
+    n = correct_N.numel()
+    correct = float(correct_N.sum(dtype=torch.float64))
+    return float(loss_N.mean()), correct / n if n else float("nan")
 
 
 def per_client_accuracy(correct_N: torch.Tensor, clients: list[np.ndarray]) -> np.ndarray:

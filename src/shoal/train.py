@@ -141,6 +141,12 @@ def train(
     """
     _check_clients(clients, len(data.train))
     config.sampler.check(len(clients))
+    if network is not None and network.codec_seconds_per_element > 0:
+        raise ValueError(
+            "network: codec_seconds_per_element is charged per data-parallel exchange only; a "
+            "federated client compresses once per local training, so fold that time into "
+            "seconds_per_sample"
+        )
     dev = resolve_device(config.device)
     runtime = runtime if runtime is not None else SimRuntime()
     main = runtime.is_main  # the one process that writes files

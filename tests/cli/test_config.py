@@ -134,7 +134,7 @@ FEDERATED = {
 DATA_PARALLEL = {
     "partition": {"scheme": "iid", "num_clients": 4},
     "algorithm": {"name": "dpsgd", "momentum": 0.9},
-    "network": {"profile": "wifi"},
+    "network": {"profile": "wifi", "codec_seconds_per_element": 2e-9},
     "runtime": {"timeout_s": 30},
     "eval": {"batch_size": 500},
     "parallel": {"steps": 600, "batch_size": 16, "eval_every": 100, "topology": "ring"},
@@ -146,6 +146,11 @@ DATA_PARALLEL = {
     [
         ({**FEDERATED, "parallel": {"steps": 600}}, "parallel.steps", ["federated", '"dpsgd"']),
         ({**FEDERATED, "parallel": {"topology": "ring"}}, "parallel.topology", ["federated"]),
+        (
+            {**FEDERATED, "network": {"profile": "wifi", "codec_seconds_per_element": 1e-9}},
+            "network.codec_seconds_per_element",
+            ["federated", "data-parallel algorithms"],
+        ),
         ({**DATA_PARALLEL, "rounds": 30}, "rounds", ["data-parallel", "parallel.steps"]),
         ({**DATA_PARALLEL, "client": {"epochs": 2}}, "client.epochs", ["data-parallel"]),
         (
@@ -192,6 +197,9 @@ def test_a_key_at_its_default_is_not_refused() -> None:
     # It changes nothing either way; a resolved config.toml holds both kinds' keys so.
     resolve({**DATA_PARALLEL, "rounds": 20, "sampling": {"clients_per_round": 10}}, CATALOG)
     resolve({**FEDERATED, "parallel": {"steps": 500, "topology": "auto"}}, CATALOG)
+    # Also a key of a chosen name's own (the network profile's), at that name's default.
+    network = {"profile": "wifi", "codec_seconds_per_element": 0.0}
+    resolve({**FEDERATED, "network": network}, CATALOG)
 
 
 @pytest.mark.parametrize("raw", [FEDERATED, DATA_PARALLEL])

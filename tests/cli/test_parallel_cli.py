@@ -65,6 +65,20 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
             assert (out / png).read_bytes()[:4] == b"\x89PNG", png
 
 
+def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):
+    """``network.codec_seconds_per_element``: every step of top-k sync SGD costs ``D`` entries'
+    codec time more (the digits MLP: 64 * 32 + 32 + 32 * 10 + 10 = 2,410 parameters)."""
+    setup = '[compression]\nname = "top_k"\nratio = 0.1\n[network]\nprofile = "wifi"\n'
+    runs = {}
+    for label, extra in (("free", ""), ("coded", "codec_seconds_per_element = 1e-6\n")):
+        cfg = _config(tmp_path, "sync_sgd", setup + extra)
+        assert shoal("run", cfg, "--out", tmp_path / label, "--quiet") == 0
+        runs[label] = _rows(tmp_path / label)
+    for a, b in zip(runs["free"], runs["coded"], strict=True):
+        assert b["test_accuracy"] == a["test_accuracy"]  # timing only
+        assert b["sim_seconds"] - a["sim_seconds"] == pytest.approx(a["step"] * 2410e-6)
+
+
 @pytest.mark.parametrize(
     ("name", "extra", "key"),
     [

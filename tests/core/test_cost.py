@@ -18,6 +18,7 @@ from shoal.cost import (
     cellular_4g,
     datacenter,
     ethernet_1g,
+    measure_codec,
     ring_all_gather_seconds,
     ring_all_reduce_seconds,
     wifi,
@@ -102,6 +103,36 @@ def test_a_step_of_several_exchanges_by_hand():
         cm.step_seconds([Exchange("all_reduce", (1, 2))], samples, 0)
 
 
+def test_a_compressed_exchange_first_charges_each_workers_codec_time():
+    link = Link(0.0, 1000.0)
+    slow = Heterogeneity(speed_sigma=0.5, seed=3)  # the compute slowdown applies to the codec
+    cm = CostModel(Network("sym", link, link), 0.01, slow, codec_seconds_per_element=1e-4)
+    samples = np.array([10, 20, 30])
+    s_N = slow.slowdown(np.arange(3), 4)
+    gather = Exchange("all_gather", (100, 400, 200), codec_elements=2000)
+    # Each worker: its compute, then 2,000 entries at 0.1 ms each; the gather starts with the
+    # last of them and takes 2 (400 / 1000).
+    start = max((samples * 0.01 + 0.2) * s_N)
+    assert cm.step_seconds([gather], samples, 4) == pytest.approx(start + 0.8)
+    # An exchange of uncompressed rows charges none; nor does a model without a codec rate.
+    plain = Exchange("all_gather", (100, 400, 200))
+    assert cm.step_seconds([plain], samples, 4) == pytest.approx(max(samples * 0.01 * s_N) + 0.8)
+    free = CostModel(Network("sym", link, link), 0.01, slow)
+    assert free.step_seconds([gather], samples, 4) == cm.step_seconds([plain], samples, 4)
+
+
+def test_measure_codec_times_a_compressed_step_per_entry():
+    from shoal.compress import error_feedback, top_k
+
+    rate = measure_codec(error_feedback(top_k(ratio=0.01)), 200_000, 4, repeats=3)
+    # A real duration per entry: more than nothing, less than a microsecond per float.
+    assert 0 < rate < 1e-6
+    with pytest.raises(ValueError, match="world_size must be an int >= 1"):
+        measure_codec(top_k(ratio=0.01), 100, 0)
+    with pytest.raises(TypeError, match="needs a compressor"):
+        measure_codec("top_k", 100, 2)
+
+
 def test_exchanges_say_what_they_are():
     with pytest.raises(ValueError, match="kind"):
         Exchange("broadcast", (1,))  # type: ignore[arg-type]
@@ -109,6 +140,8 @@ def test_exchanges_say_what_they_are():
         Exchange("p2p", (1, 1))
     with pytest.raises(ValueError, match="topology"):
         Exchange("all_reduce", (1, 1, 1), ring(3))
+    with pytest.raises(ValueError, match="codec_elements"):
+        Exchange("all_reduce", (1, 1, 1), codec_elements=-1)
 
 
 def test_profiles_are_typical_values_with_a_slower_4g_uplink():
@@ -153,6 +186,7 @@ def test_stragglers_are_drawn_per_round():
         (lambda: Heterogeneity(straggler_slowdown=0.5), "straggler_slowdown"),
         (lambda: Heterogeneity(speed_sigma=float("nan")), "speed_sigma"),
         (lambda: CostModel(NET, seconds_per_sample=-1.0), "seconds_per_sample"),
+        (lambda: CostModel(NET, codec_seconds_per_element=-1e-9), "codec_seconds_per_element"),
     ],
 )
 def test_bad_values_are_one_line(make, match):
@@ -211,3 +245,8 @@ def test_training_logs_simulated_time():
     sims = [r["round_sim_seconds"] for r in res.metrics]
     assert res.metrics[-1]["sim_seconds"] == pytest.approx(sum(sims))
     assert res.metrics[0]["test_accuracy"] == plain.metrics[0]["test_accuracy"]  # timing only
+
+
+def test_federated_training_refuses_a_codec_rate():
+    with pytest.raises(ValueError, match="per data-parallel exchange only"):
+        _train(CostModel(NET, codec_seconds_per_element=1e-9), rounds=1)

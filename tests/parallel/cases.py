@@ -80,9 +80,11 @@ NETWORK = CostModel(
     Network("test", alpha_beta(1e-3, 1e6), alpha_beta(2e-3, 4e6)),
     seconds_per_sample=1e-4,
     heterogeneity=Heterogeneity(speed_sigma=0.3, bandwidth_sigma=0.5, seed=1),
+    codec_seconds_per_element=1e-7,
 )
 """Every case's simulated time: per-worker speeds and bandwidths, so which worker and which
-link is the slowest matters, and distributed runs must charge what the simulation does."""
+link is the slowest matters, and distributed runs must charge what the simulation does
+(compressing included)."""
 
 
 def config(**overrides: Any) -> ParallelConfig:

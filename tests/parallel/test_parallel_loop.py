@@ -4,6 +4,7 @@ resumed bit for bit."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,6 +74,25 @@ def test_simulated_time_by_hand(name, slowdown):
             comm = alpha + n / (beta / 2)
         assert row["sim_seconds"] == pytest.approx(step * (compute + comm), rel=1e-12)
     assert r.summary["sim_seconds"] == r.metrics[-1]["sim_seconds"]
+
+
+@pytest.mark.parametrize("name", ["sync_sgd_topk_ef", "local_sgd_topk_ef", "sync_sgd_random_k"])
+def test_compressed_exchanges_charge_the_codec_per_entry(name):
+    """Gathered (top-k), averaged every other step (local SGD) or summed compressed (random-k):
+    each exchange adds ``D`` entries' codec time to every (equally fast) worker."""
+    rate = 1e-6
+    plain = run_case(name, SimComm(4), network=BY_HAND)
+    coded = run_case(name, SimComm(4), network=replace(BY_HAND, codec_seconds_per_element=rate))
+    exchanges = {"local_sgd_topk_ef": lambda step: step // 2}.get(name, lambda step: step)
+    for a, b in zip(plain.metrics, coded.metrics, strict=True):
+        extra = exchanges(a["step"]) * plain.spec.num_params * rate
+        assert b["sim_seconds"] - a["sim_seconds"] == pytest.approx(extra, rel=1e-9)
+    # A dense run has nothing to compress.
+    dense = run_case("sync_sgd", SimComm(4), network=replace(BY_HAND, codec_seconds_per_element=1))
+    assert (
+        dense.summary["sim_seconds"]
+        == run_case("sync_sgd", SimComm(4), network=BY_HAND).summary["sim_seconds"]
+    )
 
 
 class _Killed(Exception):

@@ -251,7 +251,12 @@ def build_network(cfg: Config) -> CostModel | None:
         o["straggler_slowdown"],
         seed=cfg["seed"],
     )
-    return CostModel(Network(name, uplink, downlink), o["seconds_per_sample"], spread)
+    return CostModel(
+        Network(name, uplink, downlink),
+        o["seconds_per_sample"],
+        spread,
+        codec_seconds_per_element=o["codec_seconds_per_element"],
+    )
 
 
 def distributed(cfg: Config) -> bool:

@@ -291,6 +291,9 @@ def network_params(name: str) -> Mapping[str, Param]:
             float, round(net.downlink.bandwidth_Bps / cost.MBIT_S, 9), positive, "> 0"
         ),
         "seconds_per_sample": Param(float, 0.0, non_negative, ">= 0 (0 = count only the network)"),
+        "codec_seconds_per_element": Param(
+            float, 0.0, non_negative, ">= 0 (0 = compressing takes no time; data-parallel only)"
+        ),
         "speed_sigma": Param(float, 0.0, non_negative, ">= 0"),
         "bandwidth_sigma": Param(float, 0.0, non_negative, ">= 0"),
         "straggler_probability": Param(float, 0.0, lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -26,11 +26,12 @@ one payload per destination for point-to-point messages, and one per worker for 
 its own process; the loop sums them. Every counted operation also appends a
 :class:`shoal.cost.Exchange` to ``exchanges`` (its kind and every worker's bytes, which each
 process knows: collectives of dense rows and summable payloads have one size, and an
-all-gather delivers every payload), from which ``train_parallel(network=...)`` charges a step
-simulated seconds; the loop empties the list after every step. Metrics bookkeeping is not
-counted: ``sum_stats`` (a few numbers summed over processes), ``average`` (the workers' mean
-model, which is what gets evaluated) and ``predict`` (the test set scored, shared among the
-processes); nor is ``broadcast`` (the initial model, once).
+all-gather delivers every payload, and the payload collectives take from the caller how many
+entries each worker compressed, ``codec_elements``), from which ``train_parallel(network=...)``
+charges a step simulated seconds; the loop empties the list after every step. Metrics
+bookkeeping is not counted: ``sum_stats`` (a few numbers summed over processes), ``average``
+(the workers' mean model, which is what gets evaluated) and ``predict`` (the test set scored,
+shared among the processes); nor is ``broadcast`` (the initial model, once).
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``K`` in-neighbour slots, ``D`` flat
 parameters.
@@ -86,9 +87,13 @@ class Comm(Protocol):
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor: ...
 
-    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload: ...
+    def all_reduce_payloads(
+        self, payloads: Sequence[Payload], codec_elements: int = 0
+    ) -> Payload: ...
 
-    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]: ...
+    def all_gather_payloads(
+        self, payloads: Sequence[Payload], codec_elements: int = 0
+    ) -> list[Payload]: ...
 
     def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor: ...
 
@@ -157,9 +162,11 @@ class SimComm:
     def __repr__(self) -> str:
         return f"SimComm(world_size={self.world_size})"
 
-    def _collective(self, kind: Literal["all_reduce", "all_gather"], nbytes_N: list[int]) -> None:
+    def _collective(
+        self, kind: Literal["all_reduce", "all_gather"], nbytes_N: list[int], codec: int = 0
+    ) -> None:
         self.bytes_sent += sum(nbytes_N)
-        self.exchanges.append(Exchange(kind, tuple(nbytes_N)))
+        self.exchanges.append(Exchange(kind, tuple(nbytes_N), codec_elements=codec))
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         check_rows(x_WD, self.world_size, "all_reduce_mean")
@@ -171,16 +178,18 @@ class SimComm:
         self._collective("all_gather", [dense_nbytes(x_WD[0])] * self.world_size)
         return x_WD.clone()
 
-    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
+    def all_reduce_payloads(self, payloads: Sequence[Payload], codec_elements: int = 0) -> Payload:
         if len(payloads) != self.world_size:
             raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
-        self._collective("all_reduce", [payload_nbytes(p) for p in payloads])
+        self._collective("all_reduce", [payload_nbytes(p) for p in payloads], codec_elements)
         return sum_floats(payloads)
 
-    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
+    def all_gather_payloads(
+        self, payloads: Sequence[Payload], codec_elements: int = 0
+    ) -> list[Payload]:
         if len(payloads) != self.world_size:
             raise ValueError(f"expected {self.world_size} payloads, got {len(payloads)}")
-        self._collective("all_gather", [payload_nbytes(p) for p in payloads])
+        self._collective("all_gather", [payload_nbytes(p) for p in payloads], codec_elements)
         return list(payloads)
 
     def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:

@@ -96,10 +96,12 @@ class DistComm:
 
     # ---- collectives ---------------------------------------------------------------------
 
-    def _collective(self, kind: Literal["all_reduce", "all_gather"], nbytes: int) -> None:
+    def _collective(
+        self, kind: Literal["all_reduce", "all_gather"], nbytes: int, codec: int = 0
+    ) -> None:
         """Count this worker's contribution (every worker's has this size)."""
         self.bytes_sent += nbytes
-        self.exchanges.append(Exchange(kind, (nbytes,) * self.world_size))
+        self.exchanges.append(Exchange(kind, (nbytes,) * self.world_size, codec_elements=codec))
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         buf_D = self._row(x_WD, "all_reduce_mean")
@@ -114,10 +116,10 @@ class DistComm:
         dist.all_gather(out, row_D)
         return torch.stack(out)
 
-    def all_reduce_payloads(self, payloads: Sequence[Payload]) -> Payload:
+    def all_reduce_payloads(self, payloads: Sequence[Payload], codec_elements: int = 0) -> Payload:
         (payload,) = self._one(payloads)
         # Payloads that add have one layout on every worker, hence one size.
-        self._collective("all_reduce", payload_nbytes(payload))
+        self._collective("all_reduce", payload_nbytes(payload), codec_elements)
         out = dict(payload)
         by_dtype: dict[torch.dtype, list[str]] = {}
         for key, t in payload.items():
@@ -133,7 +135,9 @@ class DistComm:
                 at += n
         return out
 
-    def all_gather_payloads(self, payloads: Sequence[Payload]) -> list[Payload]:
+    def all_gather_payloads(
+        self, payloads: Sequence[Payload], codec_elements: int = 0
+    ) -> list[Payload]:
         (payload,) = self._one(payloads)
         dev = self.device
         # Workers' payloads may differ in length, and even in entries and dtypes (a threshold
@@ -148,7 +152,8 @@ class DistComm:
         sizes = torch.cat(gathered).tolist()
         # Layout plus data is each worker's serialized message, so every size is known here.
         self.bytes_sent += payload_nbytes(payload)
-        self.exchanges.append(Exchange("all_gather", tuple(h + n for h, n in sizes)))
+        nbytes_N = tuple(h + n for h, n in sizes)
+        self.exchanges.append(Exchange("all_gather", nbytes_N, codec_elements=codec_elements))
         padded = torch.zeros(max(h + n for h, n in sizes), dtype=torch.uint8, device=dev)
         padded[: head.numel()] = head.to(dev)
         padded[head.numel() : head.numel() + data.numel()] = data

@@ -100,10 +100,12 @@ def compressed_mean(
         payload, s = compressor.compress(row_D, s)
         payloads.append(payload)
         new_states.append(s)
+    d = rows_WD.shape[1]  # the entries each worker compresses (the cost model's codec work)
     if summed:
-        total_D = compressor.decompress(comm.all_reduce_payloads(payloads)).to(rows_WD.dtype)
+        total = comm.all_reduce_payloads(payloads, codec_elements=d)
+        total_D = compressor.decompress(total).to(rows_WD.dtype)
     else:
-        inbox = comm.all_gather_payloads(payloads)
+        inbox = comm.all_gather_payloads(payloads, codec_elements=d)
         total_D = decompress_sum(compressor, inbox, rows_WD.dtype)
     mean_D = total_D / comm.world_size
     return mean_D.expand_as(rows_WD), new_states

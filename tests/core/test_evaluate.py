@@ -1,0 +1,28 @@
+"""Pooled test metrics: the accuracy is the exact fraction of correct samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shoal.evaluate import pooled
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_accuracy_is_the_exact_count_over_the_size(dtype) -> None:
+    # 950 of 1,000: a float32 mean gives 0.94999999, below a 95% target.
+    correct = torch.zeros(1000, dtype=dtype)
+    correct[:950] = 1
+    loss, acc = pooled(torch.full((1000,), 0.5), correct)
+    assert acc == 0.95 and acc >= 0.95
+    assert loss == 0.5
+    for right in range(0, 1001, 37):  # every count is its own exact fraction
+        c = torch.arange(1000) < right
+        assert pooled(torch.zeros(1000), c)[1] == right / 1000
+
+
+def test_no_samples_give_nan() -> None:
+    loss, acc = pooled(torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+    assert math.isnan(loss) and math.isnan(acc)
