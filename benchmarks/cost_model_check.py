@@ -53,40 +53,40 @@ FLAGS = {
 }
 
 
-def simulate(
-    a: argparse.Namespace, config: str, steps: int, comm: Any, network: CostModel | None = None
-) -> dict[str, Any]:
-    """``config`` as the shaped run trains it, for ``steps`` steps in simulation; its last row."""
-    data, shards = shaped.load(a, 4)
-    model = shaped.build_model(a.model)
-    cfg = ParallelConfig(
-        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
-        device="cpu", checkpoint_every=steps,
-    )  # fmt: skip
-    algorithm = shaped.shoal_algorithm(a, config, model, 4)
-    shards = shards[: comm.world_size]
-    return train_parallel(model, data, shards, algorithm, cfg, comm, network=network).metrics[-1]
-
-
 def predicted_seconds_per_step(
     a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int,
     codec_s: float = 0.0,
 ) -> float:  # fmt: skip
     """Simulated seconds per step of ``config`` on links of ``rate_Bps`` (no latency)."""
+    data, shards = shaped.load(a, 4)
+    model = shaped.build_model(a.model)
     link = alpha_beta(0.0, rate_Bps)
     network = CostModel(
         Network("shaped", link, link),
         seconds_per_sample=compute_s / a.batch_size,
         codec_seconds_per_element=codec_s,
     )
-    return simulate(a, config, steps, SimComm(4), network)["sim_seconds"] / steps
+    cfg = ParallelConfig(
+        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
+        device="cpu", checkpoint_every=steps,
+    )  # fmt: skip
+    algorithm = shaped.shoal_algorithm(a, config, model, 4)
+    result = train_parallel(model, data, shards, algorithm, cfg, SimComm(4), network=network)
+    return result.metrics[-1]["sim_seconds"] / steps
 
 
 def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
-    """One worker's gradient compute per step in this process (dense SGD, one simulated worker:
-    its training time is the compute and a trivial update)."""
-    row = simulate(a, "dense", steps, SimComm(1))
-    return a.batch_size / row["samples_per_second"]
+    """One worker's gradient compute per step in this process, timed as the shaped run's
+    workers time theirs (``_shaped_worker.Timed``: the gradient closure's calls)."""
+    data, shards = shaped.load(a, 4)
+    model = shaped.build_model(a.model)
+    cfg = ParallelConfig(
+        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
+        device="cpu", checkpoint_every=steps,
+    )  # fmt: skip
+    timed = shaped.Timed(shaped.shoal_algorithm(a, "dense", model, 1))
+    train_parallel(model, data, shards[:1], timed, cfg, SimComm(1))
+    return timed.compute_seconds / timed.steps
 
 
 def codec_seconds_per_element(a: argparse.Namespace, config: str) -> float:
@@ -141,7 +141,8 @@ def main() -> None:
     cache: dict[tuple[str, str, float], float] = {}
     t0 = time.perf_counter()
     own_compute = own_compute_seconds(a)
-    codec = {c: codec_seconds_per_element(a, c) for cs in summary.values() for c in cs}
+    shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
+    codec = {c: codec_seconds_per_element(a, c) for c in sorted(shoal_configs - {"ddp", "easgd"})}
     print(
         f"One worker's compute per step here: {own_compute * 1e3:.1f} ms. Codec per gradient "
         "entry here: " + ", ".join(f"{c} {v * 1e9:.1f} ns" for c, v in codec.items() if v) + ".\n"
