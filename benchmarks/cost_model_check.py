@@ -21,7 +21,10 @@ own per-message work; and the kernel's byte counts include TCP/IP headers (~3-4%
 1500-byte frames). PyTorch DDP's row uses dense synchronous SGD's exchanges and compute (DDP's
 own compute is not recorded separately).
 
-    python benchmarks/cost_model_check.py --json benchmarks/results/cost_model_check.json
+    python benchmarks/cost_model_check.py --shaped benchmarks/results/shaped_network.json \
+        benchmarks/results/shaped_network_gossip.json \
+        benchmarks/results/shaped_network_codec.json \
+        --json benchmarks/results/cost_model_check.json
 """
 
 from __future__ import annotations
