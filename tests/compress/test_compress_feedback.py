@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -76,17 +76,9 @@ def test_in_place_residual_equals_decompress_and_subtract(inner: Compressor) -> 
     """The sparsifiers' in-place residual (blocked and flat index encodings, d > 2**15) is
     ``accumulated - decompress(payload)`` bit for bit, and leaves the caller's input and
     state untouched."""
-    g = gen(11)
     c = error_feedback(inner)
-    x = torch.randn(100_003, generator=g)
-    state = c.init(x)
-    for _ in range(3):
-        x_before, residual_before = x.clone(), state["residual"].clone()
-        accumulated = x + state["residual"]
-        payload, new_state = c.compress(x, state)
-        assert torch.equal(new_state["residual"], accumulated - c.decompress(payload))
-        assert torch.equal(x, x_before) and torch.equal(state["residual"], residual_before)
-        state, x = new_state, torch.randn(100_003, generator=g)
+    for accumulated, payload, residual in residual_steps(c, 100_003, seed=11):
+        assert torch.equal(residual, accumulated - c.decompress(payload))
 
 
 def test_powersgd_in_place_residual_is_accumulated_minus_decompressed() -> None:
@@ -94,19 +86,26 @@ def test_powersgd_in_place_residual_is_accumulated_minus_decompressed() -> None:
     too-small) blocks exactly zero, the caller's input and state untouched."""
     shapes = [torch.Size([40, 30]), torch.Size([30]), torch.Size([8, 2, 3, 3])]
     c = error_feedback(powersgd(shapes, rank=2, min_compression_rate=0))
-    g = gen(12)
-    x = torch.randn(1374, generator=g)
+    for accumulated, payload, residual in residual_steps(c, 1374, seed=12):
+        expected = accumulated - c.decompress(payload)
+        torch.testing.assert_close(residual, expected, rtol=0, atol=1e-6)
+        assert torch.equal(residual[1200:1230], torch.zeros(30))
+        assert residual[:1200].abs().max() > 0.1  # rank 2 of 30 drops a lot
+
+
+def residual_steps(c: Any, d: int, seed: int, steps: int = 3) -> Iterator[tuple]:
+    """``(accumulated input, payload, new residual)`` of ``steps`` compressions of fresh
+    Gaussian inputs, each checked to leave the caller's input and state untouched."""
+    g = gen(seed)
+    x = torch.randn(d, generator=g)
     state = c.init(x)
-    for _ in range(3):
+    for _ in range(steps):
         x_before, residual_before = x.clone(), state["residual"].clone()
         accumulated = x + state["residual"]
         payload, new_state = c.compress(x, state)
-        expected = accumulated - c.decompress(payload)
-        torch.testing.assert_close(new_state["residual"], expected, rtol=0, atol=1e-6)
-        assert torch.equal(new_state["residual"][1200:1230], torch.zeros(30))
-        assert new_state["residual"][:1200].abs().max() > 0.1  # rank 2 of 30 drops a lot
         assert torch.equal(x, x_before) and torch.equal(state["residual"], residual_before)
-        state, x = new_state, torch.randn(1374, generator=g)
+        yield accumulated, payload, new_state["residual"]
+        state, x = new_state, torch.randn(d, generator=g)
 
 
 def test_error_feedback_eventually_sends_everything() -> None:
