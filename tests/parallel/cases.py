@@ -155,6 +155,14 @@ def mixed_payload(rank: int) -> dict[str, torch.Tensor]:
     return compressor.compress(x, None)[0]
 
 
+def gather_sequence(rank: int) -> list[dict[str, torch.Tensor]]:
+    """Messages gathered one after another: the first, the same again (it fits the capacity
+    the first gather set), a much larger one on even ranks (it does not), a tiny one."""
+    big = threshold(0.5).compress(torch.randn(80_000), None)[0] if rank % 2 == 0 else None
+    tiny = top_k(k=2).compress(torch.arange(10.0) * (rank + 1), None)[0]
+    return [mixed_payload(rank), mixed_payload(rank), big or mixed_payload(rank), tiny]
+
+
 def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, Any]:
     """Everything the distributed tests check, in one process start-up (which is what costs):
     every case, a stopped-and-resumed case, push-sum and, with ``stragglers``, SGP with worker
@@ -176,7 +184,12 @@ def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, A
     got["push_sum"] = push_sum(DistComm(ctx), 2)
     comm = DistComm(ctx)
     got["mixed_gather"] = comm.all_gather_payloads([mixed_payload(ctx.rank)])
-    got["mixed_gather_exchanges"] = comm.exchanges
+    got["mixed_gather_exchanges"] = list(comm.exchanges)
+    torch.manual_seed(ctx.rank)  # gather_sequence's large message differs by rank
+    got["gather_sequence"], got["gather_capacity"] = [], []
+    for message in gather_sequence(ctx.rank):
+        got["gather_sequence"].append(comm.all_gather_payloads([message]))
+        got["gather_capacity"].append(comm._capacity)
     if stragglers:
         got.update(straggling(ctx, slow=1, factor=5.0))
     return got

@@ -23,6 +23,7 @@ from .cases import (
     CASES,
     STRAGGLER_STEPS,
     dist_worker,
+    gather_sequence,
     mixed_payload,
     push_sum_start,
     run_case,
@@ -134,6 +135,26 @@ def test_payloads_with_different_layouts_are_gathered_exactly(runs):
         sim.all_gather_payloads(sent)
         assert got[rank]["mixed_gather_exchanges"] == sim.exchanges
         assert sim.exchanges[0].nbytes_N == tuple(payload_nbytes(p) for p in sent)
+
+
+def test_gathers_that_fit_the_learned_capacity_or_outgrow_it_are_exact(runs):
+    """One all-gather when every block fits the capacity the last gather set, a second one
+    when a block outgrows it: either way every process gets every message, bit for bit."""
+    world, got = runs
+    sent = []
+    for r in range(world):
+        torch.manual_seed(r)
+        sent.append(gather_sequence(r))
+    for rank in range(world):
+        for step, gathered in enumerate(got[rank]["gather_sequence"]):
+            for mine, theirs in zip(gathered, (s[step] for s in sent), strict=True):
+                assert list(mine) == list(theirs)
+                for key, t in theirs.items():
+                    assert mine[key].dtype == t.dtype and torch.equal(mine[key], t), key
+        # Every process derives the same capacity: 16 + the largest block, plus 1/32.
+        largest = [max(16 + payload_nbytes(s[step]) for s in sent) for step in range(4)]
+        assert got[rank]["gather_capacity"] == [n + n // 32 for n in largest]
+    assert largest[1] == largest[0] and largest[2] > largest[1] * 33 / 32 > largest[3]
 
 
 def test_stragglers_keep_training_sgp_and_async_easgd(spawned):

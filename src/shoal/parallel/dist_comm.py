@@ -6,8 +6,12 @@ and ``neighbors`` are point-to-point: each process posts one ``isend`` per out-n
 which peers post cannot deadlock), and nothing else travels: on a ring every process talks to
 two peers, never to the whole group. Compressed payloads of unequal sizes (a threshold
 sparsifier) are gathered as raw bytes (``Tensor.view(torch.uint8)`` on the device, no host
-round trip for the data) after their layouts (the wire format's framing). See
-:mod:`shoal.parallel.comm` for the semantics and for what ``bytes_sent`` counts.
+round trip for the data) behind their lengths and layouts (the wire format's framing), in one
+all-gather of blocks padded to a capacity every process derives from the previous gather (the
+largest block plus 1/32); a step whose largest block outgrows it gathers again at its size.
+Gathering the lengths first would cost a collective's latency every step (8 ms, as much as
+gathering 100 KB, for 4 processes on 2 cores). See :mod:`shoal.parallel.comm` for the
+semantics and for what ``bytes_sent`` counts.
 
 Shape suffixes: ``W`` local workers (1 here), ``N`` all workers, ``K`` in-neighbour slots,
 ``D`` flat parameters.
@@ -73,6 +77,7 @@ class DistComm:
         self.bytes_sent = 0
         self.exchanges: list[Exchange] = []
         self._graphs = GraphCache()
+        self._capacity = _LENGTHS  # of an all-gathered payload block: see all_gather_payloads
         # One collective up front: NCCL's first batched point-to-point call must otherwise
         # involve every rank, which a sparse gossip graph does not.
         dist.all_reduce(torch.zeros(1, device=ctx.device))
@@ -142,28 +147,41 @@ class DistComm:
         dev = self.device
         # Workers' payloads may differ in length, and even in entries and dtypes (a threshold
         # sparsifier keeps a different count; few kept entries use flat indices, many the
-        # blocked ones), so each sends its layout (the wire framing) ahead of its data. The
-        # two together are exactly the serialized message, and the data stays on the device.
+        # blocked ones), so each sends its layout (the wire framing) ahead of its data, behind
+        # the two lengths. Layout and data are exactly the serialized message, and the data
+        # stays on the device.
         head = torch.frombuffer(bytearray(serialize_layout(payload)), dtype=torch.uint8)
         data = _to_bytes(payload, dev)
-        sizes_N2 = torch.tensor([[head.numel(), data.numel()]], dtype=torch.int64, device=dev)
-        gathered = [torch.empty_like(sizes_N2) for _ in range(self.world_size)]
-        dist.all_gather(gathered, sizes_N2)
-        sizes = torch.cat(gathered).tolist()
+        lengths = torch.tensor([head.numel(), data.numel()], dtype=torch.int64)
+        block = torch.cat([lengths.view(torch.uint8), head]).to(dev)
+        block = torch.cat([block, data])
+        # One collective when every block fits the capacity every process derived from the
+        # last gather; otherwise each process sees who overflowed (the lengths always fit) and
+        # all gather again, padded to the largest block.
+        bufs = self._gather_padded(block, self._capacity)
+        sizes = torch.stack([b[:_LENGTHS] for b in bufs]).cpu().view(torch.int64).tolist()
+        largest = max(_LENGTHS + h + n for h, n in sizes)
+        if largest > self._capacity:
+            bufs = self._gather_padded(block, largest)
+        self._capacity = largest + largest // _SPARE
         # Layout plus data is each worker's serialized message, so every size is known here.
         self.bytes_sent += payload_nbytes(payload)
         nbytes_N = tuple(h + n for h, n in sizes)
         self.exchanges.append(Exchange("all_gather", nbytes_N, codec_elements=codec_elements))
-        padded = torch.zeros(max(h + n for h, n in sizes), dtype=torch.uint8, device=dev)
-        padded[: head.numel()] = head.to(dev)
-        padded[head.numel() : head.numel() + data.numel()] = data
-        bufs = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(bufs, padded)
         out = []
         for buf, (h, n) in zip(bufs, sizes):
-            layout = parse_layout(buf[:h].cpu().numpy().tobytes())
-            out.append(_from_bytes(buf[h : h + n], layout))
+            layout = parse_layout(buf[_LENGTHS : _LENGTHS + h].cpu().numpy().tobytes())
+            out.append(_from_bytes(buf[_LENGTHS + h : _LENGTHS + h + n], layout))
         return out
+
+    def _gather_padded(self, block: torch.Tensor, capacity: int) -> list[torch.Tensor]:
+        """Every process's ``block``, cut or zero-padded to ``capacity`` bytes."""
+        padded = torch.zeros(capacity, dtype=torch.uint8, device=block.device)
+        n = min(capacity, block.numel())
+        padded[:n] = block[:n]
+        bufs = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(bufs, padded)
+        return bufs
 
     def sum_stats(self, values: Sequence[float]) -> list[float]:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
@@ -234,6 +252,10 @@ class DistComm:
         if len(payloads) != 1:
             raise ValueError(f"DistComm holds one worker: expected 1 payload, got {len(payloads)}")
         return payloads
+
+
+_LENGTHS = 16  # bytes that open an all-gathered block: its layout's and its data's (int64)
+_SPARE = 32  # the next gather's capacity: the largest block plus 1/32, for sizes that wobble
 
 
 def _to_bytes(payload: Payload, device: torch.device) -> torch.Tensor:
