@@ -24,6 +24,7 @@ own compute is not recorded separately).
     python benchmarks/cost_model_check.py --shaped benchmarks/results/shaped_network.json \
         benchmarks/results/shaped_network_gossip.json \
         benchmarks/results/shaped_network_codec.json \
+        benchmarks/results/shaped_network_gather.json \
         --json benchmarks/results/cost_model_check.json
 """
 

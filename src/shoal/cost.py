@@ -39,7 +39,7 @@ charges none. It depends on the compressor and the device, not on the network: m
 :func:`measure_codec`. Federated rounds do not take it (a client compresses once per local
 training; fold that into ``seconds_per_sample``). Not charged: the transport's per-message
 work. Against step times measured on tc-shaped links (``benchmarks/cost_model_check.py``)
-dense all-reduces come within 2-18% and gossip within 23-44%; see there for compressed
+dense all-reduces come within 6-20% and gossip within 23-44%; see there for compressed
 synchronous SGD with and without the codec's time.
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
