@@ -17,7 +17,10 @@ model, a 3-layer Transformer encoder (``nn.TransformerEncoderLayer(512, 8, 2048)
 Homomorphic reduction (Jang et al. 2017): the server's work for ``--workers`` payloads of
 random-k (shared seed) and count sketch, summed in compressed form and decompressed
 once, against decompressing every payload and adding the dense vectors
-(``homomorphic_server_speedup_<compressor>`` is their time ratio).
+(``homomorphic_server_speedup_<compressor>`` is their time ratio). For top-k and PowerSGD,
+whose messages do not add, a data-parallel worker's sum of the ``--workers`` all-gathered
+payloads by ``shoal.compress.decompress_sum`` against decompressing each and adding
+(``inbox_sum_speedup_<compressor>``).
 
 DGC: ``dgc_top_k(0.001).compress`` against exact top-k on the same vector, twice:
 ``torch.topk(|x|, k)`` as PyTorch gives it (``dgc_speedup_vs_exact_topk``, the issue's
@@ -219,6 +222,36 @@ def homomorphic_saving(x: torch.Tensor, workers: int, reps: int) -> dict[str, An
     return out
 
 
+def inbox_sum(x: torch.Tensor, shapes: tuple[torch.Size, ...], workers: int, reps: int) -> dict:
+    """A data-parallel worker's sum of ``workers`` all-gathered payloads that do not add in
+    compressed form: ``shoal.compress.decompress_sum`` (top-k: scatter-add into one buffer;
+    PowerSGD: one product of the stacked factors) against decompressing each and adding."""
+    n_psgd = sum(s.numel() for s in shapes)
+    comps = {
+        "top_k": (C.top_k(SPARSE_RATIO), x.numel()),
+        "powersgd": (C.powersgd(shapes, 2), n_psgd),
+    }
+    out: dict[str, Any] = {}
+    for key, (comp, n) in comps.items():
+        payloads = []
+        for w in range(workers):
+            xw = x[:n].roll(w * 997)
+            payloads.append(comp.compress(xw, C.init_for_worker(comp, xw, w))[0])
+        t_sum, _ = median_seconds(lambda c=comp, ps=payloads: C.decompress_sum(c, ps), reps)
+        t_each, _ = median_seconds(lambda c=comp, ps=payloads: decompress_each(c, ps), reps)
+        fast, each = C.decompress_sum(comp, payloads), decompress_each(comp, payloads)
+        out[key] = {
+            "workers": workers,
+            "input_elements": n,
+            "decompress_sum_s": t_sum,
+            "decompress_each_then_sum_s": t_each,
+            "speedup": t_each / t_sum,
+            "max_abs_difference": float((fast - each).abs().max()),
+            "max_abs_sum": float(each.abs().max()),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", type=int, default=10_000_000, help="vector length")
@@ -252,6 +285,7 @@ def main() -> None:
         r["fraction_of_copy_bandwidth"] = r["GBps"] / clone_bw
     dgc = dgc_vs_topk(x, reps)
     hom = homomorphic_saving(x, a.workers, reps)
+    inbox = inbox_sum(x, shapes, a.workers, reps)
 
     spread = [b["clone_GBps"] for b in bws]
     print(
@@ -294,11 +328,22 @@ def main() -> None:
             f"{1e3 * h['decompress_each_then_sum_s']:8.1f} ms -> {h['speedup']:.1f}x "
             f"(max |difference| {h['max_abs_difference']:.1e})"
         )
+    print(
+        f"\nA data-parallel worker's sum of {a.workers} all-gathered payloads (compressors "
+        "whose messages do not add): decompress_sum vs decompress each + dense sum"
+    )
+    for k, h in inbox.items():
+        print(
+            f"  {k:<13} {1e3 * h['decompress_sum_s']:8.1f} ms vs "
+            f"{1e3 * h['decompress_each_then_sum_s']:8.1f} ms -> {h['speedup']:.1f}x "
+            f"(max |difference| {h['max_abs_difference']:.1e} of max |sum| {h['max_abs_sum']:.1e})"
+        )
     headline: dict[str, Any] = {
         "dgc_speedup_vs_exact_topk": dgc["speedup_vs_bare_torch_topk"],
         "top_k_speedup_vs_torch_topk": dgc["bare_torch_topk_abs_s"] / dgc["exact_top_k_compress_s"],
     }
     headline.update({f"homomorphic_server_speedup_{k}": h["speedup"] for k, h in hom.items()})
+    headline.update({f"inbox_sum_speedup_{k}": h["speedup"] for k, h in inbox.items()})
     headline.update(
         {f"bandwidth_fraction_{k}": r["fraction_of_copy_bandwidth"] for k, r in rows.items()}
     )
@@ -316,6 +361,7 @@ def main() -> None:
         "compressors": rows,
         "dgc_vs_exact_topk": dgc,
         "homomorphic_server_reduction": hom,
+        "inbox_sum": inbox,
         "powersgd_shapes": [list(s) for s in shapes],
         "headline": headline,
     }
