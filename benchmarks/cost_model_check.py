@@ -57,6 +57,14 @@ FLAGS = {
 }
 
 
+def simulation_config(a: argparse.Namespace, steps: int) -> ParallelConfig:
+    """``steps`` steps as the shaped run trains them, scored and checkpointed once, at the end."""
+    return ParallelConfig(
+        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
+        device="cpu", checkpoint_every=steps,
+    )  # fmt: skip
+
+
 def predicted_seconds_per_step(
     a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int,
     codec_s: float = 0.0,
@@ -70,10 +78,7 @@ def predicted_seconds_per_step(
         seconds_per_sample=compute_s / a.batch_size,
         codec_seconds_per_element=codec_s,
     )
-    cfg = ParallelConfig(
-        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
-        device="cpu", checkpoint_every=steps,
-    )  # fmt: skip
+    cfg = simulation_config(a, steps)
     algorithm = shaped.shoal_algorithm(a, config, model, 4)
     result = train_parallel(model, data, shards, algorithm, cfg, SimComm(4), network=network)
     return result.metrics[-1]["sim_seconds"] / steps
@@ -84,10 +89,7 @@ def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
     workers time theirs (``_shaped_worker.Timed``: the gradient closure's calls)."""
     data, shards = shaped.load(a, 4)
     model = shaped.build_model(a.model)
-    cfg = ParallelConfig(
-        steps=steps, batch_size=a.batch_size, seed=a.seed, eval_every=steps, progress=False,
-        device="cpu", checkpoint_every=steps,
-    )  # fmt: skip
+    cfg = simulation_config(a, steps)
     timed = shaped.Timed(shaped.shoal_algorithm(a, "dense", model, 1))
     train_parallel(model, data, shards[:1], timed, cfg, SimComm(1))
     return timed.compute_seconds / timed.steps
@@ -95,12 +97,11 @@ def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
 
 def codec_seconds_per_element(a: argparse.Namespace, config: str) -> float:
     """``measure_codec`` of ``config``'s compressor here (0 for an uncompressed one)."""
-    algorithm = shaped.shoal_algorithm(a, config, shaped.build_model(a.model), 4)
-    compressor = getattr(algorithm, "compressor", None)
+    model = shaped.build_model(a.model)
+    compressor = getattr(shaped.shoal_algorithm(a, config, model, 4), "compressor", None)
     if compressor is None:
         return 0.0
-    numel = sum(p.numel() for p in shaped.build_model(a.model).parameters())
-    return measure_codec(compressor, numel, 4)
+    return measure_codec(compressor, sum(p.numel() for p in model.parameters()), 4)
 
 
 def main() -> None:
