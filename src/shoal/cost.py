@@ -29,8 +29,13 @@ How a round's time follows the topology:
   starts at its compute time; a collective starts when the last worker joins it and ends
   together for all; a point-to-point message leaves at its sender's clock and moves both
   ends' clocks to its arrival; the step takes the last clock. Exchanges of one step happen
-  one after another (no overlap of communication with computation: Overlap SGP is charged
-  as if it waited for its messages, an upper bound).
+  one after another, except messages received only a step later (Overlap SGP's, an
+  :class:`Exchange` with ``overlapped=True``): they travel while the next step computes, so
+  they are charged as starting with the step, beside the compute (a node's clock becomes the
+  later of its compute and its messages' transfers). That is the steady state of a pipeline
+  in which each step sends what the next one consumes: a step takes ``max(compute,
+  transfer)`` instead of their sum. Each step is charged on its own (resume-safe), so a
+  straggler's late message is not carried into the next step.
 
 Compressing and decompressing take ``codec_seconds_per_element`` times the entries a worker
 compressed for an exchange (the :class:`Exchange`'s ``codec_elements``: its own message out
@@ -250,6 +255,9 @@ class Exchange:
     topology: Topology | None = None
     codec_elements: int = 0
     """Entries each worker compressed for this exchange (0: sent as they are)."""
+    overlapped: bool = False
+    """p2p only: the receivers use the messages a step later, so their transfer overlaps
+    computation (Overlap SGP; the module docstring says how it is charged)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("all_reduce", "all_gather", "p2p"):
@@ -258,6 +266,8 @@ class Exchange:
             raise ValueError("a p2p Exchange needs its topology, and only it takes one")
         if not isinstance(self.codec_elements, int) or self.codec_elements < 0:
             raise ValueError(f"codec_elements must be an int >= 0, got {self.codec_elements!r}")
+        if self.overlapped and self.kind != "p2p":
+            raise ValueError(f"only p2p messages can be overlapped, not an {self.kind}")
 
 
 @dataclass(frozen=True)
@@ -356,7 +366,9 @@ class CostModel:
                 )
             clock_N = clock_N + ex.codec_elements * codec_N
             if ex.topology is not None:
-                clock_N = self._point_to_point(ex.topology, ex.nbytes_N, clock_N)
+                # Overlapped messages leave with the step, not after this worker's compute.
+                start_N = np.zeros_like(clock_N) if ex.overlapped else clock_N
+                clock_N = self._point_to_point(ex.topology, ex.nbytes_N, clock_N, start_N)
                 continue
             charge = ring_all_reduce_seconds if ex.kind == "all_reduce" else ring_all_gather_seconds
             seconds = charge(len(nodes), max(ex.nbytes_N, default=0), self._slowest_link(nodes))
@@ -364,9 +376,14 @@ class CostModel:
         return float(clock_N.max(initial=0.0))
 
     def _point_to_point(
-        self, topology: Topology, nbytes_N: Sequence[int], clock_N: np.ndarray
+        self,
+        topology: Topology,
+        nbytes_N: Sequence[int],
+        clock_N: np.ndarray,
+        start_N: np.ndarray,
     ) -> np.ndarray:
-        """Clocks after each node sends ``nbytes_N[i]`` to each of its out-neighbours."""
+        """Clocks after each node sends ``nbytes_N[i]`` to each of its out-neighbours, node
+        ``i``'s messages leaving at ``start_N[i]``."""
         n = len(clock_N)
         bw_N = self.heterogeneity.bandwidth(np.arange(n))
         up, down = self.network.uplink, self.network.downlink
@@ -383,7 +400,7 @@ class CostModel:
                 up.bandwidth_Bps * bw_N[i] / sending_N[i],
                 down.bandwidth_Bps * bw_N[j] / receiving_N[j],
             )
-            arrival = float(clock_N[i]) + latency + nbytes_N[i] / beta
+            arrival = float(start_N[i]) + latency + nbytes_N[i] / beta
             done_N[i], done_N[j] = max(done_N[i], arrival), max(done_N[j], arrival)
         return done_N
 

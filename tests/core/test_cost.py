@@ -76,6 +76,26 @@ def test_gossip_step_by_hand():
     assert cm.gossip(one_peer_exponential(4).at(0), nbytes, samples, 0) == pytest.approx(2.0)
 
 
+def test_overlapped_messages_travel_beside_the_compute():
+    link = Link(0.5, 100.0)
+    cm = CostModel(Network("sym", link, link), seconds_per_sample=0.01)
+    graph = one_peer_exponential(4).at(0)  # i sends to i + 1: one message per link, 1.5 s each
+    for samples, blocking, overlapped in (
+        ([0, 0, 0, 50], 0.5 + 1.5, 1.5),  # node 3 computes 0.5 s: the transfer paces the step
+        ([0, 0, 0, 300], 3.0 + 1.5, 3.0),  # node 3 computes 3 s: its compute does
+    ):
+        n = np.array(samples)
+        assert cm.step_seconds([Exchange("p2p", (100,) * 4, graph)], n, 0) == pytest.approx(
+            blocking
+        )
+        ex = Exchange("p2p", (100,) * 4, graph, overlapped=True)
+        assert cm.step_seconds([ex], n, 0) == pytest.approx(overlapped)
+    # The shared-link rule holds as for blocking messages: a ring's two messages per node
+    # take half the link each, 0.5 + 100 / 50 s.
+    ring_ex = Exchange("p2p", (100,) * 4, ring(4), overlapped=True)
+    assert cm.step_seconds([ring_ex], np.zeros(4), 0) == pytest.approx(2.5)
+
+
 def test_ring_all_gather_by_hand():
     link = Link(1e-3, 1e8)
     # 3 ring steps, each 1 ms + the largest block (1e6 B at 100 MB/s: 10 ms)
@@ -142,6 +162,8 @@ def test_exchanges_say_what_they_are():
         Exchange("all_reduce", (1, 1, 1), ring(3))
     with pytest.raises(ValueError, match="codec_elements"):
         Exchange("all_reduce", (1, 1, 1), codec_elements=-1)
+    with pytest.raises(ValueError, match="only p2p messages can be overlapped"):
+        Exchange("all_gather", (1, 1, 1), overlapped=True)
 
 
 def test_profiles_are_typical_values_with_a_slower_4g_uplink():

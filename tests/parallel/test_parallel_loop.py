@@ -55,7 +55,15 @@ BY_HAND = CostModel(
 
 @pytest.mark.parametrize(
     ("name", "slowdown"),
-    [("sync_sgd", 1.0), ("sync_sgd", 3.0), ("sync_sgd_topk_ef", 1.0), ("dpsgd_ring", 1.0)],
+    [
+        ("sync_sgd", 1.0),
+        ("sync_sgd", 3.0),
+        ("sync_sgd_topk_ef", 1.0),
+        ("dpsgd_ring", 1.0),
+        ("sgp", 1.0),
+        ("sgp_overlap", 1.0),  # the transfer (2.3 ms) outlasts the compute (1.6 ms) ...
+        ("sgp_overlap", 3.0),  # ... and here the compute (4.8 ms) outlasts the transfer
+    ],
 )
 def test_simulated_time_by_hand(name, slowdown):
     workers, alpha, beta = 4, 2e-3, 1e6
@@ -69,10 +77,15 @@ def test_simulated_time_by_hand(name, slowdown):
         elif name == "sync_sgd_topk_ef":  # a ring all-gather of equal-sized top-k messages
             n = row["bytes_sent"] / (workers * step)
             comm = (workers - 1) * (alpha + n / beta)
-        else:  # every node sends its model to its two ring neighbours at once: half the
-            n = row["bytes_sent"] / (workers * 2 * step)  # uplink each (the downlink is faster)
-            comm = alpha + n / (beta / 2)
-        assert row["sim_seconds"] == pytest.approx(step * (compute + comm), rel=1e-12)
+        elif name == "dpsgd_ring":  # every node sends its model to its two ring neighbours
+            n = row["bytes_sent"] / (workers * 2 * step)  # at once: half the uplink each (the
+            comm = alpha + n / (beta / 2)  # downlink is faster)
+        else:  # one peer per step: the whole uplink
+            n = row["bytes_sent"] / (workers * step)
+            comm = alpha + n / beta
+        # Overlap SGP's messages travel during the next step's compute: the slower one paces.
+        per_step = max(compute, comm) if name == "sgp_overlap" else compute + comm
+        assert row["sim_seconds"] == pytest.approx(step * per_step, rel=1e-12)
     assert r.summary["sim_seconds"] == r.metrics[-1]["sim_seconds"]
 
 

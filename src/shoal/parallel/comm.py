@@ -16,7 +16,8 @@ Operations:
 - ``neighbors(x_WD, topology)``: each worker's in-neighbours' rows, padded to the largest
   in-degree, with a mask (for robust gossip, which aggregates them itself).
 - ``start_neighbors(x_WD, topology)``: the same, non-blocking: ``.wait()`` later gives the rows
-  (Overlap SGP consumes its messages one step late).
+  (Overlap SGP consumes its messages one step late; the cost model charges them as overlapping
+  the next step's compute: ``Exchange.overlapped``).
 
 ``bytes_sent`` counts exactly the payload bytes this process's workers have sent, in the wire
 format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"values": x_D}``):
@@ -193,18 +194,23 @@ class SimComm:
         return list(payloads)
 
     def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
+        return self._send(x_WD, topology, overlapped=False)
+
+    def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> InFlight:
+        return Delivered(self._send(x_WD, topology, overlapped=True))
+
+    def _send(self, x_WD: torch.Tensor, topology: Topology, overlapped: bool) -> Neighbors:
+        """Every worker's row to its out-neighbours; ``overlapped``: used a step later."""
         check_rows(x_WD, self.world_size, "neighbors")
         graph = self._graphs.get(topology, self.world_size)
         row_bytes = dense_nbytes(x_WD[0])
         self.bytes_sent += sum(len(o) for o in graph.outs) * row_bytes
-        self.exchanges.append(Exchange("p2p", (row_bytes,) * self.world_size, topology))
+        sizes = (row_bytes,) * self.world_size
+        self.exchanges.append(Exchange("p2p", sizes, topology, overlapped=overlapped))
         source = graph.source_NK.to(x_WD.device)
         mask = graph.mask_NK.to(x_WD.device)
         rows_WKD = torch.where(mask.unsqueeze(-1), x_WD[source], 0.0)
         return Neighbors(rows_WKD, mask)
-
-    def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> InFlight:
-        return Delivered(self.neighbors(x_WD, topology))
 
     def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor:
         received = self.neighbors(x_WD, topology)

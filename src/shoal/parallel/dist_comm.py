@@ -212,6 +212,14 @@ class DistComm:
         return self._graphs.get(topology, self.world_size)
 
     def start_neighbors(self, x_WD: torch.Tensor, topology: Topology) -> _Pending:
+        return self._post(x_WD, topology, overlapped=True)
+
+    def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
+        return self._post(x_WD, topology, overlapped=False).wait()
+
+    def _post(self, x_WD: torch.Tensor, topology: Topology, overlapped: bool) -> _Pending:
+        """Post this rank's row to its out-neighbours and the receives from its
+        in-neighbours; ``overlapped``: used a step later."""
         row_D = self._row(x_WD, "neighbors")
         graph = self.graph(topology)
         ins, outs = graph.ins[self.rank], graph.outs[self.rank]
@@ -224,12 +232,10 @@ class DistComm:
         works = dist.batch_isend_irecv(ops) if ops else []
         row_bytes = dense_nbytes(row_D)  # every rank's row has this size
         self.bytes_sent += len(outs) * row_bytes
-        self.exchanges.append(Exchange("p2p", (row_bytes,) * self.world_size, topology))
+        sizes = (row_bytes,) * self.world_size
+        self.exchanges.append(Exchange("p2p", sizes, topology, overlapped=overlapped))
         mask_WK = graph.mask_NK[self.rank : self.rank + 1].to(self.device)
         return _Pending(list(works), bufs, row_D, graph.max_in_degree, mask_WK)
-
-    def neighbors(self, x_WD: torch.Tensor, topology: Topology) -> Neighbors:
-        return self.start_neighbors(x_WD, topology).wait()
 
     def gossip(self, x_WD: torch.Tensor, topology: Topology) -> torch.Tensor:
         received = self.neighbors(x_WD, topology)
