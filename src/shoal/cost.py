@@ -29,13 +29,14 @@ How a round's time follows the topology:
   starts at its compute time; a collective starts when the last worker joins it and ends
   together for all; a point-to-point message leaves at its sender's clock and moves both
   ends' clocks to its arrival; the step takes the last clock. Exchanges of one step happen
-  one after another, except messages received only a step later (Overlap SGP's, an
-  :class:`Exchange` with ``overlapped=True``): they travel while the next step computes, so
-  they are charged as starting with the step, beside the compute (a node's clock becomes the
-  later of its compute and its messages' transfers). That is the steady state of a pipeline
-  in which each step sends what the next one consumes: a step takes ``max(compute,
-  transfer)`` instead of their sum. Each step is charged on its own (resume-safe), so a
-  straggler's late message is not carried into the next step.
+  one after another, except messages that travel while the workers compute (an
+  :class:`Exchange` with ``overlapped=True``): they leave when the step starts, so a node's
+  clock becomes the later of its compute and its messages' transfers, ``max(compute,
+  transfer)`` instead of their sum. That is exact for D-PSGD's Algorithm 1 (``order="lian"``:
+  the models are sent before the gradient is computed) and the steady state of Overlap SGP's
+  pipeline (each step's messages are mixed in a step later, so they travel during the next
+  step's compute). Each step is charged on its own (resume-safe), so a straggler's late
+  message is not carried into the next step.
 
 Compressing and decompressing take ``codec_seconds_per_element`` times the entries a worker
 compressed for an exchange (the :class:`Exchange`'s ``codec_elements``: its own message out
@@ -256,8 +257,8 @@ class Exchange:
     codec_elements: int = 0
     """Entries each worker compressed for this exchange (0: sent as they are)."""
     overlapped: bool = False
-    """p2p only: the receivers use the messages a step later, so their transfer overlaps
-    computation (Overlap SGP; the module docstring says how it is charged)."""
+    """p2p only: the messages travel while the workers compute (sent before the gradient, or
+    mixed in a step later; the module docstring says how it is charged)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("all_reduce", "all_gather", "p2p"):

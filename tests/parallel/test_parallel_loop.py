@@ -60,6 +60,8 @@ BY_HAND = CostModel(
         ("sync_sgd", 3.0),
         ("sync_sgd_topk_ef", 1.0),
         ("dpsgd_ring", 1.0),
+        ("dpsgd_ring_lian", 1.0),  # sent before the gradient: transfer 2.7 ms, compute 1.6 ms
+        ("dpsgd_ring_lian", 3.0),
         ("sgp", 1.0),
         ("sgp_overlap", 1.0),  # the transfer (2.3 ms) outlasts the compute (1.6 ms) ...
         ("sgp_overlap", 3.0),  # ... and here the compute (4.8 ms) outlasts the transfer
@@ -77,14 +79,15 @@ def test_simulated_time_by_hand(name, slowdown):
         elif name == "sync_sgd_topk_ef":  # a ring all-gather of equal-sized top-k messages
             n = row["bytes_sent"] / (workers * step)
             comm = (workers - 1) * (alpha + n / beta)
-        elif name == "dpsgd_ring":  # every node sends its model to its two ring neighbours
+        elif name.startswith("dpsgd_ring"):  # every node sends its model to its two ring neighbours
             n = row["bytes_sent"] / (workers * 2 * step)  # at once: half the uplink each (the
             comm = alpha + n / (beta / 2)  # downlink is faster)
         else:  # one peer per step: the whole uplink
             n = row["bytes_sent"] / (workers * step)
             comm = alpha + n / beta
-        # Overlap SGP's messages travel during the next step's compute: the slower one paces.
-        per_step = max(compute, comm) if name == "sgp_overlap" else compute + comm
+        # Messages that travel while the workers compute: the slower of the two paces a step.
+        overlapped = name in ("sgp_overlap", "dpsgd_ring_lian")
+        per_step = max(compute, comm) if overlapped else compute + comm
         assert row["sim_seconds"] == pytest.approx(step * per_step, rel=1e-12)
     assert r.summary["sim_seconds"] == r.metrics[-1]["sim_seconds"]
 

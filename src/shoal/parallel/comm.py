@@ -16,8 +16,9 @@ Operations:
 - ``neighbors(x_WD, topology)``: each worker's in-neighbours' rows, padded to the largest
   in-degree, with a mask (for robust gossip, which aggregates them itself).
 - ``start_neighbors(x_WD, topology)``: the same, non-blocking: ``.wait()`` later gives the rows
-  (Overlap SGP consumes its messages one step late; the cost model charges them as overlapping
-  the next step's compute: ``Exchange.overlapped``).
+  (D-PSGD's Algorithm 1 sends before computing its gradient, Overlap SGP consumes its messages
+  one step late; the cost model charges their transfer beside the compute:
+  ``Exchange.overlapped``).
 
 ``bytes_sent`` counts exactly the payload bytes this process's workers have sent, in the wire
 format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"values": x_D}``):
@@ -200,7 +201,8 @@ class SimComm:
         return Delivered(self._send(x_WD, topology, overlapped=True))
 
     def _send(self, x_WD: torch.Tensor, topology: Topology, overlapped: bool) -> Neighbors:
-        """Every worker's row to its out-neighbours; ``overlapped``: used a step later."""
+        """Every worker's row to its out-neighbours; ``overlapped``: sent to travel while the
+        workers compute."""
         check_rows(x_WD, self.world_size, "neighbors")
         graph = self._graphs.get(topology, self.world_size)
         row_bytes = dense_nbytes(x_WD[0])

@@ -219,7 +219,7 @@ class DistComm:
 
     def _post(self, x_WD: torch.Tensor, topology: Topology, overlapped: bool) -> _Pending:
         """Post this rank's row to its out-neighbours and the receives from its
-        in-neighbours; ``overlapped``: used a step later."""
+        in-neighbours; ``overlapped``: to travel while this rank computes."""
         row_D = self._row(x_WD, "neighbors")
         graph = self.graph(topology)
         ins, outs = graph.ins[self.rank], graph.outs[self.rank]
