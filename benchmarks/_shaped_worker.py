@@ -48,8 +48,8 @@ from shoal.parallel.batches import draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
-    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "sgp_overlap", "local_sgd",
-    "local_sgd_topk", "local_sgd_powersgd", "easgd",
+    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "dpsgd_ring_lian", "sgp", "sgp_overlap",
+    "local_sgd", "local_sgd_topk", "local_sgd_powersgd", "easgd",
 )  # fmt: skip
 
 
@@ -223,6 +223,8 @@ def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_wo
         return sync_sgd(a.lr, a.momentum, compressor=ef_psgd)
     if config == "dpsgd_ring":
         return dpsgd(a.lr, topology.ring(num_workers), momentum=a.momentum)
+    if config == "dpsgd_ring_lian":  # Algorithm 1: the models travel while the gradient computes
+        return dpsgd(a.lr, topology.ring(num_workers), "lian", momentum=a.momentum)
     if config == "sgp":
         return sgp(a.lr, topology.one_peer_exponential(num_workers), momentum=a.momentum)
     if config == "sgp_overlap":

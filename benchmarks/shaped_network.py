@@ -5,8 +5,10 @@ links whose rate ``tc`` caps in both directions (``benchmarks/_netns.py``), trai
 al.'s CNN on mnist5k to a target test accuracy. Measured side by side in one run, for every
 link rate given: PyTorch ``DistributedDataParallel`` (the peer, unmodified), Shoal synchronous
 dense SGD, Shoal with top-k + error feedback, Shoal with PowerSGD, D-PSGD on a ring, SGP on
-the one-peer exponential graph and local SGD. Each configuration's time to target counts
-training only (evaluation time is excluded for all of them alike).
+the one-peer exponential graph and local SGD; ``--configs`` also takes the overlapped forms
+(``dpsgd_ring_lian``: D-PSGD's Algorithm 1, the models sent before the gradient is computed;
+``sgp_overlap``). Each configuration's time to target counts training only (evaluation time
+is excluded for all of them alike).
 
 ``--straggler`` adds: one worker made 5x slower (it sleeps 4x its compute time every step, the
 same emulation for DDP and for Shoal), and the training throughput (the sum over workers of
@@ -70,6 +72,7 @@ LABELS = {
     "topk_ef": f"Shoal top-k {TOPK_RATIO:g} + EF",
     "powersgd": f"Shoal PowerSGD rank {POWERSGD_RANK}",
     "dpsgd_ring": "Shoal D-PSGD, ring",
+    "dpsgd_ring_lian": "Shoal overlap D-PSGD, ring",
     "sgp": "Shoal SGP, 1-peer exp.",
     "sgp_overlap": "Shoal overlap SGP, 1-peer",
     "local_sgd": f"Shoal local SGD, H={LOCAL_SGD_PERIOD}",
