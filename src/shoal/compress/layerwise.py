@@ -123,20 +123,14 @@ class Layerwise:
         return blocks
 
     def decompress(self, payload: Payload) -> torch.Tensor:
-        blocks = self._split(payload)
-        parts, dense_at = [], 0
-        for i, (_, numel, skipped) in enumerate(self._layout):
-            if skipped:
-                parts.append(payload["dense"][dense_at : dense_at + numel])
-                dense_at += numel
-            else:
-                parts.append(self.inner.decompress(blocks[str(i)]))
-        return torch.cat(parts)  # promotes, e.g. a float32 dense part with float64 blocks
+        return self.decompress_sum([payload])
 
     def decompress_sum(
         self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        """Block by block with the inner compressor's :func:`decompress_sum`."""
+        """Block by block with the inner compressor's :func:`decompress_sum` (one payload:
+        its decompression; ``torch.cat`` promotes, e.g. a float32 dense part with float64
+        blocks)."""
         split = [self._split(p) for p in payloads]
         parts, dense_at = [], 0
         for i, (_, numel, skipped) in enumerate(self._layout):
