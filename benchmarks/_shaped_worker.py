@@ -48,8 +48,8 @@ from shoal.parallel.batches import draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
-    "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "dpsgd_ring_lian", "sgp", "sgp_overlap",
-    "local_sgd", "local_sgd_topk", "local_sgd_powersgd", "easgd",
+    "ddp", "dense", "dense_overlap", "topk_ef", "powersgd", "dpsgd_ring", "dpsgd_ring_lian", "sgp",
+    "sgp_overlap", "local_sgd", "local_sgd_topk", "local_sgd_powersgd", "easgd",
 )  # fmt: skip
 
 
@@ -212,7 +212,9 @@ def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_wo
     from shoal.functional import ParamSpec
     from shoal.parallel import dpsgd, easgd, local_sgd, sgp, sync_sgd
 
-    if config == "dense":
+    if config == "dense":  # one all-reduce after the backward pass
+        return sync_sgd(a.lr, a.momentum, overlap=False)
+    if config == "dense_overlap":  # buckets all-reduced during the backward pass, as DDP
         return sync_sgd(a.lr, a.momentum)
     if config == "topk_ef":
         ef_topk = compress.error_feedback(compress.top_k(ratio=a.topk_ratio))
@@ -256,9 +258,9 @@ class _TimedGrad:
     def loss_W(self) -> torch.Tensor | None:
         return self.inner.loss_W
 
-    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor:
+    def __call__(self, at_WD: torch.Tensor, buckets: Any = None) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = self.inner(at_WD)
+        out = self.inner(at_WD, buckets)
         self.owner.compute_seconds += time.perf_counter() - t0
         return out
 

@@ -68,7 +68,8 @@ REDUCED = (
 )  # fmt: skip
 LABELS = {
     "ddp": "PyTorch DDP (peer)",
-    "dense": "Shoal sync SGD, dense",
+    "dense": "Shoal sync SGD, dense, all-reduce after the backward",
+    "dense_overlap": "Shoal sync SGD, dense, buckets overlapping the backward",
     "topk_ef": f"Shoal top-k {TOPK_RATIO:g} + EF",
     "powersgd": f"Shoal PowerSGD rank {POWERSGD_RANK}",
     "dpsgd_ring": "Shoal D-PSGD, ring",

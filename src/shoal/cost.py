@@ -37,6 +37,14 @@ How a round's time follows the topology:
   pipeline (each step's messages are mixed in a step later, so they travel during the next
   step's compute). Each step is charged on its own (resume-safe), so a straggler's late
   message is not carried into the next step.
+- gradient buckets all-reduced during the backward pass (synchronous SGD's default, as PyTorch
+  DDP; all-reduce :class:`Exchange` records with ``overlapped=True``, one per bucket in the
+  order they were started): the ring takes them one after another, the first ones from the
+  end of the slowest worker's forward pass (``FORWARD_SHARE``, a third of its compute) and the
+  last one, which holds the first layers, from the end of its backward pass; the step ends at
+  the later of the compute and the last bucket's arrival. The ready times of the buckets in
+  between are not known, so they are charged as if ready after the forward pass (optimistic
+  by at most their transfer).
 
 Compressing and decompressing take ``codec_seconds_per_element`` times the entries a worker
 compressed for an exchange (the :class:`Exchange`'s ``codec_elements``: its own message out
@@ -77,6 +85,7 @@ from shoal.topology import Topology
 __all__ = [
     "CostModel",
     "Exchange",
+    "FORWARD_SHARE",
     "Heterogeneity",
     "MBIT_S",
     "Link",
@@ -95,6 +104,10 @@ MBIT_S = 1e6 / 8
 """One Mbit/s in bytes per second."""
 
 _SPEED, _BANDWIDTH, _STRAGGLE = 0, 1, 2  # independent random streams
+
+FORWARD_SHARE = 1 / 3
+"""The forward pass's share of a step's compute: the backward pass costs about twice the
+forward's FLOPs (a gradient w.r.t. both the inputs and the weights of every layer)."""
 
 
 def _finite(value: float, what: str, positive: bool = False) -> None:
@@ -259,8 +272,9 @@ class Exchange:
     codec_elements: int = 0
     """Entries each worker compressed for this exchange (0: sent as they are)."""
     overlapped: bool = False
-    """p2p only: the messages travel while the workers compute (sent before the gradient, or
-    mixed in a step later; the module docstring says how it is charged)."""
+    """The messages travel while the workers compute: p2p messages sent before the gradient or
+    mixed in a step later, all-reduces of gradient buckets started during the backward pass
+    (the module docstring says how each is charged)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("all_reduce", "all_gather", "p2p"):
@@ -269,8 +283,8 @@ class Exchange:
             raise ValueError("a p2p Exchange needs its topology, and only it takes one")
         if not isinstance(self.codec_elements, int) or self.codec_elements < 0:
             raise ValueError(f"codec_elements must be an int >= 0, got {self.codec_elements!r}")
-        if self.overlapped and self.kind != "p2p":
-            raise ValueError(f"only p2p messages can be overlapped, not an {self.kind}")
+        if self.overlapped and self.kind == "all_gather":
+            raise ValueError("an all_gather cannot be overlapped (p2p and all_reduce can)")
 
 
 @dataclass(frozen=True)
@@ -361,8 +375,10 @@ class CostModel:
         (how their clocks combine: the module docstring)."""
         nodes = np.arange(len(samples_N))
         clock_N = self.compute_seconds(nodes, samples_N, step)
+        computed = float(clock_N.max(initial=0.0))
         codec_N = self.codec_seconds_per_element * self.heterogeneity.slowdown(nodes, step)
-        for ex in exchanges:
+        link_free = 0.0  # when the step's overlapped all-reduces have the ring to themselves
+        for i, ex in enumerate(exchanges):
             if len(ex.nbytes_N) != len(nodes):
                 raise ValueError(
                     f"{ex.kind}: {len(ex.nbytes_N)} byte counts for {len(nodes)} workers"
@@ -375,6 +391,14 @@ class CostModel:
                 continue
             charge = ring_all_reduce_seconds if ex.kind == "all_reduce" else ring_all_gather_seconds
             seconds = charge(len(nodes), max(ex.nbytes_N, default=0), self._slowest_link(nodes))
+            if ex.overlapped:  # a gradient bucket, all-reduced during the backward pass
+                nxt = exchanges[i + 1] if i + 1 < len(exchanges) else None
+                last = nxt is None or not (nxt.overlapped and nxt.kind == "all_reduce")
+                ready = computed if last else computed * FORWARD_SHARE
+                link_free = max(link_free, ready) + seconds
+                if last:
+                    clock_N = np.full_like(clock_N, max(clock_N.max(initial=0.0), link_free))
+                continue
             clock_N = np.full_like(clock_N, clock_N.max(initial=0.0) + seconds)
         return float(clock_N.max(initial=0.0))
 

@@ -162,7 +162,7 @@ def test_exchanges_say_what_they_are():
         Exchange("all_reduce", (1, 1, 1), ring(3))
     with pytest.raises(ValueError, match="codec_elements"):
         Exchange("all_reduce", (1, 1, 1), codec_elements=-1)
-    with pytest.raises(ValueError, match="only p2p messages can be overlapped"):
+    with pytest.raises(ValueError, match="all_gather cannot be overlapped"):
         Exchange("all_gather", (1, 1, 1), overlapped=True)
 
 

@@ -26,6 +26,7 @@ from shoal.parallel import (
     sync_sgd,
     train_parallel,
 )
+from shoal.parallel.base import Buckets, deliver_whole
 from shoal.topology import one_peer_exponential, ring
 
 DIM, CLASSES = 6, 3
@@ -57,6 +58,8 @@ def shards(num_workers: int, n: int = 160, seed: int = 0) -> list[np.ndarray]:
 
 CASES: dict[str, Callable[[int], Any]] = {
     "sync_sgd": lambda n: sync_sgd(0.2, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    # Three gradient buckets all-reduced during the backward pass (of 108, 32 and 192 bytes).
+    "sync_sgd_buckets": lambda n: sync_sgd(0.2, momentum=0.9, bucket_cap_mb=32 / 2**20),
     "sync_sgd_topk_ef": lambda n: sync_sgd(
         0.2, momentum=0.9, compressor=error_feedback(top_k(ratio=0.2))
     ),
@@ -122,8 +125,8 @@ class ZeroGrad:
 
     loss_W = None
 
-    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(at_WD)
+    def __call__(self, at_WD: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
+        return deliver_whole(torch.zeros_like(at_WD), buckets)
 
 
 def push_sum_start(n: int, dim: int = 5) -> torch.Tensor:

@@ -59,6 +59,8 @@ BY_HAND = CostModel(
         ("sync_sgd", 1.0),
         ("sync_sgd", 3.0),
         ("sync_sgd_topk_ef", 1.0),
+        ("sync_sgd_buckets", 1.0),  # buckets of 27, 8 and 48 entries during the backward pass
+        ("sync_sgd_buckets", 3.0),
         ("dpsgd_ring", 1.0),
         ("dpsgd_ring_lian", 1.0),  # sent before the gradient: transfer 2.7 ms, compute 1.6 ms
         ("dpsgd_ring_lian", 3.0),
@@ -71,11 +73,23 @@ def test_simulated_time_by_hand(name, slowdown):
     workers, alpha, beta = 4, 2e-3, 1e6
     r = run_case(name, SimComm(workers), network=BY_HAND, slowdown={2: slowdown})
     compute = 16 * 1e-4 * slowdown  # the slowest worker's
+
+    def ring_all_reduce(numel: int) -> float:  # of a dense message of numel entries
+        n = dense_nbytes(torch.zeros(numel))
+        return 2 * (workers - 1) / workers * n / beta + 2 * (workers - 1) * alpha
+
     for row in r.metrics:
         step = row["step"]
-        if name == "sync_sgd":  # a ring all-reduce of every worker's dense gradient
-            n = dense_nbytes(torch.zeros(r.spec.num_params))
-            comm = 2 * (workers - 1) / workers * n / beta + 2 * (workers - 1) * alpha
+        if name == "sync_sgd_buckets":  # one after another, the first two from the end of the
+            # forward pass (a third of the compute), the last one (the first layer) from the
+            # end of the backward pass; all in one bucket would be compute + ring_all_reduce.
+            link = compute / 3 + ring_all_reduce(27) + ring_all_reduce(8)
+            per_bucketed = max(link, compute) + ring_all_reduce(48)
+            assert row["sim_seconds"] == pytest.approx(step * per_bucketed, rel=1e-12)
+            continue
+        if name == "sync_sgd":  # one ring all-reduce of every worker's dense gradient: a
+            # single bucket, ready when the backward pass ends
+            comm = ring_all_reduce(r.spec.num_params)
         elif name == "sync_sgd_topk_ef":  # a ring all-gather of equal-sized top-k messages
             n = row["bytes_sent"] / (workers * step)
             comm = (workers - 1) * (alpha + n / beta)

@@ -17,6 +17,11 @@ differentiate at ``params_WD``: Stochastic Gradient Push at the de-biased ``z = 
 EAMSGD at the Nesterov look-ahead ``x + delta v``. After a call ``grad_fn.loss_W`` holds the
 workers' minibatch losses.
 
+``grad_fn(at_WD, buckets=Buckets(...))`` computes the same gradients and also hands them over
+in buckets *during* the backward pass: ``buckets.ready(grads_WD, lo, hi)`` is called as soon as
+``grads_WD[:, lo:hi]`` are final (synchronous SGD starts its all-reduce there, overlapping it
+with the rest of the backward pass, as PyTorch DDP does).
+
 All communication goes through ``comm`` (:class:`~shoal.parallel.Comm`); ``state`` is a dict
 of tensors with a leading ``W`` axis where they are per worker (momentum buffers, push-sum
 weights), plus whatever else the method keeps (compressor states, a message in flight).
@@ -34,7 +39,8 @@ Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -46,12 +52,55 @@ State = dict[str, Any]
 """An algorithm's state: tensors (``[W, ...]`` when per worker) and small Python values."""
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Hand a gradient over in buckets while the backward pass runs.
+
+    PyTorch DDP's gradient bucketing (Li et al., "PyTorch Distributed: Experiences on
+    Accelerating Data Parallel Training", VLDB 2020, Sec. 3.2.3): parameter tensors are taken
+    in reverse order (the order the backward pass finishes them) and a bucket is closed once it
+    holds ``cap_bytes`` of gradient (the first one at ``first_cap_bytes``, so communication
+    starts early); as soon as every gradient of a bucket is final, ``ready(grads_WD, lo, hi)``
+    is called with the output buffer and the bucket's range ``[lo, hi)`` of flat parameters
+    (a bucket is consecutive parameter tensors, so one range). The buckets depend only on the
+    parameter shapes, so every worker of every process gets the same ones, in the same order.
+    """
+
+    ready: Callable[[torch.Tensor, int, int], None]
+    cap_bytes: int
+    first_cap_bytes: int
+
+
 class GradFn(Protocol):
     """``grad_fn(at_WD) -> grads_WD`` on this step's minibatches (see the module docstring)."""
 
     loss_W: torch.Tensor | None
 
-    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, at_WD: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor: ...
+
+
+def bucket_ranges(
+    numels: Sequence[int], offsets: Sequence[int], cap_bytes: int, first_cap_bytes: int
+) -> list[tuple[int, int]]:
+    """:class:`Buckets`' ranges ``[lo, hi)`` of flat parameters, in the order they are handed
+    over, for parameter tensors of ``numels`` entries at ``offsets`` (float32: 4 bytes each)."""
+    ranges: list[tuple[int, int]] = []
+    cap, lo, hi = first_cap_bytes, None, None
+    for n, off in zip(reversed(numels), reversed(offsets)):
+        lo, hi = off, hi if hi is not None else off + n
+        if (hi - lo) * 4 >= cap:
+            ranges.append((lo, hi))
+            cap, lo, hi = cap_bytes, None, None
+    if lo is not None and hi is not None:
+        ranges.append((lo, hi))
+    return ranges
+
+
+def deliver_whole(grads_WD: torch.Tensor, buckets: Buckets | None) -> torch.Tensor:
+    """For gradient closures with no backward hooks: the whole gradient as one bucket."""
+    if buckets is not None:
+        buckets.ready(grads_WD, 0, grads_WD.shape[1])
+    return grads_WD
 
 
 @runtime_checkable

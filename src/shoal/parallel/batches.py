@@ -16,14 +16,16 @@ Shape suffixes: ``W`` local workers, ``B`` batch, ``D`` flat parameters.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from shoal.functional import LossFn, ParamSpec, batch_loss, channels_last
+from shoal.parallel.base import Buckets, bucket_ranges
 
 _BATCH_STREAM = 11  # keeps these generators apart from any other use of (seed, step, worker)
 
@@ -83,8 +85,10 @@ class LocalBatches:
 class Gradients:
     """``grad_fn(at_WD) -> grads_WD`` on one step's minibatches (see :mod:`shoal.parallel.base`).
 
-    Also measures the compute time of each call, and emulates stragglers by sleeping
-    ``(factor - 1)`` times that long (``slowdown`` is the largest factor of the local workers).
+    Also measures the compute time of each call, and emulates stragglers (``slowdown`` is the
+    largest factor of the local workers) by sleeping ``(factor - 1)`` times the compute so far
+    before each bucket is handed over and at the end: every event of the call happens
+    ``factor`` times later, as on a uniformly slower device.
     """
 
     def __init__(
@@ -103,41 +107,119 @@ class Gradients:
         self.vectorize, self.slowdown = vectorize, slowdown
         self.loss_W: torch.Tensor | None = None
         self.compute_seconds = 0.0
+        self._start = self._slept = 0.0
 
     def _loss(
         self, named: dict[str, torch.Tensor], x_B: torch.Tensor, y_B: torch.Tensor, mask_B
     ) -> torch.Tensor:
         return batch_loss(self.model, self.loss_fn, named, x_B, y_B, mask_B)
 
-    def __call__(self, at_WD: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        grads_WD = self._vmapped(at_WD) if self.vectorize else self._looped(at_WD)
-        if grads_WD.is_cuda:
-            torch.cuda.synchronize(grads_WD.device)  # measure the compute, not the launch
-        spent = time.perf_counter() - t0
-        if self.slowdown > 1.0:
-            time.sleep((self.slowdown - 1.0) * spent)
-        self.compute_seconds += time.perf_counter() - t0
-        return grads_WD
+    def __call__(self, at_WD: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
+        self._start, self._slept = time.perf_counter(), 0.0
+        out_WD = torch.empty_like(at_WD)
+        handover = None if buckets is None else _Handover(self.spec, out_WD, buckets, self._stretch)
+        if self.vectorize:
+            self._vmapped(at_WD, out_WD, handover)
+        else:
+            self._looped(at_WD, out_WD, handover)
+        if out_WD.is_cuda:
+            torch.cuda.synchronize(out_WD.device)  # measure the compute, not the launch
+        self._stretch()
+        self.compute_seconds += time.perf_counter() - self._start
+        return out_WD
 
-    def _vmapped(self, at_WD: torch.Tensor) -> torch.Tensor:
+    def _stretch(self) -> None:
+        """A straggler sleeps until ``factor`` times its compute so far has passed."""
+        if self.slowdown > 1.0:
+            busy = time.perf_counter() - self._start - self._slept
+            owed = (self.slowdown - 1.0) * busy - self._slept
+            if owed > 0:
+                time.sleep(owed)
+                self._slept += owed
+
+    def _vmapped(
+        self, at_WD: torch.Tensor, out_WD: torch.Tensor, handover: _Handover | None
+    ) -> None:
         leaves = self.spec.leaves(at_WD)  # per-parameter [W, *shape] views, autograd leaves
         x, y = self.batches.x[self.index_WB], self.batches.y[self.index_WB]
         loss_W = torch.func.vmap(self._loss)(leaves, x, y, self.mask_WB)
-        grads = torch.autograd.grad(loss_W.sum(), tuple(leaves.values()))
         self.loss_W = loss_W.detach()
-        w = at_WD.shape[0]
-        return torch.cat([g.reshape(w, -1) for g in grads], dim=1)
+        _backward(loss_W.sum(), leaves, self.spec.unflatten(out_WD), handover)
 
-    def _looped(self, at_WD: torch.Tensor) -> torch.Tensor:
-        rows, losses = [], []
+    def _looped(
+        self, at_WD: torch.Tensor, out_WD: torch.Tensor, handover: _Handover | None
+    ) -> None:
+        losses = []
         for i in range(at_WD.shape[0]):
             leaves = self.spec.leaves(at_WD[i])
             idx = self.index_WB[i]
             named = channels_last(leaves) if at_WD.device.type == "cpu" else leaves
             loss = self._loss(named, self.batches.x[idx], self.batches.y[idx], self.mask_WB[i])
-            grads = torch.autograd.grad(loss, tuple(leaves.values()))
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+            outs = self.spec.unflatten(out_WD[i])
+            # A bucket is final once the last worker's backward pass has produced it.
+            last = handover if i == at_WD.shape[0] - 1 else None
+            _backward(loss, leaves, outs, last)
             losses.append(loss.detach())
         self.loss_W = torch.stack(losses)
-        return torch.stack(rows)
+
+
+class _Handover:
+    """Calls ``buckets.ready`` for each bucket (:func:`shoal.parallel.base.bucket_ranges`) as
+    soon as the backward pass has produced all of its parameter tensors (after ``before``)."""
+
+    def __init__(
+        self,
+        spec: ParamSpec,
+        out_WD: torch.Tensor,
+        buckets: Buckets,
+        before: Callable[[], None],
+    ) -> None:
+        numels = [math.prod(shape) for shape in spec.shapes]
+        self.ranges = bucket_ranges(
+            numels, spec.offsets, buckets.cap_bytes, buckets.first_cap_bytes
+        )
+        self.out_WD, self.ready, self.before = out_WD, buckets.ready, before
+        # Each parameter tensor's bucket, and how many tensors each bucket still waits for.
+        self.bucket_of = {
+            name: next(b for b, (lo, hi) in enumerate(self.ranges) if lo <= off < hi)
+            for name, off in zip(spec.names, spec.offsets)
+        }
+        self.missing = [list(self.bucket_of.values()).count(b) for b in range(len(self.ranges))]
+
+    def arrived(self, name: str) -> None:
+        b = self.bucket_of[name]
+        self.missing[b] -= 1
+        if self.missing[b] == 0:
+            self.before()
+            lo, hi = self.ranges[b]
+            self.ready(self.out_WD, lo, hi)
+
+
+def _backward(
+    loss: torch.Tensor,
+    leaves: dict[str, torch.Tensor],
+    outs: dict[str, torch.Tensor],
+    handover: _Handover | None,
+) -> None:
+    """Gradients of ``loss`` w.r.t. ``leaves`` written into ``outs`` (views of the output
+    rows, shaped like the leaves); with a ``handover``, each one as soon as the backward pass
+    produces it (a leaf's tensor hook sees its gradient once, summed over all its uses)."""
+    if handover is None:
+        grads = torch.autograd.grad(loss, tuple(leaves.values()))
+        for name, g in zip(leaves, grads):
+            outs[name].copy_(g)
+        return
+
+    def hook(name: str) -> Callable[[torch.Tensor], None]:
+        def write(g: torch.Tensor) -> None:
+            outs[name].copy_(g)
+            handover.arrived(name)
+
+        return write
+
+    handles = [leaf.register_hook(hook(name)) for name, leaf in leaves.items()]
+    try:
+        torch.autograd.grad(loss, tuple(leaves.values()))
+    finally:
+        for h in handles:
+            h.remove()

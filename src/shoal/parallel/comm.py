@@ -8,6 +8,10 @@ A :class:`Comm` moves rows of ``x_WD``, one row per worker held by this process:
 Operations:
 
 - ``all_reduce_mean(x_WD) -> x_WD``: every row becomes the mean over all ``N`` workers.
+- ``start_all_reduce_mean_(x_WB)``: non-blocking and in place: after ``.wait()`` every row
+  of ``x_WB`` (a contiguous slice of the caller's rows, which it leaves alone until then) is
+  the mean over all workers. Synchronous SGD's gradient buckets, all-reduced while the backward
+  pass goes on (the cost model charges them beside the compute: ``Exchange.overlapped``).
 - ``all_gather(x_WD) -> x_ND``: every worker's row, in worker order.
 - ``all_reduce_payloads`` / ``all_gather_payloads``: the same for compressor payloads (sum of
   the floating-point entries of summable payloads; every worker's payload, exactly as sent).
@@ -57,7 +61,23 @@ from shoal.parallel.graph import GraphCache, InGraph, Neighbors, mix
 from shoal.parallel.messages import check_rows, dense_nbytes, sum_floats
 from shoal.topology import Topology
 
-__all__ = ["Comm", "Delivered", "DistComm", "InFlight", "Neighbors", "SimComm", "dense_nbytes"]
+__all__ = [
+    "Comm",
+    "Delivered",
+    "DistComm",
+    "Done",
+    "InFlight",
+    "Neighbors",
+    "Pending",
+    "SimComm",
+    "dense_nbytes",
+]
+
+
+class Pending(Protocol):
+    """An in-place collective on its way: ``wait()`` returns once it has completed."""
+
+    def wait(self) -> None: ...
 
 
 class InFlight(Protocol):
@@ -86,6 +106,8 @@ class Comm(Protocol):
         ...
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor: ...
+
+    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Pending: ...
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor: ...
 
@@ -146,6 +168,13 @@ class Delivered:
         return self.received
 
 
+class Done:
+    """An in-place collective that has already completed (simulation)."""
+
+    def wait(self) -> None:
+        return None
+
+
 class SimComm:
     """Every worker in this process; messages are tensor indexing (see the module docstring)."""
 
@@ -165,15 +194,26 @@ class SimComm:
         return f"SimComm(world_size={self.world_size})"
 
     def _collective(
-        self, kind: Literal["all_reduce", "all_gather"], nbytes_N: list[int], codec: int = 0
+        self,
+        kind: Literal["all_reduce", "all_gather"],
+        nbytes_N: list[int],
+        codec: int = 0,
+        overlapped: bool = False,
     ) -> None:
         self.bytes_sent += sum(nbytes_N)
-        self.exchanges.append(Exchange(kind, tuple(nbytes_N), codec_elements=codec))
+        sizes = tuple(nbytes_N)
+        self.exchanges.append(Exchange(kind, sizes, codec_elements=codec, overlapped=overlapped))
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         check_rows(x_WD, self.world_size, "all_reduce_mean")
         self._collective("all_reduce", [dense_nbytes(x_WD[0])] * self.world_size)
         return x_WD.mean(0, keepdim=True).expand_as(x_WD).clone()
+
+    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Pending:
+        check_rows(x_WB, self.world_size, "start_all_reduce_mean_")
+        self._collective("all_reduce", [dense_nbytes(x_WB[0])] * self.world_size, overlapped=True)
+        x_WB.copy_(x_WB.mean(0, keepdim=True).expand_as(x_WB))
+        return Done()
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
         check_rows(x_WD, self.world_size, "all_gather")

@@ -58,6 +58,19 @@ class _Pending:
         return self._received
 
 
+class _Averaging:
+    """An all-reduce in flight (:meth:`DistComm.start_all_reduce_mean_`)."""
+
+    def __init__(self, work: Any, row_B: torch.Tensor, world_size: int) -> None:
+        self._work, self._row, self._n = work, row_B, world_size
+
+    def wait(self) -> None:
+        if self._work is not None:
+            self._work.wait()
+            self._row.div_(self._n)
+            self._work = None
+
+
 class DistComm:
     """This process's one worker in a process group joined with
     :func:`shoal.runtime.procgroup.init_from_env` (see the module docstring)."""
@@ -102,17 +115,33 @@ class DistComm:
     # ---- collectives ---------------------------------------------------------------------
 
     def _collective(
-        self, kind: Literal["all_reduce", "all_gather"], nbytes: int, codec: int = 0
+        self,
+        kind: Literal["all_reduce", "all_gather"],
+        nbytes: int,
+        codec: int = 0,
+        overlapped: bool = False,
     ) -> None:
         """Count this worker's contribution (every worker's has this size)."""
         self.bytes_sent += nbytes
-        self.exchanges.append(Exchange(kind, (nbytes,) * self.world_size, codec_elements=codec))
+        sizes = (nbytes,) * self.world_size
+        self.exchanges.append(Exchange(kind, sizes, codec_elements=codec, overlapped=overlapped))
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor:
         buf_D = self._row(x_WD, "all_reduce_mean")
         self._collective("all_reduce", dense_nbytes(buf_D))
         dist.all_reduce(buf_D)
         return (buf_D / self.world_size).unsqueeze(0)
+
+    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> _Averaging:
+        check_rows(x_WB, 1, "start_all_reduce_mean_")
+        row_B = x_WB[0]
+        if row_B.device != self.device or not row_B.is_contiguous():
+            raise ValueError(
+                f"start_all_reduce_mean_: needs a contiguous row on {self.device}, got one "
+                f"on {row_B.device} with strides {row_B.stride()}"
+            )
+        self._collective("all_reduce", dense_nbytes(row_B), overlapped=True)
+        return _Averaging(dist.all_reduce(row_B, async_op=True), row_B, self.world_size)
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor:
         row_D = self._row(x_WD, "all_gather")

@@ -6,6 +6,15 @@ gradient, the gradients are averaged across workers, and every worker applies th
 ``torch.optim.SGD`` step (momentum, Nesterov, weight decay, dampening 0), so the replicas
 stay identical. With one worker it is ``torch.optim.SGD``.
 
+Dense gradients are all-reduced in buckets *during* the backward pass, as PyTorch DDP does (Li
+et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training", VLDB 2020,
+Sec. 3.2.3): parameter tensors in reverse order, a bucket closed at ``bucket_cap_mb`` MiB (the
+first at 1 MiB, DDP's defaults), and each bucket's all-reduce started as soon as the backward
+pass has produced it (:class:`shoal.parallel.base.Buckets`), so it travels while the gradients
+of the earlier layers are computed; the step waits for all of them before the update.
+``overlap=False`` all-reduces the whole gradient after the backward pass instead. The
+mean is the same either way (an all-reduce sums each entry over the workers on its own).
+
 With a ``compressor`` each worker compresses its own gradient with its own compressor state
 (error feedback's residual lives there: Seide et al. 2014, Karimireddy et al. 2019; a
 stochastic compressor gets a seed per worker, unless its messages are summed compressed):
@@ -38,14 +47,17 @@ import torch
 from shoal.compress._common import init_with_seed, mix
 from shoal.compress.base import Compressor, decompress_sum, is_homomorphic
 from shoal.parallel.base import (
+    Buckets,
     GradFn,
     State,
     check_fraction,
     check_positive,
     sgd_direction,
 )
-from shoal.parallel.comm import Comm
+from shoal.parallel.comm import Comm, Pending
 from shoal.parallel.messages import sum_floats
+
+FIRST_BUCKET_BYTES = 2**20  # DDP's first bucket: small, so communication starts early
 
 
 def summable(compressor: Compressor, like_D: torch.Tensor) -> bool:
@@ -120,6 +132,8 @@ class SyncSGD:
     weight_decay: float = 0.0
     nesterov: bool = False
     compressor: Compressor | None = None
+    overlap: bool = True
+    bucket_cap_mb: float = 25.0
     name: str = "sync_sgd"
 
     def __post_init__(self) -> None:
@@ -127,6 +141,24 @@ class SyncSGD:
         if self.nesterov and not self.momentum:
             raise ValueError("sync_sgd: nesterov=True needs momentum > 0")
         check_compressor("sync_sgd", self.compressor)
+        if not isinstance(self.overlap, bool):
+            raise TypeError(f"sync_sgd: overlap must be true or false, got {self.overlap!r}")
+        check_positive("sync_sgd: bucket_cap_mb", self.bucket_cap_mb)
+
+    def _mean_gradient(self, params_WD: torch.Tensor, grad_fn: GradFn, comm: Comm) -> torch.Tensor:
+        """The workers' mean dense gradient (see the module docstring)."""
+        if not self.overlap:
+            return comm.all_reduce_mean(grad_fn(params_WD))
+        in_flight: list[Pending] = []
+
+        def start(grads_WD: torch.Tensor, lo: int, hi: int) -> None:
+            in_flight.append(comm.start_all_reduce_mean_(grads_WD[:, lo:hi]))
+
+        cap = int(self.bucket_cap_mb * 2**20)
+        grads_WD = grad_fn(params_WD, Buckets(start, cap, min(cap, FIRST_BUCKET_BYTES)))
+        for pending in in_flight:
+            pending.wait()
+        return grads_WD
 
     @staticmethod
     def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:
@@ -145,13 +177,12 @@ class SyncSGD:
     def step(
         self, params_WD: torch.Tensor, grad_fn: GradFn, state: State, comm: Comm, step: int
     ) -> tuple[torch.Tensor, State]:
-        grads_WD = grad_fn(params_WD)
         state = dict(state)
         if self.compressor is None:
-            mean_WD = comm.all_reduce_mean(grads_WD)
+            mean_WD = self._mean_gradient(params_WD, grad_fn, comm)
         else:
             mean_WD, state["compressor"] = compressed_mean(
-                self.compressor, grads_WD, state["compressor"], comm, state["summed"]
+                self.compressor, grad_fn(params_WD), state["compressor"], comm, state["summed"]
             )
         direction_WD, m_WD = sgd_direction(
             mean_WD,
@@ -173,6 +204,10 @@ def sync_sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     compressor: Compressor | None = None,
+    overlap: bool = True,
+    bucket_cap_mb: float = 25.0,
 ) -> SyncSGD:
-    """All-reduce SGD (``torch.optim.SGD`` semantics), optionally with compressed gradients."""
-    return SyncSGD(lr, momentum, weight_decay, nesterov, compressor)
+    """All-reduce SGD (``torch.optim.SGD`` semantics), optionally with compressed gradients;
+    dense ones are all-reduced in ``bucket_cap_mb`` MiB buckets during the backward pass
+    (``overlap=False``: after it)."""
+    return SyncSGD(lr, momentum, weight_decay, nesterov, compressor, overlap, bucket_cap_mb)
