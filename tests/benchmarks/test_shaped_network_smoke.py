@@ -17,7 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "shaped_network.py"
 DATA = ROOT.parent / "shared" / "data" / "mnist5k"
-HEADLINE = {"best_speedup_vs_ddp_100mbit", "best_config_100mbit", "dense_vs_ddp_time_ratio"}
+HEADLINE = {
+    "best_speedup_vs_ddp_100mbit",
+    "best_config_100mbit",
+    "dense_vs_ddp_time_ratio",
+    "dense_overlap_vs_ddp_time_ratio",
+    "dense_overlap_vs_ddp_time_ratio_1gbit",
+}
 
 
 def _shoal_parallel() -> bool:
@@ -54,8 +60,8 @@ def test_every_configuration_trains(tmp_path: Path) -> None:
     res = _run(tmp_path, "--max-steps", "6", "--eval-every", "3", "--target", "0.3")
     assert set(res["headline"]) == HEADLINE
     assert {r["config"] for r in res["runs"]} == {
-        "ddp", "dense", "topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd",
-        "local_sgd_topk", "local_sgd_powersgd",
+        "ddp", "dense", "dense_overlap", "topk_ef", "powersgd", "dpsgd_ring", "sgp",
+        "local_sgd", "local_sgd_topk", "local_sgd_powersgd",
     }  # fmt: skip
     for run in res["runs"]:
         assert "error" not in run, run
@@ -68,9 +74,10 @@ def test_every_configuration_trains(tmp_path: Path) -> None:
             assert run["payload_bytes_per_worker"] > 0 or local
     # Same initial weights and minibatches: DDP and dense Shoal SGD see the same accuracy.
     by = {r["config"]: r for r in res["runs"]}
-    assert by["ddp"]["curve"][0]["accuracy"] == pytest.approx(
-        by["dense"]["curve"][0]["accuracy"], abs=0.01
-    )
+    for dense in ("dense", "dense_overlap"):
+        assert by["ddp"]["curve"][0]["accuracy"] == pytest.approx(
+            by[dense]["curve"][0]["accuracy"], abs=0.01
+        )
     assert res["summary"]["none"]["ddp"]["speedup_vs_ddp"] in (None, 1.0)
 
 
