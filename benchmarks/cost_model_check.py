@@ -22,8 +22,9 @@ own per-message work; and the kernel's byte counts include TCP/IP headers (~3-4%
 synchronous SGD with buckets all-reduced during the backward pass (``dense_overlap``: DDP's
 buckets for this CNN; DDP's own compute is not recorded separately), or of the one after the
 backward pass in runs without it. The overlapped forms (overlap SGP, D-PSGD's
-Algorithm 1) are charged ``max(compute, transfer)`` a step, which assumes the transfer costs
-the compute nothing; here the transport's work shares the 2 cores with it.
+Algorithm 1) are charged ``max(compute, transfer)`` a step, and synchronous SGD's buckets
+from the end of the forward pass, which assumes the transfer costs the compute nothing; here
+the transport's work shares the 2 cores with it.
 
     python benchmarks/cost_model_check.py --shaped benchmarks/results/shaped_network.json \
         benchmarks/results/shaped_network_gossip.json \

@@ -53,10 +53,11 @@ charges none. It depends on the compressor and the device, not on the network: m
 :func:`measure_codec`. Federated rounds do not take it (a client compresses once per local
 training; fold that into ``seconds_per_sample``). Not charged: the transport's per-message
 work. Against step times measured on tc-shaped links (``benchmarks/cost_model_check.py``)
-dense all-reduces come within 6-20% and gossip within 29-58%; the overlapped forms within
-27-30% at 100 Mbit/s but 71-90% at 1 Gbit/s, where the transport's work shares the CPU with
-the compute (``max(compute, transfer)`` assumes it costs the compute nothing). See there for
-compressed synchronous SGD with and without the codec's time.
+dense all-reduces after the backward pass come within 14-16% and gossip within 29-58%; the
+overlapped forms (bucketed all-reduces included) within 16-30% at 100 Mbit/s but 43-90% at
+1 Gbit/s, where the transport's work shares the CPU with the compute (charging the two side by
+side assumes it costs the compute nothing). See there for compressed synchronous SGD with and
+without the codec's time.
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
 bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
