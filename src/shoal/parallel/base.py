@@ -85,14 +85,14 @@ def bucket_ranges(
     """:class:`Buckets`' ranges ``[lo, hi)`` of flat parameters, in the order they are handed
     over, for parameter tensors of ``numels`` entries at ``offsets`` (float32: 4 bytes each)."""
     ranges: list[tuple[int, int]] = []
-    cap, lo, hi = first_cap_bytes, None, None
+    cap, end = first_cap_bytes, None  # the end of the bucket being filled (None: none open)
     for n, off in zip(reversed(numels), reversed(offsets)):
-        lo, hi = off, hi if hi is not None else off + n
-        if (hi - lo) * 4 >= cap:
-            ranges.append((lo, hi))
-            cap, lo, hi = cap_bytes, None, None
-    if lo is not None and hi is not None:
-        ranges.append((lo, hi))
+        end = off + n if end is None else end
+        if (end - off) * 4 >= cap:
+            ranges.append((off, end))
+            cap, end = cap_bytes, None
+    if end is not None:
+        ranges.append((offsets[0], end))
     return ranges
 
 

@@ -68,13 +68,13 @@ __all__ = [
     "Done",
     "InFlight",
     "Neighbors",
-    "Pending",
+    "Reducing",
     "SimComm",
     "dense_nbytes",
 ]
 
 
-class Pending(Protocol):
+class Reducing(Protocol):
     """An in-place collective on its way: ``wait()`` returns once it has completed."""
 
     def wait(self) -> None: ...
@@ -107,7 +107,7 @@ class Comm(Protocol):
 
     def all_reduce_mean(self, x_WD: torch.Tensor) -> torch.Tensor: ...
 
-    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Pending: ...
+    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Reducing: ...
 
     def all_gather(self, x_WD: torch.Tensor) -> torch.Tensor: ...
 
@@ -209,7 +209,7 @@ class SimComm:
         self._collective("all_reduce", [dense_nbytes(x_WD[0])] * self.world_size)
         return x_WD.mean(0, keepdim=True).expand_as(x_WD).clone()
 
-    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Pending:
+    def start_all_reduce_mean_(self, x_WB: torch.Tensor) -> Reducing:
         check_rows(x_WB, self.world_size, "start_all_reduce_mean_")
         self._collective("all_reduce", [dense_nbytes(x_WB[0])] * self.world_size, overlapped=True)
         x_WB.copy_(x_WB.mean(0, keepdim=True).expand_as(x_WB))

@@ -54,7 +54,7 @@ from shoal.parallel.base import (
     check_positive,
     sgd_direction,
 )
-from shoal.parallel.comm import Comm, Pending
+from shoal.parallel.comm import Comm, Reducing
 from shoal.parallel.messages import sum_floats
 
 FIRST_BUCKET_BYTES = 2**20  # DDP's first bucket: small, so communication starts early
@@ -149,7 +149,7 @@ class SyncSGD:
         """The workers' mean dense gradient (see the module docstring)."""
         if not self.overlap:
             return comm.all_reduce_mean(grad_fn(params_WD))
-        in_flight: list[Pending] = []
+        in_flight: list[Reducing] = []
 
         def start(grads_WD: torch.Tensor, lo: int, hi: int) -> None:
             in_flight.append(comm.start_all_reduce_mean_(grads_WD[:, lo:hi]))
