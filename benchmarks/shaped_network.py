@@ -5,8 +5,9 @@ links whose rate ``tc`` caps in both directions (``benchmarks/_netns.py``), trai
 al.'s CNN on mnist5k to a target test accuracy. Measured side by side in one run, for every
 link rate given: PyTorch ``DistributedDataParallel`` (the peer, unmodified), Shoal synchronous
 dense SGD (``dense``: one all-reduce after the backward pass; ``dense_overlap``, the default:
-DDP's buckets, all-reduced during the backward pass), Shoal with top-k + error feedback, Shoal with PowerSGD, D-PSGD on a ring, SGP on
-the one-peer exponential graph and local SGD; ``--configs`` also takes the overlapped forms
+DDP's buckets, all-reduced during the backward pass), Shoal with top-k + error feedback,
+Shoal with PowerSGD, D-PSGD on a ring, SGP on the one-peer exponential graph and local SGD;
+``--configs`` also takes the overlapped forms
 (``dpsgd_ring_lian``: D-PSGD's Algorithm 1, the models sent before the gradient is computed;
 ``sgp_overlap``). Each configuration's time to target counts training only (evaluation time
 is excluded for all of them alike).
