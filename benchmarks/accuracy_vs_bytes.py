@@ -714,7 +714,12 @@ def main() -> None:
             "target_accuracy": a.target_acc,
             "total_seconds": total,
         },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            # The kernels' instruction set: float rounding, hence accuracies, depend on it.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
         "results": results,
         "table_markdown": md,
         "long_run": long,

@@ -187,7 +187,12 @@ def main() -> None:
             "data_dir": shown(a.data_dir),
             "total_seconds": time.perf_counter() - started,
         },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            # The kernels' instruction set: float rounding, hence accuracies, depend on it.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
         "results": results,
         "byte_reduction_per_round_after_warmup": after,
         "targets": {"within_1_point": headline["dgc_acc_drop"] <= 1.0},

@@ -141,7 +141,12 @@ def main() -> None:
             "data_dir": shown(a.data_dir),
             "total_seconds": time.perf_counter() - started,
         },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            # The kernels' instruction set: float rounding, hence accuracies, depend on it.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
         "results": results,
         "headline": headline,
     }
