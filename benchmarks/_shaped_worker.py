@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ import torch.distributed as dist
 from torch import nn
 
 import shoal
-from shoal.parallel.batches import draw_positions
+from shoal.parallel.batches import Stretch, draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
@@ -138,27 +137,16 @@ def run_ddp(a: argparse.Namespace, rank: int, world: int, data: Any, shards: lis
     xs, ys = data.train.x[shard], data.train.y[shard]
     loss_fn = nn.CrossEntropyLoss()
 
-    # Straggler: the emulation of shoal.parallel, which sleeps (factor - 1) x the measured
-    # compute time of every gradient. DDP's backward includes its all-reduce, so only the
-    # forward pass is timed during training, and the compute time is the forward time times
-    # the (forward + backward) / forward ratio of the plain module, calibrated up front (the
-    # median of 5 local steps after a warm-up step; a ratio is steadier than a time when other
-    # processes share the cores).
-    ratio = 0.0
-    if a.slow and rank == a.slow_rank and a.slowdown > 1.0:
-        ratios = []
-        for step in range(6):
-            pos = torch.from_numpy(_positions(a.seed, step, rank, len(xs), a.batch_size))
-            t0 = time.perf_counter()
-            loss = loss_fn(model(xs[pos]), ys[pos])
-            t1 = time.perf_counter()
-            loss.backward()
-            ratios.append((time.perf_counter() - t0) / (t1 - t0))
-        model.zero_grad(set_to_none=True)
-        ratio = statistics.median(ratios[1:])
-
     if any(p.dim() == 4 for p in model.parameters()):  # see the module docstring
         model = model.to(memory_format=torch.channels_last)
+    # Straggler: the emulation of shoal.parallel (shoal.parallel.batches.Stretch). The slow
+    # rank sleeps after its forward pass and in a hook on every parameter's gradient, which
+    # runs before DDP's own hook marks the gradient ready, so every event of its step (DDP's
+    # bucket all-reduces included) happens `slowdown` times later, as on a slower device.
+    stretch = Stretch(a.slowdown if a.slow and rank == a.slow_rank else 1.0)
+    if stretch.factor > 1.0:
+        for p in model.parameters():
+            p.register_hook(lambda g: stretch())
     ddp = DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=a.lr, momentum=a.momentum)
     counter = tx_counter()
@@ -170,10 +158,9 @@ def run_ddp(a: argparse.Namespace, rank: int, world: int, data: Any, shards: lis
     for step in range(a.max_steps):
         t0 = time.perf_counter()
         pos = torch.from_numpy(_positions(a.seed, step, rank, len(xs), a.batch_size))
-        t1 = time.perf_counter()
+        stretch.start()
         loss = loss_fn(ddp(xs[pos]), ys[pos])
-        if ratio:
-            time.sleep((a.slowdown - 1.0) * ratio * (time.perf_counter() - t1))
+        stretch()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -12,11 +12,13 @@ Shoal with PowerSGD, D-PSGD on a ring, SGP on the one-peer exponential graph and
 ``sgp_overlap``). Each configuration's time to target counts training only (evaluation time
 is excluded for all of them alike).
 
-``--straggler`` adds: one worker made 5x slower (it sleeps 4x its compute time every step, the
-same emulation for DDP and for Shoal), and the training throughput (the sum over workers of
-samples per second of own training time, a fixed number of steps each) of DDP, synchronous SGD,
-SGP, overlap SGP and asynchronous EASGD with and without the straggler. Asynchronous EASGD
-runs the same workers plus its parameter server, one more process in one more namespace.
+``--straggler`` adds: one worker made 5x slower (it sleeps 4x its compute so far before each
+gradient bucket is handed over and at the end, so every event of its step happens 5x later:
+``shoal.parallel.batches.Stretch``, the same emulation for DDP and for Shoal), and the
+training throughput (the sum over workers of samples per second of own training time, a fixed
+number of steps each) of DDP, synchronous SGD, SGP, overlap SGP and asynchronous EASGD with
+and without the straggler. Asynchronous EASGD runs the same workers plus its parameter server,
+one more process in one more namespace.
 
 Bytes sent per worker are read from the kernel's counters of each worker's interface (IP and
 TCP headers included); the JSON also lists the payload bytes as Shoal counts them.
@@ -429,9 +431,10 @@ def run_straggler(a: argparse.Namespace, launcher: Launcher, net: Any) -> dict[s
         "factor": a.straggler_factor,
         "steps_per_worker": a.straggler_steps,
         "emulation": (
-            "the slow worker sleeps (factor - 1) x its compute time after every gradient "
-            "(shoal.parallel's slowdown; DDP: the same sleep, with the compute time of a "
-            "local step calibrated on the plain module before training)"
+            "the slow worker sleeps (factor - 1) x its compute so far before each gradient "
+            "bucket is handed over and at the end of its gradient, so every event of its step "
+            "happens factor times later (shoal.parallel.batches.Stretch; DDP: the same, after "
+            "the forward pass and in a hook on every parameter's gradient)"
         ),
         "throughput": "the sum over workers of each worker's samples / its own training "
         "seconds (evaluation excluded): what the workers process per second while they all "

@@ -82,13 +82,35 @@ class LocalBatches:
         return torch.from_numpy(index).to(self.device), torch.from_numpy(mask).to(self.device)
 
 
+class Stretch:
+    """A straggler's clock: ``stretch()`` sleeps until ``factor`` times the work done since
+    ``start()`` has passed, so every event after a call happens ``factor`` times later, as on
+    a uniformly slower device (``factor`` 1: never sleeps)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self._start = self._slept = 0.0
+
+    def start(self) -> None:
+        self._start, self._slept = time.perf_counter(), 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def __call__(self) -> None:
+        if self.factor > 1.0:
+            owed = (self.factor - 1.0) * (self.elapsed() - self._slept) - self._slept
+            if owed > 0:
+                time.sleep(owed)
+                self._slept += owed
+
+
 class Gradients:
     """``grad_fn(at_WD) -> grads_WD`` on one step's minibatches (see :mod:`shoal.parallel.base`).
 
     Also measures the compute time of each call, and emulates stragglers (``slowdown`` is the
-    largest factor of the local workers) by sleeping ``(factor - 1)`` times the compute so far
-    before each bucket is handed over and at the end: every event of the call happens
-    ``factor`` times later, as on a uniformly slower device.
+    largest factor of the local workers) with a :class:`Stretch` before each bucket is handed
+    over and at the end.
     """
 
     def __init__(
@@ -107,7 +129,7 @@ class Gradients:
         self.vectorize, self.slowdown = vectorize, slowdown
         self.loss_W: torch.Tensor | None = None
         self.compute_seconds = 0.0
-        self._start = self._slept = 0.0
+        self._stretch = Stretch(slowdown)
 
     def _loss(
         self, named: dict[str, torch.Tensor], x_B: torch.Tensor, y_B: torch.Tensor, mask_B
@@ -115,7 +137,7 @@ class Gradients:
         return batch_loss(self.model, self.loss_fn, named, x_B, y_B, mask_B)
 
     def __call__(self, at_WD: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
-        self._start, self._slept = time.perf_counter(), 0.0
+        self._stretch.start()
         out_WD = torch.empty_like(at_WD)
         handover = None if buckets is None else _Handover(self.spec, out_WD, buckets, self._stretch)
         if self.vectorize:
@@ -125,17 +147,8 @@ class Gradients:
         if out_WD.is_cuda:
             torch.cuda.synchronize(out_WD.device)  # measure the compute, not the launch
         self._stretch()
-        self.compute_seconds += time.perf_counter() - self._start
+        self.compute_seconds += self._stretch.elapsed()
         return out_WD
-
-    def _stretch(self) -> None:
-        """A straggler sleeps until ``factor`` times its compute so far has passed."""
-        if self.slowdown > 1.0:
-            busy = time.perf_counter() - self._start - self._slept
-            owed = (self.slowdown - 1.0) * busy - self._slept
-            if owed > 0:
-                time.sleep(owed)
-                self._slept += owed
 
     def _vmapped(
         self, at_WD: torch.Tensor, out_WD: torch.Tensor, handover: _Handover | None
