@@ -109,3 +109,26 @@ def test_bad_bucket_settings_are_refused():
         sync_sgd(0.1, bucket_cap_mb=0)
     with pytest.raises(TypeError, match="overlap must be true or false"):
         sync_sgd(0.1, overlap="yes")  # type: ignore[arg-type]
+
+
+def test_a_stragglers_events_all_happen_factor_times_later(monkeypatch):
+    import shoal.parallel.batches as batches
+
+    clock = [0.0]
+    monkeypatch.setattr(batches.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(batches.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    stretch = batches.Stretch(3.0)
+    stretch.start()
+    seen = []
+    for work in (1.0, 0.5, 2.0):  # seconds of compute, then a bucket handed over
+        clock[0] += work
+        stretch()
+        seen.append(stretch.elapsed())
+    assert seen == pytest.approx([3.0, 4.5, 10.5])  # 3x the work done by each event
+    stretch()  # nothing more owed
+    assert stretch.elapsed() == pytest.approx(10.5)
+    plain = batches.Stretch(1.0)
+    plain.start()
+    clock[0] += 2.0
+    plain()
+    assert plain.elapsed() == pytest.approx(2.0)
