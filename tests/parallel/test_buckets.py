@@ -132,3 +132,18 @@ def test_a_stragglers_events_all_happen_factor_times_later(monkeypatch):
     clock[0] += 2.0
     plain()
     assert plain.elapsed() == pytest.approx(2.0)
+
+
+def test_a_layer_used_twice_is_handed_over_once_with_its_summed_gradient():
+    shared = nn.Linear(DIM, DIM)
+    model = nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(DIM, 3))
+    at_WD = ParamSpec.of(model).flatten(model).expand(2, -1).clone()
+    whole_WD = _gradients(model, 2, False)(at_WD)
+    calls: list[tuple[int, int]] = []
+    got_WD = _gradients(model, 2, False)(
+        at_WD, Buckets(lambda g, lo, hi: calls.append((lo, hi)), 4, 4)
+    )
+    torch.testing.assert_close(got_WD, whole_WD, rtol=0, atol=0)
+    assert (
+        sorted(calls) == sorted(set(calls)) and sum(hi - lo for lo, hi in calls) == at_WD.shape[1]
+    )
