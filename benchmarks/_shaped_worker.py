@@ -47,8 +47,9 @@ from shoal.parallel.batches import Stretch, draw_positions
 from shoal.runtime.procgroup import init_from_env, shutdown
 
 CONFIGS = (
-    "ddp", "dense", "dense_overlap", "topk_ef", "powersgd", "dpsgd_ring", "dpsgd_ring_lian", "sgp",
-    "sgp_overlap", "local_sgd", "local_sgd_topk", "local_sgd_powersgd", "easgd",
+    "ddp", "dense", "dense_overlap", "topk_ef", "powersgd", "powersgd_two_round", "dpsgd_ring",
+    "dpsgd_ring_lian", "sgp", "sgp_overlap", "local_sgd", "local_sgd_topk", "local_sgd_powersgd",
+    "easgd",
 )  # fmt: skip
 
 
@@ -206,10 +207,12 @@ def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_wo
     if config == "topk_ef":
         ef_topk = compress.error_feedback(compress.top_k(ratio=a.topk_ratio))
         return sync_sgd(a.lr, a.momentum, compressor=ef_topk)
-    if config == "powersgd":
+    if config in ("powersgd", "powersgd_two_round"):  # every worker's own P and Q gathered,
+        # or the paper's two-round all-reduce (a shared P)
         shapes = ParamSpec.of(model).shapes
         ef_psgd = compress.error_feedback(compress.powersgd(shapes, rank=a.powersgd_rank))
-        return sync_sgd(a.lr, a.momentum, compressor=ef_psgd)
+        reduce = "two_round" if config == "powersgd_two_round" else "auto"
+        return sync_sgd(a.lr, a.momentum, compressor=ef_psgd, reduce=reduce)
     if config == "dpsgd_ring":
         return dpsgd(a.lr, topology.ring(num_workers), momentum=a.momentum)
     if config == "dpsgd_ring_lian":  # Algorithm 1: the models travel while the gradient computes

@@ -76,6 +76,7 @@ LABELS = {
     "dense_overlap": "Shoal sync SGD, dense, buckets overlapping the backward",
     "topk_ef": f"Shoal top-k {TOPK_RATIO:g} + EF",
     "powersgd": f"Shoal PowerSGD rank {POWERSGD_RANK}",
+    "powersgd_two_round": f"Shoal PowerSGD rank {POWERSGD_RANK}, two-round all-reduce",
     "dpsgd_ring": "Shoal D-PSGD, ring",
     "dpsgd_ring_lian": "Shoal overlap D-PSGD, ring",
     "sgp": "Shoal SGP, 1-peer exp.",

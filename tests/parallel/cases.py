@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.compress import error_feedback, qsgd, random_k, threshold, top_k
+from shoal.compress import error_feedback, powersgd, qsgd, random_k, threshold, top_k
 from shoal.cost import CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data.types import ArrayDataset, FederatedDataset
 from shoal.parallel import (
@@ -49,6 +49,14 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, CLASSES))
 
 
+TINY_SHAPES = (
+    torch.Size([8, DIM]),
+    torch.Size([8]),
+    torch.Size([CLASSES, 8]),
+    torch.Size([CLASSES]),
+)
+
+
 def shards(num_workers: int, n: int = 160, seed: int = 0) -> list[np.ndarray]:
     """Unequal shards, some smaller than a batch (so batches are padded and masked)."""
     rng = np.random.default_rng(seed)
@@ -66,6 +74,13 @@ CASES: dict[str, Callable[[int], Any]] = {
     "sync_sgd_random_k": lambda n: sync_sgd(0.2, compressor=random_k(0.3)),
     "sync_sgd_threshold": lambda n: sync_sgd(0.2, compressor=error_feedback(threshold(0.05))),
     "sync_sgd_qsgd": lambda n: sync_sgd(0.2, compressor=qsgd(4, bucket_size=16)),
+    # PowerSGD's two-round all-reduce (P, then Q and the dense blocks).
+    "sync_sgd_powersgd": lambda n: sync_sgd(
+        0.2,
+        momentum=0.9,
+        compressor=error_feedback(powersgd(TINY_SHAPES, rank=1)),
+        reduce="two_round",
+    ),
     "local_sgd": lambda n: local_sgd(0.2, period=2, momentum=0.5),
     "local_sgd_topk_ef": lambda n: local_sgd(
         0.2, period=2, momentum=0.5, compressor=error_feedback(top_k(ratio=0.2))

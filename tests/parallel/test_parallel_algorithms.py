@@ -209,23 +209,76 @@ def test_bad_configurations_raise_clear_errors():
         ParallelConfig(steps=1, target_accuracy=1.5)
 
 
-def test_compressed_sync_sgd_sums_in_compressed_form_only_when_that_is_exact():
+def test_compressed_sync_sgd_reduces_in_compressed_form_only_when_that_is_exact():
     from shoal.compress import count_sketch, error_feedback, identity, powersgd, qsgd, random_k
     from shoal.functional import ParamSpec
 
     shapes = ParamSpec.of(tiny_model()).shapes
+    ef_powersgd = error_feedback(powersgd(shapes, rank=1))
     expected = {
-        "identity": (identity(), True),
-        "random_k": (error_feedback(random_k(0.3)), True),
-        "count_sketch": (count_sketch(width=40, depth=1), True),
-        "powersgd": (error_feedback(powersgd(shapes, rank=1)), False),  # needs two rounds
-        "qsgd": (qsgd(4), False),
+        "identity": (identity(), "auto", "sum"),
+        "random_k": (error_feedback(random_k(0.3)), "auto", "sum"),
+        "count_sketch": (count_sketch(width=40, depth=1), "auto", "sum"),
+        "powersgd": (ef_powersgd, "auto", "gather"),  # one-round payloads do not add
+        "powersgd, its all-reduce": (ef_powersgd, "two_round", "two_round"),
+        "powersgd, 2 iterations": (powersgd(shapes, rank=1, power_iterations=2), "auto", "gather"),
+        "qsgd": (qsgd(4), "auto", "gather"),
+        "random_k gathered": (random_k(0.3), "all_gather", "gather"),
     }
-    for name, (compressor, summed) in expected.items():
-        r = _run(sync_sgd(0.2, compressor=compressor), world=3)
-        assert r.state["summed"] is summed, name
+    for name, (compressor, reduce, path) in expected.items():
+        r = _run(sync_sgd(0.2, compressor=compressor, reduce=reduce), world=3)
+        assert r.state["reduce"] == path, name
         assert torch.isfinite(r.params_WD).all(), name
         assert (r.params_WD - r.params_WD[0]).abs().max() == 0, name  # replicas stay equal
+    with pytest.raises(ValueError, match="reduce='two_round' needs a compressor with PowerSGD"):
+        _run(sync_sgd(0.2, compressor=powersgd(shapes, power_iterations=2), reduce="two_round"), 2)
+    with pytest.raises(ValueError, match="reduce must be one of auto, all_gather, two_round"):
+        sync_sgd(0.2, reduce="ring")
     dense = _run(sync_sgd(0.2), world=3)
     lossless = _run(sync_sgd(0.2, compressor=identity()), world=3)
     torch.testing.assert_close(lossless.params_WD, dense.params_WD, rtol=0, atol=1e-6)
+
+
+def test_powersgd_all_reduce_is_the_papers_two_rounds_by_hand():
+    """Vogels et al. 2019, Algorithm 1 with error feedback, on 3 workers' rows: P = sum M_i Q,
+    orthogonalized; Q_i = M_i^T P; mean = P (sum Q_i)^T / 3; each worker keeps M_i - P Q_i^T;
+    the summed Q is the next query; 1-D blocks are averaged exactly."""
+    from shoal.compress import error_feedback, powersgd
+    from shoal.compress.wire import payload_nbytes
+    from shoal.functional import ParamSpec
+    from shoal.parallel.algorithms.sync_sgd import compressed_mean, compressor_states
+
+    spec = ParamSpec.of(tiny_model())
+    c = error_feedback(powersgd(spec.shapes, rank=1))
+    rows = torch.randn(3, spec.num_params, generator=torch.Generator().manual_seed(0))
+    comm = SimComm(3)
+    start = compressor_states(c, rows, comm, "two_round")
+    assert start["reduce"] == "two_round"
+    mean, states = compressed_mean(c, rows, start["compressor"], comm, "two_round")
+    want, sent = torch.zeros(spec.num_params), 0
+    for i, (shape, off) in enumerate(zip(spec.shapes, spec.offsets)):
+        n = shape.numel()
+        if len(shape) == 1:  # dense: averaged exactly, nothing kept
+            want[off : off + n] = rows[:, off : off + n].mean(0)
+            sent += 4 * n
+            for s in states:
+                assert (s["residual"][off : off + n] == 0).all()
+            continue
+        q = start["compressor"][0]["inner"][f"q{i}"]
+        m = [rows[w, off : off + n].view(shape[0], -1) for w in range(3)]
+        p = torch.linalg.qr(sum(m_i @ q for m_i in m)).Q
+        q_w = [m_i.T @ p for m_i in m]
+        want[off : off + n] = (p @ sum(q_w).T / 3).reshape(-1)
+        sent += 4 * (p.numel() + q_w[0].numel())
+        for w, s in enumerate(states):
+            torch.testing.assert_close(
+                s["residual"][off : off + n], (m[w] - p @ q_w[w].T).reshape(-1)
+            )
+            torch.testing.assert_close(s["inner"][f"q{i}"], sum(q_w))
+    torch.testing.assert_close(mean, want.expand(3, -1))
+    # Each worker sends its P (round 1), then its Q and dense entries (round 2), not P again.
+    z = torch.zeros
+    round1 = {"p0": z(8, 1), "p2": z(3, 1)}
+    round2 = {"q0": z(6, 1), "q2": z(8, 1), "dense": z(11)}
+    assert sent == 4 * (8 + 3 + 6 + 8 + 11)
+    assert comm.bytes_sent == 3 * (payload_nbytes(round1) + payload_nbytes(round2))

@@ -19,6 +19,7 @@ from shoal.compress.base import (
     init_for_worker,
     is_contractive,
     is_homomorphic,
+    is_two_round,
     tensor_bytes,
 )
 from shoal.compress.cast import Cast, bf16, fp16
@@ -80,6 +81,7 @@ __all__ = [
     "init_for_worker",
     "is_contractive",
     "is_homomorphic",
+    "is_two_round",
     "layerwise",
     "lgreco_powersgd",
     "lgreco_qsgd",

@@ -78,6 +78,13 @@ def is_homomorphic(compressor: Any) -> bool:
     return bool(getattr(compressor, "homomorphic", False))
 
 
+def is_two_round(compressor: Any) -> bool:
+    """Whether ``compressor`` offers an all-reduce in two rounds (``two_round = True``:
+    PowerSGD's ``project`` / ``complete`` / ``with_query``, Vogels et al. 2019; wrappers
+    forward it)."""
+    return bool(getattr(compressor, "two_round", False))
+
+
 def is_contractive(compressor: Any) -> bool | None:
     """Whether ``compressor`` declares ``E||x - C(x)||^2 <= ||x||^2`` for every ``x``
     (``contractive``; wrappers forward it); ``None`` when it does not say."""

@@ -43,6 +43,7 @@ from shoal.compress.base import (
     decompress_sum,
     is_contractive,
     is_homomorphic,
+    is_two_round,
 )
 
 
@@ -90,12 +91,36 @@ class ErrorFeedback:
             raise ValueError("error_feedback: state must come from error_feedback(c).init(x_D)")
         accumulated_D = x_D + state["residual"]
         payload, inner_state = self.inner.compress(accumulated_D, state["inner"])
+        return payload, {"residual": self._residual(accumulated_D, payload), "inner": inner_state}
+
+    def _residual(self, accumulated_D: torch.Tensor, payload: Payload) -> torch.Tensor:
         residual = getattr(self.inner, "residual", None)
-        if residual is not None:  # a sparsifier: zero the sent entries of our own buffer
-            residual_D = residual(accumulated_D, payload)
-        else:
-            residual_D = accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
-        return payload, {"residual": residual_D, "inner": inner_state}
+        if residual is not None:  # computed in our own buffer (sparsifiers, PowerSGD)
+            return residual(accumulated_D, payload)
+        return accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
+
+    # PowerSGD's two-round all-reduce (Vogels et al. 2019, with error feedback as there): the
+    # residual is this worker's own approximation error, ``a - P Q_i^T`` with the shared P.
+
+    @property
+    def two_round(self) -> bool:
+        return is_two_round(self.inner)
+
+    def project(self, x_D: torch.Tensor, state: dict[str, Any]) -> Payload:
+        inner: Any = self.inner
+        return inner.project(x_D + state["residual"], state["inner"])
+
+    def complete(
+        self, x_D: torch.Tensor, summed: Payload, state: dict[str, Any]
+    ) -> tuple[Payload, dict[str, Any]]:
+        inner: Any = self.inner
+        accumulated_D = x_D + state["residual"]
+        payload, inner_state = inner.complete(accumulated_D, summed, state["inner"])
+        return payload, {"residual": self._residual(accumulated_D, payload), "inner": inner_state}
+
+    def with_query(self, state: dict[str, Any], payload: Payload) -> dict[str, Any]:
+        inner: Any = self.inner
+        return {**state, "inner": inner.with_query(state["inner"], payload)}
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         return self.inner.decompress(payload)

@@ -25,7 +25,8 @@ Two ways to use it:
   dense}``; messages that share P add up: ``decompress(sum_payloads(ms)) = P (sum Q_i)^T``
   equals ``sum(decompress(m))`` up to float rounding (bit for bit on the dense blocks).
   The scale of the warm-start ``Q`` does not matter (P is orthogonalized), so the sum of the
-  workers' Q may be reused as it is.
+  workers' Q may be reused as it is. ``shoal.parallel.sync_sgd(..., reduce="two_round")`` runs
+  this protocol (``two_round`` is true with one power iteration).
 
 Two options of the reference implementations, both off by default (the paper's Algorithm 1):
 
@@ -181,10 +182,18 @@ class PowerSGD:
             payload["dense"] = torch.cat(dense)
         return payload, new_state
 
+    @property
+    def two_round(self) -> bool:
+        """The paper's two-round all-reduce applies: one step of subspace iteration."""
+        return self.power_iterations == 1
+
     def with_query(
         self, state: dict[str, torch.Tensor], payload: Payload
     ) -> dict[str, torch.Tensor]:
-        """The state with the queries of ``payload`` (e.g. the all-reduced Q) as warm start."""
+        """The state with the queries of ``payload`` (e.g. the all-reduced Q) as warm start
+        (unchanged with ``warm_start=False``: every step starts from the seed's query)."""
+        if not self.warm_start:
+            return state
         return {**state, **{f"q{i}": payload[f"q{i}"] for i, _ in self._compressed()}}
 
     def compress(

@@ -13,7 +13,8 @@ Computations", NeurIPS 2019, Algorithm 1, synchronous case): every worker compre
 of its model since the last synchronisation, ``x_i - x_sync``, with error feedback kept in its
 compressor state (wrap the compressor in :func:`shoal.compress.error_feedback`), the compressed
 changes are averaged exactly as :func:`~shoal.parallel.sync_sgd` averages compressed gradients
-(summed in compressed form when homomorphic, else all-gathered), and every worker restarts from
+(summed in compressed form when homomorphic, else all-gathered; or PowerSGD's two-round
+all-reduce with ``reduce="two_round"``), and every worker restarts from
 ``x_sync + mean`` — so the replicas are identical again after each synchronisation. Deviation,
 named: the paper adds the memory to the *local* model before compressing; here it lives in the
 compressor wrapper, which adds it to the change (the same sum).
@@ -31,6 +32,7 @@ from shoal.compress.base import Compressor
 from shoal.parallel.algorithms.sync_sgd import (
     check_compressor,
     check_optimizer,
+    check_reduce,
     compressed_mean,
     compressor_states,
 )
@@ -48,6 +50,7 @@ class LocalSGD(OwnModel):
     weight_decay: float = 0.0
     nesterov: bool = False
     compressor: Compressor | None = None
+    reduce: str = "auto"
     name: str = "local_sgd"
 
     def __post_init__(self) -> None:
@@ -56,11 +59,12 @@ class LocalSGD(OwnModel):
         if self.nesterov and not self.momentum:
             raise ValueError("local_sgd: nesterov=True needs momentum > 0")
         check_compressor("local_sgd", self.compressor)
+        check_reduce("local_sgd", self.reduce)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         state: State = {"momentum_WD": torch.zeros_like(params_WD)} if self.momentum else {}
         if self.compressor is not None:
-            state.update(compressor_states(self.compressor, params_WD, comm))
+            state.update(compressor_states(self.compressor, params_WD, comm, self.reduce))
             state["anchor_WD"] = params_WD.clone()  # x_sync: identical rows on every worker
         return state
 
@@ -89,7 +93,7 @@ class LocalSGD(OwnModel):
                     params_WD - anchor_WD,
                     state["compressor"],
                     comm,
-                    state["summed"],
+                    state["reduce"],
                 )
                 params_WD = anchor_WD + mean_WD
                 state["anchor_WD"] = params_WD
@@ -104,7 +108,9 @@ def local_sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     compressor: Compressor | None = None,
+    reduce: str = "auto",
 ) -> LocalSGD:
     """Local SGD averaging the models every ``period`` (H) steps; with a ``compressor``,
-    Qsparse-local-SGD (compressed model changes, see the module docstring)."""
-    return LocalSGD(lr, period, momentum, weight_decay, nesterov, compressor)
+    Qsparse-local-SGD (compressed model changes, see the module docstring; ``reduce`` as in
+    :func:`shoal.parallel.sync_sgd`)."""
+    return LocalSGD(lr, period, momentum, weight_decay, nesterov, compressor, reduce)
