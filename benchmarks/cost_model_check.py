@@ -32,6 +32,7 @@ the transport's work shares the 2 cores with it.
         benchmarks/results/shaped_network_gather.json \
         benchmarks/results/shaped_network_overlap.json \
         benchmarks/results/shaped_network_buckets.json \
+        benchmarks/results/shaped_network_powersgd.json \
         --json benchmarks/results/cost_model_check.json
 """
 

@@ -54,7 +54,7 @@ charges none. It depends on the compressor and the device, not on the network: m
 training; fold that into ``seconds_per_sample``). Not charged: the transport's per-message
 work. Against step times measured on tc-shaped links (``benchmarks/cost_model_check.py``)
 dense all-reduces after the backward pass come within 14-16% and gossip within 29-58%; the
-overlapped forms (bucketed all-reduces included) within 16-30% at 100 Mbit/s but 43-90% at
+overlapped forms (bucketed all-reduces included) within 16-30% at 100 Mbit/s but 34-90% at
 1 Gbit/s, where the transport's work shares the CPU with the compute (charging the two side by
 side assumes it costs the compute nothing). See there for compressed synchronous SGD with and
 without the codec's time.
