@@ -85,6 +85,7 @@ def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):
         ("sync_sgd", '\ntopology = "ring"\n', "parallel.topology"),
         ("dpsgd", '[compression]\nname = "top_k"\n', "compression.name"),
         ("dpsgd", "\nslowdown_factor = 0.5\n", "parallel.slowdown_factor"),
+        ("sync_sgd", '[compression]\nname = "top_k"\nratio = 0.1\n', "two_round"),
     ],
 )
 def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, key):
@@ -92,11 +93,14 @@ def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, ke
     text = (
         text + extra if extra.startswith("[") else text.replace("[parallel]", "[parallel]" + extra)
     )
+    if key == "two_round":
+        text = text.replace("lr = 0.3", 'lr = 0.3\nreduce = "two_round"')
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
     assert shoal("run", cfg, "--out", tmp_path / "run", "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and key in err[0], err
+    assert not (tmp_path / "run" / "config.toml").exists()  # the same --out can be used again
 
 
 def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path):

@@ -231,7 +231,9 @@ def test_compressed_sync_sgd_reduces_in_compressed_form_only_when_that_is_exact(
         assert torch.isfinite(r.params_WD).all(), name
         assert (r.params_WD - r.params_WD[0]).abs().max() == 0, name  # replicas stay equal
     with pytest.raises(ValueError, match="reduce='two_round' needs a compressor with PowerSGD"):
-        _run(sync_sgd(0.2, compressor=powersgd(shapes, power_iterations=2), reduce="two_round"), 2)
+        sync_sgd(0.2, compressor=powersgd(shapes, power_iterations=2), reduce="two_round")
+    with pytest.raises(ValueError, match="two-round all-reduce .*got no compressor"):
+        sync_sgd(0.2, reduce="two_round")
     with pytest.raises(ValueError, match="reduce must be one of auto, all_gather, two_round"):
         sync_sgd(0.2, reduce="ring")
     dense = _run(sync_sgd(0.2), world=3)

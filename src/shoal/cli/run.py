@@ -131,9 +131,17 @@ def execute_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) ->
         if cfg["num_threads"]:
             torch.set_num_threads(cfg["num_threads"])
         out.mkdir(parents=True, exist_ok=True)
-        if not resume and _rank() == 0:
+        fresh = not resume and _rank() == 0
+        if fresh:
             _write_config(cfg, out / CONFIG)
-        result = parallel.train_parallel(cfg, out, resume=resume, progress=progress)
+        try:
+            result = parallel.train_parallel(cfg, out, resume=resume, progress=progress)
+        except BaseException:
+            # A mistake found while building the run (the method's options, its compressor)
+            # leaves no run folder behind, as for a federated run, whose build comes first.
+            if fresh and not any((out / f).exists() for f in (METRICS, CHECKPOINT, SUMMARY)):
+                (out / CONFIG).unlink(missing_ok=True)
+            raise
     finally:
         torch.set_num_threads(threads)
     if result.summary:  # the reporting process (rank 0, or EASGD's server)

@@ -59,7 +59,7 @@ class LocalSGD(OwnModel):
         if self.nesterov and not self.momentum:
             raise ValueError("local_sgd: nesterov=True needs momentum > 0")
         check_compressor("local_sgd", self.compressor)
-        check_reduce("local_sgd", self.reduce)
+        check_reduce("local_sgd", self.reduce, self.compressor)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         state: State = {"momentum_WD": torch.zeros_like(params_WD)} if self.momentum else {}

@@ -98,21 +98,21 @@ def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -
 REDUCE = ("auto", "all_gather", "two_round")
 
 
-def check_reduce(who: str, reduce: str) -> None:
+def check_reduce(who: str, reduce: str, compressor: Compressor | None) -> None:
     if reduce not in REDUCE:
         raise ValueError(f"{who}: reduce must be one of {', '.join(REDUCE)}, got {reduce!r}")
+    if reduce == "two_round" and not is_two_round(compressor):
+        name = getattr(compressor, "name", None) or "no compressor"
+        raise ValueError(
+            f"{who}: reduce='two_round' needs a compressor with PowerSGD's two-round "
+            f"all-reduce (powersgd with power_iterations=1, or error_feedback of it), got {name}"
+        )
 
 
 def reduction(compressor: Compressor, like_D: torch.Tensor, reduce: str) -> str:
     """How the payloads travel: ``"two_round"`` (PowerSGD's all-reduce), ``"sum"`` (one
     all-reduce) or ``"gather"`` (see the module docstring)."""
-    if reduce == "two_round":
-        if not is_two_round(compressor):
-            raise ValueError(
-                f"reduce='two_round' needs a compressor with PowerSGD's two-round all-reduce "
-                f"(powersgd with power_iterations=1, or error_feedback of it), got "
-                f"{getattr(compressor, 'name', type(compressor).__name__)}"
-            )
+    if reduce == "two_round":  # (check_reduce has refused other compressors)
         return "two_round"
     if reduce == "all_gather":
         return "gather"
@@ -202,7 +202,7 @@ class SyncSGD:
         if not isinstance(self.overlap, bool):
             raise TypeError(f"sync_sgd: overlap must be true or false, got {self.overlap!r}")
         check_positive("sync_sgd: bucket_cap_mb", self.bucket_cap_mb)
-        check_reduce("sync_sgd", self.reduce)
+        check_reduce("sync_sgd", self.reduce, self.compressor)
 
     def _mean_gradient(self, params_WD: torch.Tensor, grad_fn: GradFn, comm: Comm) -> torch.Tensor:
         """The workers' mean dense gradient (see the module docstring)."""
