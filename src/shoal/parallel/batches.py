@@ -126,7 +126,7 @@ class Gradients:
     ) -> None:
         self.model, self.spec, self.loss_fn = model, spec, loss_fn
         self.batches, self.index_WB, self.mask_WB = batches, index_WB, mask_WB
-        self.vectorize, self.slowdown = vectorize, slowdown
+        self.vectorize = vectorize
         self.loss_W: torch.Tensor | None = None
         self.compute_seconds = 0.0
         self._stretch = Stretch(slowdown)
