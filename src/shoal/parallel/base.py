@@ -96,13 +96,6 @@ def bucket_ranges(
     return ranges
 
 
-def deliver_whole(grads_WD: torch.Tensor, buckets: Buckets | None) -> torch.Tensor:
-    """For gradient closures with no backward hooks: the whole gradient as one bucket."""
-    if buckets is not None:
-        buckets.ready(grads_WD, 0, grads_WD.shape[1])
-    return grads_WD
-
-
 @runtime_checkable
 class ParallelAlgorithm(Protocol):
     """A data-parallel or decentralized training method (see the module docstring)."""
