@@ -119,6 +119,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Param",
+    "UnknownKey",
     "apply_overrides",
     "check_num_clients",
     "describe",
@@ -127,11 +128,20 @@ __all__ = [
     "loads",
     "parse_value",
     "resolve",
+    "resolve_overridden",
 ]
 
 
 class ConfigError(ValueError):
     """A config mistake; the message names the dotted key, what was given and what is allowed."""
+
+
+class UnknownKey(ConfigError):
+    """A key that no table (or no chosen name) takes; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class _Required:
@@ -407,9 +417,10 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
     allowed_top = [*TOP, *SECTIONS]
     for key in raw:
         if key not in allowed_top:
-            raise ConfigError(
+            raise UnknownKey(
+                key,
                 f"unknown key {key!r}; allowed top-level keys: {', '.join(TOP)}; "
-                f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}"
+                f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}",
             )
     out: dict[str, Any] = {
         k: _value(k, raw.get(k), p, missing=k not in raw) for k, p in TOP.items()
@@ -446,10 +457,13 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
                 extra = {**extra, **{prefix + k: p for k, p in entries[values[key]]().items()}}
         for key in given:
             if key not in fixed and key not in extra:
-                what = f" for {section} {_show(values[SELECTORS[section]])}" if extra else ""
-                raise ConfigError(
+                what = ""
+                if section in SELECTORS:  # say whose options these are ("none"'s too)
+                    what = f" for {section} {_show(values[SELECTORS[section]])}"
+                raise UnknownKey(
+                    f"{section}.{key}",
                     f"unknown key '{section}.{key}'{what}; allowed in [{section}]: "
-                    f"{', '.join([*fixed, *extra])}"
+                    f"{', '.join([*fixed, *extra])}",
                 )
         for k, p in extra.items():
             v = _value(f"{section}.{k}", given.get(k), p, missing=k not in given)
@@ -596,9 +610,23 @@ def parse_value(text: str) -> Any:
         return text.strip()
 
 
-def apply_overrides(raw: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``raw`` with ``key=value`` or ``section.key=value`` assignments applied."""
+def apply_overrides(
+    raw: Mapping[str, Any], assignments: Sequence[str], unset: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A copy of ``raw`` without the ``unset`` keys (``key`` or ``section.key``), then with
+    ``key=value`` or ``section.key=value`` assignments applied.
+
+    Unsetting is how a key the file sets goes when ``--set`` switches a name whose options
+    differ (``--set compression.name=qsgd --unset compression.ratio``); a key the config does
+    not set is refused, as a typo would be.
+    """
     out = copy.deepcopy(dict(raw))
+    for key in unset:
+        *path, name = key.strip().split(".")
+        table = out if not path else out.get(path[0]) if len(path) == 1 else None  # no a.b.c
+        if not isinstance(table, dict) or name not in table:
+            raise ConfigError(f"--unset {key!r}: the config sets no such key")
+        del table[name]
     for item in assignments:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
@@ -614,6 +642,24 @@ def apply_overrides(raw: Mapping[str, Any], assignments: Sequence[str]) -> dict[
                 raise ConfigError(f"--set {item!r}: {parts[0]} is a value, not a table")
         target[parts[-1]] = parse_value(text)
     return out
+
+
+def resolve_overridden(
+    raw: Mapping[str, Any],
+    assignments: Sequence[str],
+    unset: Sequence[str],
+    catalog: Catalog,
+    source: str,
+) -> Config:
+    """:func:`resolve` of ``raw`` (read from ``source``) after the command line's overrides;
+    an unknown key that ``source`` set, not ``--set``, names the way to drop it: typically
+    an option of the name that ``--set`` replaced."""
+    try:
+        return resolve(apply_overrides(raw, assignments, unset), catalog)
+    except UnknownKey as e:
+        if any(a.partition("=")[0].strip() == e.key for a in assignments):
+            raise
+        raise ConfigError(f"{e} (set in {source}: --unset {e.key} drops it)") from None
 
 
 # ----------------------------------------------------------------------------- writing

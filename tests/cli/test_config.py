@@ -22,6 +22,7 @@ from shoal.config import (
     loads,
     parse_value,
     resolve,
+    resolve_overridden,
     tomllib,
 )
 
@@ -72,6 +73,36 @@ def test_overrides_parse_toml_values_else_strings() -> None:
         apply_overrides({"seed": 1}, ["seed.x=1"])
 
 
+def test_unset_drops_a_key_before_the_assignments() -> None:
+    raw = {"seed": 1, "compression": {"name": "top_k", "ratio": 0.01}}
+    out = apply_overrides(raw, ["compression.name=qsgd"], ["compression.ratio", "seed"])
+    assert out == {"compression": {"name": "qsgd"}}
+    assert raw["compression"] == {"name": "top_k", "ratio": 0.01}  # the input is not changed
+    # After unsetting, the key can be set again.
+    assert apply_overrides(raw, ["seed=2"], ["seed"])["seed"] == 2
+    assert apply_overrides(raw, [], ["compression"]) == {"seed": 1}  # a whole table
+    for key in ("compression.k", "rounds", "seed.x", "a.b.c", ""):  # typos are refused
+        with pytest.raises(ConfigError, match="sets no such key"):
+            apply_overrides(raw, [], [key])
+
+
+def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
+    raw = {"compression": {"name": "top_k", "ratio": 0.01}}
+    with pytest.raises(ConfigError) as info:  # --set switched the name; the file's ratio stays
+        resolve_overridden(raw, ["compression.name=qsgd"], [], CATALOG, "a.toml")
+    message = str(info.value)
+    assert 'for compression "qsgd"' in message and "levels" in message
+    assert message.endswith("(set in a.toml: --unset compression.ratio drops it)")
+    # A key the command line set itself gets no such hint: the --set is the mistake.
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden(raw, ["compression.rate=2"], [], CATALOG, "a.toml")
+    assert "compression.rate" in str(info.value) and "--unset" not in str(info.value)
+    cfg = resolve_overridden(
+        raw, ["compression.name=qsgd", "compression.levels=4"], ["compression.ratio"], CATALOG, "a"
+    )
+    assert cfg["compression.name"] == "qsgd" and cfg["compression.levels"] == 4
+
+
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
@@ -93,6 +124,7 @@ def test_overrides_parse_toml_values_else_strings() -> None:
         ({"client": {"epochs": 2, "min_epochs": 3}}, ["client.min_epochs", "client.epochs"]),
         ({"device": "gpu"}, ["device", "cuda:N"]),
         ({"eval": 3}, ["eval", "table"]),
+        ({"network": {"uplink_mbit_s": 2.0}}, ['network "none"', "allowed in [network]: profile"]),
     ],
 )
 def test_mistakes_name_the_key(raw: dict, words: list[str]) -> None:

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from cli_helpers import shoal, write_config
 
-from shoal.cli.launch import _AgentLog
+from shoal.cli import build_parser
+from shoal.cli.launch import _AgentLog, torchrun_command
 from shoal.runtime.spawn import free_port
 
 
@@ -121,3 +122,14 @@ def test_launch_usage_errors_are_one_line(tmp_path, capsys, bad):
     assert shoal("launch", write_config(tmp_path), *bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shoal: error:")
+
+
+def test_launch_passes_the_overrides_to_every_worker(tmp_path):
+    args = build_parser().parse_args(
+        ["launch", "c.toml", "--unset", "partition.alpha", "--set", "partition.scheme=shards"]
+    )
+    cmd = torchrun_command(args, tmp_path)
+    tail = cmd[cmd.index("run") :]
+    assert tail[tail.index("--unset") :][:4] == [
+        "--unset", "partition.alpha", "--set", "partition.scheme=shards"
+    ]  # fmt: skip

@@ -143,6 +143,9 @@ ERRORS = [
     (["--set", "model.name=cnn", "--set", "model.hidden=[3]"], "model.hidden"),
     (["--set", "algorithm.name=fedprox", "--set", "algorithm.mu=-1"], "algorithm.mu"),
     (["--set", "model.name=char_lstm", "--set", "model.hidden=8"], "model.name"),
+    # The file's alpha belongs to the scheme --set replaced: the message says how to drop it.
+    (["--set", "partition.scheme=shards"], "small.toml: --unset partition.alpha drops it"),
+    (["--unset", "partition.alfa"], "--unset 'partition.alfa': the config sets no such key"),
 ]
 
 
@@ -157,6 +160,14 @@ def test_mistakes_are_one_line(
     assert key in err
     assert "Traceback" not in err
     assert not (tmp_path / "r" / "config.toml").exists()
+
+
+def test_unset_drops_a_key_of_the_file(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path, rounds=1)
+    args = ["--set", "partition.scheme=shards", "--unset", "partition.alpha", "--quiet"]
+    assert shoal("run", cfg_path, "--out", tmp_path / "r", *args) == 0
+    cfg = resolve(load(tmp_path / "r" / "config.toml"), CATALOG)
+    assert cfg["partition.scheme"] == "shards" and "alpha" not in cfg.options("partition")
 
 
 def test_mistake_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:

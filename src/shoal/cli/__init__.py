@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from shoal.config import ConfigError
+from shoal.config import ConfigError, load, resolve_overridden
 
 __all__ = ["UsageError", "add_set_option", "main"]
 
@@ -39,6 +39,24 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set partition.alpha=0.1 (repeatable)",
     )
+    p.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="drop a key the config sets, before --set (repeatable): e.g. "
+        "--set compression.name=qsgd --unset compression.ratio",
+    )
+
+
+def config_from_args(args: argparse.Namespace, raw: Any = None, source: str = "") -> Any:
+    """The resolved :class:`shoal.config.Config` of ``args.config`` (or of ``raw``, read from
+    ``source``) with the command line's ``--unset`` and ``--set`` applied."""
+    from shoal.cli.registry import CATALOG
+
+    if raw is None:
+        raw, source = load(args.config), str(args.config)
+    return resolve_overridden(raw, args.set, args.unset, CATALOG, source)
 
 
 def _version() -> str:

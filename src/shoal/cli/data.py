@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from shoal.cli import UsageError, add_set_option
+from shoal.cli import UsageError, add_set_option, config_from_args
 from shoal.cli.build import build_clients, fetch_dataset
-from shoal.cli.registry import CATALOG, DATASETS, in_cache
-from shoal.config import apply_overrides, load, resolve
+from shoal.cli.registry import DATASETS, in_cache
 from shoal.data import default_cache_dir, format_histogram, label_histogram
 from shoal.report import plot_label_histogram
 
@@ -88,7 +87,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
+    cfg = config_from_args(args)
     cfg, data, clients = build_clients(cfg)
     k = data.train.num_classes
     hist = label_histogram(data.train.y.numpy(), clients, k)

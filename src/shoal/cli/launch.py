@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import UsageError, add_set_option
-from shoal.cli.registry import CATALOG
-from shoal.config import apply_overrides, load, resolve
+from shoal.cli import UsageError, add_set_option, config_from_args
 from shoal.runtime.spawn import free_port
 
 # torchrun's failure report names the rank and exit code of the first worker that failed.
@@ -111,6 +109,8 @@ def torchrun_command(args: argparse.Namespace, out: Path) -> list[str]:
     if args.node_rank is not None:
         cmd.append(f"--node-rank={args.node_rank}")
     cmd += ["-m", "shoal", "run", str(args.config), "--out", str(out)]
+    for key in args.unset:
+        cmd += ["--unset", key]
     for item in args.set:
         cmd += ["--set", item]
     if args.quiet:
@@ -122,7 +122,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from shoal.cli.run import fresh_out
 
     # Check the config here, once, so a typo is one line rather than one per worker.
-    resolve(apply_overrides(load(args.config), args.set), CATALOG)
+    config_from_args(args)
     if args.nnodes not in ("1", "1:1") and not args.out:
         raise UsageError("--nnodes > 1 needs --out DIR (on a folder every machine can reach)")
     out = fresh_out(args.out, Path(args.config).stem)

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from shoal.cli import UsageError, add_set_option, parallel
+from shoal.cli import UsageError, add_set_option, config_from_args, parallel
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
-from shoal.config import Config, ConfigError, apply_overrides, dumps, load, loads, resolve
+from shoal.config import Config, ConfigError, dumps, load, loads, resolve
 from shoal.report import human_bytes, plot_runs
 from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
@@ -192,7 +192,7 @@ def _distributed_run(args: argparse.Namespace) -> int:
                 "resumes from the same folder (`shoal launch` picks one for you)"
             )
         out = Path(args.out)
-        cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
+        cfg = config_from_args(args)
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
     resume = (bool(args.resume) or restarted) and _resumable(cfg, out)
     done = False
@@ -237,9 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if in_distributed_env():
         return _distributed_run(args)
     if args.resume:
-        if args.config or args.set or args.out:
+        if args.config or args.set or args.unset or args.out:
             raise UsageError(
-                "--resume DIR takes no CONFIG, --set or --out: the run continues as its "
+                "--resume DIR takes no CONFIG, --set, --unset or --out: the run continues as its "
                 "config.toml says"
             )
         out = Path(args.resume)
@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise UsageError("give a CONFIG.toml to run, or --resume DIR")
-    cfg = resolve(apply_overrides(load(args.config), args.set), CATALOG)
+    cfg = config_from_args(args)
     out = fresh_out(args.out, Path(args.config).stem)
     execute(cfg, out, resume=False, progress=not args.quiet)
     print(f"  plot it: shoal plot {out}")
@@ -264,7 +264,7 @@ def demo_config() -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = resolve(apply_overrides(loads(demo_config(), "demo.toml"), args.set), CATALOG)
+    cfg = config_from_args(args, loads(demo_config(), "demo.toml"), "demo.toml")
     out = Path(args.out or Path("runs") / "demo")
     if (out / CONFIG).is_file():
         # The demo is a fixed job: running it again redoes it in place (only our files go).
