@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from shoal.runtime.procgroup import init_from_env, shutdown
 CONFIGS = (
     "ddp", "dense", "dense_overlap", "topk_ef", "powersgd", "powersgd_two_round", "dpsgd_ring",
     "dpsgd_ring_lian", "sgp", "sgp_overlap", "local_sgd", "local_sgd_topk", "local_sgd_powersgd",
-    "easgd",
+    "easgd", "dgc",
 )  # fmt: skip
 
 
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--powersgd-rank", type=int, default=2)
     p.add_argument("--local-period", type=int, default=8)
     p.add_argument("--easgd-period", type=int, default=4)
+    p.add_argument("--dgc-density", type=float, default=0.001)
     p.add_argument("--out", required=True, help="folder for <config>_rank<r>.json")
     a = p.parse_args(argv)
     a.configs = a.config.split(",")
@@ -195,10 +197,14 @@ def run_ddp(a: argparse.Namespace, rank: int, world: int, data: Any, shards: lis
 # -- Shoal ------------------------------------------------------------------------------------
 
 
-def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_workers: int):
+def shoal_algorithm(
+    a: argparse.Namespace, config: str, model: nn.Module, num_workers: int, epoch_steps: int = 0
+):
+    """``config``'s algorithm; ``epoch_steps`` (a worker's shard over the batch size, rounded
+    up) times DGC's warm-up."""
     from shoal import compress, topology
     from shoal.functional import ParamSpec
-    from shoal.parallel import dpsgd, easgd, local_sgd, sgp, sync_sgd
+    from shoal.parallel import dgc, dpsgd, easgd, local_sgd, sgp, sync_sgd
 
     if config == "dense":  # one all-reduce after the backward pass
         return sync_sgd(a.lr, a.momentum, overlap=False)
@@ -231,6 +237,11 @@ def shoal_algorithm(a: argparse.Namespace, config: str, model: nn.Module, num_wo
         shapes = ParamSpec.of(model).shapes
         ef_psgd = compress.error_feedback(compress.powersgd(shapes, rank=a.powersgd_rank))
         return local_sgd(a.lr, a.local_period, momentum=a.momentum, compressor=ef_psgd)
+    if config == "dgc":  # the paper's four-epoch sparsity warm-up, then --dgc-density
+        if epoch_steps < 1:
+            raise ValueError("dgc needs epoch_steps, the steps of its warm-up's epochs")
+        shapes = ParamSpec.of(model).shapes
+        return dgc(a.lr, shapes, a.dgc_density, a.momentum, epoch_steps=epoch_steps)
     if config == "easgd":
         # Asynchronous EASGD has no momentum term (EAMSGD's is Nesterov's, with its own
         # delta), so it runs plain SGD at the common learning rate.
@@ -298,7 +309,8 @@ def run_shoal(a: argparse.Namespace, config: str, ctx: Any, data: Any, shards: l
 
     comm = DistComm(ctx)
     model, init = shoal.init_params(lambda: build_model(a.model), seed=a.seed)
-    alg = Timed(shoal_algorithm(a, config, model, len(shards)))
+    epoch_steps = math.ceil(len(shards[min(ctx.rank, len(shards) - 1)]) / a.batch_size)
+    alg = Timed(shoal_algorithm(a, config, model, len(shards), epoch_steps))
     curve: list[dict[str, Any]] = []
     reached: dict[str, Any] = {}
 

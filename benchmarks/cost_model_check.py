@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -62,7 +63,12 @@ FLAGS = {
     "powersgd_rank": "powersgd-rank",
     "local_sgd_period": "local-period",
     "easgd_period": "easgd-period",
+    "dgc_density": "dgc-density",
 }
+
+
+WARMING_UP = frozenset({"dgc"})
+"""Configurations whose step cost changes over the run (DGC's sparsity warm-up)."""
 
 
 def simulation_config(a: argparse.Namespace, steps: int) -> ParallelConfig:
@@ -87,7 +93,8 @@ def predicted_seconds_per_step(
         codec_seconds_per_element=codec_s,
     )
     cfg = simulation_config(a, steps)
-    algorithm = shaped.shoal_algorithm(a, config, model, 4)
+    epoch_steps = math.ceil(len(shards[0]) / a.batch_size)
+    algorithm = shaped.shoal_algorithm(a, config, model, 4, epoch_steps)
     result = train_parallel(model, data, shards, algorithm, cfg, SimComm(4), network=network)
     return result.metrics[-1]["sim_seconds"] / steps
 
@@ -130,17 +137,23 @@ def main() -> None:
     if setup["workers"] != 4:
         raise SystemExit(f"{args.shaped[0]}: built for 4 workers, got {setup['workers']}")
     summary: dict[str, dict[str, Any]] = {}
+    hyper: dict[str, Any] = {}
     for path, run in zip(args.shaped, runs):
-        same = ("model", "batch_size_per_worker", "lr", "momentum", "seed", "hyperparameters")
-        if any(run["setup"][k] != setup[k] for k in same):
+        same = ("model", "batch_size_per_worker", "lr", "momentum", "seed")
+        # A later run may record a hyperparameter the earlier ones did not have (a new config's).
+        own = run["setup"]["hyperparameters"]
+        if any(run["setup"][k] != setup[k] for k in same) or any(
+            hyper.get(k, v) != v for k, v in own.items()
+        ):
             raise SystemExit(f"{path}: another setup than {args.shaped[0]}'s")
+        hyper.update(own)
         for bw, configs in run["summary"].items():
             summary.setdefault(bw, {}).update(configs)
     a = shaped.parse_args(
         ["--config", "dense", "--data-dir", setup["data"], "--model", setup["model"],
          "--batch-size", str(setup["batch_size_per_worker"]), "--lr", str(setup["lr"]),
          "--momentum", str(setup["momentum"]), "--seed", str(setup["seed"]), "--out", "."]
-        + [f"--{FLAGS[k]}={v}" for k, v in setup["hyperparameters"].items()]
+        + [f"--{FLAGS[k]}={v}" for k, v in hyper.items()]
     )  # fmt: skip
     torch.set_num_threads(1)
     print(
@@ -179,10 +192,12 @@ def main() -> None:
                 continue
             # The codec shares a core as the compute did: scaled by the run's slowdown.
             codec_s = codec[source] * compute / own_compute
+            # DGC's messages shrink during its warm-up: simulated for as many steps as measured.
+            steps = m["steps"] if source in WARMING_UP else args.steps
             for rate in {0.0, codec_s}:
                 if (bw, source, rate) not in cache:
                     cache[bw, source, rate] = predicted_seconds_per_step(
-                        a, source, RATES_BPS[bw], compute, args.steps, rate
+                        a, source, RATES_BPS[bw], compute, steps, rate
                     )
             pred, with_codec = cache[bw, source, 0.0], cache[bw, source, codec_s]
             ratio, ratio_codec = m["seconds_per_step"] / pred, m["seconds_per_step"] / with_codec

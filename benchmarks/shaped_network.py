@@ -58,6 +58,7 @@ TOPK_RATIO = 0.01  # Lin et al. 2018 (DGC) and Stich et al. 2018 keep 0.1-1%
 POWERSGD_RANK = 2  # Vogels et al. 2019's default for ResNet-18 ("rank 2 matches SGD")
 LOCAL_SGD_PERIOD = 8  # steps between averages (Lin et al. 2020 use H in 4..16)
 EASGD_PERIOD = 4  # tau of asynchronous EASGD (Zhang et al. 2015 use 4..64)
+DGC_DENSITY = 0.001  # Lin et al. 2018's 99.9% sparsity, after their four-epoch warm-up
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_shaped_worker.py")
@@ -69,6 +70,7 @@ STRAGGLER_CONFIGS = ("ddp", "dense", "sgp", "sgp_overlap", "easgd")
 # "Compressed or decentralized" configurations, the candidates for the headline speedup.
 REDUCED = (
     "topk_ef", "powersgd", "dpsgd_ring", "sgp", "local_sgd", "local_sgd_topk", "local_sgd_powersgd",
+    "dgc",
 )  # fmt: skip
 LABELS = {
     "ddp": "PyTorch DDP (peer)",
@@ -85,6 +87,7 @@ LABELS = {
     "local_sgd_topk": f"Shoal Qsparse local SGD, H={LOCAL_SGD_PERIOD}, top-k {TOPK_RATIO:g} + EF",
     "local_sgd_powersgd": f"Shoal local SGD, H={LOCAL_SGD_PERIOD}, PowerSGD r{POWERSGD_RANK} + EF",
     "easgd": f"Shoal async EASGD, tau={EASGD_PERIOD}",
+    "dgc": f"Shoal DGC, density {DGC_DENSITY:g} after warm-up",
 }
 
 
@@ -194,7 +197,8 @@ class Launcher:
             "--seed", str(a.seed), "--target", str(a.target), "--max-steps", str(a.max_steps),
             "--eval-every", str(a.eval_every), "--out", str(out),
             "--topk-ratio", str(TOPK_RATIO), "--powersgd-rank", str(POWERSGD_RANK),
-            "--local-period", str(LOCAL_SGD_PERIOD), "--easgd-period", str(EASGD_PERIOD), *extra,
+            "--local-period", str(LOCAL_SGD_PERIOD), "--easgd-period", str(EASGD_PERIOD),
+            "--dgc-density", str(DGC_DENSITY), *extra,
         ]  # fmt: skip
         procs, files = [], []
         t0 = time.perf_counter()
@@ -555,6 +559,7 @@ def setup_record(a: argparse.Namespace) -> dict[str, Any]:
             "powersgd_rank": POWERSGD_RANK,
             "local_sgd_period": LOCAL_SGD_PERIOD,
             "easgd_period": EASGD_PERIOD,
+            "dgc_density": DGC_DENSITY,
         },
         "time_to_target": "training seconds on rank 0 up to the evaluation that first "
         "reached the target; evaluation time excluded for every configuration",

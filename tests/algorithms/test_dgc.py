@@ -260,10 +260,13 @@ def test_needs_shapes_and_every_worker_every_round(problem_factory):
         train(model, problem.data, problem.clients, alg, cfg, compressor=alg.default_compressor)
 
 
-def test_registered_for_the_cli():
-    from shoal.cli.registry import ALGORITHMS, CATALOG
+def test_registered_for_the_cli_in_its_data_parallel_form():
+    from shoal import parallel
+    from shoal.cli.registry import ALGORITHMS, CATALOG, PARALLEL
 
-    assert ALGORITHMS["dgc"] is dgc
+    assert PARALLEL["dgc"] is parallel.dgc and "dgc" not in ALGORITHMS
     options = CATALOG["algorithm"]["dgc"]()
-    assert {"density", "momentum", "epoch_steps", "warmup"} <= set(options)
-    assert "shapes" not in options  # given by the model, not the config file
+    assert {"density", "momentum", "epoch_steps", "warmup", "clip_norm"} <= set(options)
+    assert (
+        "shapes" not in options
+    )  # given by the model, not the config file  # given by the model, not the config file

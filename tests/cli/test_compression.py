@@ -126,18 +126,3 @@ def test_topk_example_resolves_and_runs(
     small = sets(["partition.num_clients=20", "num_threads=1", "rounds=1"])
     assert shoal("run", TOPK_EXAMPLE, *small, "--out", tmp_path / "run", "--quiet") == 0
     assert "error_feedback(top_k(ratio=0.01))" in capsys.readouterr().out
-
-
-def test_dgc_from_a_config_gets_the_model_shapes_and_its_own_encoding(tmp_path: Path) -> None:
-    """DGC needs the model's tensor shapes and is charged by its (value, index) encoding."""
-    raw = load(write_config(tmp_path))
-    raw["algorithm"] = {"name": "dgc", "lr": 0.1, "density": 0.01}
-    raw["sampling"] = {"clients_per_round": 20}
-    exp = build(resolve(raw, CATALOG), progress=False)
-    assert type(exp.compressor) is type(exp.algorithm.default_compressor)
-    overrides = ["algorithm.name=dgc", "algorithm.density=0.01", "sampling.clients_per_round=20"]
-    out = tmp_path / "dgc"
-    assert shoal("run", write_config(tmp_path), "--out", out, "--quiet", *sets(overrides)) == 0
-    row = read_metrics(out)[-1]
-    dense = 20 * 4 * exp.init.numel()  # every worker's float32 update, without framing
-    assert 0 < row["uplink_bytes"] < dense / 5

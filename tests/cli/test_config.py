@@ -156,7 +156,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 # A config that sets only its own kind's keys (and a few both kinds read).
 FEDERATED = {
     "rounds": 3,
-    "algorithm": {"name": "dgc"},
+    "algorithm": {"name": "fedavg"},
     "compression": {"downlink": "top_k", "downlink_ratio": 0.1},
     "client": {"epochs": 2},
     "sampling": {"clients_per_round": 4},

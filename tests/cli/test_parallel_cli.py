@@ -43,11 +43,13 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", ["sync_sgd", "local_sgd", "dpsgd", "sgp", "easgd"])
+@pytest.mark.parametrize("name", ["sync_sgd", "local_sgd", "dpsgd", "sgp", "easgd", "dgc"])
 def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     cfg = _config(tmp_path, name)
     if name == "local_sgd":  # its averaging period H is an algorithm option
         cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\nperiod = 4"))
+    if name == "dgc":  # the model's tensor shapes come from the model, the density from here
+        cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\ndensity = 0.1"))
     if name == "dpsgd":  # simulated time on a network
         cfg.write_text(cfg.read_text() + '[network]\nprofile = "wifi"\nseconds_per_sample = 1e-3\n')
     out = tmp_path / "run"
@@ -58,6 +60,8 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     assert [r["step"] for r in rows] == [10, 20, 30]
     assert rows[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert rows[-1]["bytes_sent"] > 0
+    if name == "dgc":  # (value, index) pairs: well under the 2 workers' dense 2,410 floats
+        assert rows[0]["bytes_sent"] < 10 * 2 * 4 * 2410 / 3
     if name == "dpsgd":  # `shoal run` ends with "plot it: shoal plot <out>": that works
         assert 0 < rows[0]["sim_seconds"] < rows[1]["sim_seconds"] < rows[2]["sim_seconds"]
         assert shoal("plot", out) == 0
@@ -84,6 +88,7 @@ def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):
     [
         ("sync_sgd", '\ntopology = "ring"\n', "parallel.topology"),
         ("dpsgd", '[compression]\nname = "top_k"\n', "compression.name"),
+        ("dgc", '[compression]\nname = "top_k"\nratio = 0.1\n', "its own sparse encoding"),
         ("dpsgd", "\nslowdown_factor = 0.5\n", "parallel.slowdown_factor"),
         ("sync_sgd", '[compression]\nname = "top_k"\nratio = 0.1\n', "two_round"),
     ],

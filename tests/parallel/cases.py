@@ -20,6 +20,7 @@ from shoal.parallel import (
     Comm,
     ParallelConfig,
     ParallelResult,
+    dgc,
     dpsgd,
     local_sgd,
     sgp,
@@ -81,6 +82,16 @@ CASES: dict[str, Callable[[int], Any]] = {
         compressor=error_feedback(powersgd(TINY_SHAPES, rank=1)),
         reduce="two_round",
     ),
+    # DGC's sampled threshold after a one-epoch warm-up (density 1/4, then 0.2), clipped.
+    "dgc": lambda n: dgc(
+        0.2,
+        TINY_SHAPES,
+        density=0.2,
+        sample_ratio=0.5,
+        warmup_epochs=1,
+        epoch_steps=2,
+        clip_norm=2.0,
+    ),  # fmt: skip
     "local_sgd": lambda n: local_sgd(0.2, period=2, momentum=0.5),
     "local_sgd_topk_ef": lambda n: local_sgd(
         0.2, period=2, momentum=0.5, compressor=error_feedback(top_k(ratio=0.2))

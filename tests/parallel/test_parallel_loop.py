@@ -129,7 +129,7 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["sgp_overlap", "sync_sgd_topk_ef", "dpsgd_ring_lian"])
+@pytest.mark.parametrize("name", ["sgp_overlap", "sync_sgd_topk_ef", "dpsgd_ring_lian", "dgc"])
 def test_a_killed_run_resumes_bit_for_bit(name, tmp_path):
     whole = run_case(name, SimComm(4), steps=7, out_dir=tmp_path / "whole")
 

@@ -90,6 +90,15 @@ def warmup_density(
     return max(base ** (epoch + 1), density)
 
 
+def clip_locally(g_WD: torch.Tensor, clip_norm: float, num_workers: int) -> torch.Tensor:
+    """Local gradient clipping (Sec. 3.2): each worker's whole gradient to L2 norm at most
+    ``clip_norm / sqrt(N)``, with ``torch.nn.utils.clip_grad_norm_``'s rule (scale by
+    ``c / (||g|| + 1e-6)``, never up)."""
+    local = clip_norm / math.sqrt(num_workers)
+    norm_W1 = torch.linalg.vector_norm(g_WD, dim=1, keepdim=True)
+    return g_WD * (local / (norm_W1 + 1e-6)).clamp(max=1.0)
+
+
 @dataclass(frozen=True)
 class Nonzeros:
     """Lossless: a block's nonzero entries as ``(value, index)`` pairs, or the whole block
@@ -189,6 +198,14 @@ class DGC:
             offset += numel
         return tuple(out)
 
+    def check_size(self, num_params: int) -> None:
+        size = self._layout[-1][1]
+        if num_params != size:
+            raise ValueError(
+                f"dgc: shapes describe {size} parameters but the model has {num_params}; "
+                "pass ParamSpec.of(model).shapes"
+            )
+
     def density_at(self, step: int) -> float:
         return warmup_density(step, self.density, self.epoch_steps, self.warmup_epochs, self.warmup)
 
@@ -196,12 +213,7 @@ class DGC:
         return {}
 
     def client_init(self, params_D: torch.Tensor) -> ClientState:
-        size = self._layout[-1][1]
-        if params_D.shape[-1] != size:
-            raise ValueError(
-                f"dgc: shapes describe {size} parameters but the model has {params_D.shape[-1]}; "
-                "pass ParamSpec.of(model).shapes"
-            )
+        self.check_size(params_D.shape[-1])
         zeros = torch.zeros_like(params_D)
         step = torch.zeros((), dtype=torch.int64, device=params_D.device)
         return {"u": zeros, "v": zeros.clone(), "step": step}
@@ -230,14 +242,20 @@ class DGC:
         g_WD = (down["params"] - params_WD) / self.lr
         if self.clip_norm is not None:
             assert self.num_workers is not None  # checked in __post_init__
-            local = self.clip_norm / math.sqrt(self.num_workers)
-            norm_W1 = torch.linalg.vector_norm(g_WD, dim=1, keepdim=True)
-            # torch.nn.utils.clip_grad_norm_'s rule: scale by c / (||g|| + 1e-6), never up.
-            g_WD = g_WD * (local / (norm_W1 + 1e-6)).clamp(max=1.0)
-        u_WD = self.momentum * client["u"] + g_WD
-        v_WD = client["v"] + u_WD
-        send_WD = torch.zeros_like(v_WD)
+            g_WD = clip_locally(g_WD, self.clip_norm, self.num_workers)
         steps = [int(s) for s in client["step"]]
+        send_WD, u_WD, v_WD = self.sparsify(g_WD, client["u"], client["v"], steps)
+        return {"update": send_WD}, {"u": u_WD, "v": v_WD, "step": client["step"] + 1}
+
+    def sparsify(
+        self, g_WD: torch.Tensor, u_WD: torch.Tensor, v_WD: torch.Tensor, steps: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each worker's message for its (clipped) gradient ``g`` at its step ``steps[w]``
+        (0-based: the warm-up's clock), and its new ``u`` and ``v``: momentum correction,
+        accumulation, the sampled-threshold selection and momentum factor masking."""
+        u_WD = self.momentum * u_WD + g_WD
+        v_WD = v_WD + u_WD
+        send_WD = torch.zeros_like(v_WD)
         for tensor, (start, stop, sparsified) in enumerate(self._layout):
             if not sparsified:  # dense: send the momentum itself, nothing is left behind
                 send_WD[:, start:stop] = u_WD[:, start:stop]
@@ -252,7 +270,7 @@ class DGC:
                 # old direction for rounds after the update it belongs to was applied (Sec. 3.3).
                 if self.momentum_masking:
                     u_K[index_K] = 0
-        return {"update": send_WD}, {"u": u_WD, "v": v_WD, "step": client["step"] + 1}
+        return send_WD, u_WD, v_WD
 
     def server_update(
         self,

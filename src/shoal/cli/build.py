@@ -11,8 +11,10 @@ import dataclasses
 import inspect
 import math
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,6 +215,13 @@ def build_model(cfg: Config, data: FederatedDataset) -> tuple[nn.Module, torch.T
     return model, init
 
 
+def model_facts(factory: Callable[..., Any], model: nn.Module) -> dict[str, Any]:
+    """The arguments of ``factory`` that the model gives, not the config (PowerSGD's and
+    DGC's tensor shapes: :data:`~shoal.cli.registry.MODEL_ARGS`)."""
+    wanted = MODEL_ARGS & set(inspect.signature(factory).parameters)
+    return {"shapes": ParamSpec.of(model).shapes} if wanted else {}
+
+
 def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> Compressor:
     """The uplink compressor of ``[compression]``, or with ``downlink`` the downlink's
     (``downlink`` and its ``downlink_*`` options; never error feedback, which the downlink has
@@ -221,8 +230,7 @@ def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> C
     name = cfg[f"compression.{key}"]
     factory = COMPRESSORS[name]
     options = cfg.options("compression", prefix)
-    wanted = MODEL_ARGS & set(inspect.signature(factory).parameters)
-    facts = {"shapes": ParamSpec.of(model).shapes} if wanted else {}
+    facts = model_facts(factory, model)
     compressor = call_factory(
         "compression",
         f'compression.{key} = "{name}"',
@@ -283,9 +291,7 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
     network = build_network(cfg)
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
-    # Model-given arguments (DGC's tensor shapes), as for compressors.
-    wanted = MODEL_ARGS & set(inspect.signature(ALGORITHMS[name]).parameters)
-    facts = {"shapes": ParamSpec.of(model).shapes} if wanted else {}
+    facts = model_facts(ALGORITHMS[name], model)
     algorithm = call_factory(
         "algorithm",
         f'algorithm.name = "{name}"',

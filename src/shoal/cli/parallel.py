@@ -20,6 +20,7 @@ from shoal.cli.build import (
     build_model,
     build_network,
     distributed,
+    model_facts,
 )
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
@@ -63,16 +64,18 @@ COMPRESSING = frozenset({"sync_sgd", "local_sgd"})
 """The data-parallel methods that take ``[compression]`` (gradients; local SGD's model changes)."""
 
 
-def build_algorithm(cfg: Config, compressor: Any, num_workers: int) -> Any:
+def build_algorithm(cfg: Config, compressor: Any, model: Any, num_workers: int) -> Any:
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
-    extra: dict[str, Any] = _topology(cfg, num_workers)
+    extra: dict[str, Any] = {**_topology(cfg, num_workers), **model_facts(PARALLEL[name], model)}
     if not isinstance(compressor, Identity):
         if name not in COMPRESSING:
+            sends = (
+                "its own sparse encoding (algorithm.density)" if name == "dgc" else "models dense"
+            )
             raise ConfigError(
                 f'compression.name = "{cfg["compression.name"]}": only '
-                f"{' and '.join(sorted(COMPRESSING))} compress their messages; {name} sends "
-                "models dense"
+                f"{' and '.join(sorted(COMPRESSING))} take a compressor; {name} sends {sends}"
             )
         extra["compressor"] = compressor
     return call_factory(
@@ -116,7 +119,7 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
     model, init = build_model(cfg, data)
     compressor = build_compressor(cfg, model)
     comm = make_comm(cfg, len(shards))
-    algorithm = build_algorithm(cfg, compressor, comm.world_size)
+    algorithm = build_algorithm(cfg, compressor, model, comm.world_size)
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
     network = build_network(cfg)
     if network is not None and server is not None:

@@ -223,11 +223,11 @@ ALGORITHMS: dict[str, Callable[..., Any]] = {
     "fedadam": algorithms.fedadam,
     "fedyogi": algorithms.fedyogi,
     "fednova": algorithms.fednova,
-    "dgc": algorithms.dgc,
 }
 
 PARALLEL: dict[str, Callable[..., Any]] = {
     "sync_sgd": parallel.sync_sgd,
+    "dgc": parallel.dgc,
     "local_sgd": parallel.local_sgd,
     "dpsgd": parallel.dpsgd,
     "sgp": parallel.sgp,
@@ -333,7 +333,10 @@ CATALOG: Catalog = {
             n: functools.partial(signature_params, f, frozenset({"lr"}))
             for n, f in ALGORITHMS.items()
         },
-        **{n: functools.partial(signature_params, f, PARALLEL_ARGS) for n, f in PARALLEL.items()},
+        **{
+            n: functools.partial(signature_params, f, PARALLEL_ARGS | MODEL_ARGS)
+            for n, f in PARALLEL.items()
+        },
     },
     "compression": {
         n: functools.partial(signature_params, f, MODEL_ARGS) for n, f in COMPRESSORS.items()

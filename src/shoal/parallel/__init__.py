@@ -7,9 +7,10 @@ gloo on CPU, NCCL on GPU)::
     comm = SimComm(8)                                   # or DistComm(init_from_env())
     result = train_parallel(model, data, shards, dpsgd(0.1, ring(8)), ParallelConfig(500), comm)
 
-Methods: :func:`sync_sgd` (all-reduce SGD, optionally compressed), :func:`local_sgd`,
-:func:`dpsgd` (gossip), :func:`sgp` (push-sum), :func:`easgd` / :func:`eamsgd` (elastic
-averaging; asynchronous with a parameter server in distributed runs), :func:`robust_gossip`
+Methods: :func:`sync_sgd` (all-reduce SGD, optionally compressed), :func:`dgc` (Deep Gradient
+Compression), :func:`local_sgd`, :func:`dpsgd` (gossip), :func:`sgp` (push-sum),
+:func:`easgd` / :func:`eamsgd` (elastic averaging; asynchronous with a parameter server in
+distributed runs), :func:`robust_gossip`
 (Byzantine-robust gossip: clipped, trimmed or nearest-neighbour averaging of neighbours).
 """
 
@@ -18,9 +19,11 @@ from shoal.parallel.algorithms import (
     EASGD,
     SGP,
     LocalSGD,
+    ParallelDGC,
     RobustGossip,
     SyncSGD,
     clipped_gossip,
+    dgc,
     dissensus,
     dpsgd,
     eamsgd,
@@ -50,12 +53,14 @@ __all__ = [
     "Neighbors",
     "ParallelAlgorithm",
     "ParallelConfig",
+    "ParallelDGC",
     "ParallelResult",
     "RobustGossip",
     "SimComm",
     "State",
     "SyncSGD",
     "clipped_gossip",
+    "dgc",
     "dissensus",
     "dpsgd",
     "eamsgd",

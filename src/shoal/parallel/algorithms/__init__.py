@@ -5,6 +5,7 @@ grad_fn, state, comm, step)`` and ``model(params_WD, state)`` (see
 :mod:`shoal.parallel.base`), and a lower-case factory.
 """
 
+from shoal.parallel.algorithms.dgc import ParallelDGC, dgc
 from shoal.parallel.algorithms.dpsgd import DPSGD, dpsgd
 from shoal.parallel.algorithms.easgd import EASGD, eamsgd, easgd
 from shoal.parallel.algorithms.local_sgd import LocalSGD, local_sgd
@@ -25,9 +26,11 @@ __all__ = [
     "EASGD",
     "SGP",
     "LocalSGD",
+    "ParallelDGC",
     "RobustGossip",
     "SyncSGD",
     "clipped_gossip",
+    "dgc",
     "dissensus",
     "dpsgd",
     "eamsgd",
