@@ -48,8 +48,10 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
     cfg = _config(tmp_path, name)
     if name == "local_sgd":  # its averaging period H is an algorithm option
         cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\nperiod = 4"))
-    if name == "dgc":  # the model's tensor shapes come from the model, the density from here
-        cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\ndensity = 0.1"))
+    if name == "dgc":  # the tensor shapes come from the model; 10% density, no warm-up
+        cfg.write_text(
+            cfg.read_text().replace("lr = 0.3", "lr = 0.3\ndensity = 0.1\nwarmup_epochs = 0")
+        )
     if name == "dpsgd":  # simulated time on a network
         cfg.write_text(cfg.read_text() + '[network]\nprofile = "wifi"\nseconds_per_sample = 1e-3\n')
     out = tmp_path / "run"
@@ -67,6 +69,22 @@ def test_simulated_parallel_run_learns_and_writes_its_files(tmp_path, name):
         assert shoal("plot", out) == 0
         for png in ("test_vs_steps.png", "test_vs_bytes_sent.png", "test_vs_sim_time.png"):
             assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_dgc_from_a_config_warms_up_over_epochs_of_a_workers_shard(tmp_path):
+    from shoal.cli.build import build_clients, build_model
+    from shoal.cli.parallel import build_algorithm
+    from shoal.cli.registry import CATALOG
+    from shoal.compress import Identity
+    from shoal.config import load, resolve
+
+    cfg = resolve(load(_config(tmp_path, "dgc")), CATALOG)
+    cfg, data, shards = build_clients(cfg, check_sampling=False)
+    model, _ = build_model(cfg, data)
+    sizes = [len(s) for s in shards]
+    alg = build_algorithm(cfg, Identity(), model, sizes)
+    assert alg.rule.epoch_steps == -(-sum(sizes) // (2 * 16)) > 1  # 2 workers, batches of 16
+    assert alg.rule.shapes == tuple(p.shape for p in model.parameters())
 
 
 def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):

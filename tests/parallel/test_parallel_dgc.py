@@ -67,14 +67,14 @@ def test_matches_a_per_step_reference(clip_norm):
 
 
 def test_density_one_without_masking_is_synchronous_momentum_sgd():
-    alg = dgc(0.2, TINY_SHAPES, density=1.0, momentum=0.9, momentum_masking=False)
+    alg = dgc(0.2, TINY_SHAPES, 1.0, 0.9, momentum_masking=False, warmup_epochs=0)
     got = _run(alg, world=4, steps=8)
     want = _run(sync_sgd(0.2, momentum=0.9), world=4, steps=8)
     torch.testing.assert_close(got.params_WD, want.params_WD, rtol=0, atol=1e-5)
 
 
 def test_bytes_are_the_serialized_messages():
-    alg = dgc(0.2, TINY_SHAPES, density=0.1, sample_ratio=1.0)
+    alg = dgc(0.2, TINY_SHAPES, density=0.1, sample_ratio=1.0, warmup_epochs=0)
     sent = _run(alg, world=2, steps=1, batch_size=FULL).metrics[-1]["bytes_sent"]
     # A step's message: ceil(0.1 * 48) = 5 and ceil(0.1 * 24) = 3 (value, index) pairs in the
     # weight tensors, the 8 + 3 biases dense; its length depends on those counts alone.
@@ -87,3 +87,10 @@ def test_bytes_are_the_serialized_messages():
     payload, _ = encoding.compress(message, encoding.init(message))
     assert sent == 2 * len(serialize(payload))  # both workers' messages, all-gathered
     assert sent < 2 * 4 * len(message)  # fewer than the dense gradients, framing included
+
+
+def test_the_warm_up_needs_its_epoch_length():
+    with pytest.raises(ValueError, match="epoch_steps"):
+        dgc(0.1, TINY_SHAPES)  # four warm-up epochs of unknown length
+    assert dgc(0.1, TINY_SHAPES, warmup_epochs=0).rule.density_at(0) == 0.001
+    assert dgc(0.1, TINY_SHAPES, epoch_steps=3).rule.density_at(2) == 0.25

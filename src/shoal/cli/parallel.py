@@ -10,6 +10,7 @@ server).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,17 @@ COMPRESSING = frozenset({"sync_sgd", "local_sgd"})
 """The data-parallel methods that take ``[compression]`` (gradients; local SGD's model changes)."""
 
 
-def build_algorithm(cfg: Config, compressor: Any, model: Any, num_workers: int) -> Any:
+def build_algorithm(cfg: Config, compressor: Any, model: Any, shard_sizes: list[int]) -> Any:
     name = cfg["algorithm.name"]
     options = cfg.options("algorithm")
-    extra: dict[str, Any] = {**_topology(cfg, num_workers), **model_facts(PARALLEL[name], model)}
+    extra: dict[str, Any] = {
+        **_topology(cfg, len(shard_sizes)),
+        **model_facts(PARALLEL[name], model),
+    }
+    if name == "dgc" and "epoch_steps" not in options:
+        # DGC's warm-up epoch: one pass over a worker's share of the data.
+        mean_shard = sum(shard_sizes) / len(shard_sizes)
+        extra["epoch_steps"] = math.ceil(mean_shard / cfg["parallel.batch_size"])
     if not isinstance(compressor, Identity):
         if name not in COMPRESSING:
             sends = (
@@ -119,7 +127,7 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
     model, init = build_model(cfg, data)
     compressor = build_compressor(cfg, model)
     comm = make_comm(cfg, len(shards))
-    algorithm = build_algorithm(cfg, compressor, model, comm.world_size)
+    algorithm = build_algorithm(cfg, compressor, model, [len(s) for s in shards])
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
     network = build_network(cfg)
     if network is not None and server is not None:

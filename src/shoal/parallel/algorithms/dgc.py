@@ -81,21 +81,29 @@ def dgc(
     clip_norm: float = 0.0,
     sample_ratio: float = 0.01,
     warmup_epochs: int = 4,
-    epoch_steps: int = 0,
+    epoch_steps: int | None = None,
     warmup: Warmup = "paper",
     seed: int = 0,
 ) -> ParallelDGC:
     """Data-parallel DGC with learning rate ``lr`` on a model whose ``ParamSpec.shapes`` are
     ``shapes``; the defaults are :func:`shoal.algorithms.dgc`'s (the reference's config).
 
-    ``clip_norm = 0``: no local clipping; ``epoch_steps``: steps per warm-up epoch (a worker's
-    shard over the batch size, rounded up; 0: no warm-up).
+    ``clip_norm = 0``: no local clipping. The warm-up counts epochs, so it needs
+    ``epoch_steps``, the steps of one (a worker's shard over the batch size, rounded up; a
+    config fills it in); ``warmup_epochs = 0`` or ``epoch_steps = 0`` runs without it.
     """
     if shapes is None:
         raise ValueError(
             "dgc: shapes is required (ParamSpec.of(model).shapes): only tensors with dim > 1 "
             "are sparsified"
         )
+    if epoch_steps is None:
+        if warmup_epochs:
+            raise ValueError(
+                "dgc: the sparsity warm-up needs epoch_steps, the steps of one epoch (a "
+                "worker's shard over the batch size, rounded up), or warmup_epochs=0 for none"
+            )
+        epoch_steps = 0
     rule = DGC(
         lr,
         as_shapes(shapes, "dgc"),
