@@ -349,6 +349,8 @@ def run_shoal(a: argparse.Namespace, config: str, ctx: Any, data: Any, shards: l
         "steps_to_target": reached.get("steps"),
         "time_to_target_seconds": reached.get("seconds"),
         "library_summary": result.summary,
+        # DGC's sparsity warm-up: the steps before its messages reach their final density.
+        "warmup_steps": alg.inner.rule.warmup_epochs * epoch_steps if config == "dgc" else None,
         "curve": curve,
         "tx_bytes": None if tx0 is None or tx is None else tx - tx0,
         "payload_bytes": comm.bytes_sent,

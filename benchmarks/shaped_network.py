@@ -302,6 +302,7 @@ def merge(record: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]
         payload_bytes_per_worker=_mean_or_none(payload),
         server_tx_bytes=next((r.get("tx_bytes") for r in ranks if r["is_server"]), None),
         library_summary=main.get("library_summary"),
+        warmup_steps=main.get("warmup_steps"),
         samples=samples,
         samples_per_second=sum(rates) if len(rates) == len(workers) else None,
         samples_per_second_to_slowest=samples / slowest if slowest > 0 else None,
@@ -347,6 +348,17 @@ def _compute_per_step(run: dict[str, Any]) -> float | None:
     return statistics.mean(vals) if vals and len(vals) == len(run["steps_per_worker"]) else None
 
 
+def _seconds_per_step_after(curve: list[dict[str, Any]], start: int) -> float | None:
+    """Training seconds per step between the first evaluation at or after step ``start`` and
+    the last one."""
+    later = [p for p in curve if p["step"] >= start]
+    if len(later) < 2:
+        return None
+    return (later[-1]["train_seconds"] - later[0]["train_seconds"]) / (
+        later[-1]["step"] - later[0]["step"]
+    )
+
+
 def summarize(runs: list[dict[str, Any]], bandwidths: list[str], configs: list[str]) -> dict:
     out: dict[str, dict[str, Any]] = {}
     for bw in bandwidths:
@@ -369,6 +381,9 @@ def summarize(runs: list[dict[str, Any]], bandwidths: list[str], configs: list[s
                 "best_accuracy": _median(ok, "best_accuracy"),
                 "steps": _median(ok, "steps"),
             }
+            if c == "dgc":  # its steady state, once the warm-up's large messages are over
+                after = [{"v": _seconds_per_step_after(r["curve"], r["warmup_steps"])} for r in ok]
+                per[c]["seconds_per_step_after_warmup"] = _median(after, "v")
         ddp = per.get("ddp", {}).get("time_to_target_seconds")
         for s in per.values():
             t = s["time_to_target_seconds"]
@@ -396,6 +411,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         # Shoal's default: buckets all-reduced during the backward pass, as DDP does.
         "dense_overlap_vs_ddp_time_ratio": vs_ddp("dense_overlap"),
         "dense_overlap_vs_ddp_time_ratio_1gbit": vs_ddp("dense_overlap", "1gbit"),
+        "dgc_vs_ddp_time_ratio": vs_ddp("dgc"),
+        "dgc_vs_ddp_time_ratio_1gbit": vs_ddp("dgc", "1gbit"),
     }
 
 
