@@ -328,6 +328,14 @@ def set_rate(net: _netns.Network | None, bandwidth: str) -> None:
         net.set_rate(None if bandwidth == "none" else bandwidth)
 
 
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels use here: float results, and so training
+    curves, differ across them (README, "On another CPU")."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def shoal_parallel_missing() -> str | None:
     try:
         from shoal.parallel import train_parallel  # noqa: F401
@@ -571,6 +579,7 @@ def setup_record(a: argparse.Namespace) -> dict[str, Any]:
         "shaping": None if a.no_netns else "tbf on both ends of every veth, burst 10 ms",
         "torch_threads_per_worker": 1,
         "cpu_count": os.cpu_count(),
+        "cpu_capability": cpu_capability(),
         "hyperparameters": {
             "topk_ratio": TOPK_RATIO,
             "powersgd_rank": POWERSGD_RANK,
