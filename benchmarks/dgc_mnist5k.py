@@ -22,6 +22,14 @@ is the final accuracy drop (dense minus DGC, in points) and the total uplink byt
 
     python benchmarks/dgc_mnist5k.py --json benchmarks/results/dgc_mnist5k.json   # as committed
     python benchmarks/dgc_mnist5k.py --rounds 50                                  # a quick look
+    python benchmarks/dgc_mnist5k.py --form parallel \
+        --json benchmarks/results/dgc_mnist5k_parallel.json    # on shoal.parallel's loop
+
+``--form parallel`` runs the same comparison on the data-parallel loop: dense
+``shoal.parallel.sync_sgd`` (momentum SGD, gradients all-reduced) against
+``shoal.parallel.dgc`` (the same update rule, its messages all-gathered); "uplink" is then
+every worker's message once a step (``bytes_sent``), the all-reduced gradient counting 4 bytes
+a parameter.
 """
 
 from __future__ import annotations
@@ -117,6 +125,53 @@ def run_one(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
     }
 
 
+def run_one_parallel(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
+    """The same comparison on :mod:`shoal.parallel`'s data-parallel loop (``--form parallel``):
+    dense synchronous momentum SGD (``sync_sgd``, gradients all-reduced) against
+    ``shoal.parallel.dgc`` (messages all-gathered), the workers simulated in one process."""
+    from shoal.data import iid, load_mnist_family
+    from shoal.functional import ParamSpec, init_params
+    from shoal.models import cnn
+    from shoal.parallel import ParallelConfig, SimComm, dgc, sync_sgd, train_parallel
+
+    data = load_mnist_family(a.data_dir, name="mnist")
+    shards = iid()(data.train.y.numpy(), a.workers, np.random.default_rng(a.seed))
+    model, p0 = init_params(lambda: cnn(padding="valid"), a.seed)
+    epoch = math.ceil(sum(len(s) for s in shards) / a.workers / a.batch_size)
+    if dense:
+        alg: Any = sync_sgd(a.lr, a.momentum)
+    else:
+        shapes = ParamSpec.of(model).shapes
+        alg = dgc(a.lr, shapes, a.density, a.momentum, warmup_epochs=a.warmup_epochs,
+                  epoch_steps=epoch)  # fmt: skip
+    cfg = ParallelConfig(
+        steps=a.rounds, batch_size=a.batch_size, seed=a.seed, eval_every=a.eval_every,
+        device="cpu", progress=a.progress,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    rows = train_parallel(model, data, shards, alg, cfg, SimComm(a.workers), init=p0).metrics
+    warm = a.warmup_epochs * epoch
+    after = [r for r in rows if r["step"] >= warm]
+    per_step_after = (after[-1]["bytes_sent"] - after[0]["bytes_sent"]) / max(
+        after[-1]["step"] - after[0]["step"], 1
+    )
+    return {
+        "algorithm": "dense momentum SGD (sync_sgd)" if dense else f"DGC density {a.density}",
+        "compressor": "all-reduce, float32" if dense else "(value, index) pairs, all-gathered",
+        "final_accuracy": rows[-1]["test_accuracy"],
+        "best_accuracy": max(r["test_accuracy"] for r in rows),
+        "mean_last5_eval_accuracy": float(np.mean([r["test_accuracy"] for r in rows[-5:]])),
+        "final_test_loss": rows[-1]["test_loss"],
+        "total_uplink_bytes": rows[-1]["bytes_sent"],  # every worker's message, once
+        "uplink_bytes_per_round_after_warmup": per_step_after,
+        "warmup_rounds": 0 if dense else warm,
+        "rounds_per_epoch": epoch,
+        "eval_rounds": [r["step"] for r in rows],
+        "accuracy": [r["test_accuracy"] for r in rows],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workers", type=int, default=8)
@@ -132,6 +187,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default=shown(DEFAULT_DATA_DIR), help="mnist5k (IDX files)")
     ap.add_argument("--progress", action="store_true", help="progress bars")
     ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument(
+        "--form",
+        choices=("federated", "parallel"),
+        default="federated",
+        help="the federated loop (every client every round; as committed) or shoal.parallel",
+    )
     a = ap.parse_args()
     if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
         raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
@@ -139,7 +200,7 @@ def main() -> None:
     started = time.perf_counter()
     results = {}
     for key, dense in (("dense", True), ("dgc", False)):
-        r = run_one(a, dense)
+        r = (run_one if a.form == "federated" else run_one_parallel)(a, dense)
         results[key] = r
         print(
             f"{r['algorithm']:<22} final {100 * r['final_accuracy']:.2f}%  best "
@@ -163,7 +224,13 @@ def main() -> None:
         f"SGD, float32 uplink. DGC: density {a.density} after the paper's {a.warmup_epochs}-epoch "
         f"sparsity warm-up ({c['rounds_per_epoch']} rounds per epoch), sampled threshold, "
         "momentum correction and factor masking, no clipping, exact (value, index) uplink. "
-        f"{a.threads} torch thread(s), torch {torch.__version__}."
+        f"{a.threads} torch thread(s), torch {torch.__version__}. Form: {a.form} ("
+        + (
+            "shoal.train, every client every round"
+            if a.form == "federated"
+            else "shoal.parallel: sync_sgd's all-reduce against dgc's all-gather, SimComm"
+        )
+        + ")."
     )
     drop, fewer = headline["dgc_acc_drop"], headline["dgc_byte_reduction"]
     print(
@@ -182,6 +249,7 @@ def main() -> None:
             "warmup_epochs": a.warmup_epochs,
             "warmup_schedule": "paper (1/4, 1/16, 1/64, 1/256 per epoch, then the density)",
             "seed": a.seed,
+            "form": a.form,
             "eval_every": a.eval_every,
             "threads": a.threads,
             "data_dir": shown(a.data_dir),

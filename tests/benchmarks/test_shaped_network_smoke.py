@@ -23,6 +23,8 @@ HEADLINE = {
     "dense_vs_ddp_time_ratio",
     "dense_overlap_vs_ddp_time_ratio",
     "dense_overlap_vs_ddp_time_ratio_1gbit",
+    "dgc_vs_ddp_time_ratio",
+    "dgc_vs_ddp_time_ratio_1gbit",
 }
 
 
@@ -79,6 +81,20 @@ def test_every_configuration_trains(tmp_path: Path) -> None:
             by[dense]["curve"][0]["accuracy"], abs=0.01
         )
     assert res["summary"]["none"]["ddp"]["speedup_vs_ddp"] in (None, 1.0)
+
+
+def test_dgc_reports_its_steps_after_the_warm_up(tmp_path: Path) -> None:
+    # Batches of 1,000 of a worker's 2,000 images: 2-step epochs, so a 4-epoch warm-up of 8.
+    res = _run(
+        tmp_path, "--configs", "dgc", "--max-steps", "12", "--eval-every", "2",
+        "--batch-size", "1000", "--target", "0.99",
+    )  # fmt: skip
+    (run,) = res["runs"]
+    assert "error" not in run, run
+    assert run["warmup_steps"] == 8 and run["steps"] == 12
+    after = res["summary"]["none"]["dgc"]["seconds_per_step_after_warmup"]
+    curve = {p["step"]: p["train_seconds"] for p in run["curve"]}
+    assert after == pytest.approx((curve[12] - curve[8]) / 4)
 
 
 @pytest.mark.slow
