@@ -90,6 +90,17 @@ def warmup_density(
     return max(base ** (epoch + 1), density)
 
 
+def required_shapes(shapes: Sequence[Sequence[int]] | None) -> tuple[torch.Size, ...]:
+    """The model's tensor shapes, which DGC needs: only tensors with ``dim > 1`` are
+    sparsified."""
+    if shapes is None:
+        raise ValueError(
+            "dgc: shapes is required (ParamSpec.of(model).shapes): only tensors with dim > 1 "
+            "are sparsified"
+        )
+    return as_shapes(shapes, "dgc")
+
+
 def clip_locally(g_WD: torch.Tensor, clip_norm: float, num_workers: int) -> torch.Tensor:
     """Local gradient clipping (Sec. 3.2): each worker's whole gradient to L2 norm at most
     ``clip_norm / sqrt(N)``, with ``torch.nn.utils.clip_grad_norm_``'s rule (scale by
@@ -315,14 +326,9 @@ def dgc(
     Train with ``compressor=alg.default_compressor`` for exact bytes, and every worker sampled
     every round.
     """
-    if shapes is None:
-        raise ValueError(
-            "dgc: shapes is required (ParamSpec.of(model).shapes): only tensors with dim > 1 "
-            "are sparsified"
-        )
     return DGC(
         lr,
-        as_shapes(shapes, "dgc"),
+        required_shapes(shapes),
         density=density,
         momentum=momentum,
         batch_size=batch_size or None,

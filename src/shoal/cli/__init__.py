@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from shoal.config import ConfigError, load, resolve_overridden
+from shoal.config import Config, ConfigError, load, resolve_overridden
 
 __all__ = ["UsageError", "add_set_option", "main"]
 
@@ -49,7 +49,7 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, raw: Any = None, source: str = "") -> Any:
+def config_from_args(args: argparse.Namespace, raw: Any = None, source: str = "") -> Config:
     """The resolved :class:`shoal.config.Config` of ``args.config`` (or of ``raw``, read from
     ``source``) with the command line's ``--unset`` and ``--set`` applied."""
     from shoal.cli.registry import CATALOG

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.dgc import DGC, Warmup, clip_locally
-from shoal.compress._common import as_shapes
+from shoal.algorithms.dgc import DGC, Warmup, clip_locally, required_shapes
 from shoal.compress.base import decompress_sum
 from shoal.parallel.base import GradFn, State
 from shoal.parallel.comm import Comm
@@ -92,11 +91,6 @@ def dgc(
     ``epoch_steps``, the steps of one (a worker's shard over the batch size, rounded up; a
     config fills it in); ``warmup_epochs = 0`` or ``epoch_steps = 0`` runs without it.
     """
-    if shapes is None:
-        raise ValueError(
-            "dgc: shapes is required (ParamSpec.of(model).shapes): only tensors with dim > 1 "
-            "are sparsified"
-        )
     if epoch_steps is None:
         if warmup_epochs:
             raise ValueError(
@@ -106,7 +100,7 @@ def dgc(
         epoch_steps = 0
     rule = DGC(
         lr,
-        as_shapes(shapes, "dgc"),
+        required_shapes(shapes),
         density=density,
         momentum=momentum,
         batch_size=None,  # the loop's parallel batch size is what a step trains on
