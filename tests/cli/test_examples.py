@@ -1,4 +1,5 @@
-"""The shipped example config: valid, documents every key, and runs on the MNIST subset."""
+"""The shipped example configs: the reference one documents every key; every one runs on the
+MNIST subset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import shoal
 
+from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import CATALOG
 from shoal.config import SECTIONS, TOP, load, resolve
 
@@ -39,3 +41,16 @@ def test_example_runs_on_the_mnist_subset(
     assert shoal("run", EXAMPLE, *small, "--set", "rounds=1", "--out", run, "--quiet") == 0
     assert "final test accuracy" in capsys.readouterr().out
     assert (run / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_example_config_runs(path: Path, tmp_path: Path, monkeypatch) -> None:
+    raw = load(path)
+    if not (REPO / raw["data"]["dir"]).is_dir():
+        pytest.skip("the shared MNIST subset is not next to this checkout")
+    monkeypatch.chdir(REPO)
+    parallel = is_parallel(resolve(raw, CATALOG))
+    short = ["parallel.steps=2", "parallel.eval_every=2"] if parallel else ["rounds=1"]
+    args = [a for s in short for a in ("--set", s)]
+    assert shoal("run", path, *args, "--out", tmp_path / "run", "--quiet") == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
