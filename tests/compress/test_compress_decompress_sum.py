@@ -104,3 +104,31 @@ def test_bad_input_is_refused() -> None:
     round_1 = c.project(x, c.init(x))
     with pytest.raises(ValueError, match="round-1"):
         decompress_sum(c, [round_1])
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float64])
+def test_dgc_encoding_sums_sparse_and_dense_messages_bit_for_bit(dtype) -> None:
+    from shoal.algorithms import DGC
+
+    encoding = DGC(0.1, SHAPES).default_compressor  # (value, index) pairs, or dense when shorter
+    payloads = []
+    for w, density in enumerate((0.01, 0.8, 0.0, 0.3)):
+        g = torch.Generator().manual_seed(w)
+        x = torch.randn(D, generator=g) * (torch.rand(D, generator=g) < density)
+        payloads.append(encoding.compress(x, encoding.init(x))[0])
+    keys = [k for p in payloads for k in p]
+    sparse = sum(k.endswith(".indices") for k in keys)
+    assert 0 < sparse < sum(k.endswith(".values") for k in keys)  # both encodings occur
+    reference = left_sum([encoding.decompress(p).to(dtype or torch.float32) for p in payloads])
+    assert torch.equal(decompress_sum(encoding, payloads, dtype), reference)
+
+
+def test_dgc_selection_is_what_its_message_sends() -> None:
+    from shoal.compress.sparsify import sparse_indices
+
+    selector = dgc_top_k(0.01, sample_ratio=0.05)
+    x = torch.randn(D, generator=torch.Generator().manual_seed(0))
+    state = selector.init(x)
+    payload, _ = selector.compress(x, state)
+    sent = sparse_indices(payload).sort().values
+    assert torch.equal(selector.select(x, state).sort().values, sent)

@@ -127,12 +127,28 @@ class Nonzeros:
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
         index_K = flat_nonzero(x_D != 0)
-        sparse = sparse_payload(x_D[index_K], index_K, x_D.numel())
+        sparse = sparse_payload(x_D[index_K], index_K, x_D.numel(), ascending=True)
         dense = {"values": x_D}
         return (sparse if payload_nbytes(sparse) < payload_nbytes(dense) else dense), state
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         return sparse_decompress(payload) if "indices" in payload else payload["values"]
+
+    def decompress_sum(
+        self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """The left-to-right sum of the messages in one buffer, bit for bit: each adds its
+        values where it has them (a scatter-add for a sparse one) and exactly zero elsewhere."""
+        first = payloads[0]
+        size = int(first["size"]) if "indices" in first else first["values"].numel()
+        out_D = first["values"].new_zeros(size, dtype=dtype)
+        for p in payloads:
+            values = p["values"].to(out_D.dtype)
+            if "indices" in p:
+                out_D.index_put_((sparse_indices(p),), values, accumulate=True)
+            else:
+                out_D += values
+        return out_D
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)
@@ -242,8 +258,7 @@ class DGC:
         if density >= 1:
             return torch.arange(v_K.numel(), device=v_K.device)
         selector = DGCTopK(density, self.sample_ratio)
-        payload, _ = selector.compress(v_K, {"seed": mix(self.seed, tensor), "step": step})
-        return sparse_indices(payload)
+        return selector.select(v_K, {"seed": mix(self.seed, tensor), "step": step})
 
     def upload(
         self, params_WD: torch.Tensor, down: Message, client: ClientState, steps_W1: torch.Tensor

@@ -60,8 +60,12 @@ from shoal.compress.wire import entry_nbytes, payload_nbytes
 BLOCK = 2**15  # int16 holds every offset inside a block
 
 
-def sparse_payload(values_K: torch.Tensor, index_K: torch.Tensor, d: int) -> Payload:
-    """``values``, ``indices`` and ``size`` in the shorter of the flat and blocked encodings."""
+def sparse_payload(
+    values_K: torch.Tensor, index_K: torch.Tensor, d: int, ascending: bool = False
+) -> Payload:
+    """``values``, ``indices`` and ``size`` in the shorter of the flat and blocked encodings;
+    ``ascending``: the indices are already in order (:func:`flat_nonzero`'s), so the blocked
+    encoding need not sort them."""
     k, num_blocks = index_K.numel(), -(-d // BLOCK)
     count_dtype = smallest_int_dtype(k)
     flat_bytes = k * index_dtype(d).itemsize
@@ -72,10 +76,12 @@ def sparse_payload(values_K: torch.Tensor, index_K: torch.Tensor, d: int) -> Pay
             "indices": index_K.to(index_dtype(d)),
             "size": size_scalar(d, values_K.device),
         }
-    index_K, order_K = index_K.sort()
+    if not ascending:
+        index_K, order_K = index_K.sort()
+        values_K = values_K[order_K]
     counts_B = torch.bincount(index_K // BLOCK, minlength=num_blocks)
     return {
-        "values": values_K[order_K],
+        "values": values_K,
         "indices": (index_K % BLOCK).to(torch.int16),
         "counts": counts_B.to(count_dtype),
         "size": size_scalar(d, values_K.device),
@@ -260,7 +266,7 @@ class Threshold(_Sparse):
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
         index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, self.tau))
-        return sparse_payload(x_D[index_K], index_K, x_D.numel()), state
+        return sparse_payload(x_D[index_K], index_K, x_D.numel(), ascending=True), state
 
 
 def random_indices(d: int, k: int, seed: int, step: int, device: torch.device) -> torch.Tensor:
@@ -470,28 +476,28 @@ class DGCTopK(_Sparse):
 
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:
         x_D = check_flat(x_D, self.name)
+        index_K = self.select(x_D, state)
+        return sparse_payload(x_D[index_K], index_K, x_D.numel()), next_state(state)
+
+    def select(self, x_D: torch.Tensor, state: Any) -> torch.Tensor:
+        """The positions (int64, unordered) that :meth:`compress` sends for this state; the
+        DGC algorithm uses them without building a message."""
         seed, step = check_seed_state(state, "dgc_top_k")
         d = x_D.numel()
         if d == 0:
-            return sparse_payload(x_D, x_D.new_zeros(0, dtype=torch.long), 0), next_state(state)
+            return x_D.new_zeros(0, dtype=torch.long)
         plan = dgc_plan(d, self.ratio, self.sample_ratio)
         k = plan.num_selects
         if plan.num_samples == d:
-            index_K = torch.topk(x_D.abs(), k, sorted=False).indices
-        else:
-            g = generator(seed, step, "cpu")
-            start = int(torch.randint(0, plan.sample_stride, (1,), generator=g))
-            index_K, _ = dgc_select(
-                x_D,
-                plan,
-                start,
-                self.upper_bound,
-                self.lower_bound,
-                self.max_adaptation_iters,
-            )
-            if index_K.numel() > self.upper_bound * k:
-                index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
-        return sparse_payload(x_D[index_K], index_K, d), next_state(state)
+            return torch.topk(x_D.abs(), k, sorted=False).indices
+        g = generator(seed, step, "cpu")
+        start = int(torch.randint(0, plan.sample_stride, (1,), generator=g))
+        index_K, _ = dgc_select(
+            x_D, plan, start, self.upper_bound, self.lower_bound, self.max_adaptation_iters
+        )
+        if index_K.numel() > self.upper_bound * k:
+            index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
+        return index_K
 
 
 def top_k(ratio: float | None = None, k: int | None = None) -> TopK:
