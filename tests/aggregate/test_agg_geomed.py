@@ -44,7 +44,11 @@ def test_reaches_the_weiszfeld_fixed_point() -> None:
 
 
 def test_robust_to_a_minority_of_far_points() -> None:
-    honest = torch.randn(7, 3, dtype=torch.float64) * 0.1
+    # A seeded draw: with the global generator the draw depended on the tests run before, and
+    # about 1 draw in 70 has its median near an honest point, where Weiszfeld's 100 default
+    # iterations stop up to 3e-4 short of the fixed point.
+    g = torch.Generator().manual_seed(0)
+    honest = torch.randn(7, 3, dtype=torch.float64, generator=g) * 0.1
     x = torch.cat([honest, torch.full((3, 3), 1e6, dtype=torch.float64)])
     z = geometric_median()(x, torch.ones(10))
     assert float(z.norm()) < 0.5
