@@ -110,15 +110,55 @@ def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
     return timed.compute_seconds / timed.steps
 
 
-def codec_seconds_per_element(a: argparse.Namespace, config: str) -> float:
-    """``measure_codec`` of ``config``'s compressor here (0 for an uncompressed one)."""
+def codec_seconds_per_element(a: argparse.Namespace, config: str, steps: int) -> float:
+    """``measure_codec`` of ``config``'s compressor here (0 for an uncompressed one); DGC's
+    own codec over ``steps`` steps (:func:`dgc_codec_seconds_per_element`)."""
     model = shaped.build_model(a.model)
-    # (DGC selects and encodes in its own step, with no compressor to time: charged 0 here.)
-    algorithm = shaped.shoal_algorithm(a, config, model, 4, epoch_steps=1)
+    numel = sum(p.numel() for p in model.parameters())
+    epoch_steps = math.ceil(len(shaped.load(a, 4)[1][0]) / a.batch_size)
+    algorithm = shaped.shoal_algorithm(a, config, model, 4, epoch_steps)
+    if config == "dgc":
+        return dgc_codec_seconds_per_element(algorithm.rule, numel, steps)
     compressor = getattr(algorithm, "compressor", None)
     if compressor is None:
         return 0.0
-    return measure_codec(compressor, sum(p.numel() for p in model.parameters()), 4)
+    return measure_codec(compressor, numel, 4)
+
+
+def longest_run(summary: dict[str, dict[str, Any]], config: str) -> int:
+    """The most steps ``config`` trained at any bandwidth (1 when none is recorded)."""
+    runs = [per.get(config) for per in summary.values()]
+    return int(max((m["steps"] for m in runs if isinstance(m, dict) and m.get("steps")), default=1))
+
+
+def dgc_codec_seconds_per_element(rule: Any, numel: int, steps: int, repeats: int = 5) -> float:
+    """DGC's work per step and gradient entry beside the gradient, as ``measure_codec`` times a
+    compressor's: the selection (with momentum correction and masking), encoding one message
+    and summing 4 received ones. Its messages shrink during the warm-up, so each density of
+    the first ``steps`` steps is timed (median of ``repeats`` after one untimed) and weighted by
+    its steps."""
+    from shoal.compress import decompress_sum
+
+    encoding = rule.default_compressor
+    first: dict[float, int] = {}  # density -> its first step
+    counts: dict[float, int] = {}
+    for step in range(steps):
+        density = rule.density_at(step)
+        first.setdefault(density, step)
+        counts[density] = counts.get(density, 0) + 1
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for density, step in first.items():
+        u_WD, v_WD, seconds = torch.zeros(1, numel), torch.zeros(1, numel), []
+        for _ in range(repeats + 1):
+            g_WD = torch.randn(1, numel, generator=gen)
+            start = time.perf_counter()
+            send_WD, u_WD, v_WD = rule.sparsify(g_WD, u_WD, v_WD, [step])
+            payload = encoding.compress(send_WD[0], encoding.init(send_WD[0]))[0]
+            decompress_sum(encoding, [payload] * 4, send_WD.dtype)
+            seconds.append(time.perf_counter() - start)
+        total += statistics.median(seconds[1:]) * counts[density]
+    return total / steps / numel
 
 
 def main() -> None:
@@ -170,7 +210,13 @@ def main() -> None:
     t0 = time.perf_counter()
     own_compute = own_compute_seconds(a)
     shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
-    codec = {c: codec_seconds_per_element(a, c) for c in sorted(shoal_configs - {"ddp", "easgd"})}
+    measured_steps = {
+        c: max(cs[c]["steps"] for cs in summary.values() if c in cs) for c in shoal_configs
+    }
+    codec = {
+        c: codec_seconds_per_element(a, c, measured_steps[c])
+        for c in sorted(shoal_configs - {"ddp", "easgd"})
+    }
     print(
         f"One worker's compute per step here: {own_compute * 1e3:.1f} ms. Codec per gradient "
         "entry here: " + ", ".join(f"{c} {v * 1e9:.1f} ns" for c, v in codec.items() if v) + ".\n"
@@ -248,6 +294,9 @@ def main() -> None:
         "dpsgd_lian_measured_over_predicted_1gbit": ratio_of("dpsgd_ring_lian", bw="1gbit"),
         "dense_overlap_measured_over_predicted_1gbit": ratio_of("dense_overlap", bw="1gbit"),
         "dgc_measured_over_predicted_100mbit": ratio_of("dgc"),
+        "dgc_measured_over_predicted_with_codec_100mbit": ratio_of(
+            "dgc", "measured_over_predicted_with_codec"
+        ),
     }
     median = headline["median_measured_over_predicted"]
     print(f"\nmedian measured/predicted over {len(rows)} rows: {median:.2f}")
