@@ -67,7 +67,7 @@ from shoal.compress.sparsify import (
     DGCTopK,
     flat_nonzero,
     sparse_decompress,
-    sparse_indices,
+    sparse_decompress_sum,
     sparse_payload,
 )
 from shoal.compress.wire import payload_nbytes
@@ -137,18 +137,8 @@ class Nonzeros:
     def decompress_sum(
         self, payloads: Sequence[Payload], dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        """The left-to-right sum of the messages in one buffer, bit for bit: each adds its
-        values where it has them (a scatter-add for a sparse one) and exactly zero elsewhere."""
-        first = payloads[0]
-        size = int(first["size"]) if "indices" in first else first["values"].numel()
-        out_D = first["values"].new_zeros(size, dtype=dtype)
-        for p in payloads:
-            values = p["values"].to(out_D.dtype)
-            if "indices" in p:
-                out_D.index_put_((sparse_indices(p),), values, accumulate=True)
-            else:
-                out_D += values
-        return out_D
+        """The left-to-right sum of the sparse and dense messages in one buffer, bit for bit."""
+        return sparse_decompress_sum(payloads, dtype)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)

@@ -109,18 +109,23 @@ def sparse_decompress(payload: Payload) -> torch.Tensor:
 def sparse_decompress_sum(
     payloads: Sequence[Payload], dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """``sum_i sparse_decompress(payloads[i])``: one buffer, one scatter-add per message.
+    """``sum_i sparse_decompress(payloads[i])``: one buffer, one scatter-add per message (a
+    payload without ``indices`` is a dense message, added as it is).
 
     Bit for bit the left-to-right sum of the dense vectors: a message's indices are distinct,
     so each entry of the buffer gets that message's value added once, as the dense sum adds it
     (and adds zero, exactly, elsewhere). Costs one pass over ``D`` instead of one per message.
     """
-    size = int(payloads[0]["size"])
-    if any(int(p["size"]) != size for p in payloads):
+    sizes = {int(p["size"]) if "indices" in p else p["values"].numel() for p in payloads}
+    if len(sizes) != 1:
         raise ValueError("sparse messages of different lengths cannot be summed")
-    out_D = payloads[0]["values"].new_zeros(size, dtype=dtype)
+    out_D = payloads[0]["values"].new_zeros(sizes.pop(), dtype=dtype)
     for p in payloads:
-        out_D.index_put_((sparse_indices(p),), p["values"].to(out_D.dtype), accumulate=True)
+        values = p["values"].to(out_D.dtype)
+        if "indices" in p:
+            out_D.index_put_((sparse_indices(p),), values, accumulate=True)
+        else:
+            out_D += values
     return out_D
 
 
