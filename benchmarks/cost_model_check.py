@@ -210,11 +210,8 @@ def main() -> None:
     t0 = time.perf_counter()
     own_compute = own_compute_seconds(a)
     shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
-    measured_steps = {
-        c: max(cs[c]["steps"] for cs in summary.values() if c in cs) for c in shoal_configs
-    }
     codec = {
-        c: codec_seconds_per_element(a, c, measured_steps[c])
+        c: codec_seconds_per_element(a, c, longest_run(summary, c))
         for c in sorted(shoal_configs - {"ddp", "easgd"})
     }
     print(
@@ -243,7 +240,7 @@ def main() -> None:
             # The codec shares a core as the compute did: scaled by the run's slowdown.
             codec_s = codec[source] * compute / own_compute
             # DGC's messages shrink during its warm-up: simulated for as many steps as measured.
-            steps = m["steps"] if source in WARMING_UP else args.steps
+            steps = int(m["steps"]) if source in WARMING_UP else args.steps
             for rate in {0.0, codec_s}:
                 if (bw, source, rate) not in cache:
                     cache[bw, source, rate] = predicted_seconds_per_step(
