@@ -110,12 +110,14 @@ def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
     return timed.compute_seconds / timed.steps
 
 
-def codec_seconds_per_element(a: argparse.Namespace, config: str, steps: int) -> float:
+def codec_seconds_per_element(
+    a: argparse.Namespace, config: str, steps: int, epoch_steps: int
+) -> float:
     """``measure_codec`` of ``config``'s compressor here (0 for an uncompressed one); DGC's
-    own codec over ``steps`` steps (:func:`dgc_codec_seconds_per_element`)."""
+    own codec over ``steps`` steps of its warm-up's schedule
+    (:func:`dgc_codec_seconds_per_element`)."""
     model = shaped.build_model(a.model)
     numel = sum(p.numel() for p in model.parameters())
-    epoch_steps = math.ceil(len(shaped.load(a, 4)[1][0]) / a.batch_size)
     algorithm = shaped.shoal_algorithm(a, config, model, 4, epoch_steps)
     if config == "dgc":
         return dgc_codec_seconds_per_element(algorithm.rule, numel, steps)
@@ -210,8 +212,9 @@ def main() -> None:
     t0 = time.perf_counter()
     own_compute = own_compute_seconds(a)
     shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
+    epoch_steps = math.ceil(len(shaped.load(a, 4)[1][0]) / a.batch_size)  # DGC's warm-up
     codec = {
-        c: codec_seconds_per_element(a, c, longest_run(summary, c))
+        c: codec_seconds_per_element(a, c, longest_run(summary, c), epoch_steps)
         for c in sorted(shoal_configs - {"ddp", "easgd"})
     }
     print(
