@@ -10,7 +10,9 @@ learning rate, compressors) and run for ``--steps`` steps in simulation with
 ``seconds_per_sample`` = that configuration's measured compute per step / batch. The simulated
 communicators record the exchanges the gloo ones do (tested in ``tests/parallel``), so the
 predicted seconds per step is what the cost model says the shaped run should have taken; the
-ratio measured / predicted says how far to trust ``sim_seconds``.
+ratio measured / predicted says how far to trust ``sim_seconds``. With ``--probe`` (the JSON of
+``transport_probe.py``) each run is also predicted on the link the probe fitted at its rate:
+the latency and rate Shoal's exchanges really get there, with nothing else running.
 
 Each compressed configuration is predicted twice: with the network and the compute only, and
 with the codec's time too (``CostModel.codec_seconds_per_element``): ``shoal.cost.measure_codec``
@@ -33,6 +35,7 @@ the transport's work shares the 2 cores with it.
         benchmarks/results/shaped_network_overlap.json \
         benchmarks/results/shaped_network_buckets.json \
         benchmarks/results/shaped_network_powersgd.json \
+        --probe benchmarks/results/transport_probe.json \
         --json benchmarks/results/cost_model_check.json
 """
 
@@ -53,7 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _shaped_worker as shaped  # noqa: E402
-from shoal.cost import CostModel, Network, alpha_beta, measure_codec  # noqa: E402
+from shoal.cost import CostModel, Link, Network, alpha_beta, measure_codec  # noqa: E402
 from shoal.parallel import ParallelConfig, SimComm, train_parallel  # noqa: E402
 
 RATES_BPS = {"100mbit": 100e6 / 8, "1gbit": 1e9 / 8}
@@ -80,13 +83,12 @@ def simulation_config(a: argparse.Namespace, steps: int) -> ParallelConfig:
 
 
 def predicted_seconds_per_step(
-    a: argparse.Namespace, config: str, rate_Bps: float, compute_s: float, steps: int,
+    a: argparse.Namespace, config: str, link: Link, compute_s: float, steps: int,
     codec_s: float = 0.0,
 ) -> float:  # fmt: skip
-    """Simulated seconds per step of ``config`` on links of ``rate_Bps`` (no latency)."""
+    """Simulated seconds per step of ``config`` on ``link`` both ways."""
     data, shards = shaped.load(a, 4)
     model = shaped.build_model(a.model)
-    link = alpha_beta(0.0, rate_Bps)
     network = CostModel(
         Network("shaped", link, link),
         seconds_per_sample=compute_s / a.batch_size,
@@ -174,6 +176,11 @@ def main() -> None:
         "configurations replace an earlier one's (a re-run of some of them)",
     )
     ap.add_argument("--steps", type=int, default=16, help="simulated steps per configuration")
+    ap.add_argument(
+        "--probe",
+        type=Path,
+        help="transport_probe.py --json of the same links: also predict on its fitted links",
+    )
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
     runs = [json.loads(path.read_text()) for path in args.shaped]
@@ -207,8 +214,20 @@ def main() -> None:
         "no latency, the measured compute per step; measured = training seconds per step to "
         "the target on tc-shaped veth links.\n"
     )
+    ideal = {bw: alpha_beta(0.0, rate) for bw, rate in RATES_BPS.items()}
+    probed = probed_links(args.probe) if args.probe else {}
+    if probed:
+        print(
+            f"Probed links ({args.probe}): "
+            + ", ".join(
+                f"{bw} alpha {link.latency_s * 1e3:.2f} ms, beta "
+                f"{link.bandwidth_Bps / RATES_BPS[bw]:.3f} of the cap"
+                for bw, link in probed.items()
+            )
+            + ".\n"
+        )
     rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, str, float], float] = {}
+    cache: dict[tuple[str, str, Link, float], float] = {}
     t0 = time.perf_counter()
     own_compute = own_compute_seconds(a)
     shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
@@ -221,12 +240,15 @@ def main() -> None:
         f"One worker's compute per step here: {own_compute * 1e3:.1f} ms. Codec per gradient "
         "entry here: " + ", ".join(f"{c} {v * 1e9:.1f} ns" for c, v in codec.items() if v) + ".\n"
     )
+    probe_head = " | probed link | measured/probed | probed + codec | measured/probed + codec"
     print(
         f"| {'configuration':44s} | link    | measured s/step | predicted | measured/predicted "
-        "| with codec | measured/with codec |"
+        "| with codec | measured/with codec" + (probe_head if probed else "") + " |"
     )
     print(f"|{'-' * 46}|---------|-----------------|-----------|--------------------|"
-          "------------|---------------------|")  # fmt: skip
+          "------------|---------------------|"
+          + ("-------------|-----------------|----------------|-------------------------|"
+             if probed else ""))  # fmt: skip
     for bw, configs in summary.items():
         for config, m in configs.items():
             if not isinstance(m, dict) or not m.get("seconds_per_step") or bw not in RATES_BPS:
@@ -244,31 +266,29 @@ def main() -> None:
             codec_s = codec[source] * compute / own_compute
             # DGC's messages shrink during its warm-up: simulated for as many steps as measured.
             steps = int(m["steps"]) if source in WARMING_UP else args.steps
-            for rate in {0.0, codec_s}:
-                if (bw, source, rate) not in cache:
-                    cache[bw, source, rate] = predicted_seconds_per_step(
-                        a, source, RATES_BPS[bw], compute, steps, rate
-                    )
-            pred, with_codec = cache[bw, source, 0.0], cache[bw, source, codec_s]
-            ratio, ratio_codec = m["seconds_per_step"] / pred, m["seconds_per_step"] / with_codec
-            label = shaped_label(config)
-            cells = f"{m['seconds_per_step']:15.3f} | {pred:9.3f} | {ratio:18.2f}"
-            cells += f" | {with_codec:10.3f} | {ratio_codec:19.2f}"
-            print(f"| {label:44s} | {bw:7s} | {cells} |")
-            rows.append(
-                {
-                    "config": config,
-                    "label": label,
-                    "bandwidth": bw,
-                    "measured_seconds_per_step": m["seconds_per_step"],
-                    "measured_compute_seconds_per_step": compute,
-                    "codec_seconds_per_element": codec_s,
-                    "predicted_seconds_per_step": pred,
-                    "measured_over_predicted": ratio,
-                    "predicted_with_codec_seconds_per_step": with_codec,
-                    "measured_over_predicted_with_codec": ratio_codec,
-                }
-            )
+            links = {"": ideal[bw]} | ({"probed_": probed[bw]} if bw in probed else {})
+            row = {
+                "config": config,
+                "label": shaped_label(config),
+                "bandwidth": bw,
+                "measured_seconds_per_step": m["seconds_per_step"],
+                "measured_compute_seconds_per_step": compute,
+                "codec_seconds_per_element": codec_s,
+            }
+            cells = f"{m['seconds_per_step']:15.3f}"
+            for name, link in links.items():
+                for rate, suffix in ((0.0, ""), (codec_s, "with_codec_")):
+                    if (bw, source, link, rate) not in cache:
+                        cache[bw, source, link, rate] = predicted_seconds_per_step(
+                            a, source, link, compute, steps, rate
+                        )
+                    pred = cache[bw, source, link, rate]
+                    ratio = m["seconds_per_step"] / pred
+                    row[f"predicted_{name}{suffix}seconds_per_step"] = pred
+                    row[f"measured_over_predicted_{name}{suffix}".rstrip("_")] = ratio
+                    cells += f" | {pred:9.3f} | {ratio:18.2f}"
+            print(f"| {row['label']:44s} | {bw:7s} | {cells} |")
+            rows.append(row)
     ratios = [r["measured_over_predicted"] for r in rows]
     by = {(r["config"], r["bandwidth"]): r for r in rows}
 
@@ -298,6 +318,17 @@ def main() -> None:
             "dgc", "measured_over_predicted_with_codec"
         ),
     }
+    if probed:
+        for key in ("measured_over_predicted_probed", "measured_over_predicted_probed_with_codec"):
+            ratios_probed = [r[key] for r in rows if key in r]
+            if ratios_probed:
+                headline[f"median_{key}"] = statistics.median(ratios_probed)
+        headline["dense_measured_over_predicted_probed_100mbit"] = ratio_of(
+            "dense", "measured_over_predicted_probed"
+        )
+        headline["topk_ef_measured_over_predicted_probed_with_codec_100mbit"] = ratio_of(
+            "topk_ef", "measured_over_predicted_probed_with_codec"
+        )
     median = headline["median_measured_over_predicted"]
     print(f"\nmedian measured/predicted over {len(rows)} rows: {median:.2f}")
     print("headline:", json.dumps(headline))
@@ -310,6 +341,12 @@ def main() -> None:
                 for path, run in zip(args.shaped, runs)
             ],
             "steps_simulated": args.steps,
+            "probe": None
+            if not args.probe
+            else {
+                "file": str(args.probe),
+                "links": {bw: vars(link) for bw, link in probed.items()},
+            },
             "own_compute_seconds_per_step": own_compute,
             "codec_seconds_per_element_here": {c: v for c, v in codec.items() if v},
             "torch": torch.__version__,
@@ -320,6 +357,20 @@ def main() -> None:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def probed_links(path: Path) -> dict[str, Link]:
+    """The link ``transport_probe.py`` fitted at each rate it measured that a shaped run has."""
+    probe = json.loads(path.read_text())
+    if probe.get("benchmark") != "transport_probe":
+        raise SystemExit(f"{path}: not a transport_probe.py --json")
+    fits = {bw: r["fit"] for bw, r in probe["rates"].items() if bw in RATES_BPS}
+    failed = [f"{bw}: {f['error']}" for bw, f in fits.items() if "error" in f]
+    if failed:
+        raise SystemExit(f"{path}: no link was fitted at " + "; ".join(failed))
+    if not fits:
+        raise SystemExit(f"{path}: no rate of {sorted(RATES_BPS)} was probed")
+    return {bw: alpha_beta(f["latency_s"], f["bandwidth_Bps"]) for bw, f in fits.items()}
 
 
 def shaped_label(config: str) -> str:

@@ -51,13 +51,17 @@ compressed for an exchange (the :class:`Exchange`'s ``codec_elements``: its own 
 and the sum of the messages in), times its slowdown, before that exchange; 0 (the default)
 charges none. It depends on the compressor and the device, not on the network: measure it with
 :func:`measure_codec`. Federated rounds do not take it (a client compresses once per local
-training; fold that into ``seconds_per_sample``). Not charged: the transport's per-message
-work. Against step times measured on tc-shaped links (``benchmarks/cost_model_check.py``)
-dense all-reduces after the backward pass come within 14-16% and gossip within 29-58%; the
-overlapped forms (bucketed all-reduces included) within 16-30% at 100 Mbit/s but 34-90% at
-1 Gbit/s, where the transport's work shares the CPU with the compute (charging the two side by
-side assumes it costs the compute nothing). See there for compressed synchronous SGD with and
-without the codec's time.
+training; fold that into ``seconds_per_sample``). The transport's own work per message
+(Python, the collective library's handshakes, the kernel) is the link's latency: a link's
+``(alpha, beta)`` should be what the transport achieves on it, not the wire's nominal figures
+(``benchmarks/transport_probe.py`` fits them on a live link). Against step times measured on
+tc-shaped links (``benchmarks/cost_model_check.py``), on links of the nominal rate with no
+latency, dense all-reduces after the backward pass come within 14-16% and gossip within
+29-58%; on the links the probe fitted, within 2% and 12-43%. The overlapped forms (bucketed
+all-reduces included) are within 16-30% at 100 Mbit/s but 34-90% at 1 Gbit/s, where the
+transport's work shares the CPU with the compute (charging the two side by side assumes it
+costs the compute nothing). See there for compressed synchronous SGD with and without the
+codec's time.
 
 Heterogeneity is optional and seeded: per client, a persistent compute slowdown and a
 bandwidth factor, each log-normal with median 1 (positive and right-skewed; a modelling choice,
