@@ -142,3 +142,12 @@ def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path)
         assert a["sim_seconds"] == pytest.approx(b["sim_seconds"], rel=1e-12)
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_data_show_of_a_data_parallel_config_shows_its_workers(tmp_path, capsys):
+    # Its workers all train every step: the federated sampling default (10 a round) is moot.
+    cfg = _config(tmp_path, "sync_sgd")
+    assert shoal("data", "show", cfg, "--png", tmp_path / "w.png") == 0
+    out = capsys.readouterr().out
+    assert "workers: 2; samples per worker" in out
+    assert (tmp_path / "w.png").is_file()

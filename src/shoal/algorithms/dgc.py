@@ -187,11 +187,9 @@ class DGC:
             raise ValueError(f"dgc: num_workers must be >= 1, got {self.num_workers}")
         if not 0 < self.sample_ratio <= 1:
             raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio}")
-        if self.warmup_epochs < 0 or self.epoch_steps < 0:
-            raise ValueError(
-                f"dgc: warmup_epochs and epoch_steps must be >= 0, got {self.warmup_epochs}, "
-                f"{self.epoch_steps}"
-            )
+        for name in ("warmup_epochs", "epoch_steps"):  # one at a time: a config sets only one
+            if getattr(self, name) < 0:
+                raise ValueError(f"dgc: {name} must be >= 0, got {getattr(self, name)}")
         if self.warmup not in ("paper", "code"):
             raise ValueError(f"dgc: warmup must be 'paper' or 'code', got {self.warmup!r}")
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from shoal.cli import UsageError, add_set_option, config_from_args
 from shoal.cli.build import build_clients, fetch_dataset
+from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import DATASETS, in_cache
 from shoal.data import default_cache_dir, format_histogram, label_histogram
 from shoal.report import plot_label_histogram
@@ -88,7 +89,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    cfg, data, clients = build_clients(cfg)
+    # A data-parallel config's clients are its workers, all of them every step: no sampling.
+    workers = is_parallel(cfg)
+    cfg, data, clients = build_clients(cfg, check_sampling=not workers)
     k = data.train.num_classes
     hist = label_histogram(data.train.y.numpy(), clients, k)
     sizes = np.array([len(c) for c in clients])
@@ -96,11 +99,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     scheme = f"{cfg['partition.scheme']}({options})"
     print(f"{data.name}: {len(data.train)} training samples, {k} classes; {scheme}")
     print(format_histogram(hist, max_rows=args.rows))
+    who = "worker" if workers else "client"
     print(
-        f"clients: {len(clients)}; samples per client: min {sizes.min()}, median "
+        f"{who}s: {len(clients)}; samples per {who}: min {sizes.min()}, median "
         f"{np.median(sizes):g}, max {sizes.max()} ({sizes.sum()} of {len(data.train)} used)"
     )
     png = Path(args.png) if args.png else Path(f"{Path(args.config).stem}-labels.png")
-    title = f"{data.name}, {scheme}: labels per client"
+    title = f"{data.name}, {scheme}: labels per {who}"
     print(f"heat map: {plot_label_histogram(hist, png, title)}")
     return 0
