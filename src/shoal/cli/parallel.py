@@ -30,6 +30,7 @@ from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimCo
 from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.records import checkpoint_name
+from shoal.report import human_bytes
 from shoal.runtime.procgroup import in_distributed_env, init_from_env
 from shoal.runtime.sim import resolve_device
 from shoal.topology import TOPOLOGIES, Topology
@@ -176,10 +177,11 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
         )
     sps = s.get("samples_per_second")
     rate = f", {sps:,.0f} samples/s" if sps else ""
-    lines.append(f"  sent {s['total_bytes_sent']:,} bytes in all{rate}")
+    lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{rate}")
     sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
     if sim is not None:
         lines.append(f'  simulated time on "{cfg["network.profile"]}": {sim:.1f} s')
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
-    lines.append(f"  files in {out}")
+    files = ", ".join(sorted(f.name for f in out.iterdir() if f.is_file()))
+    lines.append(f"  files in {out}{os.sep}: {files}")
     return "\n".join(lines)
