@@ -96,6 +96,38 @@ def test_launch_drops_only_the_agents_own_traceback(capsys, debug):
     assert err == want
 
 
+REFUSED = "shoal: error: partition.num_clients = 3: a sync_sgd job with 2 processes has 2 ...\n"
+REPORT = "E1122 api.py:1002] failed (exitcode: 2) local_rank: 0\n=====\nshoal FAILED\nrank : 0\n"
+
+
+@pytest.mark.parametrize(("codes", "refused"), [(["2", "2"], True), (["2", "-9"], False)])
+def test_a_refused_config_is_one_line_not_the_agents_report(capsys, codes, refused):
+    log = _AgentLog(verbose=False)
+    for line in (REFUSED + REPORT + AGENT_TRACEBACK + REFUSED).splitlines(keepends=True):
+        log.write(line)
+    assert log.finish(codes) == refused
+    err = capsys.readouterr().err
+    assert err.count(REFUSED) == 1  # every worker says it; shown once
+    assert ("shoal FAILED" in err) != refused and "ChildFailedError" not in err
+
+
+def test_launch_of_a_config_the_workers_refuse_ends_in_one_error(tmp_path):
+    cfg = tmp_path / "dp.toml"
+    cfg.write_text(
+        '[data]\nname = "digits"\n[partition]\nscheme = "iid"\nnum_clients = 3\n'
+        '[model]\nname = "mlp"\nhidden = [8]\n[algorithm]\nname = "sync_sgd"\nlr = 0.1\n'
+    )
+    cmd = [sys.executable, "-m", "shoal", "launch", "--nproc-per-node", "2", str(cfg)]
+    proc = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("shoal: error:")]
+    assert len(errors) == 2 and "2 processes has 2 workers" in errors[0], proc.stderr
+    assert "refused the config" in errors[1]
+    assert "Root Cause" not in proc.stderr and "OMP_NUM_THREADS" not in proc.stderr
+
+
 def test_a_finished_worker_leaves_its_process_group(tmp_path, monkeypatch):
     # A worker that exits with a live gloo group can abort in interpreter teardown (SIGABRT)
     # and fail a finished job (seen in CI on a restarted worker): the run destroys it first.

@@ -28,6 +28,10 @@ from shoal.runtime.spawn import free_port
 _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+# The agent's log line as it sees a worker fail: its failure report follows.
+_REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)")
+_CONFIG_ERROR = "2"  # a worker's exit code when `shoal run` refused the config
+_WORKER_ERROR = "shoal: error:"
 
 
 class _AgentLog:
@@ -35,15 +39,27 @@ class _AgentLog:
 
     When a worker fails, the agent raises ``ChildFailedError`` and prints its Python traceback
     (a dozen lines inside torch) before the failure table that says which rank failed and how;
-    only the table is news. Any other traceback passes through (``SHOAL_DEBUG=1``: all)."""
+    only the table is news. Any other traceback passes through (``SHOAL_DEBUG=1``: all).
+
+    Every worker refuses a bad config with the same one-line error: it is shown once. The
+    agent's failure report is held until the job ends (:meth:`finish`), and dropped when the
+    workers only refused the config: that line already says everything."""
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
         self.held: list[str] = []
+        self.errors: set[str] = set()
+        self.report: list[str] | None = None
 
     def write(self, line: str) -> None:
+        if line.startswith(_WORKER_ERROR) and not self.verbose:
+            if line in self.errors:
+                return
+            self.errors.add(line)
+        if self.report is None and _REPORT_START.search(line):
+            self.report = []
         if not self.held and (self.verbose or not line.startswith("Traceback (most recent")):
-            sys.stderr.write(line)
+            self._emit([line])
             return
         self.held.append(line)
         if line.startswith(_AGENT_FAILED):
@@ -51,9 +67,26 @@ class _AgentLog:
         elif not line.startswith((" ", "Traceback")):
             self.flush()  # an exception line that is not the agent's: the whole traceback
 
+    def _emit(self, lines: list[str]) -> None:
+        if self.report is not None and not lines[0].startswith(_WORKER_ERROR):
+            self.report.extend(lines)
+        else:
+            sys.stderr.writelines(lines)
+
     def flush(self) -> None:
-        sys.stderr.writelines(self.held)
+        if self.held:
+            self._emit(self.held)
         self.held = []
+
+    def finish(self, exit_codes: list[str]) -> bool:
+        """Write out what is held; returns whether the workers only refused the config (the
+        report is dropped then, unless verbose)."""
+        self.flush()
+        refused = bool(exit_codes) and all(code == _CONFIG_ERROR for code in exit_codes)
+        if self.report and (self.verbose or not refused):
+            sys.stderr.writelines(self.report)
+        self.report = None
+        return refused
 
 
 def add_parser(sub: Any) -> None:
@@ -127,7 +160,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise UsageError("--nnodes > 1 needs --out DIR (on a folder every machine can reach)")
     out = fresh_out(args.out, Path(args.config).stem)
     cmd = torchrun_command(args, out)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1)
+    # torchrun sets 1 thread a worker when this is unset, with a banner saying so; the same
+    # default, quietly (a config's num_threads still sets each worker's own).
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
     ranks: list[str] = []
     codes: list[str] = []
     assert proc.stderr is not None
@@ -138,8 +174,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
             ranks.append(m.group(1))
         if (m := _EXIT_CODE.search(line)) and len(codes) < len(ranks):
             codes.append(m.group(1))
-    log.flush()
     rc = proc.wait()
+    if log.finish(codes) and rc != 0:
+        print(f"{_WORKER_ERROR} the workers refused the config (the error above)", file=sys.stderr)
+        return 2
     if rc != 0:
         # torchrun's root cause is the failure it observed first; when a worker is killed its
         # peers' collectives break too, and either may be seen first. A signal (a negative
