@@ -69,7 +69,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shoal.cli import data, launch, plot, robustness, run
+    from shoal.cli import data, launch, plot, probe, robustness, run
 
     parser = _Parser(
         prog="shoal",
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_parser(sub)
     data.add_parser(sub)
     robustness.add_parser(sub)
+    probe.add_parser(sub)
     return parser
 
 

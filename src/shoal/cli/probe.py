@@ -1,0 +1,103 @@
+"""``shoal probe``: measure the latency and rate Shoal's exchanges get on a network.
+
+``shoal probe --nproc-per-node 4`` starts 4 local processes; under ``torchrun`` (``torchrun
+--nnodes 2 --nproc-per-node 4 ... -m shoal probe``) every process of the job takes part, so
+the links between machines are what is measured. Rank 0 prints the timings, the fitted link
+(:mod:`shoal.parallel.probe`) and the ``[network]`` keys that give a config's cost model that
+link instead of a profile's typical figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.cli import UsageError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="measure the latency and rate of Shoal's exchanges on this network",
+        description="Time all-reduce, all-gather and ring gossip of 1 KB to 16 MB between "
+        "processes and fit the cost model's alpha-beta link to them. Without torchrun it "
+        "starts --nproc-per-node local processes; under torchrun every process of the job "
+        "takes part.",
+    )
+    p.add_argument("--nproc-per-node", type=int, default=2, help="local processes (no torchrun)")
+    p.add_argument("--sizes", help="message bytes, comma-separated (default: 1 KB to 16 MB)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per size and exchange")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (NCCL on CUDA)")
+    p.add_argument("--json", metavar="PATH", help="also write the timings and fits here")
+    p.set_defaults(func=cmd_probe)
+
+
+def _sizes(text: str | None) -> list[int]:
+    from shoal.parallel.probe import DEFAULT_SIZES, SMALL_BYTES
+
+    if text is None:
+        return list(DEFAULT_SIZES)
+    try:
+        sizes = sorted({int(s) for s in text.split(",")})
+    except ValueError:
+        raise UsageError(f"--sizes must be byte counts separated by commas, got {text!r}") from None
+    if sizes[0] < 4 or sizes[0] > SMALL_BYTES or len([s for s in sizes if s > SMALL_BYTES]) < 2:
+        raise UsageError(
+            f"--sizes needs one size of 4 to {SMALL_BYTES} bytes (the latency) and two above "
+            f"it (the rate), got {text!r}"
+        )
+    return sizes
+
+
+def _probe_rank(sizes: list[int], repeats: int, device: str) -> list[dict] | None:
+    """One process of the probe: every rank measures, rank 0 returns the rows."""
+    from shoal.parallel import DistComm
+    from shoal.parallel.probe import probe
+    from shoal.runtime.procgroup import init_from_env, shutdown
+
+    comm = DistComm(init_from_env(device=device))
+    try:
+        rows = probe(comm, sizes, repeats)
+    finally:
+        shutdown()
+    return rows if comm.rank == 0 else None
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from shoal.parallel.probe import network_keys, report, summarize
+    from shoal.runtime.procgroup import in_distributed_env
+    from shoal.runtime.spawn import spawn_local
+
+    sizes = _sizes(args.sizes)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here")
+    if in_distributed_env():
+        rows = _probe_rank(sizes, args.repeats, args.device)
+        where = "the torchrun job's processes"
+        if rows is None:  # not rank 0: it reports
+            return 0
+    else:
+        if args.nproc_per_node < 2:
+            raise UsageError(f"--nproc-per-node must be >= 2, got {args.nproc_per_node}")
+        rows = spawn_local(_probe_rank, args.nproc_per_node, sizes, args.repeats, args.device)[0]
+        where = f"{args.nproc_per_node} local processes"
+    result = summarize(rows)
+    print(report(result, f"Shoal's exchanges between {where}, median of {args.repeats}"))
+    fit = result["fit"]
+    if "error" not in fit:
+        print("\nFor the cost model of a config (simulated time on this link, both ways):")
+        print(network_keys(fit))
+    if args.json:
+        record = {"command": "shoal probe", "sizes": sizes, "repeats": args.repeats,
+                  "torch": torch.__version__, "machine": platform.machine(), **result}  # fmt: skip
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    return 0 if "error" not in fit else 1
