@@ -54,9 +54,9 @@ charges none. It depends on the compressor and the device, not on the network: m
 training; fold that into ``seconds_per_sample``). The transport's own work per message
 (Python, the collective library's handshakes, the kernel) is the link's latency: a link's
 ``(alpha, beta)`` should be what the transport achieves on it, not the wire's nominal figures
-(``shoal probe`` measures them on a live network: :mod:`shoal.parallel.probe`). Against step times measured on
-tc-shaped links (``benchmarks/cost_model_check.py``), on links of the nominal rate with no
-latency, dense all-reduces after the backward pass come within 14-16% and gossip within
+(``shoal probe`` measures them on a live network: :mod:`shoal.parallel.probe`). Against step
+times measured on tc-shaped links (``benchmarks/cost_model_check.py``), on links of the nominal
+rate with no latency, dense all-reduces after the backward pass come within 14-16% and gossip within
 29-58%; on the links the probe fitted, within 2% and 12-43%. The overlapped forms (bucketed
 all-reduces included) are within 16-30% at 100 Mbit/s but 34-90% at 1 Gbit/s, where the
 transport's work shares the CPU with the compute (charging the two side by side assumes it
