@@ -112,3 +112,29 @@ def test_demo_runs_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert shoal("demo", "--quiet", "--set", "rounds=1", "--out", "d") == 0
     assert "replacing the earlier run" in capsys.readouterr().out
     assert len((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_figure_names_only_the_runs_it_draws_each_in_its_own_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    from shoal.report import plot_runs
+
+    legends: dict[str, dict[str, str]] = {}
+
+    def record(fig: Figure, path: Path, **kw: object) -> None:
+        lines = fig.axes[0].get_lines()
+        legends[Path(path).stem] = {ln.get_label(): ln.get_color() for ln in lines}
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    federated = [{"round": r, "cum_uplink_bytes": 100 * r, "test_accuracy": 0.1 * r,
+                  "test_loss": 2.0 - 0.1 * r} for r in (1, 2)]  # fmt: skip
+    parallel = [{"step": s, "bytes_sent": 50 * s, "test_accuracy": 0.2, "test_loss": 1.9}
+                for s in (10, 20)]  # fmt: skip
+    plot_runs({"fedavg": federated, "sync_sgd": parallel, "fedprox": federated}, tmp_path)
+    assert set(legends["test_vs_rounds"]) == {"fedavg", "fedprox"}
+    assert set(legends["test_vs_bytes_sent"]) == {"sync_sgd"}
+    # Colours follow the run's place on the command line, not its place in one figure.
+    assert legends["test_vs_rounds"]["fedprox"] == "C2"
+    assert legends["test_vs_steps"]["sync_sgd"] == "C1"

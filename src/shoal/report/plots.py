@@ -73,11 +73,15 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
             x_label = f"{x_label} ({unit})"
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         ax_acc, ax_loss = fig.subplots(1, 2)
-        for label, rows in runs.items():
+        for i, (label, rows) in enumerate(runs.items()):
+            if not any(x_key in r for r in rows):
+                continue  # e.g. a data-parallel run among federated ones: no rounds
+            # A run keeps its colour in every figure, whichever runs a figure leaves out.
+            style = {"label": label, "color": f"C{i % 10}"}
             xs, acc = _curve(rows, x_key, "test_accuracy", log_x, scale)
-            ax_acc.plot(xs, [100 * a for a in acc], label=label, marker="." if len(xs) < 40 else "")
+            ax_acc.plot(xs, [100 * a for a in acc], marker="." if len(xs) < 40 else "", **style)
             xs, loss = _curve(rows, x_key, "test_loss", log_x, scale)
-            ax_loss.plot(xs, loss, label=label, marker="." if len(xs) < 40 else "")
+            ax_loss.plot(xs, loss, marker="." if len(xs) < 40 else "", **style)
         for ax, what, unit in (
             (ax_acc, "test accuracy", "%"),
             (ax_loss, "test loss", "cross-entropy"),
