@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise UsageError(f"--device {args.device}: CUDA is not available here")
     if in_distributed_env():
         rows = _probe_rank(sizes, args.repeats, args.device)
-        where = "the torchrun job's processes"
+        where = f"the {os.environ['WORLD_SIZE']} processes of a torchrun job"
         if rows is None:  # not rank 0: it reports
             return 0
     else:
@@ -97,7 +98,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print("\nFor the cost model of a config (simulated time on this link, both ways):")
         print(network_keys(fit))
     if args.json:
-        record = {"command": "shoal probe", "sizes": sizes, "repeats": args.repeats,
-                  "torch": torch.__version__, "machine": platform.machine(), **result}  # fmt: skip
+        record = {"processes": where, "device": args.device, "sizes": sizes,
+                  "repeats": args.repeats, "torch": torch.__version__,
+                  "machine": platform.machine(), **result}  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0 if "error" not in fit else 1
