@@ -179,3 +179,15 @@ def test_mistake_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "partition.alpha" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_from_another_folder_says_where_to_resume_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    # As `shoal run` wrote it, started in a folder where "data/mnist" existed.
+    (run / "config.toml").write_text('[data]\nname = "mnist"\ndir = "data/mnist"\n')
+    assert shoal("run", "--resume", run) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resume from the folder the run was started in" in err

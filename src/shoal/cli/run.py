@@ -245,7 +245,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         if not (out / CONFIG).is_file():
             raise ConfigError(f"--resume {args.resume}: no {CONFIG} there (not a run folder)")
-        cfg = resolve(load(out / CONFIG), CATALOG)
+        try:
+            cfg = resolve(load(out / CONFIG), CATALOG)
+        except ConfigError as e:
+            if str(e).startswith("data.dir") and "relative" in str(e):
+                raise ConfigError(
+                    f"{e}; a run's {CONFIG} keeps data.dir as it was given, so resume from the "
+                    "folder the run was started in"
+                ) from None
+            raise
         # Killed before the first checkpoint: nothing to continue, so start over.
         execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)
         return 0
