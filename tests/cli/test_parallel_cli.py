@@ -151,3 +151,16 @@ def test_data_show_of_a_data_parallel_config_shows_its_workers(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "workers: 2; samples per worker" in out
     assert (tmp_path / "w.png").is_file()
+
+
+def test_resume_with_more_steps_trains_on_as_one_longer_run(tmp_path):
+    cfg = _config(tmp_path, "sync_sgd")  # evaluated every 10 steps
+    assert shoal("run", cfg, "--set", "parallel.steps=20", "--out", tmp_path / "a", "--quiet") == 0
+    assert shoal("run", "--resume", tmp_path / "a", "--set", "parallel.steps=40", "--quiet") == 0
+    assert shoal("run", cfg, "--set", "parallel.steps=40", "--out", tmp_path / "b", "--quiet") == 0
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    for ra, rb in zip(a, b, strict=True):
+        for timing in ("wall_seconds", "samples_per_second"):
+            ra.pop(timing, None)
+            rb.pop(timing, None)
+        assert ra == rb

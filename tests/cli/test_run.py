@@ -191,3 +191,33 @@ def test_resume_from_another_folder_says_where_to_resume_from(
     assert shoal("run", "--resume", run) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resume from the folder the run was started in" in err
+
+
+def test_resume_with_more_rounds_trains_on_as_one_longer_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = write_config(tmp_path, rounds=2)
+    assert shoal("run", cfg, "--out", tmp_path / "short", "--quiet") == 0
+    assert shoal("run", "--resume", tmp_path / "short", "--set", "rounds=4", "--quiet") == 0
+    assert shoal("run", cfg, "--set", "rounds=4", "--out", tmp_path / "long", "--quiet") == 0
+    a = torch.load(tmp_path / "short" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "long" / "model.pt", weights_only=True)
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+    rows_a, rows_b = read_metrics(tmp_path / "short"), read_metrics(tmp_path / "long")
+    for ra, rb in zip(rows_a, rows_b, strict=True):  # every round is evaluated here
+        ra.pop("wall_seconds")
+        rb.pop("wall_seconds")
+        assert ra == rb
+    # The run folder now says 4, so a later resume goes on from there.
+    assert resolve(load(tmp_path / "short" / "config.toml"), CATALOG)["rounds"] == 4
+    capsys.readouterr()
+    for bad, words in (
+        (["rounds=3"], "can only train further"),
+        (["parallel.steps=9"], "this run's length is rounds"),
+        (["seed=1"], "no --set but rounds=N"),
+    ):
+        sets = [arg for a in bad for arg in ("--set", a)]
+        assert shoal("run", "--resume", tmp_path / "short", *sets) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err

@@ -18,7 +18,7 @@ import torch
 from shoal.cli import UsageError, add_set_option, config_from_args, parallel
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
-from shoal.config import Config, ConfigError, dumps, load, loads, resolve
+from shoal.config import Config, ConfigError, dumps, load, loads, resolve, resolve_overridden
 from shoal.report import human_bytes, plot_runs
 from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
@@ -233,20 +233,47 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
     return "\n".join(lines)
 
 
+_LENGTH = ("rounds", "parallel.steps")
+"""The keys ``--resume`` may raise: a finished (or killed) run then trains further."""
+
+
+def _longer(cfg: Config, assignments: list[str], out: Path) -> Config:
+    """``cfg`` with its length raised by ``assignments`` (``rounds=N`` or ``parallel.steps=N``),
+    also written to the run's ``config.toml`` so that a later resume goes on to ``N``. Every
+    choice is keyed by the round or step, so the run ends as one of ``N`` from the start would,
+    apart from the evaluation and checkpoint that ended the shorter one."""
+    length = "parallel.steps" if parallel.is_parallel(cfg) else "rounds"
+    for key in (a.partition("=")[0].strip() for a in assignments):
+        if key != length:
+            raise ConfigError(f"{key}: this run's length is {length}; --set {length}=N")
+    longer = resolve_overridden(cfg.values, assignments, [], CATALOG, str(out / CONFIG))
+    if longer[length] <= cfg[length]:
+        raise ConfigError(
+            f"{length} = {longer[length]}: a resumed run can only train further, past its "
+            f"{cfg[length]}"
+        )
+    if _rank() == 0:
+        _write_config(longer, out / CONFIG)
+    return longer
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if in_distributed_env():
         return _distributed_run(args)
     if args.resume:
-        if args.config or args.set or args.unset or args.out:
+        lengths = [a.partition("=")[0].strip() for a in args.set]
+        if args.config or args.unset or args.out or any(k not in _LENGTH for k in lengths):
             raise UsageError(
-                "--resume DIR takes no CONFIG, --set, --unset or --out: the run continues as its "
-                "config.toml says"
+                "--resume DIR takes no CONFIG, --unset or --out, and no --set but rounds=N or "
+                "parallel.steps=N (to train the run further): it continues as its config.toml says"
             )
         out = Path(args.resume)
         if not (out / CONFIG).is_file():
             raise ConfigError(f"--resume {args.resume}: no {CONFIG} there (not a run folder)")
         try:
             cfg = resolve(load(out / CONFIG), CATALOG)
+            if args.set:
+                cfg = _longer(cfg, args.set, out)
         except ConfigError as e:
             if str(e).startswith("data.dir") and "relative" in str(e):
                 raise ConfigError(
