@@ -191,6 +191,11 @@ def test_resume_from_another_folder_says_where_to_resume_from(
     assert shoal("run", "--resume", run) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resume from the folder the run was started in" in err
+    # An absolute path is missing wherever one resumes from: no such advice.
+    (run / "config.toml").write_text(f'[data]\nname = "mnist"\ndir = "{tmp_path / "gone"}"\n')
+    assert shoal("run", "--resume", run) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err and "resume from" not in err
 
 
 def test_resume_with_more_rounds_trains_on_as_one_longer_run(

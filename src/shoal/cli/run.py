@@ -270,12 +270,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         if not (out / CONFIG).is_file():
             raise ConfigError(f"--resume {args.resume}: no {CONFIG} there (not a run folder)")
+        raw = load(out / CONFIG)
         try:
-            cfg = resolve(load(out / CONFIG), CATALOG)
+            cfg = resolve(raw, CATALOG)
             if args.set:
                 cfg = _longer(cfg, args.set, out)
         except ConfigError as e:
-            if str(e).startswith("data.dir") and "relative" in str(e):
+            data_dir = Path(str(raw.get("data", {}).get("dir", "/")))
+            if str(e).startswith("data.dir") and not data_dir.expanduser().is_absolute():
                 raise ConfigError(
                     f"{e}; a run's {CONFIG} keeps data.dir as it was given, so resume from the "
                     "folder the run was started in"
