@@ -38,7 +38,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR from its config.toml and checkpoint",
+        help="continue the run in DIR from its config.toml and checkpoint; with --set rounds=N "
+        "(or parallel.steps=N) train it further, to N",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
