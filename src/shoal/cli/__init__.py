@@ -22,6 +22,12 @@ from shoal.config import Config, ConfigError, load, resolve_overridden
 __all__ = ["UsageError", "add_set_option", "main"]
 
 
+ERROR = "shoal: error:"
+"""How every command's one-line error starts (``shoal launch`` recognises its workers' by it)."""
+CONFIG_ERROR_EXIT = 2
+"""The exit code of a usage or config mistake (``shoal launch`` tells a refused config by it)."""
+
+
 class UsageError(Exception):
     """A wrong command-line argument (exit code 2, like a config mistake)."""
 
@@ -114,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         if debug:
             raise
-        print(f"shoal: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        print(f"{ERROR} {_one_line(e)}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
         return 141
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The library's own messages say what went wrong and what to do about it.
         if debug:
             raise
-        print(f"shoal: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{ERROR} {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("shoal: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import UsageError, add_set_option, config_from_args
+from shoal.cli import CONFIG_ERROR_EXIT, ERROR, UsageError, add_set_option, config_from_args
 from shoal.runtime.spawn import free_port
 
 # torchrun's failure report names the rank and exit code of the first worker that failed.
@@ -30,8 +30,6 @@ _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 # The agent's log line as it sees a worker fail: its failure report follows.
 _REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)")
-_CONFIG_ERROR = "2"  # a worker's exit code when `shoal run` refused the config
-_WORKER_ERROR = "shoal: error:"
 
 
 class _AgentLog:
@@ -52,7 +50,7 @@ class _AgentLog:
         self.report: list[str] | None = None
 
     def write(self, line: str) -> None:
-        if line.startswith(_WORKER_ERROR) and not self.verbose:
+        if line.startswith(ERROR) and not self.verbose:
             if line in self.errors:
                 return
             self.errors.add(line)
@@ -68,7 +66,7 @@ class _AgentLog:
             self.flush()  # an exception line that is not the agent's: the whole traceback
 
     def _emit(self, lines: list[str]) -> None:
-        if self.report is not None and not lines[0].startswith(_WORKER_ERROR):
+        if self.report is not None and not lines[0].startswith(ERROR):
             self.report.extend(lines)
         else:
             sys.stderr.writelines(lines)
@@ -82,7 +80,7 @@ class _AgentLog:
         """Write out what is held; returns whether the workers only refused the config (the
         report is dropped then, unless verbose)."""
         self.flush()
-        refused = bool(exit_codes) and all(code == _CONFIG_ERROR for code in exit_codes)
+        refused = bool(exit_codes) and all(code == str(CONFIG_ERROR_EXIT) for code in exit_codes)
         if self.report and (self.verbose or not refused):
             sys.stderr.writelines(self.report)
         self.report = None
@@ -176,8 +174,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
             codes.append(m.group(1))
     rc = proc.wait()
     if log.finish(codes) and rc != 0:
-        print(f"{_WORKER_ERROR} the workers refused the config (the error above)", file=sys.stderr)
-        return 2
+        print(f"{ERROR} the workers refused the config (the error above)", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     if rc != 0:
         # torchrun's root cause is the failure it observed first; when a worker is killed its
         # peers' collectives break too, and either may be seen first. A signal (a negative
@@ -190,6 +188,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
         who = f"rank {failed_rank}" if failed_rank is not None else "a worker"
         how = f" with exit code {exit_code}" if exit_code is not None else ""
         hint = "" if args.max_restarts else "; --max-restarts K restarts from the checkpoint"
-        print(f"shoal: error: {who} failed{how}; the job stopped{hint}", file=sys.stderr)
+        print(f"{ERROR} {who} failed{how}; the job stopped{hint}", file=sys.stderr)
         return 1
     return 0
