@@ -82,12 +82,16 @@ def simulation_config(a: argparse.Namespace, steps: int) -> ParallelConfig:
     )  # fmt: skip
 
 
+Loaded = tuple[Any, list[Any]]
+"""mnist5k and its 4 IID shards (``_shaped_worker.load``), read once per check."""
+
+
 def predicted_seconds_per_step(
-    a: argparse.Namespace, config: str, link: Link, compute_s: float, steps: int,
-    codec_s: float = 0.0,
+    a: argparse.Namespace, loaded: Loaded, config: str, link: Link, compute_s: float,
+    steps: int, codec_s: float = 0.0,
 ) -> float:  # fmt: skip
     """Simulated seconds per step of ``config`` on ``link`` both ways."""
-    data, shards = shaped.load(a, 4)
+    data, shards = loaded
     model = shaped.build_model(a.model)
     network = CostModel(
         Network("shaped", link, link),
@@ -101,10 +105,10 @@ def predicted_seconds_per_step(
     return result.metrics[-1]["sim_seconds"] / steps
 
 
-def own_compute_seconds(a: argparse.Namespace, steps: int = 12) -> float:
+def own_compute_seconds(a: argparse.Namespace, loaded: Loaded, steps: int = 12) -> float:
     """One worker's gradient compute per step in this process, timed as the shaped run's
     workers time theirs (``_shaped_worker.Timed``: the gradient closure's calls)."""
-    data, shards = shaped.load(a, 4)
+    data, shards = loaded
     model = shaped.build_model(a.model)
     cfg = simulation_config(a, steps)
     timed = shaped.Timed(shaped.shoal_algorithm(a, "dense", model, 1))
@@ -229,9 +233,10 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     cache: dict[tuple[str, str, Link, float], float] = {}
     t0 = time.perf_counter()
-    own_compute = own_compute_seconds(a)
+    loaded = shaped.load(a, 4)
+    own_compute = own_compute_seconds(a, loaded)
     shoal_configs = {c for cs in summary.values() for c in cs if c in shaped.CONFIGS}
-    epoch_steps = math.ceil(len(shaped.load(a, 4)[1][0]) / a.batch_size)  # DGC's warm-up
+    epoch_steps = math.ceil(len(loaded[1][0]) / a.batch_size)  # DGC's warm-up
     codec = {
         c: codec_seconds_per_element(a, c, longest_run(summary, c), epoch_steps)
         for c in sorted(shoal_configs - {"ddp", "easgd"})
@@ -280,7 +285,7 @@ def main() -> None:
                 for rate, suffix in ((0.0, ""), (codec_s, "with_codec_")):
                     if (bw, source, link, rate) not in cache:
                         cache[bw, source, link, rate] = predicted_seconds_per_step(
-                            a, source, link, compute, steps, rate
+                            a, loaded, source, link, compute, steps, rate
                         )
                     pred = cache[bw, source, link, rate]
                     ratio = m["seconds_per_step"] / pred
