@@ -83,8 +83,6 @@ def test_protocol_devices_and_shapes(factory: Callable[[], Compressor], device: 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f().name)
 def test_rejects_non_flat_and_non_float_input(factory: Callable[[], Compressor]) -> None:
     c = factory()
-    if c.name == "identity":
-        pytest.skip("identity passes anything through")
     x = torch.randn(D)
     with pytest.raises(ValueError, match="1-D|flat"):
         c.compress(x.view(2, -1), c.init(x))
@@ -115,6 +113,8 @@ def test_rejects_non_flat_and_non_float_input(factory: Callable[[], Compressor])
         (lambda: count_sketch(0), "width"),
         (lambda: count_sketch(8, depth=0), "depth"),
         (lambda: layerwise(top_k(k=1), cast(Any, "abc")), "shapes"),
+        (lambda: layerwise(top_k(k=1), [(-2, 3), (3, 4)]), "negative sizes"),
+        (lambda: top_k(ratio=cast(Any, True)), "ratio"),
     ],
 )
 def test_bad_arguments_raise_value_error(make: Callable[[], object], match: str) -> None:
@@ -128,6 +128,15 @@ def test_state_from_another_compressor_is_rejected() -> None:
         qsgd(2).compress(x, None)
     with pytest.raises(ValueError, match="init"):
         error_feedback(top_k(k=1)).compress(x, cast(Any, None))
+    with pytest.raises(ValueError, match="init"):
+        layerwise(top_k(k=1), [(2, 5)]).compress(x, {})
+
+
+def test_identity_sums_only_messages_of_one_length() -> None:
+    c = identity()
+    messages = [c.compress(torch.ones(n), None)[0] for n in (3, 4)]
+    with pytest.raises(ValueError, match="different lengths"):
+        c.sum_payloads(messages)
 
 
 def test_empty_vectors() -> None:

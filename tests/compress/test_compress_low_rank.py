@@ -208,3 +208,32 @@ def test_validation() -> None:
     c = powersgd(SHAPES)
     with pytest.raises(ValueError, match="entries"):
         c.init(torch.zeros(D + 1))
+    with pytest.raises(ValueError, match="negative sizes"):
+        powersgd([(-2, 3), (3, 4)])
+
+
+def test_wrong_input_or_state_is_a_clear_error_on_every_path() -> None:
+    """The length is checked before the local power iterations run, and a state that is not
+    this input's init (missing, or another dtype) is named, not a KeyError or a matmul error."""
+    x = torch.randn(D, generator=gen(1))
+    for c in (powersgd(SHAPES, 2), powersgd(SHAPES, 2, power_iterations=2)):
+        with pytest.raises(ValueError, match="entries"):
+            c.compress(torch.zeros(D + 1), c.init(x))
+        with pytest.raises(ValueError, match="must come from init"):
+            c.compress(x, {})
+        with pytest.raises(ValueError, match="float32 queries"):
+            c.compress(x.double(), c.init(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_compressed_in_its_dtype(dtype: torch.dtype) -> None:
+    """torch has no QR for half precision: it runs in float32, and the message and the
+    decompressed vector keep the input's dtype. Full rank still reproduces the input."""
+    x = torch.randn(D, generator=gen(2))
+    c = powersgd(SHAPES, rank=12, min_compression_rate=0)
+    payload, _ = c.compress(x.to(dtype), c.init(x.to(dtype)))
+    assert all(t.dtype == dtype for t in payload.values())
+    y = c.decompress(payload)
+    assert y.dtype == dtype
+    x_half = x.to(dtype).float()
+    assert float((y.float() - x_half).norm() / x_half.norm()) < 0.02  # bf16: 8 mantissa bits

@@ -159,6 +159,28 @@ def test_natural_compression_edges_non_finite_and_the_largest_floats() -> None:
         assert y[6].item() in (1.0, 2.0)
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: qsgd(4, bucket_size=4), lambda: terngrad(bucket_size=4), scaled_sign]
+)
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_a_bucket_without_a_finite_scale_decodes_to_nan(make, bad: float) -> None:
+    """Not a sign-flipped inf (what QSGD's codes made of an inf entry before): the whole bucket
+    is NaN, and the other buckets decode as usual."""
+    c = make()
+    x = torch.tensor([1.0, bad, -2.0, 0.5, 1.0, -1.0, 2.0, 0.25])
+    y = c.decompress(c.compress(x, c.init(x))[0])
+    if isinstance(c, type(scaled_sign())):  # one scale for the whole message
+        assert y.isnan().all()
+    else:
+        assert y[:4].isnan().all() and y[4:].isfinite().all()
+
+
+def test_qsgd_of_a_norm_beyond_float32_is_nan_not_a_wrong_number() -> None:
+    x = torch.tensor([3e38, 3e38])  # finite entries; ||x|| = 4.2e38 overflows float32
+    y = qsgd(4).decompress(qsgd(4).compress(x, qsgd(4).init(x))[0])
+    assert y.isnan().all()
+
+
 def test_natural_compression_takes_nine_bits_per_entry() -> None:
     x = torch.randn(800, generator=gen(7))
     c = natural_compression()

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.compress import dgc_top_k, random_k, serialize, threshold, top_k
+from shoal.compress import dgc_top_k, error_feedback, random_k, serialize, threshold, top_k
 from shoal.compress.sparsify import (
     DGCPlan,
     dgc_plan,
@@ -77,8 +77,19 @@ def test_threshold_is_its_definition(d: int) -> None:
     x[[0, d // 2, d - 1]] = torch.tensor([0.7, -math.inf, math.nan])  # tie, inf, NaN
     c = threshold(0.7)
     payload, _ = c.compress(x, None)
-    expected = torch.where(x.abs() >= 0.7, x, torch.zeros_like(x))
-    assert torch.equal(c.decompress(payload), expected)
+    # |x| >= 0.7, and the NaN: it is sent, not left behind (in an error-feedback residual)
+    expected = torch.where((x.abs() >= 0.7) | x.isnan(), x, torch.zeros_like(x))
+    torch.testing.assert_close(c.decompress(payload), expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("make", [lambda: threshold(0.5), lambda: dgc_top_k(0.01)])
+def test_sparsifiers_send_nan_rather_than_keep_it_in_the_residual(make) -> None:
+    x = torch.randn(100_000, generator=gen(3))
+    x[12_345] = math.nan
+    ef = error_feedback(make())
+    payload, state = ef.compress(x, ef.init(x))
+    assert ef.decompress(payload)[12_345].isnan()
+    assert not state["residual"].isnan().any()
 
 
 # ---- random-k ---------------------------------------------------------------------------

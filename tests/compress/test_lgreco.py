@@ -211,3 +211,16 @@ def test_bad_arguments_are_one_line_value_errors(make, match):
     with pytest.raises(ValueError, match=match) as err:
         make([(4, 8), (8,)])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", [lgreco_top_k, lgreco_qsgd, lgreco_powersgd])
+def test_empty_blocks_and_nan_are_planned_like_any_block(family):
+    """A zero-size block costs nothing; a NaN entry travels (and shows where it is decoded)
+    instead of failing in the SVD of the PowerSGD family's error table."""
+    c = family([(0, 5), (10, 20)], period=1)
+    x = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    payload, state = c.compress(x, c.init(x))
+    assert c.decompress(payload).shape == (200,)
+    x[3] = float("nan")
+    payload, _ = c.compress(x, state)
+    assert c.decompress(payload).isnan().any()

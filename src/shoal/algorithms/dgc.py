@@ -188,8 +188,9 @@ class DGC:
         if not 0 < self.sample_ratio <= 1:
             raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         for name in ("warmup_epochs", "epoch_steps"):  # one at a time: a config sets only one
-            if getattr(self, name) < 0:
-                raise ValueError(f"dgc: {name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"dgc: {name} must be an integer >= 0, got {value!r}")
         if self.warmup not in ("paper", "code"):
             raise ValueError(f"dgc: warmup must be 'paper' or 'code', got {self.warmup!r}")
 

@@ -38,6 +38,9 @@ def as_shapes(shapes: Any, who: str) -> tuple[torch.Size, ...]:
         raise ValueError(f"{who}: shapes must be a sequence of torch.Size, got {shapes!r}") from exc
     if not out:
         raise ValueError(f"{who}: shapes is empty; pass ParamSpec.shapes")
+    negative = [tuple(s) for s in out if any(n < 0 for n in s)]
+    if negative:
+        raise ValueError(f"{who}: shapes must not have negative sizes, got {negative[0]}")
     return out
 
 
@@ -52,7 +55,7 @@ def init_with_seed(compressor: Any, x_D: torch.Tensor, seed: int | None) -> Any:
 
 
 def check_ratio(ratio: float, who: str) -> None:
-    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
         raise ValueError(f"{who}: ratio must be in (0, 1], got {ratio!r}")
 
 

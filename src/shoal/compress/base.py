@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from shoal.compress._common import init_with_seed, mix
+from shoal.compress._common import check_flat, init_with_seed, mix
 from shoal.compress.wire import payload_nbytes
 
 Payload = dict[str, torch.Tensor]
@@ -169,7 +169,7 @@ class Identity:
         return None
 
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
-        return {"values": x_D}, state
+        return {"values": check_flat(x_D, self.name)}, state
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         return payload["values"]
@@ -180,6 +180,8 @@ class Identity:
     def sum_payloads(self, payloads: Sequence[Payload]) -> Payload:
         """Exact: the same additions as summing the decompressed vectors."""
         check_same(payloads, (), self.name)
+        if len({p["values"].shape for p in payloads}) > 1:
+            raise ValueError(f"{self.name}.sum_payloads: messages of different lengths")
         return {"values": add_all([p["values"] for p in payloads])}
 
 

@@ -100,6 +100,9 @@ class Layerwise:
 
     def compress(self, x_D: torch.Tensor, state: dict[str, Any]) -> tuple[Payload, dict[str, Any]]:
         x_D = self._check(x_D)
+        blocks = {str(i) for i, (_, _, skipped) in enumerate(self._layout) if not skipped}
+        if not isinstance(state, dict) or state.keys() != blocks:
+            raise ValueError(f"{self.name}: the state must come from init(x_D)")
         payload: Payload = {}
         new_state: dict[str, Any] = {}
         dense = []

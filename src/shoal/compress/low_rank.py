@@ -45,7 +45,8 @@ Two options of the reference implementations, both off by default (the paper's A
 ``project`` / ``complete`` (the two-round all-reduce protocol) are always one step.
 
 Deviation, named: the paper's code orthogonalizes with Gram-Schmidt and an epsilon; we use
-``torch.linalg.qr`` (same span when P has full column rank, well defined when it has not).
+``torch.linalg.qr`` (same span when P has full column rank, well defined when it has not), in
+float32 for half-precision inputs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ import torch
 from shoal.compress._common import as_shapes, check_flat, check_positive_int, generator
 from shoal.compress.base import Payload, add_all
 from shoal.compress.wire import payload_nbytes
+
+
+def _orthogonalize(p: torch.Tensor) -> torch.Tensor:
+    """The reduced QR's Q of ``p``, computed in float32 for half-precision inputs (torch has
+    no QR for them) and returned in ``p``'s dtype."""
+    if p.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.qr(p.float(), mode="reduced").Q.to(p.dtype)
+    return torch.linalg.qr(p, mode="reduced").Q
 
 
 @dataclass(frozen=True)
@@ -154,9 +163,21 @@ class PowerSGD:
             state[f"q{i}"] = q.to(device=x_D.device, dtype=x_D.dtype)
         return state
 
+    def _check_state(self, x_D: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        for i, b in self._compressed():
+            q = state.get(f"q{i}") if isinstance(state, dict) else None
+            if not isinstance(q, torch.Tensor) or q.shape != (b.cols, b.rank):
+                raise ValueError(f"{self.name}: the state must come from init(x_D) (query q{i})")
+            if q.dtype != x_D.dtype or q.device != x_D.device:
+                raise ValueError(
+                    f"{self.name}: the state holds {q.dtype} queries on {q.device} but x_D is "
+                    f"{x_D.dtype} on {x_D.device}; init the state from a vector like x_D"
+                )
+
     def project(self, x_D: torch.Tensor, state: dict[str, torch.Tensor]) -> Payload:
         """Round 1: ``{p<i>: M_i Q_i}`` (not orthogonalized; sum it across workers)."""
         x_D = self._check(x_D)
+        self._check_state(x_D, state)
         return {f"p{i}": self._matrix(x_D, b) @ state[f"q{i}"] for i, b in self._compressed()}
 
     def complete(
@@ -173,7 +194,7 @@ class PowerSGD:
                 continue
             # contiguous: QR returns column-major P, and matmul's result may depend on layout;
             # the receiver's (deserialized, row-major) copy must decompress to the same bits.
-            p = torch.linalg.qr(p_payload[f"p{i}"], mode="reduced").Q.contiguous()
+            p = _orthogonalize(p_payload[f"p{i}"]).contiguous()
             q = (self._matrix(x_D, b).T @ p).contiguous()
             payload[f"p{i}"] = p
             payload[f"q{i}"] = q
@@ -199,6 +220,8 @@ class PowerSGD:
     def compress(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
     ) -> tuple[Payload, dict[str, torch.Tensor]]:
+        x_D = self._check(x_D)
+        self._check_state(x_D, state)
         query = state if self.warm_start else self.init(x_D)
         for _ in range(self.power_iterations - 1):
             query = self._subspace_step(x_D, query)
@@ -212,7 +235,7 @@ class PowerSGD:
         new_state = dict(state)
         for i, b in self._compressed():
             m = self._matrix(x_D, b)
-            new_state[f"q{i}"] = m.T @ torch.linalg.qr(m @ state[f"q{i}"], mode="reduced").Q
+            new_state[f"q{i}"] = m.T @ _orthogonalize(m @ state[f"q{i}"])
         return new_state
 
     def decompress(self, payload: Payload) -> torch.Tensor:

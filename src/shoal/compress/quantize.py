@@ -24,6 +24,9 @@ and max-scaler sharing are not applied here (clip before compressing); scaled si
 dtypes are cast), sends non-finite entries as +-inf, and clamps the round-up of entries above
 2**127 (the one place it is biased). Stochastic compressors draw from a generator seeded by
 ``(seed, step)`` from their state on the input's device; ``init(x_D, seed=...)`` sets the seed.
+QSGD, TernGrad and scaled sign decode a bucket whose scale is not finite (an inf or NaN entry,
+or a norm beyond the float range) to NaN, and decode in their work dtype (float32, float64 for
+float64 input), as natural compression decodes to float32.
 Workers must not share it (shared seeds correlate their rounding):
 :func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 
@@ -81,6 +84,17 @@ def _bucket_reduce(
     if not tail.numel():
         return reduce(body_BL)
     return torch.cat([reduce(body_BL), reduce(F.pad(tail, (0, length - tail.numel()))[None])])
+
+
+def _finite_or_nan(scales: torch.Tensor) -> torch.Tensor:
+    """Scales (norms, maxima, means) with each non-finite one replaced by NaN.
+
+    A bucket with an inf or NaN entry, or whose norm overflows the float dtype, has no usable
+    scale: its codes are meaningless, and NaN makes the whole bucket decode to NaN, so the
+    failure shows where the message is decoded (inf would decode to a mix of +-inf and NaN,
+    signs flipped).
+    """
+    return scales.where(scales.isfinite(), torch.nan)
 
 
 def _scale_buckets_(v_D: torch.Tensor, scales_B: torch.Tensor, length: int) -> torch.Tensor:
@@ -151,8 +165,10 @@ class QSGD(_Stochastic):
         s, d = self.levels, x_D.numel()
         xw_D = x_D.to(work_dtype(x_D))
         length = _bucket_length(d, self.bucket_size)
-        norms_B = _bucket_reduce(xw_D, length, lambda v_BL: torch.linalg.vector_norm(v_BL, dim=1))
-        inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))
+        norms_B = _finite_or_nan(
+            _bucket_reduce(xw_D, length, lambda v_BL: torch.linalg.vector_norm(v_BL, dim=1))
+        )
+        inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))  # NaN: 0
         # Three fresh vectors (r, floor(r), u), the rest in place: a fresh vector costs as
         # much as the arithmetic done in it.
         r_D = _scale_buckets_(xw_D.abs(), inv_B, length)
@@ -212,7 +228,7 @@ class TernGrad(_Stochastic):
         xw_D = x_D.to(work_dtype(x_D))
         length = _bucket_length(d, self.bucket_size)
         a_D = xw_D.abs()
-        scales_B = _bucket_reduce(a_D, length, lambda v_BL: v_BL.amax(dim=1))
+        scales_B = _finite_or_nan(_bucket_reduce(a_D, length, lambda v_BL: v_BL.amax(dim=1)))
         inv_B = torch.where(scales_B > 0, 1 / scales_B, torch.zeros_like(scales_B))
         g = generator(seed, step, x_D.device)
         u_D = torch.rand(d, generator=g, dtype=xw_D.dtype, device=x_D.device)
@@ -252,7 +268,7 @@ class ScaledSign:
         x_D = check_flat(x_D, self.name)
         d = x_D.numel()
         xw_D = x_D.to(work_dtype(x_D))
-        scale = xw_D.abs().sum() / max(d, 1)
+        scale = _finite_or_nan(xw_D.abs().sum() / max(d, 1))
         payload = {
             "signs": pack_codes(x_D >= 0, 1),
             "scale": scale,

@@ -6,6 +6,8 @@ j, a bucket hash ``h_j`` and a sign hash ``s_j``::
 
     S[j, h_j(i)] += s_j(i) x_i          x_hat_i = median_j s_j(i) S[j, h_j(i)]
 
+(with an even depth, the median is the mean of the two middle values).
+
 The hashes are ``((a i + b) mod p) mod width`` with ``p = 2**31 - 1`` and ``(a, b)`` drawn from
 the seed (a 2-universal family), computed on the input's device; nothing about them travels.
 Computing them is most of the work (six 64-bit hash evaluations per entry at depth 3), so they
@@ -127,7 +129,12 @@ class CountSketch:
             low = torch.minimum(a, b)
             high = torch.minimum(torch.maximum(a, b, out=a), c, out=a)
             return torch.maximum(low, high, out=low)
-        return estimates_RD.median(dim=0).values
+        if self.depth % 2:
+            return estimates_RD.median(dim=0).values
+        # Even depth: the mean of the two middle rows. torch's median() would return the lower
+        # one, which biases every estimate downwards (at depth 2, the min of the two rows).
+        middle = estimates_RD.sort(dim=0).values[self.depth // 2 - 1 : self.depth // 2 + 1]
+        return middle.mean(dim=0)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)

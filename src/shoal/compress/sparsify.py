@@ -221,6 +221,13 @@ def magnitude_mask(
     return mask_D
 
 
+def not_below(x_D: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """The mask of ``|x_i| >= threshold``, written as "not below" so that NaN entries are in it:
+    a NaN is sent (and shows up where it is decoded) rather than left in an error-feedback
+    residual for good. ``torch.topk`` ranks NaN above every number, so top-k sends it too."""
+    return magnitude_mask(x_D, torch.lt, threshold).logical_not_()
+
+
 _FILTER_SAMPLE = 2**17  # entries sampled to place the candidate threshold
 _FILTER_MARGIN = 1.5  # the threshold admits ~1.5 k candidates
 
@@ -243,9 +250,7 @@ def top_k_indices(x_D: torch.Tensor, k: int) -> torch.Tensor:
     sample = x_D[:: d // _FILTER_SAMPLE].abs()
     rank = min(sample.numel(), math.ceil(k / d * sample.numel() * _FILTER_MARGIN) + 1)
     threshold = torch.topk(sample, rank, sorted=False).values.min()
-    # "Not below" rather than ">=": NaN is a candidate too (torch.topk ranks it above every
-    # number, and so must we).
-    candidates = flat_nonzero(magnitude_mask(x_D, torch.lt, threshold).logical_not_())
+    candidates = flat_nonzero(not_below(x_D, threshold))
     if candidates.numel() < k:
         return torch.topk(x_D.abs(), k, sorted=False).indices
     return candidates[torch.topk(x_D[candidates].abs(), k, sorted=False).indices]
@@ -253,7 +258,7 @@ def top_k_indices(x_D: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Threshold(_Sparse):
-    """Keep every entry with ``|x_i| >= tau``."""
+    """Keep every entry with ``|x_i| >= tau`` (and every NaN: see :func:`not_below`)."""
 
     tau: float
 
@@ -270,7 +275,7 @@ class Threshold(_Sparse):
 
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
-        index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, self.tau))
+        index_K = flat_nonzero(not_below(x_D, self.tau))
         return sparse_payload(x_D[index_K], index_K, x_D.numel(), ascending=True), state
 
 
@@ -423,7 +428,7 @@ def dgc_select(
     k = plan.num_selects
     samples = x_D[start :: plan.sample_stride].abs()
     threshold = torch.topk(samples, plan.top_k_samples, sorted=False).values.min()
-    index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, threshold))
+    index_K = flat_nonzero(not_below(x_D, threshold))
     for _ in range(max_adaptation_iters):
         n = index_K.numel()
         if n > k:
@@ -433,7 +438,7 @@ def dgc_select(
         if n >= lower_bound * k:
             break
         threshold = threshold * lower_bound
-        index_K = flat_nonzero(magnitude_mask(x_D, torch.ge, threshold))
+        index_K = flat_nonzero(not_below(x_D, threshold))
     return index_K, threshold
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,12 @@ from shoal.compress.sparsify import TopK
 
 
 def _svd_tail(block_D: torch.Tensor, shape: torch.Size, ranks: Sequence[Any]) -> list[float]:
-    """Best rank-r error of the block as a matrix [n, rest], for every r at once."""
+    """Best rank-r error of the block as a matrix [n, rest], for every r at once (NaN for a
+    block with a non-finite entry, as the other families' errors are; the SVD would fail)."""
+    if not block_D.numel():
+        return [0.0 for _ in ranks]
+    if not bool(block_D.isfinite().all()):
+        return [math.nan for _ in ranks]
     sigma = torch.linalg.svdvals(block_D.reshape(shape[0], -1).double())
     tail = sigma.square().flip(0).cumsum(0).flip(0)  # tail[r] = sum_{i >= r} sigma_i^2
     return [float(tail[r].sqrt()) if r < len(tail) else 0.0 for r in ranks]
