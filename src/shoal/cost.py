@@ -115,6 +115,17 @@ FORWARD_SHARE = 1 / 3
 forward's FLOPs (a gradient w.r.t. both the inputs and the weights of every layer)."""
 
 
+def _counts(values: Any, what: str, n: int | None = None) -> np.ndarray:
+    """``values`` (samples or bytes, one per worker) as a float array: 1-D, finite, >= 0, and
+    ``n`` long when given."""
+    out = np.asarray(values, dtype=np.float64)
+    if out.ndim > 1 or (n is not None and out.size != n):
+        raise ValueError(f"{what}: expected {n} values, one per worker, got shape {out.shape}")
+    if not (np.isfinite(out).all() and (out >= 0).all()):
+        raise ValueError(f"{what} must be finite numbers >= 0, got {out.tolist()}")
+    return out
+
+
 def _finite(value: float, what: str, positive: bool = False) -> None:
     ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
     if not ok:
@@ -136,7 +147,7 @@ class Link:
 
     def seconds(self, nbytes: np.ndarray, factor_W: np.ndarray | float = 1.0) -> np.ndarray:
         """Per message: its time over this link with bandwidth scaled by ``factor_W``."""
-        n = np.asarray(nbytes, dtype=np.float64)
+        n = _counts(nbytes, "nbytes")
         t = self.latency_s + n / (self.bandwidth_Bps * np.asarray(factor_W, dtype=np.float64))
         return np.where(n > 0, t, 0.0)
 
@@ -223,6 +234,8 @@ class Heterogeneity:
             )
         if not (math.isfinite(self.straggler_slowdown) and self.straggler_slowdown >= 1.0):
             raise ValueError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"heterogeneity seed must be an integer >= 0, got {self.seed!r}")
 
     def slowdown(self, clients_W: np.ndarray, round_idx: int) -> np.ndarray:
         """Compute-time multiplier of each client in round ``round_idx`` (>= 0)."""
@@ -286,6 +299,7 @@ class Exchange:
             raise ValueError(f"Exchange kind must be all_reduce, all_gather or p2p: {self.kind!r}")
         if (self.kind == "p2p") != (self.topology is not None):
             raise ValueError("a p2p Exchange needs its topology, and only it takes one")
+        _counts(self.nbytes_N, f"{self.kind} nbytes_N")
         if not isinstance(self.codec_elements, int) or self.codec_elements < 0:
             raise ValueError(f"codec_elements must be an int >= 0, got {self.codec_elements!r}")
         if self.overlapped and self.kind == "all_gather":
@@ -313,8 +327,10 @@ class CostModel:
     def compute_seconds(
         self, clients_W: np.ndarray, samples_W: np.ndarray, round_idx: int
     ) -> np.ndarray:
-        slow_W = self.heterogeneity.slowdown(np.asarray(clients_W), round_idx)
-        return np.asarray(samples_W, dtype=np.float64) * self.seconds_per_sample * slow_W
+        clients_W = np.asarray(clients_W)
+        samples_W = _counts(samples_W, "samples", len(clients_W))
+        slow_W = self.heterogeneity.slowdown(clients_W, round_idx)
+        return samples_W * self.seconds_per_sample * slow_W
 
     def client_seconds(
         self,
@@ -325,9 +341,12 @@ class CostModel:
         round_idx: int,
     ) -> np.ndarray:
         """Download + compute + upload of each client of a federated round."""
-        bw_W = self.heterogeneity.bandwidth(np.asarray(clients_W))
-        down_W = self.network.downlink.seconds(downlink_bytes_W, bw_W)
-        up_W = self.network.uplink.seconds(uplink_bytes_W, bw_W)
+        clients_W = np.asarray(clients_W)
+        bw_W = self.heterogeneity.bandwidth(clients_W)
+        down_W = self.network.downlink.seconds(
+            _counts(downlink_bytes_W, "downlink bytes", len(bw_W)), bw_W
+        )
+        up_W = self.network.uplink.seconds(_counts(uplink_bytes_W, "uplink bytes", len(bw_W)), bw_W)
         return down_W + self.compute_seconds(clients_W, samples_W, round_idx) + up_W
 
     def federated_round(
@@ -346,7 +365,7 @@ class CostModel:
 
     def _slowest_link(self, workers_W: np.ndarray) -> Link:
         """The ring's bottleneck: the slowest direction of the slowest worker's link."""
-        factor = float(self.heterogeneity.bandwidth(workers_W).min())
+        factor = float(self.heterogeneity.bandwidth(workers_W).min(initial=1.0))
         up, down = self.network.uplink, self.network.downlink
         return Link(
             max(up.latency_s, down.latency_s),
@@ -390,6 +409,10 @@ class CostModel:
                 )
             clock_N = clock_N + ex.codec_elements * codec_N
             if ex.topology is not None:
+                if ex.topology.num_nodes != len(nodes):
+                    raise ValueError(
+                        f"p2p: a topology of {ex.topology.num_nodes} nodes for {len(nodes)} workers"
+                    )
                 # Overlapped messages leave with the step, not after this worker's compute.
                 start_N = np.zeros_like(clock_N) if ex.overlapped else clock_N
                 clock_N = self._point_to_point(ex.topology, ex.nbytes_N, clock_N, start_N)
@@ -457,7 +480,7 @@ def measure_codec(
     if not isinstance(compressor, Compressor):
         raise TypeError(f"measure_codec needs a compressor, got {type(compressor).__name__}")
     for name, value in (("numel", numel), ("world_size", world_size), ("repeats", repeats)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"measure_codec: {name} must be an int >= 1, got {value!r}")
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)

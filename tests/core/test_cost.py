@@ -209,12 +209,24 @@ def test_stragglers_are_drawn_per_round():
         (lambda: Heterogeneity(speed_sigma=float("nan")), "speed_sigma"),
         (lambda: CostModel(NET, seconds_per_sample=-1.0), "seconds_per_sample"),
         (lambda: CostModel(NET, codec_seconds_per_element=-1e-9), "codec_seconds_per_element"),
+        (lambda: Heterogeneity(seed=-1), "seed must be an integer >= 0"),
+        (lambda: Heterogeneity(seed=1.5), "seed must be an integer >= 0"),
+        (lambda: Exchange("all_reduce", (-5, 3)), "nbytes_N must be finite numbers >= 0"),
+        (lambda: NET.uplink.seconds(np.array([-100.0])), "nbytes must be"),
+        (lambda: MODEL.federated_round([0, 1], [-1000, 5], [1, 1], [1, 1], 0), "samples must"),
+        (lambda: MODEL.federated_round([0, 1], [10, 5], [1, 1, 1], [1, 1], 0), "uplink bytes"),
+        (lambda: MODEL.step_seconds([Exchange("p2p", (1,) * 4, ring(3))], [1] * 4, 0), "3 nodes"),
     ],
 )
 def test_bad_values_are_one_line(make, match):
     with pytest.raises(ValueError, match=match) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+def test_no_workers_cost_nothing():
+    assert MODEL.federated_round([], [], [], [], 0) == 0.0
+    assert MODEL.all_reduce(np.array([], dtype=int), 1000, np.array([]), 0) == 0.0
 
 
 def _setup():
