@@ -176,6 +176,16 @@ def test_target_accuracy_stops_the_run_and_records_when(tmp_path):
     assert summary["steps_to_target"] == last["step"]
 
 
+@pytest.mark.parametrize("name", ["sync_sgd", "dpsgd_ring", "sync_sgd_topk_ef"])
+def test_a_diverged_model_stops_the_run_with_one_line(name, tmp_path):
+    """NaN features make NaN gradients; the run stops at the next evaluation (every process
+    sees the same pooled test loss) instead of training NaN to its last step."""
+    data = tiny_data()
+    data.train.x[:, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"^step 2: the test loss is nan: .*NaN/inf"):
+        train_parallel(tiny_model(), data, shards(2), CASES[name](2), config(steps=10), SimComm(2))
+
+
 def test_slowdown_in_simulation_still_reports_throughput():
     r = run_case("sgp", SimComm(3), steps=4, eval_every=2, slowdown={1: 3.0})
     assert all(row["samples_per_second"] > 0 for row in r.metrics)

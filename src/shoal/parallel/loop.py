@@ -299,6 +299,7 @@ class _WorkerRun:
                 cfg.eval_batch_size,
             )
         )
+        records.check_finite(test_loss, prog.step)
         prog.wall += time.perf_counter() - t0
         target = cfg.target_accuracy
         reached = target is not None and prog.steps_to_target is None and test_acc >= target

@@ -7,6 +7,7 @@ leaves either the old or the new file, never half of one.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ def checkpoint_name(rank: int | None) -> str:
     return "checkpoint.pt" if rank is None else f"checkpoint.rank{rank}.pt"
 
 
+RANK_CHECKPOINTS = "checkpoint.rank*.pt"
+"""The glob of a distributed run's per-rank checkpoints (:func:`checkpoint_name`)."""
+
+
 def append_metrics(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -43,6 +48,17 @@ def evaluate(
 ) -> tuple[float, float]:
     """Pooled ``(loss, accuracy)`` of the model with ``params_D`` on ``(x, y)``."""
     return pooled(*predict(model, spec, params_D, x, y, loss_fn, batch_size))
+
+
+def check_finite(test_loss: float, step: int) -> None:
+    """Stop a run whose model has diverged. The pooled test loss is NaN or inf when the
+    evaluated parameters are (every process sees the same pooled value, so all of them stop
+    together), and a run would otherwise go on training NaN to its last step."""
+    if not math.isfinite(test_loss):
+        raise FloatingPointError(
+            f"step {step}: the test loss is {test_loss}: the model has NaN/inf entries; lower "
+            "the learning rate or check the data"
+        )
 
 
 def summarize(

@@ -63,9 +63,11 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
             model, spec, centre, x_test, y_test, job.loss_fn, config.eval_batch_size
         )
         prog.wall += time.perf_counter() - t0
+        step = int(round(sum(steps_W) / num_workers))
+        records.check_finite(test_loss, step)
         d_seconds = prog.train_seconds - prog.last_train_seconds
         row: dict[str, Any] = {
-            "step": int(round(sum(steps_W) / num_workers)),
+            "step": step,
             "train_loss": prog.loss_sum / prog.loss_count if prog.loss_count else None,
             "test_loss": test_loss,
             "test_accuracy": test_acc,
