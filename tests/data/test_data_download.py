@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,22 @@ def test_bad_hash_raises_and_leaves_nothing(served, tmp_path: Path) -> None:
         download_file(RemoteFile(src.as_uri(), "toy.bin", wrong), cache, progress=False)
     msg = str(err.value)
     assert "toy.bin" in msg and wrong in msg and digest in msg
-    assert list(cache.iterdir()) == []
+    assert not cache.exists()  # nor an empty dataset folder
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path, monkeypatch) -> None:
+    """A loopback socket that accepts the connection (into its backlog) and never answers."""
+    monkeypatch.undo()  # the real urlopen: the server is on loopback
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dl, "TIMEOUT_S", 0.5)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/toy.bin"
+        with pytest.raises(OSError, match="timed out"):
+            download_file(RemoteFile(url, "toy.bin", "0" * 64), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_corrupt_cached_copy_is_replaced(served, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def _read_batches(
     if not tar_path.is_file():
         raise FileNotFoundError(
             f"found neither a {folder}/ folder nor {archive} at {root}; "
-            "download it with shoal.data.fetch"
+            f"download it with `shoal data fetch {'cifar100' if '100' in archive else 'cifar10'}`"
         )
     found: dict[str, bytes] = {}
     # One sequential pass: a .tar.gz cannot seek, so reopening it per member re-reads it all.

@@ -38,6 +38,10 @@ class RemoteFile:
     sha256: str | None
 
 
+TIMEOUT_S = 60.0
+"""Seconds a download may wait to connect or for its next bytes: a server that accepts the
+connection and never answers fails the fetch instead of hanging it."""
+
 _MNIST = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
@@ -145,6 +149,7 @@ def download_file(
     kept and a warning says so.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / remote.filename
     if dest.is_file():
@@ -159,7 +164,10 @@ def download_file(
     h = hashlib.sha256()
     actual = ""
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url or remote.url) as resp:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url or remote.url, timeout=TIMEOUT_S) as resp,
+        ):
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=remote.filename, disable=not progress
@@ -176,6 +184,11 @@ def download_file(
                 "different mirror via urls=)"
             )
         os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failed first download leaves no empty dataset folder behind
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     if remote.sha256 is None:
