@@ -149,7 +149,17 @@ def test_distributed_worker_needs_an_out_folder(tmp_path, monkeypatch):
     assert shoal("run", write_config(tmp_path)) == 2
 
 
-@pytest.mark.parametrize("bad", [["--nproc-per-node", "0"], ["--nnodes", "2"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--nproc-per-node", "0"],
+        ["--nnodes", "2"],
+        ["--nnodes", "abc", "--rdzv-endpoint", "127.0.0.1:1"],  # not torchrun's traceback
+        ["--nnodes", "0"],
+        ["--nnodes", "3:2"],
+        ["--node-rank", "-1"],
+    ],
+)
 def test_launch_usage_errors_are_one_line(tmp_path, capsys, bad):
     assert shoal("launch", write_config(tmp_path), *bad) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -164,3 +164,39 @@ def test_resume_with_more_steps_trains_on_as_one_longer_run(tmp_path):
             ra.pop(timing, None)
             rb.pop(timing, None)
         assert ra == rb
+
+
+def test_resume_of_a_launched_run_in_one_process_is_refused(tmp_path, capsys):
+    """A launched data-parallel run checkpoints per process; one process would start over."""
+    cfg = _config(tmp_path, "sync_sgd")
+    assert shoal("run", cfg, "--set", "parallel.steps=10", "--out", tmp_path / "a", "--quiet") == 0
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    for rank in (0, 1):  # what `shoal launch --nproc-per-node 2` leaves
+        (tmp_path / "a" / f"checkpoint.rank{rank}.pt").write_bytes(ckpt.read_bytes())
+    ckpt.unlink()
+    capsys.readouterr()
+    assert shoal("run", "--resume", tmp_path / "a", "--set", "parallel.steps=20") == 2
+    err = capsys.readouterr().err
+    assert "a run on 2 processes" in err and "torchrun --nproc-per-node 2 -m shoal run" in err
+    assert len(_rows(tmp_path / "a")) == 1  # its metrics untouched
+
+
+def test_worker_settings_beyond_the_workers_are_named(tmp_path, capsys):
+    cfg = _config(tmp_path, "sync_sgd")
+    assert shoal("run", cfg, "--set", "parallel.slowdown_worker=2", "--out", tmp_path / "a") == 2
+    assert "parallel.slowdown_worker = 2: the workers are 0 to 1" in capsys.readouterr().err
+    big = ["--set", "parallel.batch_size=5000", "--set", "parallel.steps=2", "--quiet"]
+    assert shoal("run", cfg, *big, "--out", tmp_path / "b") == 0
+    assert "parallel.batch_size = 5000 is more than the" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import shoal.cli.parallel as cli_parallel
+
+    def interrupted(cfg, out, **kw):
+        (out / "metrics.jsonl").write_text("")  # the run got going
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_parallel, "train_parallel", interrupted)
+    assert shoal("run", _config(tmp_path, "sync_sgd"), "--out", tmp_path / "a") != 0
+    assert f"shoal run --resume {tmp_path / 'a'}" in capsys.readouterr().err

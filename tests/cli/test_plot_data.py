@@ -49,7 +49,7 @@ def test_plot_of_a_folder_without_metrics_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "empty").mkdir()
-    assert shoal("plot", "empty") == 1
+    assert shoal("plot", "empty") == 2  # a usage mistake, as a missing folder is
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.jsonl" in err
 
@@ -110,8 +110,13 @@ def test_demo_runs_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert _is_png(tmp_path / "d" / "test_vs_rounds.png")
     # `make demo` twice: the second run redoes the demo in place.
     assert shoal("demo", "--quiet", "--set", "rounds=1", "--out", "d") == 0
-    assert "replacing the earlier run" in capsys.readouterr().out
+    assert "replacing the earlier demo" in capsys.readouterr().out
     assert len((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()) == 1
+    # another command's run is not the demo's to replace
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.toml").write_text("# The resolved config of a shoal run\n")
+    assert shoal("demo", "--quiet", "--out", "r") == 2
+    assert "holds a run that is not a demo" in capsys.readouterr().err
 
 
 def test_a_figure_names_only_the_runs_it_draws_each_in_its_own_colour(

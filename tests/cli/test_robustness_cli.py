@@ -59,3 +59,17 @@ def test_missing_mnist_files_say_what_to_do(capsys):
     assert shoal("robustness") == 2  # SHOAL_DATA is an empty folder in these tests
     err = capsys.readouterr().err
     assert "--data-dir" in err and "--data digits" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--data", "digits", "--rounds", "0"], "--rounds and --threads must be >= 1"),
+        (["--data", "digits", "--data-dir", "."], "--data-dir is for --data mnist"),
+        (["--data-dir", "no/such/folder"], "no such folder"),
+    ],
+)
+def test_options_are_not_ignored(capsys, args, says):
+    """--rounds 0 used to run the default rounds, and --data-dir was dropped with digits."""
+    assert shoal("robustness", *args) == 2
+    assert says in capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_resolved_config_reloads_to_the_same_config(tmp_path: Path) -> None:
     assert written["partition.alpha"] == 2.0
     assert written == given.replace("partition.alpha", 2.0)
     text = (tmp_path / "r" / "config.toml").read_text()
-    assert "min_size = 10" in text and "memory_budget_mb" in text  # defaults written out
+    assert "min_size = 1" in text and "memory_budget_mb" in text  # defaults written out
 
 
 def test_default_run_folder_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -226,3 +226,24 @@ def test_resume_with_more_rounds_trains_on_as_one_longer_run(
         assert shoal("run", "--resume", tmp_path / "short", *sets) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["run", "{cfg}", "--out", "a_file"], "--out a_file: a file, not a folder"),
+        (["run", "{cfg}", "--out", ""], "--out: an empty path"),
+        (["demo", "--out", "a_file"], "--out a_file: a file, not a folder"),
+        (["plot", "{run}", "--out", "a_file"], "--out a_file: a file, not a folder"),
+        (["robustness", "--data", "digits", "--out", "a_file"], "a file, not a folder"),
+        (["probe", "--json", "no/such/folder/p.json"], "cannot write a file there"),
+    ],
+)
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys, command, says):
+    """Not `[Errno 17] File exists` at the end (or, for the probe, after its measurement)."""
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "run").mkdir()
+    cfg = write_config(tmp_path)
+    args = [str(a).format(cfg=cfg, run=tmp_path / "run") for a in command]
+    assert shoal(*args) == 2
+    assert says in capsys.readouterr().err

@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from shoal.config import Config, ConfigError, load, resolve_overridden
@@ -30,6 +31,26 @@ CONFIG_ERROR_EXIT = 2
 
 class UsageError(Exception):
     """A wrong command-line argument (exit code 2, like a config mistake)."""
+
+
+def folder_arg(text: str, option: str = "--out") -> Path:
+    """A folder the command will write into: not empty text (which would mean the current
+    directory, e.g. from an unset shell variable) and not an existing file."""
+    if not text.strip():
+        raise UsageError(f"{option}: an empty path; name a folder")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {text}: a file, not a folder")
+    return path
+
+
+def file_arg(text: str, option: str) -> Path:
+    """A file the command will write at its end: checked first, so that a long measurement is
+    not lost to a typo in the path."""
+    path = Path(text)
+    if not text.strip() or path.is_dir() or not path.parent.is_dir():
+        raise UsageError(f"{option} {text}: cannot write a file there (no such folder?)")
+    return path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parser(sub)
     robustness.add_parser(sub)
     probe.add_parser(sub)
+    name_choices(sub)
     return parser
+
+
+def name_choices(sub: Any) -> None:
+    """Name a missing subcommand by its choices, not by argparse's ``dest``."""
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.cli import UsageError, add_set_option, config_from_args
+from shoal.cli import UsageError, add_set_option, config_from_args, name_choices
 from shoal.cli.build import build_clients, fetch_dataset
 from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import DATASETS, in_cache
@@ -40,6 +40,7 @@ def add_parser(sub: Any) -> None:
     sh.add_argument("--png", metavar="FILE", help="heat map file (default: <config>-labels.png)")
     sh.add_argument("--rows", type=int, default=20, help="client rows to print (default 20)")
     sh.set_defaults(func=cmd_show)
+    name_choices(cmds)
 
 
 def _cache(args: argparse.Namespace) -> Path:
@@ -88,6 +89,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.rows < 0:
+        raise UsageError(f"--rows must be >= 0, got {args.rows}")
     cfg = config_from_args(args)
     # A data-parallel config's clients are its workers, all of them every step: no sampling.
     workers = is_parallel(cfg)

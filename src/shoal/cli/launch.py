@@ -87,6 +87,18 @@ class _AgentLog:
         return refused
 
 
+def _nnodes(text: str) -> str:
+    """torchrun's ``--nnodes``: ``N`` or ``MIN:MAX`` machines, each a whole number >= 1."""
+    parts = text.split(":")
+    try:
+        counts = [int(p) for p in parts]
+    except ValueError:
+        counts = []
+    if len(parts) > 2 or not counts or min(counts) < 1 or counts != sorted(counts):
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX machines (>= 1), got {text!r}")
+    return text
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "launch",
@@ -97,8 +109,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("config", metavar="CONFIG.toml", help="the experiment config")
     add_set_option(p)
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
-    p.add_argument("--nproc-per-node", type=int, default=2, help="processes on this machine")
-    p.add_argument("--nnodes", default="1", help="machines (or MIN:MAX for elastic jobs)")
+    p.add_argument(
+        "--nproc-per-node", type=int, default=2, help="processes on this machine (default 2)"
+    )
+    p.add_argument(
+        "--nnodes", type=_nnodes, default="1", help="machines (or MIN:MAX for elastic jobs)"
+    )
     p.add_argument("--node-rank", type=int, default=None, help="this machine's rank")
     p.add_argument(
         "--rdzv-endpoint",
@@ -121,6 +137,8 @@ def torchrun_command(args: argparse.Namespace, out: Path) -> list[str]:
         raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.node_rank is not None and args.node_rank < 0:
+        raise UsageError(f"--node-rank must be >= 0, got {args.node_rank}")
     multi = args.nnodes not in ("1", "1:1")
     if multi and not args.rdzv_endpoint:
         raise UsageError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT of the first machine")

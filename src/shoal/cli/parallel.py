@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from shoal.config import Config, ConfigError
 from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
 from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.base import ServerAlgorithm
-from shoal.parallel.records import checkpoint_name
+from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name
 from shoal.report import human_bytes
 from shoal.runtime.procgroup import in_distributed_env, init_from_env
 from shoal.runtime.sim import resolve_device
@@ -115,6 +116,20 @@ def parallel_config(cfg: Config, progress: bool) -> ParallelConfig:
 def has_checkpoint(out: Path) -> bool:
     """Whether this process has a checkpoint of a data-parallel run to resume from."""
     rank = int(os.environ["RANK"]) if in_distributed_env() else None
+    ranks = sorted(out.glob(RANK_CHECKPOINTS))
+    if rank is None and ranks and not (out / checkpoint_name(None)).is_file():
+        # Each process of a distributed run checkpoints its own workers: starting over here
+        # would silently overwrite the run.
+        n = len(ranks)
+        raise ConfigError(
+            f"{out} holds the checkpoints of a run on {n} processes ({ranks[0].name}, ...); "
+            f"continue it on as many: torchrun --nproc-per-node {n} -m shoal run --resume {out}"
+        )
+    if rank is not None and not ranks and (out / checkpoint_name(None)).is_file():
+        raise ConfigError(
+            f"{out} holds the checkpoint of a run in one process; continue it with "
+            f"shoal run --resume {out}"
+        )
     return (out / checkpoint_name(rank)).is_file()
 
 
@@ -138,6 +153,18 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
             'server (set algorithm.mode = "sync", or network.profile = "none")'
         )
     workers = comm.world_size - (server is not None)
+    slow = cfg["parallel.slowdown_worker"]
+    if slow >= len(shards):
+        raise ConfigError(
+            f"parallel.slowdown_worker = {slow}: the workers are 0 to {len(shards) - 1}"
+        )
+    smallest = min(len(s) for s in shards)
+    if cfg["parallel.batch_size"] > smallest and os.environ.get("RANK", "0") == "0":
+        warnings.warn(
+            f"parallel.batch_size = {cfg['parallel.batch_size']} is more than the {smallest} "
+            "samples of the smallest shard: such a worker's steps take its whole shard",
+            stacklevel=2,
+        )
     if workers != len(shards):
         extra = " plus the parameter server" if server is not None else ""
         raise ConfigError(
@@ -180,7 +207,7 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
     lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{rate}")
     sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
     if sim is not None:
-        lines.append(f'  simulated time on "{cfg["network.profile"]}": {sim:.1f} s')
+        lines.append(f"  simulated time on {cfg['network.profile']}: {sim:.1f} s")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     files = ", ".join(sorted(f.name for f in out.iterdir() if f.is_file()))
     lines.append(f"  files in {out}{os.sep}: {files}")

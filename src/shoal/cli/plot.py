@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import UsageError
+from shoal.cli import UsageError, folder_arg
 from shoal.report import plot_runs, read_metrics, run_labels
 
 
@@ -29,11 +29,15 @@ def add_parser(sub: Any) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.dirs]
+    out = folder_arg(args.out) if args.out is not None else None
     for d in dirs:
         if not d.is_dir():
             raise UsageError(f"{d}: no such run folder")
-    runs = {label: read_metrics(d) for label, d in zip(run_labels(dirs), dirs)}
-    out = Path(args.out) if args.out else dirs[0] if len(dirs) == 1 else Path("plots")
+    try:
+        runs = {label: read_metrics(d) for label, d in zip(run_labels(dirs), dirs)}
+    except FileNotFoundError as e:  # a folder that is not a run's
+        raise UsageError(str(e)) from None
+    out = out or (dirs[0] if len(dirs) == 1 else Path("plots"))
     try:
         pngs = plot_runs(runs, out)
     except ValueError as e:  # e.g. a run killed before its first evaluation

@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from shoal.cli import UsageError
+from shoal.cli import UsageError, file_arg
 
 
 def add_parser(sub: Any) -> None:
@@ -75,6 +74,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from shoal.runtime.spawn import spawn_local
 
     sizes = _sizes(args.sizes)
+    json_path = file_arg(args.json, "--json") if args.json else None
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
@@ -97,9 +97,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if "error" not in fit:
         print("\nFor the cost model of a config (simulated time on this link, both ways):")
         print(network_keys(fit))
-    if args.json:
+    if json_path is not None:
         record = {"processes": where, "device": args.device, "sizes": sizes,
                   "repeats": args.repeats, "torch": torch.__version__,
                   "machine": platform.machine(), **result}  # fmt: skip
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        json_path.write_text(json.dumps(record, indent=2) + "\n")
     return 0 if "error" not in fit else 1

@@ -167,8 +167,10 @@ def _natural(o: Options, data: FederatedDataset) -> Partition:
     return natural(data.natural_clients)
 
 
-_ALPHA = Param(float, 0.5, lambda v: 0 < v < math.inf, "> 0")
-_MIN_SIZE = Param(int, 10, lambda v: v >= 0, ">= 0")
+_ALPHA = Param(float, 0.5, lambda v: 0 < v < math.inf, "a finite number > 0")
+# Every client gets data. NIID-Bench's rule is 10 (Python's dirichlet() default), which is
+# infeasible for the default digits data over 100 clients (~14 images each): set it per config.
+_MIN_SIZE = Param(int, 1, lambda v: v >= 0, ">= 0")
 
 SCHEMES: dict[str, Scheme] = {
     "iid": Scheme(lambda o, d: iid()),
@@ -193,7 +195,10 @@ SCHEMES: dict[str, Scheme] = {
     ),
     "quantity": Scheme(
         lambda o, d: quantity_skew(o["beta"], o["min_size"]),
-        {"beta": Param(float, 0.5, lambda v: 0 < v < math.inf, "> 0"), "min_size": _MIN_SIZE},
+        {
+            "beta": Param(float, 0.5, lambda v: 0 < v < math.inf, "a finite number > 0"),
+            "min_size": _MIN_SIZE,
+        },
     ),
     "natural": Scheme(_natural),
 }

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from shoal.cli import UsageError
+from shoal.cli import UsageError, folder_arg
 from shoal.data import default_cache_dir
 from shoal.robustness import STYLES, load_workload, presets, render, run_grid
 
@@ -63,7 +63,7 @@ def _command(args: argparse.Namespace) -> str:
     for flag in ("attacks", "aggregators"):
         if getattr(args, flag):
             parts += [f"--{flag}", *(_names(getattr(args, flag)) or [])]
-    if args.rounds:
+    if args.rounds is not None:
         parts += ["--rounds", str(args.rounds)]
     if args.data != "mnist":
         parts += ["--data", args.data]
@@ -87,23 +87,27 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    rounds = args.rounds or (5 if args.quick else style.rounds)
+    rounds = (5 if args.quick else style.rounds) if args.rounds is None else args.rounds
     if rounds < 1 or args.threads < 1:
         raise UsageError("--rounds and --threads must be >= 1")
     data_dir = args.data_dir
+    if args.data == "digits" and data_dir is not None:
+        raise UsageError("--data-dir is for --data mnist (digits come with scikit-learn)")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder")
     if args.data == "mnist" and data_dir is None:
         data_dir = default_cache_dir() / "mnist"
-        if not data_dir.is_dir():
+        if not data_dir.is_dir() or not any(data_dir.iterdir()):
             raise UsageError(
                 f"no MNIST files in {data_dir}: pass --data-dir (e.g. the mnist5k folder), "
                 "run `shoal data fetch mnist`, or use --data digits"
             )
+    out = folder_arg(args.out)  # before the grid: minutes of training
     torch.set_num_threads(args.threads)
     work = load_workload(args.data, data_dir)
     report = run_grid(
         work, style, rounds, attacks, aggs, command=_command(args), progress=not args.quiet
     )
-    out = Path(args.out)
     paths = render.write(
         report,
         json_path=out / "robustness.json",

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shoal.cli import UsageError, add_set_option, config_from_args, parallel
+from shoal.cli import UsageError, add_set_option, config_from_args, folder_arg, parallel
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, dumps, load, loads, resolve, resolve_overridden
@@ -61,7 +62,7 @@ def add_parsers(sub: Any) -> None:
 def fresh_out(out: str | None, stem: str) -> Path:
     """The run folder: ``--out``, or the first unused ``runs/<stem>[-k]``."""
     if out is not None:
-        path = Path(out)
+        path = folder_arg(out)
         if (path / CONFIG).exists():
             raise ConfigError(
                 f"--out {out}: already holds a run; continue it with `shoal run --resume {out}` "
@@ -76,17 +77,20 @@ def fresh_out(out: str | None, stem: str) -> Path:
     return path
 
 
-def _write_config(cfg: Config, path: Path) -> None:
-    header = "The resolved config of a shoal run: every default filled in.\n"
+def _write_config(cfg: Config, path: Path, made_by: str = "run") -> None:
+    header = f"The resolved config of a shoal {made_by}: every default filled in.\n"
     header += "Continue a killed run with: shoal run --resume <this folder>"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(dumps(cfg, header), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainResult | None:
-    """Build the experiment, write ``config.toml`` and train; then print a short summary.
-    A data-parallel config (see :mod:`shoal.cli.parallel`) returns None."""
+def execute(
+    cfg: Config, out: Path, *, resume: bool, progress: bool, made_by: str = "run"
+) -> TrainResult | None:
+    """Build the experiment, write ``config.toml`` (its header names the command that
+    ``made_by`` it) and train; then print a short summary. A data-parallel config (see
+    :mod:`shoal.cli.parallel`) returns None."""
     if parallel.is_parallel(cfg):
         execute_parallel(cfg, out, resume=resume, progress=progress)
         return None
@@ -98,7 +102,7 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
         exp = build(cfg, progress=progress)
         out.mkdir(parents=True, exist_ok=True)
         if not resume and _rank() == 0:
-            _write_config(exp.config, out / CONFIG)
+            _write_config(exp.config, out / CONFIG, made_by)
         result = train(
             exp.model,
             exp.data,
@@ -115,8 +119,7 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
             callback=_fault_injection(),
         )
     except KeyboardInterrupt:
-        if (out / CONFIG).is_file():
-            print(f"\ncontinue this run with: shoal run --resume {out}", file=sys.stderr)
+        _resume_hint(out)
         raise
     finally:
         torch.set_num_threads(threads)
@@ -126,6 +129,11 @@ def execute(cfg: Config, out: Path, *, resume: bool, progress: bool) -> TrainRes
 
 
 def execute_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> None:
+    if os.environ.get("SHOAL_FAULT_KILL") and _rank() == 0:
+        warnings.warn(
+            "SHOAL_FAULT_KILL kills a worker of a federated run; this one is data-parallel",
+            stacklevel=2,
+        )
     started = time.perf_counter()
     threads = torch.get_num_threads()
     try:
@@ -143,10 +151,19 @@ def execute_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) ->
             if fresh and not any((out / f).exists() for f in (METRICS, CHECKPOINT, SUMMARY)):
                 (out / CONFIG).unlink(missing_ok=True)
             raise
+    except KeyboardInterrupt:
+        _resume_hint(out)
+        raise
     finally:
         torch.set_num_threads(threads)
     if result.summary:  # the reporting process (rank 0, or EASGD's server)
         print(parallel.summary_text(cfg, result, out, time.perf_counter() - started))
+
+
+def _resume_hint(out: Path) -> None:
+    """After Ctrl-C: how to go on, when the run got as far as its folder."""
+    if (out / CONFIG).is_file() and _rank() == 0:
+        print(f"\ncontinue this run with: shoal run --resume {out}", file=sys.stderr)
 
 
 def _resumable(cfg: Config, out: Path) -> bool:
@@ -167,7 +184,12 @@ def _fault_injection() -> Callable[[dict[str, Any]], None] | None:
     spec = os.environ.get("SHOAL_FAULT_KILL")
     if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
-    rank, round_ = (int(v) for v in spec.split(":"))
+    try:
+        rank, round_ = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise UsageError(
+            f"SHOAL_FAULT_KILL must be RANK:ROUND, two integers; got {spec!r}"
+        ) from None
 
     def kill(row: dict[str, Any]) -> None:
         if _rank() == rank and row["round"] == round_:
@@ -303,13 +325,18 @@ def demo_config() -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, loads(demo_config(), "demo.toml"), "demo.toml")
-    out = Path(args.out or Path("runs") / "demo")
+    out = Path("runs") / "demo" if args.out is None else folder_arg(args.out)
     if (out / CONFIG).is_file():
-        # The demo is a fixed job: running it again redoes it in place (only our files go).
-        print(f"replacing the earlier run in {out}")
+        # The demo is a fixed job: running it again redoes it in place (only its files go),
+        # but another command's run is not the demo's to delete.
+        if "shoal demo" not in (out / CONFIG).read_text(encoding="utf-8").partition("\n")[0]:
+            raise ConfigError(f"--out {out}: holds a run that is not a demo; choose another folder")
+        print(f"replacing the earlier demo in {out}")
         for name in (CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
-    result = execute(cfg, out, resume=False, progress=not args.quiet)
+        for png in out.glob("test_vs_*.png"):  # a figure the new run may not draw
+            png.unlink()
+    result = execute(cfg, out, resume=False, progress=not args.quiet, made_by="demo")
     assert result is not None, "the demo is a federated run"
     pngs = plot_runs({out.name: result.metrics}, out)
     print(f"metrics: {out / METRICS}")

@@ -68,7 +68,9 @@ def resnet_small(
     ``groups`` is the number of GroupNorm groups and must divide ``width``.
     Returns logits ``[B, num_classes]``.
     """
-    if width < 1 or groups < 1 or width % groups != 0:
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    if groups < 1 or width % groups != 0:
         raise ValueError(f"groups={groups} must be >= 1 and divide width={width}")
     if not blocks_per_stage or any(n < 1 for n in blocks_per_stage):
         raise ValueError(
