@@ -120,7 +120,8 @@ def _counts(values: Any, what: str, n: int | None = None) -> np.ndarray:
     ``n`` long when given."""
     out = np.asarray(values, dtype=np.float64)
     if out.ndim > 1 or (n is not None and out.size != n):
-        raise ValueError(f"{what}: expected {n} values, one per worker, got shape {out.shape}")
+        many = "values" if n is None else f"{n} values"
+        raise ValueError(f"{what}: expected {many}, one per worker, got shape {out.shape}")
     if not (np.isfinite(out).all() and (out >= 0).all()):
         raise ValueError(f"{what} must be finite numbers >= 0, got {out.tolist()}")
     return out
