@@ -366,7 +366,8 @@ class CostModel:
 
     def _slowest_link(self, workers_W: np.ndarray) -> Link:
         """The ring's bottleneck: the slowest direction of the slowest worker's link."""
-        factor = float(self.heterogeneity.bandwidth(workers_W).min(initial=1.0))
+        factors = self.heterogeneity.bandwidth(workers_W)
+        factor = float(factors.min()) if factors.size else 1.0  # no workers: nothing to send
         up, down = self.network.uplink, self.network.downlink
         return Link(
             max(up.latency_s, down.latency_s),

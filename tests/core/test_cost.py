@@ -284,3 +284,15 @@ def test_training_logs_simulated_time():
 def test_federated_training_refuses_a_codec_rate():
     with pytest.raises(ValueError, match="per data-parallel exchange only"):
         _train(CostModel(NET, codec_seconds_per_element=1e-9), rounds=1)
+
+
+def test_a_ring_of_fast_workers_runs_at_its_slowest_workers_speed():
+    """The bottleneck factor is the slowest worker's, also when every factor is above 1."""
+    h = Heterogeneity(bandwidth_sigma=0.5, seed=3)
+    fast = np.array([c for c in range(200) if h.bandwidth(np.array([c]))[0] > 1.2][:3])
+    model = CostModel(NET, heterogeneity=h)
+    slowest = min(NET.uplink.bandwidth_Bps, NET.downlink.bandwidth_Bps) * h.bandwidth(fast).min()
+    assert h.bandwidth(fast).min() > 1.2
+    assert model.all_reduce(fast, 3000.0, np.zeros(3), 0) == pytest.approx(
+        ring_all_reduce_seconds(3, 3000.0, Link(0.02, slowest))
+    )
