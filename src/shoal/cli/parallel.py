@@ -117,7 +117,8 @@ def has_checkpoint(out: Path) -> bool:
     """Whether this process has a checkpoint of a data-parallel run to resume from."""
     rank = int(os.environ["RANK"]) if in_distributed_env() else None
     ranks = sorted(out.glob(RANK_CHECKPOINTS))
-    if rank is None and ranks and not (out / checkpoint_name(None)).is_file():
+    single = (out / checkpoint_name(None)).is_file()
+    if rank is None and ranks and not single:
         # Each process of a distributed run checkpoints its own workers: starting over here
         # would silently overwrite the run.
         n = len(ranks)
@@ -125,7 +126,7 @@ def has_checkpoint(out: Path) -> bool:
             f"{out} holds the checkpoints of a run on {n} processes ({ranks[0].name}, ...); "
             f"continue it on as many: torchrun --nproc-per-node {n} -m shoal run --resume {out}"
         )
-    if rank is not None and not ranks and (out / checkpoint_name(None)).is_file():
+    if rank is not None and not ranks and single:
         raise ConfigError(
             f"{out} holds the checkpoint of a run in one process; continue it with "
             f"shoal run --resume {out}"

@@ -167,7 +167,8 @@ def _natural(o: Options, data: FederatedDataset) -> Partition:
     return natural(data.natural_clients)
 
 
-_ALPHA = Param(float, 0.5, lambda v: 0 < v < math.inf, "a finite number > 0")
+# A Dirichlet concentration: the label skew's alpha, the quantity skew's beta.
+_CONCENTRATION = Param(float, 0.5, lambda v: 0 < v < math.inf, "a finite number > 0")
 # Every client gets data. NIID-Bench's rule is 10 (Python's dirichlet() default), which is
 # infeasible for the default digits data over 100 clients (~14 images each): set it per config.
 _MIN_SIZE = Param(int, 1, lambda v: v >= 0, ">= 0")
@@ -176,12 +177,12 @@ SCHEMES: dict[str, Scheme] = {
     "iid": Scheme(lambda o, d: iid()),
     "dirichlet": Scheme(
         lambda o, d: dirichlet(o["alpha"], o["min_size"]),
-        {"alpha": _ALPHA, "min_size": _MIN_SIZE},
+        {"alpha": _CONCENTRATION, "min_size": _MIN_SIZE},
     ),
     "hsu_dirichlet": Scheme(
         lambda o, d: hsu_dirichlet(o["alpha"], o["samples_per_client"] or None),
         {
-            "alpha": _ALPHA,
+            "alpha": _CONCENTRATION,
             "samples_per_client": Param(int, 0, lambda v: v >= 0, ">= 0 (0 = N // num_clients)"),
         },
     ),
@@ -196,7 +197,7 @@ SCHEMES: dict[str, Scheme] = {
     "quantity": Scheme(
         lambda o, d: quantity_skew(o["beta"], o["min_size"]),
         {
-            "beta": Param(float, 0.5, lambda v: 0 < v < math.inf, "a finite number > 0"),
+            "beta": _CONCENTRATION,
             "min_size": _MIN_SIZE,
         },
     ),

@@ -189,8 +189,6 @@ def download_file(
         if created and not any(folder.iterdir()):
             folder.rmdir()  # a failed first download leaves no empty dataset folder behind
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     if remote.sha256 is None:
         _warn_unverified(dest, actual)
     return dest
