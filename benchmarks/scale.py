@@ -5,10 +5,13 @@ clients of ~40 mnist5k images each: the 100 clients of workload W (Dirichlet alp
 seed 0), copied as often as needed to populate 10,000 clients. For each K in 10, 100, 1,000,
 10,000 sampled clients per round, the vectorized and the looped ``SimRuntime`` (both train
 this MLP with the fused step of ``shoal.runtime.fused``, stacked or per client) each run in
-a fresh subprocess (so peak RSS is theirs alone); the steady round time is the median over
-the rounds after the first. Achieved GFLOP/s (3x the forward FLOPs per trained sample) is
-compared with a plain float32 matmul on the same machine and thread count (by default
-PyTorch's, one thread per core).
+a fresh subprocess (so peak RSS is theirs alone); a run's steady round time is the median over
+its rounds after the first. Each (K, mode) runs ``--repeats`` times, the modes alternating
+within a repeat, so that a ratio compares runs adjacent in time on this shared machine: the
+table shows the median over repeats, the speed-up is the median of the repeats' paired
+ratios, and their range is printed. Achieved GFLOP/s (3x the forward FLOPs per trained
+sample) is compared with a plain float32 matmul on the same machine and thread count (by
+default PyTorch's, one thread per core; the median of five timings).
 
     python benchmarks/scale.py --json scale.json [--clients 10,100,1000,10000] [--threads 1]
     python benchmarks/scale.py --modes vectorized,looped,vmapped --clients 10,100,1000
@@ -90,17 +93,48 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
+def matmul_gflops(threads: int, n: int = 1024, reps: int = 20, timings: int = 5) -> float:
+    """The median rate of ``timings`` timings of ``reps`` float32 n x n products."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    rates = []
+    for _ in range(timings):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def run_worker(args: argparse.Namespace, k: int, mode: str) -> dict | str:
+    """One (K, mode) run in a fresh interpreter: its JSON line, or the error it ended with."""
+    cmd = [sys.executable, __file__, "--worker", "--k", str(k), "--mode", mode]
+    for flag in ("rounds", "threads", "budget_mb", "data_dir"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode != 0:
+        return (out.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict], peak: float) -> dict:
+    """The median over repeats of a (K, mode)'s runs; every run is kept under ``repeats``."""
+    steady = statistics.median(r["steady_round_seconds"] for r in runs)
+    samples = runs[0]["samples_per_round"]
+    gflops = 3 * MLP_FWD_FLOPS * samples / steady / 1e9
+    return {
+        "steady_round_seconds": steady,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "samples_per_round": samples,
+        "gflops": gflops,
+        "fraction_of_matmul": gflops / peak,
+        "final_accuracy": runs[0]["final_accuracy"],
+        "repeats": runs,
+    }
 
 
 def main() -> None:
@@ -114,6 +148,7 @@ def main() -> None:
         "does not cover)",
     )
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each (K, mode)")
     ap.add_argument("--threads", type=int, default=0, help="0: PyTorch's default, one per core")
     ap.add_argument("--budget-mb", type=float, default=1024.0)
     ap.add_argument("--looped-max", type=int, default=10000, help="skip the loop above this K")
@@ -133,50 +168,44 @@ def main() -> None:
     print(f"plain 1024x1024 float32 matmul, {args.threads} thread(s): {peak:.1f} GFLOP/s")
     print(
         f"MLP 784-200-200-10, FedAvg 1 epoch batch 10, ~40 mnist5k samples per client, "
-        f"{args.rounds} rounds, memory budget {args.budget_mb:.0f} MB\n"
+        f"{args.rounds} rounds, memory budget {args.budget_mb:.0f} MB; median of "
+        f"{args.repeats} runs each, in fresh processes\n"
     )
     print(f"{'K':>6} {'mode':>10} {'s/round':>9} {'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>8}")
     results: dict[str, dict[str, dict]] = {}
+    ratios: dict[str, list[float]] = {}
     for k in map(int, args.clients.split(",")):
-        for mode in args.modes.split(","):
-            if mode == "looped" and k > args.looped_max:
+        modes = [m for m in args.modes.split(",") if m != "looped" or k <= args.looped_max]
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                r = run_worker(args, k, mode)
+                if isinstance(r, str):
+                    print(f"{k:>6} {mode:>10} failed: {r}")
+                else:
+                    runs[mode].append(r)
+            if runs.get("looped") and runs.get("vectorized"):
+                # Paired within this repeat: the two runs were adjacent in time.
+                loop, vec = runs["looped"][-1], runs["vectorized"][-1]
+                ratios.setdefault(str(k), []).append(
+                    loop["steady_round_seconds"] / vec["steady_round_seconds"]
+                )
+        for mode, done in runs.items():
+            if not done:
                 continue
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--k",
-                str(k),
-                "--mode",
-                mode,
-                "--rounds",
-                str(args.rounds),
-                "--threads",
-                str(args.threads),
-                "--budget-mb",
-                str(args.budget_mb),
-                "--data-dir",
-                args.data_dir,
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-            if out.returncode != 0:
-                print(f"{k:>6} {mode:>10} failed: {out.stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            r["fraction_of_matmul"] = r["gflops"] / peak
-            results.setdefault(str(k), {})[mode] = r
+            r = results.setdefault(str(k), {})[mode] = summarize(done, peak)
             print(
                 f"{k:>6} {mode:>10} {r['steady_round_seconds']:9.3f} {r['peak_rss_mb']:9.0f} "
                 f"{r['gflops']:8.1f} {r['fraction_of_matmul']:8.1%}"
             )
-    speedups = {
-        k: v["looped"]["steady_round_seconds"] / v["vectorized"]["steady_round_seconds"]
-        for k, v in results.items()
-        if {"looped", "vectorized"} <= set(v)
-    }
+    speedups = {k: statistics.median(v) for k, v in ratios.items()}
     for k, s in speedups.items():
         mem = results[k]["vectorized"]["peak_rss_mb"] / results[k]["looped"]["peak_rss_mb"]
-        print(f"K={k}: vectorized is {s:.2f}x the loop's speed at {mem:.2f}x its peak memory")
+        print(
+            f"K={k}: vectorized is {s:.2f}x the loop's speed (median of {len(ratios[k])} paired "
+            f"repeats, range {min(ratios[k]):.2f}-{max(ratios[k]):.2f}x) at {mem:.2f}x its "
+            "peak memory"
+        )
     vec = {k: v["vectorized"] for k, v in results.items() if "vectorized" in v}
     loop = [v["looped"]["fraction_of_matmul"] for v in results.values() if "looped" in v]
     headline = {
@@ -189,7 +218,9 @@ def main() -> None:
         "matmul_gflops": peak,
         "threads": args.threads,
         "results": results,
+        "repeats": args.repeats,
         "vectorized_vs_looped": speedups,
+        "vectorized_vs_looped_per_repeat": ratios,
         "headline": headline,
     }
     if args.json:
