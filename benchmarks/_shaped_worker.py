@@ -25,7 +25,10 @@ alike (``Timed``).
 
 Wire bytes: ``tx_bytes`` is what this process's network interface sent while training, read
 from the kernel's counters (``/sys/class/net/<GLOO_SOCKET_IFNAME>/statistics``); on loopback
-the interface is shared by all ranks and it is reported as ``None``.
+the interface is shared by all ranks and it is reported as ``None``. It includes what the
+evaluations send: the all-gather of test scores, and for methods whose workers' models differ
+(local SGD, gossip) one all-reduce of the model per evaluation, which ``payload_bytes`` (the
+algorithm's own messages) leaves out.
 """
 
 from __future__ import annotations
