@@ -103,13 +103,18 @@ def complete(n: int) -> Topology:
 
 
 def star(n: int, hub: int = 0) -> Topology:
-    """The federated server-client graph (the hub averages; used for cost accounting)."""
+    """The federated server-client graph. Averaging through the hub gives every node the mean,
+    so the mixing matrix is the complete graph's; ``hub`` names the server node (recorded for
+    the caller; nothing in the mixing reads it)."""
     _check_n(n)
+    if not 0 <= hub < n:
+        raise ValueError(f"star: hub must be a node in 0..{n - 1}, got {hub}")
     return Topology("star", complete(n).mixing_WW, hub=hub)
 
 
 def ring(n: int) -> Topology:
-    """Each node with its two ring neighbours, weights 1/3 (n >= 3)."""
+    """Each node with its two ring neighbours, weights 1/3 (for n >= 3; two nodes average
+    half-half, one node keeps its own)."""
     _check_n(n)
     return from_edges(n, [(i, (i + 1) % n) for i in range(n)], "ring")
 
@@ -128,9 +133,10 @@ def torus(rows: int, cols: int) -> Topology:
 def exponential(n: int) -> Topology:
     """The static exponential graph: node ``i`` linked to ``i +- 2^k`` (undirected).
 
-    Undirected, a node has up to ``2 ceil(log2 n) - 1`` neighbours (5 at n = 8), about twice
-    the directed exponential graph's ``log2 n`` (``i + 2^k`` only): twice the bytes a gossip
-    step sends, and a larger spectral gap."""
+    Undirected, a node has up to ``2 ceil(log2 n)`` neighbours (6 at n = 7; ``2 log2 n - 1``
+    when ``n`` is a power of two, where ``+n/2`` and ``-n/2`` are one node: 5 at n = 8),
+    about twice the directed exponential graph's ``log2 n`` (``i + 2^k`` only): twice the bytes
+    a gossip step sends, and a larger spectral gap."""
     _check_n(n)
     hops = [2**k for k in range(max(1, math.ceil(math.log2(max(n, 2)))))]
     return from_edges(n, [(i, (i + h) % n) for i in range(n) for h in hops], "exponential")

@@ -81,8 +81,7 @@ def heatmap(report: dict[str, Any], path: str | Path) -> None:
         ]
     )
     fig, ax = plt.subplots(figsize=(1.05 * len(cols) + 2.5, 0.6 * len(rows) + 2.2))
-    cmap = matplotlib.colormaps["RdYlGn"].copy()
-    cmap.set_bad("0.6")
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.6")
     # Most cells lie between 70% and 90%; a power norm spreads that range over more colours
     # (the colour bar shows the scale) while 0-50% stays clearly red.
     norm = PowerNorm(gamma=2.5, vmin=0, vmax=100)

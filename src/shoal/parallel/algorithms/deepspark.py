@@ -15,6 +15,9 @@ worker's step and its training loss since its last exchange). Deviations, named:
 serves each exchange in its own thread and updates the centre without a lock (so concurrent
 updates can be lost); here one server thread applies them one after another, which is the same
 update without lost writes. DeepSpark's server rate ``alpha * server_factor`` is ``alpha``.
+A worker applies the pull after its next local step, from the same weights, as asynchronous
+EASGD's Algorithm 1 does (``x_i <- local_step(x_i) - alpha (x_i - x~)``, see :mod:`.easgd`);
+DeepSpark's client moves to the pulled weights first and takes its next gradient there.
 
 Arrival order: on gloo the server receives from any source (``recv`` without ``src``); NCCL
 has no any-source receive, so there it posts one ``irecv`` per worker and polls them

@@ -1,0 +1,57 @@
+"""shoal.files: a checkpoint reaches the disk under a temporary name of its own (the full name
+plus ``.tmp``, so ``model.pt`` and ``model.json`` never share one), is flushed with fsync and
+only then renamed over the old file; a metrics file is one JSON object per line, each line
+ended, so rows appended later start on a line of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from shoal.files import atomic_save, write_metrics
+from shoal.parallel.records import append_metrics
+
+
+def test_atomic_save_fsyncs_a_temporary_of_its_own_then_renames_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, ...]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        ino = os.fstat(fd).st_ino  # the name that file has in the folder now
+        events.append(("fsync", *(str(p) for p in tmp_path.iterdir() if p.stat().st_ino == ino)))
+        fsync(fd)
+
+    def spy_replace(src: str | Path, dst: str | Path) -> None:
+        events.append(("replace", str(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    other = tmp_path / "ckpt.tmp"  # someone else's file with the same stem
+    other.write_text("keep")
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"x": torch.arange(3)}, path)
+    tmp = str(tmp_path / "ckpt.pt.tmp")
+    assert events == [("fsync", tmp), ("replace", tmp, str(path))]
+    assert torch.equal(torch.load(path)["x"], torch.arange(3))
+    assert other.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.tmp"]
+
+
+def test_write_metrics_ends_every_row_so_appends_stay_one_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"old": true}\n')
+    write_metrics(path, [{"step": 1}, {"step": 2, "loss": 0.5}])
+    assert path.read_text() == '{"step": 1}\n{"step": 2, "loss": 0.5}\n'
+    append_metrics(path, {"step": 3})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    write_metrics(path, [])
+    assert path.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
