@@ -24,9 +24,12 @@ from typing import Any
 from shoal.cli import CONFIG_ERROR_EXIT, ERROR, UsageError, add_set_option, config_from_args
 from shoal.runtime.spawn import free_port
 
-# torchrun's failure report names the rank and exit code of the first worker that failed.
-_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)")
-_EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+# torchrun's failure report: one entry per failed worker, its global rank and exit code on
+# lines of their own (the agent's log line "failed (exitcode: N) local_rank: L" is not one).
+_FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+_ROOT_CAUSE = "Root Cause (first observed failure)"
+_AGENT_STOP = "-15"  # SIGTERM: the agent stopping the other workers once one has failed
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 # The agent's log line as it sees a worker fail: its failure report follows.
 _REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)")
@@ -78,13 +81,46 @@ class _AgentLog:
 
     def finish(self, exit_codes: list[str]) -> bool:
         """Write out what is held; returns whether the workers only refused the config (the
-        report is dropped then, unless verbose)."""
+        report is dropped then, unless verbose). A worker the agent stopped before it got to
+        refuse (SIGTERM) does not make a refused config a failure."""
         self.flush()
-        refused = bool(exit_codes) and all(code == str(CONFIG_ERROR_EXIT) for code in exit_codes)
+        own = [code for code in exit_codes if code != _AGENT_STOP]
+        refused = bool(own) and all(code == str(CONFIG_ERROR_EXIT) for code in own)
         if self.report and (self.verbose or not refused):
             sys.stderr.writelines(self.report)
         self.report = None
         return refused
+
+
+class _Failures:
+    """The failed workers of torchrun's report, as ``(rank, exit code)``, and which of them
+    the agent observed first (its "Root Cause")."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str | None, str | None]] = []
+        self.root: int | None = None
+
+    @property
+    def codes(self) -> list[str]:
+        return [code for _, code in self.entries if code is not None]
+
+    def read(self, line: str) -> None:
+        if _ROOT_CAUSE in line:
+            self.root = len(self.entries)
+        elif m := _FAILED_RANK.search(line):
+            self.entries.append((m.group(1), None))
+        elif (m := _EXIT_CODE.search(line)) and self.entries and self.entries[-1][1] is None:
+            self.entries[-1] = (self.entries[-1][0], m.group(1))
+
+    def cause(self) -> tuple[str | None, str | None]:
+        """The worker to blame. A signal other than the agent's own SIGTERM first (a killed
+        worker breaks its peers' collectives, and either may be observed first), then the
+        failure the agent observed first, then any failure it did not cause itself."""
+        entries = self.entries
+        signalled = [e for e in entries if e[1] and e[1].startswith("-") and e[1] != _AGENT_STOP]
+        root = [entries[self.root]] if self.root is not None and self.root < len(entries) else []
+        own = [e for e in root + entries if e[1] != _AGENT_STOP]
+        return (signalled or own or entries or [(None, None)])[0]
 
 
 def _nnodes(text: str) -> str:
@@ -180,29 +216,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
     # default, quietly (a config's num_threads still sets each worker's own).
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
-    ranks: list[str] = []
-    codes: list[str] = []
+    failures = _Failures()
     assert proc.stderr is not None
     log = _AgentLog(verbose=bool(os.environ.get("SHOAL_DEBUG")))
     for line in proc.stderr:  # pass torchrun's log through, noting who failed
         log.write(line)
-        if m := _FAILED_RANK.search(line):
-            ranks.append(m.group(1))
-        if (m := _EXIT_CODE.search(line)) and len(codes) < len(ranks):
-            codes.append(m.group(1))
+        failures.read(line)
     rc = proc.wait()
-    if log.finish(codes) and rc != 0:
+    if log.finish(failures.codes) and rc != 0:
         print(f"{ERROR} the workers refused the config (the error above)", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     if rc != 0:
-        # torchrun's root cause is the failure it observed first; when a worker is killed its
-        # peers' collectives break too, and either may be seen first. A signal (a negative
-        # exit code) is the cause, the peers' errors its consequence.
-        failures: list[tuple[str | None, str | None]] = list(zip(ranks, codes))
-        if not failures and ranks:
-            failures = [(ranks[0], None)]
-        killed = [f for f in failures if f[1] is not None and f[1].startswith("-")]
-        failed_rank, exit_code = (killed or failures or [(None, None)])[0]
+        failed_rank, exit_code = failures.cause()
         who = f"rank {failed_rank}" if failed_rank is not None else "a worker"
         how = f" with exit code {exit_code}" if exit_code is not None else ""
         hint = "" if args.max_restarts else "; --max-restarts K restarts from the checkpoint"

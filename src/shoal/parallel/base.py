@@ -139,8 +139,11 @@ class ServerAlgorithm(ParallelAlgorithm, Protocol):
         """Serve the workers until all are done; returns the final centre."""
         ...
 
-    def finish(self, params_WD: torch.Tensor, state: State, comm: Comm, step: int) -> torch.Tensor:
-        """Worker side: sign off; returns the final centre ``[1, D]``."""
+    def finish(
+        self, params_WD: torch.Tensor, state: State, comm: Comm, step: int
+    ) -> tuple[torch.Tensor, State]:
+        """Worker side: sign off; returns the final centre ``[1, D]`` and the worker's state
+        after the sign-off (what a resumed run continues from)."""
         ...
 
 

@@ -255,7 +255,9 @@ class _WorkerRun:
         state = settle(state)  # no message left in flight when the run returns
         if asynchronous:
             assert isinstance(alg, ServerAlgorithm)
-            centre_1D = alg.finish(params_WD, state, comm, prog.step)
+            centre_1D, state = alg.finish(params_WD, state, comm, prog.step)
+            if ckpt is not None:  # after the sign-off: its losses reported, its bytes sent
+                self._save(ckpt, params_WD, state, prog)
             return ParallelResult(centre_1D[0], params_WD, state, self.spec, [], {})
         final_D = self.evaluated(params_WD, state)
         summary: dict[str, Any] = {}

@@ -144,13 +144,18 @@ class EASGD:
             raise ValueError(f"{self.name}: the parameter server runs on a DistComm")
         return deepspark.serve(centre_D, self.moving_rate(comm), comm, on_exchange)
 
-    def finish(self, params_WD: torch.Tensor, state: State, comm: Comm, step: int) -> torch.Tensor:
-        """Worker side, asynchronous form: sign off and return the final centre ``[1, D]``."""
+    def finish(
+        self, params_WD: torch.Tensor, state: State, comm: Comm, step: int
+    ) -> tuple[torch.Tensor, State]:
+        """Worker side, asynchronous form: sign off, reporting the losses of the steps since
+        the last exchange; returns the final centre ``[1, D]`` and the state after it, with
+        nothing left to report (a resumed run must not report those losses again)."""
         assert isinstance(comm, DistComm)
         head = deepspark.header(
             deepspark.DONE, step, state["loss_sum"], state["loss_steps"], params_WD
         )
-        return deepspark.finish(comm, head, state["centre_1D"][0]).unsqueeze(0)
+        centre_1D = deepspark.finish(comm, head, state["centre_1D"][0]).unsqueeze(0)
+        return centre_1D, {**state, "centre_1D": centre_1D, "loss_sum": 0.0, "loss_steps": 0}
 
 
 def easgd(
