@@ -1,0 +1,62 @@
+"""``spawn_local`` as its docstring promises: each rank's environment and one thread, results
+in rank order whatever order they arrive in, and a rank that dies or outlives the timeout
+fails the call naming it. The conformance tests only ever see the happy path, in which
+ranks happen to finish close together."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from shoal.runtime.spawn import spawn_local
+
+
+def _report() -> dict[str, Any]:
+    rank = int(os.environ["RANK"])
+    if rank == 0:
+        time.sleep(1.0)  # rank 1 is done first: its result arrives first
+    return {
+        "rank": rank,
+        "local_rank": os.environ["LOCAL_RANK"],
+        "world": os.environ["WORLD_SIZE"],
+        "extra": os.environ.get("SHOAL_SPAWN_TEST"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def test_ranks_see_their_environment_one_thread_and_return_in_rank_order(monkeypatch):
+    # Inherited by the children: without set_num_threads(1) each would start with 3.
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    got = spawn_local(_report, 2, env={"SHOAL_SPAWN_TEST": "yes"}, timeout_s=120)
+    assert [g["rank"] for g in got] == [0, 1]
+    assert [g["local_rank"] for g in got] == ["0", "1"]
+    assert all(g["world"] == "2" and g["extra"] == "yes" for g in got)
+    assert [g["threads"] for g in got] == [1, 1]
+
+
+def test_no_ranks_is_refused():
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        spawn_local(_report, 0)
+
+
+def _die() -> None:
+    os._exit(7)
+
+
+def test_a_rank_that_dies_is_named_with_its_exit_code():
+    with pytest.raises(RuntimeError, match="rank 0 died with exit code 7"):
+        spawn_local(_die, 1, timeout_s=60)
+
+
+def _linger() -> str:
+    time.sleep(3.0)
+    return "late"
+
+
+def test_a_rank_that_outlives_the_timeout_fails_the_call():
+    with pytest.raises(TimeoutError, match=r"ranks \[0\] did not finish within 1 s"):
+        spawn_local(_linger, 1, timeout_s=1.0)
