@@ -96,23 +96,29 @@ def _failure(rank: int, local_rank: int, code: int, signal: str = "") -> str:
     )
 
 
+def _report(local_rank: int, code: int, failures: list[str], root: str) -> str:
+    """torchrun's stderr when a worker fails: the agent's log line for the failure it saw
+    (``local_rank``, ``code``), its traceback, then the failure table."""
+    return (
+        "E1122 12:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+        f"(exitcode: {code}) local_rank: {local_rank} (pid: 100) of binary: python\n"
+        "Traceback (most recent call last):\n"
+        '  File "torch/distributed/run.py", line 1028, in main\n'
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "============================================================\n"
+        "shoal FAILED\n"
+        "------------------------------------------------------------\n"
+        "Failures:\n"
+        + "".join(failures)
+        + "------------------------------------------------------------\n"
+        "Root Cause (first observed failure):\n"
+        + root
+        + "============================================================\n"
+    )
+
+
 # Rank 1 was SIGKILLed; the agent happened to observe rank 0's broken collective first.
-KILLED_REPORT = (
-    "E1122 12:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
-    "(exitcode: 1) local_rank: 0 (pid: 100) of binary: python\n"
-    "Traceback (most recent call last):\n"
-    '  File "torch/distributed/run.py", line 1028, in main\n'
-    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
-    "============================================================\n"
-    "shoal FAILED\n"
-    "------------------------------------------------------------\n"
-    "Failures:\n"
-    + _failure(1, 1, -9, "(SIGKILL)")
-    + "------------------------------------------------------------\n"
-    "Root Cause (first observed failure):\n"
-    + _failure(0, 0, 1)
-    + "============================================================\n"
-)
+KILLED_REPORT = _report(0, 1, [_failure(1, 1, -9, "(SIGKILL)")], _failure(0, 0, 1))
 
 
 def test_a_killed_worker_is_named_as_the_cause(tmp_path, capsys, monkeypatch):
@@ -138,85 +144,29 @@ def test_a_torchrun_that_fails_without_a_report_is_not_a_refused_config(
     assert err.strip().splitlines()[-1] == "shoal: error: a worker failed; the job stopped"
 
 
-# ``shoal launch``'s last line names the worker that failed, read from torchrun's report
-# (replayed here with ``subprocess.Popen`` replaced).
+# ``shoal launch``'s last line names the worker that failed, read from torchrun's report.
 #
 # 1. The cause, not a victim. When a worker exits with an error, torchrun's agent stops the
 #    others with SIGTERM and lists them with exit code -15. A signal is preferred as the cause
 #    only when the agent did not send it (a SIGKILLed worker breaks its peers' collectives):
-#    ``REPORT_SIGTERM`` is torchrun 2.13's stderr (paths, times, host and trailing spaces
-#    aside) from a two-process job whose rank 1 called ``sys.exit(3)`` while rank 0 was still
-#    working. In the same race, a config refused by the faster worker (exit code 2) is still a
-#    refused config when the agent stops the slower one before it refuses (``REPORT_REFUSED``).
+#    ``REPORT_SIGTERM`` has the shape of torchrun 2.13's stderr from a two-process job whose
+#    rank 1 called ``sys.exit(3)`` while rank 0 was still working. In the same race, a config
+#    refused by the faster worker (exit code 2) is still a refused config when the agent stops
+#    the slower one before it refuses (``REPORT_REFUSED``).
 # 2. The global rank. The agent's log line ``failed (exitcode: N) local_rank: L`` comes first;
 #    the report's ``rank : R`` is the global rank: on the second machine of a job, local rank 0
-#    is global rank 2 (``REPORT_NODE1``, torchrun's templates filled in for that machine).
+#    is global rank 2 (``REPORT_NODE1``).
 
-REPORT_SIGTERM = """\
-W1122 22:06:45.236000 17817 torch/distributed/elastic/multiprocessing/api.py:1028] Sending \
-process 17826 closing signal SIGTERM
-E1122 22:06:45.243000 17817 torch/distributed/elastic/multiprocessing/api.py:1002] failed \
-(exitcode: 3) local_rank: 1 (pid: 17827) of binary: python
-Traceback (most recent call last):
-  File "torch/distributed/run.py", line 1028, in main
-    run(args)
-torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-============================================================
-shoal FAILED
-------------------------------------------------------------
-Failures:
-[1]:
-  time      : 2025-11-22_22:06:45
-  host      : localhost
-  rank      : 0 (local_rank: 0)
-  exitcode  : -15 (pid: 17826)  (SIGTERM)
-  error_file: <N/A>
-  traceback : Signal 15 (SIGTERM) received by PID 17826
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2025-11-22_22:06:45
-  host      : localhost
-  rank      : 1 (local_rank: 1)
-  exitcode  : 3 (pid: 17827)
-  error_file: <N/A>
-  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
-============================================================
-"""
-
+SIGTERM_SENT = "W1122 12:00:00.000000 1 torch/distributed/elastic/multiprocessing/api.py:1028] "
+SIGTERM_SENT += "Sending process 100 closing signal SIGTERM\n"
+STOPPED = _failure(0, 0, -15, "(SIGTERM)")
+REPORT_SIGTERM = SIGTERM_SENT + _report(1, 3, [STOPPED], _failure(1, 1, 3))
 REFUSED = (
     "shoal: error: partition.num_clients = 3: a sync_sgd job with 2 processes has 2 workers; "
     "give the partition one client per worker\n"
 )
-REPORT_REFUSED = REFUSED + REPORT_SIGTERM.replace("exitcode: 3", "exitcode: 2").replace(
-    "exitcode  : 3", "exitcode  : 2"
-)
-
-REPORT_NODE1 = """\
-E1122 22:06:45.243000 17817 torch/distributed/elastic/multiprocessing/api.py:1002] failed \
-(exitcode: 1) local_rank: 0 (pid: 200) of binary: python
-============================================================
-shoal FAILED
-------------------------------------------------------------
-Failures:
-[1]:
-  time      : 2025-11-22_22:06:45
-  host      : node1
-  rank      : 3 (local_rank: 1)
-  exitcode  : 1 (pid: 201)
-  error_file: <N/A>
-  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2025-11-22_22:06:45
-  host      : node1
-  rank      : 2 (local_rank: 0)
-  exitcode  : 1 (pid: 200)
-  error_file: <N/A>
-  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
-============================================================
-"""
+REPORT_REFUSED = REFUSED + SIGTERM_SENT + _report(1, 2, [STOPPED], _failure(1, 1, 2))
+REPORT_NODE1 = _report(0, 1, [_failure(3, 1, 1)], _failure(2, 0, 1))
 
 
 def _last_line(tmp_path, capsys, monkeypatch, report: str, *options: str) -> str:
