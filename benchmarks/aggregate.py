@@ -5,7 +5,9 @@ Inbox: n = 100 float32 rows of d = 1,663,370 entries (the size of McMahan's CNN,
 the runtime calls it, ``agg(inbox_ND, weights_N)``, on one torch thread; a rule's time is the
 median over several calls (fewer for slow rules, one for a rule that needs more than a minute
 per call, which the table says). f = 20 (20% of n, as in the robustness grid) wherever a rule
-takes it; Bulyan's ``n >= 4f+3`` holds.
+takes it; Bulyan's ``n >= 4f+3`` holds. A rule's ratio to the mean divides its median by the
+mean's median timed right before it, so that drift in the shared machine's speed between the
+first rule and the last does not enter the ratios.
 
 The mean's effective bandwidth is the bytes of the inbox it reads divided by its time, compared
 with the machine's memory bandwidth: bytes read + bytes written over the time of copying a
@@ -123,18 +125,18 @@ def main() -> None:
     if args.only:
         table = {k: table[k] for k in args.only.split(",")}
     results: dict[str, dict[str, Any]] = {}
+    mean = functools.partial(rules()["mean"][0](), x_ND, w_N)
     print(f"{'rule':<15} {'median s':>10} {'calls':>5} {'x mean':>9}  note")
     for name, (make, setting) in table.items():
         agg = make()
+        base = statistics.median(measure(mean)[0])  # the mean, just before: a paired ratio
         times, how = measure(functools.partial(agg, x_ND, w_N))
         med = statistics.median(times)
+        ratio = med / base
         results[name] = {"seconds": med, "times": times, "calls": how, "setting": setting}
-        base = results.get("mean", {}).get("seconds")
-        ratio = med / base if base else None
-        results[name]["vs_mean"] = ratio
+        results[name].update(vs_mean=ratio, mean_seconds_before=base)
         note = how if len(times) < 3 else ""
-        shown = f"{ratio:9.1f}" if ratio is not None else f"{'-':>9}"
-        print(f"{name:<15} {med:10.3f} {len(times):>5} {shown}  {note}", flush=True)
+        print(f"{name:<15} {med:10.3f} {len(times):>5} {ratio:9.1f}  {note}", flush=True)
 
     mean_s = results["mean"]["seconds"] if "mean" in results else None
     mean_gbs = inbox_bytes / mean_s / 1e9 if mean_s else None
