@@ -34,6 +34,11 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist5k"
 MLP_FWD_FLOPS = 2 * (784 * 200 + 200 * 200 + 200 * 10)  # multiply-adds x 2, per sample
 
 
+def gflops(samples: float, seconds: float) -> float:
+    """Achieved GFLOP/s: a trained sample costs 3x its forward FLOPs (forward + backward)."""
+    return 3 * MLP_FWD_FLOPS * samples / seconds / 1e9
+
+
 def worker(args: argparse.Namespace) -> None:
     """One (K, mode) measurement, printed as one JSON line."""
     import numpy as np
@@ -86,7 +91,7 @@ def worker(args: argparse.Namespace) -> None:
                 "steady_round_seconds": steady,
                 "peak_rss_mb": peak_mb,
                 "samples_per_round": samples,
-                "gflops": 3 * MLP_FWD_FLOPS * samples / steady / 1e9,
+                "gflops": gflops(samples, steady),
                 "final_accuracy": res.summary["final_test_accuracy"],
             }
         )
@@ -125,13 +130,13 @@ def summarize(runs: list[dict], peak: float) -> dict:
     """The median over repeats of a (K, mode)'s runs; every run is kept under ``repeats``."""
     steady = statistics.median(r["steady_round_seconds"] for r in runs)
     samples = runs[0]["samples_per_round"]
-    gflops = 3 * MLP_FWD_FLOPS * samples / steady / 1e9
+    rate = gflops(samples, steady)
     return {
         "steady_round_seconds": steady,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "samples_per_round": samples,
-        "gflops": gflops,
-        "fraction_of_matmul": gflops / peak,
+        "gflops": rate,
+        "fraction_of_matmul": rate / peak,
         "final_accuracy": runs[0]["final_accuracy"],
         "repeats": runs,
     }
