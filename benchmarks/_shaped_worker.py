@@ -301,10 +301,17 @@ class Timed:
     def model(self, params_WD: torch.Tensor, state: Any) -> torch.Tensor:
         return self.inner.model(params_WD, state)
 
-    def __getattr__(self, name: str) -> Any:  # server_rank, serve, finish (asynchronous EASGD)
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # Asynchronous EASGD's server side, written out: from Python 3.12 on, isinstance() against
+    # a runtime-checkable protocol (the loop's ServerAlgorithm) looks attributes up statically,
+    # so a method forwarded by __getattr__ would not count and the server would never start.
+    def server_rank(self, comm: Any) -> int | None:
+        return getattr(self.inner, "server_rank", lambda _comm: None)(comm)
+
+    def serve(self, *args: Any) -> Any:
+        return self.inner.serve(*args)
+
+    def finish(self, *args: Any) -> Any:
+        return self.inner.finish(*args)
 
 
 def run_shoal(a: argparse.Namespace, config: str, ctx: Any, data: Any, shards: list) -> dict:
@@ -339,7 +346,7 @@ def run_shoal(a: argparse.Namespace, config: str, ctx: Any, data: Any, shards: l
     tx0 = read_tx(counter)
     result = train_parallel(model, data, shards, alg, cfg, comm, init=init, callback=on_row)
     tx = read_tx(counter)
-    server = getattr(alg.inner, "server_rank", lambda c: None)(comm)
+    server = alg.server_rank(comm)
     is_server = server is not None and ctx.rank == server
     samples = 0 if is_server else alg.steps * min(a.batch_size, len(shards[ctx.rank]))
     return {

@@ -28,8 +28,13 @@ yardstick) and Shoal's ``top_k(0.001).compress``, which filters candidates befor
 ``torch.topk`` (``speedup_vs_top_k_compress`` in the JSON; ``top_k_speedup_vs_torch_topk`` is
 Shoal's exact top-k against ``torch.topk``). Time ratios of medians.
 
+``--device cuda`` runs everything on the GPU (the vector lives there; every timing waits for
+the device to finish, ``torch.cuda.synchronize``); the yardstick is then the GPU's copy
+bandwidth.
+
     python benchmarks/compress.py --json benchmarks/results/compress.json
     python benchmarks/compress.py --quick           # 3 reps, ~1 min
+    python benchmarks/compress.py --device cuda --json benchmarks/results/compress_cuda.json
 """
 
 from __future__ import annotations
@@ -67,13 +72,22 @@ def transformer_shapes() -> tuple[torch.Size, ...]:
     return ParamSpec.of(model).shapes
 
 
-def median_seconds(fn: Callable[[], Any], reps: int) -> tuple[float, list[float]]:
+def clock(x: torch.Tensor) -> float:
+    """``time.perf_counter()`` once the work queued on ``x``'s device has finished (CUDA
+    kernels run asynchronously: without the wait a timing would stop at the launch)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter()
+
+
+def median_seconds(fn: Callable[[], Any], reps: int, x: torch.Tensor) -> tuple[float, list[float]]:
+    """Median seconds of ``fn()`` (which works on ``x``'s device) over ``reps`` calls."""
     fn()  # warm-up: allocator, lazy initialisation
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock(x)
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock(x) - t0)
     return statistics.median(times), times
 
 
@@ -83,9 +97,9 @@ def bandwidth(x: torch.Tensor, reps: int) -> dict[str, float]:
     (read + written, no allocation) and of ``sum()`` (read only)."""
     nbytes = x.numel() * x.element_size()
     out = torch.empty_like(x)
-    t_clone, _ = median_seconds(lambda: x.clone(), reps)
-    t_copy, _ = median_seconds(lambda: out.copy_(x), reps)
-    t_read, _ = median_seconds(lambda: x.sum(), reps)
+    t_clone, _ = median_seconds(lambda: x.clone(), reps, x)
+    t_copy, _ = median_seconds(lambda: out.copy_(x), reps, x)
+    t_read, _ = median_seconds(lambda: x.sum(), reps, x)
     return {
         "clone_GBps": 2 * nbytes / t_clone / 1e9,
         "copy_into_GBps": 2 * nbytes / t_copy / 1e9,
@@ -129,11 +143,11 @@ def measure(compressor: Any, x: torch.Tensor, reps: int) -> dict[str, Any]:
     compressor.decompress(payload)
     comp, dec = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock(x)
         payload, state = compressor.compress(x, state)
-        t1 = time.perf_counter()
+        t1 = clock(x)
         compressor.decompress(payload)
-        t2 = time.perf_counter()
+        t2 = clock(x)
         comp.append(t1 - t0)
         dec.append(t2 - t1)
     roundtrip = [a + b for a, b in zip(comp, dec)]
@@ -162,9 +176,9 @@ def dgc_vs_topk(x: torch.Tensor, reps: int) -> dict[str, Any]:
         p, box["state"] = dgc.compress(x, box["state"])
         kept.append(p["values"].numel())
 
-    t_exact, _ = median_seconds(lambda: exact.compress(x, None), reps)
-    t_dgc, _ = median_seconds(run_dgc, reps)
-    t_bare, _ = median_seconds(lambda: torch.topk(x.abs(), k, sorted=False), reps)
+    t_exact, _ = median_seconds(lambda: exact.compress(x, None), reps, x)
+    t_dgc, _ = median_seconds(run_dgc, reps, x)
+    t_bare, _ = median_seconds(lambda: torch.topk(x.abs(), k, sorted=False), reps, x)
     return {
         "density": DGC_RATIO,
         "k": k,
@@ -205,8 +219,8 @@ def homomorphic_saving(x: torch.Tensor, workers: int, reps: int) -> dict[str, An
         for w in range(workers):
             xw = x[:n].roll(w * 997)
             payloads.append(comp.compress(xw, comp.init(xw))[0])
-        t_hom, _ = median_seconds(lambda c=comp, ps=payloads: sum_then_decompress(c, ps), reps)
-        t_each, _ = median_seconds(lambda c=comp, ps=payloads: decompress_each(c, ps), reps)
+        t_hom, _ = median_seconds(lambda c=comp, ps=payloads: sum_then_decompress(c, ps), reps, x)
+        t_each, _ = median_seconds(lambda c=comp, ps=payloads: decompress_each(c, ps), reps, x)
         hom, each = sum_then_decompress(comp, payloads), decompress_each(comp, payloads)
         out[key] = {
             "workers": workers,
@@ -237,8 +251,8 @@ def inbox_sum(x: torch.Tensor, shapes: tuple[torch.Size, ...], workers: int, rep
         for w in range(workers):
             xw = x[:n].roll(w * 997)
             payloads.append(comp.compress(xw, C.init_for_worker(comp, xw, w))[0])
-        t_sum, _ = median_seconds(lambda c=comp, ps=payloads: C.decompress_sum(c, ps), reps)
-        t_each, _ = median_seconds(lambda c=comp, ps=payloads: decompress_each(c, ps), reps)
+        t_sum, _ = median_seconds(lambda c=comp, ps=payloads: C.decompress_sum(c, ps), reps, x)
+        t_each, _ = median_seconds(lambda c=comp, ps=payloads: decompress_each(c, ps), reps, x)
         fast, each = C.decompress_sum(comp, payloads), decompress_each(comp, payloads)
         out[key] = {
             "workers": workers,
@@ -259,17 +273,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--quick", action="store_true", help="3 reps")
     ap.add_argument("--workers", type=int, default=16, help="payloads the server reduces")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--json", type=Path, help="write all figures here")
     a = ap.parse_args()
     reps = 3 if a.quick else a.reps
     torch.set_num_threads(a.threads)
-    x = torch.randn(a.size, generator=torch.Generator().manual_seed(0))
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: CUDA is not available here")
+    dev = torch.device(a.device)
+    x = torch.randn(a.size, generator=torch.Generator().manual_seed(0)).to(dev)
+    where = (
+        torch.cuda.get_device_name(dev)
+        if x.is_cuda
+        else (f"{a.threads} torch thread(s), {platform.processor() or platform.machine()}")
+    )
     shapes = transformer_shapes()
     mib = x.numel() * 4 / 2**20
     print(
         f"Compress + decompress of a {a.size:,}-element float32 vector ({mib:.0f} MiB, randn "
-        f"seed 0), {a.threads} torch thread(s), median of {reps} calls after a warm-up; "
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}."
+        f"seed 0), median of {reps} calls after a warm-up; torch {torch.__version__}, {where}."
     )
     # The bandwidth is measured before every compressor and at the end (other processes share
     # the cores); the yardstick is the median of those measurements.
@@ -350,12 +372,12 @@ def main() -> None:
     report = {
         "statement": (
             f"compress + decompress of a {a.size}-element float32 randn(seed 0) vector, "
-            f"{a.threads} torch thread(s), median of {reps} calls; throughput = input bytes / "
+            f"{where}, median of {reps} calls; throughput = input bytes / "
             "time; fraction = throughput / clone() bandwidth (read + written bytes / time). "
             "PowerSGD: a 3-layer Transformer encoder (d_model 512, ffn 2048) + 1000x512 "
             "embedding (9,969,152 parameters) and, separately, one [2500, 4000] matrix."
         ),
-        "settings": {"size": a.size, "reps": reps, "threads": a.threads},
+        "settings": {"size": a.size, "reps": reps, "threads": a.threads, "device": where},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "memory_bandwidth": {**bw, "measurements": bws},
         "compressors": rows,

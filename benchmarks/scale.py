@@ -11,9 +11,12 @@ within a repeat, so that a ratio compares runs adjacent in time on this shared m
 table shows the median over repeats, the speed-up is the median of the repeats' paired
 ratios, and their range is printed. Achieved GFLOP/s (3x the forward FLOPs per trained
 sample) is compared with a plain float32 matmul on the same machine and thread count (by
-default PyTorch's, one thread per core; the median of five timings).
+default PyTorch's, one thread per core; the median of five timings). With ``--device cuda``
+the clients train on the GPU, the yardstick is a float32 8192 x 8192 matmul there, and the
+peak memory reported is the GPU's (``torch.cuda.max_memory_allocated``), not the host's.
 
     python benchmarks/scale.py --json scale.json [--clients 10,100,1000,10000] [--threads 1]
+    python benchmarks/scale.py --device cuda --json scale_cuda.json
     python benchmarks/scale.py --modes vectorized,looped,vmapped --clients 10,100,1000
 """
 
@@ -67,6 +70,7 @@ def worker(args: argparse.Namespace) -> None:
         work=LocalWork(epochs=1, batch_size=10),
         progress=False,
         eval_every=args.rounds,
+        device=args.device,
     )
     rt = SimRuntime(
         vectorize=args.mode != "looped",
@@ -77,6 +81,8 @@ def worker(args: argparse.Namespace) -> None:
     last = [0.0]
 
     def on_round(row: dict) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the round's kernels have finished
         times.append(row["wall_seconds"] - last[0])
         last[0] = row["wall_seconds"]
 
@@ -84,12 +90,14 @@ def worker(args: argparse.Namespace) -> None:
     samples = sum(len(clients[c]) for c in range(population)) * args.k / population
     steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    on_gpu = res.params.is_cuda
     print(
         json.dumps(
             {
                 "round_seconds": times,
                 "steady_round_seconds": steady,
                 "peak_rss_mb": peak_mb,
+                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
                 "samples_per_round": samples,
                 "gflops": gflops(samples, steady),
                 "final_accuracy": res.summary["final_test_accuracy"],
@@ -98,27 +106,35 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def matmul_gflops(threads: int, n: int = 1024, reps: int = 20, timings: int = 5) -> float:
-    """The median rate of ``timings`` timings of ``reps`` float32 n x n products."""
+def matmul_gflops(threads: int, device: str, reps: int = 20, timings: int = 5) -> float:
+    """The median rate of ``timings`` timings of ``reps`` float32 n x n products (n = 1024 on
+    the CPU, 8192 on a GPU, where a small product would time its launch)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 8192 if device.startswith("cuda") else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def clock() -> float:
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     a @ b
     rates = []
     for _ in range(timings):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(reps):
             a @ b
-        rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+        rates.append(2 * n**3 * reps / (clock() - t) / 1e9)
     return statistics.median(rates)
 
 
 def run_worker(args: argparse.Namespace, k: int, mode: str) -> dict | str:
     """One (K, mode) run in a fresh interpreter: its JSON line, or the error it ended with."""
     cmd = [sys.executable, __file__, "--worker", "--k", str(k), "--mode", mode]
-    for flag in ("rounds", "threads", "budget_mb", "data_dir"):
+    for flag in ("rounds", "threads", "budget_mb", "data_dir", "device"):
         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
@@ -134,6 +150,7 @@ def summarize(runs: list[dict], peak: float) -> dict:
     return {
         "steady_round_seconds": steady,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_gpu_mb": max((r.get("peak_gpu_mb") or 0 for r in runs), default=0) or None,
         "samples_per_round": samples,
         "gflops": rate,
         "fraction_of_matmul": rate / peak,
@@ -158,6 +175,7 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float, default=1024.0)
     ap.add_argument("--looped-max", type=int, default=10000, help="skip the loop above this K")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--json", help="write all figures here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -168,15 +186,25 @@ def main() -> None:
 
     import torch
 
-    peak = matmul_gflops(args.threads)
+    from shoal.runtime.sim import resolve_device
+
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as e:
+        ap.error(str(e))
+    peak = matmul_gflops(args.threads, args.device)
     args.threads = torch.get_num_threads()
-    print(f"plain 1024x1024 float32 matmul, {args.threads} thread(s): {peak:.1f} GFLOP/s")
+    gpu = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name(args.device) if gpu else f"{args.threads} thread(s)"
+    print(f"plain float32 matmul on {args.device} ({where}): {peak:.1f} GFLOP/s")
     print(
         f"MLP 784-200-200-10, FedAvg 1 epoch batch 10, ~40 mnist5k samples per client, "
         f"{args.rounds} rounds, memory budget {args.budget_mb:.0f} MB; median of "
         f"{args.repeats} runs each, in fresh processes\n"
     )
-    print(f"{'K':>6} {'mode':>10} {'s/round':>9} {'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    mem_key = "peak_gpu_mb" if gpu else "peak_rss_mb"
+    mem_head = "GPU MiB" if gpu else "peak MiB"
+    print(f"{'K':>6} {'mode':>10} {'s/round':>9} {mem_head:>9} {'GFLOP/s':>8} {'of peak':>8}")
     results: dict[str, dict[str, dict]] = {}
     ratios: dict[str, list[float]] = {}
     for k in map(int, args.clients.split(",")):
@@ -200,12 +228,12 @@ def main() -> None:
                 continue
             r = results.setdefault(str(k), {})[mode] = summarize(done, peak)
             print(
-                f"{k:>6} {mode:>10} {r['steady_round_seconds']:9.3f} {r['peak_rss_mb']:9.0f} "
+                f"{k:>6} {mode:>10} {r['steady_round_seconds']:9.3f} {r[mem_key]:9.0f} "
                 f"{r['gflops']:8.1f} {r['fraction_of_matmul']:8.1%}"
             )
     speedups = {k: statistics.median(v) for k, v in ratios.items()}
     for k, s in speedups.items():
-        mem = results[k]["vectorized"]["peak_rss_mb"] / results[k]["looped"]["peak_rss_mb"]
+        mem = results[k]["vectorized"][mem_key] / results[k]["looped"][mem_key]
         print(
             f"K={k}: vectorized is {s:.2f}x the loop's speed (median of {len(ratios[k])} paired "
             f"repeats, range {min(ratios[k]):.2f}-{max(ratios[k]):.2f}x) at {mem:.2f}x its "
@@ -220,6 +248,8 @@ def main() -> None:
         "vectorized_vs_looped_1000": speedups.get("1000"),
     }
     report = {
+        "device": args.device,
+        "device_name": where,
         "matmul_gflops": peak,
         "threads": args.threads,
         "results": results,

@@ -4,11 +4,14 @@ Skipped where no GPU is present. ``SHOAL_TEST_DEVICE`` names the device to compa
 CPU (default ``cuda``; ``cpu`` runs these tests on a machine without a GPU, which checks the
 tests themselves). Deterministic paths must agree to float tolerance (different kernels sum in
 other orders); stochastic compressors draw from the device's own generator, so for them only
-the bytes must agree and the training must stay finite. The NCCL test needs two GPUs.
+the bytes must agree and the training must stay finite. The real-process tests run one process
+(NCCL wants a GPU per process; with one GPU that is all it allows): over NCCL, with the CPU
+bookkeeping on the group's gloo side. The probe's test needs two GPUs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -57,23 +60,11 @@ FEDERATED = {
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "looped"])
 @pytest.mark.parametrize("name", sorted(FEDERATED))
 def test_federated_training_on_the_device_matches_the_cpu(name: str, vectorize: bool) -> None:
-    algorithm, compressor, aggregator = FEDERATED[name]
-    data = helpers.tiny_data()
-    clients = helpers.unequal_clients(len(data.train), 8)
-
-    def run(device: str) -> TrainResult:
-        config = TrainConfig(rounds=3, sampler=ClientSampler(4), device=device, progress=False)
-        return train(
-            helpers.tiny_model(), data, clients, algorithm, config,
-            runtime=SimRuntime(vectorize=vectorize), compressor=compressor,
-            aggregator=aggregator,
-        )  # fmt: skip
-
-    cpu, dev = run("cpu"), run(DEVICE)
+    cpu, dev = (_federated(name, d, SimRuntime(vectorize=vectorize)) for d in ("cpu", DEVICE))
     assert dev.params.device.type == torch.device(DEVICE).type
     up = [r["uplink_bytes"] for r in dev.metrics]
     assert up == [r["uplink_bytes"] for r in cpu.metrics]
-    if compressor is not None and compressor.name.startswith("qsgd"):
+    if name == "fedadam_qsgd":
         assert torch.isfinite(dev.params).all()
         return
     torch.testing.assert_close(dev.params.cpu(), cpu.params, **TOL)
@@ -99,3 +90,86 @@ def test_probe_runs_over_the_devices_backend() -> None:
 
     rows = spawn_local(_probe_on_the_device, 2, DEVICE.split(":")[0])[0]
     assert len(rows) == 9 and all(r["seconds"] > 0 and r["a"] > 0 for r in rows)
+
+
+ONE_PROCESS_CASES = [
+    "sync_sgd_buckets",
+    "sync_sgd_topk_ef",
+    "sync_sgd_powersgd",
+    "dgc",
+    "local_sgd",
+]
+
+
+def _parallel_cases_over_the_backend(device: str) -> dict[str, tuple[torch.Tensor, list]]:
+    from shoal.parallel import DistComm
+    from shoal.runtime.procgroup import init_from_env
+
+    ctx = init_from_env(device=device)
+    out = {}
+    for name in ONE_PROCESS_CASES:
+        res = cases.run_case(name, DistComm(ctx), device=device)  # a fresh byte count
+        assert res.params.device.type == torch.device(device).type
+        out[name] = (res.params.cpu(), [r["bytes_sent"] for r in res.metrics])
+    return out
+
+
+def test_dist_comm_over_the_devices_backend_matches_simcomm_on_the_cpu() -> None:
+    from shoal.runtime.spawn import spawn_local
+
+    got = spawn_local(_parallel_cases_over_the_backend, 1, DEVICE)[0]
+    for name in ONE_PROCESS_CASES:
+        ref = cases.run_case(name, SimComm(1), device="cpu")
+        params, sent = got[name]
+        assert sent == [r["bytes_sent"] for r in ref.metrics], name
+        torch.testing.assert_close(params, ref.params, **TOL, msg=name)
+
+
+def _federated_over_the_backend(device: str) -> dict[str, TrainResult]:
+    from shoal.runtime.dist import DistRuntime
+
+    runtime = DistRuntime(SimRuntime(vectorize=True), device=device)
+    out = {}
+    for name in ("fedavg_topk_ef_median", "scaffold"):
+        res = _federated(name, device, runtime)
+        out[name] = dataclasses.replace(res, params=res.params.cpu())
+    return out
+
+
+def _federated(name: str, device: str, runtime: object) -> TrainResult:
+    algorithm, compressor, aggregator = FEDERATED[name]
+    data = helpers.tiny_data()
+    clients = helpers.unequal_clients(len(data.train), 8)
+    config = TrainConfig(rounds=3, sampler=ClientSampler(4), device=device, progress=False)
+    return train(
+        helpers.tiny_model(), data, clients, algorithm, config, runtime=runtime,
+        compressor=compressor, aggregator=aggregator,
+    )  # fmt: skip
+
+
+def test_dist_runtime_over_the_devices_backend_matches_the_cpu() -> None:
+    # The round statistics DistRuntime reduces live on the CPU: under a plain NCCL group
+    # that reduction failed ("No backend type associated with device type cpu").
+    from shoal.runtime.spawn import spawn_local
+
+    got = spawn_local(_federated_over_the_backend, 1, DEVICE)[0]
+    for name, dev in got.items():
+        cpu = _federated(name, "cpu", SimRuntime(vectorize=True))
+        assert [r["uplink_bytes"] for r in dev.metrics] == [r["uplink_bytes"] for r in cpu.metrics]
+        torch.testing.assert_close(dev.params, cpu.params, **TOL, msg=name)
+
+
+def test_predict_scores_cpu_data_with_a_model_on_the_device() -> None:
+    # A model trained on a GPU, scored on test data kept on the CPU (each batch moves over).
+    from shoal.evaluate import predict
+    from shoal.functional import ParamSpec, cross_entropy
+
+    data, model = helpers.tiny_data(), helpers.tiny_model()
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model)
+    x, y = data.test.x, data.test.y
+    want = predict(model, spec, params, x, y, cross_entropy, batch_size=7)
+    got = predict(model.to(DEVICE), spec, params.to(DEVICE), x, y, cross_entropy, batch_size=7)
+    assert got[0].device.type == torch.device(DEVICE).type
+    torch.testing.assert_close(got[0].cpu(), want[0], **TOL)
+    assert torch.equal(got[1].cpu(), want[1])

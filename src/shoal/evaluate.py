@@ -20,7 +20,9 @@ def predict(
     loss_fn: LossFn,
     batch_size: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(loss_N, correct_N)`` of the model with ``params_D`` on ``(x, y)``.
+    """Per-sample ``(loss_N, correct_N)`` of the model with ``params_D`` on ``(x, y)``, on
+    ``params_D``'s device (each batch of ``x`` and ``y`` is moved there: data kept on the CPU
+    can score a model trained on a GPU).
 
     On the CPU the convolution kernels go in channels-last layout, as in training
     (:func:`shoal.functional.channels_last`): scoring mnist5k's 1,000 test images with
@@ -34,8 +36,9 @@ def predict(
     losses, correct = [], []
     try:
         for i in range(0, len(y), batch_size):
-            logits = torch.func.functional_call(model, named, (x[i : i + batch_size],))
-            yb = y[i : i + batch_size]
+            xb = x[i : i + batch_size].to(params_D.device, non_blocking=True)
+            yb = y[i : i + batch_size].to(params_D.device, non_blocking=True)
+            logits = torch.func.functional_call(model, named, (xb,))
             losses.append(loss_fn(logits, yb).float())
             correct.append(logits.argmax(dim=-1) == yb)
     finally:

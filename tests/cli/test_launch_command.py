@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from cli_helpers import shoal, write_config
 
 from shoal.cli import build_parser
@@ -200,3 +201,19 @@ def test_the_failed_worker_is_named_by_its_global_rank(tmp_path, capsys, monkeyp
     options = ("--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "127.0.0.1:1")
     last = _last_line(tmp_path, capsys, monkeypatch, REPORT_NODE1, *options)
     assert last == "shoal: error: rank 2 failed with exit code 1; the job stopped"
+
+
+def test_a_launched_run_whose_machine_lacks_a_gpu_per_process_is_a_config_error(monkeypatch):
+    # device = "cuda" on 4 processes and 1 GPU: NCCL would fail at its first collective
+    # ("Duplicate GPU detected"); the worker refuses the config instead, before any group.
+    from shoal.cli.build import join_group
+    from shoal.cli.registry import CATALOG
+    from shoal.config import ConfigError, resolve
+
+    for name, value in dict(RANK="2", WORLD_SIZE="4", LOCAL_WORLD_SIZE="4").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = resolve({"device": "cuda"}, CATALOG)
+    with pytest.raises(ConfigError, match=r'device = "cuda": .*NCCL needs one GPU per process'):
+        join_group(cfg)

@@ -27,7 +27,9 @@ D = 40
 def _train(alg, compressor, sampler, rounds=1, vectorize=True, **kw):
     data = tiny_data()
     clients = unequal_clients(len(data.train), 10)
-    cfg = TrainConfig(rounds=rounds, sampler=sampler, work=LocalWork(1, 8), progress=False)
+    # On the CPU, where the hand-computed top-k below lives (tests/test_cuda.py covers GPUs).
+    cfg = TrainConfig(rounds=rounds, sampler=sampler, work=LocalWork(1, 8), device="cpu",
+                      progress=False)  # fmt: skip
     return train(tiny_model(), data, clients, alg, cfg, compressor=compressor,
                  runtime=SimRuntime(vectorize=vectorize), **kw)  # fmt: skip
 

@@ -65,7 +65,7 @@ def _scaffold_c(tmp_path, compressor, weighting):
     data = tiny_data()
     clients = unequal_clients(len(data.train), 10)
     cfg = TrainConfig(rounds=8, sampler=ClientSampler(4), work=LocalWork(epochs=2, batch_size=8),
-                      weighting=weighting, progress=False)  # fmt: skip
+                      weighting=weighting, device="cpu", progress=False)  # fmt: skip
     train(tiny_model(), data, clients, scaffold(0.2), cfg, compressor=compressor,
           out_dir=tmp_path)  # fmt: skip
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)

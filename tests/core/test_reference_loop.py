@@ -72,6 +72,7 @@ def test_fedavg_equals_plain_pytorch_loop(vectorize):
         rounds=3,
         sampler=ClientSampler(5),
         work=LocalWork(epochs=1, batch_size=10),
+        device="cpu",  # the plain loop runs on the CPU
         progress=False,
     )
     model, init = init_params(lambda: mlp(inputs), 0)

@@ -40,14 +40,16 @@ RULES = {
 }
 
 
-def _config(steps: int) -> ParallelConfig:
-    return ParallelConfig(steps, batch_size=16, eval_every=steps, progress=False, seed=3)
+def _config(steps: int, device: str = "auto") -> ParallelConfig:
+    return ParallelConfig(
+        steps, batch_size=16, eval_every=steps, progress=False, seed=3, device=device
+    )
 
 
-def _run(alg: Any, n: int, steps: int = 5, data: Any = None) -> Any:
+def _run(alg: Any, n: int, steps: int = 5, data: Any = None, device: str = "auto") -> Any:
     data = data if data is not None else tiny_data()
     shard = shards(n, len(data.train))
-    return train_parallel(tiny_model(), data, shard, alg, _config(steps), SimComm(n))
+    return train_parallel(tiny_model(), data, shard, alg, _config(steps, device), SimComm(n))
 
 
 # ---- without attackers: D-PSGD, bit for bit ----------------------------------------------
@@ -278,7 +280,7 @@ def dist_worker(rules: list[str]) -> dict[str, Any]:
     from shoal.parallel import DistComm
     from shoal.runtime.procgroup import init_from_env
 
-    ctx = init_from_env()
+    ctx = init_from_env(device="cpu")  # as the reference runs: the same kernels
     out = {}
     for rule in rules:
         comm = DistComm(ctx)
@@ -293,7 +295,7 @@ def test_distcomm_equals_simcomm_on_four_processes():
     rules = list(RULES)
     got = spawn_local(dist_worker, 4, rules, timeout_s=300)
     for rule in rules:
-        sim = _run(dist_case(4, rule), 4)
+        sim = _run(dist_case(4, rule), 4, device="cpu")
         for rank in range(4):
             torch.testing.assert_close(
                 got[rank][rule]["params"], sim.params_WD[rank], rtol=0, atol=1e-5

@@ -9,6 +9,7 @@ localhost cannot tell apart (rank 0, no restart, the default address).
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ VARIABLES = (
     "RANK",
     "WORLD_SIZE",
     "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
     "MASTER_ADDR",
     "MASTER_PORT",
     "TORCHELASTIC_RESTART_COUNT",
@@ -100,6 +102,56 @@ def test_an_unknown_backend_or_a_missing_gpu_is_refused(recorded, monkeypatch):
     with pytest.raises(ValueError, match="CUDA is not available"):
         init_from_env(device="cuda")
     assert "group" not in recorded  # refused before any group was made
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> list[torch.device]:
+    """Pretend this machine has ``count`` GPUs; returns the devices ``set_device`` was given."""
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def test_one_gpu_per_process_runs_nccl_with_gloo_for_cpu_tensors(recorded, monkeypatch):
+    chosen = _gpus(monkeypatch, 2)
+    _env(monkeypatch, RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2",
+         MASTER_PORT="29514")  # fmt: skip
+    ctx = init_from_env()
+    assert (ctx.device, ctx.backend) == (torch.device("cuda", 1), "nccl")
+    assert chosen == [torch.device("cuda", 1)]
+    # The round statistics and evaluation scores the runtimes reduce live on the CPU.
+    assert recorded["group"]["backend"] == "cpu:gloo,cuda:nccl"
+
+
+def test_more_processes_than_gpus_fall_back_to_the_cpu_under_auto(recorded, monkeypatch):
+    chosen = _gpus(monkeypatch, 1)
+    _env(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_PORT="29515")
+    with pytest.warns(UserWarning, match=r"2 processes on this machine but 1 GPU"):
+        ctx = init_from_env()
+    assert (ctx.device, ctx.backend, recorded["group"]["backend"]) == (CPU, "gloo", "gloo")
+    assert chosen == []
+    # Every process of the machine makes the same choice; only its first one says so.
+    _env(monkeypatch, RANK="1", LOCAL_RANK="1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert init_from_env().device == CPU
+    # Without LOCAL_WORLD_SIZE (a group started by hand) the whole world is on this machine.
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    with pytest.warns(UserWarning):
+        _env(monkeypatch, RANK="0", LOCAL_RANK="0")
+        assert init_from_env().device == CPU
+
+
+def test_more_processes_than_gpus_are_refused_for_cuda_but_not_for_gloo(recorded, monkeypatch):
+    _gpus(monkeypatch, 1)
+    _env(monkeypatch, RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_PORT="29516")
+    with pytest.raises(ValueError, match=r"NCCL needs one GPU per process.*device 'cpu'"):
+        init_from_env(device="cuda")
+    assert "group" not in recorded
+    # gloo can share a GPU between processes.
+    ctx = init_from_env(backend="gloo", device="cuda")
+    assert (ctx.device, recorded["group"]["backend"]) == (torch.device("cuda", 0), "gloo")
 
 
 def test_shutdown_waits_at_the_barrier_only_when_asked(monkeypatch):

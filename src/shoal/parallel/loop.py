@@ -125,7 +125,11 @@ def train_parallel(
 def _device(config: ParallelConfig, comm: Comm) -> torch.device:
     if comm.device is None:
         return resolve_device(config.device)
-    if config.device != "auto" and torch.device(config.device) != comm.device:
+    if config.device == "auto":
+        return comm.device
+    want = torch.device(config.device)
+    # "cuda" names any GPU (the group gives each process its own); "cuda:N" names one.
+    if want.type != comm.device.type or want.index not in (None, comm.device.index):
         raise ValueError(
             f"config.device={config.device!r} but this process's group uses {comm.device}; "
             "leave device='auto' in distributed runs"

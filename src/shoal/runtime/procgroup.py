@@ -1,8 +1,16 @@
 """Joining a ``torch.distributed`` process group the way Shoal's distributed runtimes need it.
 
 Every process reads the usual environment variables (``RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``), as ``torchrun`` sets them. The backend is
-NCCL when the process has a GPU and gloo otherwise.
+``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), as ``torchrun`` sets
+them. The backend is NCCL when the process has a GPU and gloo otherwise.
+
+GPUs: NCCL needs a GPU of its own for each process ("Duplicate GPU detected" otherwise, at the
+first collective). ``device="auto"`` therefore computes on the GPUs only when the machine has
+one for each of its processes (``LOCAL_WORLD_SIZE``, the same on every process of a machine,
+so all of them choose alike), and otherwise on the CPU with gloo, saying so; ``"cuda"``
+with too few GPUs is refused. Under NCCL the group also carries gloo for tensors on the CPU
+(backend ``cpu:gloo,cuda:nccl``): the runtimes' small bookkeeping collectives (round
+statistics, evaluation scores) stay on the CPU, and NCCL has no CPU path.
 
 Restarts: ``torchrun``'s elastic agent restarts every worker after a failure, but the restarted
 gloo group reuses the agent's store and races against the previous attempt's keys (measured
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,13 +82,12 @@ def init_from_env(
     """Join (or reuse) the default process group; see the module docstring."""
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", rank)
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
+    if backend not in ("auto", "gloo", "nccl"):
+        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
+    use_cuda = _uses_cuda(device, backend, local_rank, local_world)
     if backend == "auto":
         backend = "nccl" if use_cuda else "gloo"
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
     dev = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else None
     dev = dev if dev is not None else torch.device("cpu")
     if use_cuda:
@@ -95,8 +103,37 @@ def init_from_env(
             addr, port, world, is_master=rank == 0 and not agent_store, timeout=timeout
         )
         store = dist.PrefixStore(f"/shoal/attempt_{attempt}", base)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        group_backend = "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
+        dist.init_process_group(
+            group_backend, store=store, rank=rank, world_size=world, timeout=timeout
+        )
     return DistContext(rank, world, local_rank, dev, backend, attempt)
+
+
+def _uses_cuda(device: str, backend: str, local_rank: int, local_world: int) -> bool:
+    """Whether this process computes on a GPU; see the module docstring."""
+    available = torch.cuda.is_available()
+    if device != "auto" and not device.startswith("cuda"):
+        return False
+    if device != "auto" and not available:
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    if not available:
+        return False
+    gpus = torch.cuda.device_count()
+    if local_world <= gpus or backend == "gloo":  # gloo can share a GPU between processes
+        return True
+    advice = (
+        f"{local_world} processes on this machine but {gpus} GPU(s), and NCCL needs one GPU "
+        f"per process: start at most {gpus} per machine (--nproc-per-node)"
+    )
+    if device != "auto":
+        raise ValueError(f"device {device!r}: {advice}, or use device 'cpu'")
+    if local_rank == 0:
+        warnings.warn(
+            f"device 'auto' runs on the CPU with gloo: {advice} to use the GPUs",
+            stacklevel=3,
+        )
+    return False
 
 
 def shutdown(barrier: bool = False) -> None:
