@@ -115,6 +115,9 @@ def sparse_decompress_sum(
     Bit for bit the left-to-right sum of the dense vectors: a message's indices are distinct,
     so each entry of the buffer gets that message's value added once, as the dense sum adds it
     (and adds zero, exactly, elsewhere). Costs one pass over ``D`` instead of one per message.
+    ``index_add_``, not ``index_put_(accumulate=True)``: on CUDA the latter sorts the indices
+    first (1.4x slower than decompressing each message on an H200, 16 top-k messages of a
+    10M vector); distinct indices make the former's atomic adds exact in any order.
     """
     sizes = {int(p["size"]) if "indices" in p else p["values"].numel() for p in payloads}
     if len(sizes) != 1:
@@ -123,7 +126,7 @@ def sparse_decompress_sum(
     for p in payloads:
         values = p["values"].to(out_D.dtype)
         if "indices" in p:
-            out_D.index_put_((sparse_indices(p),), values, accumulate=True)
+            out_D.index_add_(0, sparse_indices(p), values)
         else:
             out_D += values
     return out_D

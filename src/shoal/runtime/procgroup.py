@@ -127,7 +127,7 @@ def _uses_cuda(device: str, backend: str, local_rank: int, local_world: int) -> 
         f"per process: start at most {gpus} per machine (--nproc-per-node)"
     )
     if device != "auto":
-        raise ValueError(f"device {device!r}: {advice}, or use device 'cpu'")
+        raise ValueError(f"{advice}, or use device 'cpu'")
     if local_rank == 0:
         warnings.warn(
             f"device 'auto' runs on the CPU with gloo: {advice} to use the GPUs",
