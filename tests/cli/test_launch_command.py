@@ -206,7 +206,8 @@ def test_the_failed_worker_is_named_by_its_global_rank(tmp_path, capsys, monkeyp
 def test_a_launched_run_whose_machine_lacks_a_gpu_per_process_is_a_config_error(monkeypatch):
     # device = "cuda" on 4 processes and 1 GPU: NCCL would fail at its first collective
     # ("Duplicate GPU detected"); the worker refuses the config instead, before any group.
-    from shoal.cli.build import join_group
+    from shoal.cli.build import build
+    from shoal.cli.parallel import make_comm
     from shoal.cli.registry import CATALOG
     from shoal.config import ConfigError, resolve
 
@@ -215,5 +216,8 @@ def test_a_launched_run_whose_machine_lacks_a_gpu_per_process_is_a_config_error(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     cfg = resolve({"device": "cuda"}, CATALOG)
-    with pytest.raises(ConfigError, match=r'device = "cuda": .*NCCL needs one GPU per process'):
-        join_group(cfg)
+    refused = r'device = "cuda": .*NCCL needs one GPU per process'
+    with pytest.raises(ConfigError, match=refused):
+        make_comm(cfg, 4)  # data-parallel: the DistComm's group
+    with pytest.raises(ConfigError, match=refused):
+        build(cfg, progress=False)  # federated: DistRuntime's group, joined while building

@@ -41,7 +41,7 @@ from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, featur
 from shoal.functional import ParamSpec, init_params
 from shoal.runtime.base import Runtime
 from shoal.runtime.dist import DistRuntime
-from shoal.runtime.procgroup import DistContext, in_distributed_env, init_from_env
+from shoal.runtime.procgroup import DistContext, in_distributed_env
 from shoal.runtime.sim import SimRuntime, resolve_device
 from shoal.schedule import ClientSampler, Stragglers
 from shoal.train import TrainConfig
@@ -278,12 +278,12 @@ def distributed(cfg: Config) -> bool:
     return kind == "dist" or (kind == "auto" and in_distributed_env())
 
 
-def join_group(cfg: Config) -> DistContext:
-    """This process's place in the ``shoal launch`` / ``torchrun`` group. A device the machine
-    cannot give each of its processes (``device = "cuda"`` with fewer GPUs than processes) is
-    a config mistake, refused like the others (exit code 2)."""
+def join_group(cfg: Config, join: Callable[[], DistContext]) -> DistContext:
+    """``join()``: this process's place in the ``shoal launch`` / ``torchrun`` group. A device
+    the machine cannot give each of its processes (``device = "cuda"`` with fewer GPUs than
+    processes) is a config mistake, refused like the others (exit code 2)."""
     try:
-        return init_from_env(device=cfg["device"], timeout_s=cfg["runtime.timeout_s"])
+        return join()
     except ValueError as e:
         raise ConfigError(f'device = "{cfg["device"]}": {e}') from None
 
@@ -335,7 +335,9 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
     runtime: Runtime = sim
     if distributed(cfg):
         runtime = DistRuntime(sim, device=cfg["device"], timeout_s=cfg["runtime.timeout_s"])
-        join_group(cfg)  # now, so that a device it refuses is a config error (exit code 2)
+        # Joined now (the runtime would join at its first round) so that a device it refuses
+        # is a config error.
+        join_group(cfg, lambda: runtime.ctx)
     return Experiment(
         cfg,
         data,

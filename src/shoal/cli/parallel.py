@@ -33,7 +33,7 @@ from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name
 from shoal.report import human_bytes
-from shoal.runtime.procgroup import in_distributed_env
+from shoal.runtime.procgroup import in_distributed_env, init_from_env
 from shoal.runtime.sim import resolve_device
 from shoal.topology import TOPOLOGIES, Topology
 
@@ -47,7 +47,10 @@ def is_parallel(cfg: Config) -> bool:
 
 def make_comm(cfg: Config, num_workers: int) -> Comm:
     if distributed(cfg):
-        return DistComm(join_group(cfg))
+        timeout_s = cfg["runtime.timeout_s"]
+        return DistComm(
+            join_group(cfg, lambda: init_from_env(device=cfg["device"], timeout_s=timeout_s))
+        )
     return SimComm(num_workers)
 
 

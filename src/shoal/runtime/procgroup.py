@@ -129,8 +129,6 @@ def _uses_cuda(device: str, backend: str, local_rank: int, local_world: int) -> 
     if device != "auto":
         raise ValueError(f"{advice}, or use device 'cpu'")
     if local_rank == 0:
-        # One place of issue whoever joins (the CLI joins early, then the runtime again), so
-        # Python's default filter shows it once per process.
         warnings.warn(
             f"device 'auto' runs on the CPU with gloo: {advice} to use the GPUs", stacklevel=2
         )
