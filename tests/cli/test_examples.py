@@ -54,3 +54,26 @@ def test_every_example_config_runs(path: Path, tmp_path: Path, monkeypatch) -> N
     args = [a for s in short for a in ("--set", s)]
     assert shoal("run", path, *args, "--out", tmp_path / "run", "--quiet") == 0
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def _flat(path: Path) -> dict[str, object]:
+    values = resolve(load(path), CATALOG).values
+    return {
+        f"{section}.{key}": value
+        for section, table in values.items()
+        if isinstance(table, dict)
+        for key, value in table.items()
+    } | {key: value for key, value in values.items() if not isinstance(value, dict)}
+
+
+def test_compressed_example_differs_from_its_baseline_only_in_compression(monkeypatch) -> None:
+    # Its comment compares the two runs' accuracies (and suggests plotting them together):
+    # that holds only on the same partition, model, schedule and seed. The runtime keys
+    # choose how the simulator computes, not what.
+    if not (REPO / load(EXAMPLE)["data"]["dir"]).is_dir():
+        pytest.skip("the shared MNIST subset is not next to this checkout")
+    monkeypatch.chdir(REPO)  # resolving checks data.dir, relative to the current directory
+    dense, compressed = _flat(EXAMPLE), _flat(REPO / "examples" / "topk_ef_mnist5k.toml")
+    differ = {k for k in dense.keys() | compressed.keys() if dense.get(k) != compressed.get(k)}
+    assert {k for k in differ if not k.startswith(("compression.", "runtime."))} == set()
+    assert "compression.name" in differ
