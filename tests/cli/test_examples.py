@@ -68,12 +68,11 @@ def _flat(path: Path) -> dict[str, object]:
 
 def test_compressed_example_differs_from_its_baseline_only_in_compression(monkeypatch) -> None:
     # Its comment compares the two runs' accuracies (and suggests plotting them together):
-    # that holds only on the same partition, model, schedule and seed. The runtime keys
-    # choose how the simulator computes, not what.
+    # that holds only on the same partition, model, schedule and seed.
     if not (REPO / load(EXAMPLE)["data"]["dir"]).is_dir():
         pytest.skip("the shared MNIST subset is not next to this checkout")
     monkeypatch.chdir(REPO)  # resolving checks data.dir, relative to the current directory
     dense, compressed = _flat(EXAMPLE), _flat(REPO / "examples" / "topk_ef_mnist5k.toml")
     differ = {k for k in dense.keys() | compressed.keys() if dense.get(k) != compressed.get(k)}
-    assert {k for k in differ if not k.startswith(("compression.", "runtime."))} == set()
+    assert {k for k in differ if not k.startswith("compression.")} == set()
     assert "compression.name" in differ

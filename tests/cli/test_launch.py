@@ -98,17 +98,20 @@ def test_launch_drops_only_the_agents_own_traceback(capsys, debug):
 
 REFUSED = "shoal: error: partition.num_clients = 3: a sync_sgd job with 2 processes has 2 ...\n"
 REPORT = "E1122 api.py:1002] failed (exitcode: 2) local_rank: 0\n=====\nshoal FAILED\nrank : 0\n"
+STOPPING = "W1123 api.py:1028] Sending process 2978 closing signal SIGTERM\n"
 
 
 @pytest.mark.parametrize(("codes", "refused"), [(["2", "2"], True), (["2", "-9"], False)])
 def test_a_refused_config_is_one_line_not_the_agents_report(capsys, codes, refused):
     log = _AgentLog(verbose=False)
-    for line in (REFUSED + REPORT + AGENT_TRACEBACK + REFUSED).splitlines(keepends=True):
+    lines = REFUSED + STOPPING + REPORT + AGENT_TRACEBACK + REFUSED
+    for line in lines.splitlines(keepends=True):
         log.write(line)
     assert log.finish(codes) == refused
     err = capsys.readouterr().err
     assert err.count(REFUSED) == 1  # every worker says it; shown once
     assert ("shoal FAILED" in err) != refused and "ChildFailedError" not in err
+    assert ("closing signal" in err) != refused  # the agent stopping the other worker
 
 
 def test_launch_of_a_config_the_workers_refuse_ends_in_one_error(tmp_path):
@@ -193,3 +196,30 @@ def test_launch_passes_the_overrides_to_every_worker(tmp_path):
     assert tail[tail.index("--unset") :][:4] == [
         "--unset", "partition.alpha", "--set", "partition.scheme=shards"
     ]  # fmt: skip
+
+
+class _Writes:
+    """A stderr that records each write call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_workers_error_is_one_write_so_workers_lines_do_not_interleave(
+    tmp_path, monkeypatch
+) -> None:
+    # The workers of a launched job share the launcher's pipe. A line written in two parts
+    # (print: the text, then the newline) was glued to another worker's, and the launcher's
+    # de-duplication of refused configs missed it. A pipe write under PIPE_BUF is atomic.
+    err = _Writes()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert shoal("run", write_config(tmp_path), "--set", "rounds=-1") == 2
+    assert len(err.calls) == 1 and err.calls[0].startswith("shoal: error:"), err.calls
+    assert err.calls[0].endswith("\n") and err.calls[0].count("\n") == 1

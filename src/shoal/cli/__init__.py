@@ -119,9 +119,17 @@ def name_choices(sub: Any) -> None:
     sub.metavar = "{" + ",".join(sub.choices) + "}"
 
 
+def say(line: str) -> None:
+    """One line to stderr in one write. ``print`` writes the text and its newline separately,
+    so the processes of a launched job, which share the launcher's pipe, glued their lines
+    together and the launcher could not tell that they said the same thing."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
     """Library warnings as one line for people, without the source line."""
-    print(f"shoal: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    say(f"shoal: warning: {' '.join(str(message).split())}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -147,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         if debug:
             raise
-        print(f"{ERROR} {_one_line(e)}", file=sys.stderr)
+        say(f"{ERROR} {_one_line(e)}")
         return CONFIG_ERROR_EXIT
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
@@ -156,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The library's own messages say what went wrong and what to do about it.
         if debug:
             raise
-        print(f"{ERROR} {_one_line(e)}", file=sys.stderr)
+        say(f"{ERROR} {_one_line(e)}")
         return 1
     except KeyboardInterrupt:
-        print("shoal: interrupted", file=sys.stderr)
+        say("shoal: interrupted")
         return 130

@@ -31,8 +31,9 @@ _EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 _ROOT_CAUSE = "Root Cause (first observed failure)"
 _AGENT_STOP = "-15"  # SIGTERM: the agent stopping the other workers once one has failed
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
-# The agent's log line as it sees a worker fail: its failure report follows.
-_REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)")
+# The agent's log lines as it sees a worker fail (it may first stop the others with SIGTERM):
+# its failure report follows.
+_REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)|Sending process \d+ closing signal")
 
 
 class _AgentLog:
