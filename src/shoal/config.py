@@ -5,7 +5,7 @@ The schema (two levels: top-level keys, then one table per concern)::
     seed = 0            # every random choice: model init, partition, sampling, batches
     rounds = 20
     device = "auto"     # auto | cpu | cuda | cuda:N
-    num_threads = 0     # torch intra-op threads; 0 = torch's default
+    num_threads = 0     # torch intra-op threads; 0 = torch's default (1 a worker under launch)
 
     [data]
     name = "digits"     # digits | mnist | fashion_mnist | emnist | cifar10 | cifar100 |

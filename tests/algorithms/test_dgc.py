@@ -272,3 +272,15 @@ def test_registered_for_the_cli_in_its_data_parallel_form():
     assert (
         "shapes" not in options
     )  # given by the model, not the config file  # given by the model, not the config file
+
+
+def test_the_warm_up_is_never_silently_off():
+    # The factory used to default epoch_steps to 0, which turned the paper's warm-up off
+    # without a word; the data-parallel factory refused. Both now ask for it.
+    shapes = [(2, 3), (3,)]
+    with pytest.raises(ValueError, match="needs epoch_steps"):
+        dgc(0.1, shapes)
+    assert dgc(0.1, shapes, epoch_steps=3).density_at(2) == 0.25  # the paper's 1/4
+    assert dgc(0.1, shapes, epoch_steps=0).density_at(0) == 0.001  # off, when asked
+    assert dgc(0.1, shapes, warmup_epochs=0).density_at(0) == 0.001
+    assert dgc(0.1, shapes, density=1.0).density_at(0) == 1.0  # nothing to warm up

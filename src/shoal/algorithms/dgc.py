@@ -93,6 +93,18 @@ def warmup_density(
     return max(base ** (epoch + 1), density)
 
 
+def check_warmup_length(rule: DGC, epoch_steps: int | None) -> DGC:
+    """``rule``, unless its warm-up would be silently off: the warm-up counts epochs, and only
+    the caller knows how many steps one has. Density 1 has nothing to warm up."""
+    if epoch_steps is None and rule.warmup_epochs > 0 and rule.density < 1:
+        raise ValueError(
+            "dgc: the sparsity warm-up needs epoch_steps, the steps of one epoch (a worker's "
+            "shard over the batch size, rounded up), or warmup_epochs=0 (or epoch_steps=0) "
+            "for none"
+        )
+    return rule
+
+
 def required_shapes(shapes: Sequence[Sequence[int]] | None) -> tuple[torch.Size, ...]:
     """The model's tensor shapes, which DGC needs: only tensors with ``dim > 1`` are
     sparsified."""
@@ -320,19 +332,21 @@ def dgc(
     num_workers: int = 0,
     sample_ratio: float = 0.01,
     warmup_epochs: int = 4,
-    epoch_steps: int = 0,
+    epoch_steps: int | None = None,
     warmup: Warmup = "paper",
     seed: int = 0,
 ) -> DGC:
     """DGC with learning rate ``lr`` on a model whose ``ParamSpec.shapes`` are ``shapes``.
 
     Defaults from the reference's ``configs/dgc/__init__.py`` (density 0.001, sample ratio
-    0.01, momentum 0.9). ``clip_norm = 0`` and ``num_workers = 0`` mean none; ``epoch_steps``
-    rounds per warm-up epoch (0: no warm-up); ``batch_size = 0``: the whole local shard.
-    Train with ``compressor=alg.default_compressor`` for exact bytes, and every worker sampled
-    every round.
+    0.01, momentum 0.9). ``clip_norm = 0`` and ``num_workers = 0`` mean none;
+    ``batch_size = 0``: the whole local shard. The warm-up (the paper's, by default) counts
+    epochs, so below density 1 it needs ``epoch_steps``, the rounds of one (a worker's shard
+    over ``batch_size``, rounded up); ``warmup_epochs = 0`` or ``epoch_steps = 0`` runs
+    without it. Train with ``compressor=alg.default_compressor`` for exact bytes, and every
+    worker sampled every round.
     """
-    return DGC(
+    rule = DGC(
         lr,
         required_shapes(shapes),
         density=density,
@@ -343,7 +357,8 @@ def dgc(
         num_workers=num_workers or None,
         sample_ratio=sample_ratio,
         warmup_epochs=warmup_epochs,
-        epoch_steps=epoch_steps,
+        epoch_steps=epoch_steps or 0,
         warmup=warmup,
         seed=seed,
     )
+    return check_warmup_length(rule, epoch_steps)

@@ -145,7 +145,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("config", metavar="CONFIG.toml", help="the experiment config")
     add_set_option(p)
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: runs/<config name>, or -2, -3, ... if taken)",
+    )
     p.add_argument(
         "--nproc-per-node", type=int, default=2, help="processes on this machine (default 2)"
     )

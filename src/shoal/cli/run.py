@@ -35,7 +35,11 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="the experiment config")
     add_set_option(p)
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: runs/<config name>, or -2, -3, ... if taken)",
+    )
     p.add_argument(
         "--resume",
         metavar="DIR",

@@ -287,7 +287,11 @@ def iid() -> IID:
 
 
 def dirichlet(alpha: float, min_size: int = 10) -> Dirichlet:
-    """Per-class Dirichlet label skew; smaller ``alpha`` is more skewed. See :class:`Dirichlet`."""
+    """Per-class Dirichlet label skew; smaller ``alpha`` is more skewed. See :class:`Dirichlet`.
+
+    ``min_size`` 10 is NIID-Bench's rule; a config's ``partition.min_size`` defaults to 1
+    (10 is infeasible for small datasets over many clients), so the two split differently.
+    """
     return Dirichlet(alpha, min_size)
 
 
@@ -307,7 +311,8 @@ def classes_per_client(k: int) -> ClassesPerClient:
 
 
 def quantity_skew(beta: float, min_size: int = 10) -> QuantitySkew:
-    """NIID-Bench quantity skew. See :class:`QuantitySkew`."""
+    """NIID-Bench quantity skew. See :class:`QuantitySkew`. A config's ``partition.min_size``
+    defaults to 1, not 10 (see :func:`dirichlet`)."""
     return QuantitySkew(beta, min_size)
 
 

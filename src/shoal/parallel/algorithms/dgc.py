@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.dgc import DGC, Warmup, clip_locally, required_shapes
+from shoal.algorithms.dgc import DGC, Warmup, check_warmup_length, clip_locally, required_shapes
 from shoal.compress.base import decompress_sum
 from shoal.parallel.base import GradFn, State
 from shoal.parallel.comm import Comm
@@ -87,17 +87,10 @@ def dgc(
     """Data-parallel DGC with learning rate ``lr`` on a model whose ``ParamSpec.shapes`` are
     ``shapes``; the defaults are :func:`shoal.algorithms.dgc`'s (the reference's config).
 
-    ``clip_norm = 0``: no local clipping. The warm-up counts epochs, so it needs
-    ``epoch_steps``, the steps of one (a worker's shard over the batch size, rounded up; a
-    config fills it in); ``warmup_epochs = 0`` or ``epoch_steps = 0`` runs without it.
+    ``clip_norm = 0``: no local clipping. The warm-up counts epochs, so below density 1 it
+    needs ``epoch_steps``, the steps of one (a worker's shard over the batch size, rounded up;
+    a config fills it in); ``warmup_epochs = 0`` or ``epoch_steps = 0`` runs without it.
     """
-    if epoch_steps is None:
-        if warmup_epochs:
-            raise ValueError(
-                "dgc: the sparsity warm-up needs epoch_steps, the steps of one epoch (a "
-                "worker's shard over the batch size, rounded up), or warmup_epochs=0 for none"
-            )
-        epoch_steps = 0
     rule = DGC(
         lr,
         required_shapes(shapes),
@@ -107,8 +100,8 @@ def dgc(
         momentum_masking=momentum_masking,
         sample_ratio=sample_ratio,
         warmup_epochs=warmup_epochs,
-        epoch_steps=epoch_steps,
+        epoch_steps=epoch_steps or 0,
         warmup=warmup,
         seed=seed,
     )
-    return ParallelDGC(rule, clip_norm or None)
+    return ParallelDGC(check_warmup_length(rule, epoch_steps), clip_norm or None)

@@ -18,7 +18,8 @@ Rules (``W_ij`` = ``topology.mixing_WW``):
   *honest* neighbours' distances, which a node cannot know; ``b=`` is what a node can compute.
   With ``b=`` every node needs at least ``b + 1`` in-neighbours (refused otherwise: all its
   messages would be clipped to 0 and it would never mix).
-  ``tau = inf`` with no Byzantine nodes is D-PSGD, bit for bit (tested).
+  ``tau = inf`` with no Byzantine nodes is D-PSGD with the same momentum, bit for bit (tested;
+  the default momentum here is 0.9, :func:`shoal.parallel.dpsgd`'s is 0).
 - :func:`trimmed_gossip`: the coordinate-wise trimmed mean (Yin et al., ICML 2018) of
   ``{x_i} U {x_j}``, ``b`` values cut from each side; needs ``deg_i >= 2b``. Each output
   coordinate stays in the range of the honest values when at most ``b`` in-neighbours are
