@@ -72,11 +72,13 @@ def run(name: str, runtime: Any, rounds: int = ROUNDS, **kw: Any) -> Any:
 
 
 def worker(names: list[str], out_dir: str) -> dict[str, Any]:
-    """One rank: every case on DistRuntime, then a checkpointed SCAFFOLD run resumed."""
+    """One rank: every case on DistRuntime, then a checkpointed SCAFFOLD run resumed twice
+    (the second resume reads a checkpoint that a resumed run wrote)."""
     runtime = DistRuntime(SimRuntime(vectorize=True))
     got = {n: run(n, runtime).params for n in names}
     out = Path(out_dir)
     run("scaffold", runtime, rounds=2, out_dir=out)
+    run("scaffold", runtime, rounds=3, out_dir=out, resume=True)
     resumed = run("scaffold", runtime, rounds=4, out_dir=out, resume=True)
     got["scaffold-resumed"] = resumed.params
     got["metrics"] = resumed.metrics if runtime.is_main else None

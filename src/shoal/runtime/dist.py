@@ -84,7 +84,7 @@ class DistRuntime:
         world = self.ctx.world_size
         if self.balance and self._keeps_no_state(task):
             return lpt([p.num_steps for p in task.plans], world)
-        return np.asarray(task.clients) % world
+        return owner(np.asarray(task.clients), world)
 
     def _keeps_no_state(self, task: RoundTask) -> bool:
         """Whether neither the algorithm nor the compressor keeps per-client state (asked
@@ -200,9 +200,17 @@ class DistRuntime:
         return predict_shared(model, spec, params_D, x, y, loss_fn, batch_size)
 
     def gather_store(self, store: ClientStore) -> ClientStore:
-        """Rank 0 receives every rank's client states (on the CPU); others keep their own."""
+        """Rank 0 receives every rank's client states (on the CPU); others keep their own.
+
+        Each rank sends only the clients it trains. A resumed run loads every client's state on
+        every rank, and the copies of clients another rank trains go stale there: merged in
+        rank order, they overwrote the owner's fresh state in the next checkpoint."""
         ctx = self.ctx
-        mine = (_to_cpu(store.states), _to_cpu(store.compressor))
+        world, rank = ctx.world_size, ctx.rank
+        mine = (
+            _to_cpu({c: v for c, v in store.states.items() if owner(c, world) == rank}),
+            _to_cpu({c: v for c, v in store.compressor.items() if owner(c, world) == rank}),
+        )
         parts: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
         dist.gather_object(mine, parts, dst=0)
         if parts is None:
@@ -212,6 +220,12 @@ class DistRuntime:
             merged.states.update(states)
             merged.compressor.update(comp)
         return merged
+
+
+def owner(client: Any, world: int) -> Any:
+    """The rank that trains a client with per-client state, every round (an int, or an array
+    of them)."""
+    return client % world
 
 
 def lpt(work: Sequence[float], world: int) -> np.ndarray:
