@@ -29,7 +29,8 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.compress.base import Compressor, identity
+from shoal.compress.base import Compressor, identity, is_contractive
+from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
@@ -115,6 +116,21 @@ def _check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
         )
 
 
+def _check_tracked(algorithm: Algorithm, compressor: Compressor) -> None:
+    """Warn when a message the clients track (SCAFFOLD's ``delta_c``, sent EF21-style: each
+    client keeps what the server decoded) goes through a compressor that is not contractive:
+    the tracked state can drift from the truth (QSGD with 4 levels took SCAFFOLD to chance)."""
+    tracks = getattr(algorithm, "tracks", None)
+    if tracks and is_contractive(without_feedback(compressor)) is False:
+        warnings.warn(
+            f"{algorithm.name} sends {', '.join(tracks)} through {compressor.name} and keeps "
+            "what the server decoded of it; that compressor is not contractive, so the kept "
+            "state can drift and training diverge. Use a contractive compressor (top_k, "
+            "powersgd, scaled_sign, natural_compression, ...).",
+            stacklevel=3,  # the caller of train(...)
+        )
+
+
 def _check_clients(clients: list[np.ndarray], n: int) -> None:
     if not clients:
         raise ValueError("no clients: the partition is empty")
@@ -174,6 +190,7 @@ def train(
         compressor = getattr(algorithm, "default_compressor", None) or identity()
     downlink = downlink_compressor if downlink_compressor is not None else identity()
     check_downlink(downlink)
+    _check_tracked(algorithm, compressor)
     model = model.to(dev)
     spec = ParamSpec.of(model)
     params = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)

@@ -1,11 +1,20 @@
 """Compressed uplinks inside training: exact bytes, runtime agreement, error feedback."""
 
+import warnings
+
 import pytest
 import torch
 
 from shoal.algorithms import fedavg, scaffold
 from shoal.algorithms.base import LocalWork
-from shoal.compress import error_feedback, layerwise, serialize, top_k, without_feedback
+from shoal.compress import (
+    error_feedback,
+    layerwise,
+    qsgd,
+    serialize,
+    top_k,
+    without_feedback,
+)
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
@@ -193,3 +202,14 @@ def test_each_client_gets_back_its_own_compressor_state():
         train(tiny_model(), data, clients, fedavg(0.2), cfg, compressor=Tagged(),
               runtime=SimRuntime(vectorize=vectorize))  # fmt: skip
         assert sorted(log) == sorted(expected)
+
+
+def test_scaffold_warns_of_a_compressor_that_is_not_contractive():
+    # delta_c goes EF21-style (each client keeps what the server decoded); with QSGD at 4
+    # levels in buckets of 512 (not contractive) SCAFFOLD fell to chance where FedAvg learned.
+    with pytest.warns(UserWarning, match="scaffold sends delta_c through qsgd"):
+        _run(scaffold(0.2), qsgd(levels=4), rounds=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(scaffold(0.2), error_feedback(top_k(ratio=0.1)), rounds=1)
+        _run(fedavg(0.2), qsgd(levels=4), rounds=1)  # nothing tracked: unbiased is enough

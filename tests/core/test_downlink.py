@@ -1,12 +1,14 @@
 """Downlink compression: the broadcast compressed against the clients' copy, with exact bytes."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from shoal.algorithms import fedavg, scaffold
 from shoal.algorithms.base import LocalWork
-from shoal.compress import error_feedback, fp16, identity, qsgd, serialize, top_k
+from shoal.compress import error_feedback, fp16, identity, layerwise, qsgd, serialize, top_k
 from shoal.runtime.broadcast import broadcast
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
@@ -57,10 +59,23 @@ def test_non_model_tensors_travel_dense_and_state_is_not_modified():
     assert sent.tolist() == [_dense(x) + _dense(small)]
 
 
-def test_error_feedback_on_the_downlink_is_refused():
-    with pytest.raises(ValueError, match="downlink") as info:
-        _run(fedavg(0.2), error_feedback(top_k(ratio=0.1)), rounds=1)
+@pytest.mark.parametrize("nested", [False, True])
+def test_error_feedback_on_the_downlink_is_refused(nested):
+    ef = error_feedback(top_k(ratio=0.1))
+    downlink = layerwise(ef, [(D,)], skip=lambda shape: False) if nested else ef
+    with pytest.raises(ValueError, match="without error_feedback") as info:
+        _run(fedavg(0.2), downlink, rounds=1)
     assert "\n" not in str(info.value)
+
+
+def test_a_downlink_compressor_that_is_not_contractive_is_warned_of():
+    # QSGD with 4 levels in buckets of 512 is not contractive (4^2 < 512): the clients' copy,
+    # updated by feedback through the last one sent, then drifts away from the model.
+    with pytest.warns(UserWarning, match="downlink compressor qsgd.*not contractive"):
+        _run(fedavg(0.2), qsgd(levels=4), rounds=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(fedavg(0.2), qsgd(levels=32), rounds=1)  # 32^2 >= 512: contractive
 
 
 def _run(alg, downlink, rounds=10, per_round=10, **kw):
@@ -99,7 +114,8 @@ def test_top_k_downlink_learns_with_fewer_bytes():
 
 def test_partial_participation_and_scaffold_compress_each_model_sized_tensor():
     dense = _run(scaffold(0.2), None, rounds=4, per_round=5)
-    packed = _run(scaffold(0.2), qsgd(4), rounds=4, per_round=5)
+    with pytest.warns(UserWarning, match="not contractive"):  # 4 rounds: it stays finite
+        packed = _run(scaffold(0.2), qsgd(4), rounds=4, per_round=5)
     for d, p in zip(dense.metrics[1:], packed.metrics[1:]):
         # stale clients pay the dense model, up-to-date ones a 4-bit payload (x2 for SCAFFOLD)
         assert p["downlink_bytes"] <= d["downlink_bytes"]

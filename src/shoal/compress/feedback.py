@@ -145,6 +145,14 @@ def error_feedback(compressor: Compressor) -> ErrorFeedback:
     return ErrorFeedback(compressor)
 
 
+def has_feedback(compressor: Compressor) -> bool:
+    """Whether ``compressor`` is, or wraps (inside ``layerwise`` too), an ``error_feedback``."""
+    if isinstance(compressor, ErrorFeedback):
+        return True
+    inner = getattr(compressor, "inner", None)
+    return inner is not None and has_feedback(inner)
+
+
 def without_feedback(compressor: Compressor) -> Compressor:
     """``compressor`` with its error-feedback wrappers removed, inside ``layerwise`` too.
 

@@ -24,13 +24,14 @@ Shape suffixes: ``D`` flat parameters, ``W`` the round's sampled clients.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from shoal.compress.base import Compressor, Identity, identity
-from shoal.compress.feedback import ErrorFeedback
+from shoal.compress.base import Compressor, Identity, identity, is_contractive
+from shoal.compress.feedback import has_feedback
 from shoal.types import Message
 
 _RAW = identity()
@@ -44,11 +45,23 @@ def _dense(t: torch.Tensor) -> int:
 
 
 def check_downlink(compressor: Compressor) -> None:
-    """Refuse ``error_feedback(c)`` on the downlink (the reference already is the feedback)."""
-    if isinstance(compressor, ErrorFeedback):
+    """Refuse ``error_feedback`` on the downlink, inside a wrapper too (the reference already
+    is the feedback: the unsent part would travel twice), and warn of a compressor that is not
+    contractive: the clients' copy follows the model by that feedback (EF21-P), and with such
+    a compressor it can drift away from it (QSGD with 4 levels took FedAvg to chance)."""
+    if has_feedback(compressor):
         raise ValueError(
             f"downlink compressor {compressor.name}: the downlink already carries what was not "
-            "sent to the next round (its reference copy); pass the inner compressor instead"
+            "sent to the next round (its reference copy); pass it without error_feedback"
+        )
+    if is_contractive(compressor) is False:
+        warnings.warn(
+            f"downlink compressor {compressor.name}: not contractive (E||x - C(x)||^2 can "
+            "exceed ||x||^2), so the clients' copy of the model, updated by feedback through "
+            "the last one sent, can drift away from it and training diverge. Use a "
+            "contractive compressor (top_k, powersgd, scaled_sign, natural_compression, qsgd "
+            "with more levels, ...).",
+            stacklevel=3,  # the caller of train(...)
         )
 
 
