@@ -225,6 +225,7 @@ def train(
     sim = 0.0  # simulated seconds so far, with a network cost model
     rows: list[dict[str, Any]] = []
     start_round, wall, cum_up, cum_down = 0, 0.0, 0, 0
+    restored_aggregator = None
     if out is not None:
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +238,13 @@ def train(
             start_round, wall = ck["round"], ck["wall_seconds"]
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
+            restored_aggregator = ck.get("aggregator")
         if main:
             write_metrics(out / METRICS, rows)
+    # A stateful aggregator (centered clipping's momentum) continues a resumed run's state,
+    # and starts a fresh run afresh even when the object served an earlier run.
+    if callable(getattr(aggregator, "load_state_dict", None)):
+        aggregator.load_state_dict(restored_aggregator)  # type: ignore[attr-defined]
 
     bar = tqdm(
         range(start_round, config.rounds),
@@ -344,6 +350,8 @@ def train(
                     "downlink": bcast,
                     "sim_seconds": sim,
                 }
+                if callable(getattr(aggregator, "state_dict", None)):
+                    ck["aggregator"] = aggregator.state_dict()  # type: ignore[attr-defined]
                 atomic_save(ck, out / CHECKPOINT)
     bar.close()
 

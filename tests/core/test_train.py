@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from shoal.aggregate import centered_clip, stateful
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
@@ -143,3 +144,28 @@ def test_empty_client_is_rejected():
             fedavg(0.1),
             _config(sampler=ClientSampler(1)),
         )
+
+
+def test_a_stateful_aggregator_resumes_its_state_and_starts_each_run_afresh(tmp_path):
+    # Centered clipping's state (the last aggregate it clips around) steers every round: a
+    # resumed run must continue it, and a run must not inherit another run's.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+
+    reused = stateful(centered_clip(tau=0.05))
+    straight = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=reused)
+    again = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=reused)
+    assert torch.equal(straight.params, again.params)  # the second run forgot the first's state
+    plain = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=Mean(False))
+    assert not torch.allclose(straight.params, plain.params, atol=1e-3)  # the clipping matters
+
+    first = stateful(centered_clip(tau=0.05))
+    train(
+        tiny_model(), data, clients, fedavg(0.2), _config(rounds=3), aggregator=first,
+        out_dir=tmp_path / "b",
+    )  # fmt: skip
+    resumed = train(
+        tiny_model(), data, clients, fedavg(0.2), _config(), resume=True,
+        aggregator=stateful(centered_clip(tau=0.05)), out_dir=tmp_path / "b",
+    )  # fmt: skip
+    assert torch.equal(straight.params, resumed.params)

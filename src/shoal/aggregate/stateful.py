@@ -4,6 +4,9 @@ The rules keep their state explicit (``init``/``update``); this adapter is the o
 remembers it between calls, because the runtime's protocol has nowhere to pass it. It is
 deliberately not a frozen dataclass: ``state`` changes on every call, and ``reset()`` forgets it.
 
+``shoal.train`` starts a run from a fresh state (a reused adapter forgets the last run's) and
+keeps the state in its checkpoints, so a resumed run continues it.
+
 One adapter serves one message stream. The runtime aggregates each message key separately, so an
 algorithm that sends several keys would feed all of them through the same adapter; a call whose
 message shape differs from the stored state's raises instead of silently mixing two streams.
@@ -13,7 +16,7 @@ or drive ``init``/``update`` yourself.
 
 from __future__ import annotations
 
-from typing import Generic
+from typing import Any, Generic
 
 import torch
 
@@ -50,6 +53,17 @@ class Stateful(Generic[S]):
         """Forget the state; the next call starts from ``init`` again."""
         self.state = None
         self._shape = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (``shoal.train`` saves it, and restores it on resume)."""
+        return {"state": self.state, "shape": self._shape}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Continue from ``state_dict()``'s ``saved``; ``None``: start afresh (:meth:`reset`)."""
+        if saved is None:
+            self.reset()
+        else:
+            self.state, self._shape = saved["state"], saved["shape"]
 
     def __repr__(self) -> str:
         return f"stateful({self.agg!r})"
