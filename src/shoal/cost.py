@@ -78,6 +78,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -324,6 +325,15 @@ class CostModel:
     def __post_init__(self) -> None:
         _finite(self.seconds_per_sample, "seconds_per_sample")
         _finite(self.codec_seconds_per_element, "codec_seconds_per_element")
+        het = self.heterogeneity
+        slows = het.speed_sigma > 0 or het.straggler_probability > 0
+        if slows and self.seconds_per_sample == 0 and self.codec_seconds_per_element == 0:
+            warnings.warn(
+                "network: slower workers and stragglers multiply compute time, and "
+                "seconds_per_sample is 0 (no compute time), so they change nothing; set "
+                "seconds_per_sample to the time a worker takes per training sample",
+                stacklevel=3,
+            )
 
     def compute_seconds(
         self, clients_W: np.ndarray, samples_W: np.ndarray, round_idx: int

@@ -217,6 +217,14 @@ def train(
             f"{config.work} is ignored",
             stacklevel=2,
         )
+    straggle = config.stragglers
+    if straggle.fraction > 0 and not straggle.drop and work.epochs == 1:
+        warnings.warn(
+            f"stragglers (fraction {straggle.fraction}) run 1 to E-1 of the E local epochs; "
+            "with E = 1 there is nothing less to do, so they change nothing here. Give the "
+            "clients more epochs, or drop the stragglers",
+            stacklevel=2,
+        )
 
     out = Path(out_dir) if out_dir is not None else None
     server = algorithm.server_init(params)

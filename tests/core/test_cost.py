@@ -1,5 +1,7 @@
 """The network cost model: rounds by hand, seeded heterogeneity, simulated time in training."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -296,3 +298,17 @@ def test_a_ring_of_fast_workers_runs_at_its_slowest_workers_speed():
     assert model.all_reduce(fast, 3000.0, np.zeros(3), 0) == pytest.approx(
         ring_all_reduce_seconds(3, 3000.0, Link(0.02, slowest))
     )
+
+
+@pytest.mark.parametrize(
+    "het", [Heterogeneity(speed_sigma=0.5), Heterogeneity(straggler_probability=0.3)]
+)
+def test_slow_workers_without_compute_time_are_warned_of(het):
+    # Slowdowns multiply compute time; with seconds_per_sample 0 they changed nothing, silently.
+    with pytest.warns(UserWarning, match="seconds_per_sample is 0"):
+        CostModel(wifi(), heterogeneity=het)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CostModel(wifi(), 1e-3, het)
+        CostModel(wifi(), heterogeneity=het, codec_seconds_per_element=1e-9)  # codec is scaled
+        CostModel(wifi(), heterogeneity=Heterogeneity(bandwidth_sigma=0.5))  # links, not compute

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from shoal.algorithms.fedavg import fedavg
 from shoal.compress import top_k
 from shoal.cost import CostModel, Heterogeneity, cellular_4g
 from shoal.runtime.sim import SimRuntime
-from shoal.schedule import ClientSampler
+from shoal.schedule import ClientSampler, Stragglers
 from shoal.train import TrainConfig, train
 
 from .helpers import tiny_data, tiny_model, unequal_clients
@@ -169,3 +170,23 @@ def test_a_stateful_aggregator_resumes_its_state_and_starts_each_run_afresh(tmp_
         aggregator=stateful(centered_clip(tau=0.05)), out_dir=tmp_path / "b",
     )  # fmt: skip
     assert torch.equal(straight.params, resumed.params)
+
+
+def test_stragglers_with_nothing_less_to_do_are_warned_of():
+    # FedProx's stragglers run randint(1, E) epochs: with E = 1 the setting changed nothing,
+    # silently (the CLI's sampling.straggler_fraction at the default client.epochs = 1).
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    one_epoch = LocalWork(epochs=1, batch_size=8)
+    with pytest.warns(UserWarning, match="with E = 1 there is nothing less to do"):
+        train(
+            tiny_model(), data, clients, fedavg(0.2),
+            _config(rounds=1, work=one_epoch, stragglers=Stragglers(0.9)),
+        )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for work, drop in [(LocalWork(epochs=2, batch_size=8), False), (one_epoch, True)]:
+            train(
+                tiny_model(), data, clients, fedavg(0.2),
+                _config(rounds=1, work=work, stragglers=Stragglers(0.9, drop=drop)),
+            )  # fmt: skip

@@ -235,3 +235,11 @@ def test_a_model_all_workers_hold_is_scored_without_a_collective(name, shared):
     else:
         assert comm.averages == rows
         torch.testing.assert_close(r.params, r.params_WD.mean(0), rtol=0, atol=0)
+
+
+def test_a_slowdown_that_the_simulated_time_cannot_show_is_warned_of():
+    # A slower worker multiplies compute time: with seconds_per_sample 0 there is none, and
+    # sim_seconds ignored the slowdown without a word.
+    no_compute = replace(BY_HAND, seconds_per_sample=0.0)
+    with pytest.warns(UserWarning, match="seconds_per_sample is 0"):
+        run_case("sync_sgd", SimComm(2), steps=2, network=no_compute, slowdown={1: 3.0})

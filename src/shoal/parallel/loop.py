@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -111,6 +112,13 @@ def train_parallel(
     unknown = sorted(w for w in config.slowdown if w >= num_workers)
     if unknown:
         raise ValueError(f"slowdown names worker(s) {unknown}, but there are {num_workers}")
+    if config.slowdown and network is not None and network.seconds_per_sample == 0:
+        warnings.warn(
+            "slowdown: a slower worker multiplies the simulated compute time, and the "
+            "network's seconds_per_sample is 0 (none), so sim_seconds does not show it (the "
+            "run itself is still slowed); set seconds_per_sample",
+            stacklevel=2,
+        )
     # Every worker starts from rank 0's model, as DDP does, whatever seed each process used.
     params_D = comm.broadcast(params_D)
     out = Path(out_dir) if out_dir is not None else None
