@@ -4,6 +4,7 @@ resumed bit for bit."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -243,3 +244,14 @@ def test_a_slowdown_that_the_simulated_time_cannot_show_is_warned_of():
     no_compute = replace(BY_HAND, seconds_per_sample=0.0)
     with pytest.warns(UserWarning, match="seconds_per_sample is 0"):
         run_case("sync_sgd", SimComm(2), steps=2, network=no_compute, slowdown={1: 3.0})
+
+
+def test_codec_time_that_no_exchange_is_charged_is_warned_of():
+    # Codec time is charged per compressed exchange: gossip sends none, and the setting was
+    # ignored without a word. A compressed all-gather is charged it.
+    with_codec = replace(BY_HAND, codec_seconds_per_element=1e-9)
+    with pytest.warns(UserWarning, match="dpsgd sent none"):
+        run_case("dpsgd_ring", SimComm(2), steps=2, network=with_codec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_case("sync_sgd_topk_ef", SimComm(2), steps=2, network=with_codec)

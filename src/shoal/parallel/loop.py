@@ -220,6 +220,8 @@ class _WorkerRun:
             disable=not (cfg.progress and self.reports),
         )
         comm.exchanges.clear()  # the steps' own only
+        codec = self.job.network is not None and self.job.network.codec_seconds_per_element > 0
+        charged_codec = False
         for step in bar:
             t0 = time.perf_counter()
             grad_fn = Gradients(
@@ -236,6 +238,7 @@ class _WorkerRun:
                 prog.sim_seconds += self.job.network.step_seconds(
                     comm.exchanges, self.step_samples_N, step
                 )
+                charged_codec |= any(ex.codec_elements for ex in comm.exchanges)
             comm.exchanges.clear()
             if grad_fn.loss_W is not None:
                 loss_acc += grad_fn.loss_W.double().sum()
@@ -264,6 +267,13 @@ class _WorkerRun:
             if stop:
                 break
         bar.close()
+        if codec and not charged_codec and self.reports:
+            warnings.warn(
+                f"network.codec_seconds_per_element is charged per compressed exchange, and "
+                f"{alg.name} sent none here (it takes a compressor only in sync_sgd, local_sgd "
+                "and dgc), so it added nothing to sim_seconds",
+                stacklevel=2,
+            )
         state = settle(state)  # no message left in flight when the run returns
         if asynchronous:
             assert isinstance(alg, ServerAlgorithm)
