@@ -186,10 +186,13 @@ def test_layerwise_per_layer_scales_and_custom_skip_rule() -> None:
     assert payload["dense"].numel() == 13
 
 
-def test_layerwise_gives_blocks_distinct_seeds() -> None:
+@pytest.mark.parametrize("feedback", [False, True], ids=["plain", "error_feedback_inside"])
+def test_layerwise_gives_blocks_distinct_seeds(feedback: bool) -> None:
+    # Through error_feedback too: it has no seed of its own, and the blocks used to share one.
     shapes = [torch.Size([8, 8]), torch.Size([8, 8])]
     x = torch.ones(128)
-    c = layerwise(random_k(0.25, seed=0), shapes)
+    inner = random_k(0.25, seed=0)
+    c = layerwise(error_feedback(inner) if feedback else inner, shapes)
     payload, _ = c.compress(x, c.init(x))
     y = c.decompress(payload)
     assert not torch.equal(y[:64] != 0, y[64:] != 0)

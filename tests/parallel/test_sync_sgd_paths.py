@@ -107,3 +107,22 @@ def test_dense_buckets_use_ddps_caps():
         assert seen[-1].cap_bytes == int(cap_mb * 2**20)
         assert seen[-1].first_cap_bytes == first
     assert FIRST_BUCKET_BYTES == 2**20
+
+
+def test_gathered_payloads_draw_from_the_configured_seed():
+    # Gathered payloads draw their randomness per worker; the compressor's seed used to be
+    # ignored there, so a data-parallel seed sweep gave the same run every time.
+    from shoal.compress import qsgd
+
+    n, d = 3, 600
+    rows, comm = _rows(n, d), SimComm(n)
+
+    def mean(seed: int) -> torch.Tensor:
+        c = qsgd(1, seed=seed)
+        start = compressor_states(c, rows, comm)
+        assert start["reduce"] == "gather"
+        return compressed_mean(c, rows, start["compressor"], comm, start["reduce"])[0][0]
+
+    assert torch.equal(mean(7), mean(7))
+    assert not torch.equal(mean(7), mean(8))
+    assert not torch.equal(mean(0), mean(7))

@@ -103,11 +103,16 @@ def init_for_worker(compressor: Compressor, x_D: torch.Tensor, worker: int, *str
     """
     if getattr(compressor, "shared_seed", False):
         return compressor.init(x_D)
+    return init_with_seed(compressor, x_D, mix(configured_seed(compressor) or 0, worker, *stream))
+
+
+def configured_seed(compressor: Compressor) -> int | None:
+    """The ``seed`` of the innermost compressor of a wrapper (``None`` when it has none)."""
     inner: Any = compressor
     while hasattr(inner, "inner"):
         inner = inner.inner
-    seed = mix(int(getattr(inner, "seed", 0)), worker, *stream)
-    return init_with_seed(compressor, x_D, seed)
+    seed = getattr(inner, "seed", None)
+    return None if seed is None else int(seed)
 
 
 def tensor_bytes(payload: Payload) -> int:

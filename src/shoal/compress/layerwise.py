@@ -28,6 +28,7 @@ from shoal.compress.base import (
     Payload,
     add_all,
     check_same,
+    configured_seed,
     decompress_sum,
     is_contractive,
     is_homomorphic,
@@ -90,7 +91,9 @@ class Layerwise:
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
         x_D = self._check(x_D)
-        base = seed if seed is not None else getattr(self.inner, "seed", None)
+        # The innermost compressor's seed, through error_feedback too: equal-sized blocks must
+        # not share a mask (layerwise(error_feedback(random_k)) gave them one).
+        base = seed if seed is not None else configured_seed(self.inner)
         state = {}
         for i, (offset, numel, skipped) in enumerate(self._layout):
             if not skipped:

@@ -48,7 +48,9 @@ bytes a worker receives stay those of one payload however many workers there are
 is approximated at rank ``r`` and a step takes two collectives. On 4 workers of the CNN
 (``benchmarks/shaped_network.py``) the gathered form reached 95% in fewer steps (80 against
 100) and shorter ones, hence the default. ``reduce="all_gather"`` gathers every compressor's
-payloads.
+payloads. Gathered payloads draw their randomness per worker: random-k's masks are then
+independent per worker (summed in compressed form they are shared), and PowerSGD's first
+queries differ.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 """
@@ -61,7 +63,14 @@ from typing import Any
 import torch
 
 from shoal.compress._common import init_with_seed, mix
-from shoal.compress.base import Compressor, Payload, decompress_sum, is_homomorphic, is_two_round
+from shoal.compress.base import (
+    Compressor,
+    Payload,
+    configured_seed,
+    decompress_sum,
+    is_homomorphic,
+    is_two_round,
+)
 from shoal.parallel.base import (
     Buckets,
     GradFn,
@@ -129,11 +138,18 @@ def compressor_states(
     """Each local worker's compressor state, and how the payloads travel."""
     path = reduction(compressor, params_WD[0], reduce)
     # Reduced payloads need the same random choices on every worker (random-k's shared seed,
-    # PowerSGD's query); otherwise each worker draws its own (QSGD's rounding is independent).
-    shared = path != "gather"
+    # PowerSGD's query); gathered ones are each worker's own (QSGD's rounding, and random-k's
+    # mask: independent per worker on this path). Their seeds mix in the compressor's, once it
+    # is set (the default 0 keeps the streams of the published runs).
+    seed = configured_seed(compressor) or 0
+
+    def own_seed(w: int) -> int | None:
+        if path != "gather":
+            return None  # the configured one, on every worker
+        return mix(w, 0x5EED, seed) if seed else mix(w, 0x5EED)
+
     states = [
-        init_with_seed(compressor, row, None if shared else mix(w, 0x5EED))
-        for w, row in zip(comm.workers, params_WD)
+        init_with_seed(compressor, row, own_seed(w)) for w, row in zip(comm.workers, params_WD)
     ]
     return {"compressor": states, "reduce": path}
 
