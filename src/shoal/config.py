@@ -560,6 +560,13 @@ def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:
             f"sampling.clients_per_round = {m}: must be <= partition.num_clients = {n} "
             "(or set sampling.replace = true)"
         )
+    comp = cfg["compression"]
+    if comp["error_feedback"] and comp["name"] == "identity":
+        raise ConfigError(
+            'compression.error_feedback = true with compression.name = "identity": nothing is '
+            "left out of the message, so there is nothing to feed back; name a compressor, or "
+            "remove error_feedback"
+        )
     data_dir = cfg["data"]["dir"]
     if data_dir and not Path(data_dir).expanduser().exists():
         raise ConfigError(

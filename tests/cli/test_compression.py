@@ -9,7 +9,7 @@ from cli_helpers import assert_one_line_error, sets, shoal, write_config
 
 from shoal.cli.build import build
 from shoal.cli.registry import CATALOG, COMPRESSORS
-from shoal.compress import ErrorFeedback, Identity, PowerSGD, TopK
+from shoal.compress import Cast, ErrorFeedback, PowerSGD, TopK
 from shoal.config import ConfigError, load, resolve
 from shoal.report import read_metrics
 
@@ -66,8 +66,9 @@ def test_build_wraps_and_fills_in_the_model_shapes(tmp_path: Path) -> None:
     raw = load(write_config(tmp_path))
     exp = build(resolve(raw | {"compression": {"name": "top_k", "ratio": 0.1}}, CATALOG))
     assert isinstance(exp.compressor, TopK) and exp.compressor.ratio == 0.1
-    exp = build(resolve(raw | {"compression": {"error_feedback": True}}, CATALOG))
-    assert isinstance(exp.compressor, ErrorFeedback) and isinstance(exp.compressor.inner, Identity)
+    ef_fp16 = {"name": "fp16", "error_feedback": True}
+    exp = build(resolve(raw | {"compression": ef_fp16}, CATALOG))
+    assert isinstance(exp.compressor, ErrorFeedback) and isinstance(exp.compressor.inner, Cast)
     ef_psgd = {"name": "powersgd", "rank": 2, "error_feedback": True}
     exp = build(resolve(raw | {"compression": ef_psgd}, CATALOG))
     assert isinstance(exp.compressor, ErrorFeedback)
@@ -95,6 +96,8 @@ ERRORS = [
     (["compression.name=fp16", "compression.ratio=0.1"], ["compression.ratio", "name"]),
     (["compression.name=powersgd", "compression.shapes=[[2, 2]]"], ["compression.shapes"]),
     (["compression.error_feedback=1"], ["compression.error_feedback", "true or false"]),
+    # Accepted before, and sync_sgd then left its bucketed all-reduce for the compressed path.
+    (["compression.error_feedback=true"], ["compression.error_feedback", "nothing to feed back"]),
 ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 
 from shoal.compress import error_feedback, powersgd, random_k, top_k
@@ -126,3 +129,18 @@ def test_gathered_payloads_draw_from_the_configured_seed():
     assert torch.equal(mean(7), mean(7))
     assert not torch.equal(mean(7), mean(8))
     assert not torch.equal(mean(0), mean(7))
+
+
+def test_settings_of_the_other_path_are_warned_of():
+    # Buckets shape the dense all-reduce, reduce the compressed payloads; each was ignored on
+    # the other path without a word.
+    with pytest.warns(UserWarning, match="overlap and bucket_cap_mb .* change nothing"):
+        sync_sgd(0.1, compressor=top_k(ratio=0.1), overlap=False)
+    with pytest.warns(UserWarning, match="overlap and bucket_cap_mb .* change nothing"):
+        sync_sgd(0.1, compressor=top_k(ratio=0.1), bucket_cap_mb=1.0)
+    with pytest.warns(UserWarning, match="reduce='all_gather' .* changes nothing"):
+        sync_sgd(0.1, reduce="all_gather")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sync_sgd(0.1, compressor=top_k(ratio=0.1), reduce="all_gather")
+        sync_sgd(0.1, overlap=False, bucket_cap_mb=1.0)

@@ -57,6 +57,7 @@ Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,7 @@ def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -
 
 
 REDUCE = ("auto", "all_gather", "two_round")
+BUCKET_CAP_MB = 25.0  # DDP's default
 
 
 def check_reduce(who: str, reduce: str, compressor: Compressor | None) -> None:
@@ -210,7 +212,7 @@ class SyncSGD:
     nesterov: bool = False
     compressor: Compressor | None = None
     overlap: bool = True
-    bucket_cap_mb: float = 25.0
+    bucket_cap_mb: float = BUCKET_CAP_MB
     reduce: str = "auto"
     name: str = "sync_sgd"
 
@@ -223,6 +225,23 @@ class SyncSGD:
             raise TypeError(f"sync_sgd: overlap must be true or false, got {self.overlap!r}")
         check_positive("sync_sgd: bucket_cap_mb", self.bucket_cap_mb)
         check_reduce("sync_sgd", self.reduce, self.compressor)
+        # Buckets belong to the dense all-reduce, reduce to compressed payloads: say so when a
+        # setting for one path is given to the other, rather than ignore it.
+        if self.compressor is not None and (
+            not self.overlap or self.bucket_cap_mb != BUCKET_CAP_MB
+        ):
+            warnings.warn(
+                "sync_sgd: overlap and bucket_cap_mb shape the dense all-reduce's buckets; "
+                "with a compressor the gradient is compressed whole after the backward pass, "
+                "so they change nothing",
+                stacklevel=4,
+            )
+        if self.compressor is None and self.reduce == "all_gather":
+            warnings.warn(
+                "sync_sgd: reduce='all_gather' says how compressed payloads travel; without a "
+                "compressor the dense gradient is all-reduced, so it changes nothing",
+                stacklevel=4,
+            )
 
     def _mean_gradient(self, params_WD: torch.Tensor, grad_fn: GradFn, comm: Comm) -> torch.Tensor:
         """The workers' mean dense gradient (see the module docstring)."""
@@ -284,7 +303,7 @@ def sync_sgd(
     nesterov: bool = False,
     compressor: Compressor | None = None,
     overlap: bool = True,
-    bucket_cap_mb: float = 25.0,
+    bucket_cap_mb: float = BUCKET_CAP_MB,
     reduce: str = "auto",
 ) -> SyncSGD:
     """All-reduce SGD (``torch.optim.SGD`` semantics), optionally with compressed gradients;
