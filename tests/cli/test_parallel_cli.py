@@ -99,6 +99,9 @@ def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):
     for a, b in zip(runs["free"], runs["coded"], strict=True):
         assert b["test_accuracy"] == a["test_accuracy"]  # timing only
         assert b["sim_seconds"] - a["sim_seconds"] == pytest.approx(a["step"] * 2410e-6)
+    # The run names its compressor, as a federated run does.
+    summary = json.loads((tmp_path / "free" / "summary.json").read_text())
+    assert summary["compressor"] == "top_k(ratio=0.1)"
 
 
 @pytest.mark.parametrize(

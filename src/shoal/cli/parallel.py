@@ -213,7 +213,8 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
         )
     sps = s.get("samples_per_second")
     rate = f", {sps:,.0f} samples/s" if sps else ""
-    lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{rate}")
+    how = f" ({s['compressor']})" if "compressor" in s else ""
+    lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{how}{rate}")
     sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
     if sim is not None:
         lines.append(f"  simulated time on {cfg['network.profile']}: {sim:.1f} s")

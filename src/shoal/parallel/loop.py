@@ -285,7 +285,7 @@ class _WorkerRun:
         summary: dict[str, Any] = {}
         if self.reports:
             summary = records.summarize(
-                alg.name,
+                alg,
                 self.rows,
                 num_workers=self.num_workers,
                 num_params=self.spec.num_params,

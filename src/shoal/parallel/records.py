@@ -62,7 +62,7 @@ def check_finite(test_loss: float, step: int) -> None:
 
 
 def summarize(
-    name: str,
+    algorithm: Any,
     rows: list[dict[str, Any]],
     *,
     num_workers: int,
@@ -73,8 +73,10 @@ def summarize(
 ) -> dict[str, Any]:
     evaluated = [r for r in rows if r.get("test_accuracy") is not None]
     last = rows[-1] if rows else {}
+    compressor = getattr(algorithm, "compressor", None)  # sync_sgd's and local_sgd's
     return {
-        "algorithm": name,
+        "algorithm": algorithm.name,
+        **({"compressor": compressor.name} if compressor is not None else {}),
         "steps": last.get("step", 0),
         "num_workers": num_workers,
         "num_params": num_params,

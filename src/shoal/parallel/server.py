@@ -117,7 +117,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
         row_now(centre_D, total_bytes[0])
     bar.close()
     summary = records.summarize(
-        algorithm.name,
+        algorithm,
         rows,
         num_workers=num_workers,
         num_params=spec.num_params,
