@@ -24,13 +24,17 @@ def round_rng(seed: int, round_idx: int, *stream: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class ClientSampler:
-    """Sample ``clients_per_round`` clients, uniformly or with probability ``n_k / n``.
+    """Sample ``clients_per_round`` clients, uniformly or weighted by size ``n_k``.
 
-    ``replace=False`` is FedAvg's sampling (McMahan et al. 2017; FedProx's code samples the
-    same way). ``replace=True, weighted=True`` is scheme I of Li et al., "On the Convergence of
-    FedAvg on Non-IID Data" (ICLR 2020), which pairs with uniform aggregation weights.
-    With replacement a client can be drawn twice in a round: both copies train from the same
-    state and its stored algorithm state is the one written last.
+    Weighted draws with replacement pick each client with probability ``n_k / n``; without
+    replacement they are successive draws proportional to ``n_k`` among the clients not yet
+    drawn (``numpy``'s ``choice``), whose inclusion probabilities are *not* proportional to
+    ``n_k`` (small clients are included more often). ``replace=False`` is FedAvg's sampling
+    (McMahan et al. 2017; FedProx's code samples the same way). ``replace=True,
+    weighted=True`` is scheme I of Li et al., "On the Convergence of FedAvg on Non-IID Data"
+    (ICLR 2020), which pairs with uniform aggregation weights. With replacement a client can be
+    drawn twice in a round: both copies train from the same state and its stored algorithm
+    state is the one written last.
     """
 
     clients_per_round: int

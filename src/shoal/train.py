@@ -107,6 +107,12 @@ def _check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
             "the server would add both of its control-variate changes while the client keeps "
             "one (c would stop being the mean of the c_k): sample without replacement"
         )
+    if getattr(sampler, "replace", False) and getattr(algorithm, "every_client_every_round", 0):
+        raise ValueError(
+            f"{algorithm.name} is data-parallel: every worker trains once every round, and "
+            "sampling with replacement can draw one twice and leave another out; sample "
+            "without replacement"
+        )
     if getattr(sampler, "weighted", False) and config.weighting == "samples":
         warnings.warn(
             "sampling clients by size (weighted=True) already favours large clients; "
@@ -197,6 +203,7 @@ def train(
     if params.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
     x, y = data.train.x.to(dev), data.train.y.to(dev)
+    y_true = y  # what the model is scored against: the labels before any poisoning
     attack = None
     if byzantine is not None:
         if isinstance(byzantine.behaviour, LabelFlip):  # they train honestly on poisoned data
@@ -227,13 +234,15 @@ def train(
         )
 
     out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
     server = algorithm.server_init(params)
     store = ClientStore()
     bcast: DownlinkState = {}  # the clients' copy of the broadcast, for downlink compression
     sim = 0.0  # simulated seconds so far, with a network cost model
     rows: list[dict[str, Any]] = []
     start_round, wall, cum_up, cum_down = 0, 0.0, 0, 0
-    restored_aggregator = None
+    restored: dict[str, Any] = {}  # what the checkpoint kept of the carried objects
     if out is not None:
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -246,13 +255,16 @@ def train(
             start_round, wall = ck["round"], ck["wall_seconds"]
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
-            restored_aggregator = ck.get("aggregator")
+            restored = ck.get("carried", {})
         if main:
             write_metrics(out / METRICS, rows)
-    # A stateful aggregator (centered clipping's momentum) continues a resumed run's state,
-    # and starts a fresh run afresh even when the object served an earlier run.
-    if callable(getattr(aggregator, "load_state_dict", None)):
-        aggregator.load_state_dict(restored_aggregator)  # type: ignore[attr-defined]
+    # Objects that carry state from round to round (centered clipping's last aggregate, a
+    # seeded attack's or bucketing's random stream) continue a resumed run's state, and start
+    # a fresh run afresh even when they served an earlier run.
+    carried: dict[str, Any] = {"aggregator": aggregator, "attack": attack}
+    for name, obj in carried.items():
+        if callable(getattr(obj, "load_state_dict", None)):
+            obj.load_state_dict(restored.get(name))
 
     bar = tqdm(
         range(start_round, config.rounds),
@@ -329,7 +341,7 @@ def train(
             bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", loss=f"{row['test_loss']:.3f}")
             if config.eval_train:
                 loss_n, correct_n = runtime.predict(
-                    model, spec, params, x, y, loss_fn, config.eval_batch_size
+                    model, spec, params, x, y_true, loss_fn, config.eval_batch_size
                 )
                 row["global_train_loss"], row["global_train_accuracy"] = pooled(loss_n, correct_n)
         else:
@@ -358,8 +370,11 @@ def train(
                     "downlink": bcast,
                     "sim_seconds": sim,
                 }
-                if callable(getattr(aggregator, "state_dict", None)):
-                    ck["aggregator"] = aggregator.state_dict()  # type: ignore[attr-defined]
+                ck["carried"] = {
+                    name: obj.state_dict()
+                    for name, obj in carried.items()
+                    if callable(getattr(obj, "state_dict", None))
+                }
                 atomic_save(ck, out / CHECKPOINT)
     bar.close()
 

@@ -260,6 +260,10 @@ def test_needs_shapes_and_every_worker_every_round(problem_factory):
     cfg = TrainConfig(rounds=1, sampler=ClientSampler(2), work=alg.work_override, progress=False)
     with pytest.raises(ValueError, match="every worker must train every round"):
         train(model, problem.data, problem.clients, alg, cfg, compressor=alg.default_compressor)
+    # Three draws with replacement pass the count, with a worker twice and one left out.
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(3, replace=True), progress=False)
+    with pytest.raises(ValueError, match="sample without replacement"):
+        train(model, problem.data, problem.clients, alg, cfg, compressor=alg.default_compressor)
 
 
 def test_registered_for_the_cli_in_its_data_parallel_form():
@@ -269,9 +273,7 @@ def test_registered_for_the_cli_in_its_data_parallel_form():
     assert PARALLEL["dgc"] is parallel.dgc and "dgc" not in ALGORITHMS
     options = CATALOG["algorithm"]["dgc"]()
     assert {"density", "momentum", "epoch_steps", "warmup", "clip_norm"} <= set(options)
-    assert (
-        "shapes" not in options
-    )  # given by the model, not the config file  # given by the model, not the config file
+    assert "shapes" not in options  # given by the model, not the config file
 
 
 def test_the_warm_up_is_never_silently_off():

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.aggregate import centered_clip, stateful
+from shoal.aggregate import bucketing, centered_clip, median, stateful
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
+from shoal.attacks import byzantine, gaussian, sign_flip
 from shoal.compress import top_k
 from shoal.cost import CostModel, Heterogeneity, cellular_4g
 from shoal.runtime.sim import SimRuntime
@@ -147,27 +148,39 @@ def test_empty_client_is_rejected():
         )
 
 
-def test_a_stateful_aggregator_resumes_its_state_and_starts_each_run_afresh(tmp_path):
-    # Centered clipping's state (the last aggregate it clips around) steers every round: a
-    # resumed run must continue it, and a run must not inherit another run's.
+# Objects that carry state from round to round: centered clipping's last aggregate, a seeded
+# attack's and bucketing's random streams.
+CARRIED = {
+    "centered_clip": lambda: {"aggregator": stateful(centered_clip(tau=0.05))},
+    "gaussian_attack": lambda: {
+        "aggregator": median(),
+        "byzantine": byzantine(2, 10, gaussian(0.1, seed=3)),
+    },
+    "bucketing": lambda: {"aggregator": bucketing(median(), s=2, seed=1)},
+}
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_carried_state_resumes_and_each_run_starts_afresh(tmp_path, name):
+    # A resumed run must continue the state (it restarted from init, 0.02-0.1 off), and a run
+    # must not inherit an earlier run's when the same object is passed again.
     data = tiny_data()
     clients = unequal_clients(len(data.train), 10)
 
-    reused = stateful(centered_clip(tau=0.05))
-    straight = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=reused)
-    again = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=reused)
-    assert torch.equal(straight.params, again.params)  # the second run forgot the first's state
-    plain = train(tiny_model(), data, clients, fedavg(0.2), _config(), aggregator=Mean(False))
-    assert not torch.allclose(straight.params, plain.params, atol=1e-3)  # the clipping matters
+    def run(extra, rounds=6, **kw):
+        cfg = _config(rounds=rounds)
+        return train(tiny_model(), data, clients, fedavg(0.2), cfg, **extra, **kw)
 
-    first = stateful(centered_clip(tau=0.05))
-    train(
-        tiny_model(), data, clients, fedavg(0.2), _config(rounds=3), aggregator=first,
-        out_dir=tmp_path / "b",
-    )  # fmt: skip
+    reused = CARRIED[name]()
+    straight = run(reused)
+    assert torch.equal(straight.params, run(reused).params)  # the second run started afresh
+    plain = run({"aggregator": Mean(False)})
+    assert not torch.allclose(straight.params, plain.params, atol=1e-3)  # the state matters
+
+    run(CARRIED[name](), rounds=3, out_dir=tmp_path / "b")
     resumed = train(
         tiny_model(), data, clients, fedavg(0.2), _config(), resume=True,
-        aggregator=stateful(centered_clip(tau=0.05)), out_dir=tmp_path / "b",
+        out_dir=tmp_path / "b", **CARRIED[name](),
     )  # fmt: skip
     assert torch.equal(straight.params, resumed.params)
 
@@ -190,3 +203,42 @@ def test_stragglers_with_nothing_less_to_do_are_warned_of():
                 tiny_model(), data, clients, fedavg(0.2),
                 _config(rounds=1, work=work, stragglers=Stragglers(0.9, drop=drop)),
             )  # fmt: skip
+
+
+def test_a_round_of_only_byzantine_clients_is_warned_of():
+    # The attack crafts from honest updates: with none in the round, the Byzantine clients'
+    # honest updates went through, and the run looked more robust than it was, silently.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    with pytest.warns(UserWarning, match="every client sampled this round is Byzantine"):
+        train(
+            tiny_model(), data, clients, fedavg(0.2), _config(sampler=ClientSampler(1)),
+            aggregator=median(), byzantine=byzantine(5, 10, sign_flip()),
+        )  # fmt: skip
+
+
+def test_the_global_train_accuracy_is_scored_on_the_true_labels():
+    # Label-flipping clients train on poisoned labels; the model's train accuracy was scored
+    # against them too (0.600 where the true labels gave 0.579).
+    from shoal.attacks import label_flip
+    from shoal.evaluate import predict
+    from shoal.functional import cross_entropy
+
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    res = train(
+        tiny_model(), data, clients, fedavg(0.2), _config(rounds=2, eval_train=True),
+        byzantine=byzantine(4, 10, label_flip(3)),
+    )  # fmt: skip
+    _, correct = predict(
+        tiny_model(), res.spec, res.params, data.train.x, data.train.y, cross_entropy
+    )
+    assert res.metrics[-1]["global_train_accuracy"] == pytest.approx(float(correct.double().mean()))
+
+
+def test_resume_without_a_folder_is_refused():
+    # It trained from scratch without a word (train_parallel refused already).
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    with pytest.raises(ValueError, match="resume=True needs the out_dir"):
+        train(tiny_model(), data, clients, fedavg(0.2), _config(rounds=1), resume=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.helpers import tiny_data, tiny_model, unequal_clients
-from shoal.aggregate import trimmed_mean
+from shoal.aggregate import bucketing, trimmed_mean
 from shoal.algorithms import (
     LocalWork,
     fedadagrad,
@@ -23,7 +23,7 @@ from shoal.algorithms import (
     fedyogi,
     scaffold,
 )
-from shoal.attacks import byzantine, sign_flip
+from shoal.attacks import byzantine, mimic, sign_flip
 from shoal.compress import error_feedback, top_k
 from shoal.runtime.dist import DistRuntime
 from shoal.runtime.sim import SimRuntime
@@ -52,6 +52,12 @@ def cases() -> dict[str, tuple[Any, dict[str, Any]]]:
         {"aggregator": trimmed_mean(1), "byzantine": byzantine(2, NUM_CLIENTS, sign_flip(), 0)},
     )
     out["fedavg+top_k+ef"] = (fedavg(0.1), {"compressor": error_feedback(top_k(0.2))})
+    # Rules that depend on the inbox's order (a random bucketing, copying the first honest
+    # update): every runtime fills the inbox in one order, or these differed.
+    out["fedavg+bucketing+mimic"] = (
+        fedavg(0.1),
+        {"aggregator": bucketing(trimmed_mean(1)), "byzantine": byzantine(2, NUM_CLIENTS, mimic())},
+    )
     return out
 
 

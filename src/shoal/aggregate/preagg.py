@@ -34,6 +34,7 @@ Shapes: ``N`` inbox rows, ``D`` flat parameters, ``G`` buckets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -58,6 +59,23 @@ class Bucketing:
         gen.manual_seed(self.seed)
         # The stream advances with every call; frozen otherwise (see the module docstring).
         object.__setattr__(self, "_generator", gen)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is, and the inner rule's state if it keeps one (``shoal.train``
+        checkpoints it, so a resumed run draws on)."""
+        agg: Any = self.agg
+        inner = agg.state_dict() if callable(getattr(agg, "state_dict", None)) else None
+        return {"generator": self._generator.get_state(), "agg": inner}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Continue the saved stream; ``None``: from the seed's start (a fresh run)."""
+        if saved is None:
+            self._generator.manual_seed(self.seed)
+        else:
+            self._generator.set_state(saved["generator"])
+        agg: Any = self.agg
+        if callable(getattr(agg, "load_state_dict", None)):
+            agg.load_state_dict(None if saved is None else saved["agg"])
 
     def buckets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The next permutation of ``range(n)`` cut into rows of ``s``, padded with ``-1``."""

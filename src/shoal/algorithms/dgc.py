@@ -58,7 +58,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -166,6 +166,10 @@ class DGC:
     Client state: ``u`` (momentum) and ``v`` (accumulation) [D], ``step`` (rounds taken, which
     drives the warm-up). Server state: none.
     """
+
+    every_client_every_round: ClassVar[bool] = True
+    """Data-parallel: each worker trains once every round (``shoal.train`` refuses sampling
+    with replacement, whose duplicates the count of sampled clients cannot tell apart)."""
 
     lr: float
     shapes: tuple[torch.Size, ...]

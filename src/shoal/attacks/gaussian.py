@@ -5,14 +5,16 @@ Byzantine-ML literature since Blanchard et al. 2017 (Gaussian Byzantine workers)
 ``sigma = 1`` is not taken from a paper: set it to the scale of the updates you attack.
 
 Randomness: a ``torch.Generator`` seeded with ``seed`` when the attack is built, advancing with
-each call (the k-th round draws the k-th sample of that seed's stream); pass ``generator=`` to
-a call to drive it yourself. Noise is drawn on the CPU in float64 and moved to the updates'
+each call (the k-th round draws the k-th sample of that seed's stream; ``shoal.train`` starts
+each run at the stream's start and checkpoints where it is); pass ``generator=`` to a call to
+drive it yourself. Noise is drawn on the CPU in float64 and moved to the updates'
 device and dtype, so a seed gives the same vectors on every machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +33,17 @@ class GaussianNoise:
         gen = torch.Generator()
         gen.manual_seed(self.seed)
         object.__setattr__(self, "_generator", gen)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is (``shoal.train`` checkpoints it, so a resumed run draws on)."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Continue the saved stream; ``None``: from the seed's start (a fresh run)."""
+        if saved is None:
+            self._generator.manual_seed(self.seed)
+        else:
+            self._generator.set_state(saved["generator"])
 
     def __call__(
         self, honest_HD: torch.Tensor, f: int, *, generator: torch.Generator | None = None

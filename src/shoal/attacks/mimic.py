@@ -4,11 +4,15 @@ Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
 ICLR 2022, Sec. 3 / App.: all Byzantine workers copy one honest worker, over-representing its
 (non-iid) data without ever looking like an outlier.
 
-``target=i`` copies honest worker ``i`` every round (the MoNNA reference code's ``mimic.py``
-copies worker 0). ``target=None`` picks, each round, the honest worker most extreme along the top
-principal direction of the honest updates, ``argmax_i |<z, x_i - mean>|``. The paper estimates
-``z`` over a warm-up phase of several rounds (``mimic_heuristic.py`` in the MoNNA code); here it
-is estimated from the current round alone, which needs no state.
+``target=i`` copies the ``i``-th honest update of the round (the MoNNA reference code's
+``mimic.py`` copies worker 0, its workers being fixed). In a federated round that is the
+``i``-th honest message of the server's inbox, which every runtime orders alike
+(:func:`shoal.runtime.base.inbox_order`: most local steps first, then the sampling order), so
+with client sampling the client copied changes from round to round. ``target=None`` picks,
+each round, the honest worker most extreme along the top principal direction of the honest
+updates, ``argmax_i |<z, x_i - mean>|``. The paper estimates ``z`` over a warm-up phase of
+several rounds (``mimic_heuristic.py`` in the MoNNA code); here it is estimated from the
+current round alone, which needs no state.
 """
 
 from __future__ import annotations
@@ -46,5 +50,5 @@ class Mimic:
 
 
 def mimic(target: int | None = 0) -> Mimic:
-    """Byzantine workers copy honest worker ``target`` (``None``: the most extreme one)."""
+    """Byzantine workers copy the ``target``-th honest update (``None``: the most extreme)."""
     return Mimic(target=target)

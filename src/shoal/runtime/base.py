@@ -112,6 +112,15 @@ class Runtime(Protocol):
         ...
 
 
+def inbox_order(task: RoundTask, positions: np.ndarray) -> np.ndarray:
+    """The order in which the server's inbox holds the messages of ``positions``: clients with
+    more local steps first (the simulator trains them so, keeping the active ones a prefix),
+    then the round's order. Every runtime fills the inbox in it, so rules that depend on the
+    order (bucketing's permutation, a mimic attack's target) see the same inbox in all."""
+    steps = np.array([task.plans[i].num_steps for i in positions], dtype=np.int64)
+    return positions[np.argsort(-steps, kind="stable")]
+
+
 def stack_states(states: list[ClientState]) -> ClientState:
     """Stack per-client states along a new leading ``W`` axis."""
     if not states or not states[0]:

@@ -46,7 +46,7 @@ from torch import nn
 from shoal.algorithms.base import StatelessClient
 from shoal.evaluate import predict_shared
 from shoal.functional import LossFn, ParamSpec
-from shoal.runtime.base import ClientStore, RoundResult, RoundTask
+from shoal.runtime.base import ClientStore, RoundResult, RoundTask, inbox_order
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.procgroup import DEFAULT_TIMEOUT_S, DistContext, init_from_env
 from shoal.runtime.sim import Chunk, SimRuntime
@@ -158,7 +158,8 @@ class DistRuntime:
         task: RoundTask,
         dev: torch.device,
     ) -> Message:
-        """Every message row to every rank (padded all-gather), in the round's client order."""
+        """Every message row to every rank (padded all-gather), in the simulator's inbox order
+        (:func:`~shoal.runtime.base.inbox_order`)."""
         shapes, dtype = _agree_on_layout(layout)
         world = self.ctx.world_size
         owned = np.concatenate([ch.positions for ch in chunks]) if chunks else np.zeros(0, int)
@@ -177,8 +178,10 @@ class DistRuntime:
             if chunks:
                 rows[: len(owned)] = torch.cat([ch.msg[key] for ch in chunks])
             received[key] = torch.cat(_all_gather(rows, world))[valid][order]
-        weights = torch.as_tensor(task.weights, dtype=dtype, device=dev)
-        acc.add(received, weights, np.arange(n))
+        inbox = inbox_order(task, np.arange(n))
+        index = torch.as_tensor(inbox, device=dev)
+        weights = torch.as_tensor(task.weights[inbox], dtype=dtype, device=dev)
+        acc.add({k: v[index] for k, v in received.items()}, weights, inbox)
         return acc.result()
 
     def sync(self) -> None:

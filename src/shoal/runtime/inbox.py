@@ -12,6 +12,8 @@ threat model of the attack papers (ALIE, IPM and sign flipping see the honest up
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -61,6 +63,13 @@ class Inbox:
         if self.attack is not None and self.byzantine is not None:
             bad = torch.from_numpy(self.byzantine[np.concatenate(self.positions)])
             f = int(bad.sum())
+            if f and f == len(bad):
+                warnings.warn(
+                    "every client sampled this round is Byzantine: the attack crafts its "
+                    "messages from honest updates and there are none, so they sent their own "
+                    "(honest) updates; sample more clients per round to attack every round",
+                    stacklevel=2,
+                )
             for k, v in inbox.items():
                 if v.shape[-1] == self.num_params and f < len(v):
                     v = v.clone()

@@ -29,7 +29,14 @@ from torch import nn
 
 from shoal.evaluate import predict
 from shoal.functional import batch_loss
-from shoal.runtime.base import ClientStore, RoundResult, RoundTask, corrects, stack_states
+from shoal.runtime.base import (
+    ClientStore,
+    RoundResult,
+    RoundTask,
+    corrects,
+    inbox_order,
+    stack_states,
+)
 from shoal.runtime.fused import fused_train, linear_chain, stacked_plan
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.loop import ClientLoop
@@ -151,7 +158,7 @@ class SimRuntime:
         messages; yields what the server receives from each chunk."""
         steps = np.array([p.num_steps for p in task.plans])
         # Longest-working clients first, so the still-active clients are always a prefix.
-        order = positions[np.argsort(-steps[positions], kind="stable")]
+        order = inbox_order(task, positions)
         dev = task.params_D.device
         if len(order) == 0:
             return
