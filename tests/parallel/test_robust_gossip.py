@@ -310,3 +310,16 @@ def test_every_node_byzantine_is_refused():
         robust_gossip(
             0.1, ring(3), plain_gossip(), byzantine=Byzantine(frozenset({0, 1, 2}), sign_flip())
         )
+
+
+def test_mimic_forgery_copies_an_honest_neighbour_not_the_receiver():
+    # Row 0 of the honest displacements is the receiver's own (zero): mimic(0) sent each
+    # receiver its own model back, a lazy node instead of a copy of an honest one.
+    from shoal.attacks import mimic
+    from shoal.parallel.algorithms.robust_gossip.attacks import forge
+
+    own, honest_KD = torch.zeros(4), torch.arange(8.0).reshape(2, 4) + 1
+    w_K = torch.ones(2)
+    for target in (0, 1):
+        forged = forge(mimic(target), own, honest_KD, w_K, 1.0, 2, step=0, receiver=0)
+        assert torch.equal(forged, honest_KD[target].expand(2, -1))

@@ -6,6 +6,8 @@ acts on the displacements ``x_k - x_i`` of the receiver's honest neighbourhood, 
 :class:`Dissensus` is He et al. (2022)'s attack on gossip. ALIE's ``z_max`` is computed from
 the receiver's neighbourhood (its honest rows and Byzantine in-neighbours), what an attacker
 forging per receiver would use; the ClippedGossip authors' code uses the global ``(n, f)``.
+Mimic copies one of the receiver's honest in-neighbours (``target``-th in neighbour order),
+not the receiver itself.
 
 Shape suffixes: ``H`` honest rows (the receiver's own included), ``K`` honest in-neighbours,
 ``F`` Byzantine in-neighbours, ``D`` flat parameters.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shoal.attacks import ALittleIsEnough, Attack, GaussianNoise, alie_z
+from shoal.attacks import ALittleIsEnough, Attack, GaussianNoise, Mimic, alie_z
 from shoal.attacks.base import check_attack, repeat
 
 
@@ -86,4 +88,8 @@ def forge(
             z = 0.0
         sigma = diff_HD.std(0) if h > 1 else torch.zeros_like(own_D)
         return own_D + repeat(diff_HD.mean(0) - z * sigma, f)
+    if isinstance(attack, Mimic) and len(diff_KD):
+        # Copy an honest in-neighbour: row 0 of diff_HD is the receiver's own model, and
+        # mimic(0) sent each receiver that, a lazy node rather than a copy of an honest one.
+        return own_D + attack(diff_KD, f)
     return own_D + attack(diff_HD, f)
