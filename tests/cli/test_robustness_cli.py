@@ -73,3 +73,20 @@ def test_options_are_not_ignored(capsys, args, says):
     """--rounds 0 used to run the default rounds, and --data-dir was dropped with digits."""
     assert shoal("robustness", *args) == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_grid_without_the_mean_still_has_its_clean_reference(tmp_path: Path, capsys):
+    # The clean mean is what "where defenses fail" compares with; without a mean column the
+    # report said "Clean accuracy of the plain mean: diverged%" and listed no failure.
+    out = tmp_path / "grid"
+    code = shoal(
+        "robustness", "--data", "digits", "--attacks", "sign_flip",
+        "--aggregators", "median", "--rounds", "2", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert 0 < report["headline"]["clean_accuracy"] <= 1
+    assert list(report["headline"]["grid"]["clean"]) == ["median"]  # no mean column added
+    table = (out / "robustness.md").read_text()
+    assert "diverged" not in table
+    assert "over the last 2 rounds" in table  # two rounds ran, not five

@@ -125,7 +125,7 @@ def test_markdown_tables_put_each_cell_under_its_column() -> None:
         "| sign flip | diverged | 84.0 |",
         "| ALIE | 86.0 | 50.0 |",
     ]
-    assert _table(text, "Mean test accuracy over the last 5 rounds")[2:] == [
+    assert _table(text, "Mean test accuracy over the last 3 rounds")[2:] == [
         "| clean | 88.0 | 87.0 |",
         "| sign flip | diverged | 80.0 |",
         "| ALIE | 85.0 | 55.0 |",

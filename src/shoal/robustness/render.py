@@ -37,7 +37,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for key, title in (("final", "Final test accuracy"), (f"last{LAST}_mean", "")):
-        title = title or f"Mean test accuracy over the last {LAST} rounds"
+        title = title or f"Mean test accuracy over the last {min(LAST, s['rounds'])} rounds"
         lines += [f"## {title}", "", "| attack | " + " | ".join(names) + " |"]
         lines.append("|---|" + "---:|" * len(names))
         for attack, row in res.items():
