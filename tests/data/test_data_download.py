@@ -134,3 +134,50 @@ def test_catalogue_entries_are_well_formed() -> None:
         for f in files:
             assert f.url.startswith(("http://", "https://")), f
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256), f
+
+
+def test_a_download_cut_short_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A loopback server announces 1,000 bytes and closes after 400: for a file without a
+    published hash (LEAF's raw inputs) that was kept and cached as if complete."""
+    import threading
+
+    monkeypatch.undo()  # the real urlopen: the server is on loopback
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+                conn.sendall(head + b"x" * 400)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/raw.txt"
+        with pytest.raises(OSError, match="ended after 400 of 1,000 bytes"):
+            download_file(RemoteFile(url, "raw.txt", None), tmp_path / "c", progress=False)
+        thread.join(5)
+    assert not (tmp_path / "c").exists()  # nothing cached
+
+
+def test_a_cached_file_is_checked_before_it_is_used(tmp_path: Path, capsys) -> None:
+    """The CLI reads the cache on every run: a corrupted file (here every label 0) trained
+    silently on the wrong data; now it is refused with what to do."""
+    import gzip
+
+    from shoal.cli import main
+
+    folder = tmp_path / "cache" / "mnist"
+    folder.mkdir(parents=True)
+    for remote in CATALOGUE["mnist"]:
+        (folder / remote.filename).write_bytes(gzip.compress(b"\0" * 16))
+    with pytest.raises(ValueError, match="does not have the published SHA-256"):
+        dl.check_cached("mnist", folder)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nname = "mnist"\ncache_dir = "{(tmp_path / "cache").as_posix()}"\n')
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "does not have the published SHA-256" in capsys.readouterr().err

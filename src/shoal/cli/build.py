@@ -38,6 +38,7 @@ from shoal.compress import Compressor, Identity, error_feedback, identity
 from shoal.config import Config, ConfigError, check_num_clients
 from shoal.cost import MBIT_S, CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, feature_noise, fetch
+from shoal.data.download import check_cached
 from shoal.functional import ParamSpec, init_params
 from shoal.runtime.base import Runtime
 from shoal.runtime.dist import DistRuntime
@@ -83,6 +84,10 @@ def _data_root(cfg: Config) -> Path | None:
         return Path(cfg["data.dir"]).expanduser()
     cache = cache_dir(cfg)
     if in_cache(name, cache):
+        try:
+            check_cached(name, cache / name)
+        except ValueError as e:
+            raise ConfigError(f'data.name = "{name}": {e}') from None
         return cache / name
     if entry.source == "prepared":
         raise ConfigError(

@@ -19,6 +19,7 @@ import torch
 
 from shoal.cli import UsageError, folder_arg
 from shoal.data import default_cache_dir
+from shoal.data.download import check_cached
 from shoal.robustness import STYLES, load_workload, presets, render, run_grid
 
 
@@ -102,6 +103,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
                 f"no MNIST files in {data_dir}: pass --data-dir (e.g. the mnist5k folder), "
                 "run `shoal data fetch mnist`, or use --data digits"
             )
+        try:
+            check_cached("mnist", data_dir)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     out = folder_arg(args.out)  # before the grid: minutes of training
     torch.set_num_threads(args.threads)
     work = load_workload(args.data, data_dir)

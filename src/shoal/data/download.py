@@ -172,10 +172,19 @@ def download_file(
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=remote.filename, disable=not progress
             ) as bar:
+                received = 0
                 while block := resp.read(1 << 20):
                     out.write(block)
                     h.update(block)
                     bar.update(len(block))
+                    received += len(block)
+        if total is not None and received != total:
+            # A server that closes early ends the read without an error; only the length
+            # announced tells, and files without a known hash have nothing else to check.
+            raise OSError(
+                f"the download of {remote.filename} from {url or remote.url} ended after "
+                f"{received:,} of {total:,} bytes; it was deleted (try again)"
+            )
         actual = h.hexdigest()
         if remote.sha256 is not None and actual != remote.sha256:
             raise ValueError(
@@ -192,6 +201,20 @@ def download_file(
     if remote.sha256 is None:
         _warn_unverified(dest, actual)
     return dest
+
+
+def check_cached(name: str, folder: str | Path) -> None:
+    """Raise ``ValueError`` unless each file of catalogue entry ``name`` in ``folder`` has its
+    published SHA-256 (files without one are not checked). A cache is read on every run, so
+    a corrupted or substituted file would otherwise train silently on the wrong data."""
+    for remote in CATALOGUE.get(name, ()):
+        path = Path(folder) / remote.filename
+        if remote.sha256 is not None and path.is_file() and sha256_of(path) != remote.sha256:
+            raise ValueError(
+                f"{path} does not have the published SHA-256 of {remote.filename} (corrupted, "
+                f"or another file); delete it and run `shoal data fetch {name}`, or point "
+                "data.dir at the folder to use its files as they are"
+            )
 
 
 def _warn_unverified(path: Path, actual: str) -> None:
