@@ -164,8 +164,8 @@ class Shards:
     equal shards, deal them at random.
 
     Each client gets exactly ``shards_per_client * (N // (W * shards_per_client))`` samples; the
-    last ``N mod`` shard-size samples (of the largest labels) are dropped. A shard straddles two
-    labels when class sizes are not multiples of the shard size.
+    last ``N mod (W * shards_per_client)`` samples (of the largest labels) are dropped. A shard
+    straddles two labels when class sizes are not multiples of the shard size.
     """
 
     shards_per_client: int = 2

@@ -68,8 +68,10 @@ def feature_noise(
     """Feature-distribution skew: add ``N(0, (sigma * i / W)^2)`` noise to client ``i``'s samples.
 
     Clients are numbered ``i = 0..W-1``, so client 0 keeps clean features (NIID-Bench / Li et
-    al. 2022, "noise-based feature imbalance"). Returns a new tensor; ``x`` is left unchanged and
-    samples outside every client stay clean. Noise comes from ``rng``, so it is reproducible.
+    al. 2022, "noise-based feature imbalance", the paper's ``sigma * i / N``; its code divides
+    by ``N - 1``, so there the last client gets the full ``sigma``). Returns a new tensor;
+    ``x`` is left unchanged and samples outside every client stay clean. Noise comes from
+    ``rng``, so it is reproducible.
     """
     if not x.is_floating_point():
         raise TypeError(f"feature_noise needs floating-point features, got {x.dtype}")
