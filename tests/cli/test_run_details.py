@@ -122,3 +122,20 @@ def test_the_auto_topology_is_the_documented_graph(name: str, graph: Callable) -
     expected = graph(len(shards))
     assert alg.topology.name == expected.name
     assert (alg.topology.mixing_WW == expected.mixing_WW).all()
+
+
+def test_a_truncated_data_file_is_one_line(tmp_path, capsys) -> None:
+    # A gzip cut short raised a bare EOFError traceback from deep in the reader.
+    import gzip
+
+    from shoal.data import CATALOGUE
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for remote in CATALOGUE["mnist"]:
+        (folder / remote.filename).write_bytes(gzip.compress(b"\0" * 4096)[:40])
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nname = "mnist"\ndir = "{folder.as_posix()}"\n')
+    assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read" in err, err

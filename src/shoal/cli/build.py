@@ -121,7 +121,7 @@ def load_data(cfg: Config) -> FederatedDataset:
     except FileNotFoundError as e:
         key = "data.dir" if cfg["data.dir"] else "data.cache_dir"
         raise ConfigError(f"{key}: cannot read {name} from {root}: {e}") from None
-    except ValueError as e:
+    except (ValueError, EOFError, OSError) as e:  # a truncated or corrupt archive too
         raise ConfigError(f'data.name = "{name}": cannot read {root}: {e}') from None
 
 
