@@ -133,7 +133,8 @@ def test_a_truncated_data_file_is_one_line(tmp_path, capsys) -> None:
     folder = tmp_path / "d"
     folder.mkdir()
     for remote in CATALOGUE["mnist"]:
-        (folder / remote.filename).write_bytes(gzip.compress(b"\0" * 4096)[:40])
+        whole = gzip.compress(bytes(range(256)) * 64, mtime=0)
+        (folder / remote.filename).write_bytes(whole[: len(whole) // 2])
     config = tmp_path / "c.toml"
     config.write_text(f'[data]\nname = "mnist"\ndir = "{folder.as_posix()}"\n')
     assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 2
