@@ -59,3 +59,12 @@ def test_feature_noise_leaves_unassigned_samples_and_rejects_tokens() -> None:
         feature_noise(
             torch.ones(3, 2, dtype=torch.int64), [np.array([0])], 1.0, np.random.default_rng(0)
         )
+
+
+def test_format_histogram_aligns_the_totals_with_the_columns() -> None:
+    # Single-digit cells over many clients sum to wide totals; the cells were sized for the
+    # clients' counts only, so the totals row ran past its columns.
+    hist = np.full((40, 3), 7)
+    lines = format_histogram(hist, max_rows=4).splitlines()
+    assert len(lines[-1]) == len(lines[0]) == len(lines[2])
+    assert lines[-1].split()[-3:] == ["280", "280", "280"]

@@ -33,7 +33,8 @@ def format_histogram(hist: np.ndarray, max_rows: int = 20) -> str:
     if hist.ndim != 2:
         raise ValueError(f"hist must be [clients, classes], got shape {hist.shape}")
     num_clients, num_classes = hist.shape
-    width = max(len(str(int(hist.max(initial=0)))), len(str(num_classes - 1)), 1)
+    # Wide enough for the totals row too: a class's total outgrows any one client's count.
+    width = max(len(str(int(hist.sum(axis=0).max(initial=0)))), len(str(num_classes - 1)), 1)
     total_w = max(len(str(int(hist.sum()))), 5)
     head = f"{'client':>6} {'n':>{total_w}} {'#cls':>4} | "
     lines = [head + " ".join(f"{c:>{width}}" for c in range(num_classes))]
