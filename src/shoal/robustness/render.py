@@ -80,7 +80,8 @@ def heatmap(report: dict[str, Any], path: str | Path) -> None:
             for r in rows
         ]
     )
-    fig, ax = plt.subplots(figsize=(1.05 * len(cols) + 2.5, 0.6 * len(rows) + 2.2))
+    # At least as wide as the two-line title, which a grid of few columns clipped.
+    fig, ax = plt.subplots(figsize=(max(1.05 * len(cols) + 2.5, 7.5), 0.6 * len(rows) + 2.2))
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.6")
     # Most cells lie between 70% and 90%; a power norm spreads that range over more colours
     # (the colour bar shows the scale) while 0-50% stays clearly red.
