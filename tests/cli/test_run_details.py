@@ -140,3 +140,14 @@ def test_a_truncated_data_file_is_one_line(tmp_path, capsys) -> None:
     assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read" in err, err
+
+
+@pytest.mark.parametrize(("client", "warned"), [("", False), ("[client]\nepochs = 2\n", True)])
+def test_fedsgd_warns_of_its_own_local_work_only_when_asked_for_another(
+    tmp_path, capsys, client, warned
+) -> None:
+    # It warned that the configured local work was ignored even when nothing was configured.
+    config = tmp_path / "c.toml"
+    config.write_text('rounds = 1\n[algorithm]\nname = "fedsgd"\nlr = 0.1\n' + client)
+    assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 0
+    assert ("fixes its own local work" in capsys.readouterr().err) == warned

@@ -35,7 +35,7 @@ from shoal.cli.registry import (
     rng_for,
 )
 from shoal.compress import Compressor, Identity, error_feedback, identity
-from shoal.config import Config, ConfigError, check_num_clients
+from shoal.config import SECTIONS, Config, ConfigError, check_num_clients
 from shoal.cost import MBIT_S, CostModel, Heterogeneity, Network, alpha_beta
 from shoal.data import ArrayDataset, FederatedDataset, default_cache_dir, feature_noise, fetch
 from shoal.data.download import check_cached
@@ -323,6 +323,9 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         steps=c["steps"] or None,
         min_epochs=c["min_epochs"] or None,
     )
+    override = getattr(algorithm, "work_override", None)
+    if override is not None and all(c[k] == p.default for k, p in SECTIONS["client"].items()):
+        work = override  # nothing was asked of [client]: no warning that it is ignored
     s = cfg.values["sampling"]
     train_config = TrainConfig(
         rounds=cfg["rounds"],
