@@ -29,7 +29,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.compress.base import Compressor, identity, is_contractive
+from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
@@ -131,8 +131,8 @@ def _check_tracked(algorithm: Algorithm, compressor: Compressor) -> None:
         warnings.warn(
             f"{algorithm.name} sends {', '.join(tracks)} through {compressor.name} and keeps "
             "what the server decoded of it; that compressor is not contractive, so the kept "
-            "state can drift and training diverge. Use a contractive compressor (top_k, "
-            "powersgd, scaled_sign, natural_compression, ...).",
+            f"state can drift and training diverge. Use a contractive compressor "
+            f"({CONTRACTIVE_EXAMPLES}).",
             stacklevel=3,  # the caller of train(...)
         )
 

@@ -40,6 +40,7 @@ import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
 from shoal.aggregate.base import Aggregator
+from shoal.streams import restore_stream, seeded_stream
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,8 @@ class Bucketing:
     def __post_init__(self) -> None:
         if isinstance(self.s, bool) or not isinstance(self.s, int) or self.s < 1:
             raise ValueError(f"bucketing: bucket size s must be a positive integer, got {self.s}")
-        gen = torch.Generator()
-        gen.manual_seed(self.seed)
         # The stream advances with every call; frozen otherwise (see the module docstring).
-        object.__setattr__(self, "_generator", gen)
+        object.__setattr__(self, "_generator", seeded_stream(self.seed))
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is, and the inner rule's state if it keeps one (``shoal.train``
@@ -69,10 +68,7 @@ class Bucketing:
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         """Continue the saved stream; ``None``: from the seed's start (a fresh run)."""
-        if saved is None:
-            self._generator.manual_seed(self.seed)
-        else:
-            self._generator.set_state(saved["generator"])
+        restore_stream(self._generator, self.seed, None if saved is None else saved["generator"])
         agg: Any = self.agg
         if callable(getattr(agg, "load_state_dict", None)):
             agg.load_state_dict(None if saved is None else saved["agg"])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from shoal.attacks.base import check_attack
+from shoal.streams import restore_stream, seeded_stream
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class GaussianNoise:
     def __post_init__(self) -> None:
         if not self.sigma >= 0:
             raise ValueError(f"gaussian: sigma must be >= 0, got {self.sigma}")
-        gen = torch.Generator()
-        gen.manual_seed(self.seed)
-        object.__setattr__(self, "_generator", gen)
+        object.__setattr__(self, "_generator", seeded_stream(self.seed))
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is (``shoal.train`` checkpoints it, so a resumed run draws on)."""
@@ -40,10 +39,7 @@ class GaussianNoise:
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         """Continue the saved stream; ``None``: from the seed's start (a fresh run)."""
-        if saved is None:
-            self._generator.manual_seed(self.seed)
-        else:
-            self._generator.set_state(saved["generator"])
+        restore_stream(self._generator, self.seed, None if saved is None else saved["generator"])
 
     def __call__(
         self, honest_HD: torch.Tensor, f: int, *, generator: torch.Generator | None = None

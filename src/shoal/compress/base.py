@@ -85,6 +85,10 @@ def is_two_round(compressor: Any) -> bool:
     return bool(getattr(compressor, "two_round", False))
 
 
+CONTRACTIVE_EXAMPLES = "top_k, scaled_sign, powersgd, natural_compression, ..."
+"""What a warning about a compressor that is not contractive suggests instead."""
+
+
 def is_contractive(compressor: Any) -> bool | None:
     """Whether ``compressor`` declares ``E||x - C(x)||^2 <= ||x||^2`` for every ``x``
     (``contractive``; wrappers forward it); ``None`` when it does not say."""

@@ -38,6 +38,7 @@ import torch
 
 from shoal.compress._common import check_flat, init_with_seed
 from shoal.compress.base import (
+    CONTRACTIVE_EXAMPLES,
     Compressor,
     Payload,
     decompress_sum,
@@ -64,8 +65,7 @@ class ErrorFeedback:
                 f"error_feedback({self.inner.name}): this compressor is not contractive "
                 "(E||x - C(x)||^2 can exceed ||x||^2), so the residual can grow from one "
                 "message to the next and training diverge. Send its messages without error "
-                "feedback, or wrap a contractive compressor (top_k, scaled_sign, powersgd, "
-                "natural_compression, ...).",
+                f"feedback, or wrap a contractive compressor ({CONTRACTIVE_EXAMPLES}).",
                 stacklevel=4,  # the caller of error_feedback(...)
             )
 

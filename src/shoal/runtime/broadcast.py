@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.compress.base import Compressor, Identity, identity, is_contractive
+from shoal.compress.base import (
+    CONTRACTIVE_EXAMPLES,
+    Compressor,
+    Identity,
+    identity,
+    is_contractive,
+)
 from shoal.compress.feedback import has_feedback
 from shoal.types import Message
 
@@ -59,8 +65,7 @@ def check_downlink(compressor: Compressor) -> None:
             f"downlink compressor {compressor.name}: not contractive (E||x - C(x)||^2 can "
             "exceed ||x||^2), so the clients' copy of the model, updated by feedback through "
             "the last one sent, can drift away from it and training diverge. Use a "
-            "contractive compressor (top_k, powersgd, scaled_sign, natural_compression, qsgd "
-            "with more levels, ...).",
+            f"contractive compressor ({CONTRACTIVE_EXAMPLES}; qsgd with more levels).",
             stacklevel=3,  # the caller of train(...)
         )
 
