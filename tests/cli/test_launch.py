@@ -223,3 +223,21 @@ def test_a_workers_error_is_one_write_so_workers_lines_do_not_interleave(
     assert shoal("run", write_config(tmp_path), "--set", "rounds=-1") == 2
     assert len(err.calls) == 1 and err.calls[0].startswith("shoal: error:"), err.calls
     assert err.calls[0].endswith("\n") and err.calls[0].count("\n") == 1
+
+
+def test_every_workers_identical_warning_is_shown_once(capsys):
+    # Each worker checks the same config and warns of the same setting: one line, not one per
+    # process. A warning that differs between workers (it names its rank) is not a repeat.
+    same = "shoal: warning: sync_sgd: reduce='all_gather' without a compressor ...\n"
+    lines = [same, "rank 0 log\n", same, "shoal: warning: rank 1 only\n", same]
+    log = _AgentLog(verbose=False)
+    for line in lines:
+        log.write(line)
+    assert log.finish(["0", "0"]) is False
+    err = capsys.readouterr().err
+    assert err == same + "rank 0 log\n" + "shoal: warning: rank 1 only\n"
+    verbose = _AgentLog(verbose=True)  # SHOAL_DEBUG=1: every worker's line
+    for line in lines:
+        verbose.write(line)
+    verbose.finish(["0", "0"])
+    assert capsys.readouterr().err == "".join(lines)

@@ -27,6 +27,8 @@ ERROR = "shoal: error:"
 """How every command's one-line error starts (``shoal launch`` recognises its workers' by it)."""
 CONFIG_ERROR_EXIT = 2
 """The exit code of a usage or config mistake (``shoal launch`` tells a refused config by it)."""
+WARNING = "shoal: warning:"
+"""How a library warning's line starts (``shoal launch`` shows each worker's once)."""
 
 
 class UsageError(Exception):
@@ -129,7 +131,7 @@ def say(line: str) -> None:
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
     """Library warnings as one line for people, without the source line."""
-    say(f"shoal: warning: {' '.join(str(message).split())}")
+    say(f"{WARNING} {' '.join(str(message).split())}")
 
 
 def _one_line(e: BaseException) -> str:

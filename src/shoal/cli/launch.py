@@ -21,7 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shoal.cli import CONFIG_ERROR_EXIT, ERROR, UsageError, add_set_option, config_from_args
+from shoal.cli import (
+    CONFIG_ERROR_EXIT,
+    ERROR,
+    WARNING,
+    UsageError,
+    add_set_option,
+    config_from_args,
+)
 from shoal.runtime.spawn import free_port
 
 # torchrun's failure report: one entry per failed worker, its global rank and exit code on
@@ -43,21 +50,23 @@ class _AgentLog:
     (a dozen lines inside torch) before the failure table that says which rank failed and how;
     only the table is news. Any other traceback passes through (``SHOAL_DEBUG=1``: all).
 
-    Every worker refuses a bad config with the same one-line error: it is shown once. The
+    Every worker refuses a bad config with the same one-line error, and warns of a setting
+    with the same one-line warning: each such line is shown once (a line that names its rank
+    differs, and stays). The
     agent's failure report is held until the job ends (:meth:`finish`), and dropped when the
     workers only refused the config: that line already says everything."""
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
         self.held: list[str] = []
-        self.errors: set[str] = set()
+        self.said: set[str] = set()
         self.report: list[str] | None = None
 
     def write(self, line: str) -> None:
-        if line.startswith(ERROR) and not self.verbose:
-            if line in self.errors:
+        if line.startswith((ERROR, WARNING)) and not self.verbose:
+            if line in self.said:
                 return
-            self.errors.add(line)
+            self.said.add(line)
         if self.report is None and _REPORT_START.search(line):
             self.report = []
         if not self.held and (self.verbose or not line.startswith("Traceback (most recent")):
