@@ -323,6 +323,16 @@ class CostModel:
     none."""
 
     def __post_init__(self) -> None:
+        # Refused here, not at the first round's AttributeError: the profiles are factories,
+        # and CostModel(wifi) for CostModel(wifi()) is an easy slip.
+        if not isinstance(self.network, Network):
+            raise TypeError(
+                f"network must be a Network (a profile called: wifi(), ...), got {self.network!r}"
+            )
+        if not isinstance(self.heterogeneity, Heterogeneity):
+            raise TypeError(
+                f"heterogeneity must be a Heterogeneity, got {type(self.heterogeneity).__name__}"
+            )
         _finite(self.seconds_per_sample, "seconds_per_sample")
         _finite(self.codec_seconds_per_element, "codec_seconds_per_element")
         het = self.heterogeneity

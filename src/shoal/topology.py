@@ -121,7 +121,9 @@ def ring(n: int) -> Topology:
 
 def torus(rows: int, cols: int) -> Topology:
     """A 2-D torus (each node with 4 neighbours when rows, cols >= 3)."""
-    _check_n(rows * cols)
+    # Each side on its own: the product alone let torus(-2, -3) through, as 6 isolated nodes.
+    if min(rows, cols) < 1:
+        raise ValueError(f"torus: rows and cols must be >= 1, got {rows} x {cols}")
     edges = []
     for r in range(rows):
         for c in range(cols):

@@ -62,6 +62,22 @@ def test_alpha_scales_the_budget(alpha: float) -> None:
         assert alloc.nbytes < alloc.uniform_nbytes  # a looser budget buys fewer bytes
 
 
+def test_a_budget_no_choice_meets_takes_the_least_error_level_per_layer() -> None:
+    """alpha = 0.5 under errors that cannot drop below 0.6 of uniform's: the documented
+    fallback, each layer's least-error level, and an error above the budget for all to see."""
+    lg = LGreCo(
+        [(10, 10)] * 2,
+        lambda r, _: TopK(ratio=r),
+        (0.1, 0.2, 0.5),
+        0.1,
+        alpha=0.5,
+        error_fn=lambda block, shape, levels: [1.0, 0.8, 0.6],
+    )
+    alloc = lg.allocate(torch.randn(200, generator=gen(2)))
+    assert alloc.levels == (0.5, 0.5)
+    assert alloc.error == pytest.approx(1.2) and alloc.budget == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3, 4, 5, 8])
 def test_powersgd_candidate_ranks_span_half_to_twice_the_rank(rank: int) -> None:
     expected = tuple(range(max(1, math.floor(0.5 * rank)), math.ceil(2 * rank) + 1))

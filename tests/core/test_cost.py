@@ -226,6 +226,15 @@ def test_bad_values_are_one_line(make, match):
     assert "\n" not in str(info.value)
 
 
+def test_a_profile_not_called_is_refused_at_once():
+    # CostModel(wifi) for CostModel(wifi()) failed only at the first round, with an
+    # AttributeError.
+    with pytest.raises(TypeError, match=r"a profile called: wifi\(\)"):
+        CostModel(wifi, seconds_per_sample=1e-3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="heterogeneity must be a Heterogeneity"):
+        CostModel(wifi(), heterogeneity=0.5)  # type: ignore[arg-type]
+
+
 def test_no_workers_cost_nothing():
     assert MODEL.federated_round([], [], [], [], 0) == 0.0
     assert MODEL.all_reduce(np.array([], dtype=int), 1000, np.array([]), 0) == 0.0

@@ -104,6 +104,13 @@ def test_torus_links_grid_neighbours_with_wrap_around(rows: int, cols: int) -> N
     )
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(-2, -3), (-1, -1), (0, 4), (3, 0)])
+def test_a_torus_side_below_one_is_refused(rows: int, cols: int) -> None:
+    # A positive product of two negative sides built isolated nodes, silently.
+    with pytest.raises(ValueError, match="rows and cols must be >= 1"):
+        torus(rows, cols)
+
+
 @pytest.mark.parametrize("n", [7, 8, 11])
 def test_exponential_links_i_to_i_plus_and_minus_powers_of_two_below_n(n: int) -> None:
     """Hops ``2^k`` for ``k < ceil(log2 n)``: at 7 nodes ``+-4`` is ``-+3``, so every node is

@@ -16,6 +16,9 @@ and ``DP[l][b] = min_c DP[l-1][b - e_l(c)] + s_l(c)`` is solved in ``O(L C bucke
 backtracked. Rounding up makes every choice the DP can return meet the real budget; it can
 make the uniform setting itself look infeasible (by at most ``L`` units), so when the DP finds
 nothing cheaper than uniform, uniform is kept: L-GreCo never sends more bytes than uniform.
+With ``alpha < 1`` the budget can be below every choice's error (after rounding up); then each
+layer takes its least-error level, and the :class:`Allocation`'s ``error`` exceeds its
+``budget``.
 
 Deviations, named: the profile is taken on the vector being compressed at that step (wrap in
 :func:`shoal.compress.error_feedback` to profile the accumulated gradient, the residual
