@@ -7,7 +7,7 @@ import torch
 
 from shoal.parallel import SimComm, eamsgd, easgd
 
-from .cases import Quadratic, push_sum_start
+from .cases import Quadratic, ZeroGrad, push_sum_start
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,18 @@ def test_elastic_averaging_by_hand(momentum, alpha, tau):
         ref_x = ref_x - d
         torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-10, msg=f"step {t}")
         torch.testing.assert_close(alg.model(x, state), ref_c, rtol=0, atol=1e-10)
+
+
+def test_synchronous_easgd_refuses_a_moving_rate_that_diverges():
+    """With zero gradients the gap ``e = mean_i(x_i) - c`` becomes ``(1 - (p + 1) alpha) e`` at
+    every exchange, so ``alpha >= 2 / (p + 1)`` never reaches consensus: alpha = 0.3 on 8
+    workers (beta = 2.4) sent the centre to 1e12 in 50 steps without a gradient."""
+    comm = SimComm(8)
+    with pytest.raises(ValueError, match=r"alpha < 2 / \(p \+ 1\) = 0\.222"):
+        easgd(0.1, alpha=0.3).init(push_sum_start(8), comm)
+    alg = easgd(0.1, alpha=0.2)  # 1 - 9 * 0.2 = -0.8: the gap shrinks, in alternating sign
+    x = push_sum_start(8)
+    state = alg.init(x, comm)
+    for t in range(60):
+        x, state = alg.step(x, ZeroGrad(), state, comm, t)
+    torch.testing.assert_close(x, state["centre_1D"].expand_as(x), rtol=0, atol=1e-4)

@@ -11,7 +11,9 @@ with ``local_step`` plain SGD (EASGD) or Nesterov momentum ``delta`` (EAMSGD, th
 Algorithm 2): ``v <- delta v - lr g(x + delta v)``, ``x <- x + v``. With ``tau = 1`` and no
 momentum this is the paper's synchronous EASGD, ``x_i <- x_i - lr g_i - alpha (x_i - x~)``.
 The default ``alpha`` is ``beta / p`` with ``beta = 0.9`` and ``p`` workers (the paper's and
-``mlaunch.lua``'s choice).
+``mlaunch.lua``'s choice). The synchronous form refuses ``alpha >= 2 / (p + 1)``: every exchange
+multiplies the gap between the workers' mean and the centre by ``1 - (p + 1) alpha``, so it
+would never close (the centre diverges even without gradients).
 
 Two forms:
 
@@ -88,6 +90,16 @@ class EASGD:
             assert isinstance(comm, DistComm)
             if comm.rank == self.server_rank(comm):
                 raise ValueError(f"{self.name}: rank {comm.rank} is the server; it runs serve()")
+        else:
+            # The gap e = mean_i(x_i) - x~ becomes (1 - (p + 1) alpha) e at every exchange.
+            p, alpha = comm.world_size, self.moving_rate(comm)
+            if (p + 1) * alpha >= 2:
+                raise ValueError(
+                    f"{self.name}: alpha={alpha} on {p} workers diverges: every exchange "
+                    f"multiplies the gap between the workers' mean and the centre by "
+                    f"1 - (p + 1) alpha = {1 - (p + 1) * alpha:.3g}; use alpha < 2 / (p + 1) = "
+                    f"{2 / (p + 1):.3g} (the default is 0.9 / p)"
+                )
         state: State = {"centre_1D": params_WD[:1].clone()}  # every worker starts from it
         if self.momentum:
             state["velocity_WD"] = torch.zeros_like(params_WD)
