@@ -92,8 +92,9 @@ def from_edges(n: int, edges: Sequence[tuple[int, int]], name: str = "graph") ->
 
 
 def from_matrix(mixing_WW: torch.Tensor, name: str = "custom") -> Topology:
-    """A user-given mixing matrix (column-stochastic; doubly stochastic for D-PSGD)."""
-    return Topology(name, torch.as_tensor(mixing_WW, dtype=torch.float64).clone())
+    """A user-given mixing matrix (column-stochastic; doubly stochastic for D-PSGD), kept on
+    the CPU like every topology (the communicators build their tables there)."""
+    return Topology(name, torch.as_tensor(mixing_WW, dtype=torch.float64, device="cpu").clone())
 
 
 def complete(n: int) -> Topology:
