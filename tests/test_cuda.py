@@ -19,6 +19,7 @@ import torch
 
 from core import helpers
 from parallel import cases
+from shoal import aggregate as ag
 from shoal.aggregate import median
 from shoal.algorithms import fedadam, fedavg, scaffold
 from shoal.compress import error_feedback, qsgd, top_k
@@ -173,3 +174,28 @@ def test_predict_scores_cpu_data_with_a_model_on_the_device() -> None:
     assert got[0].device.type == torch.device(DEVICE).type
     torch.testing.assert_close(got[0].cpu(), want[0], **TOL)
     assert torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.parametrize(
+    "agg",
+    [
+        ag.mean(),
+        ag.median(1),
+        ag.trimmed_mean(1),
+        ag.krum(1),
+        ag.multi_krum(1),
+        ag.bulyan(1),
+        ag.geometric_median(),
+        ag.centered_clip(),
+        ag.nnm(ag.trimmed_mean(1), 1),
+        ag.flag_aggregator(),
+    ],
+    ids=repr,
+)
+def test_aggregators_take_cpu_weights_with_an_inbox_on_the_device(agg: ag.Aggregator) -> None:
+    # torch.ones(n) is how a caller writes equal weights; the rules that reorder or use the
+    # weights indexed or multiplied a CPU tensor with a device one.
+    x = torch.randn(9, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = agg(x.to(DEVICE), torch.ones(9, dtype=torch.float64))
+    assert got.device.type == torch.device(DEVICE).type
+    torch.testing.assert_close(got.cpu(), agg(x, torch.ones(9, dtype=torch.float64)), **TOL)

@@ -62,3 +62,17 @@ def test_too_few_inputs_raise() -> None:
         multi_krum(1, 12)(torch.randn(9, 2), torch.ones(9))
     with pytest.raises(ValueError, match="m must be"):
         multi_krum(1, 0)
+
+
+def test_exact_score_ties_do_not_depend_on_the_inbox_order() -> None:
+    # -1 and 1 tie on both the score and the tie-break; position used to decide, so reversing
+    # the inbox changed the output. Sign-compressed updates tie like this (7 of 300 draws of
+    # eleven {-1, 1}^8 rows changed Krum's output when permuted).
+    x = torch.tensor([[-3.0], [-1.0], [1.0], [3.0]], dtype=torch.float64)
+    for agg in (krum(0), multi_krum(0, 3)):
+        assert torch.equal(agg(x, torch.ones(4)), agg(x.flip(0), torch.ones(4)))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        x = torch.randint(0, 2, (11, 8), generator=gen).double() * 2 - 1
+        p = torch.randperm(11, generator=gen)
+        assert torch.equal(krum(3)(x[p], torch.ones(11)), krum(3)(x, torch.ones(11)))

@@ -61,3 +61,15 @@ def test_bad_weights_and_options_raise() -> None:
         geometric_median()(torch.randn(3, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="nu"):
         geometric_median(nu=0.0)
+
+
+def test_huge_finite_float32_rows_do_not_turn_the_median_into_nan() -> None:
+    # One Byzantine row of 1e19s is finite in float32, but a float32 norm of a 1000-d
+    # difference from it overflows: every distance was inf, every beta 0, and z 0/0 = NaN.
+    g = torch.Generator().manual_seed(0)
+    honest = torch.randn(9, 1000, generator=g)
+    x = torch.cat([honest, torch.full((1, 1000), 1e19)])
+    z = geometric_median()(x, torch.ones(10))
+    assert z.dtype == torch.float32 and bool(torch.isfinite(z).all())
+    # The same inbox in float64, whose norms do not overflow at 1e19.
+    torch.testing.assert_close(z.double(), geometric_median()(x.double(), torch.ones(10)))

@@ -71,6 +71,26 @@ def gram(x_ND: torch.Tensor) -> torch.Tensor:
     return (g + g.T) / 2
 
 
+def row_norms(x_ND: torch.Tensor, z_D: torch.Tensor) -> torch.Tensor:
+    """``||x_i - z||`` for every row, ``[N]`` in the rows' dtype.
+
+    A float32 norm sums its squares in float32: one finite Byzantine row of 1e19s in 1000
+    coordinates overflows it to inf although the distance (3e20) is a float32. Only then are
+    the distances summed again in float64, over column chunks as in ``gram`` so that the
+    float64 copy stays small; a distance that does not fit the dtype stays inf.
+    """
+    fast = (x_ND - z_D).norm(dim=1)
+    if bool(torch.isfinite(fast).all()):
+        return fast
+    n, d = x_ND.shape
+    sq = torch.zeros(n, dtype=torch.float64, device=x_ND.device)
+    step = max(1, _GRAM_CHUNK_ELEMENTS // max(n, 1))
+    for start in range(0, d, step):
+        block = x_ND[:, start : start + step].to(torch.float64)
+        sq += (block - z_D[start : start + step].to(torch.float64)).square().sum(dim=1)
+    return sq.sqrt().to(x_ND.dtype)
+
+
 def sq_distances(x_ND: torch.Tensor) -> torch.Tensor:
     """Pairwise squared Euclidean distances ``[N, N]`` in float64 by the Gram identity.
 
@@ -112,9 +132,15 @@ def canonical_order(
     weights are evenly spaced; the second's, ``frac(i * golden ratio)``, make a tie of two
     distinct rows on both practically impossible.
     """
+    order = canonical_permutation(x_ND)
+    # Weights may stay on the CPU under a CUDA inbox; a CPU tensor takes no CUDA index.
+    return x_ND[order], weights_N[order.to(weights_N.device)]
+
+
+def canonical_permutation(x_ND: torch.Tensor) -> torch.Tensor:
+    """The row indices in :func:`canonical_order`'s order."""
     d = x_ND.shape[1]
     v_D = torch.linspace(1.0, 2.0, d, dtype=x_ND.dtype, device=x_ND.device)
     u_D = (torch.arange(d, dtype=torch.float64) * 0.6180339887498949 % 1.0).to(x_ND)
     order = torch.argsort(x_ND @ u_D, stable=True)
-    order = order[torch.argsort((x_ND @ v_D)[order], stable=True)]
-    return x_ND[order], weights_N[order]
+    return order[torch.argsort((x_ND @ v_D)[order], stable=True)]

@@ -10,9 +10,10 @@ Gradient Descent", NeurIPS 2017. Each input ``i`` gets the score
 averages the ``m`` lowest. Requirement: ``n >= 2f + 3``.
 
 Ties in the score are broken by the sum of squared distances to *all* other inputs, and only
-then by position. Exact ties are rare for Krum itself but structural in Bulyan's last picks
-(one or zero neighbours), and breaking them by position would make the rule depend on the order
-of the inbox.
+then by position in a canonical order of the rows (``canonical_permutation``), so the result
+does not depend on the order the messages arrived in. Exact ties are structural in Bulyan's
+last picks (one or zero neighbours) and common for Krum on integer-valued inputs
+(sign-compressed updates: -1 and 1 tie on both keys among -3, -1, 1, 3).
 
 Weights: **ignored** (Multi-Krum averages the selected inputs uniformly, as in the paper).
 Cost: O(N^2 D) for the Gram matrix, float64. Shapes: ``N`` inbox rows, ``D`` flat parameters.
@@ -24,7 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, check_f, require, sq_distances
+from shoal.aggregate._common import (
+    as_matrix,
+    canonical_permutation,
+    check_f,
+    require,
+    sq_distances,
+)
 
 
 def krum_scores(
@@ -56,7 +63,9 @@ def lexicographic_order(primary_N: torch.Tensor, secondary_N: torch.Tensor) -> t
 def krum_select(x_ND: torch.Tensor, f: int, m: int) -> torch.Tensor:
     """Indices of the ``m`` inputs with the lowest Krum scores, best first."""
     score, tie_break = krum_scores(sq_distances(x_ND), x_ND.shape[0] - f - 2)
-    return lexicographic_order(score, tie_break)[:m]
+    # Exact ties on both keys go by the rows' canonical order, not their position in the inbox.
+    order = canonical_permutation(x_ND)
+    return order[lexicographic_order(score[order], tie_break[order])][:m]
 
 
 @dataclass(frozen=True)

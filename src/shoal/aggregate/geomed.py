@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, positive_weights
+from shoal.aggregate._common import as_matrix, positive_weights, row_norms
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class GeometricMedian:
         alpha = alpha / alpha.sum()
         z = alpha @ x_ND
         for _ in range(self.max_iter):
-            beta = alpha / (x_ND - z).norm(dim=1).clamp_min(self.nu)
+            # row_norms, not .norm(): a float32 norm overflows on a huge but finite Byzantine
+            # row, and inf distances made every beta 0 and z 0/0 = NaN.
+            beta = alpha / row_norms(x_ND, z).clamp_min(self.nu)
             z, previous = (beta / beta.sum()) @ x_ND, z
-            scale = (x_ND - z).norm(dim=1).median()
+            scale = row_norms(x_ND, z).median()
             if bool((z - previous).norm() <= self.tol * scale):
                 break
         return z.reshape(shape)

@@ -21,7 +21,7 @@ class Mean:
         total = weights_N.sum()
         if not total > 0:
             raise ValueError("aggregation weights must have a positive sum")
-        w = weights_N.to(inbox_ND.dtype)
+        w = weights_N.to(inbox_ND.device, inbox_ND.dtype)  # CPU weights under a CUDA inbox
         return (w @ inbox_ND.reshape(inbox_ND.shape[0], -1)).reshape(inbox_ND.shape[1:]) / total
 
 
