@@ -50,7 +50,7 @@ def test_sign_flip_and_ipm(honest: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize(("n", "f"), [(26, 5), (50, 24), (10, 2), (7, 1)])
-def test_alie_z_is_the_paper_formula(n: int, f: int) -> None:
+def test_alie_z_is_the_epfml_formula(n: int, f: int) -> None:
     s = math.floor(n / 2 + 1) - f
     assert alie_z(n, f) == pytest.approx(norm.ppf((n - f - s) / (n - f)), rel=1e-12)
 
@@ -66,8 +66,18 @@ def test_alie_vectors(honest: torch.Tensor) -> None:
     )
     with pytest.raises(ValueError, match="undefined"):
         alie_z(10, 6)
-    with pytest.raises(ValueError, match="at least 2"):
-        alie()(honest[:1], 1)
+
+
+def test_alie_sends_the_honest_mean_where_z_or_sigma_is_undefined(honest: torch.Tensor) -> None:
+    # A Byzantine majority (z_max undefined) or one honest update (no sigma): a round of
+    # sampled clients can draw either, and the run stopped with a ValueError.
+    with pytest.warns(UserWarning, match=r"undefined for n=5, f=3.*honest mean \(z = 0\)"):
+        got = alie()(honest[:2], 3)
+    torch.testing.assert_close(got, honest[:2].mean(0).expand(3, -1), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="undefined for n=2, f=1"):
+        assert torch.equal(alie()(honest[:1], 1), honest[:1])
+    with pytest.warns(UserWarning, match="one honest update has no standard deviation"):
+        assert torch.equal(alie(z=1.5)(honest[:1], 2), honest[:1].expand(2, -1))
 
 
 def test_gaussian_is_seeded_normal_noise(honest: torch.Tensor) -> None:

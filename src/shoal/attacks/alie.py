@@ -2,20 +2,25 @@
 
 Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed
 Learning", NeurIPS 2019, Alg. 3: every Byzantine worker sends ``mu - z * sigma``, with ``mu`` and
-``sigma`` the coordinate-wise mean and standard deviation of the honest updates, and
+``sigma`` the coordinate-wise mean and standard deviation of the honest updates. By default
+``z`` is the epfml code's ``z_max`` (``codes/attacks/alittle.py``):
 
     s = floor(n/2 + 1) - f,    z_max = Phi^-1((n - f - s) / (n - f))
 
-(``n`` workers in all, ``f`` of them Byzantine, ``Phi`` the standard normal CDF): the largest
-shift for which enough honest workers still look farther from the mean than the attackers.
-This ``z_max`` is the MoNNA code's; some implementations read the paper as ``(n - s) / n``.
-``sigma`` is the unbiased (``n - 1``) estimate, as in the MoNNA reference code; it needs at least
-two honest updates.
+(``n`` workers in all, ``f`` of them Byzantine, ``Phi`` the standard normal CDF): the shift for
+which ``s`` of the ``n - f`` honest workers are expected to lie farther from the mean than the
+attackers. Alg. 3 of the paper takes the largest ``z`` with ``Phi(z) < (n - s) / n``, a larger
+shift (0.47 instead of 0.25 at n = 25, f = 5); pass ``z=`` for it. The MoNNA code's ``little``
+attack uses neither: it line-searches the factor against the aggregator. ``sigma`` is the
+unbiased (``n - 1``) estimate, as in both codes. Where ``z_max`` is undefined (a Byzantine
+majority among the round's sampled clients, or in a small gossip neighbourhood) or ``sigma``
+is (one honest update), the attackers send the honest mean, with a warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -25,9 +30,9 @@ from shoal.attacks.base import check_attack, repeat
 
 
 def alie_z(n: int, f: int) -> float:
-    """``z_max`` for ``n`` workers of which ``f`` are Byzantine, as the MoNNA code computes it
-    (``reference/algorithms-distributed.md``): ``Phi^-1((n - f - s) / (n - f))``,
-    ``s = floor(n/2 + 1) - f``. Other implementations of Baruch et al.'s Algorithm 3 use
+    """``z_max`` for ``n`` workers of which ``f`` are Byzantine, as the epfml code computes it
+    (``codes/attacks/alittle.py``): ``Phi^-1((n - f - s) / (n - f))``,
+    ``s = floor(n/2 + 1) - f``. Baruch et al.'s Algorithm 3 itself uses
     ``Phi^-1((n - s) / n)`` (0.47 instead of 0.25 at n = 25, f = 5); pass ``z=`` for that."""
     s = math.floor(n / 2 + 1) - f
     p = (n - f - s) / (n - f) if n > f else float("nan")
@@ -42,14 +47,30 @@ def alie_z(n: int, f: int) -> float:
 @dataclass(frozen=True)
 class ALittleIsEnough:
     z: float | None = None
-    """Shift in honest standard deviations; ``None``: the paper's ``z_max(n, f)``."""
+    """Shift in honest standard deviations; ``None``: ``alie_z(n, f)`` (epfml's ``z_max``)."""
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
-        check_attack(honest_HD, f, "alie", min_honest=2)
+        check_attack(honest_HD, f, "alie")
         if f == 0:
             return honest_HD[:0].clone()
-        z = alie_z(honest_HD.shape[0] + f, f) if self.z is None else self.z
+        h, z = honest_HD.shape[0], self.z
+        # A round of sampled clients (or a gossip neighbourhood) can hold a Byzantine
+        # majority or a single honest update, where z_max or sigma is undefined: the
+        # attackers then send the honest mean rather than stopping the run.
+        if z is None:
+            try:
+                z = alie_z(h + f, f)
+            except ValueError as e:
+                warnings.warn(f"{e}; the attackers send the honest mean (z = 0)", stacklevel=2)
+                z = 0.0
         mu = honest_HD.mean(dim=0)
+        if h < 2:
+            if z:
+                warnings.warn(
+                    "alie: one honest update has no standard deviation; the attackers send it",
+                    stacklevel=2,
+                )
+            return repeat(mu, f)
         sigma = honest_HD.std(dim=0, correction=1)
         return repeat(mu - z * sigma, f)
 

@@ -8,7 +8,7 @@ style (see :mod:`shoal.robustness.grid`); everything else is the same in both st
 
 Attacks (``shoal.attacks``; update attacks are omniscient, they see the round's honest
 messages): sign flip ``-mean(honest)`` (Allen-Zhu et al. 2021); label flip ``y -> 9 - y``;
-Gaussian ``N(0, I)``; ALIE ``mean - z std`` with the MoNNA code's ``z_max(25, 5) = 0.25``
+Gaussian ``N(0, I)``; ALIE ``mean - z std`` with the epfml code's ``z_max(25, 5) = 0.25``
 (Baruch et al. 2019); IPM ``-0.1 mean(honest)`` (Xie et al., epfml's eps); mimic, the honest
 client most extreme along the honest messages' top principal direction (Karimireddy et al.
 2022's heuristic).

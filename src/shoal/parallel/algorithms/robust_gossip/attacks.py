@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shoal.attacks import ALittleIsEnough, Attack, GaussianNoise, Mimic, alie_z
+from shoal.attacks import Attack, GaussianNoise, Mimic
 from shoal.attacks.base import check_attack, repeat
 
 
@@ -80,14 +80,6 @@ def forge(
     if isinstance(attack, GaussianNoise):
         noise = attack(diff_HD, f, generator=_seeded(attack.seed, step, receiver))
         return own_D + noise
-    if isinstance(attack, ALittleIsEnough):
-        h = diff_HD.shape[0]
-        try:
-            z = alie_z(h + f, f) if attack.z is None else attack.z
-        except ValueError:  # z_max undefined for this tiny neighbourhood (module docstring)
-            z = 0.0
-        sigma = diff_HD.std(0) if h > 1 else torch.zeros_like(own_D)
-        return own_D + repeat(diff_HD.mean(0) - z * sigma, f)
     if isinstance(attack, Mimic) and len(diff_KD):
         # Copy an honest in-neighbour: row 0 of diff_HD is the receiver's own model, and
         # mimic(0) sent each receiver that, a lazy node rather than a copy of an honest one.
