@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -124,3 +125,27 @@ def test_integer_valued_inputs_give_the_same_output_in_any_order(name: str) -> N
     x = torch.tensor([[3.0], [-1.0], [-1.0], [0.0], [-3.0], [-2.0], [1.0]], dtype=torch.float64)
     p = torch.tensor([3, 6, 4, 2, 5, 0, 1])  # step 2 needs one of 0 and -2, which tie
     assert torch.equal(bulyan(1)(x[p], torch.ones(7)), bulyan(1)(x, torch.ones(7)))
+
+
+@pytest.mark.parametrize(
+    "agg",
+    [mean(), geometric_median(), bucketing(median(), 2, seed=0)],
+    ids=lambda a: type(a).__name__,
+)
+def test_an_infinite_weight_is_refused_not_turned_into_nan(agg: Aggregator) -> None:
+    # inf / inf = NaN: the rules that normalise their weights returned an all-NaN update.
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.ones(6, dtype=torch.float64)
+    w[2] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        agg(x, w)
+
+
+def test_f_may_be_a_numpy_integer() -> None:
+    # A Byzantine count computed with numpy is an np.int64; krum(np.int64(2)) was refused as
+    # "f must be a non-negative integer".
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.ones(9)
+    for make in (krum, trimmed_mean, bulyan):
+        f = 1 if make is bulyan else 2
+        assert torch.equal(make(np.int64(f))(x, w), make(f)(x, w))

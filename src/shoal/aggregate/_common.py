@@ -5,6 +5,8 @@ Shape suffixes: ``N`` inbox rows, ``D`` flat parameters.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
@@ -40,8 +42,9 @@ def as_matrix(
 
 
 def check_f(f: int, rule: str) -> None:
-    """``f`` (the number of Byzantine inputs tolerated) must be a non-negative int."""
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+    """``f`` (the number of Byzantine inputs tolerated) must be a non-negative integer (a
+    numpy integer too, as a count computed with numpy is)."""
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 0:
         raise ValueError(f"{rule}: f must be a non-negative integer, got {f!r}")
 
 
@@ -52,9 +55,11 @@ def require(cond: bool, rule: str, need: str, n: int, f: int) -> None:
 
 
 def positive_weights(weights_N: torch.Tensor, rule: str) -> torch.Tensor:
-    """Weights a rule actually uses: non-negative with a positive sum."""
-    if bool((weights_N < 0).any()) or not bool(weights_N.sum() > 0):
-        raise ValueError(f"{rule}: weights must be non-negative with a positive sum")
+    """Weights a rule actually uses: finite, non-negative, with a positive sum (an inf weight
+    made the normalised weights inf / inf = NaN)."""
+    total = weights_N.sum()
+    if bool((weights_N < 0).any()) or not bool(total > 0) or not bool(torch.isfinite(total)):
+        raise ValueError(f"{rule}: weights must be finite and non-negative with a positive sum")
     return weights_N
 
 

@@ -19,8 +19,8 @@ class Mean:
                 f"inbox has {inbox_ND.shape[0]} rows but {weights_N.shape[0]} weights were given"
             )
         total = weights_N.sum()
-        if not total > 0:
-            raise ValueError("aggregation weights must have a positive sum")
+        if not total > 0 or not torch.isfinite(total):  # an inf weight: inf / inf = NaN
+            raise ValueError("aggregation weights must have a finite, positive sum")
         w = weights_N.to(inbox_ND.device, inbox_ND.dtype)  # CPU weights under a CUDA inbox
         return (w @ inbox_ND.reshape(inbox_ND.shape[0], -1)).reshape(inbox_ND.shape[1:]) / total
 

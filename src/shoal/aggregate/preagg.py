@@ -89,8 +89,10 @@ class Bucketing:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         x_ND, shape = as_matrix(inbox_ND, weights_N, "bucketing")
-        if bool((weights_N <= 0).any()):
-            raise ValueError("bucketing: weights must be positive (drop zero-weight rows first)")
+        if bool((weights_N <= 0).any()) or not bool(torch.isfinite(weights_N).all()):
+            raise ValueError(
+                "bucketing: weights must be positive and finite (drop zero-weight rows first)"
+            )
         idx_GS = self.buckets(x_ND.shape[0], generator).to(x_ND.device)
         valid = idx_GS >= 0
         safe = idx_GS.clamp_min(0)
