@@ -53,6 +53,10 @@ def test_bucketing_rejects_bad_input() -> None:
         bucketing(mean(), s=0)
     with pytest.raises(ValueError, match="positive"):
         bucketing(mean())(torch.randn(3, 2), torch.tensor([1.0, 0.0, 1.0]))
+    # The inner rule sees buckets: "krum needs n >= 2f+3, got n=3" of 5 inputs said nothing
+    # of why n was 3.
+    with pytest.raises(ValueError, match=r"5 inputs in buckets of s=2 are 3 inputs .* got n=3"):
+        bucketing(krum(1))(torch.randn(5, 2), torch.ones(5))
 
 
 def nnm_ref(x: np.ndarray, f: int) -> np.ndarray:

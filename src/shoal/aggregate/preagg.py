@@ -103,7 +103,14 @@ class Bucketing:
         )
         w_G = w_GS.sum(dim=1)
         means_GD = torch.einsum("gs,gsd->gd", w_GS, x_ND[safe]) / w_G[:, None]
-        return self.agg(means_GD.reshape((-1, *shape)), w_G)
+        try:
+            return self.agg(means_GD.reshape((-1, *shape)), w_G)
+        except ValueError as e:  # the inner rule's n counts buckets, not inputs: say so
+            n, g = x_ND.shape[0], means_GD.shape[0]
+            raise ValueError(
+                f"bucketing: {n} inputs in buckets of s={self.s} are {g} inputs to the inner "
+                f"rule, and {e}"
+            ) from None
 
 
 @dataclass(frozen=True)
