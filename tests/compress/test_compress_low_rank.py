@@ -233,3 +233,21 @@ def test_half_precision_is_compressed_in_its_dtype(dtype: torch.dtype) -> None:
     assert y.dtype == dtype
     x_half = x.to(dtype).float()
     assert float((y.float() - x_half).norm() / x_half.norm()) < 0.02  # bf16: 8 mantissa bits
+
+
+@pytest.mark.parametrize("power_iterations", [1, 2])
+def test_a_non_finite_input_does_not_poison_the_warm_start(power_iterations: int) -> None:
+    """P = M Q: a query from one M with an inf entry was NaN, and so was every later message,
+    however finite its input. The query of such a step is not kept; that message is NaN."""
+    x = torch.randn(D, generator=gen(8))
+    bad = x.clone()
+    bad[0] = math.inf  # in the first (compressed) block
+    c = powersgd(SHAPES, rank=2, min_compression_rate=0, power_iterations=power_iterations)
+    _, state = c.compress(x, c.init(x))
+    broken, after = c.compress(bad, state)
+    assert c.decompress(broken)[: SHAPES[0].numel()].isnan().all()
+    assert torch.equal(after["q0"], state["q0"])  # that block's last finite query
+    payload, _ = c.compress(x, after)
+    expected, _ = c.compress(x, state)
+    assert torch.equal(payload["p0"], expected["p0"]) and torch.equal(payload["q0"], expected["q0"])
+    assert c.decompress(payload).isfinite().all()

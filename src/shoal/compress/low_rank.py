@@ -16,7 +16,8 @@ travel dense. PowerSGD is biased: wrap it in :func:`error_feedback` as the paper
 Two ways to use it:
 
 - ``compress(x_D, state)``: one worker, one message ``{p_i, q_i, dense}``;
-  ``decompress`` = ``P Q^T``. With full rank (r = min(n, m)) it reproduces ``x_D``.
+  ``decompress`` = ``P Q^T``. With full rank (r = min(n, m)) it reproduces ``x_D``. A block
+  whose new ``Q`` has an inf or NaN entry (a non-finite input) keeps its previous query.
 - The paper's all-reduce, with homomorphic sums: every worker starts from the same ``Q``
   (same seed; later, :meth:`PowerSGD.with_query` with the summed ``Q``). Round 1:
   ``project(x_D, state)`` gives ``{p_i: M_i Q}``, and ``sum_payloads`` of these equals
@@ -227,7 +228,11 @@ class PowerSGD:
         for _ in range(self.power_iterations - 1):
             query = self._subspace_step(x_D, query)
         payload, new_state = self.complete(x_D, self.project(x_D, query), query)
-        return payload, new_state if self.warm_start else state
+        if not self.warm_start:
+            return payload, state
+        # A query with an inf or NaN entry (from a non-finite x_D) is not kept: every later
+        # P = M Q, and so every later message, would be NaN however finite its input.
+        return payload, {k: q.where(q.isfinite().all(), state[k]) for k, q in new_state.items()}
 
     def _subspace_step(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
