@@ -25,8 +25,11 @@ dtypes are cast), sends non-finite entries as +-inf, and clamps the round-up of 
 2**127 (the one place it is biased). Stochastic compressors draw from a generator seeded by
 ``(seed, step)`` from their state on the input's device; ``init(x_D, seed=...)`` sets the seed.
 QSGD, TernGrad and scaled sign decode a bucket whose scale is not finite (an inf or NaN entry,
-or a norm beyond the float range) to NaN, and decode in their work dtype (float32, float64 for
-float64 input), as natural compression decodes to float32.
+or a float32 norm whose sum of squares overflows: entries of ~1e19 in a 512-entry bucket) to
+NaN, and decode in their work dtype (float32, float64 for float64 input), as natural
+compression decodes to float32. The norms are summed in the work dtype, so at the other end a
+float32 bucket of entries below ~1e-23 has norm 0 and decodes to zeros, and a subnormal
+TernGrad or QSGD scale sends every nonzero entry as +-scale (biased there).
 Workers must not share it (shared seeds correlate their rounding):
 :func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 

@@ -7,7 +7,8 @@
   Wangni et al. 2018). Indices never travel: they are regenerated from a seed and a per-call
   step counter, both in the payload. Two flavours: ``unbiased=False`` sends ``x_i`` (biased,
   ``E = (k/d) x``, the contraction used with error feedback); ``unbiased=True`` sends
-  ``(d/k) x_i`` so that ``E[decompress] = x`` with variance ``(d/k - 1) x_i**2`` per entry.
+  ``(d/k) x_i`` so that ``E[decompress] = x`` with variance ``(d/k - 1) x_i**2`` per entry
+  (in the input's dtype: in float16 a scaled entry above 65504 is sent as inf).
   Workers that share the seed draw the same indices in a round, so their messages add up in
   compressed form (homomorphic, bit for bit).
 - ``threshold``: keep ``|x_i| >= tau`` (Strom 2015); k varies from call to call.
