@@ -137,6 +137,23 @@ def _check_tracked(algorithm: Algorithm, compressor: Compressor) -> None:
         )
 
 
+def _check_tracked_mean(algorithm: Algorithm, aggregator: Aggregator) -> None:
+    """Warn when a tracked message (SCAFFOLD's ``delta_c``) is aggregated by a rule that is not
+    a weighted mean: the server adds that rule's output to ``c`` while each client adds its own
+    ``delta_c`` to ``c_k``, so ``c`` stops being the mean of the ``c_k`` and the corrections
+    ``c - c_k`` no longer cancel (trimmed_mean(1), 6 of 6 clients: after 10 rounds ``c`` was
+    0.096 away from that mean, twice its own size)."""
+    tracks = getattr(algorithm, "tracks", None)
+    if tracks and not aggregator.linear:
+        warnings.warn(
+            f"{algorithm.name} aggregates {', '.join(tracks)} with {type(aggregator).__name__}, "
+            "which is not a weighted mean: the server's state then drifts from the mean of the "
+            "clients' (SCAFFOLD's c from the mean of the c_k) and its corrections stop "
+            "cancelling. Use the mean aggregator for it, or an algorithm without client state.",
+            stacklevel=3,  # the caller of train(...)
+        )
+
+
 def _check_clients(clients: list[np.ndarray], n: int) -> None:
     if not clients:
         raise ValueError("no clients: the partition is empty")
@@ -197,6 +214,7 @@ def train(
     downlink = downlink_compressor if downlink_compressor is not None else identity()
     check_downlink(downlink)
     _check_tracked(algorithm, compressor)
+    _check_tracked_mean(algorithm, aggregator)
     model = model.to(dev)
     spec = ParamSpec.of(model)
     params = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)

@@ -139,8 +139,23 @@ def test_every_algorithm_satisfies_the_protocol(alg):
         lambda: fedyogi(0.1, 0.0),
         lambda: fedyogi(0.1, 0.1, beta1=1.5),
         lambda: fednova(float("nan")),
+        # Not numbers: a TypeError from a comparison, or accepted (True is 1, "false" truthy).
+        lambda: fedavg("0.1"),
+        lambda: fedavg(True),
+        lambda: fedprox(0.1, mu=None),
+        lambda: fedavgm(0.1, momentum="0.9"),
+        lambda: fedadam(0.1, 0.1, bias_correction="false"),
+        lambda: fedadagrad(0.1, 0.1, bias_correction=1),
     ],
 )
 def test_factories_reject_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size", "steps", "min_epochs"])
+def test_local_work_counts_must_be_integers(field):
+    """epochs=2.7 ran 2 epochs without a word; a float batch_size or steps failed in round 1."""
+    with pytest.raises(ValueError, match=f"LocalWork.{field} must be an integer, got 2.5$"):
+        LocalWork(**{"epochs": 3, field: 2.5})
+    assert LocalWork(**{"epochs": 3, field: 2}) is not None

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from shoal.aggregate import mean, trimmed_mean
 from shoal.algorithms import LocalWork, fedavg, scaffold
 from shoal.functional import ParamSpec
+from shoal.runtime.sim import SimRuntime
+from shoal.schedule import ClientSampler
+from shoal.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("server_lr", [1.0, 0.5])
@@ -101,3 +106,31 @@ def test_option_two_recovers_the_mean_local_gradient(run, label_problem, tmp_pat
     torch.testing.assert_close(c_k, a, rtol=0, atol=1e-5)
     w = torch.tensor(sizes, dtype=torch.float32)
     torch.testing.assert_close(ck["server"]["c"], (w @ a) / w.sum(), rtol=0, atol=1e-5)
+
+
+def test_warns_of_an_aggregator_that_is_not_a_mean(problem, tmp_path):
+    """The server adds the aggregate of delta_c to c, each client its own delta_c to c_k: with
+    trimmed_mean(1) c drifted from the mean of the c_k by twice its own size in 10 rounds, so
+    the corrections c - c_k stopped cancelling. train warns; the mean and FedAvg stay quiet."""
+    cfg = TrainConfig(
+        rounds=4,
+        sampler=ClientSampler(len(problem.clients)),
+        work=LocalWork(epochs=2, batch_size=3),
+        weighting="uniform",
+        progress=False,
+        device="cpu",
+    )
+
+    def fit(alg, agg, out=None):
+        return train(problem.model(), problem.data, problem.clients, alg, cfg, aggregator=agg,
+                     runtime=SimRuntime(vectorize=False), out_dir=out)  # fmt: skip
+
+    with pytest.warns(UserWarning, match="scaffold aggregates delta_c with TrimmedMean"):
+        fit(scaffold(0.1), trimmed_mean(1), tmp_path)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    c_k = torch.stack([ck["clients"][k]["c"] for k in range(len(problem.clients))])
+    assert (ck["server"]["c"] - c_k.mean(0)).abs().max() > 1e-3  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(scaffold(0.1), mean())
+        fit(fedavg(0.1), trimmed_mean(1))

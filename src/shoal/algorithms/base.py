@@ -23,6 +23,8 @@ client state must agree with the server's (SCAFFOLD's ``c_k``) names it in an op
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -47,6 +49,12 @@ class LocalWork:
     min_epochs: int | None = None
 
     def __post_init__(self) -> None:
+        # Counts must be integers: a float epochs was truncated silently (epochs=2.7 ran 2)
+        # and a float batch_size or steps failed inside the first round with a TypeError.
+        for name in ("epochs", "batch_size", "steps", "min_epochs"):
+            value = getattr(self, name)
+            if value is not None and not _is_integer(value):
+                raise ValueError(f"LocalWork.{name} must be an integer, got {value!r}")
         if self.epochs < 1:
             raise ValueError(f"local epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -151,7 +159,16 @@ def apply_mean_delta(
     return params_D + mean_msg["delta"], server
 
 
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number, not a bool (``True`` is an int to Python) nor a numeric string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_lr(name: str, value: float) -> None:
     """Learning rates and similar step sizes must be finite and positive."""
-    if not (value > 0 and value < float("inf")):
-        raise ValueError(f"{name} must be a positive number, got {value}")
+    if not (is_real(value) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")

@@ -193,6 +193,10 @@ class DGC:
             raise ValueError(f"dgc: density must be in (0, 1], got {self.density!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"dgc: momentum must be in [0, 1), got {self.momentum!r}")
+        if not isinstance(self.momentum_masking, bool):  # "false" would have switched it on
+            raise ValueError(
+                f"dgc: momentum_masking must be True or False, got {self.momentum_masking!r}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"dgc: batch_size must be >= 1 or None, got {self.batch_size}")
         if self.clip_norm is not None:

@@ -42,13 +42,13 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import StatelessClient, check_lr
+from shoal.algorithms.base import StatelessClient, check_lr, is_real
 from shoal.types import Message, ServerState
 
 
 def _check_decay(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if not (is_real(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,18 @@ def _adaptive_step(
     return params_D, {"m": m_D, "v": v_D, "t": t}
 
 
-def _check_adaptive(lr: float, server_lr: float, beta1: float, beta2: float, tau: float) -> None:
+def _check_adaptive(
+    lr: float, server_lr: float, beta1: float, beta2: float, tau: float, bias_correction: bool
+) -> None:
     check_lr("lr", lr)
     check_lr("server_lr", server_lr)
     _check_decay("beta1", beta1)
     _check_decay("beta2", beta2)
     # tau > 0 keeps the first steps finite where Delta (hence v) is exactly zero.
     check_lr("tau", tau)
+    # Only a bool: any non-empty string, "false" too, would have switched the correction on.
+    if not isinstance(bias_correction, bool):
+        raise ValueError(f"bias_correction must be True or False, got {bias_correction!r}")
 
 
 class _AdaptiveServer(StatelessClient, ABC):
@@ -175,7 +180,7 @@ class FedAdagrad(_AdaptiveServer):
     name: str = "fedadagrad"
 
     def __post_init__(self) -> None:
-        _check_adaptive(self.lr, self.server_lr, self.beta1, 0.0, self.tau)
+        _check_adaptive(self.lr, self.server_lr, self.beta1, 0.0, self.tau, self.bias_correction)
 
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         return v + d2
@@ -192,7 +197,9 @@ class FedAdam(_AdaptiveServer):
     name: str = "fedadam"
 
     def __post_init__(self) -> None:
-        _check_adaptive(self.lr, self.server_lr, self.beta1, self.beta2, self.tau)
+        _check_adaptive(
+            self.lr, self.server_lr, self.beta1, self.beta2, self.tau, self.bias_correction
+        )
 
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1.0 - self.beta2) * d2
@@ -209,7 +216,9 @@ class FedYogi(_AdaptiveServer):
     name: str = "fedyogi"
 
     def __post_init__(self) -> None:
-        _check_adaptive(self.lr, self.server_lr, self.beta1, self.beta2, self.tau)
+        _check_adaptive(
+            self.lr, self.server_lr, self.beta1, self.beta2, self.tau, self.bias_correction
+        )
 
     def second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         # Yogi moves v towards Delta^2 by an additive (1 - b2) * Delta^2, never multiplicatively.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr
+from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr, is_real
 from shoal.types import ClientState, Message
 
 
@@ -36,9 +36,9 @@ class FedProx(StatelessClient):
 
     def __post_init__(self) -> None:
         check_lr("lr", self.lr)
-        if not (0.0 <= self.mu < math.inf):
+        if not (is_real(self.mu) and 0.0 <= self.mu < math.inf):
             raise ValueError(
-                f"mu must be a finite number >= 0 (0 gives plain local SGD), got {self.mu}"
+                f"mu must be a finite number >= 0 (0 gives plain local SGD), got {self.mu!r}"
             )
 
     # StatelessClient's default is a staticmethod; this one needs ``self.mu``.
