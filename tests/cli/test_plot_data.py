@@ -46,6 +46,22 @@ def test_sim_time_plot_only_when_metrics_have_it(
     assert _is_png(run / "test_vs_rounds.png")
 
 
+def test_plot_into_a_folder_of_earlier_plots_leaves_no_figure_of_other_runs(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "with_sim"
+    shutil.copytree(two_runs[0], run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["sim_seconds"] = 0.5 * r["round"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert shoal("plot", run, two_runs[1]) == 0  # into ./plots, a simulated-time figure too
+    assert _is_png(tmp_path / "plots" / "test_vs_sim_time.png")
+    assert shoal("plot", *two_runs) == 0  # runs without a network: no simulated time
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["test_vs_rounds.png", "test_vs_uplink_bytes.png"]
+
+
 def test_plot_of_a_folder_without_metrics_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

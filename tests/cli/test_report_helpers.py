@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from shoal.report import human_bytes, plot_runs, run_labels
+from shoal.report import human_bytes, plot_label_histogram, plot_runs, run_labels
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,18 @@ def test_sim_time_unit_switches_at_three_of_the_next_unit(
     assert ax.get_xlabel() == f"simulated time ({unit})"
     scale = {"s": 1.0, "min": 60.0, "h": 3600.0}[unit]
     assert np.asarray(ax.get_lines()[0].get_xdata()).tolist() == [longest / scale]
+
+
+def test_label_heat_map_counts_from_zero_over_whole_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An IID split over 4 workers: its smallest count (21) is not an empty cell, and there is
+    # no worker 0.5.
+    figures = _drawn(monkeypatch)
+    hist = np.array([[38, 34], [32, 38], [34, 21], [38, 42]])
+    plot_label_histogram(hist, tmp_path / "h.png", who="worker")
+    ax = figures["h"].axes[0]
+    assert ax.get_images()[0].get_clim() == (0, 42)
+    assert ax.get_xlabel() == "worker"
+    ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 3.5]
+    assert ticks == [0, 1, 2, 3]

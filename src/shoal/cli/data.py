@@ -109,5 +109,5 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     png = Path(args.png) if args.png else Path(f"{Path(args.config).stem}-labels.png")
     title = f"{data.name}, {scheme}: labels per {who}"
-    print(f"heat map: {plot_label_histogram(hist, png, title)}")
+    print(f"heat map: {plot_label_histogram(hist, png, title, who=who)}")
     return 0

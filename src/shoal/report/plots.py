@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["plot_label_histogram", "plot_runs"]
 
@@ -56,8 +57,9 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
     """Test accuracy and test loss against rounds, cumulative uplink bytes and, when the
     metrics have ``sim_seconds``, simulated time; one line per run, labelled by its key.
 
-    Returns the PNG paths written into ``out_dir``; raises ``ValueError`` when no run has a
-    row with test metrics to draw.
+    Returns the PNG paths written into ``out_dir``, and removes a figure of these names left
+    there by earlier runs that these do not have (a simulated-time figure of other runs beside
+    this call's); raises ``ValueError`` when no run has a row with test metrics to draw.
     """
     if not any(r.get("test_accuracy") is not None for rows in runs.values() for r in rows):
         raise ValueError(f"nothing to plot: no metrics row with test_accuracy in {', '.join(runs)}")
@@ -96,14 +98,18 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
         path = out / f"{stem}.png"
         fig.savefig(path, dpi=dpi)
         written.append(path)
+    for _, stem, _, _ in _AXES:  # one an earlier call drew of other runs, not of these
+        if out / f"{stem}.png" not in written:
+            (out / f"{stem}.png").unlink(missing_ok=True)
     return written
 
 
 def plot_label_histogram(
-    hist: np.ndarray, path: str | Path, title: str = "", dpi: int = 120
+    hist: np.ndarray, path: str | Path, title: str = "", dpi: int = 120, who: str = "client"
 ) -> Path:
     """A heat map of a ``[clients, classes]`` label histogram: clients along x, classes along y,
-    brighter = more samples."""
+    brighter = more samples, from 0 (so that a class a client lacks looks empty whatever the
+    other counts are). ``who`` names the x axis: ``"worker"`` for a data-parallel partition."""
     hist = np.asarray(hist)
     num_clients, num_classes = hist.shape
     width = min(max(6.0, 0.08 * num_clients + 2.5), 20.0)
@@ -111,10 +117,11 @@ def plot_label_histogram(
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(
-        hist.T, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower"
+        hist.T, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower", vmin=0
     )
     fig.colorbar(image, ax=ax, label="samples", fraction=0.05, pad=0.01)
-    ax.set_xlabel("client")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no client 0.5
+    ax.set_xlabel(who)
     ax.set_ylabel("class")
     if num_classes <= 30:
         ax.set_yticks(range(num_classes))
