@@ -86,10 +86,16 @@ def measure(fn: Callable[[], Any]) -> tuple[list[float], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dim", type=int, help="entries per row (default: the CNN's 1,663,370)")
-    ap.add_argument("--only", help="comma-separated rule names (default: all)")
+    ap.add_argument("--only", help="comma-separated rule names, e.g. mean,Krum (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write all figures here")
     args = ap.parse_args()
+    table = rules()
+    if args.only:
+        unknown = [k for k in args.only.split(",") if k not in table]
+        if unknown:
+            ap.error(f"--only: unknown rule(s) {unknown}; choose from {', '.join(table)}")
+        table = {k: table[k] for k in args.only.split(",")}
 
     import torch
 
@@ -121,9 +127,6 @@ def main() -> None:
     print(f"memory bandwidth, read + write: copy_ into a kept buffer {memory_gbs:.2f} GB/s,")
     print(f"  clone() (fresh allocation, page faults included) {clone_gbs:.2f} GB/s\n")
 
-    table = rules()
-    if args.only:
-        table = {k: table[k] for k in args.only.split(",")}
     results: dict[str, dict[str, Any]] = {}
     mean = functools.partial(rules()["mean"][0](), x_ND, w_N)
     print(f"{'rule':<15} {'median s':>10} {'calls':>5} {'x mean':>9}  note")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist5k"
+MODES = ("vectorized", "looped", "vmapped")
 MLP_FWD_FLOPS = 2 * (784 * 200 + 200 * 200 + 200 * 10)  # multiply-adds x 2, per sample
 
 
@@ -183,6 +184,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    unknown = [m for m in args.modes.split(",") if m not in MODES]
+    if unknown:  # any other name would run the vectorized mode under that name
+        ap.error(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
 
     import torch
 
