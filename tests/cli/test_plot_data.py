@@ -32,15 +32,20 @@ def test_plot_overlays_two_runs(
     assert "test_vs_rounds.png" in capsys.readouterr().out
 
 
+def _with_sim_time(run: Path, to: Path) -> Path:
+    """A copy of ``run`` whose metrics have ``sim_seconds``, as a run with a network has."""
+    shutil.copytree(run, to)
+    rows = [json.loads(line) for line in (to / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["sim_seconds"] = 0.5 * r["round"]
+    (to / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return to
+
+
 def test_sim_time_plot_only_when_metrics_have_it(
     two_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    run = tmp_path / "with_sim"
-    shutil.copytree(two_runs[0], run)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r["sim_seconds"] = 0.5 * r["round"]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = _with_sim_time(two_runs[0], tmp_path / "with_sim")
     assert shoal("plot", run) == 0  # one run: the PNGs go into its folder
     assert _is_png(run / "test_vs_sim_time.png")
     assert _is_png(run / "test_vs_rounds.png")
@@ -49,12 +54,7 @@ def test_sim_time_plot_only_when_metrics_have_it(
 def test_plot_into_a_folder_of_earlier_plots_leaves_no_figure_of_other_runs(
     two_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    run = tmp_path / "with_sim"
-    shutil.copytree(two_runs[0], run)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r["sim_seconds"] = 0.5 * r["round"]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = _with_sim_time(two_runs[0], tmp_path / "with_sim")
     assert shoal("plot", run, two_runs[1]) == 0  # into ./plots, a simulated-time figure too
     assert _is_png(tmp_path / "plots" / "test_vs_sim_time.png")
     assert shoal("plot", *two_runs) == 0  # runs without a network: no simulated time
