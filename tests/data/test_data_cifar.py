@@ -81,8 +81,26 @@ class _Evil:
 def test_pickle_with_foreign_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cifar-100-python.tar.gz"
     write_tar(path, "cifar-100-python", {"train": {b"data": _Evil()}, "test": {}})
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(ValueError, match="refusing"):
         load_cifar100(path)
+
+
+def test_damaged_archive_or_batch_names_the_file(tmp_path: Path) -> None:
+    # Not a tar (an error page saved under the archive's name) raised tarfile.ReadError, a
+    # batch cut short pickle.UnpicklingError: tracebacks from the command line, naming no file.
+    path = tmp_path / "cifar-100-python.tar.gz"
+    path.write_bytes(b"<html>not found</html>" * 20)
+    with pytest.raises(ValueError, match="cifar-100-python.tar.gz is not a readable tar"):
+        load_cifar100(path)
+    rng = np.random.default_rng(2)
+    train, _ = batch(rng, 2, {b"fine_labels": 100, b"coarse_labels": 20})
+    write_tar(path, "cifar-100-python", {"train": train, "test": train})
+    with tarfile.open(path) as tf:
+        tf.extractall(tmp_path, filter="data")
+    member = tmp_path / "cifar-100-python" / "test"
+    member.write_bytes(member.read_bytes()[:40])
+    with pytest.raises(ValueError, match="test is not a readable CIFAR batch"):
+        load_cifar100(tmp_path / "cifar-100-python")
 
 
 def test_missing_data_is_reported(tmp_path: Path) -> None:

@@ -77,6 +77,34 @@ def test_wrong_magic_and_truncation_are_reported(tmp_path: Path) -> None:
         read_idx(tmp_path / "cut.idx")
 
 
+def test_damaged_gzip_and_zip_name_the_file(tmp_path: Path) -> None:
+    # A damaged gzip raised a bare zlib.error or EOFError naming no file (zlib.error escaped the
+    # command line's one-line report as a traceback); a truncated zip said its files were
+    # missing, and a zip member with a bad CRC raised zipfile.BadZipFile.
+    x, y = np.zeros((4, 28, 28), dtype=np.uint8), np.arange(4, dtype=np.uint8)
+    write_set(tmp_path, "", "train", x, y)
+    write_set(tmp_path, "", "t10k", x, y)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], whole[:12] + b"\xff" * 8 + whole[20:]):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: corrupt or truncated"):
+            load_mnist_family(tmp_path)
+    path.write_bytes(whole)
+    bundle = tmp_path / "gzip.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(tmp_path.glob("*.gz")):
+            zf.write(f, f"gzip/{f.name}")
+    raw = bundle.read_bytes()
+    bundle.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="gzip.zip is not a readable zip archive"):
+        load_mnist_family(bundle)
+    start = raw.index(b"\x1f\x8b")
+    bundle.write_bytes(raw[: start + 12] + b"\xff" * 8 + raw[start + 20 :])
+    with pytest.raises(ValueError, match="gzip.zip is not a readable zip archive.*CRC"):
+        load_mnist_family(bundle)
+
+
 def test_emnist_zip_is_read_and_transposed_upright(tmp_path: Path) -> None:
     upright = np.zeros((3, 28, 28), dtype=np.uint8)
     upright[:, 0, :] = 255  # a bar along the top row

@@ -102,6 +102,24 @@ def test_bad_leaf_input_is_reported(tmp_path: Path) -> None:
         load_shakespeare(tmp_path)
 
 
+def test_damaged_leaf_json_names_the_file(tmp_path: Path) -> None:
+    # A truncated file raised json's message with no file name; a user listed in "users"
+    # without "user_data" raised a bare KeyError (a traceback from the command line).
+    leaf_file(tmp_path / "test" / "t.json", {"u": femnist_user(np.random.default_rng(0), 1, 1)})
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "t.json").write_text('{"users": ["u"], "user_data": {"u": {"x": [')
+    with pytest.raises(ValueError, match="t.json is not valid JSON"):
+        load_femnist(tmp_path)
+    blob = {
+        "users": ["u", "v"],
+        "num_samples": [1, 1],
+        "user_data": {"u": {"x": [[0.0] * 784], "y": [1]}},
+    }
+    (tmp_path / "train" / "t.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="t.json: user 'v' is in 'users' but not in 'user_data'"):
+        load_femnist(tmp_path)
+
+
 def constant_user(n: int, label: int, level: float) -> dict:
     """A FEMNIST user whose ``n`` images are all ``level``: users can be told apart."""
     return {"x": np.full((n, 784), level).tolist(), "y": [label] * n}

@@ -12,9 +12,11 @@ what these files contain (numpy arrays, lists, dicts, bytes); anything else is r
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,13 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(raw: bytes) -> dict[bytes, Any]:
-    out = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+def _unpickle(raw: bytes, what: str) -> dict[bytes, Any]:
+    try:
+        out = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"{what} is not a readable CIFAR batch: {e}") from e
     if not isinstance(out, dict):
-        raise ValueError("a CIFAR batch must unpickle to a dict")
+        raise ValueError(f"{what}: a CIFAR batch must unpickle to a dict")
     return out
 
 
@@ -54,7 +59,7 @@ def _read_batches(
     """Unpickle ``members`` from an extracted ``folder`` or from a ``.tar.gz`` archive."""
     base = root if root.name == folder and root.is_dir() else root / folder
     if base.is_dir():
-        return [_unpickle((base / m).read_bytes()) for m in members]
+        return [_unpickle((base / m).read_bytes(), str(base / m)) for m in members]
     tar_path = root / archive if root.is_dir() else root
     if not tar_path.is_file():
         raise FileNotFoundError(
@@ -63,17 +68,22 @@ def _read_batches(
         )
     found: dict[str, bytes] = {}
     # One sequential pass: a .tar.gz cannot seek, so reopening it per member re-reads it all.
-    with tarfile.open(tar_path, "r:*") as tf:
-        for info in tf:
-            name = info.name.removeprefix("./")
-            if name.startswith(folder + "/") and name[len(folder) + 1 :] in members:
-                f = tf.extractfile(info)
-                if f is not None:
-                    found[name[len(folder) + 1 :]] = f.read()
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            for info in tf:
+                name = info.name.removeprefix("./")
+                if name.startswith(folder + "/") and name[len(folder) + 1 :] in members:
+                    f = tf.extractfile(info)
+                    if f is not None:
+                        found[name[len(folder) + 1 :]] = f.read()
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(
+            f"{tar_path} is not a readable tar archive (corrupt or truncated?): {e}"
+        ) from None
     missing = [m for m in members if m not in found]
     if missing:
         raise FileNotFoundError(f"{tar_path} lacks {', '.join(folder + '/' + m for m in missing)}")
-    return [_unpickle(found[m]) for m in members]
+    return [_unpickle(found[m], f"{tar_path}:{folder}/{m}") for m in members]
 
 
 def _to_dataset(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ IMAGES_MAGIC = 0x0803
 def parse_idx(raw: bytes, *, expect_magic: int | None = None, what: str = "IDX data") -> np.ndarray:
     """Decode IDX bytes (gzip-compressed or raw) into a native-endian numpy array."""
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{what}: corrupt or truncated gzip data ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{what} is not an IDX file (bad magic bytes {raw[:4]!r})")
     magic = int.from_bytes(raw[:4], "big")
@@ -64,12 +68,17 @@ def _member_bytes(root: Path, name: str) -> tuple[bytes, str]:
         for cand in candidates:
             if (root / cand).is_file():
                 return (root / cand).read_bytes(), str(root / cand)
-    elif zipfile.is_zipfile(root):
-        with zipfile.ZipFile(root) as zf:
-            members = {Path(m).name: m for m in zf.namelist()}
-            for cand in candidates:
-                if cand in members:
-                    return zf.read(members[cand]), f"{root}:{members[cand]}"
+    elif root.is_file():
+        try:
+            with zipfile.ZipFile(root) as zf:
+                members = {Path(m).name: m for m in zf.namelist()}
+                for cand in candidates:
+                    if cand in members:
+                        return zf.read(members[cand]), f"{root}:{members[cand]}"
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise ValueError(
+                f"{root} is not a readable zip archive (corrupt or truncated?): {e}"
+            ) from None
     raise FileNotFoundError(f"no {name}(.gz) in {root}")
 
 

@@ -46,11 +46,16 @@ def read_leaf_split(folder: str | Path) -> dict[str, dict[str, list[Any]]]:
         raise FileNotFoundError(f"no LEAF *.json files in {folder}")
     users: dict[str, dict[str, list[Any]]] = {}
     for path in files:
-        blob = json.loads(path.read_text())
+        try:
+            blob = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON (corrupt or truncated?): {e}") from None
         for key in ("users", "user_data"):
             if key not in blob:
                 raise ValueError(f"{path} is not LEAF JSON: missing {key!r}")
         for u in blob["users"]:
+            if u not in blob["user_data"]:
+                raise ValueError(f"{path}: user {u!r} is in 'users' but not in 'user_data'")
             data = blob["user_data"][u]
             if len(data["x"]) != len(data["y"]):
                 raise ValueError(f"{path}: user {u} has {len(data['x'])} x but {len(data['y'])} y")
