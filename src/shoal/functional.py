@@ -122,6 +122,73 @@ def channels_last(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+def check_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    num_classes: int,
+    loss_fn: LossFn,
+) -> None:
+    """Refuse, in one line each, a model that the runtimes cannot train on this data, before
+    the first round would fail deep inside ``vmap`` or an evaluation (or train silently wrong).
+
+    - BatchNorm in training mode: its batch statistics and running buffers are not parameters,
+      so clients neither train nor send them (``vmap`` refuses the in-place buffer update).
+    - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
+      which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
+    - A model that cannot take the training samples (shape, dtype), test samples that differ
+      from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
+    """
+    for name, m in model.named_modules():
+        where = f"model.{name}" if name else "the model"
+        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"{where} is a {type(m).__name__}: its batch statistics and running buffers "
+                "are not parameters, so clients neither train nor send them; use GroupNorm or "
+                "LayerNorm (as shoal.models do)"
+            )
+        if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ValueError(
+                f"{where} is a {type(m).__name__} with p={m.p}: its masks come from torch's "
+                "global generator, not the run's seed (runs would not repeat, and the "
+                "vectorized runtime refuses random operations); remove it or set p=0"
+            )
+    if x_test.dtype != x.dtype or x_test.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"test samples are {tuple(x_test.shape[1:])} {x_test.dtype}, training samples "
+            f"{tuple(x.shape[1:])} {x.dtype}: they must agree"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x[:2])
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(
+            f"the model cannot take the training samples ({tuple(x.shape[1:])} {x.dtype}; "
+            f"features should be float32, or int64 token ids): {e}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if loss_fn is cross_entropy and logits.shape[-1] < num_classes:
+        raise ValueError(
+            f"the model gives {logits.shape[-1]} logits per sample, but the data has "
+            f"{num_classes} classes"
+        )
+    try:
+        with torch.no_grad():
+            losses = loss_fn(logits, y[:2])
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"loss_fn cannot take the model's output and labels: {e}") from None
+    if not isinstance(losses, torch.Tensor) or losses.shape != y[:2].shape:
+        got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(
+            f"loss_fn must return one loss per sample (shape {tuple(y[:2].shape)} here), got "
+            f"{got}; use reduction='none' (shoal.cross_entropy is one)"
+        )
+
+
 def init_params(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor]:
     """Build a model with a fixed seed and return it with its flat initial parameters."""
     state = torch.random.get_rng_state()

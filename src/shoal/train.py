@@ -35,7 +35,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
 from shoal.files import atomic_save, write_metrics
-from shoal.functional import LossFn, ParamSpec, cross_entropy
+from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
 from shoal.runtime.sim import SimRuntime, resolve_device
@@ -69,12 +69,12 @@ class TrainConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        for name in ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
-        if self.eval_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("eval_every and checkpoint_every must be >= 1")
         if self.work.steps is not None and (
             self.stragglers.fraction > 0
             and not self.stragglers.drop
@@ -88,6 +88,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: final parameters, their layout, metrics rows and summary."""
+
     params: torch.Tensor
     """Final global parameters, flat (load into a model with ``spec.load_into``)."""
     spec: ParamSpec
@@ -154,14 +156,22 @@ def _check_tracked_mean(algorithm: Algorithm, aggregator: Aggregator) -> None:
         )
 
 
-def _check_clients(clients: list[np.ndarray], n: int) -> None:
-    if not clients:
+def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """The clients as 1-D integer index arrays (lists and tensors are converted)."""
+    if not len(clients):
         raise ValueError("no clients: the partition is empty")
-    for k, idx in enumerate(clients):
+    arrays = [np.asarray(idx) for idx in clients]
+    for k, idx in enumerate(arrays):
         if len(idx) == 0:
             raise ValueError(f"client {k} has no samples; use a partition with a minimum size")
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(
+                f"client {k} must be a 1-D integer index array, got shape {idx.shape} of "
+                f"{idx.dtype}"
+            )
         if idx.min() < 0 or idx.max() >= n:
             raise ValueError(f"client {k} has indices outside the training set [0, {n})")
+    return arrays
 
 
 def train(
@@ -186,6 +196,7 @@ def train(
     """Train ``model`` federatedly on ``data`` split into ``clients`` (index arrays).
 
     ``init`` gives the initial flat parameters (default: the model's current ones).
+    ``loss_fn(logits, labels)`` returns one loss per sample (``reduction='none'``).
     ``compressor`` compresses every client's model-sized uploads (default: none); the
     metrics count the bytes of the payloads it really produced. ``downlink_compressor``
     compresses the server's broadcast against the clients' copy (see
@@ -196,8 +207,14 @@ def train(
     With ``out_dir``, writes ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt`` and
     ``summary.json`` there; ``resume=True`` continues from the checkpoint in ``out_dir``.
     """
-    _check_clients(clients, len(data.train))
+    clients = _check_clients(clients, len(data.train))
     config.sampler.check(len(clients))
+    outside = [] if byzantine is None else sorted(c for c in byzantine.clients if c >= len(clients))
+    if outside:
+        raise ValueError(
+            f"byzantine names client(s) {outside}, but there are {len(clients)} clients; "
+            f"build it with byzantine(f, {len(clients)}, ...)"
+        )
     _check_sampling(config, algorithm)
     if network is not None and network.codec_seconds_per_element > 0:
         raise ValueError(
@@ -232,6 +249,7 @@ def train(
         else:
             attack = byzantine.behaviour
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
+    check_model(model, x, y_true, x_test, data.train.num_classes, loss_fn)
     sizes = np.array([len(c) for c in clients], dtype=np.float64)
     # Every client's aggregation weight: a round averages its clients' messages by these.
     weight_K = sizes if config.weighting == "samples" else np.ones(len(clients))

@@ -17,6 +17,8 @@ import torch
 
 @runtime_checkable
 class Aggregator(Protocol):
+    """A rule ``(inbox_ND, weights_N) -> x_D`` that combines a round's messages into one."""
+
     @property
     def linear(self) -> bool:
         """True when the rule is a weighted mean, so partial sums may be streamed."""

@@ -17,6 +17,8 @@ from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr
 
 @dataclass(frozen=True)
 class FedAvg(StatelessClient):
+    """FedAvg's client and server rules; build it with :func:`fedavg`."""
+
     lr: float
     name: str = "fedavg"
 

@@ -40,6 +40,8 @@ from shoal.types import ClientState, Message, ServerState
 
 @dataclass(frozen=True)
 class FedNova(StatelessClient):
+    """FedNova's normalized averaging; build it with :func:`fednova`."""
+
     lr: float
     name: str = "fednova"
 

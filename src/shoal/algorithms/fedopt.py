@@ -53,6 +53,8 @@ def _check_decay(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class FedAvgM(StatelessClient):
+    """FedAvg with server momentum; build it with :func:`fedavgm`."""
+
     lr: float
     server_lr: float = 1.0
     momentum: float = 0.9
@@ -172,6 +174,8 @@ class _AdaptiveServer(StatelessClient, ABC):
 
 @dataclass(frozen=True)
 class FedAdagrad(_AdaptiveServer):
+    """FedAvg with an Adagrad server step; build it with :func:`fedadagrad`."""
+
     lr: float
     server_lr: float
     beta1: float = 0.0
@@ -188,6 +192,8 @@ class FedAdagrad(_AdaptiveServer):
 
 @dataclass(frozen=True)
 class FedAdam(_AdaptiveServer):
+    """FedAvg with an Adam server step; build it with :func:`fedadam`."""
+
     lr: float
     server_lr: float
     beta1: float = 0.9
@@ -207,6 +213,8 @@ class FedAdam(_AdaptiveServer):
 
 @dataclass(frozen=True)
 class FedYogi(_AdaptiveServer):
+    """FedAvg with a Yogi server step; build it with :func:`fedyogi`."""
+
     lr: float
     server_lr: float
     beta1: float = 0.9

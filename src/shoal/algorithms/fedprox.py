@@ -30,6 +30,8 @@ from shoal.types import ClientState, Message
 
 @dataclass(frozen=True)
 class FedProx(StatelessClient):
+    """FedProx's proximal local steps; build it with :func:`fedprox`."""
+
     lr: float
     mu: float
     name: str = "fedprox"

@@ -47,6 +47,8 @@ from shoal.types import ClientState, Message, ServerState
 
 @dataclass(frozen=True)
 class Scaffold:
+    """SCAFFOLD (option II) with control variates; build it with :func:`scaffold`."""
+
     lr: float
     server_lr: float = 1.0
     name: str = "scaffold"

@@ -46,6 +46,8 @@ def alie_z(n: int, f: int) -> float:
 
 @dataclass(frozen=True)
 class ALittleIsEnough:
+    """A Little Is Enough (ALIE); build it with :func:`alie`."""
+
     z: float | None = None
     """Shift in honest standard deviations; ``None``: ``alie_z(n, f)`` (epfml's ``z_max``)."""
 

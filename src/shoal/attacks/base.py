@@ -19,6 +19,8 @@ import torch
 
 @runtime_checkable
 class Attack(Protocol):
+    """An update attack: ``attack(honest_HD, f)`` returns the ``f`` Byzantine rows ``[f, D]``."""
+
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor: ...
 
 

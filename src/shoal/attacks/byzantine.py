@@ -18,6 +18,8 @@ from shoal.attacks.label_flip import LabelFlip
 
 @dataclass(frozen=True)
 class Byzantine:
+    """Which clients are Byzantine and what they do; build it with :func:`byzantine`."""
+
     clients: frozenset[int]
     behaviour: Attack | LabelFlip
 

@@ -24,6 +24,8 @@ from shoal.streams import restore_stream, seeded_stream
 
 @dataclass(frozen=True)
 class GaussianNoise:
+    """Gaussian noise in place of updates; build it with :func:`gaussian`."""
+
     sigma: float = 1.0
     seed: int = 0
     _generator: torch.Generator = field(init=False, repr=False, compare=False)

@@ -18,6 +18,8 @@ from shoal.attacks.base import check_attack, repeat
 
 @dataclass(frozen=True)
 class InnerProductManipulation:
+    """Inner product manipulation (IPM); build it with :func:`ipm`."""
+
     eps: float = 0.1
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ def flip_labels(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LabelFlip:
+    """Label flipping of the Byzantine clients' data; build it with :func:`label_flip`."""
+
     num_classes: int = 10
 
     def __call__(self, y_B: torch.Tensor) -> torch.Tensor:

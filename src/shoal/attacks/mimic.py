@@ -35,6 +35,8 @@ def most_extreme(honest_HD: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class Mimic:
+    """The mimic attack (copy one honest client); build it with :func:`mimic`."""
+
     target: int | None = 0
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:

@@ -18,6 +18,8 @@ from shoal.attacks.base import check_attack, repeat
 
 @dataclass(frozen=True)
 class SignFlip:
+    """Sign flipping of the honest mean; build it with :func:`sign_flip`."""
+
     scale: float = 1.0
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:

@@ -51,6 +51,8 @@ Payload = dict[str, torch.Tensor]
 
 @runtime_checkable
 class Compressor(Protocol):
+    """A message codec: ``init``, ``compress``, ``decompress`` and exact ``nbytes``."""
+
     @property
     def name(self) -> str: ...
 

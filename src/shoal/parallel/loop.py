@@ -47,7 +47,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
 from shoal.files import atomic_save, write_metrics
-from shoal.functional import LossFn, ParamSpec, cross_entropy
+from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy
 from shoal.parallel import records
 from shoal.parallel.base import (
     HonestSubset,
@@ -95,6 +95,8 @@ def train_parallel(
         raise ValueError("resume=True needs the out_dir of the run to continue")
     dev = _device(config, comm)
     model = model.to(dev)
+    x_2, y_2 = data.train.x[:2].to(dev), data.train.y[:2].to(dev)
+    check_model(model, x_2, y_2, data.test.x[:2], data.train.num_classes, loss_fn)
     spec = ParamSpec.of(model)
     params_D = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
     if params_D.shape != (spec.num_params,):

@@ -59,6 +59,8 @@ LAST = 5  # rounds averaged for the "last rounds" figure
 
 @dataclass(frozen=True)
 class Style:
+    """One style of the attack x aggregator grid: its algorithm, local work, rounds and columns."""
+
     name: str
     title: str
     rounds: int
@@ -102,6 +104,8 @@ STYLES: dict[str, Style] = {
 
 @dataclass(frozen=True)
 class Workload:
+    """The grid's data, partition, model and initial parameters (:func:`load_workload`)."""
+
     data: FederatedDataset
     clients: list[np.ndarray]
     model: torch.nn.Module

@@ -29,6 +29,8 @@ from shoal.types import ClientState, Message, ServerState
 
 @dataclass(frozen=True)
 class WorkerMomentum:
+    """Worker momentum as a federated algorithm; build it with :func:`worker_momentum`."""
+
     lr: float
     momentum: float = 0.9
     batch_size: int = 32

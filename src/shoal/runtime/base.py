@@ -69,6 +69,8 @@ class RoundTask:
 
 @dataclass(frozen=True)
 class RoundResult:
+    """What a runtime returns for one round: the aggregated message, the loss and the bytes sent."""
+
     mean_msg: Message
     train_loss: float
     """Mean per-sample loss over every local minibatch of every client in the round."""
@@ -81,6 +83,9 @@ class RoundResult:
 
 
 class Runtime(Protocol):
+    """Trains a round's clients and aggregates their messages: :class:`~shoal.SimRuntime` in one
+    process, :class:`~shoal.runtime.dist.DistRuntime` across ``torch.distributed`` processes."""
+
     def run_round(self, task: RoundTask, store: ClientStore) -> RoundResult: ...
 
     @property

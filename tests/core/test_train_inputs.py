@@ -1,0 +1,116 @@
+"""A user's own model, data and clients: what cannot be trained is refused before round 1 in
+one line naming it, instead of a traceback from inside ``vmap`` or an evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shoal.algorithms.base import LocalWork
+from shoal.algorithms.fedavg import fedavg
+from shoal.attacks import byzantine, sign_flip
+from shoal.data.types import ArrayDataset, FederatedDataset
+from shoal.parallel import ParallelConfig, SimComm, sync_sgd, train_parallel
+from shoal.runtime.sim import SimRuntime
+from shoal.schedule import ClientSampler
+from shoal.train import TrainConfig, train
+
+from .helpers import tiny_data, tiny_model
+
+CLIENTS = [np.arange(k, 240, 4) for k in range(4)]
+
+
+def _config(**kw):
+    base = dict(rounds=2, sampler=ClientSampler(2), work=LocalWork(batch_size=8), progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train(model=None, data=None, clients=CLIENTS, **kw):
+    model = model if model is not None else tiny_model()
+    data = data if data is not None else tiny_data()
+    return train(model, data, clients, fedavg(0.1), _config(), **kw)
+
+
+def _with(layer: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), layer, nn.Tanh(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+@pytest.mark.parametrize(
+    ("layer", "match"),
+    [(nn.BatchNorm1d(16), "model.1 is a BatchNorm1d"), (nn.Dropout(0.5), "model.1 is a Dropout")],
+)
+def test_batch_norm_and_dropout_are_refused(layer, match, vectorize):
+    with pytest.raises(ValueError, match=match):
+        _train(_with(layer), runtime=SimRuntime(vectorize=vectorize))
+    with pytest.raises(ValueError, match=match):
+        train_parallel(
+            _with(layer),
+            tiny_data(),
+            CLIENTS,
+            sync_sgd(0.1),
+            ParallelConfig(steps=2, progress=False),
+            SimComm(4),
+        )
+
+
+def test_dropout_off_and_batch_norm_in_eval_mode_train():
+    _train(_with(nn.Dropout(0.0)))
+    _train(_with(nn.BatchNorm1d(16)).eval())
+
+
+def _data(x, x_test=None):
+    base = tiny_data()
+    x_test = x_test if x_test is not None else base.test.x
+    return FederatedDataset(
+        "tiny", ArrayDataset(x, base.train.y, 3), ArrayDataset(x_test, base.test.y, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (lambda d: _data(d.train.x.double(), d.test.x.double()), r"\(8,\) torch.float64"),
+        (lambda d: _data(d.train.x[:, :5], d.test.x[:, :5]), r"\(5,\) torch.float32"),
+        (lambda d: _data(d.train.x, d.test.x[:, :5]), "test samples are"),
+    ],
+)
+def test_data_the_model_cannot_take_is_refused(data, match):
+    with pytest.raises(ValueError, match=match):
+        _train(data=data(tiny_data()))
+
+
+def test_too_few_logits_and_a_reduced_loss_are_refused():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="2 logits per sample, but the data has 3 classes"):
+        _train(nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="one loss per sample"):
+        _train(loss_fn=F.cross_entropy)
+
+
+def test_clients_as_lists_train_and_float_indices_are_refused():
+    ref = _train()
+    as_lists = _train(clients=[c.tolist() for c in CLIENTS])
+    assert torch.equal(ref.params, as_lists.params)
+    with pytest.raises(ValueError, match="client 0 must be a 1-D integer index array"):
+        _train(clients=[c.astype(np.float64) for c in CLIENTS])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("rounds", 2.5), ("eval_batch_size", 0), ("checkpoint_every", "1")]
+)
+def test_counts_must_be_integers(key, value):
+    with pytest.raises(ValueError, match=f"{key} must be an integer >= 1"):
+        _config(**{key: value})
+
+
+def test_byzantine_clients_beyond_the_partition_are_refused():
+    bad = byzantine(3, 40, sign_flip())
+    assert max(bad.clients) >= len(CLIENTS)
+    with pytest.raises(ValueError, match="byzantine names client"):
+        _train(byzantine=bad)
