@@ -11,6 +11,7 @@ an uninterrupted run (only ``wall_seconds`` differs).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 import warnings
@@ -71,7 +72,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
