@@ -157,6 +157,49 @@ def _check_tracked_mean(algorithm: Algorithm, aggregator: Aggregator) -> None:
         )
 
 
+def _setup(
+    algorithm: Algorithm, num_params: int, sizes: np.ndarray, config: TrainConfig
+) -> dict[str, Any]:
+    """What a run's checkpoint records of its setup, for a resume to be checked against."""
+    return {
+        "parameters": num_params,
+        "client sizes": sizes.astype(int).tolist(),
+        "algorithm": repr(algorithm),
+        "seed": config.seed,
+        "sampler": repr(config.sampler),
+        "local work": repr(config.work),
+    }
+
+
+def _check_resumed(
+    out: Path, done: int, rounds: int, saved: dict[str, Any], setup: dict[str, Any]
+) -> None:
+    """A resume trains further, from a checkpoint of the same setup. With fewer rounds than
+    the checkpoint has, it returned that run's result unchanged, silently; with other clients
+    or another algorithm it goes on from one run's state under another's setting, which may be
+    meant (a lower learning rate from here on), so it warns."""
+    if done > rounds:
+        raise ValueError(
+            f"cannot resume: the checkpoint in {out} is at round {done}, past rounds={rounds}; "
+            "a resumed run can only train further"
+        )
+    if saved.get("parameters", setup["parameters"]) != setup["parameters"]:
+        raise ValueError(
+            f"cannot resume: the checkpoint in {out} holds a model of {saved['parameters']} "
+            f"parameters, this one has {setup['parameters']}"
+        )
+    # A repr that shows an object's address differs between processes: not comparable.
+    differ = [
+        k for k, v in setup.items() if k in saved and saved[k] != v and " at 0x" not in str(v)
+    ]
+    if differ:
+        warnings.warn(
+            f"resuming {out} with a setup unlike its checkpoint's ({', '.join(differ)} "
+            "differ): the run goes on from that state under the new setting",
+            stacklevel=3,  # the caller of train(...)
+        )
+
+
 def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:
     """The clients as 1-D integer index arrays (lists and tensors are converted)."""
     if not len(clients):
@@ -270,6 +313,7 @@ def train(
             stacklevel=2,
         )
 
+    setup = _setup(algorithm, spec.num_params, sizes, config)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -293,6 +337,7 @@ def train(
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
             restored = ck.get("carried", {})
+            _check_resumed(out, start_round, config.rounds, ck.get("setup", {}), setup)
         if main:
             write_metrics(out / METRICS, rows)
     # Objects that carry state from round to round (centered clipping's last aggregate, a
@@ -406,6 +451,7 @@ def train(
                     "cum_downlink_bytes": cum_down,
                     "downlink": bcast,
                     "sim_seconds": sim,
+                    "setup": setup,
                 }
                 ck["carried"] = {
                     name: obj.state_dict()

@@ -258,3 +258,28 @@ def test_resume_without_a_folder_is_refused():
     clients = unequal_clients(len(data.train), 10)
     with pytest.raises(ValueError, match="resume=True needs the out_dir"):
         train(tiny_model(), data, clients, fedavg(0.2), _config(rounds=1), resume=True)
+
+
+def test_a_resume_is_checked_against_the_checkpoints_setup(tmp_path):
+    # Fewer rounds than the checkpoint returned that run unchanged, silently; another algorithm
+    # or other clients went on from its state without a word.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+
+    def fit(rounds, alg, parts=clients, model=None):
+        return train(
+            model or tiny_model(), data, parts, alg, _config(rounds=rounds),
+            out_dir=tmp_path, resume=rounds != 3,
+        )  # fmt: skip
+
+    fit(3, fedavg(0.2))
+    with pytest.raises(ValueError, match="at round 3, past rounds=2; a resumed run can only"):
+        fit(2, fedavg(0.2))
+    with pytest.raises(ValueError, match="holds a model of .* parameters, this one has"):
+        fit(4, fedavg(0.2), model=torch.nn.Linear(8, 3))
+    others = unequal_clients(len(data.train), 10, seed=1)
+    with pytest.warns(UserWarning, match=r"checkpoint's \(client sizes, algorithm differ\)"):
+        fit(4, fedavg(0.1), parts=others)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(5, fedavg(0.1), parts=others)  # as the checkpoint of round 4 was made
