@@ -11,7 +11,6 @@ an uninterrupted run (only ``wall_seconds`` differs).
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import time
 import warnings
@@ -30,6 +29,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
+from shoal.checks import check_counts, is_integer
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -70,10 +70,10 @@ class TrainConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(self, ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"))
+        # The seed keys every draw, through numpy's SeedSequence: a non-negative integer.
+        if not is_integer(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
         if self.work.steps is not None and (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from shoal.report import human_bytes, plot_label_histogram, plot_runs, run_labels
+from shoal.report import human_bytes, plot_label_histogram, plot_runs, read_metrics, run_labels
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,16 @@ def test_label_heat_map_counts_from_zero_over_whole_workers(
     assert ax.get_xlabel() == "worker"
     ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 3.5]
     assert ticks == [0, 1, 2, 3]
+
+
+def test_read_metrics_takes_the_file_too_and_refuses_rows_that_are_not_objects(
+    tmp_path: Path,
+) -> None:
+    # The metrics.jsonl path itself was "no metrics.jsonl"; a line of valid JSON that is not a
+    # row ([1, 2]) raised an AttributeError in the plot.
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"round": 1, "test_accuracy": 0.5}\n')
+    assert read_metrics(path) == read_metrics(tmp_path) == [{"round": 1, "test_accuracy": 0.5}]
+    path.write_text('{"round": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object of metrics"):
+        read_metrics(tmp_path)

@@ -107,6 +107,20 @@ def test_clients_as_lists_train_and_float_indices_are_refused():
 def test_counts_must_be_integers(key, value):
     with pytest.raises(ValueError, match=f"{key} must be an integer >= 1"):
         _config(**{key: value})
+    assert _config(**{key: np.int64(3)}) is not None  # a count computed with numpy
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5])
+def test_the_seed_must_be_a_non_negative_integer(seed):
+    # seed=None failed 13 frames deep in numpy's SeedSequence, in round 1.
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        _config(seed=seed)
+
+
+def test_an_unknown_device_names_the_choices():
+    # torch's own message lists two dozen device types.
+    with pytest.raises(ValueError, match="device 'gpu': use 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        train(tiny_model(), tiny_data(), CLIENTS, fedavg(0.1), _config(device="gpu"))
 
 
 def test_byzantine_clients_beyond_the_partition_are_refused():

@@ -5,9 +5,9 @@ Shape suffixes: ``N`` inbox rows, ``D`` flat parameters.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from shoal.checks import is_integer
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
 # float32 inbox of a large model is never copied whole into float64.
@@ -44,7 +44,7 @@ def as_matrix(
 def check_f(f: int, rule: str) -> None:
     """``f`` (the number of Byzantine inputs tolerated) must be a non-negative integer (a
     numpy integer too, as a count computed with numpy is)."""
-    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 0:
+    if not is_integer(f) or f < 0:
         raise ValueError(f"{rule}: f must be a non-negative integer, got {f!r}")
 
 

@@ -24,12 +24,12 @@ client state must agree with the server's (SCAFFOLD's ``c_k``) names it in an op
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from shoal.checks import is_integer, is_real
 from shoal.types import ClientState, Message, ServerState
 
 
@@ -53,7 +53,7 @@ class LocalWork:
         # and a float batch_size or steps failed inside the first round with a TypeError.
         for name in ("epochs", "batch_size", "steps", "min_epochs"):
             value = getattr(self, name)
-            if value is not None and not _is_integer(value):
+            if value is not None and not is_integer(value):
                 raise ValueError(f"LocalWork.{name} must be an integer, got {value!r}")
         if self.epochs < 1:
             raise ValueError(f"local epochs must be >= 1, got {self.epochs}")
@@ -157,15 +157,6 @@ def apply_mean_delta(
 ) -> tuple[torch.Tensor, ServerState]:
     """FedAvg's server step, an ``Algorithm.server_update``: add the aggregated client delta."""
     return params_D + mean_msg["delta"], server
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value: object) -> bool:
-    """A real number, not a bool (``True`` is an int to Python) nor a numeric string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_lr(name: str, value: float) -> None:

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import StatelessClient, check_lr, is_real
+from shoal.algorithms.base import StatelessClient, check_lr
+from shoal.checks import is_real
 from shoal.types import Message, ServerState
 
 

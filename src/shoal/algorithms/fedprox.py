@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr, is_real
+from shoal.algorithms.base import StatelessClient, apply_mean_delta, check_lr
+from shoal.checks import is_real
 from shoal.types import ClientState, Message
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from shoal.checks import check_counts
 from shoal.functional import ParamSpec
 from shoal.parallel.base import State
 
@@ -35,10 +36,9 @@ class ParallelConfig:
     slowdown: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(
+            self, ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
+        )
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         for worker, factor in self.slowdown.items():

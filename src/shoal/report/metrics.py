@@ -12,13 +12,16 @@ __all__ = ["human_bytes", "read_metrics", "run_labels"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``run_dir/metrics.jsonl``, one dict per round.
+    """The rows of ``run_dir/metrics.jsonl``, one dict per round (``run_dir`` may also name
+    the ``metrics.jsonl`` itself).
 
     A run killed while appending may leave a half-written last line: one without its newline
     (every row is written with one). It is skipped (a resumed run rewrites the file from its
     checkpoint anyway); any other line that is not JSON is an error naming it.
     """
-    path = Path(run_dir) / METRICS
+    path = Path(run_dir)
+    if path.name != METRICS or not path.is_file():  # the run folder, or its metrics file
+        path = path / METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {METRICS} (is it a run folder?)")
     rows = []
@@ -28,11 +31,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1 and not text.endswith("\n"):
                 break
             raise ValueError(f"{path}:{i + 1}: not a JSON line") from None
+        if not isinstance(row, dict):  # valid JSON, but not a metrics row
+            raise ValueError(f"{path}:{i + 1}: not a JSON object of metrics")
+        rows.append(row)
     return rows
 
 

@@ -48,7 +48,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch's message lists its two dozen device types
+        raise ValueError(f"device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available here")
     return dev
