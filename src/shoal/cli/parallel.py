@@ -31,7 +31,7 @@ from shoal.config import Config, ConfigError
 from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
 from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.base import ServerAlgorithm
-from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name
+from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name, previous_checkpoint
 from shoal.report import human_bytes
 from shoal.runtime.procgroup import in_distributed_env, init_from_env
 from shoal.runtime.sim import resolve_device
@@ -139,7 +139,9 @@ def has_checkpoint(out: Path) -> bool:
             f"{out} holds the checkpoint of a run in one process; continue it with "
             f"shoal run --resume {out}"
         )
-    return (out / checkpoint_name(rank)).is_file()
+    ckpt = out / checkpoint_name(rank)
+    # (a process killed while it saved has only its previous one: see shoal.parallel.loop)
+    return ckpt.is_file() or (rank is not None and previous_checkpoint(ckpt).is_file())
 
 
 def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> ParallelResult:

@@ -21,7 +21,11 @@ slice); none of it is counted in ``bytes_sent``. Rank 0 writes the files.
 Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
 received first), the counters and the rows so far, one file per rank; ``resume=True``
 restores them, and because every random choice is keyed by the step, a resumed run ends with
-the same parameters and metrics as an uninterrupted one (only the timings differ).
+the same parameters and metrics as an uninterrupted one (only the timings differ). The
+processes of a distributed run save their own, so one killed while they saved may leave some
+a checkpoint ahead of others: each keeps its previous one too, and none trains on before all
+have saved (one small all-reduce), so a resumed run continues, on every process, from the
+newest step that all of them have.
 
 The asynchronous form of EASGD runs differently: its last rank is the parameter server
 (:mod:`.server`), which evaluates the centre and writes the metrics; the worker ranks never
@@ -189,6 +193,7 @@ class _WorkerRun:
         self.reports = comm.is_main
         self.x_test, self.y_test = data.test.x.to(dev), data.test.y.to(dev)
         self.rows: list[dict[str, Any]] = []
+        self.coordinated = False  # a distributed run's processes agree on their checkpoints
 
     def evaluated(self, params_WD: torch.Tensor, state: State) -> torch.Tensor:
         """The workers' average model (one collective in distributed runs): gossip leaves
@@ -207,8 +212,12 @@ class _WorkerRun:
         state = alg.init(params_WD, comm)
         prog = Progress()
         ckpt = self.out / records.checkpoint_name(self.job.rank) if self.out is not None else None
-        if resume and ckpt is not None:
-            params_WD, state, prog = self._restore(ckpt)
+        # The processes of a distributed run agree on the step to continue from (see _restore).
+        self.coordinated = ckpt is not None and self.job.rank is not None and not asynchronous
+        if ckpt is not None and (resume or self.coordinated):
+            restored = self._restore(ckpt, resume)
+            if restored is not None:
+                params_WD, state, prog = restored
         if self.out is not None and self.reports and not asynchronous:
             write_metrics(self.out / records.METRICS, self.rows)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.dev)
@@ -358,12 +367,41 @@ class _WorkerRun:
             "rows": self.rows,
             "bytes_sent": self.comm.bytes_sent,
         }
+        if self.coordinated and path.exists():
+            os.replace(path, records.previous_checkpoint(path))
         atomic_save(ck, path)
+        if self.coordinated:  # a barrier: no process trains on before all have saved
+            self.comm.sum_stats([0.0])
 
-    def _restore(self, path: Path) -> tuple[torch.Tensor, State, Progress]:
-        if not path.exists():
+    def _restore(self, path: Path, resume: bool) -> tuple[torch.Tensor, State, Progress] | None:
+        """The checkpoint to continue from (``None``: start over). In a distributed run, the
+        newest step that every process has a checkpoint of (one that has none starts them
+        all over): a process ahead of another continues from its previous checkpoint."""
+        previous = records.previous_checkpoint(path)
+        if resume and not path.exists() and not (self.coordinated and previous.exists()):
             raise ValueError(f"cannot resume: no {path.name} in {path.parent}")
-        ck = torch.load(path, map_location=self.dev, weights_only=False)
+        ck = None
+        if resume:
+            ck = torch.load(
+                path if path.exists() else previous, map_location=self.dev, weights_only=False
+            )
+        if self.coordinated:
+            assert self.job.rank is not None
+            step = ck["progress"]["step"] if ck is not None else 0
+            steps = [0.0] * self.comm.world_size
+            steps[self.job.rank] = step
+            agreed = int(min(self.comm.sum_stats(steps)))
+            if agreed == 0:
+                return None
+            if step != agreed:
+                ck = torch.load(previous, map_location=self.dev, weights_only=False)
+                if ck["progress"]["step"] != agreed:
+                    raise ValueError(
+                        f"cannot resume: {previous.name} holds step {ck['progress']['step']}, "
+                        f"but the other processes continue from step {agreed}"
+                    )
+                os.replace(previous, path)  # where this process is now
+        assert ck is not None
         if ck["params_WD"].shape[0] != len(self.comm.workers):
             raise ValueError(f"{path.name} holds {ck['params_WD'].shape[0]} workers, not these")
         self.rows = ck["rows"]

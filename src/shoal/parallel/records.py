@@ -32,6 +32,13 @@ RANK_CHECKPOINTS = "checkpoint.rank*.pt"
 """The glob of a distributed run's per-rank checkpoints (:func:`checkpoint_name`)."""
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Where a process of a distributed run keeps the checkpoint before its newest one
+    (``previous.rank<i>.pt``): its processes save on their own, so a job killed while they
+    saved continues from the newest step that all of them have (see :mod:`.loop`)."""
+    return path.with_name(path.name.replace("checkpoint", "previous", 1))
+
+
 def append_metrics(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
