@@ -10,7 +10,7 @@ import torch
 from shoal.compress import error_feedback, powersgd, random_k, top_k
 from shoal.compress.base import Payload
 from shoal.functional import ParamSpec
-from shoal.parallel import SimComm, sync_sgd
+from shoal.parallel import SimComm, local_sgd, sync_sgd
 from shoal.parallel.algorithms.sync_sgd import (
     FIRST_BUCKET_BYTES,
     compressed_mean,
@@ -144,3 +144,13 @@ def test_settings_of_the_other_path_are_warned_of():
         warnings.simplefilter("error")
         sync_sgd(0.1, compressor=top_k(ratio=0.1), reduce="all_gather")
         sync_sgd(0.1, overlap=False, bucket_cap_mb=1.0)
+
+
+def test_local_sgd_warns_of_a_reduce_without_a_compressor_as_sync_sgd_does():
+    # local_sgd all-reduces its models without a compressor: reduce='all_gather' was ignored
+    # there without a word, while sync_sgd warned of it.
+    with pytest.warns(UserWarning, match="local_sgd: reduce='all_gather' .* changes nothing"):
+        local_sgd(0.1, 2, reduce="all_gather")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        local_sgd(0.1, 2, compressor=top_k(ratio=0.1), reduce="all_gather")
