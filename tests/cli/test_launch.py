@@ -241,3 +241,25 @@ def test_every_workers_identical_warning_is_shown_once(capsys):
         verbose.write(line)
     verbose.finish(["0", "0"])
     assert capsys.readouterr().err == "".join(lines)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "sync_sgd"])
+def test_a_simulated_runtime_in_a_distributed_job_is_refused(tmp_path, monkeypatch, capsys, name):
+    # Each process ran the whole simulation into the same folder: duplicated, interleaved
+    # metrics rows (data-parallel), or a checkpoint renamed away by the other (federated).
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = write_config(tmp_path, rounds=1)
+    if name == "sync_sgd":
+        cfg = tmp_path / "dp.toml"
+        cfg.write_text(
+            '[data]\nname = "digits"\n[partition]\nscheme = "iid"\nnum_clients = 2\n'
+            '[model]\nname = "mlp"\nhidden = [8]\n[algorithm]\nname = "sync_sgd"\nlr = 0.1\n'
+            "[parallel]\nsteps = 2\n"
+        )
+    args = ["--set", "runtime.kind=sim", "--out", tmp_path / "o", "--quiet"]
+    assert shoal("run", cfg, *args) == 2
+    assert (
+        "runtime.kind = 'sim' runs every client or worker in one process" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()

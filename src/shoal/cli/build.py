@@ -280,6 +280,13 @@ def distributed(cfg: Config) -> bool:
             "runtime.kind = 'dist' needs the processes of a distributed job: start it with "
             "`shoal launch` or `torchrun`"
         )
+    if kind == "sim" and in_distributed_env():
+        # Every process would run the whole job and write the same run folder at once.
+        raise ConfigError(
+            "runtime.kind = 'sim' runs every client or worker in one process, and this is one "
+            "process of a distributed job: run it with `shoal run`, or set runtime.kind = "
+            "'auto' to spread it over the processes"
+        )
     return kind == "dist" or (kind == "auto" and in_distributed_env())
 
 
