@@ -180,8 +180,8 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
         extra = " plus the parameter server" if server is not None else ""
         raise ConfigError(
             f"partition.num_clients = {len(shards)}: a {cfg['algorithm.name']} job with "
-            f"{comm.world_size} processes has {workers} workers{extra}; give the partition "
-            "one client per worker"
+            f"{comm.world_size} processes has {workers} worker{'s' * (workers != 1)}{extra}; "
+            "give the partition one client per worker"
         )
     return _train_parallel(
         model,
