@@ -186,6 +186,23 @@ def test_natural_returns_the_users() -> None:
         natural(users)(np.zeros(5, dtype=np.int64), 4, rng(0))
 
 
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: shards(2.0), "shards_per_client"),
+        (lambda: classes_per_client(2.5), "k"),
+        (lambda: hsu_dirichlet(0.5, 400.5), "samples_per_client"),
+        (lambda: dirichlet(0.5, min_size=1.5), "min_size"),
+        (lambda: quantity_skew(0.5, min_size=-1), "min_size"),
+    ],
+)
+def test_counts_must_be_integers(make, name) -> None:
+    # shards(2.0) failed in numpy with "axis 0 is out of bounds", classes_per_client(2.0) with
+    # a TypeError, hsu_dirichlet(0.5, 400.5) said the count "exceeds the samples".
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
+        make()
+
+
 def test_errors_say_what_is_wrong() -> None:
     labels = np.repeat(np.arange(3), 10)
     with pytest.raises(ValueError, match="alpha must be > 0, got 0"):

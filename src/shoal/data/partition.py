@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shoal.checks import is_integer
+
 Partition = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
 
@@ -37,6 +39,12 @@ def _check(labels: np.ndarray, num_clients: int) -> np.ndarray:
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _count(name: str, value: int, least: int = 1) -> None:
+    """A count must be an integer: shards(2.0) failed deep in numpy with an AxisError."""
+    if not is_integer(value) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _fits(name: str, per_client: int, num_clients: int, n: int) -> None:
@@ -80,6 +88,8 @@ class Dirichlet:
 
     def __post_init__(self) -> None:
         _positive("alpha", self.alpha)
+        _count("min_size", self.min_size, least=0)
+        _count("max_tries", self.max_tries)
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -129,7 +139,7 @@ class HsuDirichlet:
     def __post_init__(self) -> None:
         _positive("alpha", self.alpha)
         if self.samples_per_client is not None:
-            _positive("samples_per_client", self.samples_per_client)
+            _count("samples_per_client", self.samples_per_client)
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -171,7 +181,7 @@ class Shards:
     shards_per_client: int = 2
 
     def __post_init__(self) -> None:
-        _positive("shards_per_client", self.shards_per_client)
+        _count("shards_per_client", self.shards_per_client)
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -204,7 +214,7 @@ class ClassesPerClient:
     k: int
 
     def __post_init__(self) -> None:
-        _positive("k", self.k)
+        _count("k", self.k)
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -243,6 +253,8 @@ class QuantitySkew:
 
     def __post_init__(self) -> None:
         _positive("beta", self.beta)
+        _count("min_size", self.min_size, least=0)
+        _count("max_tries", self.max_tries)
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
