@@ -71,6 +71,17 @@ def test_plot_of_a_folder_without_metrics_is_one_line(
     assert err.count("\n") == 1 and "metrics.jsonl" in err
 
 
+def test_an_overlay_names_a_run_that_has_no_line(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A run killed before its first evaluation was left out of the legend without a word.
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "metrics.jsonl").write_text("")
+    assert shoal("plot", two_runs[0], "early", "--out", "pngs") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "early: no evaluated round (yet); it has no line" in err
+
+
 def test_plot_of_a_run_without_evaluations_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

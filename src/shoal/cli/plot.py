@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:  # a folder that is not a run's
         raise UsageError(str(e)) from None
     out = out or (dirs[0] if len(dirs) == 1 else Path("plots"))
+    drawn = {k: any(r.get("test_accuracy") is not None for r in rows) for k, rows in runs.items()}
+    for label in [k for k, has in drawn.items() if not has and any(drawn.values())]:
+        # an overlay would lack it without a word (none drawn: plot_runs says so)
+        warnings.warn(f"{label}: no evaluated round (yet); it has no line", stacklevel=2)
     try:
         pngs = plot_runs(runs, out)
     except ValueError as e:  # e.g. a run killed before its first evaluation
