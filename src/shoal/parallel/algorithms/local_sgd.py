@@ -24,7 +24,6 @@ Shape suffixes: ``W`` local workers, ``D`` flat parameters.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +60,6 @@ class LocalSGD(OwnModel):
             raise ValueError("local_sgd: nesterov=True needs momentum > 0")
         check_compressor("local_sgd", self.compressor)
         check_reduce("local_sgd", self.reduce, self.compressor)
-        if self.compressor is None and self.reduce == "all_gather":
-            warnings.warn(
-                "local_sgd: reduce='all_gather' says how compressed payloads travel; without a "
-                "compressor the models are all-reduced, so it changes nothing",
-                stacklevel=4,
-            )
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         state: State = {"momentum_WD": torch.zeros_like(params_WD)} if self.momentum else {}

@@ -122,6 +122,12 @@ def check_reduce(who: str, reduce: str, compressor: Compressor | None) -> None:
             f"{who}: reduce='two_round' needs a compressor with PowerSGD's two-round "
             f"all-reduce (powersgd with power_iterations=1, or error_feedback of it), got {name}"
         )
+    if reduce == "all_gather" and compressor is None:
+        warnings.warn(
+            f"{who}: reduce='all_gather' says how compressed payloads travel; without a "
+            "compressor the dense values are all-reduced, so it changes nothing",
+            stacklevel=5,  # the caller of the algorithm's factory
+        )
 
 
 def reduction(compressor: Compressor, like_D: torch.Tensor, reduce: str) -> str:
@@ -234,12 +240,6 @@ class SyncSGD:
                 "sync_sgd: overlap and bucket_cap_mb shape the dense all-reduce's buckets; "
                 "with a compressor the gradient is compressed whole after the backward pass, "
                 "so they change nothing",
-                stacklevel=4,
-            )
-        if self.compressor is None and self.reduce == "all_gather":
-            warnings.warn(
-                "sync_sgd: reduce='all_gather' says how compressed payloads travel; without a "
-                "compressor the dense gradient is all-reduced, so it changes nothing",
                 stacklevel=4,
             )
 
