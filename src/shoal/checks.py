@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 
 def is_integer(value: object) -> bool:
@@ -15,10 +16,14 @@ def is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def check_count(value: Any, name: str, least: int = 1) -> None:
+    """A count must be an integer >= ``least`` (a float count was truncated, or failed deep
+    inside a round or in numpy)."""
+    if not is_integer(value) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 def check_counts(owner: object, names: tuple[str, ...]) -> None:
-    """Each named attribute of ``owner`` must be an integer >= 1 (a float count was truncated
-    or failed deep inside a round)."""
+    """Each named attribute of ``owner`` must be an integer >= 1."""
     for name in names:
-        value = getattr(owner, name)
-        if not is_integer(value) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_count(getattr(owner, name), name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shoal.checks import is_integer
+from shoal.checks import check_count
 
 Partition = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
@@ -39,12 +39,6 @@ def _check(labels: np.ndarray, num_clients: int) -> np.ndarray:
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _count(name: str, value: int, least: int = 1) -> None:
-    """A count must be an integer: shards(2.0) failed deep in numpy with an AxisError."""
-    if not is_integer(value) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _fits(name: str, per_client: int, num_clients: int, n: int) -> None:
@@ -88,8 +82,8 @@ class Dirichlet:
 
     def __post_init__(self) -> None:
         _positive("alpha", self.alpha)
-        _count("min_size", self.min_size, least=0)
-        _count("max_tries", self.max_tries)
+        check_count(self.min_size, "min_size", least=0)
+        check_count(self.max_tries, "max_tries")
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -139,7 +133,7 @@ class HsuDirichlet:
     def __post_init__(self) -> None:
         _positive("alpha", self.alpha)
         if self.samples_per_client is not None:
-            _count("samples_per_client", self.samples_per_client)
+            check_count(self.samples_per_client, "samples_per_client")
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -181,7 +175,7 @@ class Shards:
     shards_per_client: int = 2
 
     def __post_init__(self) -> None:
-        _count("shards_per_client", self.shards_per_client)
+        check_count(self.shards_per_client, "shards_per_client")
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -214,7 +208,7 @@ class ClassesPerClient:
     k: int
 
     def __post_init__(self) -> None:
-        _count("k", self.k)
+        check_count(self.k, "k")
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
@@ -253,8 +247,8 @@ class QuantitySkew:
 
     def __post_init__(self) -> None:
         _positive("beta", self.beta)
-        _count("min_size", self.min_size, least=0)
-        _count("max_tries", self.max_tries)
+        check_count(self.min_size, "min_size", least=0)
+        check_count(self.max_tries, "max_tries")
 
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
