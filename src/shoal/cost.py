@@ -86,6 +86,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from shoal.checks import check_count
 from shoal.topology import Topology
 
 __all__ = [
@@ -236,8 +237,7 @@ class Heterogeneity:
             )
         if not (math.isfinite(self.straggler_slowdown) and self.straggler_slowdown >= 1.0):
             raise ValueError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"heterogeneity seed must be an integer >= 0, got {self.seed!r}")
+        check_count(self.seed, "heterogeneity seed", least=0)
 
     def slowdown(self, clients_W: np.ndarray, round_idx: int) -> np.ndarray:
         """Compute-time multiplier of each client in round ``round_idx`` (>= 0)."""
@@ -302,8 +302,7 @@ class Exchange:
         if (self.kind == "p2p") != (self.topology is not None):
             raise ValueError("a p2p Exchange needs its topology, and only it takes one")
         _counts(self.nbytes_N, f"{self.kind} nbytes_N")
-        if not isinstance(self.codec_elements, int) or self.codec_elements < 0:
-            raise ValueError(f"codec_elements must be an int >= 0, got {self.codec_elements!r}")
+        check_count(self.codec_elements, "codec_elements", least=0)
         if self.overlapped and self.kind == "all_gather":
             raise ValueError("an all_gather cannot be overlapped (p2p and all_reduce can)")
 
@@ -502,8 +501,7 @@ def measure_codec(
     if not isinstance(compressor, Compressor):
         raise TypeError(f"measure_codec needs a compressor, got {type(compressor).__name__}")
     for name, value in (("numel", numel), ("world_size", world_size), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"measure_codec: {name} must be an int >= 1, got {value!r}")
+        check_count(value, f"measure_codec: {name}")
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     inputs = [torch.randn(numel, generator=gen).to(dev) for _ in range(repeats + 1)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.algorithms.base import LocalWork
+from shoal.checks import check_count
 
 # Stream ids keep the generators of different purposes independent.
 _SAMPLE, _STRAGGLE, _BATCHES = 0, 1, 2
@@ -42,8 +43,7 @@ class ClientSampler:
     weighted: bool = False
 
     def __post_init__(self) -> None:
-        if self.clients_per_round < 1:
-            raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
+        check_count(self.clients_per_round, "clients_per_round")
 
     def check(self, num_clients: int) -> None:
         if not self.replace and self.clients_per_round > num_clients:

@@ -143,7 +143,7 @@ def test_an_infinite_weight_is_refused_not_turned_into_nan(agg: Aggregator) -> N
 
 def test_f_may_be_a_numpy_integer() -> None:
     # A Byzantine count computed with numpy is an np.int64; krum(np.int64(2)) was refused as
-    # "f must be a non-negative integer".
+    # "f must be an integer >= 0".
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = torch.ones(9)
     for make in (krum, trimmed_mean, bulyan):

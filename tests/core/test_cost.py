@@ -149,7 +149,7 @@ def test_measure_codec_times_a_compressed_step_per_entry():
     rate = measure_codec(error_feedback(top_k(ratio=0.01)), 200_000, 4, repeats=3)
     # A real duration per entry: more than nothing, less than a microsecond per float.
     assert 0 < rate < 1e-6
-    with pytest.raises(ValueError, match="world_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="world_size must be an integer >= 1"):
         measure_codec(top_k(ratio=0.01), 100, 0)
     with pytest.raises(TypeError, match="needs a compressor"):
         measure_codec("top_k", 100, 2)

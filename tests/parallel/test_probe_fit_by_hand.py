@@ -120,7 +120,7 @@ def test_network_keys_are_milliseconds_and_megabits_both_ways() -> None:
 
 
 def test_probe_refuses_bad_repeats_and_a_single_process() -> None:
-    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         probe(SimpleNamespace(world_size=2), [1024], repeats=0)
     with pytest.raises(ValueError, match="at least 2 processes"):
         probe(SimpleNamespace(world_size=1), [1024], repeats=1)

@@ -39,7 +39,7 @@ def test_ranks_see_their_environment_one_thread_and_return_in_rank_order(monkeyp
 
 
 def test_no_ranks_is_refused():
-    with pytest.raises(ValueError, match="world_size must be >= 1"):
+    with pytest.raises(ValueError, match="world_size must be an integer >= 1"):
         spawn_local(_report, 0)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from shoal.checks import is_integer
+from shoal.checks import check_count
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
 # float32 inbox of a large model is never copied whole into float64.
@@ -44,8 +44,7 @@ def as_matrix(
 def check_f(f: int, rule: str) -> None:
     """``f`` (the number of Byzantine inputs tolerated) must be a non-negative integer (a
     numpy integer too, as a count computed with numpy is)."""
-    if not is_integer(f) or f < 0:
-        raise ValueError(f"{rule}: f must be a non-negative integer, got {f!r}")
+    check_count(f, f"{rule}: f", least=0)
 
 
 def require(cond: bool, rule: str, need: str, n: int, f: int) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.aggregate._common import as_matrix
+from shoal.checks import check_count
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,7 @@ class CenteredClip:
     def __post_init__(self) -> None:
         if not self.tau > 0:
             raise ValueError(f"centered_clip: tau must be > 0, got {self.tau}")
-        if isinstance(self.num_iters, bool) or self.num_iters < 1:
-            raise ValueError(f"centered_clip: num_iters must be >= 1, got {self.num_iters}")
+        check_count(self.num_iters, "centered_clip: num_iters")
 
     def __call__(
         self,

@@ -32,6 +32,7 @@ from shoal.aggregate._common import (
     require,
     sq_distances,
 )
+from shoal.checks import check_count
 
 
 def krum_scores(
@@ -81,8 +82,8 @@ class Krum:
 
     def __post_init__(self) -> None:
         check_f(self.f, "krum")
-        if self.m is not None and (isinstance(self.m, bool) or self.m < 1):
-            raise ValueError(f"krum: m must be a positive integer or None, got {self.m!r}")
+        if self.m is not None:
+            check_count(self.m, "krum: m")
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
         x_ND, shape = as_matrix(inbox_ND, weights_N, "krum")

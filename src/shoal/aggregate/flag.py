@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, gram
+from shoal.checks import check_count
 
 # Relative size below which an eigenvalue of the weighted scatter counts as zero.
 _RANK_RTOL = 1e-12
@@ -64,12 +65,10 @@ class FlagAggregator:
     linear: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"flag_aggregator: r must be a positive integer, got {self.r}")
+        check_count(self.r, "flag_aggregator: r")
         if not self.lam >= 0:
             raise ValueError(f"flag_aggregator: lam must be >= 0, got {self.lam}")
-        if self.max_iter < 1:
-            raise ValueError(f"flag_aggregator: max_iter must be >= 1, got {self.max_iter}")
+        check_count(self.max_iter, "flag_aggregator: max_iter")
         if not self.eps > 0:
             raise ValueError(f"flag_aggregator: eps must be > 0, got {self.eps}")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.aggregate._common import as_matrix, positive_weights, row_norms
+from shoal.checks import check_count
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,7 @@ class GeometricMedian:
     def __post_init__(self) -> None:
         if not self.nu > 0:
             raise ValueError(f"geometric_median: nu must be > 0, got {self.nu}")
-        if self.max_iter < 1:
-            raise ValueError(f"geometric_median: max_iter must be >= 1, got {self.max_iter}")
+        check_count(self.max_iter, "geometric_median: max_iter")
         if not self.tol >= 0:
             raise ValueError(f"geometric_median: tol must be >= 0, got {self.tol}")
 

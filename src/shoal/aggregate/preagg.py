@@ -40,6 +40,7 @@ import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
 from shoal.aggregate.base import Aggregator
+from shoal.checks import check_count
 from shoal.streams import restore_stream, seeded_stream
 
 
@@ -54,8 +55,7 @@ class Bucketing:
     _generator: torch.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.s, bool) or not isinstance(self.s, int) or self.s < 1:
-            raise ValueError(f"bucketing: bucket size s must be a positive integer, got {self.s}")
+        check_count(self.s, "bucketing: the bucket size s")
         # The stream advances with every call; frozen otherwise (see the module docstring).
         object.__setattr__(self, "_generator", seeded_stream(self.seed))
 

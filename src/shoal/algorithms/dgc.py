@@ -63,7 +63,8 @@ from typing import ClassVar, Literal
 import torch
 
 from shoal.algorithms.base import LocalWork, check_lr
-from shoal.compress._common import as_shapes, check_flat, check_positive_int, mix
+from shoal.checks import check_count
+from shoal.compress._common import as_shapes, check_flat, mix
 from shoal.compress.base import Payload
 from shoal.compress.layerwise import Layerwise, skip_1d
 from shoal.compress.sparsify import (
@@ -211,7 +212,7 @@ class DGC:
         if not 0 < self.sample_ratio <= 1:
             raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         for name in ("warmup_epochs", "epoch_steps"):  # one at a time: a config sets only one
-            check_positive_int(getattr(self, name), name, "dgc", 0)
+            check_count(getattr(self, name), f"dgc: {name}", least=0)
         if self.warmup not in ("paper", "code"):
             raise ValueError(f"dgc: warmup must be 'paper' or 'code', got {self.warmup!r}")
 

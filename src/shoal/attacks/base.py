@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from shoal.checks import check_count
+
 
 @runtime_checkable
 class Attack(Protocol):
@@ -34,8 +36,7 @@ def check_attack(honest_HD: torch.Tensor, f: int, name: str, min_honest: int = 1
         raise ValueError(
             f"{name} needs at least {min_honest} honest update(s), got {honest_HD.shape[0]}"
         )
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"{name}: f must be a non-negative integer, got {f!r}")
+    check_count(f, f"{name}: f", least=0)
 
 
 def repeat(vector_D: torch.Tensor, f: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from shoal.checks import is_real
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -55,13 +57,8 @@ def init_with_seed(compressor: Any, x_D: torch.Tensor, seed: int | None) -> Any:
 
 
 def check_ratio(ratio: float, who: str) -> None:
-    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+    if not (is_real(ratio) and 0.0 < ratio <= 1.0):
         raise ValueError(f"{who}: ratio must be in (0, 1], got {ratio!r}")
-
-
-def check_positive_int(value: Any, what: str, who: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{who}: {what} must be an integer >= {minimum}, got {value!r}")
 
 
 def num_kept(ratio: float, d: int) -> int:

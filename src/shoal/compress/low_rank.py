@@ -60,7 +60,8 @@ from typing import ClassVar
 
 import torch
 
-from shoal.compress._common import as_shapes, check_flat, check_positive_int, generator
+from shoal.checks import check_count
+from shoal.compress._common import as_shapes, check_flat, generator
 from shoal.compress.base import Payload, add_all
 from shoal.compress.wire import payload_nbytes
 
@@ -104,8 +105,8 @@ class PowerSGD:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "powersgd"))
-        check_positive_int(self.rank, "rank", "powersgd")
-        check_positive_int(self.power_iterations, "power_iterations", "powersgd")
+        check_count(self.rank, "powersgd: rank")
+        check_count(self.power_iterations, "powersgd: power_iterations")
         if not isinstance(self.warm_start, bool):
             raise ValueError(f"powersgd: warm_start must be true or false, got {self.warm_start!r}")
         if not (

@@ -46,9 +46,9 @@ from typing import Any, ClassVar
 import torch
 from torch.nn import functional as F
 
+from shoal.checks import check_count
 from shoal.compress._common import (
     check_flat,
-    check_positive_int,
     check_seed_state,
     code_bits,
     generator,
@@ -131,7 +131,7 @@ class _Stochastic(ABC):
 
 def _check_bucket_size(bucket_size: int | None, who: str) -> None:
     if bucket_size is not None:
-        check_positive_int(bucket_size, "bucket_size", who)
+        check_count(bucket_size, f"{who}: bucket_size")
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class QSGD(_Stochastic):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_positive_int(self.levels, "levels", "qsgd")
+        check_count(self.levels, "qsgd: levels")
         if self.levels > _MAX_LEVELS:
             raise ValueError(f"qsgd: levels must be <= 2**30, got {self.levels}")
         _check_bucket_size(self.bucket_size, "qsgd")

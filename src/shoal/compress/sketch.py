@@ -37,7 +37,8 @@ from typing import ClassVar
 
 import torch
 
-from shoal.compress._common import check_flat, check_positive_int, mix, size_scalar
+from shoal.checks import check_count
+from shoal.compress._common import check_flat, mix, size_scalar
 from shoal.compress.base import Payload, add_all, check_same
 from shoal.compress.wire import payload_nbytes
 
@@ -62,8 +63,8 @@ class CountSketch:
     """The hashes must agree for sketches to add up (they come from ``seed``, not the state)."""
 
     def __post_init__(self) -> None:
-        check_positive_int(self.width, "width", "count_sketch")
-        check_positive_int(self.depth, "depth", "count_sketch")
+        check_count(self.width, "count_sketch: width")
+        check_count(self.depth, "count_sketch: depth")
 
     @property
     def name(self) -> str:

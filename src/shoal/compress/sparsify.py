@@ -42,9 +42,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from shoal.checks import check_count
 from shoal.compress._common import (
     check_flat,
-    check_positive_int,
     check_ratio,
     check_seed_state,
     generator,
@@ -173,7 +173,7 @@ class TopK(_Sparse):
         if self.ratio is not None:
             check_ratio(self.ratio, "top_k")
         if self.k is not None:
-            check_positive_int(self.k, "k", "top_k")
+            check_count(self.k, "top_k: k")
 
     @property
     def name(self) -> str:
@@ -479,7 +479,7 @@ class DGCTopK(_Sparse):
             raise ValueError(f"dgc_top_k: upper_bound must be >= 1, got {self.upper_bound}")
         if not 0.0 < self.lower_bound <= 1.0:
             raise ValueError(f"dgc_top_k: lower_bound must be in (0, 1], got {self.lower_bound}")
-        check_positive_int(self.max_adaptation_iters, "max_adaptation_iters", "dgc_top_k", 0)
+        check_count(self.max_adaptation_iters, "dgc_top_k: max_adaptation_iters", least=0)
 
     @property
     def name(self) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shoal.checks import check_count
+
 
 @dataclass(frozen=True)
 class ArrayDataset:
@@ -42,8 +44,7 @@ class ArrayDataset:
             )
         if self.y.dtype != torch.int64:
             raise ValueError(f"y must be int64, got {self.y.dtype}; use y.long()")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        check_count(self.num_classes, "num_classes")
         if len(self.y) > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
             if lo < 0 or hi >= self.num_classes:

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from shoal.checks import check_count
+
 if TYPE_CHECKING:
     from shoal.parallel.comm import Comm
 
@@ -169,8 +171,7 @@ def check_fraction(name: str, value: float) -> None:
 
 def check_period(name: str, value: int) -> None:
     """A number of steps between communications (local SGD's H, EASGD's tau)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_count(value, name)
 
 
 def sgd_direction(

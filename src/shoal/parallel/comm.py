@@ -51,6 +51,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from shoal.checks import check_count
 from shoal.compress.base import Payload
 from shoal.compress.wire import payload_nbytes
 from shoal.cost import Exchange
@@ -179,8 +180,7 @@ class SimComm:
     """Every worker in this process; messages are tensor indexing (see the module docstring)."""
 
     def __init__(self, world_size: int) -> None:
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
+        check_count(world_size, "world_size")
         self.world_size = world_size
         self.workers = tuple(range(world_size))
         self.bytes_sent = 0

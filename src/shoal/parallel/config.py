@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from shoal.checks import check_counts
+from shoal.checks import check_counts, is_integer, is_real
 from shoal.functional import ParamSpec
 from shoal.parallel.base import State
 
@@ -42,9 +42,9 @@ class ParallelConfig:
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         for worker, factor in self.slowdown.items():
-            if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+            if not is_integer(worker) or worker < 0:
                 raise ValueError(f"slowdown keys are worker ids >= 0, got {worker!r}")
-            if not (isinstance(factor, (int, float)) and 1.0 <= factor < float("inf")):
+            if not (is_real(factor) and 1.0 <= factor < float("inf")):
                 raise ValueError(f"slowdown factors must be >= 1, got {factor!r} for {worker}")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from shoal.checks import check_count
 from shoal.cost import CostModel, Exchange, Link, Network
 
 KINDS = ("all_reduce", "all_gather", "p2p")
@@ -109,8 +110,7 @@ def probe(comm: Any, sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 7) -> 
     the exchange the communicator recorded), ``seconds`` (the median) and ``all_seconds``."""
     from shoal.topology import ring
 
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    check_count(repeats, "repeats")
     if comm.world_size < 2:
         raise ValueError("probing a network needs at least 2 processes")
     topology = ring(comm.world_size)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from shoal.checks import check_count
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -63,8 +65,7 @@ def spawn_local(
     env: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` local ranks; see the module docstring."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    check_count(world_size, "world_size")
     ctx = mp.get_context("spawn")
     q = ctx.SimpleQueue()
     port = free_port()

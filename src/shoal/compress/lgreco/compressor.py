@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shoal.checks import check_count, is_real
 from shoal.compress._common import as_shapes, check_flat, init_with_seed, mix, smallest_int_dtype
 from shoal.compress.base import Compressor, Payload, is_contractive
 from shoal.compress.layerwise import skip_1d
@@ -75,12 +76,10 @@ class LGreCo:
         object.__setattr__(self, "levels", levels)
         for level in levels:
             self.build(level, torch.Size([2, 2]))  # the family's own one-line ValueError
-        if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 1:
-            raise ValueError(f"lgreco: period must be an integer >= 1, got {self.period!r}")
-        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf):
+        check_count(self.period, "lgreco: period")
+        if not (is_real(self.alpha) and 0 < self.alpha < math.inf):
             raise ValueError(f"lgreco: alpha must be a positive number, got {self.alpha!r}")
-        if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or self.buckets < 1:
-            raise ValueError(f"lgreco: buckets must be an integer >= 1, got {self.buckets!r}")
+        check_count(self.buckets, "lgreco: buckets")
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from shoal.checks import check_count
 from shoal.compress._common import as_shapes
 from shoal.compress.lgreco.compressor import LGreCo
 from shoal.compress.low_rank import PowerSGD
@@ -87,8 +88,7 @@ def lgreco_powersgd(
 ) -> LGreCo:
     """L-GreCo over PowerSGD ranks; ``choices`` default to the reference's
     ``[rank / 2, 2 rank]``. PowerSGD is biased: wrap it in :func:`error_feedback`."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"lgreco: rank must be an integer >= 1, got {rank!r}")
+    check_count(rank, "lgreco: rank")
     ranks = tuple(choices) or tuple(range(max(1, rank // 2), 2 * rank + 1))
     return LGreCo(
         as_shapes(shapes, "lgreco"),

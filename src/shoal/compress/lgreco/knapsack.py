@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from shoal.checks import check_count, is_real
+
 
 def _check_table(name: str, table: Sequence[Sequence[float]]) -> list[np.ndarray]:
     rows = [np.asarray(row, dtype=np.float64) for row in table]
@@ -40,10 +42,9 @@ def knapsack(
     err, size = _check_table("errors", errors), _check_table("sizes", sizes)
     if len(err) != len(size) or any(e.size != s.size for e, s in zip(err, size)):
         raise ValueError("knapsack: errors and sizes must have the same shape (layers x levels)")
-    if not (isinstance(budget, (int, float)) and 0 < budget < math.inf):
+    if not (is_real(budget) and 0 < budget < math.inf):
         raise ValueError(f"knapsack: budget must be a positive number, got {budget!r}")
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        raise ValueError(f"knapsack: buckets must be an integer >= 1, got {buckets!r}")
+    check_count(buckets, "knapsack: buckets")
     # Rounding up: sum(units) <= buckets implies sum(errors) <= budget.
     units = [np.ceil(e * (buckets / budget)) for e in err]
     best = np.full(buckets + 1, np.inf)  # best[b]: least size with error exactly b units

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from shoal.aggregate import monna, trimmed_mean
+from shoal.checks import check_count
 from shoal.parallel.graph import InGraph, Neighbors, mix
 from shoal.topology import Topology
 
@@ -102,8 +103,8 @@ class ClippedGossip:
     name: str = "clipped"
 
     def __post_init__(self) -> None:
-        if self.b is not None and (isinstance(self.b, bool) or not isinstance(self.b, int)):
-            raise ValueError(f"clipped_gossip: b must be an integer >= 0, got {self.b!r}")
+        if self.b is not None:
+            check_count(self.b, "clipped_gossip: b", least=0)
         if self.b is not None and (self.b < 0 or self.tau != math.inf):
             raise ValueError("clipped_gossip: give either tau (a radius) or b >= 0, not both")
         if not self.tau > 0:
