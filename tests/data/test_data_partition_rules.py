@@ -89,6 +89,32 @@ def test_dirichlet_accepts_a_smallest_client_of_exactly_min_size() -> None:
     assert sorted(len(p) for p in parts) == [10, 10]
 
 
+def niid_bench_labeldir(labels, w, alpha, min_size, rng):  # type: ignore[no-untyped-def]
+    """NIID-Bench's ``noniid-labeldir`` loop, literally (with our draws: one generator, the
+    classes in ``np.unique`` order, the clients' indices shuffled at the end)."""
+    n = len(labels)
+    while True:
+        idx_batch = [[] for _ in range(w)]
+        for k in np.unique(labels):
+            idx_k = rng.permutation(np.where(labels == k)[0])
+            p = rng.dirichlet(np.repeat(alpha, w))
+            p = np.array([q * (len(b) < n / w) for q, b in zip(p, idx_batch)])
+            p = p / p.sum()
+            cuts = (np.cumsum(p) * len(idx_k)).astype(int)[:-1]
+            idx_batch = [b + s.tolist() for b, s in zip(idx_batch, np.split(idx_k, cuts))]
+        if min(len(b) for b in idx_batch) >= min_size:
+            return [rng.permutation(np.array(b, dtype=np.int64)) for b in idx_batch]
+
+
+@pytest.mark.parametrize(("alpha", "w", "min_size"), [(0.5, 10, 10), (0.3, 20, 40), (5.0, 7, 1)])
+def test_dirichlet_equals_niid_bench_draw_for_draw(alpha: float, w: int, min_size: int) -> None:
+    # (0.3, 20, 40) rejects four draws before one is kept: the kept one must be the same.
+    labels = rng(7).integers(0, 10, size=1500)
+    ours = Dirichlet(alpha, min_size=min_size)(labels, w, rng(3))
+    theirs = niid_bench_labeldir(labels, w, alpha, min_size, rng(3))
+    assert [p.tolist() for p in ours] == [p.tolist() for p in theirs]
+
+
 def test_dirichlet_shuffles_each_class_before_cutting() -> None:
     # NIID-Bench shuffles idx_k before splitting it, so a client's share of one class is a
     # random subset, not the first or last indices of that class.

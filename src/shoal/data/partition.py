@@ -91,22 +91,25 @@ class Dirichlet:
         labels = _check(labels, num_clients)
         n = len(labels)
         _fits("min_size", self.min_size, num_clients, n)
-        classes = np.unique(labels)
+        # Each class's indices are found once, not once per draw: with many draws (a large
+        # min_size) the scans dominated. A permutation's draws depend only on its length.
+        by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]
         for _ in range(self.max_tries):
-            parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+            # The pieces are cut only once a draw is kept (a rejected draw costs no slicing).
+            cut: list[tuple[np.ndarray, np.ndarray]] = []
             sizes = np.zeros(num_clients, dtype=np.int64)
-            for k in classes:
-                idx_k = rng.permutation(np.flatnonzero(labels == k))
+            for members in by_class:
+                idx_k = rng.permutation(members)
                 p = rng.dirichlet(np.full(num_clients, float(self.alpha)))
                 open_ = sizes < n / num_clients
                 p = p * open_
                 p = p / p.sum() if p.sum() > 0 else open_ / open_.sum()
                 cuts = (np.cumsum(p) * len(idx_k)).astype(np.int64)[:-1]
-                for j, piece in enumerate(np.split(idx_k, cuts)):
-                    parts[j].append(piece)
-                    sizes[j] += len(piece)
+                sizes += np.diff(cuts, prepend=0, append=len(idx_k))
+                cut.append((idx_k, cuts))
             if sizes.min() >= self.min_size:
-                return _finish([np.concatenate(p) for p in parts], rng)
+                parts = zip(*(np.split(idx_k, cuts) for idx_k, cuts in cut))
+                return _finish([np.concatenate(pieces) for pieces in parts], rng)
         raise ValueError(
             f"dirichlet(alpha={self.alpha}, min_size={self.min_size}) found no split of {n} "
             f"samples over {num_clients} clients in {self.max_tries} draws; this alpha / min_size "
