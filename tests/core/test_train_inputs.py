@@ -128,3 +128,27 @@ def test_byzantine_clients_beyond_the_partition_are_refused():
     assert max(bad.clients) >= len(CLIENTS)
     with pytest.raises(ValueError, match="byzantine names client"):
         _train(byzantine=bad)
+
+
+class _Recurrent(nn.Module):
+    """A user's sequence classifier on torch's fused recurrent layer."""
+
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = cell(1, 8, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x.unsqueeze(-1))[0][:, -1])
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_fused_recurrent_layers_are_looped_by_auto_and_refused_by_true(cell):
+    # vmap has no batching rule for aten::lstm/gru: the default runtime ("auto", which
+    # vectorized every non-convolutional model on a CPU) failed deep inside vmap in round 1.
+    torch.manual_seed(0)
+    model = _Recurrent(cell)
+    looped = _train(model, runtime=SimRuntime(vectorize=False))
+    assert torch.equal(_train(model).params, looped.params)
+    with pytest.raises(ValueError, match=f"vectorize=True cannot stack .* {cell.__name__}"):
+        _train(model, runtime=SimRuntime(vectorize=True))

@@ -100,7 +100,10 @@ class SimRuntime:
     vectorize: bool | Literal["auto"] = "auto"
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
     each convolution into a grouped convolution that is no faster than the loop
-    (``reference/flower-baseline.md``). On a GPU it always vectorizes."""
+    (``reference/flower-baseline.md``), and except for models with ``nn.LSTM``, ``nn.GRU`` or
+    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch (``True`` refuses those;
+    :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and on a GPU, it
+    vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
     max_chunk: int | Literal["auto"] | None = "auto"
@@ -204,8 +207,19 @@ class SimRuntime:
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
+        # torch has no vmap batching rule for its fused recurrent kernels (aten::lstm etc.).
+        rnn = next((m for m in task.model.modules() if isinstance(m, nn.RNNBase)), None)
         if self.vectorize != "auto":
+            if self.vectorize and rnn is not None:
+                raise ValueError(
+                    f"vectorize=True cannot stack clients of a model with {type(rnn).__name__}: "
+                    "vmap has no rule for its fused kernel; use vectorize=False or 'auto' "
+                    "(which loops it), or a recurrence written with nn.Linear like "
+                    "shoal.models.char_lstm"
+                )
             return bool(self.vectorize)
+        if rnn is not None:
+            return False
         if task.params_D.device.type != "cpu":
             return True
         return not any(isinstance(m, nn.modules.conv._ConvNd) for m in task.model.modules())
