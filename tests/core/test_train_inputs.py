@@ -152,3 +152,19 @@ def test_fused_recurrent_layers_are_looped_by_auto_and_refused_by_true(cell):
     assert torch.equal(_train(model).params, looped.params)
     with pytest.raises(ValueError, match=f"vectorize=True cannot stack .* {cell.__name__}"):
         _train(model, runtime=SimRuntime(vectorize=True))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(max_chunk=0), "max_chunk must be an integer >= 1"),
+        (dict(max_chunk=-1), "max_chunk must be an integer >= 1"),
+        (dict(max_chunk=2.5), "max_chunk must be an integer >= 1"),
+        (dict(vectorize="yes"), "vectorize must be True, False or 'auto'"),
+    ],
+)
+def test_runtime_settings_are_checked(kw, match):
+    # max_chunk=0 failed in round 1 in range(), -1 trained no client and failed in torch.cat.
+    with pytest.raises(ValueError, match=match):
+        SimRuntime(**kw)
+    assert SimRuntime(max_chunk=np.int64(2), vectorize=False).max_chunk == 2

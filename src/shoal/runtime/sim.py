@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shoal.checks import check_count
 from shoal.evaluate import predict
 from shoal.functional import batch_loss
 from shoal.runtime.base import (
@@ -122,6 +123,12 @@ class SimRuntime:
         self._loop = ClientLoop(self.fused)
         if self.memory_budget_mb <= 0:
             raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+        # A chunk of 0 or fewer clients failed in round 1 (range() with step 0, or no chunk
+        # trained and an empty torch.cat), a float one with a TypeError.
+        if self.max_chunk not in ("auto", None):
+            check_count(self.max_chunk, "max_chunk")
+        if self.vectorize not in (True, False, "auto"):
+            raise ValueError(f"vectorize must be True, False or 'auto', got {self.vectorize!r}")
 
     def chunk_size(self, task: RoundTask, batch: int) -> int:
         """How many clients fit the memory budget together."""
