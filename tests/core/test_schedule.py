@@ -55,3 +55,11 @@ def test_stragglers_follow_fedprox():
 def test_min_epochs_draws_in_range():
     ep = Stragglers().epochs(500, LocalWork(epochs=5, min_epochs=2), seed=1, round_idx=0)
     assert ep.min() == 2 and ep.max() == 5
+
+
+@pytest.mark.parametrize("count", [0, 2.0, 2.5, True])
+def test_sampler_count_must_be_an_integer(count):
+    # 2.0, 2.5 and True failed in round 1 with numpy's TypeError.
+    with pytest.raises(ValueError, match="clients_per_round must be an integer >= 1"):
+        ClientSampler(count)
+    assert len(ClientSampler(np.int64(2))(np.ones(10), 0, 0)) == 2
