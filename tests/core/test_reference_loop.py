@@ -82,3 +82,37 @@ def test_fedavg_equals_plain_pytorch_loop(vectorize):
         model, data, clients, fedavg(0.05), cfg, init=init, runtime=SimRuntime(vectorize=vectorize)
     )
     torch.testing.assert_close(ours.params, reference, atol=1e-5, rtol=0)
+
+
+class _WithUnused(nn.Module):
+    """A model with a parameter its forward does not use (a spare head, say)."""
+
+    def __init__(self, inputs: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(inputs, 16)
+        self.spare = nn.Linear(16, 3)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(x.flatten(1))))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_an_unused_parameter_is_left_as_torch_optim_leaves_it(vectorize):
+    # autograd.grad raised "appears to not have been used in the graph" in round 1, where
+    # torch.optim.SGD skips the parameter.
+    data, clients, inputs = _mini_w()
+    cfg = TrainConfig(
+        rounds=2,
+        sampler=ClientSampler(4),
+        work=LocalWork(epochs=1, batch_size=10),
+        device="cpu",
+        progress=False,
+    )
+    model, init = init_params(lambda: _WithUnused(inputs), 0)
+    reference = _plain_fedavg(model, data, clients, 2, cfg, lr=0.05)
+    model, init = init_params(lambda: _WithUnused(inputs), 0)
+    ours = train(
+        model, data, clients, fedavg(0.05), cfg, init=init, runtime=SimRuntime(vectorize=vectorize)
+    )
+    torch.testing.assert_close(ours.params, reference, atol=1e-5, rtol=0)

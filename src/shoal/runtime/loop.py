@@ -124,7 +124,8 @@ class ClientLoop:
                 loss = per_sample.mean()
             else:  # a short last batch: average over its real rows, as the vectorized path
                 loss = (per_sample * mask_TB[t]).sum() / max(float(counts[t]), 1.0)
-            grads = torch.autograd.grad(loss, work.params)
+            # An unused parameter: a zero gradient (torch.optim leaves it), not an error.
+            grads = torch.autograd.grad(loss, work.params, materialize_grads=True)
             with torch.no_grad():
                 if corrected:  # evaluated at the parameters before this step, like the gradient
                     corr = task.algorithm.correction(work.flat.unsqueeze(0), task.down, row)

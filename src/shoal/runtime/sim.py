@@ -267,7 +267,11 @@ class SimRuntime:
             cur = [b[:a] for b in blocks] or [v.expand(a, *v.shape) for v in start]
             leaves = {n: v.detach().requires_grad_(True) for n, v in zip(names, cur)}
             loss_W = batched_loss(leaves, task.x[idx], task.y[idx], m)
-            grads = torch.autograd.grad(loss_W.sum(), tuple(leaves.values()))
+            # A parameter the forward does not use gets a zero gradient, as torch.optim
+            # leaves it, instead of autograd's error.
+            grads = torch.autograd.grad(
+                loss_W.sum(), tuple(leaves.values()), materialize_grads=True
+            )
             with torch.no_grad():
                 corr = None
                 if corrected:
