@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from shoal.evaluate import pooled
+from shoal.evaluate import pooled, predict
+from shoal.functional import ParamSpec, cross_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
@@ -26,3 +28,14 @@ def test_accuracy_is_the_exact_count_over_the_size(dtype) -> None:
 def test_no_samples_give_nan() -> None:
     loss, acc = pooled(torch.zeros(0), torch.zeros(0, dtype=torch.bool))
     assert math.isnan(loss) and math.isnan(acc)
+
+
+def test_no_rows_are_scored_as_no_samples() -> None:
+    # predict on an empty test set failed in torch.cat, after round 1's training.
+    model = nn.Linear(3, 2)
+    spec = ParamSpec.of(model)
+    loss_N, correct_N = predict(
+        model, spec, spec.flatten(model), torch.zeros(0, 3), torch.zeros(0).long(), cross_entropy
+    )
+    assert loss_N.shape == correct_N.shape == (0,) and correct_N.dtype == torch.bool
+    assert all(math.isnan(v) for v in pooled(loss_N, correct_N))
