@@ -37,7 +37,8 @@ def draw_positions(seed: int, step: int, worker: int, shard_size: int, batch_siz
 
 
 def uses_vmap(model: nn.Module, device: torch.device, num_local: int) -> bool:
-    if num_local == 1:
+    # torch has no vmap batching rule for its fused recurrent kernels (aten::lstm etc.).
+    if num_local == 1 or any(isinstance(m, nn.RNNBase) for m in model.modules()):
         return False
     conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     return not (conv and device.type == "cpu")
@@ -216,23 +217,32 @@ def _backward(
 ) -> None:
     """Gradients of ``loss`` w.r.t. ``leaves`` written into ``outs`` (views of the output
     rows, shaped like the leaves); with a ``handover``, each one as soon as the backward pass
-    produces it (a leaf's tensor hook sees its gradient once, summed over all its uses)."""
+    produces it (a leaf's tensor hook sees its gradient once, summed over all its uses).
+
+    A parameter the forward does not use gets a zero gradient, as ``torch.optim`` leaves it
+    (autograd's error otherwise); with a ``handover`` its bucket is handed over after the
+    backward pass, as DDP's ``find_unused_parameters`` marks such a parameter ready."""
     if handover is None:
-        grads = torch.autograd.grad(loss, tuple(leaves.values()))
+        grads = torch.autograd.grad(loss, tuple(leaves.values()), materialize_grads=True)
         for name, g in zip(leaves, grads):
             outs[name].copy_(g)
         return
+    unused = set(leaves)
 
     def hook(name: str) -> Callable[[torch.Tensor], None]:
         def write(g: torch.Tensor) -> None:
             outs[name].copy_(g)
+            unused.discard(name)
             handover.arrived(name)
 
         return write
 
     handles = [leaf.register_hook(hook(name)) for name, leaf in leaves.items()]
     try:
-        torch.autograd.grad(loss, tuple(leaves.values()))
+        torch.autograd.grad(loss, tuple(leaves.values()), materialize_grads=True)
     finally:
         for h in handles:
             h.remove()
+    for name in unused:  # in the leaves' order, so every process hands over alike
+        outs[name].zero_()
+        handover.arrived(name)
