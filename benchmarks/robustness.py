@@ -13,7 +13,8 @@ hyper-parameter. This script runs it on mnist5k and writes the published files:
 
 A full run writes ``benchmarks/results/robustness{,_dp}.md`` and
 ``docs/img/robustness{,_dp}.png`` too (``--md``/``--png`` to change; ``--quick`` writes them
-only when asked); ``--render JSON`` redraws them without training.
+only when asked); ``--render JSON`` redraws them without training (those of the style the
+JSON holds).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def shown(path: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--style", choices=list(SUFFIX), default="fedavg")
+    ap.add_argument("--style", choices=list(SUFFIX), help="fedavg (default) or data_parallel")
     ap.add_argument("--rounds", type=int, help="rounds (default: 25 fedavg, 40 data_parallel)")
     ap.add_argument("--quick", action="store_true", help="clean + 2 attacks x 3 aggregators")
     ap.add_argument("--threads", type=int, default=1)
@@ -50,13 +51,20 @@ def main() -> None:
 
     from shoal.robustness import STYLES, load_workload, presets, render, run_grid
 
+    report = json.loads(Path(args.render).read_text()) if args.render else None
+    if report is not None:
+        # The JSON says which grid it holds: the default files follow it, not --style's
+        # default (--render robustness_dp.json overwrote the FedAvg grid's md and png).
+        made = report["setup"].get("style", "fedavg")  # reports from before styles: FedAvg
+        if args.style not in (None, made):
+            ap.error(f"--style {args.style}, but {args.render} holds the {made} grid")
+        args.style = made
+    args.style = args.style or "fedavg"
     style = STYLES[args.style]
     stem = "robustness" + SUFFIX[args.style]
     md = args.md or (None if args.quick else str(REPO / "benchmarks" / "results" / f"{stem}.md"))
     png = args.png or (None if args.quick else str(REPO / "docs" / "img" / f"{stem}.png"))
-    if args.render:
-        report = json.loads(Path(args.render).read_text())
-    else:
+    if report is None:
         torch.set_num_threads(args.threads)
         attacks = presets.attacks()
         attacks.pop("clean")
