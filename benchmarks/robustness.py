@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--png", help="heat map (default, full run: docs/img/robustness*.png)")
     ap.add_argument("--render", metavar="JSON", help="no training: redraw --md/--png from JSON")
     args = ap.parse_args()
+    if args.rounds is not None and args.rounds < 1:  # 0 ran the default rounds, silently
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
 
     import torch
 
@@ -74,10 +76,10 @@ def main() -> None:
         command = "python benchmarks/robustness.py"
         command += f" --style {args.style}" if args.style != "fedavg" else ""
         command += " --quick" if args.quick else ""
-        command += f" --rounds {args.rounds}" if args.rounds else ""
+        command += f" --rounds {args.rounds}" if args.rounds is not None else ""
         command += f" --json {shown(args.json)}" if args.json else ""
         work = load_workload("mnist", args.data_dir)
-        rounds = args.rounds or (5 if args.quick else style.rounds)
+        rounds = args.rounds if args.rounds is not None else 5 if args.quick else style.rounds
         aggregators = presets.pick("aggregator", presets.aggregators(style.tau), columns)
         print(f"Byzantine grid, {style.title}: {work.description}; {rounds} rounds")
         report = run_grid(

@@ -53,3 +53,14 @@ def test_render_refuses_a_style_unlike_the_jsons(
         _main(monkeypatch, "--style", "fedavg", "--render", str(dp), "--md", str(tmp_path / "x"))
     assert stop.value.code == 2
     assert "holds the data_parallel grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2"])
+def test_rounds_below_one_are_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], rounds: str
+) -> None:
+    """``--rounds 0`` ran the default 5/25/40 rounds and left it out of the command line."""
+    with pytest.raises(SystemExit) as stop:
+        _main(monkeypatch, "--quick", "--rounds", rounds, "--data-dir", str(tmp_path / "none"))
+    assert stop.value.code == 2
+    assert f"--rounds must be >= 1, got {rounds}" in capsys.readouterr().err
