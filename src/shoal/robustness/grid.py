@@ -26,7 +26,8 @@ before any attacked one, at about the honest messages' distance to their mean: F
 deltas 0.15-0.28 (median per round), so tau = 0.25; worker momenta (times lr) grow from 0.06
 to 1.7-1.8 after 30 rounds, so tau = 1.0. epfml's tau = 10 is in its own gradient units.
 
-A cell whose global model goes NaN/inf is recorded as diverged (``final = None``).
+A cell whose global model goes NaN/inf, or whose robust rule refuses an inbox of NaN/inf
+updates, is recorded as diverged (``final = None``).
 """
 
 from __future__ import annotations
@@ -159,7 +160,13 @@ def run_cell(
             init=work.init,
             callback=lambda row: curve.append(row["test_accuracy"]),
         )
-    except FloatingPointError as e:  # the global model went NaN/inf: the defense failed
+    except (FloatingPointError, ValueError) as e:
+        # The global model went NaN/inf, or the honest updates did and a robust rule refused
+        # its inbox a step earlier (the mean hands them on to the model): the run diverged
+        # either way, and the grid goes on. Other ValueErrors are mistakes, not results (the
+        # rules' inbox check, shoal.aggregate._common, says "NaN or inf").
+        if isinstance(e, ValueError) and "NaN or inf" not in str(e):
+            raise
         diverged = str(e)
     done = len(curve) == rounds
     return {
