@@ -95,3 +95,21 @@ def test_the_command_leaves_out_defaults_and_folders(grid: dict[str, Any], tmp_p
     with pytest.raises(_Stop):
         shoal("robustness", "--data-dir", tmp_path / "idx", "--aggregators", "mean")
     assert grid["command"] == "shoal robustness --style data_parallel --aggregators mean"
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["--attacks", ""], "attack"),  # ran the clean row alone
+        (["--aggregators", ","], "aggregator"),  # ran the style's 8 columns
+        (["--quick", "--aggregators", ""], "aggregator"),  # ran the quick columns
+    ],
+)
+def test_an_option_naming_nothing_is_refused_not_read_as_the_default(
+    grid: dict[str, Any], capsys: pytest.CaptureFixture[str], args: list[str], kind: str
+) -> None:
+    """``--aggregators "$UNSET"`` names no column: one line listing the names, no grid."""
+    assert shoal("robustness", "--data", "digits", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"no {kind} named; choose from: " in err
+    assert not grid  # the grid never ran

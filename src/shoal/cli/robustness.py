@@ -78,13 +78,17 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     try:
         attack_names = _names(args.attacks)
         agg_names = _names(args.aggregators)
+        # An option that names nothing (`--aggregators "$UNSET"`) is an error for pick, not
+        # the default: `or` ran the style's 8 columns, or the clean row alone for --attacks.
         if args.quick:
-            attack_names = attack_names or list(presets.QUICK_ATTACKS)
-            agg_names = agg_names or list(presets.QUICK_AGGREGATORS)
+            attack_names = list(presets.QUICK_ATTACKS) if attack_names is None else attack_names
+            agg_names = list(presets.QUICK_AGGREGATORS) if agg_names is None else agg_names
         attacks = presets.pick("attack", presets.attacks(), attack_names)
         attacks.pop("clean", None)  # always the first row
         aggs = presets.pick(
-            "aggregator", presets.aggregators(style.tau), agg_names or list(style.columns)
+            "aggregator",
+            presets.aggregators(style.tau),
+            list(style.columns) if agg_names is None else agg_names,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -91,9 +91,11 @@ QUICK_AGGREGATORS = ("mean", "trimmed_mean", "cclip")
 
 def pick(kind: str, known: dict[str, Preset], names: list[str] | None) -> dict[str, Preset]:
     """The presets named (all when ``names`` is None), in the order given; a clear error
-    listing what exists for an unknown name."""
+    listing what exists for an unknown name, or for none at all (an empty list is not "all")."""
     if names is None:
         return dict(known)
+    if not names:
+        raise ValueError(f"no {kind} named; choose from: {', '.join(known)}")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(
