@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from shoal.aggregate import (
     Aggregator,
+    NonFiniteInbox,
     bucketing,
     bulyan,
     centered_clip,
@@ -18,6 +19,7 @@ from shoal.aggregate import (
     krum,
     mean,
     median,
+    monna,
     multi_krum,
     nnm,
     stateful,
@@ -149,3 +151,16 @@ def test_f_may_be_a_numpy_integer() -> None:
     for make in (krum, trimmed_mean, bulyan):
         f = 1 if make is bulyan else 2
         assert torch.equal(make(np.int64(f))(x, w), make(f)(x, w))
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_a_nan_or_inf_inbox_raises_the_one_exception_a_sweep_can_catch(name: str) -> None:
+    # NonFiniteInbox is a ValueError: a grid records it as a diverged run (it matched the
+    # message's text before), and any other ValueError stays a mistake.
+    x = torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        x[3, 1] = bad
+        with pytest.raises(NonFiniteInbox, match="NaN or inf"):
+            RULES[name](x, torch.ones(N, dtype=torch.float64))
+    with pytest.raises(NonFiniteInbox):
+        monna(1)(x[0], x[1:], None)

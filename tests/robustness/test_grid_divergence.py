@@ -36,7 +36,8 @@ def test_a_robust_rule_refusing_nan_updates_is_a_diverged_cell_not_a_crash() -> 
 
 
 class _Refuses:
-    """A rule that fails for a reason other than NaN/inf: a mistake, which must surface."""
+    """A rule that fails for a reason other than NaN/inf (a plain ValueError): a mistake, which
+    must surface."""
 
     linear = False
 

@@ -24,7 +24,7 @@ carries state between rounds: explicit ``init``/``update``, or ``stateful(center
 the runtime.
 """
 
-from shoal.aggregate.base import Aggregator, StatefulAggregator
+from shoal.aggregate.base import Aggregator, NonFiniteInbox, StatefulAggregator
 from shoal.aggregate.bulyan import Bulyan, bulyan
 from shoal.aggregate.clipping import CenteredClip, ClipState, centered_clip
 from shoal.aggregate.coordinate import Median, TrimmedMean, median, trimmed_mean
@@ -49,6 +49,7 @@ __all__ = [
     "Median",
     "MoNNA",
     "NearestNeighborMixing",
+    "NonFiniteInbox",
     "Stateful",
     "StatefulAggregator",
     "TrimmedMean",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from shoal.aggregate.base import NonFiniteInbox
 from shoal.checks import check_count
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
@@ -34,7 +35,7 @@ def as_matrix(
     if not inbox_ND.is_floating_point():
         raise TypeError(f"{rule}: the inbox must be a floating-point tensor, got {inbox_ND.dtype}")
     if not bool(torch.isfinite(inbox_ND).all()):
-        raise ValueError(
+        raise NonFiniteInbox(
             f"{rule}: the inbox holds NaN or inf; drop those rows (or torch.nan_to_num them) "
             "before aggregating"
         )

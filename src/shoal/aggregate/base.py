@@ -15,6 +15,11 @@ from typing import Protocol, TypeVar, runtime_checkable
 import torch
 
 
+class NonFiniteInbox(ValueError):
+    """An inbox with a NaN or inf entry: the rules refuse it rather than guess (a grid or a
+    sweep catches this one to record a diverged run, and lets every other mistake surface)."""
+
+
 @runtime_checkable
 class Aggregator(Protocol):
     """A rule ``(inbox_ND, weights_N) -> x_D`` that combines a round's messages into one."""

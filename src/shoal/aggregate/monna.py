@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.aggregate._common import check_f, require
+from shoal.aggregate.base import NonFiniteInbox
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class MoNNA:
         if weights_N is not None and weights_N.shape[-1] != inbox.shape[1]:
             raise ValueError(f"monna: {inbox.shape[1]} neighbours but weights {weights_N.shape}")
         if not (bool(torch.isfinite(own).all()) and bool(torch.isfinite(inbox).all())):
-            raise ValueError("monna: NaN or inf in the vectors; drop those neighbours first")
+            raise NonFiniteInbox("monna: NaN or inf in the vectors; drop those neighbours first")
         n = inbox.shape[1] + 1
         require(n >= 2 * self.f + 1, "monna", "n >= 2f+1 (n counts the worker itself)", n, self.f)
         sqd_WN = ((inbox - own[:, None, :]) ** 2).sum(dim=2)

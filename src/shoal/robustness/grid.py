@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shoal.aggregate import NonFiniteInbox
 from shoal.algorithms import LocalWork, fedavgm
 from shoal.attacks import alie_z, byzantine
 from shoal.data import FederatedDataset, dirichlet, load_digits, load_mnist_family
@@ -160,13 +161,10 @@ def run_cell(
             init=work.init,
             callback=lambda row: curve.append(row["test_accuracy"]),
         )
-    except (FloatingPointError, ValueError) as e:
+    except (FloatingPointError, NonFiniteInbox) as e:
         # The global model went NaN/inf, or the honest updates did and a robust rule refused
         # its inbox a step earlier (the mean hands them on to the model): the run diverged
-        # either way, and the grid goes on. Other ValueErrors are mistakes, not results (the
-        # rules' inbox check, shoal.aggregate._common, says "NaN or inf").
-        if isinstance(e, ValueError) and "NaN or inf" not in str(e):
-            raise
+        # either way, and the grid goes on. Other errors are mistakes, not results.
         diverged = str(e)
     done = len(curve) == rounds
     return {
