@@ -87,6 +87,7 @@ import numpy as np
 import torch
 
 from shoal.checks import check_count
+from shoal.streams import COST_BANDWIDTH, COST_SPEED, COST_STRAGGLE, keyed_rng
 from shoal.topology import Topology
 
 __all__ = [
@@ -110,7 +111,6 @@ __all__ = [
 MBIT_S = 1e6 / 8
 """One Mbit/s in bytes per second."""
 
-_SPEED, _BANDWIDTH, _STRAGGLE = 0, 1, 2  # independent random streams
 
 FORWARD_SHARE = 1 / 3
 """The forward pass's share of a step's compute: the backward pass costs about twice the
@@ -209,14 +209,19 @@ def cellular_4g() -> Network:
 def _normal(seed: int, stream: int, clients_W: np.ndarray) -> np.ndarray:
     """One standard normal per client, a function of ``(seed, stream, client)`` only: the same
     whichever other clients are sampled with it, and in every round."""
-    return np.array(
-        [np.random.default_rng([seed, stream, int(c)]).standard_normal() for c in clients_W]
-    )
+    return np.array([keyed_rng(seed, stream, int(c)).standard_normal() for c in clients_W])
 
 
 @dataclass(frozen=True)
 class Heterogeneity:
-    """Seeded per-client slowdowns and bandwidth factors, and per-round stragglers."""
+    """Seeded per-client slowdowns and bandwidth factors, and per-round stragglers.
+
+    Client ``c``'s speed and bandwidth factors are ``exp(sigma z)``, ``z`` the first standard
+    normal of :func:`shoal.streams.keyed_rng` ``(seed, COST_SPEED or COST_BANDWIDTH, c)``; it
+    straggles in round ``r`` when the first uniform of ``(seed, COST_STRAGGLE, r, c)`` is below
+    ``straggler_probability``. These streams are apart from the rounds' (sampling, batches)
+    even when ``seed`` is the run's seed.
+    """
 
     speed_sigma: float = 0.0
     """Log-normal sigma of each client's persistent compute slowdown (0: all equal)."""
@@ -243,13 +248,10 @@ class Heterogeneity:
         """Compute-time multiplier of each client in round ``round_idx`` (>= 0)."""
         out = np.ones(len(clients_W))
         if self.speed_sigma > 0:
-            out *= np.exp(self.speed_sigma * _normal(self.seed, _SPEED, clients_W))
+            out *= np.exp(self.speed_sigma * _normal(self.seed, COST_SPEED, clients_W))
         if self.straggler_probability > 0:
             u = np.array(
-                [
-                    np.random.default_rng([self.seed, _STRAGGLE, round_idx, int(c)]).random()
-                    for c in clients_W
-                ]
+                [keyed_rng(self.seed, COST_STRAGGLE, round_idx, int(c)).random() for c in clients_W]
             )
             out = np.where(u < self.straggler_probability, out * self.straggler_slowdown, out)
         return out
@@ -258,7 +260,7 @@ class Heterogeneity:
         """Bandwidth multiplier of each client (its link's up and down speeds scale together)."""
         if self.bandwidth_sigma == 0:
             return np.ones(len(clients_W))
-        return np.exp(self.bandwidth_sigma * _normal(self.seed, _BANDWIDTH, clients_W))
+        return np.exp(self.bandwidth_sigma * _normal(self.seed, COST_BANDWIDTH, clients_W))
 
 
 def ring_all_reduce_seconds(num_workers: int, nbytes: float, link: Link) -> float:

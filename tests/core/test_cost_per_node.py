@@ -16,8 +16,11 @@ NET = Network("test", alpha_beta(0.01, 1000.0), alpha_beta(0.02, 4000.0))
 
 
 def _lognormal(sigma: float, seed: int, stream: int, clients) -> np.ndarray:
-    """The documented draw, written out: exp(sigma z), z standard normal from (seed, stream, c)."""
-    z = [np.random.default_rng([seed, stream, int(c)]).standard_normal() for c in clients]
+    """The documented draw, written out: exp(sigma z), z standard normal keyed [seed, 2**31 +
+    3 + stream, c] (shoal.streams: COST_SPEED is purpose 3, COST_BANDWIDTH 4)."""
+    z = [
+        np.random.default_rng([seed, 2**31 + 3 + stream, int(c)]).standard_normal() for c in clients
+    ]
     return np.exp(sigma * np.array(z))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from shoal.attacks.base import Attack
 from shoal.attacks.label_flip import LabelFlip
+from shoal.streams import BYZANTINE, keyed_rng
 
 
 @dataclass(frozen=True)
@@ -36,5 +37,5 @@ def byzantine(
         raise ValueError(
             f"num_byzantine must be in [0, num_clients={num_clients}), got {num_byzantine}"
         )
-    chosen = np.random.default_rng([seed, 7]).choice(num_clients, num_byzantine, replace=False)
+    chosen = keyed_rng(seed, BYZANTINE).choice(num_clients, num_byzantine, replace=False)
     return Byzantine(frozenset(int(c) for c in chosen), behaviour)

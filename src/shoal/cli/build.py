@@ -32,7 +32,6 @@ from shoal.cli.registry import (
     SCHEMES,
     call_factory,
     in_cache,
-    rng_for,
 )
 from shoal.compress import Compressor, Identity, error_feedback, identity
 from shoal.config import SECTIONS, Config, ConfigError, check_num_clients
@@ -45,9 +44,8 @@ from shoal.runtime.dist import DistRuntime
 from shoal.runtime.procgroup import DistContext, in_distributed_env
 from shoal.runtime.sim import SimRuntime, resolve_device
 from shoal.schedule import ClientSampler, Stragglers
+from shoal.streams import FEATURE_NOISE, PARTITION, keyed_rng
 from shoal.train import TrainConfig
-
-_PARTITION, _NOISE = 0, 1  # setup streams for rng_for
 
 
 @dataclass
@@ -156,7 +154,7 @@ def build_clients(
         "partition",
         f'partition.scheme = "{scheme}"',
         keys,
-        lambda: partition(labels, num_clients, rng_for(cfg["seed"], _PARTITION)),
+        lambda: partition(labels, num_clients, keyed_rng(cfg["seed"], PARTITION)),
     )
     empty = [k for k, c in enumerate(clients) if len(c) == 0]
     if empty:
@@ -173,7 +171,7 @@ def build_clients(
             raise ConfigError(
                 f"partition.feature_noise = {sigma}: {data.name} has token ids, not features"
             )
-        noisy = feature_noise(x, clients, sigma, rng_for(cfg["seed"], _NOISE))
+        noisy = feature_noise(x, clients, sigma, keyed_rng(cfg["seed"], FEATURE_NOISE))
         train = ArrayDataset(noisy, data.train.y, data.train.num_classes)
         data = dataclasses.replace(data, train=train)
     return cfg, data, clients

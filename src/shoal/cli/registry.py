@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from shoal import algorithms, compress, cost, models, parallel
@@ -373,8 +372,3 @@ def call_factory(
         elif sep and " " not in who and rest.split(" ", 1)[0] in keys:
             msg = f"{section}.{prefix}{rest}"
         raise ConfigError(f"{label}: {msg}") from None
-
-
-def rng_for(seed: int, stream: int) -> np.random.Generator:
-    """Generators for the setup (partition, feature noise), independent of the round streams."""
-    return np.random.default_rng([seed, 2**31 + stream])
