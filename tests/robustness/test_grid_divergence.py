@@ -13,14 +13,6 @@ import torch
 from shoal.robustness import STYLES, load_workload, presets, run_grid, worker_momentum
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_robust_rule_refusing_nan_updates_is_a_diverged_cell_not_a_crash() -> None:
     work = load_workload("digits", None)
     style = dataclasses.replace(

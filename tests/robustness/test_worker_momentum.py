@@ -17,14 +17,6 @@ from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_mean_of_worker_momenta_is_dampened_momentum_sgd_on_the_mean_gradient():
     # With the mean (linear), averaging the workers' momenta equals one momentum buffer on the
     # averaged gradient: m <- b m + (1 - b) g, x <- x - lr m, g = mean_i grad F_i(x).
