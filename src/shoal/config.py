@@ -664,7 +664,9 @@ def resolve_overridden(
     try:
         return resolve(apply_overrides(raw, assignments, unset), catalog)
     except UnknownKey as e:
-        if any(a.partition("=")[0].strip() == e.key for a in assignments):
+        # an unknown table is named alone (--set dat.name=x: e.key is "dat")
+        set_keys = [a.partition("=")[0].strip() for a in assignments]
+        if any(e.key in (k, k.split(".")[0]) for k in set_keys):
             raise
         raise ConfigError(f"{e} (set in {source}: --unset {e.key} drops it)") from None
 

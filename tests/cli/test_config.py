@@ -97,6 +97,9 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_overridden(raw, ["compression.rate=2"], [], CATALOG, "a.toml")
     assert "compression.rate" in str(info.value) and "--unset" not in str(info.value)
+    with pytest.raises(ConfigError) as info:  # a misspelled table, from --set too
+        resolve_overridden(raw, ["compresion.name=qsgd"], [], CATALOG, "a.toml")
+    assert "'compresion'" in str(info.value) and "--unset" not in str(info.value)
     cfg = resolve_overridden(
         raw, ["compression.name=qsgd", "compression.levels=4"], ["compression.ratio"], CATALOG, "a"
     )
