@@ -162,6 +162,20 @@ def test_mistakes_are_one_line(
     assert not (tmp_path / "r" / "config.toml").exists()
 
 
+def test_a_setup_that_train_refuses_leaves_no_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Refused by train() itself, before round 1, after the run folder's config was written.
+    cfg_path = write_config(tmp_path, rounds=1)
+    scaffold = ["--set", "algorithm.name=scaffold"]
+    replace = ["--set", "sampling.replace=true"]
+    assert shoal("run", cfg_path, "--out", "r", "--quiet", *scaffold, *replace) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sample without replacement" in err, err
+    assert not (tmp_path / "r" / "config.toml").exists()
+    assert shoal("run", cfg_path, "--out", "r", "--quiet", *scaffold) == 0  # the same --out
+
+
 def test_a_diverged_run_stops_in_one_line_naming_its_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -105,23 +105,32 @@ def execute(
             torch.set_num_threads(cfg["num_threads"])
         exp = build(cfg, progress=progress)
         out.mkdir(parents=True, exist_ok=True)
-        if not resume and _rank() == 0:
+        fresh = not resume and _rank() == 0
+        if fresh:
             _write_config(exp.config, out / CONFIG, made_by)
-        result = train(
-            exp.model,
-            exp.data,
-            exp.clients,
-            exp.algorithm,
-            exp.train_config,
-            runtime=exp.runtime,
-            compressor=exp.compressor,
-            downlink_compressor=exp.downlink,
-            network=exp.network,
-            init=exp.init,
-            out_dir=out,
-            resume=resume,
-            callback=_fault_injection(),
-        )
+        try:
+            result = train(
+                exp.model,
+                exp.data,
+                exp.clients,
+                exp.algorithm,
+                exp.train_config,
+                runtime=exp.runtime,
+                compressor=exp.compressor,
+                downlink_compressor=exp.downlink,
+                network=exp.network,
+                init=exp.init,
+                out_dir=out,
+                resume=resume,
+                callback=_fault_injection(),
+            )
+        except BaseException:
+            # What train() refuses before round 1 (SCAFFOLD with sampling.replace = true)
+            # leaves no run folder behind either, as in execute_parallel: else the corrected
+            # command's --out "already holds a run", and resuming that fails the same way.
+            if fresh and not any((out / f).exists() for f in (METRICS, CHECKPOINT, SUMMARY)):
+                (out / CONFIG).unlink(missing_ok=True)
+            raise
     except KeyboardInterrupt:
         _resume_hint(out)
         raise
