@@ -554,6 +554,21 @@ def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:
             f"client.min_epochs = {client['min_epochs']}: must be <= client.epochs = "
             f"{client['epochs']}"
         )
+    # Both count epochs, which a fixed number of local steps does not have (TrainConfig refuses
+    # them too, without naming the keys).
+    steps, fraction = client["steps"], sampling["straggler_fraction"]
+    if steps and client["min_epochs"]:
+        raise ConfigError(
+            f"client.steps = {steps} with client.min_epochs = {client['min_epochs']}: "
+            "min_epochs draws each client's epochs, and fixed steps have none; set one of them "
+            "to 0"
+        )
+    if steps and fraction > 0 and not sampling["drop_stragglers"]:
+        raise ConfigError(
+            f"client.steps = {steps} with sampling.straggler_fraction = {fraction}: a straggler "
+            "runs fewer local epochs, and fixed steps have none; set client.steps = 0, or "
+            "sampling.drop_stragglers = true"
+        )
     n, m = part["num_clients"], sampling["clients_per_round"]
     if sampled and n and m > n and not sampling["replace"]:
         raise ConfigError(
