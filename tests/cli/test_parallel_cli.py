@@ -130,6 +130,16 @@ def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, ke
     assert not (tmp_path / "run" / "config.toml").exists()  # the same --out can be used again
 
 
+def test_asynchronous_easgd_in_one_process_is_a_config_error(tmp_path, capsys):
+    # Its parameter server needs a process of its own (exit code 1 before, naming no key).
+    cfg = _config(tmp_path, "easgd")
+    cfg.write_text(cfg.read_text().replace("lr = 0.3", 'lr = 0.3\nmode = "async"'))
+    assert shoal("run", cfg, "--out", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'algorithm.mode = "async"' in err[0] and "shoal launch" in err[0]
+    assert not (tmp_path / "run" / "config.toml").exists()
+
+
 def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path):
     cfg = _config(
         tmp_path, "dpsgd", '[compression]\nname = "identity"\n[network]\nprofile = "4g"\n'

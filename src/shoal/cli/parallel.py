@@ -155,7 +155,15 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
     compressor = build_compressor(cfg, model)
     comm = make_comm(cfg, len(shards))
     algorithm = build_algorithm(cfg, compressor, model, [len(s) for s in shards])
-    server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
+    server = None
+    if isinstance(algorithm, ServerAlgorithm):
+        try:
+            server = algorithm.server_rank(comm)
+        except ValueError as e:  # mode = "async" with no process for the server: not a failed run
+            raise ConfigError(
+                f'algorithm.mode = "{cfg["algorithm.mode"]}": {e}; run it under `shoal launch`, '
+                'one process per worker and one more for the server, or set algorithm.mode = "sync"'
+            ) from None
     network = build_network(cfg)
     if network is not None and server is not None:
         raise ConfigError(
