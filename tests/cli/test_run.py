@@ -146,6 +146,9 @@ ERRORS = [
     # The file's alpha belongs to the scheme --set replaced: the message says how to drop it.
     (["--set", "partition.scheme=shards"], "small.toml: --unset partition.alpha drops it"),
     (["--unset", "partition.alfa"], "--unset 'partition.alfa': the config sets no such key"),
+    # In range, but too few training images for scikit-learn's stratified split (the message
+    # said "cannot read None").
+    (["--set", "data.test_fraction=0.999"], "data.test_fraction = 0.999): The train_size"),
     # Fixed local steps have no epochs to draw or to cut short (exit code 1 before).
     (["--set", "client.steps=3", "--set", "client.min_epochs=1"], "client.min_epochs = 1"),
     (["--set", "client.steps=3", "--set", "sampling.straggler_fraction=0.5"], "fraction = 0.5"),

@@ -120,6 +120,10 @@ def load_data(cfg: Config) -> FederatedDataset:
         key = "data.dir" if cfg["data.dir"] else "data.cache_dir"
         raise ConfigError(f"{key}: cannot read {name} from {root}: {e}") from None
     except (ValueError, EOFError, OSError) as e:  # a truncated or corrupt archive too
+        if root is None:  # bundled or generated data: what it refused is the seed or an option
+            given = [f"seed = {cfg['seed']}"]
+            given += [f"data.{k} = {v!r}" for k, v in cfg.options("data").items()]
+            raise ConfigError(f'data.name = "{name}" ({", ".join(given)}): {e}') from None
         raise ConfigError(f'data.name = "{name}": cannot read {root}: {e}') from None
 
 
