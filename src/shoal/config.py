@@ -30,14 +30,15 @@ The schema (two levels: top-level keys, then one table per concern)::
 
     [algorithm]
     name = "fedavg"     # fedsgd | fedavg | fedprox | scaffold | fedavgm | fedadagrad | fedadam |
-                        # fedyogi | fednova
+                        # fedyogi | fednova; or a data-parallel one (see [parallel])
     lr = 0.05           # client learning rate; every other key goes to the factory (mu, ...)
 
     [compression]
     name = "identity"   # identity | fp16 | bf16 | top_k | random_k | threshold | dgc_top_k |
                         # qsgd | terngrad | scaled_sign | natural_compression | powersgd |
-                        # count_sketch; every other key goes to the factory (ratio, levels, rank,
-                        # ...); powersgd's shapes come from the model
+                        # count_sketch | lgreco_top_k | lgreco_qsgd | lgreco_powersgd; every
+                        # other key goes to the factory (ratio, levels, rank, ...); the shapes of
+                        # powersgd and the lgreco_* come from the model
     error_feedback = false  # wrap the compressor in error feedback (a residual per client)
     downlink = "identity"   # the server's broadcast, compressed against the clients' copy (any
                         # name above; its options prefixed: downlink_ratio, downlink_levels, ...)
@@ -74,8 +75,8 @@ The schema (two levels: top-level keys, then one table per concern)::
     every = 1
     batch_size = 1000
 
-    [parallel]          # data-parallel / decentralized algorithms (sync_sgd, local_sgd, dpsgd,
-                        # sgp, easgd, eamsgd): one worker per partition client, step by step
+    [parallel]          # data-parallel / decentralized algorithms (sync_sgd, dgc, local_sgd,
+                        # dpsgd, sgp, easgd, eamsgd): one worker per partition client, step by step
     steps = 500
     batch_size = 32     # per worker and step
     eval_every = 50

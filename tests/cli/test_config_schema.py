@@ -26,6 +26,13 @@ def _documented_defaults() -> dict:
     return tomllib.loads("\n".join(line for line in lines if line and line[0] != "#"))
 
 
+def test_the_schema_names_every_choice_the_registry_offers() -> None:
+    # dgc and the lgreco_* compressors were missing from the docstring's lists.
+    for section in ("data", "partition", "model", "algorithm", "compression", "network"):
+        for name in CATALOG[section]:
+            assert re.search(rf"\b{name}\b", shoal.config.__doc__), (section, name)
+
+
 def test_the_fixed_defaults_are_the_documented_ones() -> None:
     documented = _documented_defaults()
     cfg = resolve({}, CATALOG)
