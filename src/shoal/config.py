@@ -382,7 +382,9 @@ def _show(value: Any) -> str:
         return _toml_str(value)
     if isinstance(value, dict):
         return "a table"
-    return repr(value) if not isinstance(value, (list, tuple)) else _toml_value(list(value))
+    if isinstance(value, (list, tuple)):  # element by element: [[data]] gives a list of tables
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
 
 
 def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:

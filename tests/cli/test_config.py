@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
         ({"device": "gpu"}, ["device", "cuda:N"]),
         ({"eval": 3}, ["eval", "table"]),
         ({"network": {"uplink_mbit_s": 2.0}}, ['network "none"', "allowed in [network]: profile"]),
+        # TOML values that the message could not show (a TypeError traceback before):
+        ({"data": [{"name": "mnist"}]}, ["data = [a table]", "must be a table"]),  # [[data]]
+        ({"model": {"hidden": [datetime.date(1979, 5, 27)]}}, ["model.hidden", "integers"]),
     ],
 )
 def test_mistakes_name_the_key(raw: dict, words: list[str]) -> None:
