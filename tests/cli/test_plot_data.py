@@ -161,6 +161,19 @@ def test_demo_runs_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "holds a run that is not a demo" in capsys.readouterr().err
 
 
+def test_demo_switched_to_a_data_parallel_algorithm_runs_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It trained, then failed on an assert (no result object) without plotting.
+    switch = ["algorithm.name=sync_sgd", "parallel.steps=4", "parallel.eval_every=2"]
+    args = [a for s in switch for a in ("--set", s)]
+    args += [a for k in ("rounds", "client", "sampling") for a in ("--unset", k)]
+    for _ in range(2):  # and again in place: its config.toml says it is the demo's
+        assert shoal("demo", "--quiet", *args, "--out", "d") == 0
+        assert "test_vs_steps.png" in capsys.readouterr().out
+    assert _is_png(tmp_path / "d" / "test_vs_steps.png")
+
+
 def test_a_figure_names_only_the_runs_it_draws_each_in_its_own_colour(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
