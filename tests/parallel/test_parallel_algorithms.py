@@ -221,6 +221,10 @@ def test_bad_configurations_raise_clear_errors():
         _run(sync_sgd(0.1), world=2, slowdown={5: 2.0})
     with pytest.raises(ValueError, match="target_accuracy"):
         ParallelConfig(steps=1, target_accuracy=1.5)
+    # as TrainConfig's (seed=-1 and None failed in numpy at the first step, "3" ran)
+    for seed in (-1, None, 1.5, "3"):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            ParallelConfig(steps=1, seed=seed)
 
 
 def test_compressed_sync_sgd_reduces_in_compressed_form_only_when_that_is_exact():
