@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: ``device = "auto"`` and
+    ``num_threads = 0`` are saved as given, and floats differ with the thread count (the 9th
+    digit of a loss between 1 and 2 threads) and between machines."""
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def atomic_save(obj: Any, path: Path) -> None:

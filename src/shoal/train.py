@@ -35,7 +35,7 @@ from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
-from shoal.files import atomic_save, write_metrics
+from shoal.files import atomic_save, environment, write_metrics
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
@@ -498,6 +498,7 @@ def _summary(
         "total_uplink_bytes": rows[-1]["cum_uplink_bytes"] if rows else 0,
         "total_downlink_bytes": rows[-1]["cum_downlink_bytes"] if rows else 0,
         "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
+        "environment": environment(dev),
     }
     if config.client_eval:
         _, correct = runtime.predict(

@@ -73,6 +73,10 @@ def test_summary_and_eval_train_describe_the_final_model():
     assert res.summary["final_test_accuracy"] == pytest.approx(test_acc, abs=1e-6)
     assert res.summary["final_test_loss"] == pytest.approx(test_loss, abs=1e-5)
     assert res.summary["best_test_accuracy"] == max(accs)
+    # device "auto" and num_threads 0 are saved as given; what they were is in the summary
+    env = res.summary["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] == torch.get_num_threads()
+    assert env["torch"] == torch.__version__
 
 
 def _grad(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,8 @@ def test_summary_takes_the_last_and_the_best_evaluated_accuracy():
     assert r.summary["final_test_accuracy"] == accs[-1]
     assert r.summary["final_test_loss"] == r.metrics[-1]["test_loss"]
     assert r.summary["best_test_accuracy"] == max(accs)
+    assert r.summary["environment"]["device"] == "cpu"
+    assert r.summary["environment"]["torch_threads"] == torch.get_num_threads()
 
 
 def test_an_all_gather_counts_every_payload_at_its_own_size():

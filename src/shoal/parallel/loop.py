@@ -303,6 +303,7 @@ class _WorkerRun:
                 samples=self.rows[-1]["samples"] if self.rows else 0.0,
                 train_seconds=prog.train_seconds,
                 target=prog.target(cfg),
+                device=self.dev,
             )
             if self.out is not None:
                 records.save_final(self.out, self.model, self.spec, final_D, summary)

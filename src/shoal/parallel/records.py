@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from shoal.evaluate import pooled, predict
-from shoal.files import atomic_save
+from shoal.files import atomic_save, environment
 from shoal.functional import LossFn, ParamSpec
 
 METRICS = "metrics.jsonl"
@@ -77,6 +77,7 @@ def summarize(
     samples: float,
     train_seconds: float,
     target: dict[str, Any],
+    device: torch.device,
 ) -> dict[str, Any]:
     evaluated = [r for r in rows if r.get("test_accuracy") is not None]
     last = rows[-1] if rows else {}
@@ -95,6 +96,7 @@ def summarize(
         "samples_per_second": samples / train_seconds if train_seconds > 0 else None,
         **({"sim_seconds": last["sim_seconds"]} if "sim_seconds" in last else {}),
         **target,
+        "environment": environment(device),
     }
 
 

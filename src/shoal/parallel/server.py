@@ -124,6 +124,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
         samples=rows[-1]["samples"],
         train_seconds=prog.train_seconds,
         target=prog.target(config),
+        device=centre_D.device,
     )
     if out is not None:
         records.save_final(Path(out), model, spec, centre_D, summary)
