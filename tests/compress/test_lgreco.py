@@ -225,9 +225,11 @@ def test_composes_with_error_feedback_and_training():
         (lambda s: lgreco_top_k(s, period=0), "period must be an integer >= 1"),
         (lambda s: lgreco_top_k(s, alpha=0.0), "alpha must be a positive number"),
         (lambda s: lgreco_top_k(s, buckets=0), "buckets must be an integer >= 1"),
-        (lambda s: lgreco_top_k(s, choices=()), "levels must be 1 to 255 distinct"),
-        (lambda s: lgreco_top_k(s, choices=(0.1, 0.1)), "levels must be 1 to 255 distinct"),
-        (lambda s: lgreco_top_k(s, choices=(0.1, 2.0)), "ratio must be in"),
+        (lambda s: lgreco_top_k(s, choices=()), "choices .* must be 1 to 255 distinct"),
+        (lambda s: lgreco_top_k(s, choices=(0.1, 0.1)), "choices .* must be 1 to 255 distinct"),
+        # The family's message names its own argument (ratio); which candidate, and that it
+        # came from choices, was left out.
+        (lambda s: lgreco_top_k(s, choices=(0.1, 2.0)), r"candidate 2\.0 \(of choices.*ratio must"),
         (lambda s: lgreco_qsgd(s, levels=0), "levels must be an integer >= 1"),
         (lambda s: lgreco_powersgd(s, rank=0), "rank must be an integer >= 1"),
         (lambda s: lgreco_top_k([]), "shapes is empty"),

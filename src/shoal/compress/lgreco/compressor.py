@@ -70,12 +70,21 @@ class LGreCo:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "lgreco"))
         levels = tuple(self.levels)
         if not levels or len(set(levels)) != len(levels) or len(levels) > 255:
-            raise ValueError(f"lgreco: levels must be 1 to 255 distinct values, got {levels!r}")
+            raise ValueError(
+                f"lgreco: choices (the candidate levels) must be 1 to 255 distinct values, got "
+                f"{levels!r}"
+            )
         if self.uniform not in levels:
             levels = (*levels, self.uniform)  # the budget's setting is always a candidate
         object.__setattr__(self, "levels", levels)
         for level in levels:
-            self.build(level, torch.Size([2, 2]))  # the family's own one-line ValueError
+            try:
+                self.build(level, torch.Size([2, 2]))
+            except ValueError as e:  # the family's message names its own argument (ratio, ...)
+                raise ValueError(
+                    f"lgreco({self.family}): the candidate {level!r} (of choices, or the "
+                    f"budget's setting) is refused: {e}"
+                ) from None
         check_count(self.period, "lgreco: period")
         if not (is_real(self.alpha) and 0 < self.alpha < math.inf):
             raise ValueError(f"lgreco: alpha must be a positive number, got {self.alpha!r}")
