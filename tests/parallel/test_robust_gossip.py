@@ -192,6 +192,26 @@ def test_gaussian_forgery_is_keyed_by_step_and_receiver():
     assert not torch.equal(a[1, 0], a[4, 1])  # node 0's rows to nodes 1 and 4 differ
 
 
+def test_what_a_byzantine_node_trains_on_never_shows_in_the_metrics():
+    # Honest nodes receive forgeries built from their honest neighbourhoods, so their models,
+    # and every metric (train_loss too), cannot depend on a Byzantine node's own data.
+    # train_loss used to average the Byzantine node's minibatch losses in.
+    data, n = tiny_data(), 6
+    alg = robust_gossip(
+        0.2, ring(n), trimmed_gossip(1), byzantine=Byzantine(frozenset({2}), sign_flip())
+    )
+    config = ParallelConfig(4, batch_size=16, eval_every=2, progress=False, seed=3)
+    base = shards(n, len(data.train))
+    other = list(base)
+    other[2] = base[2][:3]  # node 2 trains on 3 other rows: a different loss
+    runs = [train_parallel(tiny_model(), data, s, alg, config, SimComm(n)) for s in (base, other)]
+    honest = [i for i in range(n) if i != 2]
+    assert torch.equal(runs[0].params_WD[honest], runs[1].params_WD[honest])
+    keys = ("step", "train_loss", "test_loss", "test_accuracy", "bytes_sent")
+    rows = [[{k: row[k] for k in keys} for row in r.metrics] for r in runs]
+    assert rows[0] == rows[1]
+
+
 # ---- a small run: plain gossip destroyed, robust gossip not --------------------------------
 
 
@@ -302,6 +322,8 @@ def test_distcomm_equals_simcomm_on_four_processes():
             )
         (row,) = got[0][rule]["rows"]
         assert math.isclose(row["test_loss"], sim.metrics[-1]["test_loss"], abs_tol=1e-5)
+        # Rank 0 is Byzantine: its losses are left out there too.
+        assert math.isclose(row["train_loss"], sim.metrics[-1]["train_loss"], abs_tol=1e-5)
         assert row["test_accuracy"] == sim.metrics[-1]["test_accuracy"]
 
 

@@ -31,7 +31,8 @@ Algorithms also say which model is evaluated: ``model(params_WD, state)`` is eit
 the loop scores (one collective in distributed runs), or ``[D]``, one model that every worker
 of every process holds (EASGD's centre, synchronous SGD's replicas), scored as it is. So
 simulation and distributed runs report the same numbers; a method that is
-:class:`HonestSubset` (robust gossip under attack) has the average take its honest workers only.
+:class:`HonestSubset` (robust gossip under attack) has the average, and the training loss, take
+its honest workers only.
 
 Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 """
@@ -118,11 +119,11 @@ class ParallelAlgorithm(Protocol):
 
 @runtime_checkable
 class HonestSubset(Protocol):
-    """A method whose metrics average only some workers' models: the honest nodes, when
-    Byzantine nodes train too."""
+    """A method whose metrics (the average model, the training loss) take only some workers:
+    the honest nodes, when Byzantine nodes train too."""
 
     def evaluated_W(self, state: State) -> torch.Tensor:
-        """Which local workers' models the metrics average (a boolean ``[W]``)."""
+        """Which local workers the metrics take (a boolean ``[W]``, fixed for the run)."""
         ...
 
 

@@ -6,7 +6,8 @@ gradient closure, and lets it step and communicate through ``comm``. The same co
 all workers in one process (:class:`SimComm`) or one worker per process (:class:`DistComm`).
 
 Every ``eval_every`` steps (and at the end) it logs a metrics row: ``step``, ``train_loss``
-(the workers' minibatch losses since the last row), ``test_loss`` / ``test_accuracy`` of the
+(the workers' minibatch losses since the last row; the honest ones' under attack),
+``test_loss`` / ``test_accuracy`` of the
 workers' average model (the centre for EASGD; in synchronous data parallelism every worker
 holds the same model), ``bytes_sent`` (all workers, exact, cumulative), ``samples``,
 ``wall_seconds`` (training and evaluation) and ``samples_per_second`` (since the last row,
@@ -222,6 +223,10 @@ class _WorkerRun:
             write_metrics(self.out / records.METRICS, self.rows)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.dev)
         step_samples = float(sum(self.batches.samples()))
+        # train_loss averages the workers whose model is scored: a Byzantine node's own
+        # losses are no honest node's (robust gossip, HonestSubset).
+        loss_keep_W = alg.evaluated_W(state) if isinstance(alg, HonestSubset) else None
+        loss_workers = len(comm.workers) if loss_keep_W is None else int(loss_keep_W.sum())
         bar = tqdm(
             range(prog.step, cfg.steps),
             initial=prog.step,
@@ -252,8 +257,11 @@ class _WorkerRun:
                 charged_codec |= any(ex.codec_elements for ex in comm.exchanges)
             comm.exchanges.clear()
             if grad_fn.loss_W is not None:
-                loss_acc += grad_fn.loss_W.double().sum()
-                prog.loss_count += len(comm.workers)
+                loss_W = grad_fn.loss_W.double()
+                if loss_keep_W is not None:
+                    loss_W = torch.where(loss_keep_W.to(loss_W.device), loss_W, 0.0)
+                loss_acc += loss_W.sum()
+                prog.loss_count += loss_workers
             if self.dev.type == "cuda":
                 torch.cuda.synchronize(self.dev)
             spent = time.perf_counter() - t0
