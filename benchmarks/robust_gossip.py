@@ -11,11 +11,12 @@ Rules: plain gossip (D-PSGD), ClippedGossip clipping the farthest neighbour (``b
 trimmed mean ``b=1`` and MoNNA's nearest-neighbour averaging ``f=1`` over
 {own} U {4 neighbours}. Attacks, forged per receiver from its honest neighbourhood (see
 :mod:`shoal.parallel.algorithms.robust_gossip`): sign flip, Gaussian ``sigma=1`` around the
-receiver, ALIE with ``z=1`` (the MoNNA code's ``z_max`` is 0 in a 5-node neighbourhood, which
-would send the honest mean), and He et al.'s dissensus ``eps=1.5``.
+receiver, ALIE with ``z=1`` (the epfml code's ``z_max``, ``shoal.attacks.alie_z``, is 0 in a
+5-node neighbourhood, which would send the honest mean; the MoNNA code line-searches its
+factor instead), and He et al.'s dissensus ``eps=1.5``.
 
-Reported per cell: the mean test accuracy of the 14 honest nodes' own models, and the
-worst honest node.
+Reported per cell: the mean test accuracy of the 14 honest nodes' own models (of all 16 in
+the clean row, where none is Byzantine), and the worst honest node.
 
     python benchmarks/robust_gossip.py --json benchmarks/results/robust_gossip.json  # ~18 min
     python benchmarks/robust_gossip.py --steps 20 --quick                            # ~1.5 min
