@@ -117,3 +117,10 @@ def test_krum_survives_a_sign_flip_attack(honest: torch.Tensor) -> None:
     inbox = torch.cat([sign_flip()(centered, 2), centered])
     out = krum(2)(inbox, torch.ones(9))
     assert any(torch.equal(out, h) for h in centered)
+
+
+@pytest.mark.parametrize("sigma", [float("inf"), float("nan"), -1.0, "1"])
+def test_gaussian_needs_a_finite_sigma(sigma) -> None:
+    # sigma = inf was taken, and sent inf/NaN rows that end a run under any robust rule.
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        gaussian(sigma)

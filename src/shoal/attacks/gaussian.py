@@ -13,12 +13,14 @@ device and dtype, so a seed gives the same vectors on every machine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from shoal.attacks.base import check_attack
+from shoal.checks import is_real
 from shoal.streams import restore_stream, seeded_stream
 
 
@@ -31,8 +33,9 @@ class GaussianNoise:
     _generator: torch.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.sigma >= 0:
-            raise ValueError(f"gaussian: sigma must be >= 0, got {self.sigma}")
+        # inf sent inf/NaN rows: the robust rules refuse such an inbox, ending the run.
+        if not (is_real(self.sigma) and 0 <= self.sigma < math.inf):
+            raise ValueError(f"gaussian: sigma must be a finite number >= 0, got {self.sigma!r}")
         object.__setattr__(self, "_generator", seeded_stream(self.seed))
 
     def state_dict(self) -> dict[str, Any]:
