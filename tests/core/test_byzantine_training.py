@@ -1,4 +1,5 @@
-"""Byzantine clients inside training: the inbox swaps their messages, label flipping poisons."""
+"""Byzantine clients inside training: the inbox swaps their messages (sent through the run's
+compressor), label flipping poisons."""
 
 import numpy as np
 import torch
@@ -7,6 +8,7 @@ from shoal.aggregate import median
 from shoal.algorithms import fedavg
 from shoal.algorithms.base import LocalWork
 from shoal.attacks import byzantine, label_flip, sign_flip
+from shoal.compress import threshold
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
@@ -86,3 +88,32 @@ def test_label_flipping_majority_poisons_the_model():
     clean = _run(None, None).metrics[-1]["test_accuracy"]
     poisoned = _run(None, label_flip(3), num_byz=9).metrics[-1]["test_accuracy"]
     assert poisoned < clean - 0.3
+
+
+def _one_round(compressor, behaviour):
+    data = tiny_data()
+    rec = _Recorder()
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(10), work=LocalWork(1, 8), device="cpu",
+                      progress=False, client_eval=False)  # fmt: skip
+    byz = None if behaviour is None else byzantine(3, 10, behaviour, seed=0)
+    res = train(tiny_model(), data, unequal_clients(len(data.train), 10), fedavg(0.2), cfg,
+                aggregator=rec, byzantine=byz, compressor=compressor)  # fmt: skip
+    return res.metrics[0]["uplink_bytes"], rec.seen
+
+
+def test_byzantine_clients_send_their_crafted_rows_through_the_compressor():
+    """The attack sees the honest rows as the server decoded them; the Byzantine clients then
+    send what it crafted through the run's compressor, and are charged that payload's bytes.
+    (Their dense rows had bypassed the wire format, for the bytes of their honest uploads.)"""
+    c = threshold(0.05)
+    clean_bytes, clean = _one_round(c, None)
+    got_bytes, got = _one_round(c, sign_flip())
+    bad = (got != clean).any(1)
+    assert int(bad.sum()) == 3
+    torch.testing.assert_close(got[~bad], clean[~bad], rtol=0, atol=0)
+    payload, _ = c.compress(-clean[~bad].mean(0), None)
+    for row in got[bad]:
+        torch.testing.assert_close(row, c.decompress(payload), rtol=0, atol=0)
+    honest = sum(c.nbytes(c.compress(row, None)[0]) for row in clean[bad])
+    assert c.nbytes(payload) != c.nbytes(c.compress(clean[bad][0], None)[0])
+    assert got_bytes == clean_bytes - honest + 3 * c.nbytes(payload)

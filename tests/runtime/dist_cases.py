@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.helpers import tiny_data, tiny_model, unequal_clients
-from shoal.aggregate import bucketing, trimmed_mean
+from shoal.aggregate import bucketing, median, trimmed_mean
 from shoal.algorithms import (
     LocalWork,
     fedadagrad,
@@ -24,7 +24,7 @@ from shoal.algorithms import (
     scaffold,
 )
 from shoal.attacks import byzantine, mimic, sign_flip
-from shoal.compress import error_feedback, top_k
+from shoal.compress import error_feedback, threshold, top_k
 from shoal.runtime.dist import DistRuntime
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler, Stragglers
@@ -52,6 +52,15 @@ def cases() -> dict[str, tuple[Any, dict[str, Any]]]:
         {"aggregator": trimmed_mean(1), "byzantine": byzantine(2, NUM_CLIENTS, sign_flip(), 0)},
     )
     out["fedavg+top_k+ef"] = (fedavg(0.1), {"compressor": error_feedback(top_k(0.2))})
+    # Byzantine clients send their crafted rows through the compressor, on every rank alike.
+    out["fedavg+threshold+median+sign_flip"] = (
+        fedavg(0.1),
+        {
+            "aggregator": median(),
+            "byzantine": byzantine(2, NUM_CLIENTS, sign_flip()),
+            "compressor": threshold(0.05),
+        },
+    )
     # Rules that depend on the inbox's order (a random bucketing, copying the first honest
     # update): every runtime fills the inbox in one order, or these differed.
     out["fedavg+bucketing+mimic"] = (

@@ -115,7 +115,7 @@ class DistRuntime:
             for row, value in enumerate((ch.loss_sum, ch.samples, ch.client_uplink_bytes)):
                 stats[row, pos] = torch.as_tensor(value, dtype=torch.float64, device=dev)
         dist.all_reduce(stats)
-        acc = Inbox(task.aggregator, task.spec.num_params, task.attack, task.byzantine)
+        acc = Inbox.of(task)
         layout = _layout(chunks)
         if acc.streaming:
             mean_msg = self._reduce_mean(acc, chunks, layout, dev)
@@ -123,6 +123,8 @@ class DistRuntime:
             mean_msg = self._gather_rows(acc, chunks, layout, n, task, dev)
         losses, samples, sent = stats.cpu().numpy()
         uplink = np.rint(sent).astype(np.int64)  # byte counts are exact in float64 below 2^53
+        for where, byz in acc.sent.items():  # what the Byzantine clients sent instead
+            uplink[where] = byz
         return RoundResult(
             mean_msg=mean_msg,
             train_loss=float(losses.sum() / max(samples.sum(), 1.0)),

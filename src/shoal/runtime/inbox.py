@@ -7,7 +7,12 @@ delta) are not kept paired by it.
 
 With an update attack, the inbox is always kept whole: the Byzantine clients' model-sized
 messages are replaced by ``attack(honest_messages, f)`` before aggregation, the omniscient
-threat model of the attack papers (ALIE, IPM and sign flipping see the honest updates).
+threat model of the attack papers (ALIE, IPM and sign flipping see the honest updates). The
+attack sees what the server decoded of the honest messages; under a compressor the Byzantine
+clients then send their rows through it too (without error feedback: no honest residual is
+theirs to carry), so the server decodes a payload of the run's format and the ledger charges
+the bytes of that payload, as for any client (:attr:`Inbox.sent`). A crafted dense row in a
+top-k inbox had travelled for the bytes of the client's honest sparse upload.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import torch
 
 from shoal.aggregate.base import Aggregator
 from shoal.attacks.base import Attack
+from shoal.compress.base import Compressor, identity
+from shoal.compress.feedback import without_feedback
+from shoal.runtime.base import RoundTask
+from shoal.runtime.transmit import transmit_each
 from shoal.types import Message
 
 
@@ -29,7 +38,11 @@ class Inbox:
         num_params: int,
         attack: Attack | None = None,
         byzantine: np.ndarray | None = None,
+        compressor: Compressor | None = None,
+        clients: np.ndarray | None = None,
     ) -> None:
+        """``byzantine`` and ``clients`` are per task position; ``compressor`` is the uplink's,
+        through which the Byzantine clients send their crafted rows."""
         self.aggregator = aggregator
         self.num_params = num_params
         self.attack = attack if byzantine is not None and byzantine.any() else None
@@ -39,6 +52,22 @@ class Inbox:
         self.rows: dict[str, list[torch.Tensor]] = {}
         self.weights: list[torch.Tensor] = []
         self.positions: list[np.ndarray] = []
+        self.compressor = compressor if compressor is not None else identity()
+        self.clients = clients
+        self.sent: dict[int, int] = {}
+        """Task position -> bytes a Byzantine client's crafted message took (set by result)."""
+
+    @classmethod
+    def of(cls, task: RoundTask) -> Inbox:
+        """The server's inbox for one round of ``task``."""
+        return cls(
+            task.aggregator,
+            task.spec.num_params,
+            task.attack,
+            task.byzantine,
+            task.compressor,
+            task.clients,
+        )
 
     def add(self, msg: Message, w_W: torch.Tensor, positions: np.ndarray) -> None:
         """Messages of one chunk; ``positions`` are the clients' places in the round's task."""
@@ -70,9 +99,33 @@ class Inbox:
                     "(honest) updates; sample more clients per round to attack every round",
                     stacklevel=2,
                 )
-            for k, v in inbox.items():
-                if v.shape[-1] == self.num_params and f < len(v):
-                    v = v.clone()
-                    v[bad.to(v.device)] = self.attack(v[~bad.to(v.device)], f).to(v.dtype)
-                    inbox[k] = v
+            if f < len(bad):
+                where = np.concatenate(self.positions)[bad.numpy()]
+                inbox = self._attacked(self.attack, inbox, bad, where)
         return {k: self.aggregator(v, w) for k, v in inbox.items()}
+
+    def _attacked(
+        self, attack: Attack, inbox: Message, bad: torch.Tensor, positions: np.ndarray
+    ) -> Message:
+        """The inbox with the Byzantine rows (``bad``, at task ``positions``) crafted from the
+        honest ones and sent through the compressor; records their bytes in ``sent``."""
+        crafted = {}
+        for k, v in inbox.items():
+            rows = v[bad.to(v.device)]
+            if v.shape[-1] == self.num_params:
+                rows = attack(v[~bad.to(v.device)], len(positions)).to(v.dtype)
+            crafted[k] = rows
+        ids = [int(c) for c in (positions if self.clients is None else self.clients[positions])]
+        # A fresh compressor state: the seeds of a client's first message, so every process of
+        # a distributed run decodes the same rows; an attacker keeps no residual to feed back.
+        received, sent_F = transmit_each(
+            without_feedback(self.compressor), crafted, ids, {}, self.num_params
+        )
+        self.sent = {int(p): int(b) for p, b in zip(positions, sent_F)}
+        out = {}
+        for k, v in inbox.items():
+            if v.shape[-1] == self.num_params:
+                v = v.clone()
+                v[bad.to(v.device)] = received[k]
+            out[k] = v
+        return out

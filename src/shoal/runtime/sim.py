@@ -148,7 +148,7 @@ class SimRuntime:
         return fit if cap is None else min(fit, cap)
 
     def run_round(self, task: RoundTask, store: ClientStore) -> RoundResult:
-        acc = Inbox(task.aggregator, task.spec.num_params, task.attack, task.byzantine)
+        acc = Inbox.of(task)
         losses = np.zeros(len(task.plans))
         samples = np.zeros(len(task.plans))
         uplink = np.zeros(len(task.plans), dtype=np.int64)
@@ -156,8 +156,11 @@ class SimRuntime:
             acc.add(ch.msg, ch.weights, ch.positions)
             losses[ch.positions], samples[ch.positions] = ch.loss_sum, ch.samples
             uplink[ch.positions] = ch.client_uplink_bytes
+        mean_msg = acc.result()
+        for pos, sent in acc.sent.items():  # what the Byzantine clients sent instead
+            uplink[pos] = sent
         return RoundResult(
-            mean_msg=acc.result(),
+            mean_msg=mean_msg,
             train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
             uplink_bytes=int(uplink.sum()),
             client_train_loss=losses / np.maximum(samples, 1.0),
