@@ -117,3 +117,13 @@ def test_byzantine_clients_send_their_crafted_rows_through_the_compressor():
     honest = sum(c.nbytes(c.compress(row, None)[0]) for row in clean[bad])
     assert c.nbytes(payload) != c.nbytes(c.compress(clean[bad][0], None)[0])
     assert got_bytes == clean_bytes - honest + 3 * c.nbytes(payload)
+
+
+def test_train_loss_is_the_honest_clients_loss():
+    # Round 1: every client trains from the same model, so the honest clients' losses do not
+    # depend on what the Byzantine ones do. Label flippers' losses on their flipped labels were
+    # averaged in, so the same honest training showed another train_loss.
+    flipped = _run(median(), label_flip(3)).metrics[0]["train_loss"]
+    attacked = _run(median(), sign_flip()).metrics[0]["train_loss"]
+    assert flipped == attacked
+    assert flipped != _run(median(), None).metrics[0]["train_loss"]  # 7 clients, not 10

@@ -73,13 +73,25 @@ class RoundResult:
 
     mean_msg: Message
     train_loss: float
-    """Mean per-sample loss over every local minibatch of every client in the round."""
+    """Mean per-sample loss over every local minibatch of the round's honest clients (see
+    :func:`honest_train_loss`)."""
     uplink_bytes: int
     client_train_loss: np.ndarray
     """Per client (in task order): mean loss over its own local minibatches."""
     client_uplink_bytes: np.ndarray | None = None
     """Per client (in task order): the bytes it uploaded, for the network cost model; ``None``
     from a runtime that does not count them (the cost model then splits ``uplink_bytes``)."""
+
+
+def honest_train_loss(
+    losses: np.ndarray, samples: np.ndarray, byzantine: np.ndarray | None
+) -> float:
+    """The round's mean per-sample loss over its honest clients (per-client loss sums and sample
+    counts in task order): a Byzantine client's own loss, on flipped labels or under a message
+    it then replaces, is no measure of the honest training. A round of Byzantine clients only
+    counts theirs."""
+    keep = ~byzantine if byzantine is not None and not byzantine.all() else slice(None)
+    return float(losses[keep].sum() / max(samples[keep].sum(), 1.0))
 
 
 class Runtime(Protocol):

@@ -46,7 +46,7 @@ from torch import nn
 from shoal.algorithms.base import StatelessClient
 from shoal.evaluate import predict_shared
 from shoal.functional import LossFn, ParamSpec
-from shoal.runtime.base import ClientStore, RoundResult, RoundTask, inbox_order
+from shoal.runtime.base import ClientStore, RoundResult, RoundTask, honest_train_loss, inbox_order
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.procgroup import DEFAULT_TIMEOUT_S, DistContext, init_from_env
 from shoal.runtime.sim import Chunk, SimRuntime
@@ -127,7 +127,7 @@ class DistRuntime:
             uplink[where] = byz
         return RoundResult(
             mean_msg=mean_msg,
-            train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
+            train_loss=honest_train_loss(losses, samples, task.byzantine),
             uplink_bytes=int(uplink.sum()),
             client_train_loss=losses / np.maximum(samples, 1.0),
             client_uplink_bytes=uplink,

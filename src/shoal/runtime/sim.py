@@ -35,6 +35,7 @@ from shoal.runtime.base import (
     RoundResult,
     RoundTask,
     corrects,
+    honest_train_loss,
     inbox_order,
     stack_states,
 )
@@ -161,7 +162,7 @@ class SimRuntime:
             uplink[pos] = sent
         return RoundResult(
             mean_msg=mean_msg,
-            train_loss=float(losses.sum() / max(samples.sum(), 1.0)),
+            train_loss=honest_train_loss(losses, samples, task.byzantine),
             uplink_bytes=int(uplink.sum()),
             client_train_loss=losses / np.maximum(samples, 1.0),
             client_uplink_bytes=uplink,
