@@ -243,6 +243,8 @@ def _backward(
     finally:
         for h in handles:
             h.remove()
-    for name in unused:  # in the leaves' order, so every process hands over alike
+    # In the leaves' order (not the set's, which string hashing makes differ between
+    # processes), so every process starts the same collectives in the same order.
+    for name in [n for n in leaves if n in unused]:
         outs[name].zero_()
         handover.arrived(name)
