@@ -147,3 +147,27 @@ def test_a_layer_used_twice_is_handed_over_once_with_its_summed_gradient():
     assert (
         sorted(calls) == sorted(set(calls)) and sum(hi - lo for lo, hi in calls) == at_WD.shape[1]
     )
+
+
+class _Spares(nn.Module):
+    """``tiny_model`` and twelve layers its forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_model()
+        self.spares = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_unused_parameters_buckets_go_in_the_parameters_order():
+    # Each process must start the same collectives in the same order; a set's order of the
+    # spare layers' names follows string hashing, which differs between processes.
+    model = _Spares()
+    at_WD = ParamSpec.of(model).flatten(model).expand(2, -1).clone()
+    order: list[int] = []
+    grads_WD = _gradients(model, 2, False)(at_WD, Buckets(lambda g, lo, hi: order.append(lo), 1, 1))
+    spares = order[-12:]  # after the backward pass, one bucket of 16 bytes each
+    assert spares == sorted(spares, reverse=True) or spares == sorted(spares)
+    assert len(set(spares)) == 12 and not grads_WD[:, 83:].any()
