@@ -146,3 +146,19 @@ def test_fused_step_applies_only_to_relu_chains_under_cross_entropy():
     assert linear_chain(_task(Custom(nn.Linear(FEATURES, CLASSES)))) is None
     images = _task(nn.Sequential(nn.Linear(FEATURES, CLASSES)))  # 3-D samples, no Flatten
     assert linear_chain(dataclasses.replace(images, x=torch.zeros(2, 2, FEATURES // 2))) is None
+
+
+def test_a_module_placed_twice_in_a_chain_is_run_twice(problem, run):
+    nn = torch.nn
+    relu = nn.ReLU()  # one instance between every pair of layers, a common way to write it
+    problem.build = lambda: nn.Sequential(
+        nn.Linear(FEATURES, 6), relu, nn.Linear(6, 5), relu, nn.Linear(5, CLASSES)
+    )
+    cfg = dict(rounds=2, work=LocalWork(epochs=2, batch_size=4))
+    autograd = run(problem, fedavg(0.1), runtime=SimRuntime(vectorize=False, fused=False), **cfg)
+    fused = run(problem, fedavg(0.1), runtime=SimRuntime(vectorize=False), **cfg)
+    # The fused step used to drop the second ReLU: 0.1 apart after two rounds.
+    torch.testing.assert_close(fused.params, autograd.params, rtol=0, atol=1e-5)
+    lin = nn.Linear(6, 6)  # a layer applied twice shares its weights: autograd's
+    twice = nn.Sequential(nn.Linear(FEATURES, 6), nn.ReLU(), lin, nn.ReLU(), lin)
+    assert linear_chain(_task(twice)) is None

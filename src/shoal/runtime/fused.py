@@ -49,7 +49,9 @@ def _ops(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
     """The leaf modules of a Sequential/BodyHead composition in forward order."""
     plain_sequential = type(module).forward is nn.Sequential.forward
     if isinstance(module, nn.Sequential) and plain_sequential:
-        for name, child in module.named_children():
+        # Every entry, as Sequential.forward runs them: named_children() yields a module placed
+        # twice (one ReLU reused between layers) only once, and the chain would lose a layer.
+        for name, child in module._modules.items():
             yield from _ops(child, f"{prefix}{name}.")
     elif isinstance(module, BodyHead) and type(module).forward is BodyHead.forward:
         yield from _ops(module.body, f"{prefix}body.")
