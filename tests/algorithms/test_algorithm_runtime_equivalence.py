@@ -162,3 +162,21 @@ def test_a_module_placed_twice_in_a_chain_is_run_twice(problem, run):
     lin = nn.Linear(6, 6)  # a layer applied twice shares its weights: autograd's
     twice = nn.Sequential(nn.Linear(FEATURES, 6), nn.ReLU(), lin, nn.ReLU(), lin)
     assert linear_chain(_task(twice)) is None
+
+
+def test_a_model_with_hooks_goes_through_autograd():
+    # The fused step never calls the modules, so it skipped their hooks: a forward hook that
+    # scaled a layer's output trained a different model from autograd's.
+    nn = torch.nn
+    hooks = [
+        lambda m: m[0].register_forward_hook(lambda mod, inp, out: 2 * out),
+        lambda m: m[0].register_forward_pre_hook(lambda mod, inp: (3 * inp[0],)),
+        lambda m: m.register_forward_hook(lambda mod, inp, out: -out),
+        lambda m: m[2].register_full_backward_hook(lambda mod, gin, gout: gin),
+    ]
+    for register in hooks:
+        model = nn.Sequential(nn.Linear(FEATURES, 6), nn.ReLU(), nn.Linear(6, CLASSES))
+        handle = register(model)
+        assert linear_chain(_task(model)) is None
+        handle.remove()
+        assert linear_chain(_task(model)) is not None

@@ -16,8 +16,8 @@ end to end).
 
 :func:`linear_chain` recognizes the models it applies to — ``nn.Sequential`` /
 :class:`~shoal.models.BodyHead` compositions of ``Flatten``, ``Linear``, ``ReLU`` and
-``Identity``, every parameter trainable, with :func:`shoal.functional.cross_entropy` as the
-loss — and anything else goes through autograd. The result is the same SGD step: the tests
+``Identity``, every parameter trainable, no hooks, with :func:`shoal.functional.cross_entropy` as
+the loss — and anything else goes through autograd. The result is the same SGD step: the tests
 compare it with autograd on every algorithm to 1e-5 (only the summation order differs).
 """
 
@@ -60,9 +60,18 @@ def _ops(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield prefix, module
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Whether the module has forward or backward hooks, which may change its output or its
+    gradients: the fused step never calls the module, so it would skip them."""
+    hooks = (m._forward_pre_hooks, m._forward_hooks, m._backward_pre_hooks, m._backward_hooks)
+    return any(hooks)
+
+
 def linear_chain(task: RoundTask) -> list[Layer] | None:
     """The model as a list of layers if the fused step applies to it, else ``None``."""
     if task.loss_fn is not cross_entropy or not task.x.is_floating_point():
+        return None
+    if any(_hooked(m) for m in task.model.modules()):
         return None
     layers: list[Layer] = []
     flattens = False
