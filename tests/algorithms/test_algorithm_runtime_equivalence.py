@@ -33,8 +33,9 @@ from shoal.functional import ParamSpec, cross_entropy
 from shoal.models import mclr, mlp
 from shoal.runtime.base import RoundTask
 from shoal.runtime.fused import linear_chain
+from shoal.runtime.loop import ClientLoop
 from shoal.runtime.sim import SimRuntime
-from shoal.schedule import Stragglers
+from shoal.schedule import Stragglers, make_plan
 
 # Every algorithm runs with the same LocalWork; FedSGD's warning that it uses its own is
 # expected here (tests/algorithms/test_fedavg_family.py checks that it is given).
@@ -180,3 +181,20 @@ def test_a_model_with_hooks_goes_through_autograd():
         assert linear_chain(_task(model)) is None
         handle.remove()
         assert linear_chain(_task(model)) is not None
+
+
+def test_fused_step_keeps_float64():
+    # Each row's 1/count came out of a float32 division: a float64 run's fused step was 1e-8
+    # off its autograd step.
+    torch.manual_seed(0)
+    model = _relu_mlp().double()
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model).double()
+    x, y = torch.randn(7, FEATURES, dtype=torch.float64), torch.randint(0, CLASSES, (7,))
+    plans = [make_plan(np.arange(7), LocalWork(epochs=3, batch_size=3), 3, 0, 0, 0)]  # 3, 3, 1
+    task = dataclasses.replace(_task(model), params_D=params, down={"params": params}, x=x, y=y)
+    fused, loss, _ = ClientLoop(fused=True).train(task, plans, {})
+    autograd, loss_ref, _ = ClientLoop(fused=False).train(task, plans, {})
+    torch.testing.assert_close(fused, autograd, rtol=0, atol=1e-12)
+    assert loss == pytest.approx(loss_ref, rel=0, abs=1e-12)
+    assert (fused[0] - params).abs().max() > 1e-3

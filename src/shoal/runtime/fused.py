@@ -132,7 +132,9 @@ def fused_train(
     counts_WT = mask_WTB.sum(2)
     # Per-row weight of each client's mean loss: 1/count on real rows, 0 on padding; and the
     # targets one-hot, weighted alike, so that d(mean loss)/d(logits) = softmax * w - target_w.
-    scale_WTB1 = (mask_WTB / counts_WT.clamp_min(1.0).unsqueeze(2)).to(dtype).unsqueeze(-1)
+    # Divided in the parameters' dtype: a float32 1/3 put float64 runs 1e-8 off autograd's.
+    mask_WTB1 = mask_WTB.to(dtype).unsqueeze(-1)
+    scale_WTB1 = mask_WTB1 / counts_WT.to(dtype).clamp_min(1.0)[:, :, None, None]
     width = views[next(la.weight for la in reversed(layers) if la.kind == "linear")].shape[1]
     loss_W = torch.zeros(W, dtype=torch.float64, device=dev)
     with torch.no_grad():
