@@ -1,8 +1,9 @@
 """Run a command in its own session; time it and sample the memory of its process tree.
 
-Wall time runs from just before launch to the exit of the launched process. Memory is
-sampled every ``interval`` seconds from ``/proc`` over the launched process, its descendants
-and anything else in its session (Ray's helpers), summing PSS (``smaps_rollup``) and RSS;
+Wall time runs from just before launch to the exit of the launched process, seen as it
+happens (a pidfd wakes the wait between samples), not at the next sample. Memory is sampled
+every ``interval`` seconds from ``/proc`` over the launched process, its descendants and
+anything else in its session (Ray's helpers), summing PSS (``smaps_rollup``) and RSS;
 ``ru_maxrss`` of the launched process itself comes from ``os.wait4``. Linux only.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -83,6 +85,7 @@ def run(
         proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
         status, usage = None, None
         while True:
             pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -99,7 +102,8 @@ def run(
             nproc = max(nproc, len(procs))
             peak_rss = max(peak_rss, sum(procs.values()))
             peak_pss = max(peak_pss, sum(_pss(p) for p in procs))
-            time.sleep(interval)
+            select.select([pidfd], [], [], interval)  # the interval, or until the exit
+        os.close(pidfd)
         proc.returncode = 0  # reaped by wait4 above; keep Popen from waiting again
     cleanup(proc.pid)
     code = os.waitstatus_to_exitcode(status) if status is not None else None
