@@ -215,15 +215,17 @@ def main() -> None:
         modes = [m for m in args.modes.split(",") if m != "looped" or k <= args.looped_max]
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(args.repeats):
+            this: dict[str, dict] = {}  # this repeat's runs: a failed one pairs with nothing
             for mode in modes:
                 r = run_worker(args, k, mode)
                 if isinstance(r, str):
                     print(f"{k:>6} {mode:>10} failed: {r}")
                 else:
                     runs[mode].append(r)
-            if runs.get("looped") and runs.get("vectorized"):
+                    this[mode] = r
+            if "looped" in this and "vectorized" in this:
                 # Paired within this repeat: the two runs were adjacent in time.
-                loop, vec = runs["looped"][-1], runs["vectorized"][-1]
+                loop, vec = this["looped"], this["vectorized"]
                 ratios.setdefault(str(k), []).append(
                     loop["steady_round_seconds"] / vec["steady_round_seconds"]
                 )
