@@ -22,6 +22,7 @@ from parallel import cases
 from shoal import aggregate as ag
 from shoal.aggregate import median
 from shoal.algorithms import fedadam, fedavg, scaffold
+from shoal.attacks import byzantine, sign_flip
 from shoal.compress import error_feedback, qsgd, top_k
 from shoal.parallel import SimComm
 from shoal.runtime.sim import SimRuntime
@@ -55,7 +56,10 @@ FEDERATED = {
     "fedavg_topk_ef_median": (fedavg(0.1), error_feedback(top_k(ratio=0.2)), median()),
     "scaffold": (scaffold(0.1), None, None),
     "fedadam_qsgd": (fedadam(0.1, server_lr=0.01), qsgd(4), None),
+    # The attackers' crafted rows go through the compressor (shoal.runtime.inbox).
+    "fedavg_topk_signflip_trimmed": (fedavg(0.1), top_k(ratio=0.2), ag.trimmed_mean(1)),
 }
+BYZANTINE = {"fedavg_topk_signflip_trimmed": byzantine(2, 8, sign_flip(), seed=1)}
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "looped"])
@@ -144,7 +148,7 @@ def _federated(name: str, device: str, runtime: object) -> TrainResult:
     config = TrainConfig(rounds=3, sampler=ClientSampler(4), device=device, progress=False)
     return train(
         helpers.tiny_model(), data, clients, algorithm, config, runtime=runtime,
-        compressor=compressor, aggregator=aggregator,
+        compressor=compressor, aggregator=aggregator, byzantine=BYZANTINE.get(name),
     )  # fmt: skip
 
 
