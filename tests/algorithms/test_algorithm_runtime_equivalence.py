@@ -183,6 +183,26 @@ def test_a_model_with_hooks_goes_through_autograd():
         assert linear_chain(_task(model)) is not None
 
 
+def test_a_global_module_hook_sends_every_model_through_autograd():
+    # Hooks registered for every module are called by autograd's forward; the fused step
+    # skipped them, as it did a module's own hooks.
+    nn, hooks = torch.nn, torch.nn.modules.module
+    registers = [
+        lambda: hooks.register_module_forward_hook(lambda mod, inp, out: out),
+        lambda: hooks.register_module_forward_pre_hook(lambda mod, inp: None),
+        lambda: hooks.register_module_full_backward_hook(lambda mod, gin, gout: None),
+        lambda: hooks.register_module_full_backward_pre_hook(lambda mod, gout: None),
+    ]
+    model = nn.Sequential(nn.Linear(FEATURES, 6), nn.ReLU(), nn.Linear(6, CLASSES))
+    for register in registers:
+        handle = register()
+        try:
+            assert linear_chain(_task(model)) is None
+        finally:
+            handle.remove()
+        assert linear_chain(_task(model)) is not None
+
+
 def test_fused_step_keeps_float64():
     # Each row's 1/count came out of a float32 division: a float64 run's fused step was 1e-8
     # off its autograd step.

@@ -67,11 +67,25 @@ def _hooked(m: nn.Module) -> bool:
     return any(hooks)
 
 
+def _global_hooks() -> bool:
+    """Whether hooks registered for every module (``nn.modules.module.register_module_*``)
+    are in place: autograd's forward calls them, the fused step would not."""
+    from torch.nn.modules import module as m
+
+    hooks = (
+        m._global_forward_pre_hooks,
+        m._global_forward_hooks,
+        m._global_backward_pre_hooks,
+        m._global_backward_hooks,
+    )
+    return any(hooks)
+
+
 def linear_chain(task: RoundTask) -> list[Layer] | None:
     """The model as a list of layers if the fused step applies to it, else ``None``."""
     if task.loss_fn is not cross_entropy or not task.x.is_floating_point():
         return None
-    if any(_hooked(m) for m in task.model.modules()):
+    if _global_hooks() or any(_hooked(m) for m in task.model.modules()):
         return None
     layers: list[Layer] = []
     flattens = False
