@@ -2,12 +2,13 @@
 compressor), label flipping poisons."""
 
 import numpy as np
+import pytest
 import torch
 
 from shoal.aggregate import median
 from shoal.algorithms import fedavg
 from shoal.algorithms.base import LocalWork
-from shoal.attacks import byzantine, label_flip, sign_flip
+from shoal.attacks import Byzantine, byzantine, label_flip, sign_flip
 from shoal.compress import threshold
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.sim import SimRuntime
@@ -127,3 +128,11 @@ def test_train_loss_is_the_honest_clients_loss():
     attacked = _run(median(), sign_flip()).metrics[0]["train_loss"]
     assert flipped == attacked
     assert flipped != _run(median(), None).metrics[0]["train_loss"]  # 7 clients, not 10
+
+
+def test_byzantine_ids_must_be_client_ids():
+    # train() took 1.5 and -1 (matching no client: the run went on without that attacker).
+    for odd in (1.5, -1, "2"):
+        with pytest.raises(ValueError, match="Byzantine client ids must be integers >= 0"):
+            Byzantine(frozenset({0, odd}), sign_flip())
+    assert Byzantine(frozenset({np.int64(3)}), sign_flip()).mask(np.arange(5)).sum() == 1

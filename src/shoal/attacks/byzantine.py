@@ -14,6 +14,7 @@ import numpy as np
 
 from shoal.attacks.base import Attack
 from shoal.attacks.label_flip import LabelFlip
+from shoal.checks import is_integer
 from shoal.streams import BYZANTINE, keyed_rng
 
 
@@ -23,6 +24,12 @@ class Byzantine:
 
     clients: frozenset[int]
     behaviour: Attack | LabelFlip
+
+    def __post_init__(self) -> None:
+        # An id of 1.5 or "1" matched no client: the run went on without that attacker.
+        odd = sorted(map(repr, (c for c in self.clients if not is_integer(c) or c < 0)))
+        if odd:
+            raise ValueError(f"Byzantine client ids must be integers >= 0, got {', '.join(odd)}")
 
     def mask(self, clients: np.ndarray) -> np.ndarray:
         """Boolean per entry of ``clients``: is that client Byzantine."""
