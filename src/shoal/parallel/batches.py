@@ -219,9 +219,10 @@ def _backward(
     rows, shaped like the leaves); with a ``handover``, each one as soon as the backward pass
     produces it (a leaf's tensor hook sees its gradient once, summed over all its uses).
 
-    A parameter the forward does not use gets a zero gradient, as ``torch.optim`` leaves it
-    (autograd's error otherwise); with a ``handover`` its bucket is handed over after the
-    backward pass, as DDP's ``find_unused_parameters`` marks such a parameter ready."""
+    A parameter the forward does not use gets a zero gradient (autograd's error otherwise), so
+    plain SGD leaves it as ``torch.optim`` does; weight decay still shrinks it, where
+    ``torch.optim`` skips a parameter without a gradient. With a ``handover`` its bucket is
+    handed over after the backward pass, as DDP's ``find_unused_parameters`` marks it ready."""
     if handover is None:
         grads = torch.autograd.grad(loss, tuple(leaves.values()), materialize_grads=True)
         for name, g in zip(leaves, grads):
