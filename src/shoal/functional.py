@@ -88,6 +88,12 @@ class ParamSpec:
         return {k: v.requires_grad_(True) for k, v in self.unflatten(flat.detach()).items()}
 
 
+def fused_recurrent(model: nn.Module) -> nn.Module | None:
+    """The model's first ``nn.LSTM``/``nn.GRU``/``nn.RNN``, if any: ``vmap`` has no batching rule
+    for their fused kernels (``aten::lstm`` ...), so their workers are trained in a loop."""
+    return next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+
+
 def batch_loss(
     model: nn.Module,
     loss_fn: LossFn,

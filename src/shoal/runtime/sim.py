@@ -29,7 +29,7 @@ from torch import nn
 
 from shoal.checks import check_count
 from shoal.evaluate import predict
-from shoal.functional import batch_loss
+from shoal.functional import batch_loss, fused_recurrent
 from shoal.runtime.base import (
     ClientStore,
     RoundResult,
@@ -218,8 +218,7 @@ class SimRuntime:
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
-        # torch has no vmap batching rule for its fused recurrent kernels (aten::lstm etc.).
-        rnn = next((m for m in task.model.modules() if isinstance(m, nn.RNNBase)), None)
+        rnn = fused_recurrent(task.model)
         if self.vectorize != "auto":
             if self.vectorize and rnn is not None:
                 raise ValueError(
