@@ -19,6 +19,22 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 
+# Folders of tests made of small ops: on a shared two-core machine those run far faster on one
+# thread (the algorithm tests about 10x).
+ONE_THREAD_FOLDERS = {"algorithms", "compress", "parallel", "robustness"}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_for_small_ops(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.path.parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _same_global_random_state() -> Iterator[None]:
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ update rules against references, not learning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +18,6 @@ from torch import nn
 from shoal.data.types import ArrayDataset, FederatedDataset
 
 FEATURES, CLASSES = 4, 3
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Two threads on a shared two-core machine make small ops about 10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_mlp() -> nn.Module:
