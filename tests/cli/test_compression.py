@@ -43,7 +43,6 @@ def test_every_compressor_name_resolves_with_its_own_options() -> None:
     assert opts == {  # no shapes: the model's
         "rank": 2,
         "min_compression_rate": 2.0,
-        "seed": 0,
         "power_iterations": 1,
         "warm_start": True,
     }
@@ -75,6 +74,24 @@ def test_build_wraps_and_fills_in_the_model_shapes(tmp_path: Path) -> None:
     inner = exp.compressor.inner
     assert isinstance(inner, PowerSGD) and inner.rank == 2
     assert inner.shapes == tuple(p.shape for p in exp.model.parameters())
+
+
+def test_stochastic_compressors_follow_the_run_seed_unless_pinned(tmp_path: Path) -> None:
+    # A factory default (seed 0) would give runs of different seeds the same rounding, masks
+    # and PowerSGD queries: only the run's seed varied what a seed study varies.
+    raw = load(write_config(tmp_path))
+    qsgd = {"name": "qsgd", "levels": 4, "downlink": "random_k", "downlink_ratio": 0.1}
+
+    def seeds(top: dict, compression: dict) -> tuple[int, int]:
+        exp = build(resolve(raw | top | {"compression": compression}, CATALOG))
+        return exp.compressor.seed, exp.downlink.seed
+
+    assert seeds({"seed": 3}, qsgd) == (3, 3)
+    assert seeds({"seed": 4}, qsgd) == (4, 4)
+    pinned = qsgd | {"seed": 11, "downlink_seed": 12}
+    assert seeds({"seed": 4}, pinned) == (11, 12)
+    written = resolve(raw | {"compression": pinned}, CATALOG).options("compression")
+    assert written["seed"] == 11
 
 
 def test_powersgd_run_counts_its_payloads(tmp_path: Path) -> None:

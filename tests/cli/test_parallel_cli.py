@@ -85,6 +85,8 @@ def test_dgc_from_a_config_warms_up_over_epochs_of_a_workers_shard(tmp_path):
     alg = build_algorithm(cfg, Identity(), model, sizes)
     assert alg.rule.epoch_steps == -(-sum(sizes) // (2 * 16)) > 1  # 2 workers, batches of 16
     assert alg.rule.shapes == tuple(p.shape for p in model.parameters())
+    # its sampled threshold draws follow the run's seed (shoal.cli.build.run_seed)
+    assert build_algorithm(cfg.replace("seed", 5), Identity(), model, sizes).rule.seed == 5
 
 
 def test_the_configured_codec_time_is_charged_per_compressed_step(tmp_path):

@@ -1,8 +1,9 @@
 """From a resolved config to the objects :func:`shoal.train.train` takes.
 
 Every random choice of the setup is keyed by the config's ``seed``: the dataset's own split
-(digits, synthetic), the partition, the feature noise and the model's initial parameters; the
-rounds draw theirs from ``(seed, round)`` inside :mod:`shoal.schedule`.
+(digits, synthetic), the partition, the feature noise, the model's initial parameters and the
+seed of a stochastic compressor (or DGC) that the config leaves unset; the rounds draw theirs
+from ``(seed, round)`` inside :mod:`shoal.schedule`.
 """
 
 from __future__ import annotations
@@ -229,6 +230,17 @@ def model_facts(factory: Callable[..., Any], model: nn.Module) -> dict[str, Any]
     return {"shapes": ParamSpec.of(model).shapes} if wanted else {}
 
 
+def run_seed(factory: Callable[..., Any], options: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """``{"seed": cfg["seed"]}`` when ``factory`` takes a ``seed`` the config leaves unset.
+
+    A stochastic compressor's (or DGC's) draws then change with the run's ``seed`` like every
+    other random choice; a factory default would give runs of different seeds the same
+    rounding, masks and PowerSGD queries. ``compression.seed`` (``downlink_seed``,
+    ``algorithm.seed``) still pins them."""
+    takes = "seed" in inspect.signature(factory).parameters
+    return {"seed": cfg["seed"]} if takes and "seed" not in options else {}
+
+
 def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> Compressor:
     """The uplink compressor of ``[compression]``, or with ``downlink`` the downlink's
     (``downlink`` and its ``downlink_*`` options; never error feedback, which the downlink has
@@ -237,7 +249,7 @@ def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> C
     name = cfg[f"compression.{key}"]
     factory = COMPRESSORS[name]
     options = cfg.options("compression", prefix)
-    facts = model_facts(factory, model)
+    facts = {**model_facts(factory, model), **run_seed(factory, options, cfg)}
     compressor = call_factory(
         "compression",
         f'compression.{key} = "{name}"',

@@ -24,6 +24,7 @@ from shoal.cli.build import (
     distributed,
     join_group,
     model_facts,
+    run_seed,
 )
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
@@ -77,6 +78,7 @@ def build_algorithm(cfg: Config, compressor: Any, model: Any, shard_sizes: list[
     extra: dict[str, Any] = {
         **_topology(cfg, len(shard_sizes)),
         **model_facts(PARALLEL[name], model),
+        **run_seed(PARALLEL[name], options, cfg),
     }
     if name == "dgc" and "epoch_steps" not in options:
         # DGC's warm-up epoch: one pass over a worker's share of the data.

@@ -318,6 +318,8 @@ def signature_params(factory: Callable[..., Any], skip: frozenset[str]) -> Mappi
         kind = hints.get(name, type(default) if default not in (REQUIRED, None) else Any)
         if describe(kind) is None:
             continue  # an object (a compressor, ...): not something a config file can say
+        if name == "seed":  # unset: the run's own seed applies (shoal.cli.build.run_seed)
+            default = None
         out[name] = Param(kind, list(default) if isinstance(default, tuple) else default)
     return out
 
