@@ -60,11 +60,24 @@ def test_learns_and_logs_required_keys():
     assert "median" in res.summary["client_train_accuracy"]
 
 
+class _ChunkSpy(SimRuntime):
+    """SimRuntime that records the chunk sizes it chooses."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.chunks = []
+
+    def chunk_size(self, task, batch):
+        self.chunks.append(super().chunk_size(task, batch))
+        return self.chunks[-1]
+
+
 def test_chunked_vectorized_equals_one_chunk_and_loop():
     one = _run(runtime=SimRuntime(vectorize=True)).params
-    chunked = _run(runtime=SimRuntime(vectorize=True, memory_budget_mb=0.02)).params
+    spy = _ChunkSpy(vectorize=True, memory_budget_mb=0.02)
+    chunked = _run(runtime=spy).params
     loop = _run(runtime=SimRuntime(vectorize=False)).params
-    assert SimRuntime(memory_budget_mb=0.02).chunk_size  # budget forces several chunks
+    assert 1 <= max(spy.chunks) < 4  # the budget splits a round's 4 clients into chunks
     torch.testing.assert_close(one, chunked, atol=1e-6, rtol=0)
     torch.testing.assert_close(one, loop, atol=1e-5, rtol=0)
 
@@ -283,3 +296,31 @@ def test_a_resume_is_checked_against_the_checkpoints_setup(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit(5, fedavg(0.1), parts=others)  # as the checkpoint of round 4 was made
+
+
+def test_the_chunk_size_follows_the_input_shape_a_model_sees():
+    # The activation count was cached per id(model): a model that takes inputs of two sizes
+    # (or a new model given a collected one's id) kept the first count, and its budget.
+    from types import SimpleNamespace
+
+    from shoal.functional import ParamSpec
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    params_D = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def chunk(runtime, side):
+        task = SimpleNamespace(
+            model=model,
+            x=torch.zeros(2, 1, side, side),
+            params_D=params_D,
+            algorithm=fedavg(0.1),
+            spec=ParamSpec.of(model),
+        )
+        return runtime.chunk_size(task, batch=8)
+
+    runtime = SimRuntime(memory_budget_mb=1.0, max_chunk=None)
+    small, large = chunk(runtime, 4), chunk(runtime, 32)
+    fresh = SimRuntime(memory_budget_mb=1.0, max_chunk=None)
+    assert large == chunk(fresh, 32) < small  # 64x the activations: a smaller chunk

@@ -19,6 +19,7 @@ size, and linear aggregators (the mean) keep only running sums of the messages.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -117,7 +118,11 @@ class SimRuntime:
     """Train chains of ``Linear``/``ReLU`` layers under cross-entropy with the hand-written
     fused step of :mod:`shoal.runtime.fused` instead of autograd (same result), stacked over
     a chunk's clients when vectorized, one client at a time when looped."""
-    _act_cache: dict[int, int] = field(default_factory=dict, repr=False)
+    # Activations per sample, per model and input shape. Weak keys: a model id() could be
+    # reused by the next train() call's model once this one is collected.
+    _act_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
     _loop: ClientLoop = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,15 +138,16 @@ class SimRuntime:
 
     def chunk_size(self, task: RoundTask, batch: int) -> int:
         """How many clients fit the memory budget together."""
-        key = id(task.model)
-        if key not in self._act_cache:
-            self._act_cache[key] = _activation_numel_per_sample(task.model, task.x[:1])
+        per_shape = self._act_cache.setdefault(task.model, {})
+        shape = tuple(task.x.shape[1:])
+        if shape not in per_shape:
+            per_shape[shape] = _activation_numel_per_sample(task.model, task.x[:1])
         elem = task.params_D.element_size()
         num_state = len(task.algorithm.client_init(task.params_D)) + 4
         # params, grads, the correction, the views' copies and the client state rows;
         # activations are kept for backward and their gradients flow back once (x3 margin).
         per_client = task.spec.num_params * elem * num_state
-        per_client += 3 * self._act_cache[key] * batch * elem
+        per_client += 3 * per_shape[shape] * batch * elem
         fit = max(1, int(self.memory_budget_mb * 2**20 // per_client))
         cap = self.max_chunk
         if cap == "auto":
