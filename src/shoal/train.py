@@ -101,8 +101,9 @@ class TrainResult:
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
-    """Sampling choices that would make a run silently wrong, or count clients twice."""
+def check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
+    """Refuse sampling that would make ``algorithm`` silently wrong (``ValueError``); ``shoal
+    run`` calls it while it builds the run, so a config asking for it is refused as one."""
     sampler = config.sampler
     if getattr(sampler, "replace", False) and getattr(algorithm, "tracks", None):
         raise ValueError(
@@ -116,7 +117,11 @@ def _check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
             "sampling with replacement can draw one twice and leave another out; sample "
             "without replacement"
         )
-    if getattr(sampler, "weighted", False) and config.weighting == "samples":
+
+
+def _warn_weighting(config: TrainConfig) -> None:
+    """Weighted sampling and sample-weighted averaging count a client's size twice."""
+    if getattr(config.sampler, "weighted", False) and config.weighting == "samples":
         warnings.warn(
             "sampling clients by size (weighted=True) already favours large clients; "
             "weighting='samples' counts their size a second time (Li et al.'s scheme I pairs "
@@ -259,7 +264,8 @@ def train(
             f"byzantine names client(s) {outside}, but there are {len(clients)} clients; "
             f"build it with byzantine(f, {len(clients)}, ...)"
         )
-    _check_sampling(config, algorithm)
+    check_sampling(config, algorithm)
+    _warn_weighting(config)
     if network is not None and network.codec_seconds_per_element > 0:
         raise ValueError(
             "network: codec_seconds_per_element is charged per data-parallel exchange only; a "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import shoal, write_config
+from cli_helpers import assert_one_line_error, shoal, write_config
 
 from shoal.cli.registry import CATALOG
 from shoal.config import load, resolve
@@ -168,17 +168,17 @@ def test_mistakes_are_one_line(
     assert not (tmp_path / "r" / "config.toml").exists()
 
 
-def test_a_setup_that_train_refuses_leaves_no_run_folder(
+def test_sampling_the_algorithm_refuses_is_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    # Refused by train() itself, before round 1, after the run folder's config was written.
+    # train() refuses it too, but only in each process: under `shoal launch` that was every
+    # worker failing with exit code 1 and torchrun's failure report, not one config line.
     cfg_path = write_config(tmp_path, rounds=1)
     scaffold = ["--set", "algorithm.name=scaffold"]
     replace = ["--set", "sampling.replace=true"]
-    assert shoal("run", cfg_path, "--out", "r", "--quiet", *scaffold, *replace) == 1
+    assert shoal("run", cfg_path, "--out", "r", "--quiet", *scaffold, *replace) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sample without replacement" in err, err
-    assert not (tmp_path / "r" / "config.toml").exists()
+    assert_one_line_error(tmp_path, err, ["sampling.replace = true", "without replacement"])
     assert shoal("run", cfg_path, "--out", "r", "--quiet", *scaffold) == 0  # the same --out
 
 

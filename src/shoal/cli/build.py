@@ -46,7 +46,7 @@ from shoal.runtime.procgroup import DistContext, in_distributed_env
 from shoal.runtime.sim import SimRuntime, resolve_device
 from shoal.schedule import ClientSampler, Stragglers
 from shoal.streams import FEATURE_NOISE, PARTITION, keyed_rng
-from shoal.train import TrainConfig
+from shoal.train import TrainConfig, check_sampling
 
 
 @dataclass
@@ -360,6 +360,10 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         device=cfg["device"],
         progress=progress,
     )
+    try:  # refused here, not by train(): every `shoal launch` worker exits as a config error
+        check_sampling(train_config, algorithm)
+    except ValueError as e:
+        raise ConfigError(f"sampling.replace = true: {e}") from None
     sim = SimRuntime(cfg["runtime.vectorize"], cfg["runtime.memory_budget_mb"])
     runtime: Runtime = sim
     if distributed(cfg):
