@@ -142,6 +142,17 @@ def test_asynchronous_easgd_in_one_process_is_a_config_error(tmp_path, capsys):
     assert not (tmp_path / "run" / "config.toml").exists()
 
 
+def test_a_diverging_easgd_moving_rate_is_a_config_error(tmp_path, capsys):
+    # Refused when the method started (exit code 1, naming no key; under `shoal launch`
+    # every worker failed and torchrun printed its failure report).
+    cfg = _config(tmp_path, "easgd")
+    cfg.write_text(cfg.read_text().replace("lr = 0.3", "lr = 0.3\nalpha = 0.8"))
+    assert shoal("run", cfg, "--out", tmp_path / "run", "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "algorithm.alpha = 0.8" in err[0] and "2 / (p + 1)" in err[0]
+    assert not (tmp_path / "run" / "config.toml").exists()
+
+
 def test_launch_runs_one_worker_per_process_with_the_simulated_numbers(tmp_path):
     cfg = _config(
         tmp_path, "dpsgd", '[compression]\nname = "identity"\n[network]\nprofile = "4g"\n'

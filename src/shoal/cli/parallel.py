@@ -31,6 +31,7 @@ from shoal.compress import Identity
 from shoal.config import Config, ConfigError
 from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
 from shoal.parallel import train_parallel as _train_parallel
+from shoal.parallel.algorithms.easgd import EASGD
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name, previous_checkpoint
 from shoal.report import human_bytes
@@ -166,6 +167,12 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
                 f'algorithm.mode = "{cfg["algorithm.mode"]}": {e}; run it under `shoal launch`, '
                 'one process per worker and one more for the server, or set algorithm.mode = "sync"'
             ) from None
+    if isinstance(algorithm, EASGD) and server is None:
+        try:  # refused here, not at init: every `shoal launch` worker exits as a config error
+            algorithm.check_stable(comm)
+        except ValueError as e:
+            alpha = cfg.options("algorithm").get("alpha")  # unset: 0.9 / p, always stable
+            raise ConfigError(f"algorithm.alpha = {alpha}: {e}") from None
     network = build_network(cfg)
     if network is not None and server is not None:
         raise ConfigError(

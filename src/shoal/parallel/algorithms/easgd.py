@@ -85,21 +85,25 @@ class EASGD:
     def moving_rate(self, comm: Comm) -> float:
         return self.alpha if self.alpha is not None else 0.9 / self.num_workers(comm)
 
+    def check_stable(self, comm: Comm) -> None:
+        """Refuse a synchronous moving rate that diverges on ``comm``'s workers."""
+        # The gap e = mean_i(x_i) - x~ becomes (1 - (p + 1) alpha) e at every exchange.
+        p, alpha = comm.world_size, self.moving_rate(comm)
+        if (p + 1) * alpha >= 2:
+            raise ValueError(
+                f"{self.name}: alpha={alpha} on {p} workers diverges: every exchange "
+                f"multiplies the gap between the workers' mean and the centre by "
+                f"1 - (p + 1) alpha = {1 - (p + 1) * alpha:.3g}; use alpha < 2 / (p + 1) = "
+                f"{2 / (p + 1):.3g} (the default is 0.9 / p)"
+            )
+
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         if self.asynchronous(comm):
             assert isinstance(comm, DistComm)
             if comm.rank == self.server_rank(comm):
                 raise ValueError(f"{self.name}: rank {comm.rank} is the server; it runs serve()")
         else:
-            # The gap e = mean_i(x_i) - x~ becomes (1 - (p + 1) alpha) e at every exchange.
-            p, alpha = comm.world_size, self.moving_rate(comm)
-            if (p + 1) * alpha >= 2:
-                raise ValueError(
-                    f"{self.name}: alpha={alpha} on {p} workers diverges: every exchange "
-                    f"multiplies the gap between the workers' mean and the centre by "
-                    f"1 - (p + 1) alpha = {1 - (p + 1) * alpha:.3g}; use alpha < 2 / (p + 1) = "
-                    f"{2 / (p + 1):.3g} (the default is 0.9 / p)"
-                )
+            self.check_stable(comm)
         state: State = {"centre_1D": params_WD[:1].clone()}  # every worker starts from it
         if self.momentum:
             state["velocity_WD"] = torch.zeros_like(params_WD)
