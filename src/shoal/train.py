@@ -247,7 +247,9 @@ def train(
     ``init`` gives the initial flat parameters (default: the model's current ones).
     ``loss_fn(logits, labels)`` returns one loss per sample (``reduction='none'``).
     ``compressor`` compresses every client's model-sized uploads (default: none); the
-    metrics count the bytes of the payloads it really produced. ``downlink_compressor``
+    metrics count the bytes of the payloads it really produced; a stochastic one draws from
+    its own ``seed`` (mixed with each client's id), not ``config.seed``: give runs of
+    different seeds compressors of different seeds (``shoal run`` does). ``downlink_compressor``
     compresses the server's broadcast against the clients' copy (see
     :mod:`shoal.runtime.broadcast`; bytes again as really produced). ``network`` adds
     ``round_sim_seconds`` and the cumulative ``sim_seconds`` to every metrics row: the round's
