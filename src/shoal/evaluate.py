@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec, channels_last
+from shoal.functional import LossFn, ParamSpec, channels_last, eval_mode
 
 
 @torch.no_grad()
@@ -31,18 +31,14 @@ def predict(
     named = spec.unflatten(params_D)
     if params_D.device.type == "cpu":
         named = channels_last(named)
-    was_training = model.training
-    model.eval()
     losses, correct = [], []
-    try:
+    with eval_mode(model):
         for i in range(0, len(y), batch_size):
             xb = x[i : i + batch_size].to(params_D.device, non_blocking=True)
             yb = y[i : i + batch_size].to(params_D.device, non_blocking=True)
             logits = torch.func.functional_call(model, named, (xb,))
             losses.append(loss_fn(logits, yb).float())
             correct.append(logits.argmax(dim=-1) == yb)
-    finally:
-        model.train(was_training)
     if not losses:  # no rows (an empty test set): no scores, which pooled() makes NaN
         return params_D.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=params_D.device)
     return torch.cat(losses), torch.cat(correct)

@@ -12,7 +12,8 @@ Shape suffixes: ``W`` workers, ``D`` flat parameters, ``B`` batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,24 @@ def channels_last(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, and every submodule back in its own mode after.
+
+    ``model.train(was_training)`` would set one mode on every submodule: a BatchNorm or Dropout
+    that the user put in eval mode inside a model in training mode (frozen statistics, as for
+    fine-tuning) came back in training mode, where its batch statistics fail or its masks are
+    random.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def check_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -165,18 +184,14 @@ def check_model(
             f"test samples are {tuple(x_test.shape[1:])} {x_test.dtype}, training samples "
             f"{tuple(x.shape[1:])} {x.dtype}: they must agree"
         )
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             logits = model(x[:2])
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ValueError(
             f"the model cannot take the training samples ({tuple(x.shape[1:])} {x.dtype}; "
             f"features should be float32, or int64 token ids): {e}"
         ) from None
-    finally:
-        model.train(was_training)
     if loss_fn is cross_entropy and logits.shape[-1] < num_classes:
         raise ValueError(
             f"the model gives {logits.shape[-1]} logits per sample, but the data has "

@@ -64,6 +64,39 @@ def test_dropout_off_and_batch_norm_in_eval_mode_train():
     _train(_with(nn.BatchNorm1d(16)).eval())
 
 
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_submodules_frozen_in_eval_mode_stay_so(vectorize):
+    """A model in training mode with its BatchNorm and Dropout put in eval mode (frozen
+    statistics, as for fine-tuning) trains as plain PyTorch does, and keeps those modes: the
+    checks and evaluations restored the mode with one model.train(True), and the looped
+    runtime set its work copy so, which put both back in training mode."""
+
+    def frozen() -> nn.Module:
+        model = _with(nn.BatchNorm1d(16))
+        model.insert(3, nn.Dropout(0.5))
+        with torch.no_grad():
+            model[1].running_mean.normal_()
+        model[1].eval()
+        model[3].eval()
+        return model
+
+    data, lr, rounds = tiny_data(), 0.1, 2
+    ref = frozen()
+    opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    for _ in range(rounds):  # one client holding all rows, one full-batch step a round
+        opt.zero_grad()
+        F.cross_entropy(ref(data.train.x), data.train.y).backward()
+        opt.step()
+
+    model = frozen()
+    stats = model[1].running_mean.clone()
+    config = _config(rounds=rounds, sampler=ClientSampler(1), work=LocalWork(batch_size=240))
+    got = train(model, data, [np.arange(240)], fedavg(lr), config, runtime=SimRuntime(vectorize))
+    assert [m.training for m in model] == [True, False, True, False, True]
+    assert torch.equal(model[1].running_mean, stats)
+    torch.testing.assert_close(got.params, got.spec.flatten(ref), rtol=0, atol=1e-6)
+
+
 def _data(x, x_test=None):
     base = tiny_data()
     x_test = x_test if x_test is not None else base.test.x

@@ -105,7 +105,10 @@ class ClientLoop:
     def _work_copy(self, task: RoundTask) -> FlatModule:
         if self._work is None or not self._work.serves(task):
             self._work = FlatModule(task)
-        self._work.module.train(task.model.training)
+        # Every submodule in the mode the user's has, set one by one: work.train(flag) would put
+        # a BatchNorm or Dropout the user froze with .eval() back in training mode.
+        for name, m in task.model.named_modules():
+            self._work.module.get_submodule(name).training = m.training
         return self._work
 
     @staticmethod
