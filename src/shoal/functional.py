@@ -158,8 +158,13 @@ def check_model(
     """Refuse, in one line each, a model that the runtimes cannot train on this data, before
     the first round would fail deep inside ``vmap`` or an evaluation (or train silently wrong).
 
-    - BatchNorm in training mode: its batch statistics and running buffers are not parameters,
-      so clients neither train nor send them (``vmap`` refuses the in-place buffer update).
+    - BatchNorm in training mode, or without running statistics (it then normalizes by the
+      batch's in eval mode too): its batch statistics and running buffers are not parameters,
+      so clients neither train nor send them (``vmap`` refuses the in-place buffer update),
+      and the statistics would count a padded batch's padding rows. The same for any norm
+      layer that updates running statistics in training mode (InstanceNorm with
+      ``track_running_stats``: the looped runtime updated the model's own buffers client
+      after client).
     - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
     - A trainable parameter that is not float32: clients train float32 copies of them (the
@@ -176,11 +181,14 @@ def check_model(
             )
     for name, m in model.named_modules():
         where = f"model.{name}" if name else "the model"
-        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
+        norm = isinstance(m, nn.modules.batchnorm._NormBase)
+        batch_stats = isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+        if norm and (m.training and m.track_running_stats or batch_stats):
             raise ValueError(
-                f"{where} is a {type(m).__name__}: its batch statistics and running buffers "
-                "are not parameters, so clients neither train nor send them; use GroupNorm or "
-                "LayerNorm (as shoal.models do)"
+                f"{where} is a {type(m).__name__} that normalizes by batch statistics or "
+                "updates running ones: they are not parameters, so clients neither train nor "
+                "send them; use GroupNorm or LayerNorm (as shoal.models do), or eval mode with "
+                "running statistics"
             )
         if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             raise ValueError(

@@ -40,10 +40,22 @@ def _with(layer: nn.Module) -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), layer, nn.Tanh(), nn.Linear(16, 3))
 
 
+def _instance_norm() -> nn.Module:
+    """InstanceNorm keeping running statistics (updated in place in training mode)."""
+    norm = nn.InstanceNorm1d(4, track_running_stats=True)
+    return nn.Sequential(nn.Unflatten(1, (4, 4)), norm, nn.Flatten())
+
+
 @pytest.mark.parametrize("vectorize", [False, True])
 @pytest.mark.parametrize(
     ("layer", "match"),
-    [(nn.BatchNorm1d(16), "model.1 is a BatchNorm1d"), (nn.Dropout(0.5), "model.1 is a Dropout")],
+    [
+        (nn.BatchNorm1d(16), "model.1 is a BatchNorm1d"),
+        # No running statistics: eval mode normalizes by the batch too (padding rows in it).
+        (nn.BatchNorm1d(16, track_running_stats=False).eval(), "model.1 is a BatchNorm1d"),
+        (_instance_norm(), "model.1.1 is a InstanceNorm1d"),
+        (nn.Dropout(0.5), "model.1 is a Dropout"),
+    ],
 )
 def test_batch_norm_and_dropout_are_refused(layer, match, vectorize):
     with pytest.raises(ValueError, match=match):
@@ -62,6 +74,8 @@ def test_batch_norm_and_dropout_are_refused(layer, match, vectorize):
 def test_dropout_off_and_batch_norm_in_eval_mode_train():
     _train(_with(nn.Dropout(0.0)))
     _train(_with(nn.BatchNorm1d(16)).eval())
+    _train(_with(_instance_norm()).eval())
+    _train(_with(nn.Sequential(nn.Unflatten(1, (4, 4)), nn.InstanceNorm1d(4), nn.Flatten())))
 
 
 @pytest.mark.parametrize("vectorize", [False, True])
