@@ -324,3 +324,40 @@ def test_the_chunk_size_follows_the_input_shape_a_model_sees():
     small, large = chunk(runtime, 4), chunk(runtime, 32)
     fresh = SimRuntime(memory_budget_mb=1.0, max_chunk=None)
     assert large == chunk(fresh, 32) < small  # 64x the activations: a smaller chunk
+
+
+def _unfreeze(model: torch.nn.Module) -> None:
+    model[0].requires_grad_(True)
+
+
+def _swap(model: torch.nn.Module) -> None:  # another layer of the same size frozen instead
+    model[0].requires_grad_(True)
+    model[2].requires_grad_(False)
+
+
+def _new_frozen_weight(model: torch.nn.Module) -> None:  # say, pretrained weights put in
+    model[0].weight = torch.nn.Parameter(torch.randn(8, 8), requires_grad=False)
+
+
+@pytest.mark.parametrize("change", [_unfreeze, _swap, _new_frozen_weight])
+def test_a_runtime_reused_after_the_model_changed_trains_the_new_model(change):
+    """The looped runtime caches a work copy of the model: a second run with the same runtime,
+    after the model's frozen parameters changed, trained the first run's (a size mismatch when
+    unfreezing, silently wrong after a swap or a frozen weight assigned anew)."""
+    data, lr = tiny_data(), 0.1
+    runtime = SimRuntime(vectorize=False, fused=False)
+    config = _config(rounds=1, sampler=ClientSampler(1), work=LocalWork(batch_size=240))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh()
+    )
+    model.append(torch.nn.Linear(8, 3))
+    model[0].requires_grad_(False)
+    train(model, data, [np.arange(240)], fedavg(lr), config, runtime=runtime)
+    change(model)
+    got = train(model, data, [np.arange(240)], fedavg(lr), config, runtime=runtime)
+    # One client holding every row, one full-batch step: one step of torch.optim.SGD.
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    torch.nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
+    opt.step()
+    torch.testing.assert_close(got.params, got.spec.flatten(model), rtol=0, atol=1e-6)

@@ -40,15 +40,21 @@ class _ChannelsLast(nn.Module):
         return channels_last({"k": kernel})["k"]
 
 
+def _shared(task: RoundTask) -> list[torch.Tensor]:
+    """The model's buffers and frozen parameters: the work copy shares them, not copies."""
+    trainable = {id(task.model.get_parameter(n)) for n in task.spec.names}
+    return [t for t in [*task.model.parameters(), *task.model.buffers()] if id(t) not in trainable]
+
+
 class FlatModule:
     """A work copy of ``model`` whose trainable parameters are views of ``self.flat``."""
 
     def __init__(self, task: RoundTask) -> None:
         model, spec = task.model, task.spec
-        trainable = {id(model.get_parameter(n)) for n in spec.names}
+        shared = _shared(task)
         # deepcopy with the shared tensors pre-seeded in its memo keeps them shared.
-        shared = [t for t in [*model.parameters(), *model.buffers()] if id(t) not in trainable]
         self.module = copy.deepcopy(model, memo={id(t): t for t in shared})
+        self.spec = spec
         self.flat = torch.empty_like(task.params_D)
         self.params: list[torch.Tensor] = []
         kernels = []
@@ -63,11 +69,18 @@ class FlatModule:
             parametrize.register_parametrization(
                 self.module.get_submodule(owner), attr, _ChannelsLast(), unsafe=True
             )
-        self._source = weakref.ref(model)
+        # What the copy was made of, weakly (a cached copy must not keep the model alive).
+        self._parts = [weakref.ref(x) for x in [*model.modules(), *shared]]
 
     def serves(self, task: RoundTask) -> bool:
+        """Whether this copy still is ``task.model``: the same trainable parameters (a later
+        run may freeze or unfreeze some) and the same modules, buffers and frozen parameters
+        (one assigned anew, say a frozen layer's pretrained weight, would be left stale)."""
+        parts = [*task.model.modules(), *_shared(task)]
         return (
-            self._source() is task.model
+            self.spec == task.spec
+            and len(parts) == len(self._parts)
+            and all(ref() is x for ref, x in zip(self._parts, parts))
             and self.flat.device == task.params_D.device
             and self.flat.dtype == task.params_D.dtype
         )
