@@ -167,6 +167,7 @@ def check_model(
       after client).
     - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
+      The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN``.
     - A trainable parameter that is not float32: clients train float32 copies of them (the
       flat vector), which a float64 or half-precision layer cannot multiply with its own
       inputs and buffers (the first round failed inside the forward).
@@ -190,11 +191,14 @@ def check_model(
                 "send them; use GroupNorm or LayerNorm (as shoal.models do), or eval mode with "
                 "running statistics"
             )
-        if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+        drop = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else 0.0
+        if isinstance(m, nn.RNNBase) and m.num_layers > 1:  # dropout between its layers
+            drop = m.dropout
+        if m.training and drop > 0:
             raise ValueError(
-                f"{where} is a {type(m).__name__} with p={m.p}: its masks come from torch's "
-                "global generator, not the run's seed (runs would not repeat, and the "
-                "vectorized runtime refuses random operations); remove it or set p=0"
+                f"{where} is a {type(m).__name__} with dropout {drop}: its masks come from "
+                "torch's global generator, not the run's seed (runs would not repeat, and the "
+                "vectorized runtime refuses random operations); remove it or set it to 0"
             )
     if x_test.dtype != x.dtype or x_test.shape[1:] != x.shape[1:]:
         raise ValueError(
