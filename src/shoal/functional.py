@@ -11,6 +11,7 @@ Shape suffixes: ``W`` workers, ``D`` flat parameters, ``B`` batch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,18 @@ class ParamSpec:
         """The model's current trainable parameters as one float32 vector ``params_D``."""
         named = dict(model.named_parameters())
         return torch.cat([named[n].detach().reshape(-1) for n in self.names]).float().clone()
+
+    def fixed_digest(self, model: nn.Module) -> str:
+        """A digest (SHA-256, 16 hex digits) of what training leaves as it is: the model's
+        buffers and frozen parameters, by name. A checkpoint holds only the trainable
+        parameters; this tells a resume whether the rest is what the run had."""
+        h = hashlib.sha256()
+        trainable = set(self.names)
+        fixed = [(n, p) for n, p in model.named_parameters() if n not in trainable]
+        for name, t in [*fixed, *model.named_buffers()]:
+            h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+            h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``flat`` (shape ``[..., D]``) as ``{name: [..., *shape]}``; no copy."""

@@ -163,11 +163,12 @@ def _check_tracked_mean(algorithm: Algorithm, aggregator: Aggregator) -> None:
 
 
 def _setup(
-    algorithm: Algorithm, num_params: int, sizes: np.ndarray, config: TrainConfig
+    algorithm: Algorithm, model: nn.Module, spec: ParamSpec, sizes: np.ndarray, config: TrainConfig
 ) -> dict[str, Any]:
     """What a run's checkpoint records of its setup, for a resume to be checked against."""
     return {
-        "parameters": num_params,
+        "parameters": spec.num_params,
+        "buffers and frozen parameters": spec.fixed_digest(model),
         "client sizes": sizes.astype(int).tolist(),
         "algorithm": repr(algorithm),
         "seed": config.seed,
@@ -321,7 +322,7 @@ def train(
             stacklevel=2,
         )
 
-    setup = _setup(algorithm, spec.num_params, sizes, config)
+    setup = _setup(algorithm, model, spec, sizes, config)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")

@@ -298,6 +298,31 @@ def test_a_resume_is_checked_against_the_checkpoints_setup(tmp_path):
         fit(5, fedavg(0.1), parts=others)  # as the checkpoint of round 4 was made
 
 
+def test_a_resume_with_other_frozen_weights_or_buffers_warns(tmp_path):
+    # A checkpoint holds the trainable parameters only: a resume whose model brought another
+    # frozen layer (say, other pretrained weights) went on without a word.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+
+    def model(frozen_seed):
+        torch.manual_seed(frozen_seed)
+        frozen = torch.nn.Linear(8, 8).requires_grad_(False)
+        return torch.nn.Sequential(frozen, tiny_model())
+
+    def fit(rounds, frozen_seed):
+        return train(
+            model(frozen_seed), data, clients, fedavg(0.2), _config(rounds=rounds),
+            out_dir=tmp_path, resume=rounds > 2,
+        )  # fmt: skip
+
+    fit(2, frozen_seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(3, frozen_seed=0)  # the same frozen layer: nothing to say
+    with pytest.warns(UserWarning, match=r"\(buffers and frozen parameters differ\)"):
+        fit(4, frozen_seed=1)
+
+
 def test_the_chunk_size_follows_the_input_shape_a_model_sees():
     # The activation count was cached per id(model): a model that takes inputs of two sizes
     # (or a new model given a collected one's id) kept the first count, and its budget.
