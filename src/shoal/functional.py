@@ -92,6 +92,16 @@ class ParamSpec:
             for name, value in self.unflatten(flat).items():
                 named[name].copy_(value)
 
+    def state_dict(self, model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``model.state_dict()`` with ``flat`` as its trainable parameters, ``model`` left as
+        it is (a run that saves would otherwise hand back a trained model and one that does not
+        an untrained one); a tied parameter's every name gets the trained tensor."""
+        trained = {id(model.get_parameter(n)): v for n, v in self.unflatten(flat).items()}
+        state = model.state_dict(keep_vars=True)
+        return {
+            k: trained[id(t)].clone() if id(t) in trained else t.detach() for k, t in state.items()
+        }
+
     def leaves(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of ``flat`` that are autograd leaves.
 

@@ -258,6 +258,8 @@ def train(
     clients attack (see :mod:`shoal.attacks.byzantine`).
     With ``out_dir``, writes ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt`` and
     ``summary.json`` there; ``resume=True`` continues from the checkpoint in ``out_dir``.
+    ``model`` keeps its parameters (it is moved to ``config.device``): the trained ones are
+    ``result.params``, put into a model by ``result.spec.load_into(model, result.params)``.
     """
     clients = _check_clients(clients, len(data.train))
     config.sampler.check(len(clients))
@@ -474,8 +476,7 @@ def train(
         model, spec, params, data, clients, loss_fn, config, rows, algorithm.name, runtime
     )
     if out is not None and main:
-        spec.load_into(model, params)
-        atomic_save(model.state_dict(), out / MODEL)
+        atomic_save(spec.state_dict(model, params), out / MODEL)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)

@@ -386,3 +386,25 @@ def test_a_runtime_reused_after_the_model_changed_trains_the_new_model(change):
     torch.nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
     opt.step()
     torch.testing.assert_close(got.params, got.spec.flatten(model), rtol=0, atol=1e-6)
+
+
+def test_a_saving_run_leaves_the_model_as_it_was_and_saves_the_trained_one(tmp_path):
+    # With out_dir, the final parameters were loaded into the caller's model (to save it);
+    # without, they were not: whether a model came back trained depended on saving.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+    model.append(torch.nn.Linear(8, 3))
+    model[2].weight = model[0].weight  # tied: both state-dict keys must hold the trained one
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = tiny_data()
+    res = train(model, data, unequal_clients(len(data.train), 10), fedavg(0.2), _config(),
+                out_dir=tmp_path)  # fmt: skip
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert saved.keys() == before.keys()
+    trained = res.spec.unflatten(res.params)
+    for k in trained:
+        assert torch.equal(saved[k], trained[k]), k
+    assert torch.equal(saved["2.weight"], trained["0.weight"])
+    assert not torch.equal(saved["0.weight"], before["0.weight"])

@@ -307,3 +307,20 @@ def test_a_model_with_a_torch_lstm_is_looped_not_vmapped():
 
     r = train_parallel(Recurrent(), tiny_data(), shards(2), sync_sgd(0.2), config(), SimComm(2))
     assert r.metrics[-1]["step"] == 5 and torch.isfinite(r.params).all()
+
+
+def test_a_saving_run_leaves_the_model_as_it_was_and_saves_the_trained_one(tmp_path):
+    # With out_dir, the evaluated parameters were loaded into the caller's model (to save it).
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = train_parallel(
+        model, tiny_data(), shards(2), CASES["sync_sgd"](2), config(steps=3), SimComm(2),
+        out_dir=tmp_path,
+    )  # fmt: skip
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    trained = r.spec.unflatten(r.params)
+    assert saved.keys() == before.keys() == trained.keys()
+    for k in trained:
+        assert torch.equal(saved[k], trained[k]) and not torch.equal(saved[k], before[k]), k

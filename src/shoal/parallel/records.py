@@ -103,6 +103,5 @@ def summarize(
 def save_final(
     out: Path, model: nn.Module, spec: ParamSpec, params_D: torch.Tensor, summary: dict[str, Any]
 ) -> None:
-    spec.load_into(model, params_D)
-    atomic_save(model.state_dict(), out / MODEL)
+    atomic_save(spec.state_dict(model, params_D), out / MODEL)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
