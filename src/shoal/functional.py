@@ -191,18 +191,9 @@ def check_model(
     - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
       The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN``.
-    - A trainable parameter that is not float32: clients train float32 copies of them (the
-      flat vector), which a float64 or half-precision layer cannot multiply with its own
-      inputs and buffers (the first round failed inside the forward).
     - A model that cannot take the training samples (shape, dtype), test samples that differ
       from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
     """
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            raise ValueError(
-                f"model.{name} is {p.dtype}: shoal trains float32 copies of the trainable "
-                "parameters; convert the model with model.float() (and its data with .float())"
-            )
     for name, m in model.named_modules():
         where = f"model.{name}" if name else "the model"
         norm = isinstance(m, nn.modules.batchnorm._NormBase)

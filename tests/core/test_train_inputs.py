@@ -132,39 +132,6 @@ def test_data_the_model_cannot_take_is_refused(data, match):
         _train(data=data(tiny_data()))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("vectorize", [False, True])
-def test_parameters_that_are_not_float32_are_refused(dtype, vectorize):
-    """Clients train float32 copies of the parameters: a float64 model on float64 data passed
-    the checks and failed in round 1 inside the forward ("expected scalar type Float")."""
-    base = tiny_data()
-    data = _data(base.train.x.to(dtype), base.test.x.to(dtype))
-    with pytest.raises(ValueError, match=f"model.0.weight is {dtype}"):
-        _train(tiny_model().to(dtype), data, runtime=SimRuntime(vectorize=vectorize))
-    with pytest.raises(ValueError, match=f"model.0.weight is {dtype}"):
-        train_parallel(
-            tiny_model().to(dtype),
-            data,
-            CLIENTS,
-            sync_sgd(0.1),
-            ParallelConfig(steps=2, progress=False),
-            SimComm(4),
-        )
-
-
-class _Float(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float()
-
-
-def test_a_frozen_float64_parameter_trains():
-    """A frozen parameter is not trained: it is the model's own, used as it is."""
-    frozen = nn.Linear(8, 8).double().requires_grad_(False)
-    base = tiny_data()
-    data = _data(base.train.x.double(), base.test.x.double())
-    _train(nn.Sequential(frozen, _Float(), tiny_model()), data)
-
-
 def test_too_few_logits_and_a_reduced_loss_are_refused():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="2 logits per sample, but the data has 3 classes"):
