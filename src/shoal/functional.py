@@ -36,6 +36,27 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+TRAINABLE_DTYPES = (torch.float32, torch.float64)
+"""The parameter dtypes the runtimes train in (half precision would need loss scaling)."""
+
+
+def param_dtype(model: nn.Module) -> torch.dtype:
+    """The one dtype of ``model``'s trainable parameters, float32 or float64.
+
+    The runtimes keep the flat parameters, optimizer state and messages in it; a model in half
+    precision, or with parameters of different dtypes, is refused here rather than failing
+    deep inside ``vmap`` with a dtype mismatch against the samples.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    if len(dtypes) != 1 or not dtypes <= set(TRAINABLE_DTYPES):
+        found = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "none"
+        raise ValueError(
+            f"model: trainable parameters must all be float32 or all float64, got {found}; "
+            "cast the model with model.float() or model.double()"
+        )
+    return dtypes.pop()
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """Names, shapes and offsets of a model's trainable parameters inside a flat vector."""
@@ -61,9 +82,11 @@ class ParamSpec:
         return ParamSpec(tuple(names), tuple(shapes), tuple(offsets), offset)
 
     def flatten(self, model: nn.Module) -> torch.Tensor:
-        """The model's current trainable parameters as one float32 vector ``params_D``."""
+        """The model's current trainable parameters as one vector ``params_D``, in their dtype
+        (:func:`param_dtype`: float32, or float64 for a double model, not rounded to float32)."""
         named = dict(model.named_parameters())
-        return torch.cat([named[n].detach().reshape(-1) for n in self.names]).float().clone()
+        flat = torch.cat([named[n].detach().reshape(-1) for n in self.names])
+        return flat.to(param_dtype(model)).clone()
 
     def fixed_digest(self, model: nn.Module) -> str:
         """A digest (SHA-256, 16 hex digits) of what training leaves as it is: the model's

@@ -36,7 +36,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
 from shoal.files import atomic_save, environment, write_metrics
-from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy
+from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
 from shoal.runtime.sim import SimRuntime, resolve_device
@@ -289,7 +289,9 @@ def train(
     _check_tracked_mean(algorithm, aggregator)
     model = model.to(dev)
     spec = ParamSpec.of(model)
-    params = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
+    # In the model's own dtype (a float64 model trains in float64): the runtimes'
+    # functional calls pair these parameters with the model's samples.
+    params = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
     if params.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
     x, y = data.train.x.to(dev), data.train.y.to(dev)

@@ -324,3 +324,18 @@ def test_a_saving_run_leaves_the_model_as_it_was_and_saves_the_trained_one(tmp_p
     assert saved.keys() == before.keys() == trained.keys()
     for k in trained:
         assert torch.equal(saved[k], trained[k]) and not torch.equal(saved[k], before[k]), k
+
+
+def test_a_float64_model_trains_in_float64():
+    """train_parallel cast the parameters to float32, so a float64 model failed inside the
+    first step with a dtype mismatch."""
+    data = tiny_data()
+    data64 = type(data)(
+        data.name,
+        type(data.train)(data.train.x.double(), data.train.y, data.train.num_classes),
+        type(data.test)(data.test.x.double(), data.test.y, data.test.num_classes),
+    )
+    r = train_parallel(
+        tiny_model().double(), data64, shards(2), sync_sgd(0.2), config(), SimComm(2)
+    )
+    assert r.params.dtype == torch.float64 and torch.isfinite(r.params).all()

@@ -52,7 +52,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
 from shoal.files import atomic_save, write_metrics
-from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy
+from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.parallel import records
 from shoal.parallel.base import (
     HonestSubset,
@@ -103,7 +103,9 @@ def train_parallel(
     x_2, y_2 = data.train.x[:2].to(dev), data.train.y[:2].to(dev)
     check_model(model, x_2, y_2, data.test.x[:2], data.train.num_classes, loss_fn)
     spec = ParamSpec.of(model)
-    params_D = (init if init is not None else spec.flatten(model)).to(dev, torch.float32)
+    # In the model's own dtype (a float64 model trains in float64): the runtimes'
+    # functional calls pair these parameters with the model's samples.
+    params_D = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
     if params_D.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params_D.shape)}, expected ({spec.num_params},)")
     if network is not None and not isinstance(network, CostModel):
