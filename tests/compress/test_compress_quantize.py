@@ -192,6 +192,29 @@ def test_qsgd_of_a_norm_beyond_float32_is_nan_not_a_wrong_number() -> None:
     assert y.isnan().all()
 
 
+@pytest.mark.parametrize(
+    ("scale", "dtype"),
+    [
+        (1e20, torch.float32),  # squares overflow float32, the norm does not
+        (1e-30, torch.float32),  # squares underflow to 0
+        (1e200, torch.float64),
+        (1e-200, torch.float64),
+        (1e20, torch.bfloat16),
+    ],
+)
+def test_qsgd_norms_do_not_overflow_or_underflow_in_their_squares(scale, dtype) -> None:
+    """The norms were plain sums of squares in the work dtype: NaN messages for float32
+    entries of 1e20 (finite norm), zeros for entries of 1e-30 (float64: 1e200, 1e-200)."""
+    x = (torch.randn(1100, generator=gen(21), dtype=torch.float64) * scale).to(dtype)
+    c = qsgd(4, bucket_size=512)
+    payload, _ = c.compress(x, c.init(x))
+    exact = [(v.double() / scale).norm() * scale for v in x.split(512)]
+    torch.testing.assert_close(payload["norms"].double(), torch.stack(exact), rtol=1e-5, atol=0)
+    y = c.decompress(payload)
+    assert y.isfinite().all() and (y != 0).any()
+    assert torch.equal(y.sign()[y != 0], x.to(y.dtype).sign()[y != 0])
+
+
 def test_natural_compression_takes_nine_bits_per_entry() -> None:
     x = torch.randn(800, generator=gen(7))
     c = natural_compression()

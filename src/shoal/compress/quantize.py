@@ -25,11 +25,11 @@ dtypes are cast), sends non-finite entries as +-inf, and clamps the round-up of 
 2**127 (the one place it is biased). Stochastic compressors draw from a generator seeded by
 ``(seed, step)`` from their state on the input's device; ``init(x_D, seed=...)`` sets the seed.
 QSGD, TernGrad and scaled sign decode a bucket whose scale is not finite (an inf or NaN entry,
-or a float32 norm whose sum of squares overflows: entries of ~1e19 in a 512-entry bucket) to
-NaN, and decode in their work dtype (float32, float64 for float64 input), as natural
-compression decodes to float32. The norms are summed in the work dtype, so at the other end a
-float32 bucket of entries below ~1e-23 has norm 0 and decodes to zeros, and a subnormal
-TernGrad or QSGD scale sends every nonzero entry as +-scale (biased there).
+or a norm beyond the work dtype: two float32 entries of 3e38) to NaN, and decode in their work
+dtype (float32, float64 for float64 input), as natural compression decodes to float32. QSGD's
+norms are computed without overflow or underflow of the squares (:func:`_row_norms`), so
+entries of 1e20 or 1e-30 in float32 quantize like any others; a subnormal TernGrad or QSGD
+scale (its inverse overflows) sends every nonzero entry as +-scale (biased there).
 Workers must not share it (shared seeds correlate their rounding):
 :func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 
@@ -90,6 +90,29 @@ def _bucket_reduce(
     if not tail.numel():
         return reduce(body_BL)
     return torch.cat([reduce(body_BL), reduce(F.pad(tail, (0, length - tail.numel()))[None])])
+
+
+def _row_norms(v_BL: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of each row, without the overflow or underflow of a plain sum of squares.
+
+    A plain float32 norm overflows to inf for entries of ~1e19 in a 512-entry row although the
+    norm is a float32, and is 0 (or has lost its digits) for entries below ~1e-23. Rows whose
+    plain norm is not finite or is below ``sqrt(tiny / eps)`` (where squares of its entries may
+    have underflowed) are recomputed divided by their largest ``|entry|``, as the reference
+    BLAS ``nrm2`` scales (Blue, "A portable Fortran program to find the Euclidean norm of a
+    vector", ACM TOMS 1978); the others, nearly always all of them, cost one pass as before.
+    """
+    norms_B = torch.linalg.vector_norm(v_BL, dim=1)
+    info = torch.finfo(v_BL.dtype)
+    risky_B = ~(norms_B.isfinite() & (norms_B >= (info.tiny / info.eps) ** 0.5))
+    rows = risky_B.nonzero().view(-1)
+    if rows.numel():
+        r_RL = v_BL[rows]
+        big_R = r_RL.abs().amax(dim=1)
+        # All-zero rows keep norm 0, and rows with an inf or NaN entry a non-finite norm.
+        big_R = torch.where((big_R > 0) & big_R.isfinite(), big_R, torch.ones_like(big_R))
+        norms_B[rows] = torch.linalg.vector_norm(r_RL / big_R[:, None], dim=1) * big_R
+    return norms_B
 
 
 def _finite_or_nan(scales: torch.Tensor) -> torch.Tensor:
@@ -171,9 +194,7 @@ class QSGD(_Stochastic):
         s, d = self.levels, x_D.numel()
         xw_D = x_D.to(work_dtype(x_D))
         length = _bucket_length(d, self.bucket_size)
-        norms_B = _finite_or_nan(
-            _bucket_reduce(xw_D, length, lambda v_BL: torch.linalg.vector_norm(v_BL, dim=1))
-        )
+        norms_B = _finite_or_nan(_bucket_reduce(xw_D, length, _row_norms))
         inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))  # NaN: 0
         if s > _EXACT_FLOAT32_LEVELS:  # codes up to 2s and r's fraction need float64
             xw_D, inv_B = xw_D.double(), inv_B.double()
