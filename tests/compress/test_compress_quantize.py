@@ -215,6 +215,18 @@ def test_qsgd_norms_do_not_overflow_or_underflow_in_their_squares(scale, dtype) 
     assert torch.equal(y.sign()[y != 0], x.to(y.dtype).sign()[y != 0])
 
 
+@pytest.mark.parametrize("make", [lambda: qsgd(2, bucket_size=8), lambda: terngrad(bucket_size=8)])
+def test_subnormal_scales_quantize_unbiased_and_zeros_stay_zero(make) -> None:
+    """``|x|`` was multiplied by ``s / scale``, inf for a subnormal scale: every nonzero entry
+    went out as +-scale (a mean of +-scale, not x) and zeros as NaN codes (decoded -scale)."""
+    x = torch.tensor([0.0, 1e-41, -3e-41, 8e-41, 0.0, -2e-40, 5e-41, 1e-40])  # subnormals
+    mean, draws = monte_carlo(make(), x, N)
+    assert torch.equal(draws[:, x == 0], torch.zeros_like(draws[:, x == 0]))
+    # Both variances are at most (||x|| / 2)^2 per entry (one bucket): 5 standard errors.
+    bound = 5 * float(x.double().norm()) / 2 / math.sqrt(N)
+    torch.testing.assert_close(mean, x.double(), rtol=0, atol=bound)
+
+
 def test_natural_compression_takes_nine_bits_per_entry() -> None:
     x = torch.randn(800, generator=gen(7))
     c = natural_compression()

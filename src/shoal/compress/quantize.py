@@ -28,8 +28,8 @@ QSGD, TernGrad and scaled sign decode a bucket whose scale is not finite (an inf
 or a norm beyond the work dtype: two float32 entries of 3e38) to NaN, and decode in their work
 dtype (float32, float64 for float64 input), as natural compression decodes to float32. QSGD's
 norms are computed without overflow or underflow of the squares (:func:`_row_norms`), so
-entries of 1e20 or 1e-30 in float32 quantize like any others; a subnormal TernGrad or QSGD
-scale (its inverse overflows) sends every nonzero entry as +-scale (biased there).
+entries of 1e20 or 1e-30 in float32 quantize like any others, and ``|x|`` is divided by the
+scale (not multiplied by its inverse, which overflows for a subnormal scale).
 Workers must not share it (shared seeds correlate their rounding):
 :func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 
@@ -126,13 +126,24 @@ def _finite_or_nan(scales: torch.Tensor) -> torch.Tensor:
     return scales.where(scales.isfinite(), torch.nan)
 
 
-def _scale_buckets_(v_D: torch.Tensor, scales_B: torch.Tensor, length: int) -> torch.Tensor:
-    """``v_D`` with each bucket multiplied by its scale, in place."""
+def _scale_buckets_(
+    v_D: torch.Tensor, scales_B: torch.Tensor, length: int, divide: bool = False
+) -> torch.Tensor:
+    """``v_D`` with each bucket multiplied (``divide``: divided) by its scale, in place."""
     body_BL, tail = _split_buckets(v_D, length)
-    body_BL.mul_(scales_B[: body_BL.shape[0], None])
+    op = torch.Tensor.div_ if divide else torch.Tensor.mul_
+    op(body_BL, scales_B[: body_BL.shape[0], None])
     if tail.numel():
-        tail.mul_(scales_B[-1])
+        op(tail, scales_B[-1])
     return v_D
+
+
+def _divisors(scales_B: torch.Tensor) -> torch.Tensor:
+    """Scales to divide ``|x|`` by: a zero or NaN scale becomes inf, so its finite entries get
+    0 (their codes are those of zero; a NaN scale decodes to NaN anyway). Dividing, not
+    multiplying by ``1 / scale``: that inverse overflows for a subnormal scale (inf times the
+    bucket's zeros was NaN, and every nonzero entry went out as +-scale)."""
+    return torch.where(scales_B > 0, scales_B, torch.inf)
 
 
 class _Stochastic(ABC):
@@ -195,12 +206,12 @@ class QSGD(_Stochastic):
         xw_D = x_D.to(work_dtype(x_D))
         length = _bucket_length(d, self.bucket_size)
         norms_B = _finite_or_nan(_bucket_reduce(xw_D, length, _row_norms))
-        inv_B = torch.where(norms_B > 0, s / norms_B, torch.zeros_like(norms_B))  # NaN: 0
+        div_B = _divisors(norms_B)
         if s > _EXACT_FLOAT32_LEVELS:  # codes up to 2s and r's fraction need float64
-            xw_D, inv_B = xw_D.double(), inv_B.double()
+            xw_D, div_B = xw_D.double(), div_B.double()
         # Three fresh vectors (r, floor(r), u), the rest in place: a fresh vector costs as
-        # much as the arithmetic done in it.
-        r_D = _scale_buckets_(xw_D.abs(), inv_B, length)
+        # much as the arithmetic done in it. r = s |x| / ||x||, divided first (<= 1).
+        r_D = _scale_buckets_(xw_D.abs(), div_B, length, divide=True).mul_(s)
         low_D = r_D.floor()
         g = generator(seed, step, x_D.device)
         u_D = torch.rand(d, generator=g, dtype=xw_D.dtype, device=x_D.device)
@@ -258,10 +269,10 @@ class TernGrad(_Stochastic):
         length = _bucket_length(d, self.bucket_size)
         a_D = xw_D.abs()
         scales_B = _finite_or_nan(_bucket_reduce(a_D, length, lambda v_BL: v_BL.amax(dim=1)))
-        inv_B = torch.where(scales_B > 0, 1 / scales_B, torch.zeros_like(scales_B))
         g = generator(seed, step, x_D.device)
         u_D = torch.rand(d, generator=g, dtype=xw_D.dtype, device=x_D.device)
-        kept_D = u_D.lt_(_scale_buckets_(a_D, inv_B, length))  # b ~ Bernoulli(|x| / s), as 0/1
+        p_D = _scale_buckets_(a_D, _divisors(scales_B), length, divide=True)
+        kept_D = u_D.lt_(p_D)  # b ~ Bernoulli(|x| / s), as 0/1
         codes = kept_D.copysign_(xw_D).add_(1)  # integer-valued floats; x = 0 gives b = 0
         payload = {
             "codes": pack_codes(codes, 2),
