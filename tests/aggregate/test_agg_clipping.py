@@ -42,6 +42,17 @@ def test_outlier_moves_the_center_by_at_most_tau_over_n() -> None:
     assert float(out.norm()) <= 3 * 1.0 / 10 + 1e-12
 
 
+def test_a_huge_finite_row_is_clipped_not_dropped() -> None:
+    """Its float32 norm overflowed (1e19s in 1000 coordinates: 3e20 is a float32), tau / inf
+    gave scale 0, and the row's clipped share (norm tau) was missing from the step."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1000, generator=g)
+    x[0] = 1e19
+    got = centered_clip(tau=1.0, num_iters=1)(x, torch.ones(5))
+    want = cclip_ref(x.double().numpy(), np.zeros(1000), 1.0, 1)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-7)
+
+
 def test_explicit_state_and_stateful_wrapper_agree() -> None:
     cc = centered_clip(tau=0.7, num_iters=2)
     assert isinstance(cc, StatefulAggregator)
