@@ -47,6 +47,20 @@ def test_count_sketch_is_its_definition(depth: int) -> None:
     assert c.decompress(payload).tolist() == estimate
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_tables_are_summed_in_float32_and_rounded_once(dtype) -> None:
+    """Summed in their own dtype, every addition rounded: 3000 ones in one cell summed to
+    2048 in float16 (1 is below half an ulp there) and to 256 in bfloat16."""
+    d, width, seed = 6000, 2, 4
+    c = count_sketch(width, depth=1, seed=seed)
+    x = c.hashes(d, torch.device("cpu"))[1][0].to(dtype)  # each entry's sign: all adds +1
+    payload, _ = c.compress(x, None)
+    table, _ = reference(x.double().tolist(), width, 1, seed)  # exact: integers
+    assert min(table[0]) > 2048
+    assert payload["table"].dtype == dtype
+    assert torch.equal(payload["table"], torch.tensor(table).to(dtype))
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 def test_shallow_sketches_are_unbiased(depth: int) -> None:
     """Each row's estimate is unbiased over the hashes, so depth 1 and the depth-2 median (the

@@ -108,14 +108,17 @@ class CountSketch:
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
         bucket_RD, sign_RD = self.hashes(x_D.numel(), x_D.device)
-        table = x_D.new_zeros(self.depth * self.width)
-        index, values = bucket_RD.reshape(-1), (sign_RD.to(x_D.dtype) * x_D).reshape(-1)
+        # Half-precision inputs are summed in float32 and rounded once: added in their own
+        # dtype, every addition rounded (a bf16 bucket of 1000 ones summed to 256).
+        work = torch.float32 if x_D.dtype in (torch.float16, torch.bfloat16) else x_D.dtype
+        table = x_D.new_zeros(self.depth * self.width, dtype=work)
+        index, values = bucket_RD.reshape(-1), (sign_RD.to(work) * x_D).reshape(-1)
         if table.is_cuda:  # CUDA's index_add_ adds with atomics (run-to-run different bits)
             table.index_put_((index.long(),), values, accumulate=True)
         else:  # the CPU loop is sequential, so deterministic
             table.index_add_(0, index, values)
         payload = {
-            "table": table.view(self.depth, self.width),
+            "table": table.to(x_D.dtype).view(self.depth, self.width),
             "size": size_scalar(x_D.numel(), x_D.device),
         }
         return payload, state
