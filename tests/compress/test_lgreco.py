@@ -253,3 +253,26 @@ def test_empty_blocks_and_nan_are_planned_like_any_block(family):
     x[3] = float("nan")
     payload, _ = c.compress(x, state)
     assert c.decompress(payload).isnan().any()
+
+
+@pytest.mark.parametrize(
+    ("family", "scale", "dtype"),
+    [
+        (lgreco_top_k, 1e20, torch.float32),
+        (lgreco_qsgd, 1e20, torch.float32),
+        (lgreco_powersgd, 1e200, torch.float64),
+    ],
+)
+def test_errors_of_huge_finite_blocks_do_not_overflow(family, scale, dtype):
+    """The errors were plain norms: inf for a float32 block of 1e20s (a float32 norm), and the
+    knapsack refused the table ("errors must be finite") on the first compress; PowerSGD's
+    squared singular values overflowed float64 above ~1e154."""
+    c = family([(10, 20)], period=1)
+    x = torch.randn(200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    small = c.allocate(x.to(dtype))
+    big = c.allocate((x * scale).to(dtype))
+    np.testing.assert_allclose(
+        np.array(big.layer_errors) / scale, np.array(small.layer_errors), rtol=1e-4
+    )
+    payload, _ = c.compress((x * scale).to(dtype), c.init(x.to(dtype)))
+    assert c.decompress(payload).isfinite().all()

@@ -29,6 +29,17 @@ ErrorFn = Callable[[torch.Tensor, torch.Size, Sequence[Any]], list[float]]
 """``(block_D, shape, levels) -> the error at each level``, when it has a closed form."""
 
 
+def _norm(v_D: torch.Tensor) -> float:
+    """``||v_D||_2`` without overflow in its squares: a float32 sum of squares of entries
+    ~1e20 is inf although the norm is a float32, and an inf error made the knapsack refuse
+    the table ("errors must be finite"). Divided by the largest ``|entry|`` first (Blue,
+    ACM TOMS 1978); an inf or NaN entry still gives a non-finite error."""
+    big = float(v_D.abs().max()) if v_D.numel() else 0.0
+    if not 0 < big < math.inf:
+        return float(torch.linalg.vector_norm(v_D))
+    return float(torch.linalg.vector_norm(v_D / big, dtype=torch.float64)) * big
+
+
 @dataclass(frozen=True)
 class Allocation:
     """One L-GreCo decision: chosen level per compressed layer, and how it compares."""
@@ -135,7 +146,7 @@ class LGreCo:
                 size_C.append(sum(entry_nbytes(f"{i}.{k}", t) for k, t in payload.items()))
                 if self.error_fn is None:
                     lost = block_D - comp.decompress(payload).to(block_D.dtype)
-                    err_C.append(float(torch.linalg.vector_norm(lost)))
+                    err_C.append(_norm(lost))
             if self.error_fn is not None:
                 err_C = [float(e) for e in self.error_fn(block_D, shape, self.levels)]
             errors.append(err_C)

@@ -24,8 +24,10 @@ def _svd_tail(block_D: torch.Tensor, shape: torch.Size, ranks: Sequence[Any]) ->
     if not bool(block_D.isfinite().all()):
         return [math.nan for _ in ranks]
     sigma = torch.linalg.svdvals(block_D.reshape(shape[0], -1).double())
-    tail = sigma.square().flip(0).cumsum(0).flip(0)  # tail[r] = sum_{i >= r} sigma_i^2
-    return [float(tail[r].sqrt()) if r < len(tail) else 0.0 for r in ranks]
+    # Relative to the largest singular value: squares of float64 values above ~1e154 overflow.
+    top = float(sigma[0]) if len(sigma) and float(sigma[0]) > 0 else 1.0
+    tail = (sigma / top).square().flip(0).cumsum(0).flip(0)  # tail[r] = sum_{i >= r} sigma_i^2
+    return [float(tail[r].sqrt()) * top if r < len(tail) else 0.0 for r in ranks]
 
 
 def lgreco_top_k(
