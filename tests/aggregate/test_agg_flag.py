@@ -100,3 +100,17 @@ def test_requirements_raise() -> None:
         flag_aggregator(r=5)(torch.randn(4, 6), torch.ones(4))
     with pytest.raises(ValueError, match="lam"):
         FlagAggregator(lam=-1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-14, 1e-30, 1e30])
+def test_rows_of_any_norm_are_normalised(scale) -> None:
+    """The rule sees only the unit vectors u_i = x_i / ||x_i||, so scaling rows changes
+    nothing. The inverse norm was clamped at 1e12: a row of norm 1e-14 became a u_i of norm
+    0.01, and the subspace and output moved."""
+    x = torch.randn(7, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    agg = flag_aggregator(r=2)
+    want = agg(x, torch.ones(7))
+    y = x.clone()
+    y[[1, 4]] *= scale
+    torch.testing.assert_close(agg(y, torch.ones(7)), want, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(agg(x * scale, torch.ones(7)), want, rtol=1e-6, atol=1e-9)

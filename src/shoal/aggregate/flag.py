@@ -115,7 +115,10 @@ class FlagAggregator:
         if self.r > n:
             raise ValueError(f"flag_aggregator: r={self.r} exceeds the inbox size n={n}")
         g = gram(x_ND)
-        inv_norm = 1 / g.diagonal().sqrt().clamp_min(1e-12)
+        # 0 for a zero row (nothing to normalise), 1 / ||x_i|| for any other: a clamp at 1e-12
+        # scaled a row of norm 1e-14 to a non-unit u_i and skewed the subspace and the output.
+        norm_N = g.diagonal().sqrt()
+        inv_norm = torch.where(norm_N > 0, 1 / norm_N, torch.zeros_like(norm_N))
         g_NN = g * inv_norm[:, None] * inv_norm[None, :]  # Gram of the unit vectors u_i
         dsq_NN = (g_NN.diagonal()[:, None] + g_NN.diagonal()[None, :] - 2 * g_NN).clamp_min(0)
 
