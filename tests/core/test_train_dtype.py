@@ -71,3 +71,16 @@ def test_half_precision_and_mixed_models_are_refused_at_the_entry(cast):
     mixed[0].double()
     with pytest.raises(ValueError, match="got float32, float64"):
         _run(mixed, tiny_data())
+
+
+class _Float(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+def test_a_frozen_float64_layer_in_a_float32_model_trains():
+    """Only the trainable parameters set the training dtype: a frozen float64 layer (say, a
+    fixed feature map) in front of a float32 model is the model's own, used as it is."""
+    frozen = torch.nn.Linear(8, 8).double().requires_grad_(False)
+    res = _run(torch.nn.Sequential(frozen, _Float(), tiny_model()), _double(tiny_data()))
+    assert res.params.dtype == torch.float32
