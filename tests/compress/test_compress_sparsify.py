@@ -78,6 +78,14 @@ def test_threshold_is_its_definition(d: int) -> None:
     torch.testing.assert_close(c.decompress(payload), expected, rtol=0, atol=0, equal_nan=True)
 
 
+def test_a_positive_threshold_never_sends_zeros() -> None:
+    # tau = 1e-8 is 0 in float16: |x| >= 0 sent every exact zero, values and indices.
+    x = torch.tensor([0.0, 1e-3, 0.0, -2.0], dtype=torch.float16)
+    payload, _ = threshold(1e-8).compress(x, None)
+    assert payload["values"].tolist() == x[[1, 3]].tolist()
+    assert threshold(1e-8).decompress(payload).equal(x)
+
+
 @pytest.mark.parametrize("make", [lambda: threshold(0.5), lambda: dgc_top_k(0.01)])
 def test_sparsifiers_send_nan_rather_than_keep_it_in_the_residual(make) -> None:
     x = torch.randn(100_000, generator=gen(3))

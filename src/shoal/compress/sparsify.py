@@ -262,7 +262,11 @@ def top_k_indices(x_D: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Threshold(_Sparse):
-    """Keep every entry with ``|x_i| >= tau`` (and every NaN: see :func:`not_below`)."""
+    """Keep every entry with ``|x_i| >= tau`` (and every NaN: see :func:`not_below`).
+
+    ``tau`` is compared in the input's dtype, as torch compares with a Python number (so
+    ``float32(0.7)`` ties with ``tau = 0.7``), except that a ``tau > 0`` which that dtype
+    rounds to zero (``1e-8`` in float16) still leaves out the exact zeros."""
 
     tau: float
 
@@ -279,7 +283,11 @@ class Threshold(_Sparse):
 
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
-        index_K = flat_nonzero(not_below(x_D, self.tau))
+        tau: torch.Tensor | float = self.tau
+        if self.tau > 0 and float(torch.tensor(self.tau, dtype=x_D.dtype)) == 0:
+            zero = torch.zeros((), dtype=x_D.dtype, device=x_D.device)
+            tau = torch.nextafter(zero, zero + 1)  # the dtype's smallest positive value
+        index_K = flat_nonzero(not_below(x_D, tau))
         return sparse_payload(x_D[index_K], index_K, x_D.numel(), ascending=True), state
 
 
