@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.aggregate import bucketing, centered_clip, median, stateful
+from shoal.aggregate import bucketing, centered_clip, median, nnm, stateful
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
@@ -161,8 +161,9 @@ def test_empty_client_is_rejected():
         )
 
 
-# Objects that carry state from round to round: centered clipping's last aggregate, a seeded
-# attack's and bucketing's random streams.
+# Objects that carry state from round to round: centered clipping's last aggregate (also
+# behind NNM, which once neither saved nor reset it), a seeded attack's and bucketing's random
+# streams.
 CARRIED = {
     "centered_clip": lambda: {"aggregator": stateful(centered_clip(tau=0.05))},
     "gaussian_attack": lambda: {
@@ -170,6 +171,7 @@ CARRIED = {
         "byzantine": byzantine(2, 10, gaussian(0.1, seed=3)),
     },
     "bucketing": lambda: {"aggregator": bucketing(median(), s=2, seed=1)},
+    "nnm_centered_clip": lambda: {"aggregator": nnm(stateful(centered_clip(tau=0.05)), 1)},
 }
 
 

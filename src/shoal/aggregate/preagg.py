@@ -62,16 +62,12 @@ class Bucketing:
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is, and the inner rule's state if it keeps one (``shoal.train``
         checkpoints it, so a resumed run draws on)."""
-        agg: Any = self.agg
-        inner = agg.state_dict() if callable(getattr(agg, "state_dict", None)) else None
-        return {"generator": self._generator.get_state(), "agg": inner}
+        return {"generator": self._generator.get_state(), "agg": _inner_state(self.agg)}
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         """Continue the saved stream; ``None``: from the seed's start (a fresh run)."""
         restore_stream(self._generator, self.seed, None if saved is None else saved["generator"])
-        agg: Any = self.agg
-        if callable(getattr(agg, "load_state_dict", None)):
-            agg.load_state_dict(None if saved is None else saved["agg"])
+        _load_inner_state(self.agg, None if saved is None else saved["agg"])
 
     def buckets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The next permutation of ``range(n)`` cut into rows of ``s``, padded with ``-1``."""
@@ -124,6 +120,17 @@ class NearestNeighborMixing:
     def __post_init__(self) -> None:
         check_f(self.f, "nnm")
 
+    # NNM itself keeps nothing between calls, but the rule it feeds may (centered clipping's
+    # last aggregate): without these, shoal.train neither checkpointed that state nor reset
+    # it, so a resumed run restarted it from zero and a reused wrapper carried an old run's.
+    def state_dict(self) -> dict[str, Any]:
+        """The inner rule's state, if it keeps one (``shoal.train`` checkpoints it)."""
+        return {"agg": _inner_state(self.agg)}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Continue the inner rule's saved state; ``None``: start it afresh (a fresh run)."""
+        _load_inner_state(self.agg, None if saved is None else saved["agg"])
+
     def mix(self, x_ND: torch.Tensor) -> torch.Tensor:
         """The mixed inputs ``[N, D]``: row i is the mean of the ``n - f`` rows nearest to it."""
         n = x_ND.shape[0]
@@ -140,6 +147,17 @@ class NearestNeighborMixing:
         require(n >= 2 * self.f + 1, "nnm", "n >= 2f+1", n, self.f)
         x_ND, weights_N = canonical_order(x_ND, weights_N)
         return self.agg(self.mix(x_ND).reshape(n, *shape), weights_N)
+
+
+def _inner_state(agg: Any) -> Any:
+    """A wrapped rule's ``state_dict()``, or ``None`` when it keeps no state."""
+    return agg.state_dict() if callable(getattr(agg, "state_dict", None)) else None
+
+
+def _load_inner_state(agg: Any, saved: Any) -> None:
+    """Restore a wrapped rule's state (``None``: afresh); a stateless rule has nothing to do."""
+    if callable(getattr(agg, "load_state_dict", None)):
+        agg.load_state_dict(saved)
 
 
 def bucketing(agg: Aggregator, s: int = 2, seed: int = 0) -> Bucketing:
