@@ -23,6 +23,19 @@ def check_count(value: Any, name: str, least: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
+SEED_LIMIT = 2**32
+"""Run seeds are below this: numpy's SeedSequence splits a larger integer into 32-bit words,
+so the round key ``[2**32 + s, r, stream]`` (:func:`shoal.schedule.round_rng`) is
+``[s, 1, r, stream]``, and seed ``2**32 + s`` sampled in round 0 the clients that seed ``s``
+samples in round 1."""
+
+
+def check_seed(value: Any, name: str = "seed") -> None:
+    """A run's seed: an integer in ``[0, 2**32)`` (see :data:`SEED_LIMIT`)."""
+    if not is_integer(value) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer >= 0 and < 2**32, got {value!r}")
+
+
 def check_counts(owner: object, names: tuple[str, ...]) -> None:
     """Each named attribute of ``owner`` must be an integer >= 1."""
     for name in names:

@@ -110,6 +110,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from shoal.checks import SEED_LIMIT
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -187,7 +189,7 @@ def _positive(v: float) -> bool:
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 TOP: dict[str, Param] = {
-    "seed": Param(int, 0, _ge(0), ">= 0"),
+    "seed": Param(int, 0, lambda v: 0 <= v < SEED_LIMIT, ">= 0 and < 2**32"),
     "rounds": Param(int, 20, _ge(1), ">= 1"),
     "device": Param(
         str, "auto", lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, cuda or cuda:N"

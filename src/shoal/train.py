@@ -29,7 +29,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import check_counts, is_integer
+from shoal.checks import check_counts, check_seed
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -71,9 +71,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_counts(self, ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"))
-        # The seed keys every draw, through numpy's SeedSequence: a non-negative integer.
-        if not is_integer(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        # The seed keys every draw, through numpy's SeedSequence: one 32-bit word.
+        check_seed(self.seed)
         if self.weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
         if self.work.steps is not None and (

@@ -164,6 +164,18 @@ def test_the_seed_must_be_a_non_negative_integer(seed):
         _config(seed=seed)
 
 
+def test_a_seed_beyond_32_bits_is_refused():
+    # numpy's SeedSequence splits it into 32-bit words: seed 2**32 + 7 keyed its round-0 client
+    # sample [7, 1, 0, 0], which is seed 7's round-1 sample, so the two runs shared draws.
+    sample = ClientSampler(5)
+    assert np.array_equal(sample(np.ones(20), 2**32 + 7, 0), sample(np.ones(20), 7, 1))
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0 and < 2\*\*32"):
+        _config(seed=2**32 + 7)
+    assert _config(seed=2**32 - 1).seed == 2**32 - 1
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0 and < 2\*\*32"):
+        ParallelConfig(steps=1, seed=2**32)
+
+
 def test_an_unknown_device_names_the_choices():
     # torch's own message lists two dozen device types.
     with pytest.raises(ValueError, match="device 'gpu': use 'auto', 'cpu', 'cuda' or 'cuda:N'"):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from shoal.checks import check_count, check_counts, is_integer, is_real
+from shoal.checks import check_counts, check_seed, is_integer, is_real
 from shoal.functional import ParamSpec
 from shoal.parallel.base import State
 
@@ -40,7 +40,7 @@ class ParallelConfig:
             self, ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
         )
         # The seed keys every draw, through numpy's SeedSequence, as TrainConfig's does.
-        check_count(self.seed, "seed", least=0)
+        check_seed(self.seed)
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         for worker, factor in self.slowdown.items():
