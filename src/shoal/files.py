@@ -14,10 +14,14 @@ import torch
 def environment(device: torch.device) -> dict[str, Any]:
     """What a run's numbers depend on beyond its config: ``device = "auto"`` and
     ``num_threads = 0`` are saved as given, and floats differ with the thread count (the 9th
-    digit of a loss between 1 and 2 threads) and between machines."""
+    digit of a loss between 1 and 2 threads) and between machines: with the instruction set
+    torch's CPU kernels use (``cpu_capability``), their sums' order changes, and with it a
+    CPU run's last digits (W's dense accuracy, same code and seeds: 0.715 on an earlier
+    session's machine, 0.716 on an AVX512 one)."""
     return {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -76,6 +76,7 @@ def test_summary_and_eval_train_describe_the_final_model():
     # device "auto" and num_threads 0 are saved as given; what they were is in the summary
     env = res.summary["environment"]
     assert env["device"] == "cpu" and env["torch_threads"] == torch.get_num_threads()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["torch"] == torch.__version__
 
 
