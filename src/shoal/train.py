@@ -402,6 +402,7 @@ def train(
                 w,
                 attack,
                 None if byzantine is None else byzantine.mask(trained),
+                r,
             )
             res = runtime.run_round(task, store)
             share = float(w.sum() / weight_K.sum())

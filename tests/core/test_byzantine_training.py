@@ -47,6 +47,28 @@ def test_inbox_replaces_exactly_the_byzantine_rows_across_chunks():
     assert sorted(seen_honest[0][:, 0].tolist()) == sorted(rows[~bad][:, 0].tolist())
 
 
+def test_a_byzantine_row_is_rounded_anew_every_round():
+    # The crafted row went through a compressor state made from the client's first-message
+    # seed in every round: a stochastic compressor rounded it the same way each round.
+    from shoal.compress import qsgd
+
+    row = torch.linspace(-1.0, 1.0, 64)
+    bad = np.array([True, False])
+
+    def received(round_idx):
+        rec = _Recorder()
+        inbox = Inbox(
+            rec, 64, attack=lambda honest, f: row[None].repeat(f, 1), byzantine=bad,
+            compressor=qsgd(2), clients=np.array([3, 7]), round_idx=round_idx,
+        )  # fmt: skip
+        inbox.add({"delta": torch.zeros(2, 64)}, torch.ones(2), np.arange(2))
+        inbox.result()
+        return rec.seen[0]
+
+    assert torch.equal(received(4), received(4))  # every process decodes the same row
+    assert not torch.equal(received(4), received(5))
+
+
 def _run(aggregator, behaviour, num_byz=3, vectorize=True):
     data = tiny_data()
     clients = unequal_clients(len(data.train), 10)

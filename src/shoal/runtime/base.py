@@ -65,6 +65,8 @@ class RoundTask:
     """An update attack applied to the Byzantine clients' messages (omniscient)."""
     byzantine: np.ndarray | None = None
     """Boolean per client (task order): which of this round's clients are Byzantine."""
+    round_idx: int = 0
+    """The round (from 0): the Byzantine clients' compressor draws differ from round to round."""
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,11 @@ class Inbox:
         byzantine: np.ndarray | None = None,
         compressor: Compressor | None = None,
         clients: np.ndarray | None = None,
+        round_idx: int = 0,
     ) -> None:
         """``byzantine`` and ``clients`` are per task position; ``compressor`` is the uplink's,
-        through which the Byzantine clients send their crafted rows."""
+        through which the Byzantine clients send their crafted rows (``round_idx`` keys its
+        random draws)."""
         self.aggregator = aggregator
         self.num_params = num_params
         self.attack = attack if byzantine is not None and byzantine.any() else None
@@ -54,6 +56,7 @@ class Inbox:
         self.positions: list[np.ndarray] = []
         self.compressor = compressor if compressor is not None else identity()
         self.clients = clients
+        self.round_idx = round_idx
         self.sent: dict[int, int] = {}
         """Task position -> bytes a Byzantine client's crafted message took (set by result)."""
 
@@ -67,6 +70,7 @@ class Inbox:
             task.byzantine,
             task.compressor,
             task.clients,
+            task.round_idx,
         )
 
     def add(self, msg: Message, w_W: torch.Tensor, positions: np.ndarray) -> None:
@@ -116,10 +120,17 @@ class Inbox:
                 rows = attack(v[~bad.to(v.device)], len(positions)).to(v.dtype)
             crafted[k] = rows
         ids = [int(c) for c in (positions if self.clients is None else self.clients[positions])]
-        # A fresh compressor state: the seeds of a client's first message, so every process of
-        # a distributed run decodes the same rows; an attacker keeps no residual to feed back.
+        # A fresh compressor state keyed by the round, so every process of a distributed run
+        # decodes the same rows and a stochastic compressor draws anew each round (a state
+        # from the client's first-message seed rounded them alike in every round); an
+        # attacker keeps no residual to feed back.
         received, sent_F = transmit_each(
-            without_feedback(self.compressor), crafted, ids, {}, self.num_params
+            without_feedback(self.compressor),
+            crafted,
+            ids,
+            {},
+            self.num_params,
+            stream=(self.round_idx,),
         )
         self.sent = {int(p): int(b) for p, b in zip(positions, sent_F)}
         out = {}

@@ -51,9 +51,11 @@ def transmit_each(
     states: dict[int, dict[str, Any]],
     num_params: int,
     tracked: Mapping[str, str] | None = None,
+    stream: tuple[int, ...] = (),
 ) -> tuple[Message, np.ndarray]:
     """:func:`transmit`, with the bytes each client sent (int64, in ``clients`` order);
-    the keys of ``tracked`` go without error feedback."""
+    the keys of ``tracked`` go without error feedback; a state made here is seeded by the
+    client, the message key's position and ``stream``."""
     received: Message = {}
     sent_W = np.zeros(len(clients), dtype=np.int64)
     for index, (key, value) in enumerate(msg.items()):
@@ -66,7 +68,7 @@ def transmit_each(
         for j, client in enumerate(clients):
             state = states.setdefault(client, {})
             if key not in state:
-                state[key] = init_for_worker(c, value[j], client, index)
+                state[key] = init_for_worker(c, value[j], client, index, *stream)
             payload, state[key] = c.compress(value[j], state[key])
             sent_W[j] += c.nbytes(payload)
             rows.append(c.decompress(payload).to(value.dtype))
