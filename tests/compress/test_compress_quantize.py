@@ -245,6 +245,21 @@ def test_scaled_sign_is_its_definition() -> None:
     assert payload["signs"].numel() == math.ceil(37 / 8)
 
 
+@pytest.mark.parametrize(("big", "dtype"), [(1e37, torch.float32), (1e307, torch.float64)])
+def test_scaled_sign_scale_does_not_overflow_where_the_mean_fits(big, dtype) -> None:
+    """The scale was a plain sum of ``|x|`` in the work dtype: 100 float32 entries of 1e37
+    summed to inf, and the message decoded to NaN although ``||x||_1 / d = 1e37``."""
+    x = torch.full((100,), big, dtype=dtype)
+    x[::3] *= -1
+    c = scaled_sign()
+    payload, _ = c.compress(x, None)
+    torch.testing.assert_close(payload["scale"], torch.tensor(big, dtype=dtype))
+    torch.testing.assert_close(c.decompress(payload), x)  # every |x_i| is the mean
+    # Where the plain sum is finite the scale is that sum over d, bit for bit.
+    y = torch.randn(1000, generator=gen(9), dtype=dtype)
+    assert torch.equal(c.compress(y, None)[0]["scale"], y.abs().sum() / 1000)
+
+
 @pytest.mark.parametrize(
     ("levels", "bits", "dtype"),
     [

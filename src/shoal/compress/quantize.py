@@ -29,7 +29,9 @@ or a norm beyond the work dtype: two float32 entries of 3e38) to NaN, and decode
 dtype (float32, float64 for float64 input), as natural compression decodes to float32. QSGD's
 norms are computed without overflow or underflow of the squares (:func:`_row_norms`), so
 entries of 1e20 or 1e-30 in float32 quantize like any others, and ``|x|`` is divided by the
-scale (not multiplied by its inverse, which overflows for a subnormal scale).
+scale (not multiplied by its inverse, which overflows for a subnormal scale). Scaled sign's mean
+``|x|`` is likewise computed without overflow (:func:`_mean_abs`): finite entries always give a
+finite scale.
 Workers must not share it (shared seeds correlate their rounding):
 :func:`shoal.compress.init_for_worker` gives each its own, and training uses it.
 
@@ -144,6 +146,25 @@ def _divisors(scales_B: torch.Tensor) -> torch.Tensor:
     multiplying by ``1 / scale``: that inverse overflows for a subnormal scale (inf times the
     bucket's zeros was NaN, and every nonzero entry went out as +-scale)."""
     return torch.where(scales_B > 0, scales_B, torch.inf)
+
+
+def _mean_abs(x_D: torch.Tensor) -> torch.Tensor:
+    """``||x||_1 / d`` without the overflow of the plain sum (d float32 entries of 1e37 sum to
+    inf although their mean is a float32).
+
+    Where the plain sum is finite it is the value, bit for bit as before; otherwise the sum is
+    redone over ``|x| / 2^k`` with ``2^k >= 2d`` (a power of two, so scaling is exact save for
+    entries that become subnormal, which cannot matter next to a sum of ~1e38), the scaled
+    accumulation of Blue (ACM TOMS 1978). Both sums are always computed and chosen with
+    ``torch.where``: an ``if`` on the plain sum would be a host sync per message on a GPU; the
+    second sum costs an in-place pass over ``|x|`` (about 4% of compress at 10M entries).
+    """
+    d = max(x_D.numel(), 1)
+    abs_D = x_D.abs()
+    plain = abs_D.sum() / d  # before the in-place scaling below
+    k = d.bit_length() + 1
+    scaled = abs_D.mul_(2.0**-k).sum() / d * 2.0**k  # divided by d before it is scaled back
+    return torch.where(plain.isfinite(), plain, scaled)  # inf or NaN entries stay non-finite
 
 
 class _Stochastic(ABC):
@@ -307,8 +328,7 @@ class ScaledSign:
     def compress(self, x_D: torch.Tensor, state: None) -> tuple[Payload, None]:
         x_D = check_flat(x_D, self.name)
         d = x_D.numel()
-        xw_D = x_D.to(work_dtype(x_D))
-        scale = _finite_or_nan(xw_D.abs().sum() / max(d, 1))
+        scale = _finite_or_nan(_mean_abs(x_D.to(work_dtype(x_D))))
         payload = {
             "signs": pack_codes(x_D >= 0, 1),
             "scale": scale,
