@@ -44,3 +44,23 @@ def test_requirement_counts_the_worker_itself() -> None:
         monna(3)(torch.zeros(2), torch.randn(4, 2))
     with pytest.raises(ValueError, match="do not match"):
         monna(1)(torch.zeros(3), torch.randn(4, 2))
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype"),
+    [
+        (1e20, torch.float32),
+        (1e-30, torch.float32),
+        (1e200, torch.float64),
+        (1e-200, torch.float64),
+    ],
+)
+def test_distances_do_not_overflow_or_underflow_in_their_squares(scale, dtype) -> None:
+    """Squared distances were summed in the input dtype: all inf (float32 vectors 1e20 apart)
+    or all 0 (1e-30), so every neighbour tied and far ones (5, 6) were averaged in."""
+    own = torch.zeros(2, 3, dtype=dtype)
+    inbox = torch.tensor([[5.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0], [6.0, 0, 0]], dtype=torch.float64)
+    inbox = (inbox * scale).to(dtype).expand(2, 4, 3)
+    want = inbox[0, 1:3].sum(dim=0) / 3  # own, 1 and 3: the n - f = 3 nearest (atol=0: tiny)
+    torch.testing.assert_close(monna(2)(own[0], inbox[0]), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(monna(2)(own, inbox), want.expand(2, 3), rtol=1e-6, atol=0)

@@ -12,7 +12,10 @@ Call it as ``monna(f)(own_D, inbox_ND)``: ``inbox_ND`` holds the *neighbours'* v
 the worker's own, so ``n = N + 1``. It also works for all workers at once,
 ``monna(f)(own_WD, inbox_WND) -> x_WD`` (``W`` workers, each with ``N`` neighbours).
 Requirement: ``n >= 2f + 1`` (``f < n/2``). Distances are direct ``||x_j - own||``, O(N D)
-per worker.
+per worker. A worker whose squared distances overflowed (float32 vectors ~1e20 apart) or may all
+have underflowed (~1e-20 apart or closer) has them recomputed in float64 scaled by its largest
+difference (:func:`_scaled_sq_distances`): in the input dtype they all tied at inf or 0, and
+arbitrary neighbours were averaged.
 
 Weights: **ignored** (the paper's rule is unweighted); the argument exists for symmetry with
 ``Aggregator``. Shapes: ``W`` workers, ``N`` neighbours, ``D`` flat parameters.
@@ -26,6 +29,28 @@ import torch
 
 from shoal.aggregate._common import check_f, require
 from shoal.aggregate.base import NonFiniteInbox
+
+
+def _unsafe_rows(sqd_WN: torch.Tensor) -> torch.Tensor:
+    """Workers whose squared distances overflowed (not finite, from finite vectors) or whose
+    largest one is below ``tiny / eps``, so that squares of their differences may all have
+    underflowed. Other rows keep their distances as computed, bit for bit: a row with some small
+    distances next to larger ones loses digits only at an absolute scale of ~1e-19 (float32)."""
+    if not sqd_WN.shape[1]:
+        return sqd_WN.new_zeros(0, dtype=torch.long)
+    info = torch.finfo(sqd_WN.dtype)
+    safe_W = sqd_WN.isfinite().all(dim=1) & (sqd_WN.amax(dim=1) >= info.tiny / info.eps)
+    return (~safe_W).nonzero().view(-1)
+
+
+def _scaled_sq_distances(own_D: torch.Tensor, inbox_ND: torch.Tensor) -> torch.Tensor:
+    """Squared distances from ``own`` in float64, the differences divided by the largest one
+    (Blue's scaled norm, ACM TOMS 1978): neither overflow nor underflow for float32 inputs, nor
+    for float64 inputs of any one magnitude. Only their order matters, so the scale stays."""
+    diff_ND = inbox_ND.double() - own_D.double()
+    big = torch.linalg.vector_norm(diff_ND, ord=torch.inf)
+    diff_ND /= torch.where(big > 0, big, 1.0)  # all equal to own: zeros stay zeros
+    return diff_ND.square_().sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -59,8 +84,12 @@ class MoNNA:
             raise NonFiniteInbox("monna: NaN or inf in the vectors; drop those neighbours first")
         n = inbox.shape[1] + 1
         require(n >= 2 * self.f + 1, "monna", "n >= 2f+1 (n counts the worker itself)", n, self.f)
+        k = n - self.f - 1
         sqd_WN = ((inbox - own[:, None, :]) ** 2).sum(dim=2)
-        near_WK = torch.topk(sqd_WN, n - self.f - 1, dim=1, largest=False).indices
+        near_WK = torch.topk(sqd_WN, k, dim=1, largest=False).indices
+        for w in _unsafe_rows(sqd_WN).tolist():  # rare: one worker at a time bounds the memory
+            sqd_N = _scaled_sq_distances(own[w], inbox[w])
+            near_WK[w] = torch.topk(sqd_N, k, largest=False).indices
         picked = inbox.gather(1, near_WK[:, :, None].expand(-1, -1, inbox.shape[2]))
         out = (own + picked.sum(dim=1)) / (n - self.f)
         return out if batched else out.reshape(own_D.shape)
