@@ -76,3 +76,11 @@ def test_honest_range_with_f_arbitrary_rows(f: int, extra: int, d: int, data) ->
     for agg in (median(f), trimmed_mean(f)):
         out = agg(torch.from_numpy(x), torch.ones(n)).numpy()
         assert np.all(out >= lo - slack) and np.all(out <= hi + slack), (agg, x, out)
+
+
+def test_even_median_of_values_near_the_float_max_does_not_overflow() -> None:
+    """The midpoint was ``(lo + hi) / 2``: inf for two float32 values of 3e38."""
+    x = torch.tensor([[3e38, -3e38, 1.0, 3e38, 1e-45], [3.2e38, -3.2e38, 3.0, -3e38, 1e-45]])
+    got = median()(torch.cat([x, x]), torch.ones(4))
+    torch.testing.assert_close(got, torch.tensor([3.1e38, -3.1e38, 2.0, 0.0, 1e-45]))
+    assert got[4] == torch.tensor(1e-45)  # a subnormal middle kept: halving first gives 0

@@ -97,3 +97,12 @@ def test_hashes_are_kept_and_the_cache_stays_within_its_budget(monkeypatch) -> N
     x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
     payload, _ = c.compress(x, None)  # uncached, and still a correct round trip shape
     assert c.decompress(payload).shape == x.shape
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+@pytest.mark.parametrize("value", [3e38, -3e38])
+def test_even_depth_estimates_near_the_float_max_do_not_overflow(depth: int, value) -> None:
+    """The two middle estimates were averaged as ``(lo + hi) / 2``: inf for 3e38 in float32."""
+    c = count_sketch(8, depth, seed=1)
+    x = torch.tensor([value])  # alone in its buckets: every row estimates it exactly
+    assert c.decompress(c.compress(x, None)[0]).tolist() == x.tolist()

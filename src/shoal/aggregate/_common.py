@@ -121,7 +121,10 @@ def coordinate_median(x_ND: torch.Tensor) -> torch.Tensor:
     if n % 2 == 1:
         return lo
     hi = torch.kthvalue(x_ND, n // 2 + 1, dim=0).values
-    return (lo + hi) / 2
+    mid = (lo + hi) / 2
+    # lo + hi overflows for two float32 values of 3e38; halving first cannot, but would round
+    # subnormal middles differently, so it is used only where the plain midpoint is inf.
+    return torch.where(mid.isinf(), lo / 2 + hi / 2, mid)
 
 
 def canonical_order(

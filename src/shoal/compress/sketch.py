@@ -138,7 +138,10 @@ class CountSketch:
         # Even depth: the mean of the two middle rows. torch's median() would return the lower
         # one, which biases every estimate downwards (at depth 2, the min of the two rows).
         middle = estimates_RD.sort(dim=0).values[self.depth // 2 - 1 : self.depth // 2 + 1]
-        return middle.mean(dim=0)
+        mid = middle.mean(dim=0)
+        # The mean overflows for two float32 estimates of 3e38; halving first cannot, but would
+        # round subnormal middles differently, so it is used only where the plain one is inf.
+        return torch.where(mid.isinf(), middle[0] / 2 + middle[1] / 2, mid)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)
