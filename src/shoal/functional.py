@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,15 +116,23 @@ class ParamSpec:
             for name, value in self.unflatten(flat).items():
                 named[name].copy_(value)
 
-    def state_dict(self, model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    def state_dict(self, model: nn.Module, flat: torch.Tensor) -> dict[str, Any]:
         """``model.state_dict()`` with ``flat`` as its trainable parameters, ``model`` left as
         it is (a run that saves would otherwise hand back a trained model and one that does not
-        an untrained one); a tied parameter's every name gets the trained tensor."""
-        trained = {id(model.get_parameter(n)): v for n, v in self.unflatten(flat).items()}
-        state = model.state_dict(keep_vars=True)
-        return {
-            k: trained[id(t)].clone() if id(t) in trained else t.detach() for k, t in state.items()
-        }
+        an untrained one); a tied parameter's every name gets the trained tensor.
+
+        ``flat`` goes into the model for the call and the model's own values back after it:
+        only ``model.state_dict()`` itself knows what it holds (a module's extra state, which
+        need not be a tensor, or values that a state-dict hook made from the parameters)."""
+        own = self.flatten(model)
+        self.load_into(model, flat)
+        try:
+            return {
+                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                for k, v in model.state_dict().items()
+            }
+        finally:
+            self.load_into(model, own)
 
     def leaves(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of ``flat`` that are autograd leaves.

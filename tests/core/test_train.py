@@ -410,3 +410,38 @@ def test_a_saving_run_leaves_the_model_as_it_was_and_saves_the_trained_one(tmp_p
         assert torch.equal(saved[k], trained[k]), k
     assert torch.equal(saved["2.weight"], trained["0.weight"])
     assert not torch.equal(saved["0.weight"], before["0.weight"])
+
+
+class _Annotated(torch.nn.Sequential):
+    """A model whose state_dict holds more than its tensors: an extra state that is not a
+    tensor, and a hook that saves the last layer's weight as a copy in half precision."""
+
+    def get_extra_state(self):
+        return {"vocabulary": ["a", "b"]}
+
+    def set_extra_state(self, state):
+        self.vocabulary = state["vocabulary"]
+
+
+def _half_weight(module, state, prefix, local_metadata):
+    state[prefix + "2.weight"] = state[prefix + "2.weight"].half()
+
+
+def test_model_pt_is_what_the_models_own_state_dict_gives(tmp_path):
+    # model.pt matched state_dict(keep_vars=True)'s values to the parameters by identity: an
+    # extra state that is not a tensor failed the run at its end (no .detach()), and a value
+    # a hook made from a parameter was saved untrained, silently.
+    torch.manual_seed(0)
+    model = _Annotated(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model._register_state_dict_hook(_half_weight)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    data = tiny_data()
+    res = train(model, data, unequal_clients(len(data.train), 10), fedavg(0.2), _config(),
+                out_dir=tmp_path)  # fmt: skip
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert saved["_extra_state"] == {"vocabulary": ["a", "b"]}
+    trained = res.spec.unflatten(res.params)
+    assert torch.equal(saved["2.weight"], trained["2.weight"].half())
+    assert torch.equal(saved["0.weight"], trained["0.weight"])
+    for k, v in model.state_dict().items():  # the model itself is left as it was
+        assert not isinstance(v, torch.Tensor) or torch.equal(v, before[k]), k
