@@ -43,3 +43,13 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+def check_checkpoint_dtype(path: Path, saved: torch.Tensor, dtype: torch.dtype) -> None:
+    """A checkpoint's parameters are in the dtype the model trains in: a run saved from a
+    float32 model and resumed with a float64 one (or back) failed inside its first step."""
+    if saved.dtype != dtype:
+        raise ValueError(
+            f"cannot resume: {path} holds {str(saved.dtype).removeprefix('torch.')} parameters, "
+            f"but this model trains in {str(dtype).removeprefix('torch.')}; cast the model back"
+        )

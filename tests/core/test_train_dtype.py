@@ -84,3 +84,22 @@ def test_a_frozen_float64_layer_in_a_float32_model_trains():
     frozen = torch.nn.Linear(8, 8).double().requires_grad_(False)
     res = _run(torch.nn.Sequential(frozen, _Float(), tiny_model()), _double(tiny_data()))
     assert res.params.dtype == torch.float32
+
+
+@pytest.mark.parametrize("double_first", [False, True])
+def test_a_resume_with_a_model_of_another_dtype_is_refused(tmp_path, double_first):
+    # The checkpoint's parameters came back in their own dtype, and the first step failed
+    # deep inside the model ("expected scalar type Float but found Double").
+    def fit(double, rounds):
+        model, data = tiny_model(), tiny_data()
+        if double:
+            model, data = model.double(), _double(data)
+        cfg = TrainConfig(rounds=rounds, sampler=ClientSampler(5), progress=False)
+        clients = unequal_clients(len(data.train), 8)
+        train(model, data, clients, fedavg(0.2), cfg, out_dir=tmp_path, resume=rounds > 1)
+
+    fit(double_first, 1)
+    match = "cannot resume: .* holds float(32|64) parameters, but this model trains in float"
+    with pytest.raises(ValueError, match=match):
+        fit(not double_first, 2)
+    fit(double_first, 2)  # the same dtype goes on

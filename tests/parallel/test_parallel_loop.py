@@ -339,3 +339,18 @@ def test_a_float64_model_trains_in_float64():
         tiny_model().double(), data64, shards(2), sync_sgd(0.2), config(), SimComm(2)
     )
     assert r.params.dtype == torch.float64 and torch.isfinite(r.params).all()
+
+
+def test_a_resume_with_a_model_of_another_dtype_is_refused(tmp_path):
+    # The checkpoint's float32 parameters met a float64 model inside the first step.
+    data = tiny_data()
+    data64 = type(data)(
+        data.name,
+        type(data.train)(data.train.x.double(), data.train.y, data.train.num_classes),
+        type(data.test)(data.test.x.double(), data.test.y, data.test.num_classes),
+    )
+    first, comm = config(steps=3, checkpoint_every=3), SimComm(2)
+    train_parallel(tiny_model(), data, shards(2), sync_sgd(0.2), first, comm, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds float32 parameters, but this model trains in"):
+        train_parallel(tiny_model().double(), data64, shards(2), sync_sgd(0.2), config(steps=5),
+                       SimComm(2), out_dir=tmp_path, resume=True)  # fmt: skip

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
-from shoal.files import atomic_save, write_metrics
+from shoal.files import atomic_save, check_checkpoint_dtype, write_metrics
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.parallel import records
 from shoal.parallel.base import (
@@ -415,6 +415,7 @@ class _WorkerRun:
         assert ck is not None
         if ck["params_WD"].shape[0] != len(self.comm.workers):
             raise ValueError(f"{path.name} holds {ck['params_WD'].shape[0]} workers, not these")
+        check_checkpoint_dtype(path, ck["params_WD"], param_dtype(self.model))
         self.rows = ck["rows"]
         self.comm.bytes_sent = ck["bytes_sent"]
         return ck["params_WD"], ck["state"], Progress(**ck["progress"])
