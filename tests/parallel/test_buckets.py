@@ -89,6 +89,21 @@ def test_buckets_are_handed_over_final_and_during_the_backward_pass(workers, vec
     assert sorted(handed) == [(0, 48), (48, 56), (56, 83)]
 
 
+def test_a_float64_models_buckets_count_its_8_byte_entries():
+    # DDP's caps are in bytes: a float64 gradient fills one with half the entries. Counted at
+    # 4 bytes an entry, a 64-byte cap put both of the second layer's tensors in one bucket.
+    model = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    data, spec = tiny_data(), ParamSpec.of(model)
+    batches = LocalBatches(
+        data.train.x.double(), data.train.y, shards(1), range(1), 16, 3, torch.device("cpu")
+    )
+    grads = Gradients(model, spec, cross_entropy, batches, *batches.index(0), False)
+    handed: list[tuple[int, int]] = []
+    grads(spec.flatten(model)[None], Buckets(lambda g, lo, hi: handed.append((lo, hi)), 64, 64))
+    assert handed == [(56, 83), (48, 56), (0, 48)]  # 216 B, then the 64 B bias alone
+    assert bucket_ranges(TINY_NUMELS, TINY_OFFSETS, 64, 64) == [(56, 83), (0, 56)]  # float32
+
+
 @pytest.mark.parametrize("cap_mb", [32 / 2**20, 25.0])
 def test_overlapped_sync_sgd_is_the_all_reduce_after_the_backward_bit_for_bit(cap_mb):
     def run(**kw):

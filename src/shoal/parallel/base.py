@@ -83,15 +83,20 @@ class GradFn(Protocol):
 
 
 def bucket_ranges(
-    numels: Sequence[int], offsets: Sequence[int], cap_bytes: int, first_cap_bytes: int
+    numels: Sequence[int],
+    offsets: Sequence[int],
+    cap_bytes: int,
+    first_cap_bytes: int,
+    element_size: int = 4,
 ) -> list[tuple[int, int]]:
     """:class:`Buckets`' ranges ``[lo, hi)`` of flat parameters, in the order they are handed
-    over, for parameter tensors of ``numels`` entries at ``offsets`` (float32: 4 bytes each)."""
+    over, for parameter tensors of ``numels`` entries at ``offsets``, ``element_size`` bytes
+    each (4 for float32, 8 for a float64 model: DDP's caps are in bytes, not entries)."""
     ranges: list[tuple[int, int]] = []
     cap, end = first_cap_bytes, None  # the end of the bucket being filled (None: none open)
     for n, off in zip(reversed(numels), reversed(offsets)):
         end = off + n if end is None else end
-        if (end - off) * 4 >= cap:
+        if (end - off) * element_size >= cap:
             ranges.append((off, end))
             cap, end = cap_bytes, None
     if end is not None:

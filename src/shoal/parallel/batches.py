@@ -188,9 +188,8 @@ class _Handover:
         before: Callable[[], None],
     ) -> None:
         numels = [math.prod(shape) for shape in spec.shapes]
-        self.ranges = bucket_ranges(
-            numels, spec.offsets, buckets.cap_bytes, buckets.first_cap_bytes
-        )
+        caps = buckets.cap_bytes, buckets.first_cap_bytes
+        self.ranges = bucket_ranges(numels, spec.offsets, *caps, out_WD.element_size())
         self.out_WD, self.ready, self.before = out_WD, buckets.ready, before
         # Each parameter tensor's bucket, and how many tensors each bucket still waits for.
         self.bucket_of = {
