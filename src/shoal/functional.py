@@ -240,6 +240,8 @@ def check_model(
         drop = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else 0.0
         if isinstance(m, nn.RNNBase) and m.num_layers > 1:  # dropout between its layers
             drop = m.dropout
+        if isinstance(m, nn.MultiheadAttention):  # dropout on the attention weights
+            drop = m.dropout
         if m.training and drop > 0:
             raise ValueError(
                 f"{where} is a {type(m).__name__} with dropout {drop}: its masks come from "

@@ -223,6 +223,27 @@ def test_dropout_between_recurrent_layers_is_refused():
     _train(model.eval())  # draws no masks in eval mode
 
 
+class _Attention(nn.Module):
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, dropout=dropout, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.view(len(x), 2, 4)
+        return self.out(self.attn(seq, seq, seq, need_weights=False)[0].flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # torch's vmap fallback
+def test_dropout_on_attention_weights_is_refused():
+    # nn.MultiheadAttention(dropout > 0) draws from torch's global generator: the vectorized
+    # runtime failed deep inside vmap ("random operations"), the looped one did not repeat.
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="model.attn is a MultiheadAttention with dropout 0.1"):
+        _train(_Attention(0.1))
+    _train(_Attention(0.0))
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
