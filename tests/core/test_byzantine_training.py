@@ -47,10 +47,11 @@ def test_inbox_replaces_exactly_the_byzantine_rows_across_chunks():
     assert sorted(seen_honest[0][:, 0].tolist()) == sorted(rows[~bad][:, 0].tolist())
 
 
-def test_a_byzantine_row_is_rounded_anew_every_round():
+@pytest.mark.parametrize("shared_seed", [False, True], ids=["qsgd", "random_k"])
+def test_a_byzantine_row_is_rounded_anew_every_round(shared_seed):
     # The crafted row went through a compressor state made from the client's first-message
-    # seed in every round: a stochastic compressor rounded it the same way each round.
-    from shoal.compress import qsgd
+    # seed in every round: QSGD rounded it, random-k (a shared seed) masked it, alike each round.
+    from shoal.compress import qsgd, random_k
 
     row = torch.linspace(-1.0, 1.0, 64)
     bad = np.array([True, False])
@@ -59,7 +60,8 @@ def test_a_byzantine_row_is_rounded_anew_every_round():
         rec = _Recorder()
         inbox = Inbox(
             rec, 64, attack=lambda honest, f: row[None].repeat(f, 1), byzantine=bad,
-            compressor=qsgd(2), clients=np.array([3, 7]), round_idx=round_idx,
+            compressor=random_k(0.25) if shared_seed else qsgd(2), clients=np.array([3, 7]),
+            round_idx=round_idx,
         )  # fmt: skip
         inbox.add({"delta": torch.zeros(2, 64)}, torch.ones(2), np.arange(2))
         inbox.result()

@@ -122,8 +122,8 @@ class Inbox:
         ids = [int(c) for c in (positions if self.clients is None else self.clients[positions])]
         # A fresh compressor state keyed by the round, so every process of a distributed run
         # decodes the same rows and a stochastic compressor draws anew each round (a state
-        # from the client's first-message seed rounded them alike in every round); an
-        # attacker keeps no residual to feed back.
+        # from the client's first-message seed rounded them alike, and random-k picked the
+        # same coordinates, in every round); an attacker keeps no residual to feed back.
         received, sent_F = transmit_each(
             without_feedback(self.compressor),
             crafted,

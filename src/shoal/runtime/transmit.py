@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.compress.base import Compressor, Identity, identity, init_for_worker
+from shoal.compress._common import init_with_seed, mix
+from shoal.compress.base import Compressor, Identity, configured_seed, identity, init_for_worker
 from shoal.compress.feedback import without_feedback
 from shoal.types import ClientState, Message
 
@@ -54,8 +55,10 @@ def transmit_each(
     stream: tuple[int, ...] = (),
 ) -> tuple[Message, np.ndarray]:
     """:func:`transmit`, with the bytes each client sent (int64, in ``clients`` order);
-    the keys of ``tracked`` go without error feedback; a state made here is seeded by the
-    client, the message key's position and ``stream``."""
+    the keys of ``tracked`` go without error feedback. A state made here is seeded by the
+    client and the message key's position; with a ``stream``, by it too and privately even
+    for a shared-seed compressor (random-k's indices, PowerSGD's first query): such messages
+    are decoded one by one, never summed compressed (the Byzantine rows, keyed by round)."""
     received: Message = {}
     sent_W = np.zeros(len(clients), dtype=np.int64)
     for index, (key, value) in enumerate(msg.items()):
@@ -68,7 +71,13 @@ def transmit_each(
         for j, client in enumerate(clients):
             state = states.setdefault(client, {})
             if key not in state:
-                state[key] = init_for_worker(c, value[j], client, index, *stream)
+                state[key] = (
+                    init_with_seed(
+                        c, value[j], mix(configured_seed(c) or 0, client, index, *stream)
+                    )
+                    if stream
+                    else init_for_worker(c, value[j], client, index)
+                )
             payload, state[key] = c.compress(value[j], state[key])
             sent_W[j] += c.nbytes(payload)
             rows.append(c.decompress(payload).to(value.dtype))
