@@ -98,16 +98,19 @@ def is_contractive(compressor: Any) -> bool | None:
     return None if flag is None else bool(flag)
 
 
-def init_for_worker(compressor: Compressor, x_D: torch.Tensor, worker: int, *stream: int) -> Any:
+def init_for_worker(
+    compressor: Compressor, x_D: torch.Tensor, worker: int, *stream: int, private: bool = False
+) -> Any:
     """``compressor.init`` for one worker (a client id, a rank).
 
     Private randomness gets the seed ``mix(seed, worker, *stream)``, with ``seed`` the configured
     one (of the innermost compressor of a wrapper) and ``stream`` telling apart a worker's
     messages (SCAFFOLD sends two); with the state's call counter, a worker's stream depends on
     (seed, worker, use count), so two clients do not round alike. Compressors with
-    ``shared_seed = True`` keep the configured seed (see the module docstring).
+    ``shared_seed = True`` keep the configured seed (see the module docstring), unless
+    ``private``: for messages decoded one by one, never summed compressed.
     """
-    if getattr(compressor, "shared_seed", False):
+    if getattr(compressor, "shared_seed", False) and not private:
         return compressor.init(x_D)
     return init_with_seed(compressor, x_D, mix(configured_seed(compressor) or 0, worker, *stream))
 

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.compress._common import init_with_seed, mix
-from shoal.compress.base import Compressor, Identity, configured_seed, identity, init_for_worker
+from shoal.compress.base import Compressor, Identity, identity, init_for_worker
 from shoal.compress.feedback import without_feedback
 from shoal.types import ClientState, Message
 
@@ -71,12 +70,8 @@ def transmit_each(
         for j, client in enumerate(clients):
             state = states.setdefault(client, {})
             if key not in state:
-                state[key] = (
-                    init_with_seed(
-                        c, value[j], mix(configured_seed(c) or 0, client, index, *stream)
-                    )
-                    if stream
-                    else init_for_worker(c, value[j], client, index)
+                state[key] = init_for_worker(
+                    c, value[j], client, index, *stream, private=bool(stream)
                 )
             payload, state[key] = c.compress(value[j], state[key])
             sent_W[j] += c.nbytes(payload)
