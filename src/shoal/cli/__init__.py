@@ -1,5 +1,5 @@
-"""The ``shoal`` command line: ``run``, ``launch``, ``plot``, ``data list|fetch|show``, ``demo``
-and ``robustness``.
+"""The ``shoal`` command line: ``run``, ``launch``, ``plot``, ``data list|fetch|show``, ``demo``,
+``robustness`` and ``probe``.
 
 Mistakes a user can make (a config key, a value, a missing folder) end in one line on stderr
 naming what was wrong and what is allowed, with exit code 2; failures the library reports

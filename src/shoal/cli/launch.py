@@ -176,6 +176,7 @@ def add_parser(sub: Any) -> None:
         "--max-restarts",
         type=int,
         default=0,
+        metavar="K",
         help="restart all workers up to K times after a failure; they resume from the checkpoint",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,7 +32,12 @@ def add_parser(sub: Any) -> None:
         description="Final test accuracy of every attack x aggregator with 5 of 25 clients "
         "Byzantine (MLP, Dirichlet alpha=1). Attacks: " + attacks + ". Aggregators: " + aggs + ".",
     )
-    p.add_argument("--style", choices=list(STYLES), default="data_parallel")
+    p.add_argument(
+        "--style",
+        choices=list(STYLES),
+        default="data_parallel",
+        help="the training of the grid (default: data_parallel)",
+    )
     p.add_argument("--attacks", nargs="+", metavar="NAME", help="rows (default: all six)")
     p.add_argument(
         "--aggregators", nargs="+", metavar="NAME", help="columns (default: the style's grid)"

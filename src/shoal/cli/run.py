@@ -57,7 +57,9 @@ def add_parsers(sub: Any) -> None:
     )
     add_set_option(d)
     d.add_argument(
-        "--out", metavar="DIR", help="run folder, replaced if it holds a run (default: runs/demo)"
+        "--out",
+        metavar="DIR",
+        help="run folder, replaced if it holds an earlier demo (default: runs/demo)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
