@@ -3,21 +3,21 @@
 ``mean`` is the only linear rule (the runtime streams it). The robust rules, for inboxes in
 which up to ``f`` rows may be Byzantine:
 
-==============================  ============================================  =============
-factory                         rule (paper)                                  weights
-==============================  ============================================  =============
-``median(f=None)``              coordinate-wise median (Yin et al. 2018)      ignored
-``trimmed_mean(f)``             coordinate-wise trimmed mean (Yin et al.)     ignored
-``krum(f)``                     Krum (Blanchard et al. 2017)                  ignored
-``multi_krum(f, m=None)``       Multi-Krum (Blanchard et al. 2017)            ignored
-``geometric_median(...)``       smoothed Weiszfeld / RFA (Pillutla et al.)    used (alpha)
-``centered_clip(tau, L)``       centered clipping (Karimireddy et al. 2021)   ignored
-``bulyan(f)``                   Bulyan over Krum (El Mhamdi et al. 2018)      ignored
-``bucketing(agg, s, seed)``     bucketing (Karimireddy et al. 2022)           bucket means
-``nnm(agg, f)``                 nearest-neighbour mixing (Allouah et al.)     passed on
-``flag_aggregator(r, lam)``     Flag Aggregator (Almasi et al. 2024)          ignored
-``monna(f)``                    MoNNA's NNA step, peer-to-peer (Farhadkhani)  ignored
-==============================  ============================================  =============
+==================================  ============================================  =============
+factory                             rule (paper)                                  weights
+==================================  ============================================  =============
+``median(f=None)``                  coordinate-wise median (Yin et al. 2018)      ignored
+``trimmed_mean(f)``                 coordinate-wise trimmed mean (Yin et al.)     ignored
+``krum(f)``                         Krum (Blanchard et al. 2017)                  ignored
+``multi_krum(f, m=None)``           Multi-Krum (Blanchard et al. 2017)            ignored
+``geometric_median(...)``           smoothed Weiszfeld / RFA (Pillutla et al.)    used (alpha)
+``centered_clip(tau, num_iters)``   centered clipping (Karimireddy et al. 2021)   ignored
+``bulyan(f)``                       Bulyan over Krum (El Mhamdi et al. 2018)      ignored
+``bucketing(agg, s, seed)``         bucketing (Karimireddy et al. 2022)           bucket means
+``nnm(agg, f)``                     nearest-neighbour mixing (Allouah et al.)     passed on
+``flag_aggregator(r, lam)``         Flag Aggregator (Almasi et al. 2024)          ignored
+``monna(f)``                        MoNNA's NNA step, peer-to-peer (Farhadkhani)  ignored
+==================================  ============================================  =============
 
 ``monna`` takes the worker's own vector first: ``monna(f)(own_D, inbox_ND)``. Centered clipping
 carries state between rounds: explicit ``init``/``update``, or ``stateful(centered_clip())`` for

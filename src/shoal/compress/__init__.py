@@ -5,7 +5,8 @@ Every compressor is a frozen dataclass with ``init / compress / decompress / nby
 :mod:`shoal.compress.wire`. Families, one per module: ``cast`` (fp16, bf16), ``sparsify``
 (top-k, random-k, threshold, DGC), ``quantize`` (QSGD, TernGrad, scaled sign, natural
 compression), ``low_rank`` (PowerSGD), ``sketch`` (count sketch); wrappers: ``feedback``
-(error feedback), ``layerwise`` (one compressor per parameter block).
+(error feedback), ``layerwise`` (one compressor per parameter block), ``lgreco`` (L-GreCo: a
+top-k, QSGD or PowerSGD level per layer).
 """
 
 from shoal.compress._common import index_dtype
