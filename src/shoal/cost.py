@@ -56,9 +56,9 @@ training; fold that into ``seconds_per_sample``). The transport's own work per m
 ``(alpha, beta)`` should be what the transport achieves on it, not the wire's nominal figures
 (``shoal probe`` measures them on a live network: :mod:`shoal.parallel.probe`). Against step
 times measured on tc-shaped links (``benchmarks/cost_model_check.py``), on links of the nominal
-rate with no latency, dense all-reduces after the backward pass come within 14-16% and gossip within
-29-58%; on the links the probe fitted, within 2% and 12-43%. The overlapped forms (bucketed
-all-reduces included) are within 16-30% at 100 Mbit/s but 34-90% at 1 Gbit/s, where the
+rate with no latency, dense all-reduces after the backward pass come within 12-14% and gossip
+within 20-28%; on the links the probe fitted, within 7% and 10-13%. The overlapped forms
+(bucketed all-reduces included) are within 16-24% at 100 Mbit/s but 43-52% at 1 Gbit/s, where the
 transport's work shares the CPU with the compute (charging the two side by side assumes it
 costs the compute nothing). See there for compressed synchronous SGD with and without the
 codec's time.
