@@ -268,11 +268,11 @@ SELECTORS = {
     "compression": "name",
     "network": "profile",
 }
+"""The key of each section whose value picks that section's extra options from the catalog."""
 
 SUBSELECTORS = {"compression": ("downlink", "downlink_")}
 """A second key that picks from the same section's catalog; its options carry the prefix
 (``downlink = "top_k"`` with ``downlink_ratio = 0.01``)."""
-"""The key of each section whose value picks that section's extra options from the catalog."""
 
 
 @dataclass(frozen=True)
