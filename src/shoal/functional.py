@@ -222,7 +222,8 @@ def check_model(
       after client).
     - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
-      The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN``.
+      The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN`` and on
+      ``nn.MultiheadAttention``'s weights.
     - A model that cannot take the training samples (shape, dtype), test samples that differ
       from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
     """
