@@ -105,7 +105,9 @@ class Algorithm(Protocol):
     def upload(
         self, params_WD: torch.Tensor, down: Message, client: ClientState, steps_W1: torch.Tensor
     ) -> tuple[Message, ClientState]:
-        """After local training: the message each client sends and its new state."""
+        """After local training: the message each client sends and its new state.
+        ``params_WD`` is the runtime's scratch copy of the trained rows, read by nobody after
+        this call: the message may be computed in place in it."""
         ...
 
     def server_update(
@@ -144,7 +146,9 @@ class StatelessClient:
     def upload(
         params_WD: torch.Tensor, down: Message, client: ClientState, steps_W1: torch.Tensor
     ) -> tuple[Message, ClientState]:
-        return {"delta": params_WD - down["params"]}, client
+        # In place: the trained rows are scratch (see Algorithm.upload), and a fresh [W, D]
+        # buffer per chunk costs an extra pass over memory that no cache holds.
+        return {"delta": params_WD.sub_(down["params"])}, client
 
 
 def apply_mean_delta(
