@@ -241,7 +241,7 @@ def lpt(work: Sequence[float], world: int) -> np.ndarray:
     rank = np.empty(len(work), dtype=np.int64)
     for j in np.argsort(-np.asarray(work, dtype=np.float64), kind="stable"):
         rank[j] = int(np.argmin(load))
-        load[rank[j]] += work[j]
+        load[rank[j]] += work[int(j)]
     return rank
 
 
