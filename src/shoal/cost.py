@@ -246,7 +246,7 @@ class Heterogeneity:
 
     def slowdown(self, clients_W: np.ndarray, round_idx: int) -> np.ndarray:
         """Compute-time multiplier of each client in round ``round_idx`` (>= 0)."""
-        out = np.ones(len(clients_W))
+        out: np.ndarray = np.ones(len(clients_W))
         if self.speed_sigma > 0:
             out *= np.exp(self.speed_sigma * _normal(self.seed, COST_SPEED, clients_W))
         if self.straggler_probability > 0:

@@ -79,7 +79,7 @@ class Stragglers:
 
     def epochs(self, num_sampled: int, work: LocalWork, seed: int, round_idx: int) -> np.ndarray:
         """Epochs per sampled client; 0 means dropped."""
-        epochs = np.full(num_sampled, work.epochs, dtype=np.int64)
+        epochs: np.ndarray = np.full(num_sampled, work.epochs, dtype=np.int64)
         rng = round_rng(seed, round_idx, _STRAGGLE)
         if work.min_epochs is not None:
             epochs = rng.integers(work.min_epochs, work.epochs + 1, size=num_sampled)

@@ -75,7 +75,7 @@ def synthetic(
     sizes = rng.lognormal(4, 2, num_users).astype(np.int64) + 50
     std_x = np.sqrt(feature_variances(dim))
     if iid:
-        mean_x = np.zeros((num_users, dim))
+        mean_x: np.ndarray = np.zeros((num_users, dim))
         shared_w = rng.normal(0, 1, (dim, num_classes))
         shared_b = rng.normal(0, 1, num_classes)
     else:
