@@ -183,6 +183,28 @@ def _setup(num_hosts: int) -> None:
         _run("ip", "-n", ns, "link", "set", "lo", "up")
 
 
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Wait for every rank; when one fails or the time is up, kill the rest (by their process
+    groups: start them with ``start_new_session=True``)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                return codes
+            if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
+                time.sleep(2.0)  # let the others report their own error first
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, 9)
+                p.wait()
+    return [p.returncode if p.returncode is not None else -9 for p in procs]
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

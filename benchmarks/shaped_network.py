@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _netns  # noqa: E402
+from shoal.runtime.spawn import free_port  # noqa: E402
 
 # Chosen before measuring, from the papers' usual settings, and the same at every bandwidth.
 TOPK_RATIO = 0.01  # Lin et al. 2018 (DGC) and Stich et al. 2018 keep 0.1-1%
@@ -176,9 +176,7 @@ class Launcher:
         if self.net is not None:  # every namespace has its own port space
             self.port += 1
             return self.port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return free_port()
 
     def run(self, configs: list[str], extra: list[str]) -> list[dict[str, Any]]:
         """Run ``configs`` one after the other in one set of rank processes."""
@@ -227,7 +225,7 @@ class Launcher:
                     cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
             )
-        codes = _wait_all(procs, a.timeout)
+        codes = _netns.wait_all(procs, a.timeout)
         wall = time.perf_counter() - t0
         for f in files:
             f.close()
@@ -247,27 +245,6 @@ class Launcher:
             print(f"  !! {config}: rank {r} exited with {codes[r]}:\n    " + "\n    ".join(tail))
             records.append(record)
         return records
-
-
-def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
-    """Wait for every rank; when one fails or the time is up, kill the rest (by their ids)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes):
-                return codes
-            if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
-                time.sleep(2.0)  # let the others report their own error first
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, 9)
-                p.wait()
-    return [p.returncode if p.returncode is not None else -9 for p in procs]
 
 
 def _mean_or_none(values: list[Any]) -> float | None:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _netns  # noqa: E402
 from shoal.parallel.probe import DEFAULT_SIZES, probe, report, summarize  # noqa: E402
+from shoal.runtime.spawn import free_port  # noqa: E402
 
 WORKERS = 4
 
@@ -90,8 +91,8 @@ def measure(
             prefix = net.exec_prefix(i) if net is not None else []
             cmd = [*prefix, sys.executable, __file__, "--worker", ",".join(map(str, sizes))]
             cmd += ["--repeats", str(repeats), "--out", str(out)]
-            procs.append(subprocess.Popen(cmd, env=env))
-        codes = [p.wait(timeout=1800) for p in procs]
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        codes = _netns.wait_all(procs, 1800)  # a failed rank stops the others at once
         if any(codes):
             raise SystemExit(f"probe workers failed at {rate}: exit codes {codes}")
         return list(json.loads(out.read_text()))
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with links(a.no_netns) as net:
             for k, rate in enumerate(rates):
-                result = summarize_rate(measure(net, rate, sizes, a.repeats, 29620 + k), rate)
+                # Each namespace has its own ports; loopback shares the machine's: take a free one.
+                port = 29620 + k if net is not None else free_port()
+                result = summarize_rate(measure(net, rate, sizes, a.repeats, port), rate)
                 print("\n" + report(result, f"{rate or 'uncapped'}, 4 ranks"))
                 results[rate or "none"] = result
     except _netns.NetnsError as err:
