@@ -100,12 +100,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
-    while _metrics_rows(killed / "metrics.jsonl") < 3:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the run never wrote metrics"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while _metrics_rows(killed / "metrics.jsonl") < 3:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never wrote metrics"
+            time.sleep(0.005)
+    finally:  # killed here also when an assertion failed, and its pipe closed (no leak)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     done = _metrics_rows(killed / "metrics.jsonl")
     assert 3 <= done < rounds, "killed too late to test resuming"
