@@ -223,8 +223,12 @@ def _backward(
     handed over after the backward pass, as DDP's ``find_unused_parameters`` marks it ready."""
     if handover is None:
         grads = torch.autograd.grad(loss, tuple(leaves.values()), materialize_grads=True)
-        for name, g in zip(leaves, grads):
-            outs[name].copy_(g)
+        # Before torch 2.10 the zeros made for unused leaves have requires_grad=True, and
+        # autograd then refuses the copy into the output rows ("a leaf Variable that requires
+        # grad is being used in an in-place operation"). The gradients are plain values here.
+        with torch.no_grad():
+            for name, g in zip(leaves, grads):
+                outs[name].copy_(g)
         return
     unused = set(leaves)
 
