@@ -251,6 +251,8 @@ def _selfcheck_worker(numel: int, repeats: int) -> None:
     import torch
     import torch.distributed as dist
 
+    from shoal.runtime.procgroup import shutdown  # gloo's teardown, safe on old torch
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, peer = dist.get_rank(), 1 - dist.get_rank()
@@ -270,7 +272,7 @@ def _selfcheck_worker(numel: int, repeats: int) -> None:
     out += [_timed(one_way, repeats), _timed(both_ways, repeats)]
     if rank == 0:
         print(" ".join(f"{t:.4f}" for t in out), flush=True)
-    dist.destroy_process_group()
+    shutdown()
 
 
 def _gossip_worker(numel: int, repeats: int) -> None:
@@ -278,6 +280,8 @@ def _gossip_worker(numel: int, repeats: int) -> None:
     neighbours, sends posted first, then receives posted first (alternating, ``repeats`` each)."""
     import torch
     import torch.distributed as dist
+
+    from shoal.runtime.procgroup import shutdown  # gloo's teardown, safe on old torch
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -295,7 +299,7 @@ def _gossip_worker(numel: int, repeats: int) -> None:
             )
     if rank == 0:
         print(" ".join(f"{statistics.median(t):.4f}" for t in times), flush=True)
-    dist.destroy_process_group()
+    shutdown()
 
 
 def _measure(
