@@ -144,10 +144,12 @@ class ParamSpec:
         return {k: v.requires_grad_(True) for k, v in self.unflatten(flat.detach()).items()}
 
 
-def fused_recurrent(model: nn.Module) -> nn.Module | None:
-    """The model's first ``nn.LSTM``/``nn.GRU``/``nn.RNN``, if any: ``vmap`` has no batching rule
-    for their fused kernels (``aten::lstm`` ...), so their workers are trained in a loop."""
-    return next((m for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+def unbatchable(model: nn.Module) -> nn.Module | None:
+    """The model's first module whose kernel ``vmap`` has no batching rule for, if any, so that
+    its workers are trained in a loop: ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (fused kernels,
+    ``aten::lstm`` ...) and ``nn.RReLU`` (``aten::rrelu``, called in eval mode too; in
+    training mode :func:`check_model` refuses it for its random slopes)."""
+    return next((m for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RReLU))), None)
 
 
 def batch_loss(
@@ -223,7 +225,7 @@ def check_model(
     - Dropout with ``p > 0`` in training mode: its masks come from torch's global generator,
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
       The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN`` and on
-      ``nn.MultiheadAttention``'s weights.
+      ``nn.MultiheadAttention``'s weights, and ``nn.RReLU``'s random slopes.
     - A model that cannot take the training samples (shape, dtype), test samples that differ
       from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
     """
@@ -248,6 +250,13 @@ def check_model(
                 f"{where} is a {type(m).__name__} with dropout {drop}: its masks come from "
                 "torch's global generator, not the run's seed (runs would not repeat, and the "
                 "vectorized runtime refuses random operations); remove it or set it to 0"
+            )
+        if isinstance(m, nn.RReLU) and m.training:
+            raise ValueError(
+                f"{where} is an RReLU: in training mode it draws its negative slopes from "
+                "torch's global generator, not the run's seed (runs would not repeat, and the "
+                "vectorized runtime refuses random operations); use "
+                f"nn.LeakyReLU({(m.lower + m.upper) / 2:g}), what it computes in eval mode"
             )
     if x_test.dtype != x.dtype or x_test.shape[1:] != x.shape[1:]:
         raise ValueError(

@@ -55,6 +55,8 @@ def _instance_norm() -> nn.Module:
         (nn.BatchNorm1d(16, track_running_stats=False).eval(), "model.1 is a BatchNorm1d"),
         (_instance_norm(), "model.1.1 is a InstanceNorm1d"),
         (nn.Dropout(0.5), "model.1 is a Dropout"),
+        # Random negative slopes in training mode; `vmap` refuses aten::rrelu.
+        (nn.RReLU(), "model.1 is an RReLU"),
     ],
 )
 def test_batch_norm_and_dropout_are_refused(layer, match, vectorize):
@@ -211,6 +213,30 @@ def test_fused_recurrent_layers_are_looped_by_auto_and_refused_by_true(cell):
     assert torch.equal(_train(model).params, looped.params)
     with pytest.raises(ValueError, match=f"vectorize=True cannot stack .* {cell.__name__}"):
         _train(model, runtime=SimRuntime(vectorize=True))
+
+
+@pytest.mark.parametrize("vectorize", ["auto", True])
+def test_rrelu_in_eval_mode_is_looped(vectorize):
+    # aten::rrelu has no vmap rule even in eval mode (a fixed slope): "auto" failed inside vmap.
+    model = _with(nn.RReLU(0.1, 0.3)).eval()
+    ref = _with(nn.LeakyReLU(0.2))
+    if vectorize is True:
+        with pytest.raises(ValueError, match="vectorize=True cannot stack .* RReLU"):
+            _train(model, runtime=SimRuntime(vectorize=True))
+        return
+    assert torch.allclose(_train(model).params, _train(ref).params, atol=1e-6)
+    dp = [
+        train_parallel(
+            m,
+            tiny_data(),
+            CLIENTS,
+            sync_sgd(0.1),
+            ParallelConfig(steps=2, progress=False),
+            SimComm(4),
+        ).params
+        for m in (_with(nn.RReLU(0.1, 0.3)).eval(), ref)
+    ]
+    assert torch.allclose(*dp, atol=1e-6)
 
 
 def test_dropout_between_recurrent_layers_is_refused():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec, batch_loss, channels_last, fused_recurrent
+from shoal.functional import LossFn, ParamSpec, batch_loss, channels_last, unbatchable
 from shoal.parallel.base import Buckets, bucket_ranges
 
 _BATCH_STREAM = 11  # keeps these generators apart from any other use of (seed, step, worker)
@@ -37,7 +37,7 @@ def draw_positions(seed: int, step: int, worker: int, shard_size: int, batch_siz
 
 
 def uses_vmap(model: nn.Module, device: torch.device, num_local: int) -> bool:
-    if num_local == 1 or fused_recurrent(model) is not None:
+    if num_local == 1 or unbatchable(model) is not None:
         return False
     conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     return not (conv and device.type == "cpu")

@@ -30,7 +30,7 @@ from torch import nn
 
 from shoal.checks import check_count
 from shoal.evaluate import predict
-from shoal.functional import batch_loss, fused_recurrent
+from shoal.functional import batch_loss, unbatchable
 from shoal.runtime.base import (
     ClientStore,
     RoundResult,
@@ -104,9 +104,9 @@ class SimRuntime:
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
     each convolution into a grouped convolution that is no faster than the loop
     (``reference/flower-baseline.md``), and except for models with ``nn.LSTM``, ``nn.GRU`` or
-    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch (``True`` refuses those;
-    :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and on a GPU, it
-    vectorizes."""
+    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, or ``nn.RReLU`` (``True``
+    refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
+    on a GPU, it vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
     max_chunk: int | Literal["auto"] | None = "auto"
@@ -224,17 +224,21 @@ class SimRuntime:
 
     def vectorized(self, task: RoundTask) -> bool:
         """Whether this round's clients are trained stacked (see ``vectorize``)."""
-        rnn = fused_recurrent(task.model)
+        loop_only = unbatchable(task.model)
         if self.vectorize != "auto":
-            if self.vectorize and rnn is not None:
+            if self.vectorize and loop_only is not None:
+                hint = (
+                    ", or a recurrence written with nn.Linear like shoal.models.char_lstm"
+                    if isinstance(loop_only, nn.RNNBase)
+                    else ""
+                )
                 raise ValueError(
-                    f"vectorize=True cannot stack clients of a model with {type(rnn).__name__}: "
-                    "vmap has no rule for its fused kernel; use vectorize=False or 'auto' "
-                    "(which loops it), or a recurrence written with nn.Linear like "
-                    "shoal.models.char_lstm"
+                    "vectorize=True cannot stack clients of a model with "
+                    f"{type(loop_only).__name__}: vmap has no rule for its kernel; use "
+                    f"vectorize=False or 'auto' (which loops it){hint}"
                 )
             return bool(self.vectorize)
-        if rnn is not None:
+        if loop_only is not None:
             return False
         if task.params_D.device.type != "cpu":
             return True
