@@ -40,3 +40,10 @@ def check_counts(owner: object, names: tuple[str, ...]) -> None:
     """Each named attribute of ``owner`` must be an integer >= 1."""
     for name in names:
         check_count(getattr(owner, name), name)
+
+
+def check_instance(value: Any, kind: type, name: str, hint: str = "") -> None:
+    """``value`` must be a ``kind``: a wrong object otherwise failed later, deep inside, with
+    an ``AttributeError`` that named neither the argument nor what it should be."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}{hint}, got {type(value).__name__}")

@@ -29,7 +29,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import check_counts, check_seed
+from shoal.checks import check_counts, check_instance, check_seed
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -70,6 +70,9 @@ class TrainConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
+        check_instance(self.sampler, ClientSampler, "sampler", " (e.g. ClientSampler(10))")
+        check_instance(self.work, LocalWork, "work")
+        check_instance(self.stragglers, Stragglers, "stragglers")
         check_counts(self, ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"))
         # The seed keys every draw, through numpy's SeedSequence: one 32-bit word.
         check_seed(self.seed)
@@ -290,6 +293,8 @@ def train(
     spec = ParamSpec.of(model)
     # In the model's own dtype (a float64 model trains in float64): the runtimes'
     # functional calls pair these parameters with the model's samples.
+    if init is not None:
+        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
     params = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
     if params.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
@@ -524,7 +529,7 @@ def _summary(
             config.eval_batch_size,
         )
         summary["client_train_accuracy"] = distribution(per_client_accuracy(correct, clients))
-    if data.natural_test_clients is not None and len(data.natural_test_clients) == len(clients):
+    if data.natural_test_clients is not None and _natural_split(data, clients):
         _, correct_t = runtime.predict(
             model,
             spec,
@@ -538,3 +543,15 @@ def _summary(
             per_client_accuracy(correct_t, data.natural_test_clients)
         )
     return summary
+
+
+def _natural_split(data: FederatedDataset, clients: list[np.ndarray]) -> bool:
+    """Whether ``clients`` are the dataset's natural users, in their order: only then are the
+    users' test samples the clients' own (with as many clients from another partition, the
+    summary scored the users' test sets as theirs)."""
+    users = data.natural_clients
+    return (
+        users is not None
+        and len(users) == len(clients)
+        and all(np.array_equal(np.sort(u), np.sort(c)) for u, c in zip(users, clients))
+    )

@@ -445,3 +445,45 @@ def test_model_pt_is_what_the_models_own_state_dict_gives(tmp_path):
     assert torch.equal(saved["0.weight"], trained["0.weight"])
     for k, v in model.state_dict().items():  # the model itself is left as it was
         assert not isinstance(v, torch.Tensor) or torch.equal(v, before[k]), k
+
+
+def test_client_test_accuracy_only_for_the_natural_users():
+    """The users' test samples are scored as the clients' own only when the clients are the
+    users: with as many clients from another partition, the summary gave the users' test
+    accuracies as the clients'."""
+    from shoal.data import shards, synthetic
+    from shoal.models import mclr
+
+    data = synthetic(0.5, 0.5, num_users=3, seed=0)
+    cfg = _config(rounds=2, sampler=ClientSampler(3))
+    users = data.natural_clients
+    # The users' own samples, listed in another order, are still the users.
+    res = train(mclr(60, 10), data, [u[::-1] for u in users], fedavg(0.05), cfg)
+    model = mclr(60, 10)
+    res.spec.load_into(model, res.params)
+    with torch.no_grad():
+        correct = (model(data.test.x).argmax(1) == data.test.y).numpy()
+    by_hand = [correct[idx].mean() for idx in data.natural_test_clients]
+    got = res.summary["client_test_accuracy"]
+    assert got["mean"] == pytest.approx(np.mean(by_hand))
+    assert got["min"] == pytest.approx(min(by_hand))
+
+    other = shards(1)(data.train.y.numpy(), 3, np.random.default_rng(0))
+    res = train(mclr(60, 10), data, other, fedavg(0.05), cfg)
+    assert "client_test_accuracy" not in res.summary
+    assert "client_train_accuracy" in res.summary
+
+
+def test_config_objects_and_init_are_type_checked():
+    # sampler=3 failed in round 0 with "'int' object has no attribute 'check'", a numpy init
+    # with "'numpy.ndarray' object has no attribute 'to'".
+    with pytest.raises(TypeError, match="sampler must be a ClientSampler .*, got int"):
+        TrainConfig(rounds=1, sampler=3)
+    with pytest.raises(TypeError, match="work must be a LocalWork, got dict"):
+        TrainConfig(rounds=1, sampler=ClientSampler(2), work={"epochs": 1})
+    with pytest.raises(TypeError, match="stragglers must be a Stragglers, got float"):
+        TrainConfig(rounds=1, sampler=ClientSampler(2), stragglers=0.5)
+    model = tiny_model()
+    init = np.zeros(sum(p.numel() for p in model.parameters()), np.float32)
+    with pytest.raises(TypeError, match="init must be a Tensor of the flat parameters"):
+        train(model, tiny_data(), unequal_clients(60, 4), fedavg(0.1), _config(), init=init)

@@ -203,6 +203,28 @@ def test_counts_must_be_integers(make, name) -> None:
         make()
 
 
+PARTITIONS = [
+    iid(),
+    dirichlet(0.5),
+    hsu_dirichlet(0.5),
+    shards(2),
+    classes_per_client(2),
+    quantity_skew(0.5),
+]
+
+
+@pytest.mark.parametrize("part", PARTITIONS, ids=lambda p: type(p).__name__)
+def test_num_clients_and_rng_are_checked(part: Partition) -> None:
+    # dirichlet(0.5)(y, 5.0, rng) failed in numpy with a TypeError, iid() took 3.0 and True
+    # (one client), and an int seed for rng ended in "'int' object has no attribute ...".
+    labels = np.repeat(np.arange(4), 50)
+    for count in (5.0, True):
+        with pytest.raises(ValueError, match="num_clients must be an integer >= 1"):
+            part(labels, count, rng(0))
+    with pytest.raises(TypeError, match="rng must be a np.random.Generator"):
+        part(labels, 5, 0)
+
+
 def test_errors_say_what_is_wrong() -> None:
     labels = np.repeat(np.arange(3), 10)
     with pytest.raises(ValueError, match="alpha must be > 0, got 0"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
@@ -93,5 +95,9 @@ def test_seed_and_validation() -> None:
     assert a.train.x.shape != c.train.x.shape or not np.array_equal(
         a.train.x.numpy(), c.train.x.numpy()
     )
-    with pytest.raises(ValueError, match="alpha and beta must be >= 0"):
-        synthetic(-1, 0)
+    for alpha, beta in [(-1, 0), (float("nan"), 1), (1, float("nan")), (math.inf, 1)]:
+        with pytest.raises(ValueError, match="alpha and beta must be finite and >= 0"):
+            synthetic(alpha, beta)  # NaN slipped past `< 0` and made every label 0
+    for kw in [{"num_users": 2.5}, {"num_users": True}, {"dim": 0}, {"num_classes": 1}]:
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} must be an integer"):
+            synthetic(1, 1, **kw)

@@ -25,11 +25,16 @@ from shoal.checks import check_count
 Partition = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
 
-def _check(labels: np.ndarray, num_clients: int) -> np.ndarray:
+def _check(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-    if not 1 <= num_clients <= len(labels):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a np.random.Generator (np.random.default_rng(seed)), got {rng!r}"
+        )
+    check_count(num_clients, "num_clients")  # 3.0 was accepted, True made one client
+    if num_clients > len(labels):
         raise ValueError(
             f"num_clients must be in [1, number of samples = {len(labels)}], got {num_clients}"
         )
@@ -59,7 +64,7 @@ class IID:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         return _finish(np.array_split(rng.permutation(len(labels)), num_clients), rng)
 
 
@@ -88,7 +93,7 @@ class Dirichlet:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         n = len(labels)
         _fits("min_size", self.min_size, num_clients, n)
         # Each class's indices are found once, not once per draw: with many draws (a large
@@ -141,7 +146,7 @@ class HsuDirichlet:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         n = len(labels)
         m = self.samples_per_client or n // num_clients
         _fits("samples_per_client", m, num_clients, n)
@@ -183,7 +188,7 @@ class Shards:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         num_shards = num_clients * self.shards_per_client
         size = len(labels) // num_shards
         if size == 0:
@@ -216,7 +221,7 @@ class ClassesPerClient:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         classes = np.unique(labels)
         num_classes = len(classes)
         if self.k > num_classes:
@@ -256,7 +261,7 @@ class QuantitySkew:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         n = len(labels)
         _fits("min_size", self.min_size, num_clients, n)
         perm = rng.permutation(n)
@@ -281,7 +286,7 @@ class Natural:
     def __call__(
         self, labels: np.ndarray, num_clients: int, rng: np.random.Generator
     ) -> list[np.ndarray]:
-        labels = _check(labels, num_clients)
+        labels = _check(labels, num_clients, rng)
         if num_clients != len(self.user_indices):
             raise ValueError(
                 f"the natural split has {len(self.user_indices)} users; num_clients must equal "

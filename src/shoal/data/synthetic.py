@@ -34,9 +34,12 @@ Deviations from the original scripts, none of which changes the distribution:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from shoal.checks import check_count
 from shoal.data.types import ArrayDataset, FederatedDataset
 
 
@@ -64,13 +67,11 @@ def synthetic(
     Features are float32 ``[N, dim]``; ``natural_clients[k]`` and ``natural_test_clients[k]``
     index user ``k``'s train and test samples.
     """
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
-    if num_users < 1 or dim < 1 or num_classes < 2:
-        raise ValueError(
-            f"need num_users >= 1, dim >= 1, num_classes >= 2; got {num_users}, {dim}, "
-            f"{num_classes}"
-        )
+    if not (0 <= alpha < math.inf and 0 <= beta < math.inf):  # NaN made every label 0
+        raise ValueError(f"alpha and beta must be finite and >= 0, got alpha={alpha}, beta={beta}")
+    check_count(num_users, "num_users")
+    check_count(dim, "dim")
+    check_count(num_classes, "num_classes", least=2)
     rng = np.random.default_rng(seed)
     sizes = rng.lognormal(4, 2, num_users).astype(np.int64) + 50
     std_x = np.sqrt(feature_variances(dim))
