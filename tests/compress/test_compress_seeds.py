@@ -3,10 +3,12 @@ shared (random-k's indices, PowerSGD's query), and both hold through the uplink 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shoal.compress import (
     Compressor,
+    count_sketch,
     error_feedback,
     init_for_worker,
     layerwise,
@@ -87,3 +89,23 @@ def test_transmit_each_counts_each_clients_bytes() -> None:
     rows = torch.stack([_x(), torch.zeros(D)])
     got, sent = transmit_each(threshold(0.5), {"delta": rows}, [0, 1], {}, D)
     assert sent[0] > sent[1] > 0 and got["delta"].shape == (2, D)
+
+
+@pytest.mark.parametrize(
+    ("make", "who"),
+    [
+        (lambda s: qsgd(2, seed=s), "qsgd"),
+        (lambda s: terngrad(seed=s), "terngrad"),
+        (lambda s: natural_compression(seed=s), "natural_compression"),
+        (lambda s: random_k(0.5, seed=s), "random_k"),
+        (lambda s: powersgd(SHAPES, seed=s), "powersgd"),
+        (lambda s: count_sketch(8, seed=s), "count_sketch"),
+    ],
+)
+def test_seeds_are_checked_when_built(make, who) -> None:
+    # random_k(0.5, seed=2**70).init(x) failed with "Overflow when unpacking long long", and a
+    # negative or float seed was taken.
+    for seed in (2**70, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"{who}: seed must be an integer >= 0"):
+            make(seed)
+    make(2**32 - 1).init(_x())

@@ -111,3 +111,12 @@ def test_blocked_encoding_counts_every_block_even_trailing_empty_ones() -> None:
     assert "counts" in payload  # 2-byte offsets beat 4-byte flat indices here
     assert payload["counts"].tolist() == [5000, 0, 0, 0]
     assert torch.equal(sparse_decompress(payload), x)
+
+
+@pytest.mark.parametrize("d", [1000, 100_000])
+def test_dgc_at_ratio_one_sends_every_entry(d: int) -> None:
+    """The threshold estimated on a sample (its smallest magnitude) left ~10% of the entries
+    out at ratio 1 (896 of 1,000 sent), which the 0.8k lower bound accepted."""
+    x = torch.randn(d, generator=gen(31))
+    c = dgc_top_k(1.0)
+    assert torch.equal(c.decompress(c.compress(x, c.init(x))[0]), x)

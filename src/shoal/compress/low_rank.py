@@ -60,7 +60,7 @@ from typing import ClassVar
 
 import torch
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed
 from shoal.compress._common import as_shapes, check_flat, generator
 from shoal.compress.base import Payload, add_all
 from shoal.compress.wire import payload_nbytes
@@ -107,6 +107,7 @@ class PowerSGD:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "powersgd"))
         check_count(self.rank, "powersgd: rank")
         check_count(self.power_iterations, "powersgd: power_iterations")
+        check_seed(self.seed, "powersgd: seed")
         if not isinstance(self.warm_start, bool):
             raise ValueError(f"powersgd: warm_start must be true or false, got {self.warm_start!r}")
         if not (

@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch.nn import functional as F
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed
 from shoal.compress._common import (
     check_flat,
     check_seed_state,
@@ -202,6 +202,7 @@ class QSGD(_Stochastic):
 
     def __post_init__(self) -> None:
         check_count(self.levels, "qsgd: levels")
+        check_seed(self.seed, "qsgd: seed")
         if self.levels > _MAX_LEVELS:
             raise ValueError(f"qsgd: levels must be <= 2**30, got {self.levels}")
         _check_bucket_size(self.bucket_size, "qsgd")
@@ -255,7 +256,15 @@ class QSGD(_Stochastic):
             q_D = unpack_codes(payload["codes"], self.bits, d, norms_B.dtype).sub_(self.levels)
         else:
             q_D = (unpack_codes(payload["codes"], self.bits, d) - self.levels).to(norms_B.dtype)
-        return _scale_buckets_(q_D, norms_B / self.levels, _bucket_length(d, self.bucket_size))
+        step_B = norms_B / self.levels
+        tiny = torch.finfo(step_B.dtype).tiny
+        if bool(((step_B < tiny) & (norms_B > 0)).any()):
+            # A subnormal ||x|| / s keeps few significant bits (2**30 levels of a 1e-36 vector
+            # decoded 8% off, of a 1e-40 one to zeros): scale in float64, then cast back.
+            dtype, step_B = q_D.dtype, norms_B.double() / self.levels
+            q_D = _scale_buckets_(q_D.double(), step_B, _bucket_length(d, self.bucket_size))
+            return q_D.to(dtype)
+        return _scale_buckets_(q_D, step_B, _bucket_length(d, self.bucket_size))
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,7 @@ class TernGrad(_Stochastic):
 
     def __post_init__(self) -> None:
         _check_bucket_size(self.bucket_size, "terngrad")
+        check_seed(self.seed, "terngrad: seed")
 
     @property
     def contractive(self) -> bool:
@@ -359,6 +369,9 @@ class NaturalCompression(_Stochastic):
 
     seed: int = 0
     contractive: ClassVar[bool] = True  # E||x - C(x)||^2 <= ||x||^2 / 8
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "natural_compression: seed")
 
     @property
     def name(self) -> str:

@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import torch
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed
 from shoal.compress._common import check_flat, mix, size_scalar
 from shoal.compress.base import Payload, add_all, check_same
 from shoal.compress.wire import payload_nbytes
@@ -65,6 +65,7 @@ class CountSketch:
     def __post_init__(self) -> None:
         check_count(self.width, "count_sketch: width")
         check_count(self.depth, "count_sketch: depth")
+        check_seed(self.seed, "count_sketch: seed")
 
     @property
     def name(self) -> str:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed
 from shoal.compress._common import (
     check_flat,
     check_ratio,
@@ -333,6 +333,7 @@ class RandomK:
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "random_k")
+        check_seed(self.seed, "random_k: seed")
 
     @property
     def name(self) -> str:
@@ -510,6 +511,8 @@ class DGCTopK(_Sparse):
             return x_D.new_zeros(0, dtype=torch.long)
         plan = dgc_plan(d, self.ratio, self.sample_ratio)
         k = plan.num_selects
+        if k == d:  # every entry: a threshold from a sample left ~10% of them out at ratio 1
+            return torch.arange(d, device=x_D.device)
         if plan.num_samples == d:
             return torch.topk(x_D.abs(), k, sorted=False).indices
         g = generator(seed, step, "cpu")
