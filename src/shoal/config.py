@@ -81,7 +81,7 @@ The schema (two levels: top-level keys, then one table per concern)::
     steps = 500
     batch_size = 32     # per worker and step
     eval_every = 50
-    target_accuracy = 0.0   # > 0: stop at the first evaluation that reaches it
+    target_accuracy = 0.0   # > 0: stop at the first evaluation reaching it (run finished)
     checkpoint_every = 100
     topology = "auto"   # dpsgd/sgp graph: auto (ring for dpsgd, one-peer exponential for sgp) |
                         # complete | ring | exponential | one_peer_exponential

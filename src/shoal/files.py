@@ -38,6 +38,27 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """A run's checkpoint, loaded onto ``device``. A file damaged after it was written (cut
+    short, emptied, overwritten) is refused in one line: torch.load ended a resume with a
+    traceback (``EOFError``, ``RuntimeError`` from its zip reader) or a stray message (from
+    parsing the legacy format: "invalid literal for int()")."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except OSError:
+        raise
+    except Exception as e:  # any failure to unpickle means the same: not a checkpoint
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(
+            f"cannot resume: {path} is not a readable checkpoint ({reason}); it was changed "
+            "after the run wrote it (checkpoints are written whole, by rename): run again "
+            "into another folder"
+        ) from None
+    if not isinstance(ck, dict):
+        raise ValueError(f"cannot resume: {path} holds a {type(ck).__name__}, not a checkpoint")
+    return ck
+
+
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a metrics file (one JSON object per line) in one rename."""
     tmp = path.with_suffix(".tmp")

@@ -35,7 +35,13 @@ from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
-from shoal.files import atomic_save, check_checkpoint_dtype, environment, write_metrics
+from shoal.files import (
+    atomic_save,
+    check_checkpoint_dtype,
+    environment,
+    load_checkpoint,
+    write_metrics,
+)
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
@@ -347,7 +353,7 @@ def train(
         if resume:
             if not (out / CHECKPOINT).exists():
                 raise ValueError(f"cannot resume: no {CHECKPOINT} in {out}")
-            ck = torch.load(out / CHECKPOINT, map_location=dev, weights_only=False)
+            ck = load_checkpoint(out / CHECKPOINT, dev)
             check_checkpoint_dtype(out / CHECKPOINT, ck["params"], params.dtype)
             params, server, rows = ck["params"], ck["server"], ck["metrics"]
             store = ClientStore(ck["clients"], ck["compressor"])

@@ -202,10 +202,43 @@ def test_resume_of_a_launched_run_in_one_process_is_refused(tmp_path, capsys):
         (tmp_path / "a" / f"checkpoint.rank{rank}.pt").write_bytes(ckpt.read_bytes())
     ckpt.unlink()
     capsys.readouterr()
-    assert shoal("run", "--resume", tmp_path / "a", "--set", "parallel.steps=20") == 2
+    config = (tmp_path / "a" / "config.toml").read_text()
+    for _ in range(2):  # the refused resume wrote steps = 20: the second was "not longer"
+        assert shoal("run", "--resume", tmp_path / "a", "--set", "parallel.steps=20") == 2
+        err = capsys.readouterr().err
+        assert "a run on 2 processes" in err and "torchrun --nproc-per-node 2 -m shoal run" in err
+        assert len(_rows(tmp_path / "a")) == 1  # its metrics untouched
+        assert (tmp_path / "a" / "config.toml").read_text() == config
+
+
+def test_a_run_that_reached_its_target_is_finished(tmp_path, capsys):
+    """A plain resume trained it on to parallel.steps (overwriting its metrics and summary),
+    and --set parallel.steps=N would stop again at once."""
+    cfg = _config(tmp_path, "sync_sgd", "target_accuracy = 0.4\n")  # at step 20 of 30
+    out = tmp_path / "a"
+    assert shoal("run", cfg, "--out", out, "--quiet") == 0
+    rows, summary = _rows(out), (out / "summary.json").read_text()
+    assert rows[-1]["step"] < 30 and json.loads(summary)["steps_to_target"] == rows[-1]["step"]
+    assert shoal("run", "--resume", out, "--quiet") == 0
+    assert _rows(out) == rows and (out / "summary.json").read_text() == summary
+    capsys.readouterr()
+    assert shoal("run", "--resume", out, "--set", "parallel.steps=60", "--quiet") == 2
+    assert "stopped at its parallel.target_accuracy after 20 steps" in capsys.readouterr().err
+    assert "steps = 30" in (out / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage\n", "truncate"])
+def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, capsys, damage):
+    cfg = _config(tmp_path, "sync_sgd")
+    out = tmp_path / "a"
+    assert shoal("run", cfg, "--set", "parallel.steps=10", "--out", out, "--quiet") == 0
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000] if damage == "truncate" else damage)
+    capsys.readouterr()
+    assert shoal("run", "--resume", out, "--set", "parallel.steps=20", "--quiet") == 1
     err = capsys.readouterr().err
-    assert "a run on 2 processes" in err and "torchrun --nproc-per-node 2 -m shoal run" in err
-    assert len(_rows(tmp_path / "a")) == 1  # its metrics untouched
+    assert err.count("\n") == 1 and f"{ckpt} is not a readable checkpoint" in err, err
+    assert "steps = 10" in (out / "config.toml").read_text()
 
 
 def test_worker_settings_beyond_the_workers_are_named(tmp_path, capsys):

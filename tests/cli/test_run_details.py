@@ -75,6 +75,32 @@ def test_a_resume_to_the_same_length_is_refused(
     assert "can only train further, past its 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"", b"garbage\n", "truncate"])
+def test_a_damaged_checkpoint_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: bytes | str
+) -> None:
+    # torch.load's EOFError and zip-reader RuntimeError ended in tracebacks, the legacy
+    # format's parse in "invalid literal for int() with base 10".
+    assert shoal("run", write_config(tmp_path, rounds=2), "--out", "r", "--quiet") == 0
+    ckpt = Path("r") / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000] if damage == "truncate" else damage)
+    capsys.readouterr()
+    assert shoal("run", "--resume", "r", "--set", "rounds=4", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{ckpt} is not a readable checkpoint" in err, err
+    assert "rounds = 2" in (Path("r") / "config.toml").read_text()  # not the refused 4
+
+
+def test_a_demo_trained_further_is_still_the_demo(tmp_path: Path) -> None:
+    # The longer config was written with a `shoal run` header: `shoal demo` then refused to
+    # redo its own folder ("holds a run that is not a demo").
+    quick = sets(["rounds=1", "sampling.clients_per_round=2"])
+    assert shoal("demo", *quick, "--out", "d", "--quiet") == 0
+    assert shoal("run", "--resume", "d", "--set", "rounds=2", "--quiet") == 0
+    assert "rounds = 2" in (Path("d") / "config.toml").read_text()
+    assert shoal("demo", *quick, "--out", "d", "--quiet") == 0
+
+
 DP = SMALL.split("[client]")[0].replace('"fedavg"', '"{name}"') + "[parallel]\n{parallel}"
 
 

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -86,9 +88,18 @@ def fresh_out(out: str | None, stem: str) -> Path:
 def _write_config(cfg: Config, path: Path, made_by: str = "run") -> None:
     header = f"The resolved config of a shoal {made_by}: every default filled in.\n"
     header += "Continue a killed run with: shoal run --resume <this folder>"
+    _replace_text(path, dumps(cfg, header))
+
+
+def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(dumps(cfg, header), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _made_by(text: str) -> str:
+    """The command a ``config.toml``'s header names (see :func:`_write_config`)."""
+    return "demo" if "shoal demo" in text.partition("\n")[0] else "run"
 
 
 def execute(
@@ -235,8 +246,9 @@ def _distributed_run(args: argparse.Namespace) -> int:
     After an elastic restart the workers continue from the checkpoint. A collective broken by
     a dead peer ends this worker with one line (``PeerFailure``), not a traceback: the
     launcher's report names the rank that died."""
+    shorter = None
     if args.resume:
-        cfg, out = _resume_config(args)
+        cfg, out, shorter = _resume_config(args)
     else:
         if not args.config or not args.out:
             raise UsageError(
@@ -249,7 +261,8 @@ def _distributed_run(args: argparse.Namespace) -> int:
     resume = (bool(args.resume) or restarted) and _resumable(cfg, out)
     done = False
     try:
-        execute(cfg, out, resume=resume, progress=not args.quiet)
+        with _lengthened(out, cfg, shorter):
+            execute(cfg, out, resume=resume, progress=not args.quiet)
         done = True
     except RuntimeError as e:
         if (lost := as_peer_failure(e, _rank())) is None:
@@ -289,14 +302,17 @@ _LENGTH = ("rounds", "parallel.steps")
 """The keys ``--resume`` may raise: a finished (or killed) run then trains further."""
 
 
+def _length(cfg: Config) -> str:
+    return "parallel.steps" if parallel.is_parallel(cfg) else "rounds"
+
+
 def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> Config:
-    """``cfg`` with its length raised by ``assignments`` (``rounds=N`` or ``parallel.steps=N``),
-    also written to the run's ``config.toml`` so that a later resume goes on to ``N``. Every
-    choice is keyed by the round or step, so the run ends as one of ``N`` from the start would,
-    apart from the evaluation and checkpoint that ended the shorter one. ``strict=False`` (the
-    processes of a distributed job) takes a length already at ``N`` as given: rank 0 may have
-    written it, or an elastic restart repeats the command."""
-    length = "parallel.steps" if parallel.is_parallel(cfg) else "rounds"
+    """``cfg`` with its length raised by ``assignments`` (``rounds=N`` or ``parallel.steps=N``).
+    Every choice is keyed by the round or step, so the run ends as one of ``N`` from the start
+    would, apart from the evaluation and checkpoint that ended the shorter one. ``strict=False``
+    (the processes of a distributed job) takes a length already at ``N`` as given: rank 0 may
+    have written it, or an elastic restart repeats the command."""
+    length = _length(cfg)
     for key in (a.partition("=")[0].strip() for a in assignments):
         if key != length:
             raise ConfigError(f"{key}: this run's length is {length}; --set {length}=N")
@@ -306,14 +322,47 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
             f"{length} = {longer[length]}: a resumed run can only train further, past its "
             f"{cfg[length]}"
         )
-    if longer[length] > cfg[length] and _rank() == 0:
-        _write_config(longer, out / CONFIG)
+    summary = out / SUMMARY
+    if length == "parallel.steps" and summary.is_file():
+        reached = json.loads(summary.read_text(encoding="utf-8")).get("steps_to_target")
+        if reached is not None:  # it would stop again at once
+            raise ConfigError(
+                f"{length} = {longer[length]}: the run stopped at its "
+                f"parallel.target_accuracy after {reached} steps, so it is finished; start a "
+                "new run without the target (or with a higher one) to train longer"
+            )
     return longer
 
 
-def _resume_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The config of the run ``--resume`` names (longer with ``--set rounds=N``), and its
-    folder; the same checks in one process and in each of a distributed job's."""
+@contextlib.contextmanager
+def _lengthened(out: Path, cfg: Config, shorter: Config | None) -> Iterator[None]:
+    """Write the longer ``cfg`` of a resume over the ``shorter`` one in the run's
+    ``config.toml`` (keeping the command its header names), so that a later resume goes on to
+    its length, and put the old file back if the resume fails before training past the old
+    length: a refused resume (a checkpoint of another world size, a damaged one) left the new
+    length behind, and the same command was then refused as "not longer"."""
+    if shorter is None or _rank() != 0:
+        yield
+        return
+    before = (out / CONFIG).read_text(encoding="utf-8")
+    old = shorter[_length(shorter)]
+    _write_config(cfg, out / CONFIG, _made_by(before))
+    try:
+        yield
+    except BaseException:
+        try:  # the rows of the rounds (steps) trained so far: past `old`, the new length holds
+            rows = read_metrics(out)
+        except (OSError, ValueError):  # none, or unreadable: the old length is the safe one
+            rows = []
+        if not rows or rows[-1].get("round", rows[-1].get("step", 0)) <= old:
+            _replace_text(out / CONFIG, before)
+        raise
+
+
+def _resume_config(args: argparse.Namespace) -> tuple[Config, Path, Config | None]:
+    """The config of the run ``--resume`` names (longer with ``--set rounds=N``), its folder,
+    and, when ``--set`` made it longer, the config before (see :func:`_lengthened`); the same
+    checks in one process and in each of a distributed job's."""
     lengths = [a.partition("=")[0].strip() for a in args.set]
     if args.config or args.unset or args.out or any(k not in _LENGTH for k in lengths):
         raise UsageError(
@@ -324,10 +373,14 @@ def _resume_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if not (out / CONFIG).is_file():
         raise ConfigError(f"--resume {args.resume}: no {CONFIG} there (not a run folder)")
     raw = load(out / CONFIG)
+    shorter = None
     try:
         cfg = resolve(raw, CATALOG)
         if args.set:
-            cfg = _longer(cfg, args.set, out, strict=not in_distributed_env())
+            longer = _longer(cfg, args.set, out, strict=not in_distributed_env())
+            if longer[_length(cfg)] > cfg[_length(cfg)]:
+                shorter = cfg
+            cfg = longer
     except ConfigError as e:
         data_dir = Path(str(raw.get("data", {}).get("dir", "/")))
         if str(e).startswith("data.dir") and not data_dir.expanduser().is_absolute():
@@ -336,16 +389,17 @@ def _resume_config(args: argparse.Namespace) -> tuple[Config, Path]:
                 "folder the run was started in"
             ) from None
         raise
-    return cfg, out
+    return cfg, out, shorter
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if in_distributed_env():
         return _distributed_run(args)
     if args.resume:
-        cfg, out = _resume_config(args)
-        # Killed before the first checkpoint: nothing to continue, so start over.
-        execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)
+        cfg, out, shorter = _resume_config(args)
+        with _lengthened(out, cfg, shorter):
+            # Killed before the first checkpoint: nothing to continue, so start over.
+            execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)
         return 0
     if not args.config:
         raise UsageError("give a CONFIG.toml to run, or --resume DIR")
@@ -367,7 +421,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if (out / CONFIG).is_file():
         # The demo is a fixed job: running it again redoes it in place (only its files go),
         # but another command's run is not the demo's to delete.
-        if "shoal demo" not in (out / CONFIG).read_text(encoding="utf-8").partition("\n")[0]:
+        if _made_by((out / CONFIG).read_text(encoding="utf-8")) != "demo":
             raise ConfigError(f"--out {out}: holds a run that is not a demo; choose another folder")
         print(f"replacing the earlier demo in {out}")
         for name in (CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT):

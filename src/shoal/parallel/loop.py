@@ -51,7 +51,7 @@ from tqdm import tqdm
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
-from shoal.files import atomic_save, check_checkpoint_dtype, write_metrics
+from shoal.files import atomic_save, check_checkpoint_dtype, load_checkpoint, write_metrics
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.parallel import records
 from shoal.parallel.base import (
@@ -229,8 +229,10 @@ class _WorkerRun:
         # losses are no honest node's (robust gossip, HonestSubset).
         loss_keep_W = alg.evaluated_W(state) if isinstance(alg, HonestSubset) else None
         loss_workers = len(comm.workers) if loss_keep_W is None else int(loss_keep_W.sum())
+        # A run that stopped at its target accuracy is finished: a resume does not train on.
+        end = prog.step if prog.steps_to_target is not None else cfg.steps
         bar = tqdm(
-            range(prog.step, cfg.steps),
+            range(prog.step, end),
             initial=prog.step,
             total=cfg.steps,
             desc=alg.name,
@@ -393,9 +395,7 @@ class _WorkerRun:
             raise ValueError(f"cannot resume: no {path.name} in {path.parent}")
         ck = None
         if resume:
-            ck = torch.load(
-                path if path.exists() else previous, map_location=self.dev, weights_only=False
-            )
+            ck = load_checkpoint(path if path.exists() else previous, self.dev)
         if self.coordinated:
             assert self.job.rank is not None
             step = ck["progress"]["step"] if ck is not None else 0
@@ -405,7 +405,7 @@ class _WorkerRun:
             if agreed == 0:
                 return None
             if step != agreed:
-                ck = torch.load(previous, map_location=self.dev, weights_only=False)
+                ck = load_checkpoint(previous, self.dev)
                 if ck["progress"]["step"] != agreed:
                     raise ValueError(
                         f"cannot resume: {previous.name} holds step {ck['progress']['step']}, "

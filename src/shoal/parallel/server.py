@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from shoal.files import atomic_save, write_metrics
+from shoal.files import atomic_save, load_checkpoint, write_metrics
 from shoal.parallel import records
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.config import ParallelResult
@@ -43,7 +43,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
     if resume and ckpt is not None:
         if not ckpt.exists():
             raise ValueError(f"cannot resume: no {ckpt.name} in {ckpt.parent}")
-        ck = torch.load(ckpt, map_location=dev, weights_only=False)
+        ck = load_checkpoint(ckpt, dev)
         centre_D, rows, steps_W = ck["centre_D"], ck["rows"], ck["steps_W"]
         prog, comm.bytes_sent = Progress(**ck["progress"]), ck["bytes_sent"]
         received_before = ck["received"]
