@@ -36,6 +36,13 @@ def check_seed(value: Any, name: str = "seed") -> None:
         raise ValueError(f"{name} must be an integer >= 0 and < 2**32, got {value!r}")
 
 
+def stragglers_keep(clients_per_round: int, fraction: float) -> int:
+    """How many of the ``m`` clients sampled in a round FedProx's straggler model leaves
+    unslowed: ``round(m (1 - fraction))``. With the stragglers dropped, 0 means that no one
+    trains in any round (a run of constant accuracy that ended without an error)."""
+    return int(round(clients_per_round * (1.0 - fraction)))
+
+
 def check_counts(owner: object, names: tuple[str, ...]) -> None:
     """Each named attribute of ``owner`` must be an integer >= 1."""
     for name in names:

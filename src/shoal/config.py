@@ -55,7 +55,7 @@ The schema (two levels: top-level keys, then one table per concern)::
     [client]
     epochs = 1
     batch_size = 10     # 0 = the whole local dataset as one batch
-    steps = 0           # > 0: exactly this many local steps instead of epochs
+    steps = 0           # > 0: exactly this many local steps instead of epochs (epochs = 1)
     min_epochs = 0      # > 0: epochs drawn uniformly from [min_epochs, epochs] per client/round
 
     [sampling]
@@ -101,6 +101,7 @@ spelled here.
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import re
 import sys
@@ -110,7 +111,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from shoal.checks import SEED_LIMIT
+from shoal.checks import SEED_LIMIT, stragglers_keep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -387,6 +388,8 @@ def _show(value: Any) -> str:
         return "a table"
     if isinstance(value, (list, tuple)):  # element by element: [[data]] gives a list of tables
         return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML's dates and times
+        return value.isoformat()
     return repr(value)
 
 
@@ -398,12 +401,24 @@ def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:
     try:
         value = _coerce(given, param.kind)
     except _Mismatch:
-        raise ConfigError(f"{key} = {_show(given)}: must be {describe(param.kind)}") from None
+        hint = ""
+        if not isinstance(given, (str, dict, list)) and _fits(_show(given), param.kind):
+            # --set data.dir=2024 reads as TOML: a number (or a date), not the folder's name.
+            hint = f" (quoted, it is one: --set '{key}=\"{_show(given)}\"')"
+        raise ConfigError(f"{key} = {_show(given)}: must be {describe(param.kind)}{hint}") from None
     if param.choices and value not in param.choices:
         raise ConfigError(f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
     if param.check is not None and not param.check(value):
         raise ConfigError(f"{key} = {_show(value)}: must be {param.allowed}")
     return value
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    try:
+        _coerce(value, kind)
+    except _Mismatch:
+        return False
+    return True
 
 
 def _join(names: Sequence[str]) -> str:
@@ -563,6 +578,12 @@ def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:
     # Both count epochs, which a fixed number of local steps does not have (TrainConfig refuses
     # them too, without naming the keys).
     steps, fraction = client["steps"], sampling["straggler_fraction"]
+    if sampled and steps and client["epochs"] != 1:  # [client] is moot for data-parallel
+        raise ConfigError(
+            f"client.steps = {steps} with client.epochs = {client['epochs']}: fixed steps "
+            "replace epochs, which would be ignored; leave client.epochs at 1, or set "
+            "client.steps = 0"
+        )
     if steps and client["min_epochs"]:
         raise ConfigError(
             f"client.steps = {steps} with client.min_epochs = {client['min_epochs']}: "
@@ -576,6 +597,13 @@ def _check_across(cfg: dict[str, Any], sampled: bool = True) -> None:
             "sampling.drop_stragglers = true"
         )
     n, m = part["num_clients"], sampling["clients_per_round"]
+    if sampled and sampling["drop_stragglers"] and fraction and not stragglers_keep(m, fraction):
+        raise ConfigError(
+            f"sampling.straggler_fraction = {fraction} with sampling.drop_stragglers = true "
+            f"drops all {m} clients sampled each round (it keeps round({m} x (1 - "
+            f"{fraction})) = 0): nothing would train; lower the fraction or raise "
+            "sampling.clients_per_round"
+        )
     if sampled and n and m > n and not sampling["replace"]:
         raise ConfigError(
             f"sampling.clients_per_round = {m}: must be <= partition.num_clients = {n} "

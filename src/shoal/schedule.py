@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.algorithms.base import LocalWork
-from shoal.checks import check_count
+from shoal.checks import check_count, stragglers_keep
 
 # Stream ids keep the generators of different purposes independent.
 _SAMPLE, _STRAGGLE, _BATCHES = 0, 1, 2
@@ -85,7 +85,7 @@ class Stragglers:
             epochs = rng.integers(work.min_epochs, work.epochs + 1, size=num_sampled)
         if self.fraction == 0.0:
             return epochs
-        num_active = int(round(num_sampled * (1.0 - self.fraction)))
+        num_active = stragglers_keep(num_sampled, self.fraction)
         slow = rng.permutation(num_sampled)[num_active:]
         if self.drop:
             epochs[slow] = 0

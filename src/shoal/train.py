@@ -29,7 +29,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import check_counts, check_instance, check_seed
+from shoal.checks import check_counts, check_instance, check_seed, stragglers_keep
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -80,6 +80,13 @@ class TrainConfig:
         check_instance(self.work, LocalWork, "work")
         check_instance(self.stragglers, Stragglers, "stragglers")
         check_counts(self, ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"))
+        m, fraction = self.sampler.clients_per_round, self.stragglers.fraction
+        if self.stragglers.drop and fraction > 0 and stragglers_keep(m, fraction) == 0:
+            raise ValueError(
+                f"stragglers: fraction {fraction} of the {m} clients sampled a round leaves "
+                "none that is not dropped: nothing would train; lower the fraction or sample "
+                "more clients"
+            )
         # The seed keys every draw, through numpy's SeedSequence: one 32-bit word.
         check_seed(self.seed)
         if self.weighting not in ("samples", "uniform"):

@@ -134,6 +134,9 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
         # TOML values that the message could not show (a TypeError traceback before):
         ({"data": [{"name": "mnist"}]}, ["data = [a table]", "must be a table"]),  # [[data]]
         ({"model": {"hidden": [datetime.date(1979, 5, 27)]}}, ["model.hidden", "integers"]),
+        # --set data.dir=2024 reads as TOML: a number, or a date (shown as "datetime.date(...)")
+        ({"data": {"dir": 2024}}, ["data.dir = 2024: must be a string", "'data.dir=\"2024\"'"]),
+        ({"data": {"dir": datetime.date(2024, 1, 2)}}, ["data.dir = 2024-01-02", '"2024-01-02"']),
     ],
 )
 def test_mistakes_name_the_key(raw: dict, words: list[str]) -> None:

@@ -123,6 +123,20 @@ def test_data_show_default_png_name(tmp_path: Path) -> None:
     assert _is_png(tmp_path / "exp-labels.png")
 
 
+def test_data_show_names_the_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # matplotlib adds ".png" to a name without a suffix: the line said "heat map: labels".
+    cfg = write_config(tmp_path)
+    assert shoal("data", "show", cfg, "--png", "labels", "--rows", "0") == 0
+    assert "heat map: labels.png" in capsys.readouterr().out
+    assert _is_png(tmp_path / "labels.png")
+    # A folder (written as "<folder>.png") and "" (the default name) are refused first.
+    (tmp_path / "figs").mkdir()
+    for bad in ("figs", ""):
+        assert shoal("data", "show", cfg, "--png", bad) == 2
+        assert "--png" in capsys.readouterr().err
+    assert not (tmp_path / "figs.png").exists()
+
+
 def test_data_list_names_every_dataset(capsys: pytest.CaptureFixture) -> None:
     assert shoal("data", "list") == 0
     out = capsys.readouterr().out

@@ -132,6 +132,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         assert ra == rb
 
 
+DROP = ["--set", "sampling.drop_stragglers=true"]
 ERRORS = [
     (["--set", "sampling.clients_per_rund=5"], "sampling.clients_per_rund"),
     (["--set", "rounds=many"], "rounds"),
@@ -156,6 +157,11 @@ ERRORS = [
     # Fixed local steps have no epochs to draw or to cut short (exit code 1 before).
     (["--set", "client.steps=3", "--set", "client.min_epochs=1"], "client.min_epochs = 1"),
     (["--set", "client.steps=3", "--set", "sampling.straggler_fraction=0.5"], "fraction = 0.5"),
+    # Fixed steps replace epochs: the epochs were ignored without a word.
+    (["--set", "client.steps=3", "--set", "client.epochs=2"], "client.epochs = 2"),
+    # Every sampled client dropped in every round: constant accuracy and exit code 0.
+    (["--set", "sampling.straggler_fraction=1", *DROP], "drops all 5 clients"),
+    (["--set", "sampling.straggler_fraction=0.9", *DROP], "round(5 x (1 - 0.9)) = 0"),
 ]
 
 

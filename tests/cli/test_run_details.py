@@ -177,3 +177,28 @@ def test_fedsgd_warns_of_its_own_local_work_only_when_asked_for_another(
     config.write_text('rounds = 1\n[algorithm]\nname = "fedsgd"\nlr = 0.1\n' + client)
     assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 0
     assert ("fixes its own local work" in capsys.readouterr().err) == warned
+
+
+def test_an_out_folder_below_a_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It ended as "[Errno 20] Not a directory" with exit code 1, when the run made the folder.
+    (tmp_path / "afile").write_text("")
+    cfg = write_config(tmp_path)
+    assert shoal("run", cfg, "--out", "afile/sub/deeper", "--quiet") == 2
+    assert "--out afile/sub/deeper: afile is a file, not a folder" in capsys.readouterr().err
+
+
+def test_an_unwritable_file_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `shoal probe --json` on a read-only mount measured for minutes, then failed to write.
+    import os
+
+    from shoal.cli import UsageError, file_arg
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    with pytest.raises(UsageError, match="--json .*t.json: not writable"):
+        file_arg(str(tmp_path / "ro" / "t.json"), "--json")
+    assert file_arg(str(tmp_path / "t.json"), "--json") == tmp_path / "t.json"

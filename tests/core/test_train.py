@@ -216,7 +216,7 @@ def test_stragglers_with_nothing_less_to_do_are_warned_of():
         for work, drop in [(LocalWork(epochs=2, batch_size=8), False), (one_epoch, True)]:
             train(
                 tiny_model(), data, clients, fedavg(0.2),
-                _config(rounds=1, work=work, stragglers=Stragglers(0.9, drop=drop)),
+                _config(rounds=1, work=work, stragglers=Stragglers(0.5, drop=drop)),
             )  # fmt: skip
 
 
@@ -483,6 +483,12 @@ def test_config_objects_and_init_are_type_checked():
         TrainConfig(rounds=1, sampler=ClientSampler(2), work={"epochs": 1})
     with pytest.raises(TypeError, match="stragglers must be a Stragglers, got float"):
         TrainConfig(rounds=1, sampler=ClientSampler(2), stragglers=0.5)
+    # Every sampled client a dropped straggler: no one trained in any round, without an error.
+    with pytest.raises(ValueError, match="leaves none that is not dropped"):
+        TrainConfig(rounds=1, sampler=ClientSampler(5), stragglers=Stragglers(0.9, drop=True))
+    TrainConfig(rounds=1, sampler=ClientSampler(5), stragglers=Stragglers(0.9))  # slowed only
+    with pytest.raises(ValueError, match="steps=3 replaces epochs, so epochs=2 would be ignored"):
+        LocalWork(epochs=2, steps=3)
     model = tiny_model()
     init = np.zeros(sum(p.numel() for p in model.parameters()), np.float32)
     with pytest.raises(TypeError, match="init must be a Tensor of the flat parameters"):

@@ -66,6 +66,11 @@ class LocalWork:
             )
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"local steps must be >= 1, got {self.steps}")
+        if self.steps is not None and self.epochs != 1:
+            raise ValueError(
+                f"LocalWork: steps={self.steps} replaces epochs, so epochs={self.epochs} would "
+                "be ignored; leave epochs at 1"
+            )
         if self.min_epochs is not None and not 1 <= self.min_epochs <= self.epochs:
             raise ValueError(
                 f"min_epochs must be in [1, epochs={self.epochs}], got {self.min_epochs}"

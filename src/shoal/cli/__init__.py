@@ -43,6 +43,9 @@ def folder_arg(text: str, option: str = "--out") -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {text}: a file, not a folder")
+    above = next((p for p in path.parents if p.exists()), Path("."))
+    if not above.is_dir():  # "[Errno 20] Not a directory" when the run made it, exit code 1
+        raise UsageError(f"{option} {text}: {above} is a file, not a folder")
     return path
 
 
@@ -52,6 +55,8 @@ def file_arg(text: str, option: str) -> Path:
     path = Path(text)
     if not text.strip() or path.is_dir() or not path.parent.is_dir():
         raise UsageError(f"{option} {text}: cannot write a file there (no such folder?)")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):  # a read-only mount too
+        raise UsageError(f"{option} {text}: not writable")
     return path
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.cli import UsageError, add_set_option, config_from_args, name_choices
+from shoal.cli import UsageError, add_set_option, config_from_args, file_arg, name_choices
 from shoal.cli.build import build_clients, fetch_dataset
 from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import DATASETS, in_cache
@@ -91,6 +91,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     if args.rows < 0:
         raise UsageError(f"--rows must be >= 0, got {args.rows}")
+    # A folder or an empty name was refused by no one: "" fell back to the default name, and
+    # matplotlib wrote a folder's name with ".png" added (the line below named the folder).
+    png = file_arg(args.png, "--png") if args.png is not None else None
     cfg = config_from_args(args)
     # A data-parallel config's clients are its workers, all of them every step: no sampling.
     workers = is_parallel(cfg)
@@ -107,7 +110,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"{who}s: {len(clients)}; samples per {who}: min {sizes.min()}, median "
         f"{np.median(sizes):g}, max {sizes.max()} ({sizes.sum()} of {len(data.train)} used)"
     )
-    png = Path(args.png) if args.png else Path(f"{Path(args.config).stem}-labels.png")
+    png = png or Path(f"{Path(args.config).stem}-labels.png")
     title = f"{data.name}, {scheme}: labels per {who}"
     print(f"heat map: {plot_label_histogram(hist, png, title, who=who)}")
     return 0

@@ -132,6 +132,8 @@ def plot_label_histogram(
         ax.set_yticks(range(num_classes))
     ax.set_title(title or f"label distribution: {num_clients} clients x {num_classes} classes")
     path = Path(path)
+    if not path.suffix:  # what matplotlib writes then, so that the path returned is the file
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
