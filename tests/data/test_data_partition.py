@@ -160,17 +160,17 @@ def test_smaller_alpha_means_more_label_skew() -> None:
         assert h[100.0] > 0.95 * np.log(10)  # nearly uniform
 
 
-@pytest.mark.parametrize(
-    "part",
-    [
-        iid(),
-        dirichlet(0.5),
-        hsu_dirichlet(0.5),
-        shards(2),
-        classes_per_client(2),
-        quantity_skew(0.5),
-    ],
-)
+PARTITIONS = [
+    iid(),
+    dirichlet(0.5),
+    hsu_dirichlet(0.5),
+    shards(2),
+    classes_per_client(2),
+    quantity_skew(0.5),
+]
+
+
+@pytest.mark.parametrize("part", PARTITIONS, ids=lambda p: type(p).__name__)
 def test_seed_reproduces_and_other_seed_changes(part) -> None:
     labels = np.repeat(np.arange(10), 100)
     a, b, c = (part(labels, 10, rng(s)) for s in (7, 7, 8))
@@ -201,16 +201,6 @@ def test_counts_must_be_integers(make, name) -> None:
     # a TypeError, hsu_dirichlet(0.5, 400.5) said the count "exceeds the samples".
     with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
         make()
-
-
-PARTITIONS = [
-    iid(),
-    dirichlet(0.5),
-    hsu_dirichlet(0.5),
-    shards(2),
-    classes_per_client(2),
-    quantity_skew(0.5),
-]
 
 
 @pytest.mark.parametrize("part", PARTITIONS, ids=lambda p: type(p).__name__)
