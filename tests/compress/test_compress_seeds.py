@@ -9,6 +9,7 @@ import torch
 from shoal.compress import (
     Compressor,
     count_sketch,
+    dgc_top_k,
     error_feedback,
     init_for_worker,
     layerwise,
@@ -100,6 +101,7 @@ def test_transmit_each_counts_each_clients_bytes() -> None:
         (lambda s: random_k(0.5, seed=s), "random_k"),
         (lambda s: powersgd(SHAPES, seed=s), "powersgd"),
         (lambda s: count_sketch(8, seed=s), "count_sketch"),
+        (lambda s: dgc_top_k(0.1, seed=s), "dgc_top_k"),
     ],
 )
 def test_seeds_are_checked_when_built(make, who) -> None:

@@ -482,6 +482,7 @@ class DGCTopK(_Sparse):
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "dgc_top_k")
+        check_seed(self.seed, "dgc_top_k: seed")
         if not (isinstance(self.sample_ratio, (int, float)) and 0 < self.sample_ratio <= 1):
             raise ValueError(f"dgc_top_k: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if not self.upper_bound >= 1.0:
