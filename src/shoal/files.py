@@ -62,7 +62,7 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a metrics file (one JSON object per line) in one rename."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -316,6 +316,12 @@ def train(
     attack = None
     if byzantine is not None:
         if isinstance(byzantine.behaviour, LabelFlip):  # they train honestly on poisoned data
+            flip, k = byzantine.behaviour.num_classes, data.train.num_classes
+            if flip != k:  # 9 - y of 5-class labels failed inside the first round's loss
+                raise ValueError(
+                    f"label_flip({flip}) maps labels to {flip - 1} - y, but the data has {k} "
+                    f"classes: build it with label_flip({k})"
+                )
             y = y.clone()
             for c in byzantine.clients:
                 own = torch.as_tensor(clients[c], device=dev)
@@ -498,7 +504,7 @@ def train(
     )
     if out is not None and main:
         atomic_save(spec.state_dict(model, params), out / MODEL)
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)
 

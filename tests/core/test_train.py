@@ -9,7 +9,7 @@ from shoal.aggregate import bucketing, centered_clip, median, nnm, stateful
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
-from shoal.attacks import byzantine, gaussian, sign_flip
+from shoal.attacks import byzantine, gaussian, label_flip, sign_flip
 from shoal.compress import top_k
 from shoal.cost import CostModel, Heterogeneity, cellular_4g
 from shoal.runtime.sim import SimRuntime
@@ -472,6 +472,15 @@ def test_client_test_accuracy_only_for_the_natural_users():
     res = train(mclr(60, 10), data, other, fedavg(0.05), cfg)
     assert "client_test_accuracy" not in res.summary
     assert "client_train_accuracy" in res.summary
+
+
+def test_label_flip_must_match_the_datas_classes():
+    # label_flip(10) of 3-class labels: 9 - y fell outside the classes inside round 1's loss.
+    data = tiny_data()
+    flip = byzantine(1, 10, label_flip(10))
+    clients = unequal_clients(len(data.train), 10)
+    with pytest.raises(ValueError, match=r"label_flip\(10\) .* the data has 3 classes"):
+        train(tiny_model(), data, clients, fedavg(0.2), _config(rounds=1), byzantine=flip)
 
 
 def test_config_objects_and_init_are_type_checked():

@@ -79,6 +79,25 @@ def test_corrupt_cached_copy_is_replaced(served, tmp_path: Path) -> None:
     assert (cache / "toy.bin").read_bytes() == payload
 
 
+def test_an_upper_case_hash_is_the_same_hash(served, tmp_path: Path) -> None:
+    src, payload, digest = served
+    remote = RemoteFile(src.as_uri(), "toy.bin", digest.upper())  # a mismatch before
+    assert download_file(remote, tmp_path / "c", progress=False).read_bytes() == payload
+
+
+def test_a_failed_download_keeps_the_cached_copy(tmp_path: Path) -> None:
+    # The copy with another hash (a user's subset, say) was deleted before the download,
+    # which then failed (offline): the user's only copy was gone.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "toy.bin").write_bytes(b"mine")
+    missing = (tmp_path / "nowhere.bin").as_uri()
+    with pytest.raises(OSError):
+        download_file(RemoteFile(missing, "toy.bin", "0" * 64), cache, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == ["toy.bin"]
+    assert (cache / "toy.bin").read_bytes() == b"mine"
+
+
 def test_unknown_hash_warns_unverified(served, tmp_path: Path) -> None:
     src, payload, _ = served
     with pytest.warns(UserWarning, match="unverified"):

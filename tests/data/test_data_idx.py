@@ -77,6 +77,34 @@ def test_wrong_magic_and_truncation_are_reported(tmp_path: Path) -> None:
         read_idx(tmp_path / "cut.idx")
 
 
+def test_a_cut_header_an_empty_split_and_huge_dims_are_named(tmp_path: Path) -> None:
+    (tmp_path / "head.idx").write_bytes(b"\x00\x00\x08\x03\x00")  # said "-11 bytes follow"
+    with pytest.raises(ValueError, match="truncated header"):
+        read_idx(tmp_path / "head.idx")
+    # 2**31 x 2**31 x 4 bytes wrapped around in np.prod's int64 and passed the size check
+    huge = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**31, 2**31, 4)
+    (tmp_path / "huge.idx").write_bytes(huge)
+    with pytest.raises(ValueError, match="bytes follow"):
+        read_idx(tmp_path / "huge.idx")
+    empty_x, empty_y = np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)
+    write_set(tmp_path, "", "train", empty_x, empty_y)
+    write_set(tmp_path, "", "t10k", empty_x, empty_y)
+    with pytest.raises(ValueError, match="the training split has no samples"):
+        load_mnist_family(tmp_path)  # "max() arg is an empty sequence"
+
+
+def test_mnist_from_a_config_is_ten_classes(tmp_path: Path) -> None:
+    # A corrupt label (200) made a 201-class MNIST, and a model with 201 outputs.
+    from shoal.cli.registry import DATASETS
+
+    x, y = make(np.random.default_rng(2), 6)
+    write_set(tmp_path, "", "train", x, np.where(np.arange(6) == 0, 200, y).astype(np.uint8))
+    write_set(tmp_path, "", "t10k", x, y)
+    for name in ("mnist", "fashion_mnist"):
+        with pytest.raises(ValueError, match="200"):
+            DATASETS[name].load(tmp_path, {}, 0)
+
+
 def test_damaged_gzip_and_zip_name_the_file(tmp_path: Path) -> None:
     # A damaged gzip raised a bare zlib.error or EOFError naming no file (zlib.error escaped the
     # command line's one-line report as a traceback); a truncated zip said its files were

@@ -144,3 +144,57 @@ def test_a_user_split_across_files_is_merged(tmp_path: Path) -> None:
     assert len(ds.natural_clients) == 1
     assert ds.train.y[ds.natural_clients[0]].tolist() == [3, 3, 4]  # files in sorted order
     assert ds.train.x[ds.natural_clients[0], 0, 0, 0].tolist() == [0.25, 0.25, 0.5]
+
+
+GOOD = {"x": [[0.5] * 784], "y": [1]}
+
+
+@pytest.mark.parametrize(
+    ("blob", "words"),
+    [
+        # KeyError / TypeError tracebacks before
+        ({"users": ["a"], "user_data": {"a": {"x": [[0.0] * 784]}}}, "needs lists 'x' and 'y'"),
+        ({"users": ["a"], "user_data": {"a": [1, 2]}}, "needs lists 'x' and 'y'"),
+        ({"users": "ab", "user_data": {"a": GOOD, "b": GOOD}}, "'users' must be a list"),
+        # samples counted twice
+        ({"users": ["a", "a"], "user_data": {"a": GOOD}}, "lists a user twice"),
+        # rows of 392 values paired two by two with one label each, silently
+        ({"users": ["a"], "user_data": {"a": {"x": [[0.1] * 392] * 2, "y": [1, 2]}}}, "784"),
+        ({"users": ["a"], "user_data": {"a": {"x": [[0.1] * 784], "y": [1.7]}}}, "integer"),
+        # a natural client without data, which the partition refused without naming it
+        ({"users": ["a", "b"], "user_data": {"a": {"x": [], "y": []}, "b": GOOD}}, "'a' has no"),
+    ],
+)
+def test_malformed_femnist_users_are_named(tmp_path: Path, blob: dict, words: str) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "t.json").write_text(json.dumps(blob))
+    leaf_file(tmp_path / "test" / "t.json", {"a": GOOD})
+    with pytest.raises(ValueError, match=words):
+        load_femnist(tmp_path)
+
+
+def test_shakespeare_targets_must_be_characters(tmp_path: Path) -> None:
+    # len(5) raised a TypeError traceback.
+    leaf_file(tmp_path / "train" / "t.json", {"A": {"x": ["x" * 80], "y": [5]}})
+    leaf_file(tmp_path / "test" / "t.json", {"A": {"x": ["x" * 80], "y": ["a"]}})
+    with pytest.raises(ValueError, match="user 'A': Shakespeare targets must be single char"):
+        load_shakespeare(tmp_path)
+
+
+def test_leaf_json_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # Read with the locale's encoding: an ASCII (or Windows cp1252) locale could not read it.
+    import os
+    import subprocess
+    import sys
+
+    user = {"Ü": {"x": [[0.5] * 784], "y": [1]}}
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        blob = {"users": ["Ü"], "user_data": user}
+        (tmp_path / split / "t.json").write_bytes(json.dumps(blob, ensure_ascii=False).encode())
+    code = f"from shoal.data import load_femnist; print(len(load_femnist({str(tmp_path)!r}).train))"
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.split()[-1] == "1", out.stderr[-500:]

@@ -183,3 +183,14 @@ def test_heatmap_cells_and_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     }  # fmt: skip
     assert [t.get_text() for t in ax.get_xticklabels()] == ["mean", "trimmed mean"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["clean", "sign flip", "ALIE"]
+
+
+def test_label_flip_preset_follows_the_datas_classes() -> None:
+    # label_flip(10) was fixed: 5-class data crashed inside the loss, 12-class data blamed
+    # the labels.
+    from shoal.attacks import label_flip
+
+    five = presets.attacks(5)["label_flip"]
+    assert five.make is not None and five.make() == label_flip(5)
+    assert five.setting == "y -> 4 - y"
+    assert presets.attacks()["label_flip"].setting == "y -> 9 - y"

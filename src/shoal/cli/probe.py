@@ -101,5 +101,5 @@ def cmd_probe(args: argparse.Namespace) -> int:
         record = {"processes": where, "device": args.device, "sizes": sizes,
                   "repeats": args.repeats, "torch": torch.__version__,
                   "machine": platform.machine(), **result}  # fmt: skip
-        json_path.write_text(json.dumps(record, indent=2) + "\n")
+        json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0 if "error" not in fit else 1

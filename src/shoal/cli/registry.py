@@ -97,12 +97,12 @@ DATASETS: dict[str, Dataset] = {
         natural=True,
     ),
     "mnist": Dataset(
-        lambda root, o, seed: load_mnist_family(_need(root), name="mnist"),
+        lambda root, o, seed: load_mnist_family(_need(root), name="mnist", num_classes=10),
         "download",
         "MNIST digits, IDX files",
     ),
     "fashion_mnist": Dataset(
-        lambda root, o, seed: load_mnist_family(_need(root), name="fashion_mnist"),
+        lambda root, o, seed: load_mnist_family(_need(root), name="fashion_mnist", num_classes=10),
         "download",
         "Fashion-MNIST, IDX files",
     ),

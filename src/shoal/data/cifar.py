@@ -43,23 +43,26 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(raw: bytes, what: str) -> dict[bytes, Any]:
+def _unpickle(raw: bytes, what: str, keys: tuple[bytes, ...]) -> dict[bytes, Any]:
     try:
         out = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"{what} is not a readable CIFAR batch: {e}") from e
     if not isinstance(out, dict):
         raise ValueError(f"{what}: a CIFAR batch must unpickle to a dict")
+    missing = [k.decode() for k in keys if k not in out]  # a KeyError traceback before
+    if missing:
+        raise ValueError(f"{what}: a CIFAR batch without {' and '.join(missing)}")
     return out
 
 
 def _read_batches(
-    root: Path, folder: str, archive: str, members: list[str]
+    root: Path, folder: str, archive: str, members: list[str], keys: tuple[bytes, ...]
 ) -> list[dict[bytes, Any]]:
     """Unpickle ``members`` from an extracted ``folder`` or from a ``.tar.gz`` archive."""
     base = root if root.name == folder and root.is_dir() else root / folder
     if base.is_dir():
-        return [_unpickle((base / m).read_bytes(), str(base / m)) for m in members]
+        return [_unpickle((base / m).read_bytes(), str(base / m), keys) for m in members]
     tar_path = root / archive if root.is_dir() else root
     if not tar_path.is_file():
         raise FileNotFoundError(
@@ -83,7 +86,7 @@ def _read_batches(
     missing = [m for m in members if m not in found]
     if missing:
         raise FileNotFoundError(f"{tar_path} lacks {', '.join(folder + '/' + m for m in missing)}")
-    return [_unpickle(found[m], f"{tar_path}:{folder}/{m}") for m in members]
+    return [_unpickle(found[m], f"{tar_path}:{folder}/{m}", keys) for m in members]
 
 
 def _to_dataset(
@@ -103,7 +106,7 @@ def load_cifar10(root: str | Path) -> FederatedDataset:
     """
     members = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     *train, test = _read_batches(
-        Path(root), "cifar-10-batches-py", "cifar-10-python.tar.gz", members
+        Path(root), "cifar-10-batches-py", "cifar-10-python.tar.gz", members, (b"data", b"labels")
     )
     return FederatedDataset(
         "cifar10", _to_dataset(train, b"labels", 10), _to_dataset([test], b"labels", 10)
@@ -118,7 +121,7 @@ def load_cifar100(root: str | Path, *, coarse: bool = False) -> FederatedDataset
     """
     key, k = (b"coarse_labels", 20) if coarse else (b"fine_labels", 100)
     train, test = _read_batches(
-        Path(root), "cifar-100-python", "cifar-100-python.tar.gz", ["train", "test"]
+        Path(root), "cifar-100-python", "cifar-100-python.tar.gz", ["train", "test"], (b"data", key)
     )
     return FederatedDataset(
         "cifar100-coarse" if coarse else "cifar100",

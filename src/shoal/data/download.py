@@ -37,6 +37,10 @@ class RemoteFile:
     filename: str
     sha256: str | None
 
+    def __post_init__(self) -> None:
+        if self.sha256 is not None:  # hex digests are compared as hashlib writes them
+            object.__setattr__(self, "sha256", self.sha256.lower())
+
 
 TIMEOUT_S = 60.0
 """Seconds a download may wait to connect or for its next bytes: a server that accepts the
@@ -144,7 +148,8 @@ def download_file(
     """Download one file into ``folder`` unless a copy with the right hash is already there.
 
     The bytes go to a temporary file in ``folder`` and are renamed into place only once the
-    hash matches, so an interrupted download never leaves a half file under the real name.
+    hash matches, so an interrupted download never leaves a half file under the real name, and
+    a copy with another hash stays until a verified one replaces it.
     A mismatch deletes the download and raises ``ValueError``; with no known hash the file is
     kept and a warning says so.
     """
@@ -158,7 +163,8 @@ def download_file(
             return dest
         if sha256_of(dest) == remote.sha256:
             return dest
-        dest.unlink()  # stale or corrupt copy: fetch it again
+        # A stale or corrupt copy (or the user's own file) is replaced only by a verified
+        # download: deleted first, it was lost when the download failed (offline, say).
     fd, tmp_name = tempfile.mkstemp(prefix=remote.filename + ".", suffix=".part", dir=folder)
     tmp = Path(tmp_name)
     h = hashlib.sha256()

@@ -14,6 +14,7 @@ transposed back here to look upright.
 from __future__ import annotations
 
 import gzip
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -44,9 +45,13 @@ def parse_idx(raw: bytes, *, expect_magic: int | None = None, what: str = "IDX d
     if code not in _DTYPES:
         raise ValueError(f"{what}: unknown IDX type code {code:#04x}")
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(
+            f"{what}: truncated header ({len(raw)} bytes, {ndim} dimensions need {header})"
+        )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: np.prod wrapped around in int64
     if len(raw) - header != expected:
         raise ValueError(
             f"{what}: header says {dims} ({expected} bytes) but {len(raw) - header} bytes follow"
@@ -126,6 +131,8 @@ def load_mnist_family(
             images = images.transpose(0, 2, 1)
         x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
         splits.append((x, torch.from_numpy(labels.astype(np.int64))))
+    if not len(splits[0][1]):  # max() of no labels said "max() arg is an empty sequence"
+        raise ValueError(f"{root}: the training split has no samples")
     if num_classes is None:
         num_classes = int(max(int(y.max()) for _, y in splits if len(y)) + 1)
     train, test = (ArrayDataset(x, y, num_classes) for x, y in splits)

@@ -46,17 +46,27 @@ def read_leaf_split(folder: str | Path) -> dict[str, dict[str, list[Any]]]:
         raise FileNotFoundError(f"no LEAF *.json files in {folder}")
     users: dict[str, dict[str, list[Any]]] = {}
     for path in files:
-        try:
-            blob = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        try:  # JSON is UTF-8 (RFC 8259), whatever the locale says
+            blob = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON (corrupt or truncated?): {e}") from None
         for key in ("users", "user_data"):
-            if key not in blob:
+            if not isinstance(blob, dict) or key not in blob:
                 raise ValueError(f"{path} is not LEAF JSON: missing {key!r}")
+        if not isinstance(blob["users"], list) or not isinstance(blob["user_data"], dict):
+            raise ValueError(f"{path}: 'users' must be a list and 'user_data' an object")
+        if len(set(blob["users"])) != len(blob["users"]):  # its samples were counted twice
+            raise ValueError(f"{path}: 'users' lists a user twice")
         for u in blob["users"]:
             if u not in blob["user_data"]:
                 raise ValueError(f"{path}: user {u!r} is in 'users' but not in 'user_data'")
             data = blob["user_data"][u]
+            if not (
+                isinstance(data, dict)
+                and isinstance(data.get("x"), list)
+                and isinstance(data.get("y"), list)
+            ):
+                raise ValueError(f"{path}: user {u!r} needs lists 'x' and 'y'")
             if len(data["x"]) != len(data["y"]):
                 raise ValueError(f"{path}: user {u} has {len(data['x'])} x but {len(data['y'])} y")
             entry = users.setdefault(u, {"x": [], "y": []})
@@ -73,10 +83,18 @@ def encode_shakespeare(text: str) -> list[int]:
 def _load(root: str | Path, name: str, to_x: Any, to_y: Any, num_classes: int) -> FederatedDataset:
     root = Path(root)
     parts = {s: read_leaf_split(root / s) for s in ("train", "test")}
+    idle = [u for u, d in parts["train"].items() if not d["y"]]
+    if idle:  # a natural client without data, which the partition then refused
+        raise ValueError(f"{root / 'train'}: user {idle[0]!r} has no training samples")
     datasets, offsets = {}, {}
     for split, users in parts.items():
-        xs = [to_x(d["x"]) for d in users.values()]
-        ys = [to_y(d["y"]) for d in users.values()]
+        xs, ys = [], []
+        for u, d in users.items():
+            try:
+                xs.append(to_x(d["x"]))
+                ys.append(to_y(d["y"]))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{root / split}: user {u!r}: {e}") from None
         sizes = np.array([len(y) for y in ys], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         offsets[split] = {u: np.arange(starts[i], starts[i + 1]) for i, u in enumerate(users)}
@@ -109,10 +127,18 @@ def load_femnist(root: str | Path) -> FederatedDataset:
     """
 
     def to_x(x: list[list[float]]) -> torch.Tensor:
+        if any(not isinstance(row, list) or len(row) != 784 for row in x):
+            # reshape(-1, 784) paired rows of other lengths with other samples' labels
+            raise ValueError("every x must be a list of 784 grey levels")
         arr = np.asarray(x, dtype=np.float32).reshape(-1, 784)
         return torch.from_numpy(arr).reshape(-1, 1, 28, 28)
 
-    return _load(root, "femnist", to_x, lambda y: np.asarray(y, dtype=np.int64), 62)
+    def to_y(y: list[int]) -> np.ndarray:
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in y):
+            raise ValueError("every y must be an integer class (1.7 was cut to 1)")
+        return np.asarray(y, dtype=np.int64)
+
+    return _load(root, "femnist", to_x, to_y, 62)
 
 
 def load_shakespeare(root: str | Path, *, seq_len: int = 80) -> FederatedDataset:
@@ -125,6 +151,8 @@ def load_shakespeare(root: str | Path, *, seq_len: int = 80) -> FederatedDataset
 
     def to_x(x: list[str]) -> torch.Tensor:
         nonlocal unknown
+        if not all(isinstance(s, str) for s in x):
+            raise ValueError("Shakespeare inputs must be strings")
         bad = [s for s in x if len(s) != seq_len]
         if bad:
             raise ValueError(f"Shakespeare inputs must be {seq_len} characters, got {len(bad[0])}")
@@ -134,7 +162,7 @@ def load_shakespeare(root: str | Path, *, seq_len: int = 80) -> FederatedDataset
 
     def to_y(y: list[str]) -> np.ndarray:
         nonlocal unknown
-        if any(len(c) != 1 for c in y):
+        if any(not isinstance(c, str) or len(c) != 1 for c in y):
             raise ValueError("Shakespeare targets must be single characters")
         unknown += sum(c not in _LETTER_INDEX for c in y)
         return np.asarray(encode_shakespeare("".join(y)), dtype=np.int64)

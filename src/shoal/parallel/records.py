@@ -104,4 +104,4 @@ def save_final(
     out: Path, model: nn.Module, spec: ParamSpec, params_D: torch.Tensor, summary: dict[str, Any]
 ) -> None:
     atomic_save(spec.state_dict(model, params_D), out / MODEL)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {METRICS} (is it a run folder?)")
     rows = []
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if not line.strip():

@@ -208,7 +208,9 @@ def run_grid(
     """Every attack (plus the clean row) x every aggregator; the report (a JSON-able dict).
 
     ``log_cells`` prints one line per finished cell above the progress bar."""
-    rows = {"clean": presets.attacks()["clean"], **attacks}
+    # The presets for this data's classes (label flip maps y to k - 1 - y), by their names.
+    own = presets.attacks(work.data.train.num_classes)
+    rows = {"clean": own["clean"], **{name: own.get(name, p) for name, p in attacks.items()}}
     setup = {
         "style": style.name,
         "data": work.description,

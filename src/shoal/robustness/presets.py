@@ -36,12 +36,14 @@ class Preset:
     setting: str
 
 
-def attacks() -> dict[str, Preset]:
-    """Command-line name -> attack; ``clean`` is the row without Byzantine clients."""
+def attacks(num_classes: int = 10) -> dict[str, Preset]:
+    """Command-line name -> attack; ``clean`` is the row without Byzantine clients; label flip
+    maps the ``num_classes`` labels of the data to ``num_classes - 1 - y``."""
+    top = num_classes - 1
     return {
         "clean": Preset("clean", None, "none (no Byzantine clients)"),
         "sign_flip": Preset("sign flip", lambda: sign_flip(SIGN_SCALE), f"scale {SIGN_SCALE}"),
-        "label_flip": Preset("label flip", lambda: label_flip(10), "y -> 9 - y"),
+        "label_flip": Preset("label flip", lambda: label_flip(num_classes), f"y -> {top} - y"),
         "gaussian": Preset(
             "gaussian", lambda: gaussian(sigma=GAUSS_SIGMA, seed=0), f"sigma {GAUSS_SIGMA}, seed 0"
         ),

@@ -126,12 +126,12 @@ def write(
     if json_path is not None:
         p = Path(json_path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(report, indent=2) + "\n")
+        p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         written.append(p)
     if md_path is not None:
         p = Path(md_path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(markdown(report))
+        p.write_text(markdown(report), encoding="utf-8")
         written.append(p)
     if png_path is not None:
         heatmap(report, png_path)
