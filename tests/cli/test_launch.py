@@ -164,6 +164,36 @@ def test_a_distributed_resume_trains_further_and_refuses_other_settings(tmp_path
             dist.destroy_process_group()
 
 
+def test_a_distributed_run_into_a_run_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """``torchrun -m shoal run CONFIG --out DIR`` started the run in DIR over (files replaced,
+    exit 0), where ``shoal run`` and ``shoal launch`` refuse; a restarted job continues."""
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    run, cfg = tmp_path / "o", write_config(tmp_path, rounds=1)
+    try:
+        assert shoal("run", cfg, "--out", run, "--quiet") == 0
+        metrics = (run / "metrics.jsonl").read_text()
+        capsys.readouterr()
+        assert shoal("run", cfg, "--out", run, "--quiet") == 2
+        assert f"continue it with `shoal run --resume {run}`" in capsys.readouterr().err
+        assert (run / "metrics.jsonl").read_text() == metrics
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # an elastic restart resumes
+        assert shoal("run", cfg, "--out", run, "--quiet") == 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("spec", ["abc", "2:1", "0:0"])
+def test_a_fault_injection_that_cannot_happen_is_refused(tmp_path, monkeypatch, spec):
+    # A restarted job skipped the parse (and ended with exit 0); a rank outside the job or
+    # round 0 killed no one, silently.
+    monkeypatch.setenv("SHOAL_FAULT_KILL", spec)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert shoal("run", write_config(tmp_path, rounds=1), "--out", tmp_path / "o") == 2
+
+
 def test_distributed_worker_needs_an_out_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -209,6 +209,11 @@ def test_resume_of_a_launched_run_in_one_process_is_refused(tmp_path, capsys):
         assert "a run on 2 processes" in err and "torchrun --nproc-per-node 2 -m shoal run" in err
         assert len(_rows(tmp_path / "a")) == 1  # its metrics untouched
         assert (tmp_path / "a" / "config.toml").read_text() == config
+    # Running into the folder again named `shoal run --resume`, which refuses such a run.
+    assert shoal("run", cfg, "--out", tmp_path / "a") == 2
+    assert "continue it with `torchrun --nproc-per-node 2 -m shoal run --resume" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_run_that_reached_its_target_is_finished(tmp_path, capsys):

@@ -124,6 +124,15 @@ def parallel_config(cfg: Config, progress: bool) -> ParallelConfig:
     )
 
 
+def resume_command(out: Path) -> str:
+    """The command that continues the run in ``out``: a data-parallel run launched on ``n``
+    processes checkpoints each one's workers, and continues on as many."""
+    n = len(list(out.glob(RANK_CHECKPOINTS)))
+    if n and not (out / checkpoint_name(None)).is_file():
+        return f"torchrun --nproc-per-node {n} -m shoal run --resume {out}"
+    return f"shoal run --resume {out}"
+
+
 def has_checkpoint(out: Path) -> bool:
     """Whether this process has a checkpoint of a data-parallel run to resume from."""
     rank = int(os.environ["RANK"]) if in_distributed_env() else None
@@ -135,7 +144,7 @@ def has_checkpoint(out: Path) -> bool:
         n = len(ranks)
         raise ConfigError(
             f"{out} holds the checkpoints of a run on {n} processes ({ranks[0].name}, ...); "
-            f"continue it on as many: torchrun --nproc-per-node {n} -m shoal run --resume {out}"
+            f"continue it on as many: {resume_command(out)}"
         )
     if rank is not None and not ranks and single:
         raise ConfigError(

@@ -73,8 +73,8 @@ def fresh_out(out: str | None, stem: str) -> Path:
         path = folder_arg(out)
         if (path / CONFIG).exists():
             raise ConfigError(
-                f"--out {out}: already holds a run; continue it with `shoal run --resume {out}` "
-                "or choose another folder"
+                f"--out {out}: already holds a run; continue it with "
+                f"`{parallel.resume_command(path)}` or choose another folder"
             )
         return path
     base = Path("runs") / stem
@@ -223,14 +223,23 @@ def _fault_injection() -> Callable[[dict[str, Any]], None] | None:
     """``SHOAL_FAULT_KILL=RANK:ROUND``: that rank kills itself (SIGKILL) after that round of
     the first attempt — to test what a job does when a worker dies."""
     spec = os.environ.get("SHOAL_FAULT_KILL")
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if not spec:
         return None
+    # Checked in every attempt: a restarted job skipped the check and ended as if it passed.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         rank, round_ = (int(v) for v in spec.split(":"))
     except ValueError:
         raise UsageError(
             f"SHOAL_FAULT_KILL must be RANK:ROUND, two integers; got {spec!r}"
         ) from None
+    if not (0 <= rank < world and round_ >= 1):
+        raise UsageError(
+            f"SHOAL_FAULT_KILL={spec}: no such rank or round (ranks 0 to {world - 1}, rounds "
+            "from 1): nothing would be killed"
+        )
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
 
     def kill(row: dict[str, Any]) -> None:
         if _rank() == rank and row["round"] == round_:
@@ -258,6 +267,10 @@ def _distributed_run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         cfg = config_from_args(args)
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    if not args.resume and not restarted and _rank() == 0:
+        # torchrun -m shoal run CONFIG --out DIR started a finished or killed run over. Rank 0
+        # alone: the others could find the config.toml it writes (it ends the job anyway).
+        fresh_out(args.out, "")
     resume = (bool(args.resume) or restarted) and _resumable(cfg, out)
     done = False
     try:
