@@ -35,6 +35,10 @@ Configurations whose global model turns NaN are reported as diverged (with the r
 dropped. Timing is not the point here: one torch thread by default, because on this 2-core
 machine shared with other jobs two threads ran 13x slower whenever another process held a core.
 
+The plot goes to the committed ``docs/img/accuracy_vs_bytes.png`` only from a full run of W (20
+rounds, every configuration of the default run, as below); any other run draws it next to its
+``--json`` (none without one) unless ``--png`` names a file.
+
     python benchmarks/accuracy_vs_bytes.py --json out.json               # W, 25 configs, ~12 min
     python benchmarks/accuracy_vs_bytes.py --quick                       # dense, top-k EF, PowerSGD
     python benchmarks/accuracy_vs_bytes.py --all --long-rounds 100 --server \
@@ -63,6 +67,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _args  # noqa: E402
 import _workload as wl  # noqa: E402
 from shoal import compress as C  # noqa: E402
 from shoal.compress.low_rank import PowerSGD  # noqa: E402
@@ -466,6 +471,17 @@ def pick(keys: list[str]) -> list[tuple[str, str, str, Factory]]:
     return [c for c in CONFIGS if c[0] in keys or c[0] == "dense"]
 
 
+def png_path(a: argparse.Namespace, rounds: int, keys: list[str]) -> Path | None:
+    """``--png``, else the committed figure for a full run of W (its rounds, every configuration
+    of the default run) and for any other run a PNG next to ``--json`` (none without one): a
+    ``--quick`` or shorter run drew over the committed figure."""
+    if a.png is not None:
+        return Path(a.png) if a.png else None
+    if rounds == W_ROUNDS and {c[0] for c in CONFIGS if c[0] not in EXTRA} <= set(keys):
+        return DEFAULT_PNG
+    return a.json.with_suffix(".png") if a.json else None
+
+
 def replot(a: argparse.Namespace) -> None:
     """Tables and plot again from a results file (e.g. after changing how they look)."""
     if a.json is None or not a.json.is_file():
@@ -489,9 +505,11 @@ def replot(a: argparse.Namespace) -> None:
         if report.get(section):
             report[f"{section}_table_markdown"] = seed_table(base, report[section])
             print(f"\nAcross seeds ({section})\n\n" + report[f"{section}_table_markdown"])
-    if a.png:
-        plot(report["results"], report["settings"]["rounds"], Path(a.png), long)
-        print(f"plot: {shown(a.png)}")
+    settings = report["settings"]
+    png = png_path(a, settings["rounds"], settings["configurations"])
+    if png:
+        plot(report["results"], settings["rounds"], png, long)
+        print(f"plot: {shown(png)}")
     a.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
@@ -519,26 +537,13 @@ def seed_table(w: dict[str, dict[str, Any]], seeds: dict[str, dict[str, Any]]) -
     return "\n".join(lines)
 
 
-def int_list(lo: int, hi: int, what: str) -> Callable[[str], list[int]]:
-    """An argparse type: comma-separated integers in ``lo..hi``."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(m) for m in text.split(",")]
-        except ValueError:
-            msg = f"expected comma-separated integers, got {text!r}"
-            raise argparse.ArgumentTypeError(msg) from None
-        if bad := [m for m in values if not lo <= m <= hi]:
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}: {bad}")
-        return values
-
-    return parse
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--rounds", type=int, default=W_ROUNDS, help=f"rounds of W ({W_ROUNDS} as defined)"
+        "--rounds",
+        type=_args.positive_int,
+        default=W_ROUNDS,
+        help=f"rounds of W ({W_ROUNDS} as defined)",
     )
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--only", help="comma-separated configuration keys (dense is always run)")
@@ -556,14 +561,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--participation",
-        type=int_list(1, wl.NUM_CLIENTS, "clients per round"),
+        type=_args.int_list(1, wl.NUM_CLIENTS, "clients per round"),
         default=[],
         metavar="M,M,...",
         help=f"also run dense and {VARIANT_ONLY} with M clients per round (e.g. 25,50,100)",
     )
     ap.add_argument(
         "--seeds",
-        type=int_list(1, 2**31 - 1, "seeds (0 is W's)"),
+        type=_args.int_list(1, 2**31 - 1, "seeds (0 is W's)"),
         default=[],
         metavar="S,S,...",
         help=f"also run dense and {SEEDS_ONLY} with seed S for the initial weights, client "
@@ -571,7 +576,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--long-seeds",
-        type=int_list(1, 2**31 - 1, "seeds (0 is W's)"),
+        type=_args.int_list(1, 2**31 - 1, "seeds (0 is W's)"),
         default=[],
         metavar="S,S,...",
         help="as --seeds, for dense and --long-only over --long-rounds rounds",
@@ -585,8 +590,12 @@ def main() -> None:
         "process held a core)",
     )
     ap.add_argument("--data-dir", default=str(wl.DEFAULT_DATA_DIR))
-    ap.add_argument("--json", type=Path, help="write all figures here")
-    ap.add_argument("--png", default=str(DEFAULT_PNG), help="the plot ('' for none)")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
+    ap.add_argument(
+        "--png",
+        help=f"the plot ('' for none; default: {shown(DEFAULT_PNG)} for a full run of W, "
+        "else next to --json)",
+    )
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
     ap.add_argument(
         "--replot", action="store_true", help="redraw table and plot from --json, no training"
@@ -610,6 +619,7 @@ def main() -> None:
     else:
         keys = [c[0] for c in CONFIGS if a.all or c[0] not in EXTRA]
     chosen = pick(keys)
+    png = png_path(a, a.rounds, [c[0] for c in chosen])
     long_chosen = pick(a.long_only.split(",")) if a.long_rounds else []
     started = time.perf_counter()
 
@@ -699,9 +709,9 @@ def main() -> None:
         print(f"--rounds {a.rounds}: not W ({W_ROUNDS} rounds), so no headline and no targets")
     for key, t in targets.items():
         print(f"target {key}: {', '.join(f'{k}={v}' for k, v in t.items())}")
-    if a.png:
-        plot(results, a.rounds, Path(a.png), long)
-        print(f"plot: {shown(a.png)}")
+    if png:
+        plot(results, a.rounds, png, long)
+        print(f"plot: {shown(png)}")
     total = time.perf_counter() - started
     print(f"total time {total:.0f} s")
     report = {

@@ -27,8 +27,9 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+import _args
 
 NUM_INPUTS, F = 100, 20
 SLOW_S = 60.0  # one call above this: report that single call
@@ -85,10 +86,12 @@ def measure(fn: Callable[[], Any]) -> tuple[list[float], str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dim", type=int, help="entries per row (default: the CNN's 1,663,370)")
+    ap.add_argument(
+        "--dim", type=_args.positive_int, help="entries per row (default: the CNN's 1,663,370)"
+    )
     ap.add_argument("--only", help="comma-separated rule names, e.g. mean,Krum (default: all)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--threads", type=_args.positive_int, default=1)
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     args = ap.parse_args()
     table = rules()
     if args.only:
@@ -174,7 +177,8 @@ def main() -> None:
         "headline": headline,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     print("headline:", json.dumps(headline))
 
 

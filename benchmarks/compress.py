@@ -12,7 +12,8 @@ moves two bytes per input byte).
 PowerSGD needs layer shapes: the headline row uses the parameter shapes of a realistic ~10M
 model, a 3-layer Transformer encoder (``nn.TransformerEncoderLayer(512, 8, 2048)``) with a
 1000 x 512 embedding (9,969,152 parameters, 13 matrices, 24 vectors sent dense), on the first
-9,969,152 entries of the vector; a second row uses one [2500, 4000] matrix (exactly 10M).
+9,969,152 entries of the vector; a second row uses one [2500, 4000] matrix on its first 10M
+(so ``--size`` is at least 10M).
 
 Homomorphic reduction (Jang et al. 2017): the server's work for ``--workers`` payloads of
 random-k (shared seed) and count sketch, summed in compressed form and decompressed
@@ -45,18 +46,20 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+import _args
 from shoal import compress as C
 from shoal.functional import ParamSpec
 
 SPARSE_RATIO = 0.01
 DGC_RATIO = 0.001
 THRESHOLD_TAU = 2.5758  # |N(0, 1)| >= tau for 1% of the entries: the same density as top-k
+MATRIX = (2500, 4000)  # PowerSGD's second row: one matrix of 10M entries
+MIN_SIZE = MATRIX[0] * MATRIX[1]  # PowerSGD's inputs are as long as its shapes: the longer one
 
 
 def transformer_shapes() -> tuple[torch.Size, ...]:
@@ -126,7 +129,7 @@ def cases(d: int, shapes: tuple[torch.Size, ...]) -> list[tuple[str, str, Any, i
         ("natural_compression", "natural_compression()", C.natural_compression(), d),
         ("powersgd", "powersgd(transformer shapes, rank=2)", C.powersgd(shapes, 2), n_tf),
         ("powersgd_2500x4000", "powersgd([[2500, 4000]], rank=2)",
-         C.powersgd([[2500, 4000]], 2), d),
+         C.powersgd([MATRIX], 2), MIN_SIZE),
         ("count_sketch", f"count_sketch(width={d // 100}, depth=3)", C.count_sketch(d // 100), d),
         ("error_feedback", f"error_feedback(top_k(ratio={r}))", C.error_feedback(top), d),
         ("layerwise", f"layerwise(top_k(ratio={r}), transformer shapes)",
@@ -268,14 +271,20 @@ def inbox_sum(x: torch.Tensor, shapes: tuple[torch.Size, ...], workers: int, rep
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--size", type=int, default=10_000_000, help="vector length")
-    ap.add_argument("--reps", type=int, default=7, help="timed calls per figure (median)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--size", type=int, default=MIN_SIZE, help=f"vector length (>= {MIN_SIZE:,})")
+    ap.add_argument(
+        "--reps", type=_args.positive_int, default=7, help="timed calls per figure (median)"
+    )
+    ap.add_argument("--threads", type=_args.positive_int, default=1, help="torch threads")
     ap.add_argument("--quick", action="store_true", help="3 reps")
-    ap.add_argument("--workers", type=int, default=16, help="payloads the server reduces")
+    ap.add_argument(
+        "--workers", type=_args.positive_int, default=16, help="payloads the server reduces"
+    )
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     a = ap.parse_args()
+    if a.size < MIN_SIZE:  # else a ValueError traceback from PowerSGD, mid-run
+        ap.error(f"--size must be >= {MIN_SIZE:,} (PowerSGD's inputs), got {a.size:,}")
     reps = 3 if a.quick else a.reps
     torch.set_num_threads(a.threads)
     if a.device.startswith("cuda") and not torch.cuda.is_available():

@@ -48,6 +48,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _args  # noqa: E402
 import _shaped_worker as shaped  # noqa: E402
 from shoal.cost import CostModel, Link, Network, alpha_beta, measure_codec  # noqa: E402
 from shoal.parallel import ParallelConfig, SimComm, train_parallel  # noqa: E402
@@ -169,23 +171,43 @@ def dgc_codec_seconds_per_element(rule: Any, numel: int, steps: int, repeats: in
     return total / steps / numel
 
 
+def json_of(benchmark: str) -> Callable[[str], Path]:
+    """An argparse type: the path of a ``<benchmark>.py --json``; a missing file or another
+    JSON is a usage error (they were tracebacks)."""
+
+    def parse(text: str) -> Path:
+        try:
+            data = json.loads(Path(text).read_text())
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text}: {e.strerror}") from None
+        except ValueError:  # not JSON
+            data = None
+        if not isinstance(data, dict) or data.get("benchmark") != benchmark:
+            raise argparse.ArgumentTypeError(f"{text}: not a {benchmark}.py --json")
+        return Path(text)
+
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--shaped",
-        type=Path,
+        type=json_of("shaped_network"),
         nargs="+",
         default=[Path("benchmarks/results/shaped_network.json")],
         help="measured runs (shaped_network.py --json) of one setup; a later file's "
         "configurations replace an earlier one's (a re-run of some of them)",
     )
-    ap.add_argument("--steps", type=int, default=16, help="simulated steps per configuration")
+    ap.add_argument(
+        "--steps", type=_args.positive_int, default=16, help="simulated steps per configuration"
+    )
     ap.add_argument(
         "--probe",
-        type=Path,
+        type=json_of("transport_probe"),
         help="transport_probe.py --json of the same links: also predict on its fitted links",
     )
-    ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     args = ap.parse_args()
     runs = [json.loads(path.read_text()) for path in args.shaped]
     setup = runs[0]["setup"]

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import _args
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist5k"
 
@@ -53,6 +55,24 @@ DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist5k"
 def shown(path: Path | str) -> str:
     """A path relative to the repository root (no machine paths in the output)."""
     return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def last_round_after_warmup(rows: list[dict[str, Any]], warm: int) -> int | None:
+    """The federated form's uplink bytes a round after the warm-up: its last round's (rows of
+    every round); None when the run ended within the warm-up's ``warm`` rounds."""
+    return rows[-1]["uplink_bytes"] if len(rows) > warm else None
+
+
+def per_step_after_warmup(rows: list[dict[str, Any]], warm: int) -> float | None:
+    """``--form parallel``'s bytes a step after the warm-up's ``warm`` steps: the cumulative
+    bytes between the first evaluation at or after its end and the last evaluation, over their
+    steps; None without two such evaluations (the run ended within, or just after, it)."""
+    start = {"step": 0, "bytes_sent": 0}  # nothing sent before the first step
+    after = [r for r in [start, *rows] if r["step"] >= warm]
+    if len(after) < 2:
+        return None
+    first, last = after[0], after[-1]
+    return (last["bytes_sent"] - first["bytes_sent"]) / (last["step"] - first["step"])
 
 
 def run_one(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
@@ -112,7 +132,7 @@ def run_one(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
         "mean_last5_eval_accuracy": float(np.mean([r["test_accuracy"] for r in evaluated[-5:]])),
         "final_test_loss": evaluated[-1]["test_loss"],
         "total_uplink_bytes": rows[-1]["cum_uplink_bytes"],
-        "uplink_bytes_per_round_after_warmup": rows[-1]["uplink_bytes"],
+        "uplink_bytes_per_round_after_warmup": last_round_after_warmup(rows, warm_rounds),
         "uplink_bytes_during_warmup": rows[warm_rounds - 1]["cum_uplink_bytes"]
         if warm_rounds
         else 0,
@@ -150,11 +170,7 @@ def run_one_parallel(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
     )  # fmt: skip
     t0 = time.perf_counter()
     rows = train_parallel(model, data, shards, alg, cfg, SimComm(a.workers), init=p0).metrics
-    warm = a.warmup_epochs * epoch
-    after = [r for r in rows if r["step"] >= warm]
-    per_step_after = (after[-1]["bytes_sent"] - after[0]["bytes_sent"]) / max(
-        after[-1]["step"] - after[0]["step"], 1
-    )
+    warm = 0 if dense else a.warmup_epochs * epoch
     return {
         "algorithm": "dense momentum SGD (sync_sgd)" if dense else f"DGC density {a.density}",
         "compressor": "all-reduce, float32" if dense else "(value, index) pairs, all-gathered",
@@ -163,8 +179,8 @@ def run_one_parallel(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
         "mean_last5_eval_accuracy": float(np.mean([r["test_accuracy"] for r in rows[-5:]])),
         "final_test_loss": rows[-1]["test_loss"],
         "total_uplink_bytes": rows[-1]["bytes_sent"],  # every worker's message, once
-        "uplink_bytes_per_round_after_warmup": per_step_after,
-        "warmup_rounds": 0 if dense else warm,
+        "uplink_bytes_per_round_after_warmup": per_step_after_warmup(rows, warm),
+        "warmup_rounds": warm,
         "rounds_per_epoch": epoch,
         "eval_rounds": [r["step"] for r in rows],
         "accuracy": [r["test_accuracy"] for r in rows],
@@ -174,19 +190,25 @@ def run_one_parallel(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=600, help="rounds (= synchronous SGD steps)")
-    ap.add_argument("--batch-size", type=int, default=32, help="per worker")
+    ap.add_argument("--workers", type=_args.positive_int, default=8)
+    ap.add_argument(
+        "--rounds", type=_args.positive_int, default=600, help="rounds (= synchronous SGD steps)"
+    )
+    ap.add_argument("--batch-size", type=_args.positive_int, default=32, help="per worker")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--density", type=float, default=0.001)
     ap.add_argument("--warmup-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data-dir", default=shown(DEFAULT_DATA_DIR), help="mnist5k (IDX files)")
+    ap.add_argument("--eval-every", type=_args.positive_int, default=25)
+    ap.add_argument("--threads", type=_args.positive_int, default=1)
+    ap.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help=f"mnist5k (IDX files; default: {shown(DEFAULT_DATA_DIR)} from the repository root)",
+    )
     ap.add_argument("--progress", action="store_true", help="progress bars")
-    ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     ap.add_argument(
         "--form",
         choices=("federated", "parallel"),
@@ -194,6 +216,8 @@ def main() -> None:
         help="the federated loop (every client every round; as committed) or shoal.parallel",
     )
     a = ap.parse_args()
+    if not 0 < a.density <= 1:  # else refused by dgc() only after the whole dense run
+        ap.error(f"--density must be in (0, 1], got {a.density}")
     if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
         raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
     torch.set_num_threads(a.threads)
@@ -215,7 +239,8 @@ def main() -> None:
         * (d["mean_last5_eval_accuracy"] - c["mean_last5_eval_accuracy"]),
         "dgc_byte_reduction": d["total_uplink_bytes"] / c["total_uplink_bytes"],
     }
-    after = d["uplink_bytes_per_round_after_warmup"] / c["uplink_bytes_per_round_after_warmup"]
+    dense_after, dgc_after = (r["uplink_bytes_per_round_after_warmup"] for r in (d, c))
+    after = None if dgc_after is None else dense_after / dgc_after
     statement = (
         f"mnist5k ({shown(a.data_dir)}), 4,000 training images IID over {a.workers} workers "
         f"(default_rng({a.seed})), cnn(padding='valid') (582,026 parameters, init seed {a.seed}), "
@@ -233,9 +258,16 @@ def main() -> None:
         + ")."
     )
     drop, fewer = headline["dgc_acc_drop"], headline["dgc_byte_reduction"]
+    if after is not None:
+        per_round = f"{after:.0f}x per round after the warm-up"
+    else:  # --form parallel measures between evaluations: two from the warm-up's end on
+        warm = a.warmup_epochs * c["rounds_per_epoch"]
+        when = "within" if a.form == "federated" else "before two evaluations from the end of"
+        per_round = (
+            f"per round after the warm-up n/a (the run ended {when} DGC's {warm}-round warm-up)"
+        )
     print(
-        f"\naccuracy drop {drop:+.2f} points; uplink {fewer:.1f}x fewer bytes in total, "
-        f"{after:.0f}x per round after the warm-up"
+        f"\naccuracy drop {drop:+.2f} points; uplink {fewer:.1f}x fewer bytes in total, {per_round}"
     )
     report = {
         "statement": statement,

@@ -26,12 +26,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+import _args
 import _workload as wl
 
 ROUNDS = 20
@@ -130,11 +130,14 @@ def timed(model_name: str, data_dir: str, repeats: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=str(wl.DEFAULT_DATA_DIR))
-    p.add_argument("--load-rounds", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--models", default="mlp,cnn")
-    p.add_argument("--json", metavar="PATH", help="write every figure here")
+    p.add_argument("--load-rounds", type=_args.positive_int, default=1000)
+    p.add_argument("--repeats", type=_args.positive_int, default=5)
+    p.add_argument("--models", default="mlp,cnn", help="timed models; '' for the load count only")
+    p.add_argument("--json", type=_args.json_path, metavar="PATH", help="write every figure here")
     args = p.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    if unknown := [m for m in models if m not in ("mlp", "cnn")]:
+        p.error(f"--models: unknown model(s) {unknown}; choose from mlp, cnn")
     torch.set_num_threads(1)
     _, clients = wl.load(args.data_dir)
     sizes = np.array([len(c) for c in clients])
@@ -148,7 +151,7 @@ def main() -> None:
     for world, v in load.items():
         print(f"| {world} | {v['mod']:.2f}x | {v['lpt']:.2f}x | {v['mod'] / v['lpt']:.2f}x |")
     timing: dict[str, Any] = {}
-    for name in [m for m in args.models.split(",") if m]:
+    for name in models:
         print(f"\nW-{name.upper()}, {ROUNDS} rounds of FedAvg on 2 gloo processes:")
         timing[name] = t = timed(name, args.data_dir, args.repeats)
         print("| variant | median s | speedup | final acc % | max param diff |")
@@ -175,7 +178,8 @@ def main() -> None:
         "headline": headline,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

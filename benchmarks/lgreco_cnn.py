@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import _args
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist5k"
 
@@ -71,9 +73,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="SGD steps before profiling")
     ap.add_argument("--acc-steps", type=int, default=10, help="gradients averaged for the profile")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data-dir", default=shown(DEFAULT_DATA_DIR), help="mnist5k (IDX files)")
-    ap.add_argument("--json", type=Path, help="write all figures here")
+    ap.add_argument("--threads", type=_args.positive_int, default=1)
+    ap.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help=f"mnist5k (IDX files; default: {shown(DEFAULT_DATA_DIR)} from the repository root)",
+    )
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     a = ap.parse_args()
     if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
         raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")

@@ -12,23 +12,27 @@ hyper-parameter. This script runs it on mnist5k and writes the published files:
     python benchmarks/robustness.py --quick                              # ~20 s
 
 A full run writes ``benchmarks/results/robustness{,_dp}.md`` and
-``docs/img/robustness{,_dp}.png`` too (``--md``/``--png`` to change; ``--quick`` writes them
-only when asked); ``--render JSON`` redraws them without training (those of the style the
-JSON holds).
+``docs/img/robustness{,_dp}.png`` too (``--md``/``--png`` to change; ``--quick`` or other
+``--rounds`` write them only when asked); ``--render JSON`` redraws them without training
+(those of the style the JSON holds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _args  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist5k"
 SUFFIX = {"fedavg": "", "data_parallel": "_dp"}
 
 
-def shown(path: str) -> str:
+def shown(path: str | Path) -> str:
     """A path as a command line in the repo would spell it; never this machine's absolute one."""
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
@@ -39,9 +43,9 @@ def main() -> None:
     ap.add_argument("--style", choices=list(SUFFIX), help="fedavg (default) or data_parallel")
     ap.add_argument("--rounds", type=int, help="rounds (default: 25 fedavg, 40 data_parallel)")
     ap.add_argument("--quick", action="store_true", help="clean + 2 attacks x 3 aggregators")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=_args.positive_int, default=1)
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
-    ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     ap.add_argument("--md", help="markdown table (default, full run: results/robustness*.md)")
     ap.add_argument("--png", help="heat map (default, full run: docs/img/robustness*.png)")
     ap.add_argument("--render", metavar="JSON", help="no training: redraw --md/--png from JSON")
@@ -64,8 +68,10 @@ def main() -> None:
     args.style = args.style or "fedavg"
     style = STYLES[args.style]
     stem = "robustness" + SUFFIX[args.style]
-    md = args.md or (None if args.quick else str(REPO / "benchmarks" / "results" / f"{stem}.md"))
-    png = args.png or (None if args.quick else str(REPO / "docs" / "img" / f"{stem}.png"))
+    # Only a full run (or --render) writes the published files by default; not --rounds 3.
+    full = not args.quick and args.rounds in (None, style.rounds)
+    md = args.md or (str(REPO / "benchmarks" / "results" / f"{stem}.md") if full else None)
+    png = args.png or (str(REPO / "docs" / "img" / f"{stem}.png") if full else None)
     if report is None:
         torch.set_num_threads(args.threads)
         attacks = presets.attacks()

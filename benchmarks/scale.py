@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import _args
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist5k"
 MODES = ("vectorized", "looped", "vmapped")
@@ -162,7 +164,12 @@ def summarize(runs: list[dict], peak: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--clients", default="10,100,1000,10000")
+    ap.add_argument(
+        "--clients",
+        type=_args.int_list(1, None, "clients per round"),
+        default="10,100,1000,10000",
+        metavar="K,K,...",
+    )
     ap.add_argument(
         "--modes",
         default="vectorized,looped",
@@ -170,14 +177,14 @@ def main() -> None:
         "vmapped (stacked, autograd through vmap: the path of models the fused step "
         "does not cover)",
     )
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each (K, mode)")
+    ap.add_argument("--rounds", type=_args.positive_int, default=3)
+    ap.add_argument("--repeats", type=_args.positive_int, default=3, help="runs of each (K, mode)")
     ap.add_argument("--threads", type=int, default=0, help="0: PyTorch's default, one per core")
     ap.add_argument("--budget-mb", type=float, default=1024.0)
     ap.add_argument("--looped-max", type=int, default=10000, help="skip the loop above this K")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -211,7 +218,7 @@ def main() -> None:
     print(f"{'K':>6} {'mode':>10} {'s/round':>9} {mem_head:>9} {'GFLOP/s':>8} {'of peak':>8}")
     results: dict[str, dict[str, dict]] = {}
     ratios: dict[str, list[float]] = {}
-    for k in map(int, args.clients.split(",")):
+    for k in args.clients:
         modes = [m for m in args.modes.split(",") if m != "looped" or k <= args.looped_max]
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(args.repeats):
@@ -265,7 +272,8 @@ def main() -> None:
         "headline": headline,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     print("headline:", json.dumps(headline))
 
 

@@ -50,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _args  # noqa: E402
 import _netns  # noqa: E402
 from shoal.runtime.spawn import free_port  # noqa: E402
 
@@ -100,7 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--json", required=True, help="where to write every figure")
+    p.add_argument(
+        "--json", type=_args.json_path, required=True, help="where to write every figure"
+    )
     p.add_argument("--bandwidths", default="100mbit,1gbit", help="tc rates; 'none' = unshaped")
     p.add_argument(
         "--configs",
@@ -574,8 +577,7 @@ def setup_record(a: argparse.Namespace) -> dict[str, Any]:
 
 def command_line(argv: list[str], a: argparse.Namespace) -> str:
     """The command as run, with the paths relative to the repository root."""
-    paths = {a.data_dir, a.json}
-    args = [shown(x) if x in paths else x for x in argv]
+    args = [shown(x) if x == a.data_dir or Path(x) == a.json else x for x in argv]
     return "python benchmarks/shaped_network.py " + " ".join(shlex.quote(x) for x in args)
 
 
@@ -628,8 +630,8 @@ def main(argv: list[str] | None = None) -> None:
     print("headline:", json.dumps(result["headline"]))
     if left:
         print(f"warning: namespaces or links left over: {left}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {shown(a.json)}")
 
 

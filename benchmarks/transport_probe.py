@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _args  # noqa: E402
 import _netns  # noqa: E402
 from shoal.parallel.probe import DEFAULT_SIZES, probe, report, summarize  # noqa: E402
 from shoal.runtime.spawn import free_port  # noqa: E402
@@ -107,18 +108,21 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default="100mbit,1gbit", help="tc caps, or 'none' (uncapped)")
     p.add_argument(
-        "--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="message bytes, comma-separated"
+        "--sizes",
+        type=_args.int_list(1, None, "message bytes"),
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="message bytes, comma-separated",
     )
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=_args.positive_int, default=7)
     p.add_argument("--no-netns", action="store_true", help="loopback, no namespaces or caps")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=_args.json_path)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         worker([int(s) for s in a.worker.split(",")], a.repeats, a.out)
         return
-    sizes = [int(s) for s in a.sizes.split(",")]
+    sizes = a.sizes
     rates = [None if r == "none" else r for r in a.rates.split(",")]
     if a.no_netns and any(rates):
         raise SystemExit("--no-netns cannot cap the links: use --rates none")

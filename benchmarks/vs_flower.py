@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _args  # noqa: E402
 import _measure  # noqa: E402
 import _workload as wl  # noqa: E402
 from _report import report, shown, statement, summarize  # noqa: E402
@@ -198,7 +199,7 @@ def main() -> None:
     p.add_argument("--skip-flower", action="store_true", help="Shoal only")
     p.add_argument("--scale1000", action="store_true", help="also 1,000 clients/round, MLP, 3 r")
     p.add_argument("--data-dir", default=str(wl.DEFAULT_DATA_DIR))
-    p.add_argument("--json", type=Path, help="write all figures here")
+    p.add_argument("--json", type=_args.json_path, help="write all figures here")
     p.add_argument(
         "--threads",
         type=int,

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+import _args
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist5k"
 
@@ -96,11 +98,18 @@ def same_run(a: Path, b: Path, rows_a: list[dict], rows_b: list[dict]) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--nproc", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--kill-round", type=int, default=20)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--nproc", type=int, default=4, help="processes, >= 2 (rank 1 is killed)")
+    ap.add_argument("--rounds", type=_args.positive_int, default=40)
+    ap.add_argument("--kill-round", type=int, default=20, help="in 1..--rounds - 1")
+    ap.add_argument("--json", type=_args.json_path)
     a = ap.parse_args()
+    # Up front: else job 1 ran first, and then the kill was refused or never came.
+    if a.nproc < 2:
+        ap.error(f"--nproc must be >= 2 (rank 1 is the one killed), got {a.nproc}")
+    if not 1 <= a.kill_round < a.rounds:
+        ap.error(
+            f"--kill-round must be in 1..{a.rounds - 1} (--rounds {a.rounds}), got {a.kill_round}"
+        )
     kill = f"1:{a.kill_round}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
