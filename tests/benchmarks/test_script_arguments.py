@@ -7,30 +7,16 @@ error or an empty result with exit 0."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
 import torch
+from bench_helpers import BENCH, script
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import _args  # noqa: E402
-
-
-def script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a fresh module."""
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import _args
 
 
 def parse_json(text: str) -> Path:

@@ -8,28 +8,15 @@ fewer rounds than DGC's warm-up crashed (``--form parallel``, IndexError) or pri
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-
-def script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a fresh module."""
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import script
 
 
 @pytest.fixture
