@@ -226,9 +226,21 @@ def check_model(
       which the run's seed does not govern (runs would not repeat), and ``vmap`` refuses it.
       The same for the dropout between the layers of an ``nn.LSTM``/``GRU``/``RNN`` and on
       ``nn.MultiheadAttention``'s weights, and ``nn.RReLU``'s random slopes.
+    - A module with parameters registered twice in the model (``Sequential(a, relu, a)``):
+      ``functional_call`` replaced its parameters by plain tensors in the user's model.
     - A model that cannot take the training samples (shape, dtype), test samples that differ
       from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
     """
+    first: dict[int, str] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in first and any(True for _ in m.parameters(recurse=False)):
+            raise ValueError(
+                f"model.{name} is model.{first[id(m)]} again (one module registered twice): "
+                "torch.func.functional_call then leaves plain tensors in place of its "
+                "parameters; register it once and call it twice in forward, or tie two "
+                "modules' weights"
+            )
+        first.setdefault(id(m), name)
     for name, m in model.named_modules():
         where = f"model.{name}" if name else "the model"
         norm = isinstance(m, nn.modules.batchnorm._NormBase)

@@ -239,6 +239,22 @@ def test_rrelu_in_eval_mode_is_looped(vectorize):
     assert torch.allclose(*dp, atol=1e-6)
 
 
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_module_registered_twice_is_refused(vectorize):
+    # functional_call left plain tensors in its place: the looped runtime failed in round 2
+    # ("weight is not an nn.Parameter"), the vectorized one handed back a damaged model.
+    torch.manual_seed(0)
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(nn.Linear(8, 16), shared, nn.Tanh(), shared, nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="model.3 is model.1 again"):
+        _train(model, runtime=SimRuntime(vectorize=vectorize))
+    assert isinstance(model[1].weight, nn.Parameter)
+    # A module without parameters registered twice trains (nothing of it is swapped).
+    tanh = nn.Tanh()
+    twice = nn.Sequential(nn.Linear(8, 16), tanh, nn.Linear(16, 16), tanh, nn.Linear(16, 3))
+    _train(twice, runtime=SimRuntime(vectorize=vectorize))
+
+
 def test_dropout_between_recurrent_layers_is_refused():
     # nn.LSTM's dropout between its layers draws from torch's global generator, as nn.Dropout
     # does: two runs of one seed ended 0.0017 apart when the global generator's state differed.
