@@ -481,6 +481,9 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
                 what = ""
                 if section in SELECTORS:  # say whose options these are ("none"'s too)
                     what = f" for {section} {_show(values[SELECTORS[section]])}"
+                    sub = SUBSELECTORS.get(section)
+                    if sub is not None and key.startswith(sub[1]):  # not the uplink's options
+                        what = f" for {section}.{sub[0]} = {_show(values[sub[0]])}"
                 raise UnknownKey(
                     f"{section}.{key}",
                     f"unknown key '{section}.{key}'{what}; allowed in [{section}]: "

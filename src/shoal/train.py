@@ -537,6 +537,8 @@ def _summary(
         "wall_seconds": rows[-1]["wall_seconds"] if rows else 0.0,
         "environment": environment(dev),
     }
+    if rows and "sim_seconds" in rows[-1]:  # with a network cost model, as a parallel run's
+        summary["sim_seconds"] = rows[-1]["sim_seconds"]
     if config.client_eval:
         _, correct = runtime.predict(
             model,

@@ -115,6 +115,18 @@ ERRORS = [
     (["compression.error_feedback=1"], ["compression.error_feedback", "true or false"]),
     # Accepted before, and sync_sgd then left its bucketed all-reduce for the compressed path.
     (["compression.error_feedback=true"], ["compression.error_feedback", "nothing to feed back"]),
+    # Capped to the model's size: every value with its index, more bytes than dense (silently).
+    (["compression.name=top_k", "compression.k=100000"], ["compression.k = 100000", "more"]),
+    (["compression.downlink=top_k", "compression.downlink_k=100000"], ["downlink_k = 100000"]),
+    # It named the uplink's compressor ("for compression "identity"").
+    (
+        [
+            "compression.downlink=top_k",
+            "compression.downlink_ratio=0.1",
+            "compression.downlink_x=1",
+        ],
+        ["'compression.downlink_x' for compression.downlink = \"top_k\""],
+    ),
 ]
 
 

@@ -82,6 +82,21 @@ def test_an_overlay_names_a_run_that_has_no_line(
     assert err.count("\n") == 1 and "early: no evaluated round (yet); it has no line" in err
 
 
+def test_an_overlay_names_a_run_without_simulated_time(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # test_vs_sim_time.png left out a run without [network] without a word.
+    timed = tmp_path / "timed"
+    timed.mkdir()
+    rows = (two_runs[0] / "metrics.jsonl").read_text().splitlines()
+    with_time = [{**json.loads(r), "sim_seconds": 2.0 * i} for i, r in enumerate(rows, 1)]
+    (timed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in with_time))
+    assert shoal("plot", timed, two_runs[1], "--out", "pngs") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{two_runs[1].name}: no simulated time" in err
+    assert (tmp_path / "pngs" / "test_vs_sim_time.png").is_file()
+
+
 def test_plot_of_a_run_without_evaluations_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -131,6 +131,9 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, extra):
     )
     assert torch.equal(ref.params, res.params)
     assert ("sim_seconds" in ref.metrics[-1]) == bool(extra)
+    # The summary has the run's simulated time too (a data-parallel one's had it already).
+    assert res.summary.get("sim_seconds") == ref.metrics[-1].get("sim_seconds")
+    assert ("sim_seconds" in res.summary) == bool(extra)
     rows = [
         json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -257,6 +257,12 @@ def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> C
         lambda: factory(**options, **facts),
         prefix,
     )
+    k, d = options.get("k"), ParamSpec.of(model).num_params
+    if k is not None and k > d:  # capped to d: every value, each with its index (more than dense)
+        raise ConfigError(
+            f"compression.{prefix}k = {k}: more than the model's {d:,} parameters; top-k would "
+            "send every value with its index, more bytes than no compression"
+        )
     if downlink or not cfg["compression.error_feedback"]:
         return compressor
     return error_feedback(compressor)

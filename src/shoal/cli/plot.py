@@ -43,6 +43,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for label in [k for k, has in drawn.items() if not has and any(drawn.values())]:
         # an overlay would lack it without a word (none drawn: plot_runs says so)
         warnings.warn(f"{label}: no evaluated round (yet); it has no line", stacklevel=2)
+    timed = {k: any("sim_seconds" in r for r in rows) for k, rows in runs.items()}
+    for label in [k for k, has in timed.items() if not has and drawn[k] and any(timed.values())]:
+        warnings.warn(
+            f"{label}: no simulated time (a run without [network]); not in test_vs_sim_time.png",
+            stacklevel=2,
+        )
     try:
         pngs = plot_runs(runs, out)
     except ValueError as e:  # e.g. a run killed before its first evaluation

@@ -64,6 +64,7 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
     if not any(r.get("test_accuracy") is not None for rows in runs.values() for r in rows):
         raise ValueError(f"nothing to plot: no metrics row with test_accuracy in {', '.join(runs)}")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,8 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
             ax.grid(True, which="both", alpha=0.3)
             if log_x:
                 ax.set_xscale("log")
+            elif x_key in ("round", "step"):  # no round 1.5 on a short run's axis
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_acc.legend(loc="lower right", fontsize="small")
         path = out / f"{stem}.png"
         fig.savefig(path, dpi=dpi)
