@@ -91,7 +91,7 @@ def test_robustness_writes_the_published_files_only_from_a_full_run(
     import shoal.robustness as robustness
 
     asked: dict[str, Any] = {}
-    workload = SimpleNamespace(description="stub")
+    workload = SimpleNamespace(description="never trained: run_grid is replaced")
     monkeypatch.setattr(robustness, "load_workload", lambda data, folder: workload)
     monkeypatch.setattr(robustness, "run_grid", lambda *args, **kwargs: {"headline": {}})
     monkeypatch.setattr(robustness.render, "markdown", lambda report: "")
