@@ -59,11 +59,16 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
     return ck
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite a metrics file (one JSON object per line) in one rename."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def check_checkpoint_dtype(path: Path, saved: torch.Tensor, dtype: torch.dtype) -> None:

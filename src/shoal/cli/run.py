@@ -22,6 +22,7 @@ from shoal.cli import UsageError, add_set_option, config_from_args, folder_arg, 
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, dumps, load, loads, resolve, resolve_overridden
+from shoal.files import replace_text
 from shoal.report import human_bytes, plot_runs, read_metrics
 from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
@@ -88,13 +89,7 @@ def fresh_out(out: str | None, stem: str) -> Path:
 def _write_config(cfg: Config, path: Path, made_by: str = "run") -> None:
     header = f"The resolved config of a shoal {made_by}: every default filled in.\n"
     header += "Continue a killed run with: shoal run --resume <this folder>"
-    _replace_text(path, dumps(cfg, header))
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    replace_text(path, dumps(cfg, header))
 
 
 def _made_by(text: str) -> str:
@@ -368,7 +363,7 @@ def _lengthened(out: Path, cfg: Config, shorter: Config | None) -> Iterator[None
         except (OSError, ValueError):  # none, or unreadable: the old length is the safe one
             rows = []
         if not rows or rows[-1].get("round", rows[-1].get("step", 0)) <= old:
-            _replace_text(out / CONFIG, before)
+            replace_text(out / CONFIG, before)
         raise
 
 
