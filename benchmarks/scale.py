@@ -244,6 +244,8 @@ def main() -> None:
                 f"{k:>6} {mode:>10} {r['steady_round_seconds']:9.3f} {r[mem_key]:9.0f} "
                 f"{r['gflops']:8.1f} {r['fraction_of_matmul']:8.1%}"
             )
+    if not results:  # a null headline with exit 0 would read as a finished measurement
+        sys.exit("every run failed (see above); nothing measured, no JSON written")
     speedups = {k: statistics.median(v) for k, v in ratios.items()}
     for k, s in speedups.items():
         mem = results[k]["vectorized"][mem_key] / results[k]["looped"][mem_key]

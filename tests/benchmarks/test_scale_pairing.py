@@ -41,3 +41,16 @@ def test_a_failed_run_pairs_with_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     res = json.loads(out.read_text())
     assert res["vectorized_vs_looped_per_repeat"]["10"] == [3.0, 1.5]  # repeats 1 and 3
     assert len(res["results"]["10"]["vectorized"]["repeats"]) == 2
+
+
+def test_every_run_failed_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a null headline was written and the script ended 0, as a finished measurement."""
+    monkeypatch.setattr(scale, "run_worker", lambda args, k, mode: "RuntimeError: out of memory")
+    monkeypatch.setattr(scale, "matmul_gflops", lambda threads, device: 100.0)
+    out = tmp_path / "scale.json"
+    argv = ["scale.py", "--clients", "10", "--repeats", "1", "--device", "cpu", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        scale.main()
+    assert "every run failed" in str(e.value.code)
+    assert not out.exists()

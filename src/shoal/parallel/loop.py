@@ -230,7 +230,9 @@ class _WorkerRun:
         loss_keep_W = alg.evaluated_W(state) if isinstance(alg, HonestSubset) else None
         loss_workers = len(comm.workers) if loss_keep_W is None else int(loss_keep_W.sum())
         # A run that stopped at its target accuracy is finished: a resume does not train on.
-        end = prog.step if prog.steps_to_target is not None else cfg.steps
+        # An asynchronous worker knows it from the server's stop flag in its checkpoint.
+        finished = prog.steps_to_target is not None or bool(state.get("stop", False))
+        end = prog.step if finished else cfg.steps
         bar = tqdm(
             range(prog.step, end),
             initial=prog.step,
