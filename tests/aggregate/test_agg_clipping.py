@@ -53,6 +53,16 @@ def test_a_huge_finite_row_is_clipped_not_dropped() -> None:
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-7)
 
 
+def test_a_row_whose_distance_is_beyond_float32_is_clipped_not_dropped() -> None:
+    """1e37s in 10,000 coordinates: the distance (1e39) is no float32 at all, so the float64
+    fallback of the norm still rounded it to inf, and tau / inf = 0 dropped the row."""
+    x = torch.full((5, 10_000), 0.01)
+    x[0] = 1e37
+    got = centered_clip(tau=1.0, num_iters=1)(x, torch.ones(5))
+    want = cclip_ref(x.double().numpy(), np.zeros(10_000), 1.0, 1)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5)
+
+
 def test_explicit_state_and_stateful_wrapper_agree() -> None:
     cc = centered_clip(tau=0.7, num_iters=2)
     assert isinstance(cc, StatefulAggregator)

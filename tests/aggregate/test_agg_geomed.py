@@ -73,3 +73,15 @@ def test_huge_finite_float32_rows_do_not_turn_the_median_into_nan() -> None:
     assert z.dtype == torch.float32 and bool(torch.isfinite(z).all())
     # The same inbox in float64, whose norms do not overflow at 1e19.
     torch.testing.assert_close(z.double(), geometric_median()(x.double(), torch.ones(10)))
+
+
+def test_distances_beyond_float32_do_not_turn_the_median_into_nan() -> None:
+    """A row of 3e38s pulls the starting mean so far that every distance (~1e39) exceeds the
+    float32 range: even the float64 fallback rounded them all to inf, and z was NaN."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(25, 10_000, generator=g) * 0.01
+    x[0] = 3e38
+    z = geometric_median()(x, torch.ones(25))
+    assert z.dtype == torch.float32
+    want = geometric_median()(x.double(), torch.ones(25, dtype=torch.float64))
+    torch.testing.assert_close(z.double(), want, rtol=0, atol=1e-6)

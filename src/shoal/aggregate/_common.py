@@ -67,9 +67,8 @@ def gram(x_ND: torch.Tensor) -> torch.Tensor:
     """``x x^T`` in float64, accumulated over column chunks; exactly symmetric."""
     n, d = x_ND.shape
     g = torch.zeros(n, n, dtype=torch.float64, device=x_ND.device)
-    step = max(1, _GRAM_CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, d, step):
-        block = x_ND[:, start : start + step].to(torch.float64)
+    for cols in _column_chunks(n, d):
+        block = x_ND[:, cols].to(torch.float64)
         g += block @ block.T
     # Each entry is a dot product summed in some order; averaging with the transpose makes
     # d(i, j) == d(j, i) bit for bit, which the Krum tie-break below relies on.
@@ -77,23 +76,47 @@ def gram(x_ND: torch.Tensor) -> torch.Tensor:
 
 
 def row_norms(x_ND: torch.Tensor, z_D: torch.Tensor) -> torch.Tensor:
-    """``||x_i - z||`` for every row, ``[N]`` in the rows' dtype.
+    """``||x_i - z||`` for every row, ``[N]``: in the rows' dtype, or in float64 where a
+    distance does not fit that dtype.
 
     A float32 norm sums its squares in float32: one finite Byzantine row of 1e19s in 1000
     coordinates overflows it to inf although the distance (3e20) is a float32. Only then are
     the distances summed again in float64, over column chunks as in ``gram`` so that the
-    float64 copy stays small; a distance that does not fit the dtype stays inf.
+    float64 copy stays small. A distance beyond the dtype's range (a row of 3e38s, or a start
+    point it pulled that far) is kept in float64, not rounded to inf: ``tau / inf`` or
+    ``alpha / inf`` was 0, which dropped the row from centered clipping and made every
+    Weiszfeld weight 0 and the geometric median 0/0 = NaN. Callers handle a float64 result.
     """
     fast = (x_ND - z_D).norm(dim=1)
     if bool(torch.isfinite(fast).all()):
         return fast
     n, d = x_ND.shape
     sq = torch.zeros(n, dtype=torch.float64, device=x_ND.device)
+    for cols in _column_chunks(n, d):
+        sq += (x_ND[:, cols].to(torch.float64) - z_D[cols].to(torch.float64)).square().sum(1)
+    wide = sq.sqrt()
+    fits = bool((wide <= torch.finfo(x_ND.dtype).max).all())
+    return wide.to(x_ND.dtype) if fits else wide
+
+
+def mean_scaled_diffs(scale_N: torch.Tensor, x_ND: torch.Tensor, z_D: torch.Tensor) -> torch.Tensor:
+    """``mean_i scale_i (x_i - z)`` in ``x``'s dtype; summed in float64 (over column chunks)
+    when ``scale`` is float64, i.e. when :func:`row_norms` returned distances beyond ``x``'s
+    range: a clipping factor ``tau / 1e39`` is no normal float32, so it is applied there."""
+    if scale_N.dtype == x_ND.dtype:
+        return (scale_N[:, None] * (x_ND - z_D)).mean(dim=0)
+    n, d = x_ND.shape
+    out = torch.empty(d, dtype=x_ND.dtype, device=x_ND.device)
+    for cols in _column_chunks(n, d):
+        diff = x_ND[:, cols].to(torch.float64) - z_D[cols].to(torch.float64)
+        out[cols] = (scale_N[:, None] * diff).mean(dim=0).to(x_ND.dtype)
+    return out
+
+
+def _column_chunks(n: int, d: int) -> list[slice]:
+    """Column slices of an ``[n, d]`` matrix whose float64 copy stays small."""
     step = max(1, _GRAM_CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, d, step):
-        block = x_ND[:, start : start + step].to(torch.float64)
-        sq += (block - z_D[start : start + step].to(torch.float64)).square().sum(dim=1)
-    return sq.sqrt().to(x_ND.dtype)
+    return [slice(start, start + step) for start in range(0, d, step)]
 
 
 def sq_distances(x_ND: torch.Tensor) -> torch.Tensor:

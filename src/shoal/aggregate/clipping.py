@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, row_norms
+from shoal.aggregate._common import as_matrix, mean_scaled_diffs, row_norms
 from shoal.checks import check_count
 
 
@@ -70,12 +70,11 @@ class CenteredClip:
                 )
             v = center_D.reshape(-1).to(x_ND.device, x_ND.dtype)
         for _ in range(self.num_iters):
-            diff = x_ND - v
-            # row_norms, not diff.norm(): a float32 norm of a huge but finite Byzantine row
+            # row_norms, not (x - v).norm(): a float32 norm of a huge but finite Byzantine row
             # overflows to inf, and tau / inf = 0 dropped that row's clipped (norm tau) share.
             # tau / 0 is inf, so an input equal to the center keeps scale 1 (no NaN).
             scale = (self.tau / row_norms(x_ND, v)).clamp(max=1.0)
-            v = v + (scale[:, None] * diff).mean(dim=0)
+            v = v + mean_scaled_diffs(scale, x_ND, v)
         return v.reshape(shape)
 
     def init(self, x_D: torch.Tensor) -> ClipState:

@@ -52,11 +52,13 @@ class GeometricMedian:
         z = alpha @ x_ND
         for _ in range(self.max_iter):
             # row_norms, not .norm(): a float32 norm overflows on a huge but finite Byzantine
-            # row, and inf distances made every beta 0 and z 0/0 = NaN.
-            beta = alpha / row_norms(x_ND, z).clamp_min(self.nu)
-            z, previous = (beta / beta.sum()) @ x_ND, z
+            # row, and inf distances made every beta 0 and z 0/0 = NaN. Distances beyond
+            # float32 come back in float64; the normalised betas fit x's dtype again.
+            dist = row_norms(x_ND, z)
+            beta = alpha.to(dist.dtype) / dist.clamp_min(self.nu)
+            z, previous = (beta / beta.sum()).to(x_ND.dtype) @ x_ND, z
             scale = row_norms(x_ND, z).median()
-            if bool((z - previous).norm() <= self.tol * scale):
+            if bool(row_norms(previous[None], z)[0] <= self.tol * scale):
                 break
         return z.reshape(shape)
 
