@@ -178,9 +178,16 @@ def _check_tracked_mean(algorithm: Algorithm, aggregator: Aggregator) -> None:
 
 
 def _setup(
-    algorithm: Algorithm, model: nn.Module, spec: ParamSpec, sizes: np.ndarray, config: TrainConfig
+    algorithm: Algorithm,
+    model: nn.Module,
+    spec: ParamSpec,
+    sizes: np.ndarray,
+    config: TrainConfig,
+    aggregator: Aggregator,
+    byzantine: Byzantine | None,
 ) -> dict[str, Any]:
     """What a run's checkpoint records of its setup, for a resume to be checked against."""
+    attack = None if byzantine is None else f"{sorted(byzantine.clients)} {byzantine.behaviour!r}"
     return {
         "parameters": spec.num_params,
         "buffers and frozen parameters": spec.fixed_digest(model),
@@ -189,16 +196,19 @@ def _setup(
         "seed": config.seed,
         "sampler": repr(config.sampler),
         "local work": repr(config.work),
+        # Keyed like `carried` below: a changed one starts its state afresh.
+        "aggregator": repr(aggregator),
+        "attack": attack,
     }
 
 
 def _check_resumed(
     out: Path, done: int, rounds: int, saved: dict[str, Any], setup: dict[str, Any]
-) -> None:
+) -> list[str]:
     """A resume trains further, from a checkpoint of the same setup. With fewer rounds than
     the checkpoint has, it returned that run's result unchanged, silently; with other clients
     or another algorithm it goes on from one run's state under another's setting, which may be
-    meant (a lower learning rate from here on), so it warns."""
+    meant (a lower learning rate from here on), so it warns. Returns the keys that differ."""
     if done > rounds:
         raise ValueError(
             f"cannot resume: the checkpoint in {out} is at round {done}, past rounds={rounds}; "
@@ -214,11 +224,14 @@ def _check_resumed(
         k for k, v in setup.items() if k in saved and saved[k] != v and " at 0x" not in str(v)
     ]
     if differ:
+        fresh = [k for k in differ if k in ("aggregator", "attack")]
         warnings.warn(
             f"resuming {out} with a setup unlike its checkpoint's ({', '.join(differ)} "
-            "differ): the run goes on from that state under the new setting",
+            "differ): the run goes on from that state under the new setting"
+            + (f"; the new {' and '.join(fresh)} start(s) afresh" if fresh else ""),
             stacklevel=3,  # the caller of train(...)
         )
+    return differ
 
 
 def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -349,7 +362,7 @@ def train(
             stacklevel=2,
         )
 
-    setup = _setup(algorithm, model, spec, sizes, config)
+    setup = _setup(algorithm, model, spec, sizes, config, aggregator, byzantine)
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -373,8 +386,9 @@ def train(
             start_round, wall = ck["round"], ck["wall_seconds"]
             cum_up, cum_down = ck["cum_uplink_bytes"], ck["cum_downlink_bytes"]
             bcast, sim = ck.get("downlink", {}), ck.get("sim_seconds", 0.0)
-            restored = ck.get("carried", {})
-            _check_resumed(out, start_round, config.rounds, ck.get("setup", {}), setup)
+            differ = _check_resumed(out, start_round, config.rounds, ck.get("setup", {}), setup)
+            # Another aggregator's or attack's saved state is not this one's (a KeyError).
+            restored = {k: v for k, v in ck.get("carried", {}).items() if k not in differ}
         if main:
             write_metrics(out / METRICS, rows)
     # Objects that carry state from round to round (centered clipping's last aggregate, a

@@ -64,3 +64,11 @@ def test_distances_do_not_overflow_or_underflow_in_their_squares(scale, dtype) -
     want = inbox[0, 1:3].sum(dim=0) / 3  # own, 1 and 3: the n - f = 3 nearest (atol=0: tiny)
     torch.testing.assert_close(monna(2)(own[0], inbox[0]), want, rtol=1e-6, atol=0)
     torch.testing.assert_close(monna(2)(own, inbox), want.expand(2, 3), rtol=1e-6, atol=0)
+
+
+def test_a_node_without_neighbours_keeps_its_own_vector() -> None:
+    """n = 1, f = 0: the batched form [W, 0, D] did; the plain one failed in a reshape."""
+    own = torch.randn(3)
+    assert torch.equal(monna(0)(own, torch.randn(0, 3)), own)
+    with pytest.raises(ValueError, match="do not match"):
+        monna(0)(own, torch.randn(0, 4))

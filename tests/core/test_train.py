@@ -1,4 +1,5 @@
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -201,6 +202,49 @@ def test_carried_state_resumes_and_each_run_starts_afresh(tmp_path, name):
         out_dir=tmp_path / "b", **CARRIED[name](),
     )  # fmt: skip
     assert torch.equal(straight.params, resumed.params)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("bucketing", "centered_clip"),
+        ("centered_clip", "bucketing"),
+        ("gaussian_attack", "gaussian_other_seed"),
+    ],
+)
+def test_a_resume_with_another_aggregator_or_attack_warns_and_starts_it_afresh(
+    tmp_path, before, after
+):
+    # The new object loaded the old one's saved state: a KeyError from inside it, or (an attack
+    # of another seed) silently the old one's stream.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    setups = {
+        **CARRIED,
+        "gaussian_other_seed": lambda: {
+            "aggregator": median(),
+            "byzantine": byzantine(2, 10, gaussian(0.1, seed=4)),
+        },
+    }
+
+    def resume(out):
+        return train(
+            tiny_model(), data, clients, fedavg(0.2), _config(rounds=5), resume=True,
+            out_dir=out, **setups[after](),
+        )  # fmt: skip
+
+    cfg = _config(rounds=3)
+    train(tiny_model(), data, clients, fedavg(0.2), cfg, out_dir=tmp_path / "a", **setups[before]())
+    # The reference: the same checkpoint with no carried state saved at all.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ck["carried"] = {}
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=r"\((aggregator|attack) differ\).*start\(s\) afresh"):
+        resumed = resume(tmp_path / "a")
+    with pytest.warns(UserWarning, match="differ"):
+        reference = resume(tmp_path / "b")
+    assert torch.equal(resumed.params, reference.params)
 
 
 def test_stragglers_with_nothing_less_to_do_are_warned_of():

@@ -23,6 +23,7 @@ Weights: **ignored** (the paper's rule is unweighted); the argument exists for s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,9 @@ class MoNNA:
     ) -> torch.Tensor:
         batched = own_D.dim() == 2 and inbox_ND.dim() == 3
         own = own_D if batched else own_D.reshape(1, -1)
-        inbox = inbox_ND if batched else inbox_ND.reshape(1, inbox_ND.shape[0], -1)
+        # A row's length, not -1: an empty inbox (a node without neighbours) has no length.
+        row = math.prod(inbox_ND.shape[1:])
+        inbox = inbox_ND if batched else inbox_ND.reshape(1, inbox_ND.shape[0], row)
         if inbox.shape[0] != own.shape[0] or inbox.shape[2] != own.shape[1]:
             raise ValueError(
                 f"monna: own vector(s) of shape {tuple(own_D.shape)} do not match the inbox "
