@@ -247,6 +247,42 @@ def test_a_resume_with_another_aggregator_or_attack_warns_and_starts_it_afresh(
     assert torch.equal(resumed.params, reference.params)
 
 
+class _EachKeyInTurn:
+    """The reference for a stateful rule under an algorithm of two message keys: the runtime
+    aggregates the keys in one order every round, so call parity tells them apart here."""
+
+    linear = False
+
+    def __init__(self, cc):
+        self.cc, self.centers, self.calls = cc, [None, None], 0
+
+    def __call__(self, inbox_ND, weights_N):
+        k, self.calls = self.calls % 2, self.calls + 1
+        self.centers[k] = self.cc(inbox_ND, weights_N, self.centers[k])
+        return self.centers[k]
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "fednova"])
+def test_a_stateful_rule_keeps_one_state_per_message_key(algorithm):
+    # SCAFFOLD's delta and delta_c (one shape) shared one clipping center, silently; FedNova's
+    # normalized_delta and tau (two shapes) were refused with advice train could not take.
+    from shoal.algorithms import fednova, scaffold
+
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    make = {"scaffold": lambda: scaffold(0.2), "fednova": lambda: fednova(0.2)}[algorithm]
+
+    def run(aggregator):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SCAFFOLD's delta_c under a robust rule
+            cfg = _config(rounds=3)
+            return train(tiny_model(), data, clients, make(), cfg, aggregator=aggregator)
+
+    got = run(stateful(centered_clip(tau=0.05)))
+    want = run(_EachKeyInTurn(centered_clip(tau=0.05)))
+    assert torch.equal(got.params, want.params)
+
+
 def test_stragglers_with_nothing_less_to_do_are_warned_of():
     # FedProx's stragglers run randint(1, E) epochs: with E = 1 the setting changed nothing,
     # silently (the CLI's sampling.straggler_fraction at the default client.epochs = 1).

@@ -10,9 +10,15 @@ The few rules with state across rounds (centered clipping) also implement
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
+
+MESSAGE_KEY: ContextVar[str | None] = ContextVar("message_key", default=None)
+"""The message key (``delta``, ``delta_c``, ...) being aggregated, set by the runtime's inbox
+around each call: the stateless protocol has no room for it, and a stateful rule keeps one
+state per key (SCAFFOLD's two keys of one shape shared a clipping center)."""
 
 
 class NonFiniteInbox(ValueError):

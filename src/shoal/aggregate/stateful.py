@@ -7,11 +7,11 @@ deliberately not a frozen dataclass: ``state`` changes on every call, and ``rese
 ``shoal.train`` starts a run from a fresh state (a reused adapter forgets the last run's) and
 keeps the state in its checkpoints, so a resumed run continues it.
 
-One adapter serves one message stream. The runtime aggregates each message key separately, so an
-algorithm that sends several keys would feed all of them through the same adapter; a call whose
-message shape differs from the stored state's raises instead of silently mixing two streams.
-Two keys of the same shape cannot be told apart here: give such algorithms one adapter per key,
-or drive ``init``/``update`` yourself.
+The runtime aggregates each message key on its own (SCAFFOLD sends ``delta`` and ``delta_c``,
+FedNova ``normalized_delta`` and ``tau``) and names the key in ``base.MESSAGE_KEY``; the adapter
+keeps one state per key, so each key's stream continues its own last output. Called directly
+(no key set), it serves one stream; a call whose message shape differs from that stream's
+raises instead of silently mixing two streams.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any, Generic
 
 import torch
 
-from shoal.aggregate.base import S, StatefulAggregator
+from shoal.aggregate.base import MESSAGE_KEY, S, StatefulAggregator
 
 
 class Stateful(Generic[S]):
-    """``Aggregator`` view of a stateful rule; the first call starts from ``agg.init(zeros)``."""
+    """``Aggregator`` view of a stateful rule; each stream's first call starts from
+    ``agg.init(zeros)``."""
 
     linear = False
 
@@ -32,38 +33,47 @@ class Stateful(Generic[S]):
         if not callable(getattr(agg, "update", None)) or not callable(getattr(agg, "init", None)):
             raise TypeError(f"stateful: {agg!r} has no init/update; wrap a stateful rule")
         self.agg = agg
-        self.state: S | None = None
-        self._shape: torch.Size | None = None
+        self.streams: dict[str | None, tuple[S, torch.Size]] = {}
+        """Message key -> (the rule's state, the message shape it is for)."""
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
-        shape = inbox_ND.shape[1:]
-        if self.state is None:
-            self.state = self.agg.init(inbox_ND.new_zeros(shape))
-            self._shape = shape
-        elif shape != self._shape:
+        key, shape = MESSAGE_KEY.get(), inbox_ND.shape[1:]
+        if key not in self.streams:
+            self.streams[key] = (self.agg.init(inbox_ND.new_zeros(shape)), shape)
+        state, own = self.streams[key]
+        if shape != own:
+            named = "" if key is None else f" {key!r}"
             raise ValueError(
-                f"stateful: this aggregator's state is for messages of shape "
-                f"{tuple(self._shape or ())}, got {tuple(shape)}; use one stateful(...) per "
-                "message key"
+                f"stateful: this aggregator's state for messages{named} is for shape "
+                f"{tuple(own)}, got {tuple(shape)}; use one stateful(...) per message stream"
             )
-        out, self.state = self.agg.update(inbox_ND, weights_N, self.state)
+        out, state = self.agg.update(inbox_ND, weights_N, state)
+        self.streams[key] = (state, shape)
         return out
+
+    @property
+    def state(self) -> S | None:
+        """The state of the one stream so far (None before the first call)."""
+        if len(self.streams) > 1:
+            raise ValueError(f"stateful: {len(self.streams)} streams; read .streams")
+        return next(iter(self.streams.values()))[0] if self.streams else None
 
     def reset(self) -> None:
         """Forget the state; the next call starts from ``init`` again."""
-        self.state = None
-        self._shape = None
+        self.streams = {}
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (``shoal.train`` saves it, and restores it on resume)."""
-        return {"state": self.state, "shape": self._shape}
+        return {"streams": dict(self.streams)}
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         """Continue from ``state_dict()``'s ``saved``; ``None``: start afresh (:meth:`reset`)."""
-        if saved is None:
-            self.reset()
-        else:
-            self.state, self._shape = saved["state"], saved["shape"]
+        if saved is not None and "streams" not in saved:  # one state, saved before streams
+            raise ValueError(
+                "stateful: the checkpoint holds this aggregator's state in the older one-stream "
+                "form; resume it with the Shoal version that wrote it, or start a new run"
+            )
+        self.streams = {} if saved is None else dict(saved["streams"])
 
     def __repr__(self) -> str:
         return f"stateful({self.agg!r})"

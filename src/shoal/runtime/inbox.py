@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from shoal.aggregate.base import Aggregator
+from shoal.aggregate.base import MESSAGE_KEY, Aggregator
 from shoal.attacks.base import Attack
 from shoal.compress.base import Compressor, identity
 from shoal.compress.feedback import without_feedback
@@ -106,7 +106,14 @@ class Inbox:
             if f < len(bad):
                 where = np.concatenate(self.positions)[bad.numpy()]
                 inbox = self._attacked(self.attack, inbox, bad, where)
-        return {k: self.aggregator(v, w) for k, v in inbox.items()}
+        out = {}
+        for k, v in inbox.items():
+            token = MESSAGE_KEY.set(k)  # a stateful rule keeps a state per key
+            try:
+                out[k] = self.aggregator(v, w)
+            finally:
+                MESSAGE_KEY.reset(token)
+        return out
 
     def _attacked(
         self, attack: Attack, inbox: Message, bad: torch.Tensor, positions: np.ndarray
