@@ -145,11 +145,18 @@ class ParamSpec:
 
 
 def unbatchable(model: nn.Module) -> nn.Module | None:
-    """The model's first module whose kernel ``vmap`` has no batching rule for, if any, so that
-    its workers are trained in a loop: ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (fused kernels,
-    ``aten::lstm`` ...) and ``nn.RReLU`` (``aten::rrelu``, called in eval mode too; in
-    training mode :func:`check_model` refuses it for its random slopes)."""
-    return next((m for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RReLU))), None)
+    """The model's first module that ``vmap`` cannot stack, if any, so that its workers are
+    trained in a loop: ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (fused kernels, ``aten::lstm`` ...)
+    and ``nn.RReLU`` (``aten::rrelu``, called in eval mode too; in training mode
+    :func:`check_model` refuses it for its random slopes) have no batching rule; an
+    ``nn.Embedding`` with a ``padding_idx`` has a wrong one for the vectorized runtime's single
+    backward: only the first stacked client's padding row kept a zero gradient."""
+    for m in model.modules():
+        if isinstance(m, (nn.RNNBase, nn.RReLU)):
+            return m
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            return m
+    return None
 
 
 def batch_loss(
@@ -228,8 +235,16 @@ def check_model(
       ``nn.MultiheadAttention``'s weights, and ``nn.RReLU``'s random slopes.
     - A module with parameters registered twice in the model (``Sequential(a, relu, a)``):
       ``functional_call`` replaced its parameters by plain tensors in the user's model.
-    - A model that cannot take the training samples (shape, dtype), test samples that differ
-      from them, fewer logits than classes, or a ``loss_fn`` that is not per sample.
+    - An ``nn.Embedding`` with ``max_norm`` (it renormalizes its weight in place in forward)
+      or ``scale_grad_by_freq`` (padding rows of a batch count as tokens).
+    - A forward that draws random numbers (``F.dropout``, ``torch.randn_like``: the run's seed
+      does not govern torch's global generator), changes a buffer (a counter: the runtimes
+      share buffers between clients, and the user's model was changed), or mixes the samples
+      of a batch (``h - h.mean(0)``: the runtimes pad batches, and the padding rows joined in).
+      One training-mode forward on a few samples tells; the model is left as it was.
+    - A model that cannot take the training samples (shape, dtype; a token id beyond an
+      embedding), test samples that differ from them, an output that is not ``[batch,
+      classes]`` logits, or a ``loss_fn`` that is not per sample.
     """
     first: dict[int, str] = {}
     for name, m in model.named_modules(remove_duplicate=False):
@@ -263,6 +278,12 @@ def check_model(
                 "torch's global generator, not the run's seed (runs would not repeat, and the "
                 "vectorized runtime refuses random operations); remove it or set it to 0"
             )
+        if isinstance(m, nn.Embedding) and (m.max_norm is not None or m.scale_grad_by_freq):
+            raise ValueError(
+                f"{where} is an Embedding with max_norm or scale_grad_by_freq: the first "
+                "renormalizes its weight in place in forward, the second counts a padded "
+                "batch's padding rows; remove them (clip or regularize the weight instead)"
+            )
         if isinstance(m, nn.RReLU) and m.training:
             raise ValueError(
                 f"{where} is an RReLU: in training mode it draws its negative slopes from "
@@ -276,18 +297,25 @@ def check_model(
             f"{tuple(x.shape[1:])} {x.dtype}: they must agree"
         )
     try:
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), _kept_rng(x.device):
             logits = model(x[:2])
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ValueError(
             f"the model cannot take the training samples ({tuple(x.shape[1:])} {x.dtype}; "
             f"features should be float32, or int64 token ids): {e}"
         ) from None
-    if loss_fn is cross_entropy and logits.shape[-1] < num_classes:
+    if not isinstance(logits, torch.Tensor):
         raise ValueError(
-            f"the model gives {logits.shape[-1]} logits per sample, but the data has "
-            f"{num_classes} classes"
+            f"the model returns a {type(logits).__name__}; it must return one tensor of logits "
+            "[batch, classes]"
         )
+    if loss_fn is cross_entropy and (logits.dim() != 2 or logits.shape[-1] < num_classes):
+        raise ValueError(
+            f"the model's output has shape {tuple(logits.shape)} for 2 samples; cross-entropy "
+            f"needs logits [batch, classes] with at least the data's {num_classes} classes"
+        )
+    _check_token_ids(model, x)
+    _check_training_forward(model, x)
     try:
         with torch.no_grad():
             losses = loss_fn(logits, y[:2])
@@ -299,6 +327,84 @@ def check_model(
             f"loss_fn must return one loss per sample (shape {tuple(y[:2].shape)} here), got "
             f"{got}; use reduction='none' (shoal.cross_entropy is one)"
         )
+
+
+def _check_token_ids(model: nn.Module, x: torch.Tensor) -> None:
+    """Token ids beyond an embedding's rows failed in round 1 with a bare ``IndexError`` when
+    the first samples (the ones tried above) happened to be in range."""
+    tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    if not tables or x.is_floating_point() or x.numel() == 0:
+        return
+    row = int(x.reshape(len(x), -1).max(dim=1).values.argmax())
+    try:  # the model may map ids before its embedding: only a failing forward is proof
+        with torch.no_grad(), eval_mode(model), _kept_rng(x.device):
+            model(x[row : row + 1])
+    except (RuntimeError, IndexError) as e:
+        sizes = ", ".join(str(m.num_embeddings) for m in tables)
+        raise ValueError(
+            f"training sample {row} has token id {int(x.max())}, and the model cannot take it "
+            f"(embedding rows: {sizes}); size the vocabulary from the data: {e}"
+        ) from None
+
+
+@contextmanager
+def _kept_rng(device: torch.device) -> Iterator[Callable[[], bool]]:
+    """torch's global generators (the CPU's, and ``device``'s if CUDA) put back as they were
+    after the block; inside it, the function yielded tells whether anything drew from them."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def changed() -> bool:
+        return not torch.equal(torch.get_rng_state(), cpu) or (
+            cuda is not None and not torch.equal(torch.cuda.get_rng_state(device), cuda)
+        )
+
+    try:
+        yield changed
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+def _check_training_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward in the model's own (training) mode on a few samples, refusing what the
+    runtimes would train silently wrong; see :func:`check_model`. Buffers and the global
+    random generators are put back as they were."""
+    if len(x) < 2:
+        return
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    try:
+        with _kept_rng(x.device) as rng_changed, torch.no_grad():
+            few = model(x[: min(len(x), 4)])
+            two = model(x[:2])
+            drew = rng_changed()
+        changed = [name for name, b in model.named_buffers() if not torch.equal(b, buffers[name])]
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+    if drew:
+        raise ValueError(
+            "the model draws random numbers in forward (F.dropout, torch.randn_like, ...): "
+            "they come from torch's global generator, not the run's seed, so runs would not "
+            "repeat (and the vectorized runtime refuses random operations); remove them"
+        )
+    if changed:
+        raise ValueError(
+            f"the model changes its buffer(s) {', '.join(changed)} in forward: buffers are not "
+            "parameters, so the runtimes share one copy between all clients (and the model "
+            "passed in was changed); keep the state in a parameter or out of the model"
+        )
+    finite = bool(torch.isfinite(few).all()) and bool(torch.isfinite(two).all())
+    if few.shape[1:] == two.shape[1:] and finite:  # NaN weights are reported as divergence
+        scale = float(two.abs().max()) if two.numel() else 0.0
+        if not torch.allclose(few[:2], two, rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
+            raise ValueError(
+                "the model's output for a sample depends on the other samples of its batch "
+                "(batch statistics, h - h.mean(0)): the runtimes pad batches to one size, and "
+                "the padding rows would join in; compute each sample's output from it alone"
+            )
 
 
 def init_params(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor]:

@@ -136,7 +136,9 @@ def test_data_the_model_cannot_take_is_refused(data, match):
 
 def test_too_few_logits_and_a_reduced_loss_are_refused():
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match="2 logits per sample, but the data has 3 classes"):
+    with pytest.raises(
+        ValueError, match=r"output has shape \(2, 2\) .* at least the data.s 3 classes"
+    ):
         _train(nn.Linear(8, 2))
     with pytest.raises(ValueError, match="one loss per sample"):
         _train(loss_fn=F.cross_entropy)

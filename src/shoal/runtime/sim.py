@@ -104,7 +104,8 @@ class SimRuntime:
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
     each convolution into a grouped convolution that is no faster than the loop
     (``reference/flower-baseline.md``), and except for models with ``nn.LSTM``, ``nn.GRU`` or
-    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, or ``nn.RReLU`` (``True``
+    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or an
+    ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`; ``True``
     refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
     on a GPU, it vectorizes."""
     memory_budget_mb: float = 1024.0
@@ -227,6 +228,12 @@ class SimRuntime:
         loop_only = unbatchable(task.model)
         if self.vectorize != "auto":
             if self.vectorize and loop_only is not None:
+                why = (
+                    "vmap's rule for it gives every stacked client but the first a gradient "
+                    "on the padding row"
+                    if isinstance(loop_only, nn.Embedding)
+                    else "vmap has no rule for its kernel"
+                )
                 hint = (
                     ", or a recurrence written with nn.Linear like shoal.models.char_lstm"
                     if isinstance(loop_only, nn.RNNBase)
@@ -234,7 +241,7 @@ class SimRuntime:
                 )
                 raise ValueError(
                     "vectorize=True cannot stack clients of a model with "
-                    f"{type(loop_only).__name__}: vmap has no rule for its kernel; use "
+                    f"{type(loop_only).__name__}: {why}; use "
                     f"vectorize=False or 'auto' (which loops it){hint}"
                 )
             return bool(self.vectorize)
