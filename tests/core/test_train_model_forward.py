@@ -130,3 +130,23 @@ def test_an_embeddings_padding_row_gets_no_gradient():
     assert not torch.equal(trained[1], model.emb.weight[1])  # the others trained
     with pytest.raises(ValueError, match="vectorize=True cannot stack .* Embedding"):
         _train(_Bag(padding_idx=0), _tokens(12), vectorize=True)
+
+
+class _Branching(nn.Module):
+    """Control flow on a tensor's value: fine in a loop, impossible to stack with vmap."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else self.a(-x)
+
+
+def test_a_model_vmap_cannot_stack_says_how_to_train_it():
+    # torch's "vmap: It looks like you're attempting to use a Tensor in some data-dependent
+    # control flow" came from inside round 1.
+    with pytest.raises(ValueError, match=r"cannot stack this model's clients.*vectorize=False"):
+        _train(_Branching(), vectorize=True)
+    _train(_Branching(), vectorize=False)

@@ -286,7 +286,15 @@ class SimRuntime:
             # Step 0 trains from the broadcast global model (a read-only expanded view).
             cur = [b[:a] for b in blocks] or [v.expand(a, *v.shape) for v in start]
             leaves = {n: v.detach().requires_grad_(True) for n, v in zip(names, cur)}
-            loss_W = batched_loss(leaves, task.x[idx], task.y[idx], m)
+            try:
+                loss_W = batched_loss(leaves, task.x[idx], task.y[idx], m)
+            except RuntimeError as e:  # .item(), data-dependent control flow, ...
+                if "vmap" not in str(e):
+                    raise
+                raise ValueError(
+                    f"the vectorized runtime cannot stack this model's clients ({e}); train it "
+                    "with SimRuntime(vectorize=False), in a config [runtime] vectorize = false"
+                ) from None
             # A parameter the forward does not use gets a zero gradient, as torch.optim
             # leaves it, instead of autograd's error.
             grads = torch.autograd.grad(
