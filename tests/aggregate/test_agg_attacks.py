@@ -14,6 +14,7 @@ from shoal.attacks import (
     Attack,
     alie,
     alie_z,
+    byzantine,
     flip_labels,
     gaussian,
     ipm,
@@ -124,3 +125,32 @@ def test_gaussian_needs_a_finite_sigma(sigma) -> None:
     # sigma = inf was taken, and sent inf/NaN rows that end a run under any robust rule.
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
         gaussian(sigma)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: mimic(True), "mimic: target must be an integer or None, got True"),
+        (lambda: mimic(1.5), "mimic: target must be an integer or None, got 1.5"),
+        (lambda: sign_flip(float("nan")), "sign_flip: scale must be a finite number, got nan"),
+        (lambda: sign_flip("a"), "sign_flip: scale must be a finite number, got 'a'"),
+        (lambda: alie(float("inf")), "alie: z must be a finite number or None, got inf"),
+        (lambda: byzantine(2.0, 5, sign_flip()), "num_byzantine must be an integer >= 0"),
+        (lambda: byzantine(1, 5.0, sign_flip()), "num_clients must be an integer >= 1"),
+    ],
+)
+def test_bad_attack_arguments_are_refused_in_one_line(build, match) -> None:
+    # mimic(True) indexed row 1 and returned rows of another shape; NaN scales sent NaN rows;
+    # the rest failed inside numpy or at the first round.
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_the_mean_refuses_negative_weights_and_an_empty_inbox() -> None:
+    # [2, -1] extrapolated (2 x0 - x1), where every robust rule refuses the weights.
+    x = torch.tensor([[1.0], [4.0]])
+    with pytest.raises(ValueError, match="non-negative"):
+        mean()(x, torch.tensor([2.0, -1.0]))
+    with pytest.raises(ValueError, match="the inbox is empty"):
+        mean()(x[:0], torch.ones(0))
+    assert float(mean()(x, torch.tensor([3.0, 1.0]))) == 1.75

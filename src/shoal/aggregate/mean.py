@@ -18,9 +18,15 @@ class Mean:
             raise ValueError(
                 f"inbox has {inbox_ND.shape[0]} rows but {weights_N.shape[0]} weights were given"
             )
+        if inbox_ND.shape[0] == 0:
+            raise ValueError("mean: the inbox is empty; aggregate at least one message")
         total = weights_N.sum()
-        if not total > 0 or not torch.isfinite(total):  # an inf weight: inf / inf = NaN
-            raise ValueError("aggregation weights must have a finite, positive sum")
+        # An inf weight gave inf / inf = NaN; a negative one an extrapolation, not a mean
+        # (the robust rules refuse it too).
+        if bool((weights_N < 0).any()) or not total > 0 or not torch.isfinite(total):
+            raise ValueError(
+                "aggregation weights must be finite and non-negative with a positive sum"
+            )
         w = weights_N.to(inbox_ND.device, inbox_ND.dtype)  # CPU weights under a CUDA inbox
         return (w @ inbox_ND.reshape(inbox_ND.shape[0], -1)).reshape(inbox_ND.shape[1:]) / total
 

@@ -27,6 +27,7 @@ from statistics import NormalDist
 import torch
 
 from shoal.attacks.base import check_attack, repeat
+from shoal.checks import is_real
 
 
 def alie_z(n: int, f: int) -> float:
@@ -50,6 +51,10 @@ class ALittleIsEnough:
 
     z: float | None = None
     """Shift in honest standard deviations; ``None``: ``alie_z(n, f)`` (epfml's ``z_max``)."""
+
+    def __post_init__(self) -> None:
+        if self.z is not None and not (is_real(self.z) and math.isfinite(self.z)):
+            raise ValueError(f"alie: z must be a finite number or None, got {self.z!r}")
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
         check_attack(honest_HD, f, "alie")

@@ -14,7 +14,7 @@ import numpy as np
 
 from shoal.attacks.base import Attack
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import is_integer
+from shoal.checks import check_count, check_seed, is_integer
 from shoal.streams import BYZANTINE, keyed_rng
 
 
@@ -40,6 +40,9 @@ def byzantine(
     num_byzantine: int, num_clients: int, behaviour: Attack | LabelFlip, seed: int = 0
 ) -> Byzantine:
     """``num_byzantine`` of the ``num_clients`` clients, chosen at random from ``seed``."""
+    check_count(num_byzantine, "byzantine: num_byzantine", least=0)  # 2.0 failed in numpy
+    check_count(num_clients, "byzantine: num_clients")
+    check_seed(seed, "byzantine: seed")
     if not 0 <= num_byzantine < num_clients:
         raise ValueError(
             f"num_byzantine must be in [0, num_clients={num_clients}), got {num_byzantine}"

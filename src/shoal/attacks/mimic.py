@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.attacks.base import check_attack, repeat
+from shoal.checks import is_integer
 
 
 def most_extreme(honest_HD: torch.Tensor) -> int:
@@ -38,6 +39,11 @@ class Mimic:
     """The mimic attack (copy one honest client); build it with :func:`mimic`."""
 
     target: int | None = 0
+
+    def __post_init__(self) -> None:
+        # True indexed as 1 and gave rows of another shape; 1.5 failed in the first round.
+        if self.target is not None and not is_integer(self.target):
+            raise ValueError(f"mimic: target must be an integer or None, got {self.target!r}")
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
         check_attack(honest_HD, f, "mimic")

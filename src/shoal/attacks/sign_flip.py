@@ -9,11 +9,13 @@ worker. ``scale = 1`` is the papers' attack.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from shoal.attacks.base import check_attack, repeat
+from shoal.checks import is_real
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class SignFlip:
     """Sign flipping of the honest mean; build it with :func:`sign_flip`."""
 
     scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        # NaN sent NaN rows (the run then "diverged"); a string failed at the first round.
+        if not (is_real(self.scale) and math.isfinite(self.scale)):
+            raise ValueError(f"sign_flip: scale must be a finite number, got {self.scale!r}")
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
         check_attack(honest_HD, f, "sign_flip")
