@@ -149,6 +149,14 @@ class UnknownKey(ConfigError):
         self.key = key
 
 
+class BadValue(ConfigError):
+    """A value a key does not take; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class _Required:
     def __repr__(self) -> str:
         return "REQUIRED"
@@ -405,11 +413,13 @@ def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:
         if not isinstance(given, (str, dict, list)) and _fits(_show(given), param.kind):
             # --set data.dir=2024 reads as TOML: a number (or a date), not the folder's name.
             hint = f" (quoted, it is one: --set '{key}=\"{_show(given)}\"')"
-        raise ConfigError(f"{key} = {_show(given)}: must be {describe(param.kind)}{hint}") from None
+        raise BadValue(
+            key, f"{key} = {_show(given)}: must be {describe(param.kind)}{hint}"
+        ) from None
     if param.choices and value not in param.choices:
-        raise ConfigError(f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
+        raise BadValue(key, f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
     if param.check is not None and not param.check(value):
-        raise ConfigError(f"{key} = {_show(value)}: must be {param.allowed}")
+        raise BadValue(key, f"{key} = {_show(value)}: must be {param.allowed}")
     return value
 
 
@@ -715,10 +725,15 @@ def resolve_overridden(
     an option of the name that ``--set`` replaced."""
     try:
         return resolve(apply_overrides(raw, assignments, unset), catalog)
-    except UnknownKey as e:
+    except (UnknownKey, BadValue) as e:
         # an unknown table is named alone (--set dat.name=x: e.key is "dat")
         set_keys = [a.partition("=")[0].strip() for a in assignments]
         if any(e.key in (k, k.split(".")[0]) for k in set_keys):
+            raise
+        # A value the file set for the old name (mlp's hidden = [200, 200] under char_lstm):
+        # only a --set of its table's name makes it the command line's mistake to fix.
+        renamed = f"{e.key.rpartition('.')[0]}.name" in set_keys
+        if isinstance(e, BadValue) and not renamed:
             raise
         raise ConfigError(f"{e} (set in {source}: --unset {e.key} drops it)") from None
 

@@ -98,6 +98,7 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_overridden(raw, ["compression.rate=2"], [], CATALOG, "a.toml")
     assert "compression.rate" in str(info.value) and "--unset" not in str(info.value)
+
     with pytest.raises(ConfigError) as info:  # a misspelled table, from --set too
         resolve_overridden(raw, ["compresion.name=qsgd"], [], CATALOG, "a.toml")
     assert "'compresion'" in str(info.value) and "--unset" not in str(info.value)
@@ -297,3 +298,17 @@ def test_strings_survive_the_writer(s: str) -> None:
 def test_scalars_survive_the_writer(v: float | int | bool) -> None:
     text = dumps(Config({"v": v, "t": {"w": [v, v]}}))
     assert tomllib.loads(text) == {"v": v, "t": {"w": [v, v]}}
+
+
+def test_a_value_the_file_set_for_the_old_name_says_how_to_drop_it() -> None:
+    # mlp's hidden list under char_lstm (an integer there): the hint was missing.
+    raw = {"model": {"name": "mlp", "hidden": [200, 200]}}
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden(raw, ["model.name=char_lstm"], [], CATALOG, "a.toml")
+    message = str(info.value)
+    assert message.startswith("model.hidden = [200, 200]: must be an integer")
+    assert message.endswith("(set in a.toml: --unset model.hidden drops it)")
+    # Without a new name the file's value is simply wrong: no hint to drop it.
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden({"model": {"name": "mlp", "hidden": 3}}, [], [], CATALOG, "a.toml")
+    assert "--unset" not in str(info.value)

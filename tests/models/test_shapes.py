@@ -76,7 +76,30 @@ def test_bad_arguments_raise() -> None:
         resnet_small(width=10, groups=4)
     with pytest.raises(ValueError, match="blocks_per_stage"):
         resnet_small(blocks_per_stage=())
-    with pytest.raises(ValueError, match="sizes"):
+    with pytest.raises(ValueError, match="char_lstm: hidden must be an integer >= 1, got 0"):
         char_lstm(hidden=0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="hidden must be a sequence of integers >= 1"):
         mlp(hidden=(0,))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        # Each failed inside torch or Python with a TypeError naming no argument.
+        (lambda: cnn(num_classes=10.0), "cnn: num_classes must be an integer >= 1, got 10.0"),
+        (lambda: mclr(5.0, 2), "mclr: in_features must be an integer >= 1, got 5.0"),
+        (lambda: mlp(10, 5, 3), "mlp: hidden must be a sequence of integers >= 1, got 5"),
+        (lambda: resnet_small(blocks_per_stage=(2.0,)), "blocks_per_stage"),
+        (lambda: char_lstm(num_layers=True), "char_lstm: num_layers must be an integer"),
+        # padding='same' already: the hint was to use padding='same'.
+        (lambda: cnn(image_size=3), r"too small .* padding 2; use a larger image$"),
+    ],
+)
+def test_model_arguments_of_the_wrong_type_are_refused_in_one_line(build, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_the_lstm_refuses_an_empty_sequence() -> None:
+    with pytest.raises(ValueError, match="sequences of length >= 1, got length 0"):
+        char_lstm()(torch.zeros(2, 0, dtype=torch.long))

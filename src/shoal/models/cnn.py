@@ -17,6 +17,7 @@ from typing import Literal
 
 from torch import nn
 
+from shoal.checks import check_count
 from shoal.models.split import BodyHead
 
 __all__ = ["cnn"]
@@ -43,10 +44,9 @@ def cnn(
         pad = padding
     else:
         raise ValueError(f"padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
-    if in_channels < 1 or num_classes < 1:
-        raise ValueError(
-            f"cnn needs in_channels >= 1 and num_classes >= 1, got {in_channels}, {num_classes}"
-        )
+    for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        check_count(value, f"cnn: {name}")  # 10.0 failed inside torch
+    check_count(image_size, "cnn: image_size")
 
     side = image_size
     for _ in range(2):  # conv (stride 1) then 2x2 max pool, floor as in PyTorch
@@ -54,7 +54,8 @@ def cnn(
     if side < 1:
         raise ValueError(
             f"image_size={image_size} is too small for two 5x5 convolutions and pools with "
-            f"padding {pad}; use a larger image or padding='same'"
+            f"padding {pad}; use a larger image"
+            + ("" if pad >= _KERNEL // 2 else " or padding='same'")
         )
 
     body = nn.Sequential(

@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from shoal.checks import check_count
 from shoal.models.split import BodyHead
 
 __all__ = ["LSTM", "LSTMCell", "char_lstm"]
@@ -56,6 +57,8 @@ class LSTMCell(nn.Module):
     def forward(self, x_BLI: Tensor) -> Tensor:
         """Run over a sequence from zero state; returns every hidden state ``[B, L, H]``."""
         # The input projection does not depend on the recurrence: one matmul for all steps.
+        if x_BLI.shape[1] == 0:  # torch.stack([]) said "expects a non-empty TensorList"
+            raise ValueError("the LSTM needs sequences of length >= 1, got length 0")
         gx_BLG = self.ih(x_BLI)
         h_BH = gx_BLG.new_zeros(gx_BLG.shape[0], self.hidden_size)
         c_BH = h_BH
@@ -102,12 +105,9 @@ def char_lstm(
     Input: int64 token ids ``[B, L]`` with ``L >= 1``; returns next-character logits
     ``[B, num_classes]`` from the last time step. 819,920 parameters with the defaults.
     """
-    if min(vocab_size, embed_dim, hidden, num_layers, num_classes) < 1:
-        raise ValueError(
-            f"char_lstm needs all sizes >= 1, got vocab_size={vocab_size}, "
-            f"embed_dim={embed_dim}, hidden={hidden}, num_layers={num_layers}, "
-            f"num_classes={num_classes}"
-        )
+    sizes = {"vocab_size": vocab_size, "embed_dim": embed_dim, "hidden": hidden}
+    for name, value in {**sizes, "num_layers": num_layers, "num_classes": num_classes}.items():
+        check_count(value, f"char_lstm: {name}")
     body = nn.Sequential(
         OrderedDict(
             [

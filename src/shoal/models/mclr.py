@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from shoal.checks import check_count
 from shoal.models.split import BodyHead
 
 __all__ = ["mclr"]
@@ -21,8 +22,6 @@ def mclr(in_features: int, num_classes: int) -> BodyHead:
 
     Returns logits ``[B, num_classes]``; pair it with ``cross_entropy``.
     """
-    if in_features < 1 or num_classes < 1:
-        raise ValueError(
-            f"mclr needs in_features >= 1 and num_classes >= 1, got {in_features}, {num_classes}"
-        )
+    check_count(in_features, "mclr: in_features")  # 5.0 failed inside torch
+    check_count(num_classes, "mclr: num_classes")
     return BodyHead(nn.Flatten(), nn.Linear(in_features, num_classes))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from shoal.checks import check_count, is_integer
 from shoal.models.split import BodyHead
 
 __all__ = ["mlp"]
@@ -28,12 +29,11 @@ def mlp(
 
     ``hidden=()`` gives :func:`~shoal.models.mclr`. Returns logits ``[B, num_classes]``.
     """
+    if isinstance(hidden, int) or not all(is_integer(h) and h >= 1 for h in hidden):
+        raise ValueError(f"mlp: hidden must be a sequence of integers >= 1, got {hidden!r}")
+    check_count(in_features, "mlp: in_features")  # mlp(10, 5, 3) failed inside Python
+    check_count(num_classes, "mlp: num_classes")
     sizes = [in_features, *hidden]
-    if any(s < 1 for s in sizes) or num_classes < 1:
-        raise ValueError(
-            f"mlp needs positive sizes, got in_features={in_features}, hidden={tuple(hidden)}, "
-            f"num_classes={num_classes}"
-        )
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers += [(f"fc{i + 1}", nn.Linear(fan_in, fan_out)), (f"relu{i + 1}", nn.ReLU())]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from shoal.checks import check_count, is_integer
 from shoal.models.split import BodyHead
 
 __all__ = ["resnet_small"]
@@ -68,18 +69,15 @@ def resnet_small(
     ``groups`` is the number of GroupNorm groups and must divide ``width``.
     Returns logits ``[B, num_classes]``.
     """
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        check_count(value, f"resnet_small: {name}")
+    check_count(width, "resnet_small: width")
+    check_count(groups, "resnet_small: groups")
     if groups < 1 or width % groups != 0:
         raise ValueError(f"groups={groups} must be >= 1 and divide width={width}")
-    if not blocks_per_stage or any(n < 1 for n in blocks_per_stage):
+    if not blocks_per_stage or not all(is_integer(n) and n >= 1 for n in blocks_per_stage):
         raise ValueError(
             f"blocks_per_stage must be a non-empty sequence of ints >= 1, got {blocks_per_stage}"
-        )
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError(
-            f"resnet_small needs num_classes >= 1 and in_channels >= 1, "
-            f"got {num_classes}, {in_channels}"
         )
 
     layers: list[tuple[str, nn.Module]] = [
