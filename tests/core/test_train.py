@@ -83,6 +83,16 @@ def test_chunked_vectorized_equals_one_chunk_and_loop():
     torch.testing.assert_close(one, loop, atol=1e-5, rtol=0)
 
 
+def test_a_budget_below_one_clients_working_set_is_warned_of_once():
+    # Chunks of one client went over the budget without a word.
+    with pytest.warns(UserWarning, match=r"working set is about .* above memory_budget_mb") as seen:
+        _run(runtime=SimRuntime(vectorize=True, memory_budget_mb=0.001))
+    assert sum("memory_budget_mb" in str(w.message) for w in seen) == 1  # not every round
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(runtime=SimRuntime(vectorize=True))
+
+
 def test_full_inbox_path_equals_streaming_mean():
     """A non-linear aggregator sees the whole inbox; for the mean both paths must agree."""
     streamed = _run().params

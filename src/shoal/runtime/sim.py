@@ -19,6 +19,7 @@ size, and linear aggregators (the mean) keep only running sums of the messages.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ class SimRuntime:
         default_factory=weakref.WeakKeyDictionary, repr=False
     )
     _loop: ClientLoop = field(init=False, repr=False)
+    _warned_budget: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._loop = ClientLoop(self.fused)
@@ -150,6 +152,14 @@ class SimRuntime:
         per_client = task.spec.num_params * elem * num_state
         per_client += 3 * per_shape[shape] * batch * elem
         fit = max(1, int(self.memory_budget_mb * 2**20 // per_client))
+        if per_client > self.memory_budget_mb * 2**20 and not self._warned_budget:
+            self._warned_budget = True  # once a runtime: every round would say the same
+            warnings.warn(
+                f"one client's working set is about {per_client / 2**20:.3g} MB, above "
+                f"memory_budget_mb = {self.memory_budget_mb:g}: clients are trained one at a "
+                "time and the budget is exceeded; raise it (or use smaller batches)",
+                stacklevel=2,
+            )
         cap = self.max_chunk
         if cap == "auto":
             cap = 32 if task.params_D.device.type == "cpu" else None
