@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shoal.checks import check_count
+
+STOCHASTIC_ATOL = 1e-6
+"""How far a mixing matrix's column (and, for doubly stochastic, row) sums may be from 1.
+Absolute, with no relative part: the default ``rtol=1e-5`` of ``torch.allclose`` decided alone
+and let rows summing to ``1 +- 4e-6`` pass as doubly stochastic. ``1e-6`` still admits weights
+rounded to float32 (e.g. thirds), whose sums are within about ``6e-8`` of 1; the built-in
+graphs are float64 and sum to 1 within about ``1e-15``."""
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -36,9 +45,12 @@ class Topology:
         m = self.mixing_WW
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
             raise ValueError(f"{self.name}: the mixing matrix must be square, got {tuple(m.shape)}")
+        if not bool(torch.isfinite(m).all()):  # NaN failed the column sums, with that message
+            bad = m[~torch.isfinite(m)][0].item()
+            raise ValueError(f"{self.name}: mixing weights must be finite, got {bad}")
         if (m < 0).any():
             raise ValueError(f"{self.name}: mixing weights must be non-negative")
-        if not torch.allclose(m.sum(0), torch.ones_like(m[0]), atol=1e-12):
+        if not _sums_to_one(m.sum(0)):
             raise ValueError(f"{self.name}: columns must sum to 1 (every node keeps its mass)")
 
     @property
@@ -47,7 +59,7 @@ class Topology:
 
     @property
     def doubly_stochastic(self) -> bool:
-        return bool(torch.allclose(self.mixing_WW.sum(1), torch.ones(self.num_nodes).double()))
+        return _sums_to_one(self.mixing_WW.sum(1))
 
     def at(self, step: int) -> Topology:
         """The graph used at ``step`` (itself for a static graph)."""
@@ -64,19 +76,70 @@ class Topology:
         return [int(i) for i in torch.nonzero(col).flatten() if int(i) != node]
 
     def spectral_gap(self) -> float:
-        """``1 - |lambda_2|`` of the mixing matrix: how fast gossip averages (1 for complete)."""
-        ev = torch.linalg.eigvals(self.mixing_WW).abs().sort(descending=True).values
-        return float(1.0 - ev[1]) if self.num_nodes > 1 else 1.0
+        """``1 - |lambda_2|`` of the mixing matrix: how fast gossip averages (1 for complete,
+        0 for a disconnected undirected graph, whose ``lambda_2`` is 1).
+
+        For a time-varying graph, of the product ``M_{T-1} ... M_1 M_0`` of one cycle's
+        matrices: the contraction over one period, which is what decides consensus (each step's
+        graph alone may be disconnected; the one-peer exponential graph's cycle averages
+        exactly at a power of two, gap 1). Clamped at 0: rounding gave ``|lambda_2| = 1 + 2e-16``
+        and a gap of -0.0000."""
+        if self.num_nodes == 1:
+            return 1.0
+        m = self.mixing_WW
+        period = torch.eye(self.num_nodes, dtype=m.dtype, device=m.device)
+        for g in self.cycle or (self,):
+            period = g.mixing_WW @ period
+        ev = torch.linalg.eigvals(period).abs().sort(descending=True).values
+        return max(0.0, float(1.0 - ev[1]))
+
+    def components(self) -> list[list[int]]:
+        """The groups of nodes whose models all reach one another, in increasing order.
+
+        An edge ``j -> i`` is a weight ``M[i, j] > 0`` at any step of the cycle: a time-varying
+        graph is judged by the union of its steps' edges (the one-peer exponential graph is
+        disconnected at every step but mixes everyone over a cycle). Directed graphs get their
+        strongly connected components, since push-sum reaches consensus only when every node's
+        mass reaches every other (Assran et al. 2019, Assumption 3, over a bounded window);
+        for an undirected graph these are its connected components. One group: connected
+        (a single node is)."""
+        union = torch.zeros(self.num_nodes, self.num_nodes, dtype=torch.bool)
+        for g in self.cycle or (self,):
+            union |= (g.mixing_WW > 0).cpu()
+        outs = [torch.nonzero(union[:, j]).flatten().tolist() for j in range(self.num_nodes)]
+        ins = [torch.nonzero(union[i]).flatten().tolist() for i in range(self.num_nodes)]
+        groups, left = [], set(range(self.num_nodes))
+        while left:
+            start = min(left)
+            group = _reach(outs, start) & _reach(ins, start)
+            groups.append(sorted(group))
+            left -= group
+        return groups
 
 
-def _check_n(n: int, least: int = 1) -> None:
-    if n < least:
-        raise ValueError(f"a topology needs at least {least} node(s), got {n}")
+def _sums_to_one(sums: torch.Tensor) -> bool:
+    return bool(torch.allclose(sums, torch.ones_like(sums), rtol=0.0, atol=STOCHASTIC_ATOL))
+
+
+def _reach(links: list[list[int]], start: int) -> set[int]:
+    """The nodes reached from ``start`` along ``links`` (``links[j]``: where ``j`` leads)."""
+    seen, todo = {start}, [start]
+    while todo:
+        for k in links[todo.pop()]:
+            if k not in seen:
+                seen.add(k)
+                todo.append(k)
+    return seen
+
+
+def _check_n(n: int, who: str) -> None:
+    """A node count: ``ring(2.5)`` failed inside ``range``, ``ring(True)`` built one node."""
+    check_count(n, f"{who}: n")
 
 
 def from_edges(n: int, edges: Sequence[tuple[int, int]], name: str = "graph") -> Topology:
     """An undirected graph from its edge list, with Metropolis-Hastings weights."""
-    _check_n(n)
+    _check_n(n, name)
     adj = torch.zeros(n, n, dtype=torch.bool)
     for i, j in edges:
         if not (0 <= i < n and 0 <= j < n):
@@ -99,7 +162,7 @@ def from_matrix(mixing_WW: torch.Tensor, name: str = "custom") -> Topology:
 
 def complete(n: int) -> Topology:
     """Everyone averages with everyone: one gossip step is the exact mean."""
-    _check_n(n)
+    _check_n(n, "complete")
     return Topology("complete", torch.full((n, n), 1.0 / n, dtype=torch.float64))
 
 
@@ -107,7 +170,7 @@ def star(n: int, hub: int = 0) -> Topology:
     """The federated server-client graph. Averaging through the hub gives every node the mean,
     so the mixing matrix is the complete graph's; ``hub`` names the server node (recorded for
     the caller; nothing in the mixing reads it)."""
-    _check_n(n)
+    _check_n(n, "star")
     if not 0 <= hub < n:
         raise ValueError(f"star: hub must be a node in 0..{n - 1}, got {hub}")
     return Topology("star", complete(n).mixing_WW, hub=hub)
@@ -116,15 +179,15 @@ def star(n: int, hub: int = 0) -> Topology:
 def ring(n: int) -> Topology:
     """Each node with its two ring neighbours, weights 1/3 (for n >= 3; two nodes average
     half-half, one node keeps its own)."""
-    _check_n(n)
+    _check_n(n, "ring")
     return from_edges(n, [(i, (i + 1) % n) for i in range(n)], "ring")
 
 
 def torus(rows: int, cols: int) -> Topology:
     """A 2-D torus (each node with 4 neighbours when rows, cols >= 3)."""
     # Each side on its own: the product alone let torus(-2, -3) through, as 6 isolated nodes.
-    if min(rows, cols) < 1:
-        raise ValueError(f"torus: rows and cols must be >= 1, got {rows} x {cols}")
+    check_count(rows, "torus: rows")
+    check_count(cols, "torus: cols")
     edges = []
     for r in range(rows):
         for c in range(cols):
@@ -140,7 +203,7 @@ def exponential(n: int) -> Topology:
     when ``n`` is a power of two, where ``+n/2`` and ``-n/2`` are one node: 5 at n = 8),
     about twice the directed exponential graph's ``log2 n`` (``i + 2^k`` only): twice the bytes
     a gossip step sends, and a larger spectral gap."""
-    _check_n(n)
+    _check_n(n, "exponential")
     hops = [2**k for k in range(max(1, math.ceil(math.log2(max(n, 2)))))]
     return from_edges(n, [(i, (i + h) % n) for i in range(n) for h in hops], "exponential")
 
@@ -151,7 +214,7 @@ def one_peer_exponential(n: int) -> Topology:
     steps average exactly (Assran et al. 2019, Sec. 5). Forward pushes only, as the code's
     ``graph_type 5`` and ``reference/``; the paper's ImageNet job script uses ``graph_type 0``,
     which alternates ``+2^k`` and ``-2^k`` and needs ``2 log2 n`` steps to average exactly."""
-    _check_n(n)
+    _check_n(n, "one_peer_exponential")
     periods = max(1, math.ceil(math.log2(n))) if n > 1 else 1
     graphs = []
     for k in range(periods):

@@ -277,6 +277,8 @@ def test_resume_with_more_rounds_trains_on_as_one_longer_run(
         (["plot", "{run}", "--out", "a_file"], "--out a_file: a file, not a folder"),
         (["robustness", "--data", "digits", "--out", "a_file"], "a file, not a folder"),
         (["probe", "--json", "no/such/folder/p.json"], "cannot write a file there"),
+        # An existing folder was "cannot write a file there (no such folder?)".
+        (["probe", "--json", "run"], "--json run: a folder, not a file; name a file in it"),
     ],
 )
 def test_output_paths_are_checked_before_any_work(tmp_path, capsys, command, says):

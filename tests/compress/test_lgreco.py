@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -77,6 +78,18 @@ def test_dp_prefers_less_error_among_equal_sizes():
     assert knapsack([[3.0, 1.0]], [[5.0, 5.0]], budget=4.0, buckets=4) == (1,)
 
 
+def test_a_subnormal_budget_is_discretised_like_any_other():
+    """``buckets / 1e-320`` overflowed to inf, and a zero error times inf was NaN ("cannot
+    convert float NaN to integer"). Half the budget is 5,000 of 10,000 buckets; an error of
+    1e-300 is ~1e20 budgets, over it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning on the way
+        assert knapsack([[0.0]], [[1.0]], 1e-320) == (0,)
+        assert knapsack([[0.0, 1e-300]], [[5.0, 1.0]], 1e-320) == (0,)
+        assert knapsack([[5e-321, 0.0]], [[1.0, 5.0]], 1e-320) == (0,)
+        assert knapsack([[2e-320, 0.0]], [[1.0, 5.0]], 1e-320) == (1,)
+
+
 @pytest.mark.parametrize(
     ("errors", "sizes", "budget", "buckets", "match"),
     [
@@ -86,6 +99,8 @@ def test_dp_prefers_less_error_among_equal_sizes():
         ([[float("nan")]], [[1.0]], 1.0, 10, "finite and >= 0"),
         ([[1.0]], [[1.0]], 0.0, 10, "budget must be a positive number"),
         ([[1.0]], [[1.0]], 1.0, 0, "buckets must be an integer >= 1"),
+        # 10**9 buckets raised MemoryError, allocating 7.45 GiB of back-pointers.
+        ([[1.0]], [[1.0]], 1.0, 10**9, "buckets must be at most 1000000, got 1000000000"),
     ],
 )
 def test_knapsack_bad_inputs(errors, sizes, budget, buckets, match):
@@ -225,6 +240,7 @@ def test_composes_with_error_feedback_and_training():
         (lambda s: lgreco_top_k(s, period=0), "period must be an integer >= 1"),
         (lambda s: lgreco_top_k(s, alpha=0.0), "alpha must be a positive number"),
         (lambda s: lgreco_top_k(s, buckets=0), "buckets must be an integer >= 1"),
+        (lambda s: lgreco_top_k(s, buckets=10**7), "buckets must be at most 1000000"),
         (lambda s: lgreco_top_k(s, choices=()), "choices .* must be 1 to 255 distinct"),
         (lambda s: lgreco_top_k(s, choices=(0.1, 0.1)), "choices .* must be 1 to 255 distinct"),
         # The family's message names its own argument (ratio); which candidate, and that it

@@ -78,6 +78,38 @@ def test_a_budget_no_choice_meets_takes_the_least_error_level_per_layer() -> Non
     assert alloc.error == pytest.approx(1.2) and alloc.budget == pytest.approx(1.0)
 
 
+def test_a_zero_budget_takes_each_layers_cheapest_lossless_level() -> None:
+    """A zero gradient: every density loses nothing, so the uniform error and the budget are
+    0; the knapsack needs a positive budget and uniform (162 bytes) was kept, where the
+    sparsest density (48 bytes a layer) costs nothing either."""
+    lg = lgreco_top_k([(30, 30), (20, 20)])
+    alloc = lg.allocate(torch.zeros(1300))
+    assert alloc.budget == 0.0 and alloc.error == 0.0
+    assert alloc.nbytes == cheapest_within(alloc.layer_errors, alloc.layer_nbytes, 0.0)
+    assert alloc.nbytes == 96 < alloc.uniform_nbytes == 162
+    # Layer 1 is lossless only at the uniform density 0.5 (an error table by hand): it keeps
+    # 0.5, and layer 0, lossless at both, takes the sparser 0.1.
+    lg = LGreCo(
+        [(10, 10)] * 2,
+        lambda r, _: TopK(ratio=r),
+        (0.1, 0.5),
+        0.5,
+        error_fn=lambda block, shape, levels: [0.0, 0.0] if not block.any() else [1.0, 0.0],
+    )
+    alloc = lg.allocate(torch.cat([torch.zeros(100), torch.ones(100)]))
+    assert alloc.budget == 0.0
+    assert alloc.levels == (0.1, 0.5)
+    assert alloc.nbytes == cheapest_within(alloc.layer_errors, alloc.layer_nbytes, 0.0)
+    assert alloc.nbytes < alloc.uniform_nbytes
+
+
+def test_a_long_list_of_choices_is_not_printed_whole() -> None:
+    with pytest.raises(
+        ValueError, match=r"got 256 \(0\.001, 0\.002, 0\.003, 0\.004, 0\.005, \.\.\.\)$"
+    ):
+        lgreco_top_k([(3, 3)], choices=tuple(i / 1000 for i in range(1, 257)))
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3, 4, 5, 8])
 def test_powersgd_candidate_ranks_span_half_to_twice_the_rank(rank: int) -> None:
     expected = tuple(range(max(1, math.floor(0.5 * rank)), math.ceil(2 * rank) + 1))

@@ -24,7 +24,7 @@ from shoal.parallel import (
 from shoal.parallel.batches import draw_positions
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
-from shoal.topology import complete, from_matrix, ring
+from shoal.topology import Topology, complete, from_edges, from_matrix, one_peer_exponential, ring
 from shoal.train import TrainConfig, train
 
 from .cases import ZeroGrad, config, push_sum_start, shards, tiny_data, tiny_model
@@ -174,6 +174,29 @@ def test_sgp_refuses_graphs_that_leave_a_node_without_push_sum_weight():
     sink = from_matrix(torch.tensor([[0.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.5, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="node 0 receives no mass"):
         _run(sgp(0.1, sink), world=3)
+
+
+def test_gossip_refuses_a_graph_that_is_not_connected():
+    """Two islands ({0, 1} and {2, 3}) never reach consensus, and the scored average model
+    averaged models that never met; it ran silently (spectral gap 0)."""
+    islands = from_edges(4, [(0, 1), (2, 3)])
+    for make in (dpsgd, sgp):
+        with pytest.raises(ValueError, match=r"not connected.*2 groups.*\{0, 1\}; \{2, 3\}"):
+            make(0.1, islands)
+    # Time-varying: judged over the whole cycle. Hops 2 and 4 on 8 nodes keep evens and odds
+    # apart at every step; the one-peer graph, disconnected at steps 1 and 2, adds hop 1.
+    peer = one_peer_exponential(8)
+    apart = Topology("hops 2, 4", peer.at(1).mixing_WW, cycle=(peer.at(1), peer.at(2)))
+    for make in (dpsgd, sgp):
+        with pytest.raises(ValueError, match=r"'hops 2, 4' is not connected.*\{0, 2, 4, 6\}"):
+            make(0.1, apart)
+        make(0.1, peer)
+        make(0.1, ring(1))  # a single worker is connected
+    # Directed (push-sum): strongly connected. Mass flows 2 -> 1 -> 0 and never back, although
+    # every node receives and keeps mass (the push-sum weight check passes).
+    chain = from_matrix(torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 0.5]]))
+    with pytest.raises(ValueError, match=r"not connected.*3 groups"):
+        sgp(0.1, chain, overlap=True)
 
 
 def test_dpsgd_orders_differ_but_both_train():

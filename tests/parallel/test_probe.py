@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from shoal.cli import main
 from shoal.cli.registry import CATALOG
@@ -71,6 +72,13 @@ def test_shoal_probe_prints_a_link_a_config_accepts(tmp_path: Path, capsys) -> N
     assert {(r["kind"], r["nbytes"]) for r in res["rows"]} == {
         (k, n) for k in ("all_reduce", "all_gather", "p2p") for n in (1024, 1048576, 4194304)
     }
+    # What --device auto resolved to, in the title and the record (it held "auto" alone).
+    assert res["device_option"] == "auto"
+    assert (res["backend"], res["device"]) in {("gloo", "cpu"), ("nccl", "cuda")}
+    if not torch.cuda.is_available():
+        assert (res["backend"], res["device"]) == ("gloo", "cpu")
+    over = f"{res['backend']} on {res['device']}" + (f" ({res['gpu']})" if "gpu" in res else "")
+    assert text.startswith(f"Shoal's exchanges between 2 local processes, {over}, median of 1")
     if "error" in res["fit"]:
         assert res["fit"]["error"] in text
         return
@@ -87,3 +95,28 @@ def test_shoal_probe_usage_errors_are_one_line(capsys, bad) -> None:
     assert main(["probe", *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shoal: error:"), err
+
+
+@pytest.mark.parametrize(
+    ("sizes", "says"),
+    [
+        # Both 20000 bytes as float32 vectors: the fit divided by zero after the measurement.
+        ("1024,20001,20002", "multiples of 4 bytes (float32 messages), got [20001, 20002]"),
+        ("1024,16385,16386", "multiples of 4 bytes (float32 messages), got [16385, 16386]"),
+        # Measured as 4, 20000 and 30000 bytes, recorded as given.
+        ("7,20001,30003", "multiples of 4 bytes (float32 messages), got [7, 20001, 30003]"),
+        ("1024,20000,20000,30000", "must be distinct, got [20000] more than once"),
+    ],
+)
+def test_shoal_probe_refuses_sizes_it_cannot_send_before_starting(
+    capsys, monkeypatch, sizes: str, says: str
+) -> None:
+    import shoal.runtime.spawn
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("a process started")
+
+    monkeypatch.setattr(shoal.runtime.spawn, "spawn_local", no_spawn)
+    assert main(["probe", "--sizes", sizes, "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

@@ -7,6 +7,7 @@ per second and the printed keys megabits per second."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -155,14 +156,26 @@ def test_probe_rows_on_two_processes_record_what_was_timed() -> None:
     ("text", "sizes"),
     [
         ("4194304,1024,1048576", [1024, 1048576, 4194304]),
-        ("16384,1048576,1048576,2000000", [16384, 1048576, 2000000]),
-        ("4,16385,16386", [4, 16385, 16386]),
+        ("16384,1048576,2000000", [16384, 1048576, 2000000]),
+        ("4,16388,16392", [4, 16388, 16392]),
     ],
 )
-def test_sizes_are_sorted_deduplicated_and_small_bytes_is_small(
-    text: str, sizes: list[int]
-) -> None:
+def test_sizes_are_sorted_and_small_bytes_is_small(text: str, sizes: list[int]) -> None:
     assert _sizes(text) == sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # Deduplicated silently before; refused now, like any size the probe would not send.
+        ("16384,1048576,1048576,2000000", "must be distinct, got [1048576] more than once"),
+        # Sent as size // 4 float32 values: 16388 and 16389 bytes were both 16388.
+        ("4,16388,16389", "must be multiples of 4 bytes (float32 messages), got [16389]"),
+    ],
+)
+def test_sizes_the_probe_would_not_send_as_given_are_refused(text: str, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(says)):
+        _sizes(text)
 
 
 @pytest.mark.parametrize("text", ["2,1048576,4194304", "1024,1048576", "16385,1048576,4194304"])
@@ -173,7 +186,7 @@ def test_sizes_need_a_small_size_of_4_bytes_or_more_and_two_large(text: str) -> 
 
 def _fake_spawn(rows: list[dict]) -> Any:
     def spawn(fn: Any, world: int, *args: Any, **kwargs: Any) -> list[Any]:
-        return [rows] + [None] * (world - 1)
+        return [(rows, {"backend": "gloo", "device": "cpu"})] + [None] * (world - 1)
 
     return spawn
 
@@ -199,6 +212,8 @@ def test_shoal_probe_prints_the_overall_fit_and_exits_1_without_one(
     record = json.loads(out.read_text())
     assert record["fit"]["bandwidth_Bps"] == pytest.approx(5e6)
     assert record["sizes"] == [1024, 16384, 1048576, 4194304, 8388608]
+    assert (record["backend"], record["device"], record["device_option"]) == ("gloo", "cpu", "auto")
+    assert text.startswith("Shoal's exchanges between 2 local processes, gloo on cpu, median of 1")
     flat = [dict(r, seconds=1.0) for r in _rows()]
     monkeypatch.setattr(shoal.runtime.spawn, "spawn_local", _fake_spawn(flat))
     assert main(args) == 1

@@ -282,6 +282,44 @@ def test_clear_errors():
         robust_gossip(0.1, ring(4), "trimmed")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has 4 nodes but there are 5"):
         _run(robust_gossip(0.1, ring(4), plain_gossip()), 5)
+    with pytest.raises(ValueError, match="not connected.*\\{0, 1\\}; \\{2, 3\\}"):
+        robust_gossip(0.1, from_edges(4, [(0, 1), (2, 3)]), trimmed_gossip(0))
+    for tau in ("a", math.nan, 0.0, True):  # "a" > 0 was a bare TypeError
+        with pytest.raises(ValueError, match=f"tau must be a number > 0.*got {tau!r}"):
+            clipped_gossip(tau)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rule", [trimmed_gossip(1), nna_gossip(1), clipped_gossip(b=1)])
+def test_a_node_with_more_byzantine_neighbours_than_b_is_warned_about(rule) -> None:
+    """On ring(5) with nodes 0 and 2 Byzantine, node 1's two in-neighbours are both
+    Byzantine: more than b = 1, so the rule does not protect it (nodes 3 and 4 have one)."""
+    with pytest.warns(UserWarning, match=r"tolerates 1 Byzantine .*but node 1 has 2: those"):
+        robust_gossip(0.1, ring(5), rule, byzantine=Byzantine(frozenset({0, 2}), sign_flip()))
+    # Every other node of ring(6) Byzantine: each honest node sits between two of them.
+    every_other = Byzantine(frozenset({0, 2, 4}), sign_flip())
+    with pytest.warns(UserWarning, match="node 1 has 2, node 3 has 2, node 5 has 2: those"):
+        robust_gossip(0.1, ring(6), rule, byzantine=every_other)
+
+
+def test_no_warning_when_every_honest_node_is_within_b() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # The README's setup: on the 4x4 torus, 0 and 10 share no honest neighbour.
+        robust_gossip(
+            0.1,
+            torus(4, 4),
+            clipped_gossip(b=1),
+            byzantine=Byzantine(frozenset({0, 10}), sign_flip()),
+        )
+        # Node 1 between two Byzantine nodes, but the rule makes no claim to protect it.
+        robust_gossip(
+            0.1, ring(5), plain_gossip(), byzantine=Byzantine(frozenset({0, 2}), sign_flip())
+        )
+        robust_gossip(
+            0.1, ring(5), clipped_gossip(1.0), byzantine=Byzantine(frozenset({0, 2}), sign_flip())
+        )
 
 
 # ---- DistComm: 4 gloo processes give the simulation's numbers ------------------------------

@@ -107,8 +107,30 @@ def test_torus_links_grid_neighbours_with_wrap_around(rows: int, cols: int) -> N
 @pytest.mark.parametrize(("rows", "cols"), [(-2, -3), (-1, -1), (0, 4), (3, 0)])
 def test_a_torus_side_below_one_is_refused(rows: int, cols: int) -> None:
     # A positive product of two negative sides built isolated nodes, silently.
-    with pytest.raises(ValueError, match="rows and cols must be >= 1"):
+    with pytest.raises(ValueError, match=r"torus: (rows|cols) must be an integer >= 1"):
         torus(rows, cols)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: ring(2.5), "ring: n must be an integer >= 1, got 2.5"),
+        (lambda: ring(True), "ring: n must be an integer >= 1, got True"),  # was one node
+        (lambda: ring("4"), "ring: n must be an integer >= 1, got '4'"),
+        (lambda: complete(2.0), "complete: n must be an integer >= 1, got 2.0"),
+        (lambda: star(0), "star: n must be an integer >= 1, got 0"),
+        (lambda: exponential(3.0), "exponential: n must be an integer >= 1"),
+        (lambda: one_peer_exponential(None), "one_peer_exponential: n must be an integer"),
+        (lambda: from_edges(1.5, []), "graph: n must be an integer >= 1, got 1.5"),
+        (lambda: torus(2.5, 2), "torus: rows must be an integer >= 1, got 2.5"),
+        (lambda: torus(2, "3"), "torus: cols must be an integer >= 1, got '3'"),
+    ],
+)
+def test_builders_refuse_a_node_count_that_is_not_an_integer(build, match: str) -> None:
+    # Raw errors from range() and torch before, or a graph of True = 1 node.
+    with pytest.raises(ValueError, match=match) as err:
+        build()
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("n", [7, 8, 11])
@@ -187,6 +209,45 @@ def test_spectral_gap_counts_negative_eigenvalues_by_modulus() -> None:
     assert complete(6).spectral_gap() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("n", [4, 8, 16])
+def test_spectral_gap_of_a_time_varying_graph_is_that_of_its_cycle(n: int) -> None:
+    """The one-peer exponential cycle multiplies to ``J / n`` at a power of two (above): the
+    gap over one period is 1. Step 0's graph alone (a directed ring, half-half) has gap
+    ``1 - |1/2 + 1/2 e^(2 pi i / n)| = 1 - cos(pi / n)``, which is what was reported."""
+    topo = one_peer_exponential(n)
+    assert topo.spectral_gap() == pytest.approx(1.0, abs=1e-12)
+    assert topo.at(0).spectral_gap() == pytest.approx(1 - math.cos(math.pi / n), abs=1e-12)
+
+
+def test_spectral_gap_of_a_disconnected_graph_is_zero_not_negative() -> None:
+    """Step 1 of the one-peer graph on 8 nodes pushes ``i -> i + 2``: evens and odds never
+    meet, ``lambda_2 = 1`` exactly, which rounding made ``1 + 2e-16`` (gap -0.0000)."""
+    assert one_peer_exponential(8).at(1).spectral_gap() == 0.0
+    assert one_peer_exponential(8).at(2).spectral_gap() == 0.0  # i -> i + 4: four pairs
+    assert from_edges(4, [(0, 1), (2, 3)]).spectral_gap() == 0.0
+
+
+def test_components_are_the_groups_that_reach_one_another() -> None:
+    assert from_edges(4, [(0, 1), (2, 3)]).components() == [[0, 1], [2, 3]]
+    assert from_edges(5, [(3, 1)]).components() == [[0], [1, 3], [2], [4]]
+    assert ring(5).components() == [[0, 1, 2, 3, 4]]
+    assert ring(1).components() == [[0]]  # a single node is connected
+    # Time-varying: every step of the one-peer graph on 8 nodes but the first is disconnected
+    # (hops 2 and 4); the union over the cycle is not.
+    topo = one_peer_exponential(8)
+    assert topo.at(1).components() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert topo.at(2).components() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert topo.components() == [list(range(8))]
+    steps_1_and_2 = Topology("hops 2, 4", topo.at(1).mixing_WW, cycle=(topo.at(1), topo.at(2)))
+    assert steps_1_and_2.components() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    # Directed: 2 -> 1 -> 0 (M[i, j] > 0: i takes from j) links all three, one way only; mass
+    # never flows back, so each node is its own strongly connected group. The cycle is one.
+    chain = from_matrix(_t([[1.0, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 0.5]]))
+    assert chain.components() == [[0], [1], [2]]
+    cycle = from_matrix(_t([[0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]))
+    assert cycle.components() == [[0, 1, 2]]
+
+
 def test_spectral_gap_orders_ring_torus_exponential_complete() -> None:
     """``reference/``'s table: ring Theta(1/n^2) < torus Theta(1/n) < exponential < complete."""
     gaps = [t.spectral_gap() for t in (ring(16), torus(4, 4), exponential(16), complete(16))]
@@ -200,6 +261,27 @@ def test_mixing_matrices_are_validated() -> None:
         from_matrix(_t([[1.5, 0.5], [-0.5, 0.5]]))  # columns sum to 1
     with pytest.raises(ValueError, match="columns must sum to 1"):
         from_matrix(_t([[0.5, 0.5], [0.2, 0.2]]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_mixing_weights_must_be_finite(bad: float) -> None:
+    # NaN was blamed on the column sums ("columns must sum to 1"); -inf on the sign.
+    with pytest.raises(ValueError, match=f"mixing weights must be finite, got {bad}"):
+        from_matrix(_t([[bad, 0.5], [0.5, 0.5]]))
+
+
+def test_sums_to_one_have_no_relative_tolerance() -> None:
+    """``torch.allclose``'s default ``rtol=1e-5`` decided: rows summing to ``1 +- 4e-6`` passed
+    as doubly stochastic, and columns off by as much as a mixing matrix."""
+    off = 4e-6
+    rows_off = from_matrix(_t([[0.5, 0.5 + off], [0.5, 0.5 - off]]))  # columns sum to 1
+    assert not rows_off.doubly_stochastic
+    with pytest.raises(ValueError, match="columns must sum to 1"):
+        from_matrix(_t([[0.5, 0.5], [0.5 + off, 0.5]]))
+    # Weights rounded to float32 (thirds: each column sums to 1 + 3e-8) are still accepted.
+    third = torch.tensor(1 / 3, dtype=torch.float32)
+    thirds = from_matrix(torch.full((3, 3), float(third), dtype=torch.float32))
+    assert thirds.doubly_stochastic
 
 
 def test_from_matrix_copies_the_callers_tensor() -> None:

@@ -53,7 +53,9 @@ def file_arg(text: str, option: str) -> Path:
     """A file the command will write at its end: checked first, so that a long measurement is
     not lost to a typo in the path."""
     path = Path(text)
-    if not text.strip() or path.is_dir() or not path.parent.is_dir():
+    if text.strip() and path.is_dir():  # "no such folder?" said the opposite of the mistake
+        raise UsageError(f"{option} {text}: a folder, not a file; name a file in it")
+    if not text.strip() or not path.parent.is_dir():
         raise UsageError(f"{option} {text}: cannot write a file there (no such folder?)")
     if not os.access(path if path.exists() else path.parent, os.W_OK):  # a read-only mount too
         raise UsageError(f"{option} {text}: not writable")

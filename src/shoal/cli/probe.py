@@ -43,21 +43,35 @@ def _sizes(text: str | None) -> list[int]:
     if text is None:
         return list(DEFAULT_SIZES)
     try:
-        sizes = sorted({int(s) for s in text.split(",")})
+        given = [int(s) for s in text.split(",")]
     except ValueError:
         raise UsageError(f"--sizes must be byte counts separated by commas, got {text!r}") from None
+    sizes = sorted(set(given))
+    if len(sizes) < len(given):  # a repeated size was timed once, and fitted as one point
+        twice = sorted({s for s in given if given.count(s) > 1})
+        raise UsageError(f"--sizes must be distinct, got {twice} more than once in {text!r}")
     if sizes[0] < 4 or sizes[0] > SMALL_BYTES or len([s for s in sizes if s > SMALL_BYTES]) < 2:
         raise UsageError(
             f"--sizes needs one size of 4 to {SMALL_BYTES} bytes (the latency) and two above "
             f"it (the rate), got {text!r}"
         )
+    # The messages are float32 vectors of size // 4 entries: 20001 and 20002 were both 20000
+    # bytes (a zero slope: ZeroDivisionError in the fit), and 7 was measured as 4 bytes.
+    odd = [s for s in sizes if s % 4]
+    if odd:
+        raise UsageError(
+            f"--sizes must be multiples of 4 bytes (float32 messages), got {odd} in {text!r}"
+        )
     return sizes
 
 
-def _probe_rank(sizes: list[int], repeats: int, device: str) -> list[dict] | None:
-    """One process of the probe: every rank measures, rank 0 returns the rows."""
+def _probe_rank(
+    sizes: list[int], repeats: int, device: str
+) -> tuple[list[dict], dict[str, str]] | None:
+    """One process of the probe: every rank measures, rank 0 returns the rows and what
+    carried them (the backend and device that ``--device`` resolved to)."""
     from shoal.parallel import DistComm
-    from shoal.parallel.probe import probe
+    from shoal.parallel.probe import probe, transport
     from shoal.runtime.procgroup import init_from_env, shutdown
 
     comm = DistComm(init_from_env(device=device))
@@ -65,7 +79,7 @@ def _probe_rank(sizes: list[int], repeats: int, device: str) -> list[dict] | Non
         rows = probe(comm, sizes, repeats)
     finally:
         shutdown()
-    return rows if comm.rank == 0 else None
+    return (rows, transport(comm)) if comm.rank == 0 else None
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -82,23 +96,28 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here")
     if in_distributed_env():
-        rows = _probe_rank(sizes, args.repeats, args.device)
+        measured = _probe_rank(sizes, args.repeats, args.device)
         where = f"the {os.environ['WORLD_SIZE']} processes of a torchrun job"
-        if rows is None:  # not rank 0: it reports
+        if measured is None:  # not rank 0: it reports
             return 0
     else:
         if args.nproc_per_node < 2:
             raise UsageError(f"--nproc-per-node must be >= 2, got {args.nproc_per_node}")
-        rows = spawn_local(_probe_rank, args.nproc_per_node, sizes, args.repeats, args.device)[0]
+        ranks = spawn_local(_probe_rank, args.nproc_per_node, sizes, args.repeats, args.device)
+        measured = ranks[0]
         where = f"{args.nproc_per_node} local processes"
+    rows, carried = measured
     result = summarize(rows)
-    print(report(result, f"Shoal's exchanges between {where}, median of {args.repeats}"))
+    over = f"{carried['backend']} on {carried['device']}"
+    over += f" ({carried['gpu']})" if "gpu" in carried else ""
+    print(report(result, f"Shoal's exchanges between {where}, {over}, median of {args.repeats}"))
     fit = result["fit"]
     if "error" not in fit:
         print("\nFor the cost model of a config (simulated time on this link, both ways):")
         print(network_keys(fit))
     if json_path is not None:
-        record = {"processes": where, "device": args.device, "sizes": sizes,
+        # "device": what --device resolved to (it held the option, "auto", which said nothing).
+        record = {"processes": where, **carried, "device_option": args.device, "sizes": sizes,
                   "repeats": args.repeats, "torch": torch.__version__,
                   "machine": platform.machine(), **result}  # fmt: skip
         json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

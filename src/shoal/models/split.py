@@ -1,9 +1,10 @@
 """The body/head split that personalization builds on.
 
 Shoal ships no personalized algorithm yet; the split is here so that one can name its shared
-and private parameters without knowing the model. Personalized federated methods (FedPer, Arivazhagan et al. 2019, arXiv:1912.00818; FedRep,
-Collins et al. 2021, ICML; LG-FedAvg, Liang et al. 2020, arXiv:2001.01523) share a feature
-extractor (the *body*) and keep the final classifier (the *head*) private, or the reverse.
+and private parameters without knowing the model. Personalized federated methods (FedPer,
+Arivazhagan et al. 2019, arXiv:1912.00818; FedRep, Collins et al. 2021, ICML; LG-FedAvg, Liang
+et al. 2020, arXiv:2001.01523) share a feature extractor (the *body*) and keep the final
+classifier (the *head*) private, or the reverse.
 Every model in :mod:`shoal.models` is a :class:`BodyHead`, so its parameter names start with
 ``body.`` or ``head.``; :func:`body_head_split` also gives a sensible split for any other module.
 """

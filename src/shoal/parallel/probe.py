@@ -143,6 +143,17 @@ def probe(comm: Any, sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 7) -> 
     return rows
 
 
+def transport(comm: Any) -> dict[str, str]:
+    """What carried the exchanges on ``comm`` (a :class:`~shoal.parallel.DistComm`): the
+    process group's ``backend`` (``gloo`` or ``nccl``) and the ``device`` type the messages
+    lived on (``cpu`` or ``cuda``, with the GPU's name in ``gpu``), as ``device="auto"``
+    resolved them on this process."""
+    out = {"backend": str(comm.ctx.backend), "device": comm.device.type}
+    if comm.device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(comm.device)
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], nominal_Bps: float | None = None) -> dict[str, Any]:
     """The link fitted over every kind (``fit``) and per kind (``fit_per_kind``), each with
     ``rate_fraction`` (of ``nominal_Bps``, when given) or the ``error`` that kept it from

@@ -11,11 +11,14 @@ payload, then solve::
     minimize  sum_l s_l(c_l)   subject to   sum_l e_l(c_l) <= E_max = alpha * sum_l e_l(c0)
 
 where ``c0`` is the uniform setting (``alpha = 1``, the paper's default: no worse than
-uniform). Errors are discretised into ``buckets`` units of ``E_max / buckets``, rounded *up*,
-and ``DP[l][b] = min_c DP[l-1][b - e_l(c)] + s_l(c)`` is solved in ``O(L C buckets)`` and
+uniform). Errors are discretised into ``buckets`` units of ``E_max / buckets`` (``buckets``
+at most ``10**6``: the DP keeps ``L (buckets + 1)`` back-pointers), rounded *up*, and
+``DP[l][b] = min_c DP[l-1][b - e_l(c)] + s_l(c)`` is solved in ``O(L C buckets)`` and
 backtracked. Rounding up makes every choice the DP can return meet the real budget; it can
 make the uniform setting itself look infeasible (by at most ``L`` units), so when the DP finds
 nothing cheaper than uniform, uniform is kept: L-GreCo never sends more bytes than uniform.
+A zero budget (uniform is lossless on every layer, e.g. on a zero gradient) admits only
+lossless levels: each layer takes its cheapest one.
 With ``alpha < 1`` the budget can be below every choice's error (after rounding up); then each
 layer takes its least-error level, and the :class:`Allocation`'s ``error`` exceeds its
 ``budget``.

@@ -20,7 +20,7 @@ from shoal.checks import check_count, is_real
 from shoal.compress._common import as_shapes, check_flat, init_with_seed, mix, smallest_int_dtype
 from shoal.compress.base import Compressor, Payload, is_contractive
 from shoal.compress.layerwise import skip_1d
-from shoal.compress.lgreco.knapsack import knapsack
+from shoal.compress.lgreco.knapsack import check_buckets, knapsack
 from shoal.compress.wire import entry_nbytes, payload_nbytes
 
 Build = Callable[[Any, torch.Size], Compressor]
@@ -81,9 +81,11 @@ class LGreCo:
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "lgreco"))
         levels = tuple(self.levels)
         if not levels or len(set(levels)) != len(levels) or len(levels) > 255:
+            # The first few only: 256 candidates made one line of all 256.
+            shown = ", ".join(map(repr, levels[:5])) + (", ..." if len(levels) > 5 else "")
             raise ValueError(
                 f"lgreco: choices (the candidate levels) must be 1 to 255 distinct values, got "
-                f"{levels!r}"
+                f"{len(levels)} ({shown})"
             )
         if self.uniform not in levels:
             levels = (*levels, self.uniform)  # the budget's setting is always a candidate
@@ -99,7 +101,7 @@ class LGreCo:
         check_count(self.period, "lgreco: period")
         if not (is_real(self.alpha) and 0 < self.alpha < math.inf):
             raise ValueError(f"lgreco: alpha must be a positive number, got {self.alpha!r}")
-        check_count(self.buckets, "lgreco: buckets")
+        check_buckets(self.buckets, "lgreco")
 
     @property
     def name(self) -> str:
@@ -165,6 +167,14 @@ class LGreCo:
             found = knapsack(errors, sizes, budget, self.buckets)
             # None: alpha < 1 asked for less error than any choice reaches; get closest to it.
             choice = found if found is not None else tuple(int(np.argmin(e)) for e in errors)
+        elif errors and budget == 0 and all(0 in e for e in errors):
+            # A zero budget (every layer lossless at the uniform level, e.g. a zero gradient)
+            # allows exactly the lossless levels: per layer, the cheapest of them. The knapsack
+            # needs a positive budget, and uniform was kept at any price.
+            choice = tuple(
+                min((k for k, e_k in enumerate(e) if e_k == 0), key=lambda k: s[k])
+                for e, s in zip(errors, sizes)
+            )
 
         def cost(c: tuple[int, ...]) -> int:
             return sum(s[k] for s, k in zip(sizes, c))

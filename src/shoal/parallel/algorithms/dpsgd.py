@@ -45,6 +45,25 @@ def check_topology(who: str, topology: Topology, comm: Comm) -> None:
         )
 
 
+def check_connected(who: str, topology: Topology) -> None:
+    """Gossip reaches consensus only on a connected graph (over a time-varying graph's cycle;
+    strongly connected for a directed one: :meth:`~shoal.topology.Topology.components`).
+    On separate islands the workers never agree, and the scored average model averages
+    models that never met."""
+    groups = topology.components()
+    if len(groups) > 1:
+        shown = "; ".join(_nodes(g) for g in groups[:3]) + ("; ..." if len(groups) > 3 else "")
+        raise ValueError(
+            f"{who}: topology {topology.name!r} is not connected: its nodes form "
+            f"{len(groups)} groups that do not reach one another ({shown}), so the workers "
+            "would never agree on a model; add edges between them"
+        )
+
+
+def _nodes(group: list[int], most: int = 6) -> str:
+    return "{" + ", ".join(map(str, group[:most])) + (", ..." if len(group) > most else "") + "}"
+
+
 @dataclass(frozen=True)
 class DPSGD(OwnModel):
     """Gossip SGD on a doubly stochastic graph; see the module docstring."""
@@ -71,6 +90,7 @@ class DPSGD(OwnModel):
                     f"dpsgd: topology {g.name!r} is not doubly stochastic, so gossip would not "
                     "preserve the average; use sgp (push-sum) for directed graphs"
                 )
+        check_connected("dpsgd", self.topology)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         check_topology("dpsgd", self.topology, comm)
@@ -108,5 +128,6 @@ def dpsgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
 ) -> DPSGD:
-    """D-PSGD on ``topology`` (doubly stochastic; any graph of :mod:`shoal.topology`)."""
+    """D-PSGD on ``topology`` (doubly stochastic and connected, over its cycle when it varies
+    in time; any graph of :mod:`shoal.topology`)."""
     return DPSGD(lr, topology, order, momentum, weight_decay, nesterov)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.parallel.algorithms.dpsgd import check_topology
+from shoal.parallel.algorithms.dpsgd import check_connected, check_topology
 from shoal.parallel.algorithms.sync_sgd import check_optimizer
 from shoal.parallel.base import GradFn, State, resolve, sgd_direction
 from shoal.parallel.comm import Comm
@@ -59,6 +59,8 @@ class SGP:
             raise TypeError(f"sgp: topology must be a Topology, got {type(self.topology)}")
         if self.nesterov and not self.momentum:
             raise ValueError("sgp: nesterov=True needs momentum > 0")
+        if self.topology is not None:  # the default graph is checked when the world is known
+            self._check_mass(self.topology)
 
     def init(self, params_WD: torch.Tensor, comm: Comm) -> State:
         topology = self.topology
@@ -79,7 +81,8 @@ class SGP:
     def _check_mass(self, topology: Topology) -> None:
         """Every node must hold push-sum weight after each step, or ``z = x / w`` is 0 / 0:
         it must receive something, and with ``overlap`` (pushes arrive a step late) keep part
-        of its own mass, ``P_ii > 0``."""
+        of its own mass, ``P_ii > 0``. And every node's mass must reach every other over a
+        cycle (the union of its steps' edges strongly connected), or there is no consensus."""
         for t, graph in enumerate(topology.cycle or (topology,)):
             m = graph.mixing_WW
             starved = (m.diagonal() == 0) if self.overlap else (m.sum(1) == 0)
@@ -91,6 +94,7 @@ class SGP:
                     f"sgp: at step {t} of {topology.name}, node {node} {why}{fix}: its push-sum "
                     "weight would be 0 and its model x / w undefined"
                 )
+        check_connected("sgp", topology)
 
     @staticmethod
     def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:

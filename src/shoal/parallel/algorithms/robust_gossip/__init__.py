@@ -58,12 +58,13 @@ Byzantine rows, ``D`` flat parameters.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from shoal.attacks import Byzantine, LabelFlip
-from shoal.parallel.algorithms.dpsgd import check_topology
+from shoal.parallel.algorithms.dpsgd import check_connected, check_topology
 from shoal.parallel.algorithms.robust_gossip.attacks import Dissensus, dissensus, forge
 from shoal.parallel.algorithms.robust_gossip.rules import (
     ClippedGossip,
@@ -126,6 +127,7 @@ class RobustGossip:
                     f"robust_gossip: topology {g.name!r} is not doubly stochastic; the rules "
                     "mix like D-PSGD, which needs a doubly stochastic matrix"
                 )
+        check_connected("robust_gossip", self.topology)
         self.rule.check(self.topology)
         byz = self.byzantine
         if byz is not None:
@@ -140,6 +142,30 @@ class RobustGossip:
                 raise ValueError(f"robust_gossip: Byzantine node(s) {bad} not in 0..{n - 1}")
             if len(byz.clients) >= n:
                 raise ValueError("robust_gossip: every node is Byzantine; none is left to train")
+            self._warn_unprotected()
+
+    def _warn_unprotected(self) -> None:
+        """Warn when an honest node has more Byzantine in-neighbours (at some step of the
+        cycle) than the rule tolerates: the rule's guarantee does not cover it."""
+        tolerated = getattr(self.rule, "tolerates", None)
+        if tolerated is None:
+            return
+        bad = self.byzantine_nodes
+        most: dict[int, int] = {}
+        for g in self.topology.cycle or (self.topology,):
+            for i in range(g.num_nodes):
+                k = sum(j in bad for j in g.in_neighbors(i))
+                if i not in bad and k > tolerated:
+                    most[i] = max(most.get(i, 0), k)
+        if most:
+            shown = ", ".join(f"node {i} has {k}" for i, k in sorted(most.items())[:8])
+            warnings.warn(
+                f"robust_gossip: the {self.rule.name} rule tolerates {tolerated} Byzantine "
+                f"in-neighbour(s) per node, but {shown}{', ...' if len(most) > 8 else ''}: "
+                "those nodes are not protected",
+                UserWarning,
+                stacklevel=5,  # the caller of robust_gossip(...)
+            )
 
     @property
     def byzantine_nodes(self) -> frozenset[int]:

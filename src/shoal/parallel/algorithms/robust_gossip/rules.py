@@ -3,8 +3,10 @@
 Each rule is a small frozen dataclass called as ``rule(own_WD, received, graph, workers)``
 (``received``: :class:`~shoal.parallel.graph.Neighbors` from ``comm.neighbors``; ``graph``:
 the in-neighbour tables with the mixing weights; ``workers``: the local workers' node ids),
-with ``check(topology)`` raising when some node has too few in-neighbours for the rule. The
-papers and the deviations are in :mod:`shoal.parallel.algorithms.robust_gossip`.
+with ``check(topology)`` raising when some node has too few in-neighbours for the rule, and
+``tolerates``: how many Byzantine in-neighbours a node may have and still be protected (``b``
+or ``f``; ``None`` when the rule makes no such claim). The papers and the deviations are in
+:mod:`shoal.parallel.algorithms.robust_gossip`.
 
 Shape suffixes: ``W`` local workers, ``K`` in-neighbour slots, ``D`` flat parameters.
 """
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from shoal.aggregate import monna, trimmed_mean
-from shoal.checks import check_count
+from shoal.checks import check_count, is_real
 from shoal.parallel.graph import InGraph, Neighbors, mix
 from shoal.topology import Topology
 
@@ -103,12 +105,19 @@ class ClippedGossip:
     name: str = "clipped"
 
     def __post_init__(self) -> None:
+        if not (is_real(self.tau) and self.tau > 0):  # 'a' > 0 was a bare TypeError
+            raise ValueError(
+                f"clipped_gossip: tau must be a number > 0 (inf: no clipping), got {self.tau!r}"
+            )
         if self.b is not None:
             check_count(self.b, "clipped_gossip: b", least=0)
         if self.b is not None and (self.b < 0 or self.tau != math.inf):
             raise ValueError("clipped_gossip: give either tau (a radius) or b >= 0, not both")
-        if not self.tau > 0:
-            raise ValueError(f"clipped_gossip: tau must be > 0, got {self.tau!r}")
+
+    @property
+    def tolerates(self) -> int | None:
+        """``b`` (the farthest ``b`` are clipped); a fixed ``tau`` makes no such claim."""
+        return self.b
 
     def check(self, topology: Topology) -> None:
         if self.b is not None:  # with b or fewer, every message is clipped to 0: no mixing
@@ -148,6 +157,10 @@ class TrimmedGossip:
     def __post_init__(self) -> None:
         trimmed_mean(self.b)  # the same checks of b
 
+    @property
+    def tolerates(self) -> int:
+        return self.b
+
     def check(self, topology: Topology) -> None:
         _need_degree("trimmed_gossip", topology, 2 * self.b, f"2b with b={self.b}")
 
@@ -168,6 +181,10 @@ class NNAGossip:
 
     def __post_init__(self) -> None:
         monna(self.f)
+
+    @property
+    def tolerates(self) -> int:
+        return self.f
 
     def check(self, topology: Topology) -> None:
         _need_degree("nna_gossip", topology, 2 * self.f, f"2f with f={self.f}")
