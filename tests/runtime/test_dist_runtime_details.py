@@ -96,3 +96,35 @@ def test_rank_0_gathers_every_ranks_client_and_compressor_states():
         assert torch.equal(merged["compressor"][10 + rank]["delta"], torch.full((3,), float(rank)))
     # Rank 1 keeps its own.
     assert sorted(got[1]["states"]) == [1] and sorted(got[1]["compressor"]) == [11]
+
+
+def _unlike_ranks(what: str) -> str:
+    """Train on two processes whose rank 1 differs from rank 0 in ``what``."""
+    from shoal.runtime.procgroup import init_from_env
+
+    rank = init_from_env().rank
+    data = tiny_data()
+    seed = rank if what == "seed" else 0
+    cfg = TrainConfig(
+        rounds=2, sampler=ClientSampler(3), work=LocalWork(epochs=1, batch_size=8),
+        progress=False, device="cpu", seed=seed,
+    )  # fmt: skip
+    model = tiny_model(seed=rank if what == "model" else 0)
+    clients = unequal_clients(len(data.train), 8, seed=rank if what == "partition" else 0)
+    try:
+        train(model, data, clients, fedavg(0.1), cfg, runtime=DistRuntime())
+    except ValueError as e:
+        return str(e)
+    return "trained"
+
+
+@pytest.mark.parametrize("what", ["model", "seed", "partition", "nothing"])
+def test_ranks_that_planned_a_round_differently_are_refused(what):
+    # Each rank builds its own task and only sums are exchanged: a model built without a seed,
+    # another seed or another partition on one rank trained on silently, mixing two runs.
+    got = spawn_local(_unlike_ranks, 2, what, timeout_s=120)
+    if what == "nothing":
+        assert got == ["trained", "trained"]
+        return
+    for message in got:
+        assert message.startswith("round 1: rank(s) [1] planned it unlike rank 0"), message

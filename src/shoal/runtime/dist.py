@@ -34,6 +34,7 @@ with :func:`shoal.runtime.procgroup.shutdown` before it exits (``shoal run`` doe
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,7 @@ class DistRuntime:
     """Spread stateless rounds' clients by their work (LPT); ``False``: always ``k mod world``."""
     _ctx: DistContext | None = field(default=None, repr=False)
     _stateless: tuple[Any, Any, bool] | None = field(default=None, repr=False)
+    _checked_model: Any = field(default=None, repr=False)  # the model the first check saw
 
     @property
     def ctx(self) -> DistContext:
@@ -85,6 +87,33 @@ class DistRuntime:
         if self.balance and self._keeps_no_state(task):
             return lpt([p.num_steps for p in task.plans], world)
         return owner(np.asarray(task.clients), world)
+
+    def _check_agreement(self, task: RoundTask) -> None:
+        """Refuse a round that the ranks did not plan alike. Each rank builds its own task and
+        only sums are exchanged, so ranks with another initial model (built without a seed),
+        seed or partition trained on silently: every round mixed two samples of clients, or
+        two models. The round's clients, steps and weights are compared every round (8 bytes
+        a rank); the global model the first time only (hashing it costs a copy to the CPU)."""
+        digest = hashlib.blake2b(digest_size=8)
+        for part in (task.clients, [p.num_steps for p in task.plans], task.weights):
+            digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+        digest.update(str(task.round_idx).encode())
+        model = self._checked_model is not task.model  # a run's first round (or a new run)
+        if model:
+            digest.update(task.params_D.detach().cpu().numpy().tobytes())
+        mine = int.from_bytes(digest.digest(), "little", signed=True)
+        dev = task.params_D.device
+        got = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(self.ctx.world_size)]
+        dist.all_gather(got, torch.tensor([mine], dtype=torch.int64, device=dev))
+        differ = [r for r, g in enumerate(got) if int(g) != int(got[0])]
+        if differ:
+            what = "initial model, " if model else ""
+            raise ValueError(
+                f"round {task.round_idx + 1}: rank(s) {differ} planned it unlike rank 0 (their "
+                f"{what}seed, clients or config differ): every process must build the same "
+                "model (seed it, e.g. shoal.init_params), data, partition and TrainConfig"
+            )
+        self._checked_model = task.model
 
     def _keeps_no_state(self, task: RoundTask) -> bool:
         """Whether neither the algorithm nor the compressor keeps per-client state (asked
@@ -107,6 +136,7 @@ class DistRuntime:
                 f"{task.algorithm.name} derives from StatelessClient but kept client state; "
                 "drop the mixin, or run DistRuntime(balance=False)"
             )
+        self._check_agreement(task)  # before the round's first collective
         dev = task.params_D.device
         # Per-client losses, sample counts and uplink bytes; each rank fills its own clients.
         stats = torch.zeros(3, n, dtype=torch.float64, device=dev)
