@@ -221,3 +221,49 @@ def test_a_launched_run_whose_machine_lacks_a_gpu_per_process_is_a_config_error(
         make_comm(cfg, 4)  # data-parallel: the DistComm's group
     with pytest.raises(ConfigError, match=refused):
         build(cfg, progress=False)  # federated: DistRuntime's group, joined while building
+
+
+# 3. A worker whose collective broke exits with PEER_FAILURE_EXIT: it is the survivor of
+#    another's failure, not its cause. Rank 1 raised (exit 1) while rank 0, observed first,
+#    lost its all_reduce (``REPORT_RAISED``): the last line named rank 0. Rank 1 stalled until
+#    rank 0 timed out, and the agent then stopped rank 1 (``REPORT_STALLED``).
+BROKE = _failure(0, 0, 69)
+REPORT_RAISED = _report(0, 69, [_failure(1, 1, 1)], BROKE)
+REPORT_STALLED = SIGTERM_SENT + _report(0, 69, [_failure(1, 1, -15, "(SIGTERM)")], BROKE)
+
+
+def test_a_worker_whose_collective_broke_is_not_blamed(tmp_path, capsys, monkeypatch):
+    last = _last_line(tmp_path, capsys, monkeypatch, REPORT_RAISED)
+    assert last == "shoal: error: rank 1 failed with exit code 1; the job stopped"
+
+
+def test_a_worker_that_stalled_is_named_when_its_peer_timed_out(tmp_path, capsys, monkeypatch):
+    last = _last_line(tmp_path, capsys, monkeypatch, REPORT_STALLED)
+    assert last == (
+        "shoal: error: rank 1 failed to respond (its peers timed out waiting; the agent stopped "
+        "it); the job stopped"
+    )
+
+
+@pytest.mark.parametrize("peer", [False, True])
+def test_a_workers_error_names_its_rank_and_a_broken_collective_has_its_exit_code(
+    tmp_path, capsys, monkeypatch, peer
+):
+    from shoal.cli import PEER_FAILURE_EXIT
+    from shoal.runtime.procgroup import PeerFailure
+
+    def fail(args: Any) -> int:
+        if peer:
+            raise PeerFailure("rank 1: communication failed (Connection closed by peer)")
+        raise ValueError("client 7 boom")
+
+    monkeypatch.setattr("shoal.cli.run.cmd_run", fail)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code = shoal("run", write_config(tmp_path))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    if peer:  # its message names the rank already
+        assert (code, line) == (PEER_FAILURE_EXIT, "shoal: error: rank 1: communication failed "
+                                "(Connection closed by peer)")  # fmt: skip
+    else:  # "client 7 boom" did not say which worker's
+        assert (code, line) == (1, "shoal: error: rank 1: client 7 boom")

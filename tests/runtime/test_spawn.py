@@ -60,3 +60,28 @@ def _linger() -> str:
 def test_a_rank_that_outlives_the_timeout_fails_the_call():
     with pytest.raises(TimeoutError, match=r"ranks \[0\] did not finish within 1 s"):
         spawn_local(_linger, 1, timeout_s=1.0)
+
+
+def _rank_1_dies_mid_collective(how: str) -> None:
+    import torch.distributed as dist
+
+    from shoal.runtime.procgroup import init_from_env
+
+    ctx = init_from_env(timeout_s=10)
+    dist.all_reduce(torch.ones(1))  # both ranks are in the group
+    if ctx.rank == 1:
+        if how == "exit":
+            os._exit(3)
+        raise ValueError("boom on rank 1")
+    time.sleep(0.5)
+    dist.all_reduce(torch.ones(1))  # rank 0: a broken collective
+
+
+@pytest.mark.parametrize(
+    ("how", "match"),
+    [("exit", "rank 1 died with exit code 3"), ("raise", "(?s)rank 1 failed:.*boom on rank 1")],
+)
+def test_the_rank_that_failed_is_named_not_the_one_whose_collective_broke(how, match):
+    # Rank 0's broken all_reduce usually reached the queue first, and named rank 0.
+    with pytest.raises(RuntimeError, match=match):
+        spawn_local(_rank_1_dies_mid_collective, 2, how, timeout_s=60)

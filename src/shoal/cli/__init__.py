@@ -27,6 +27,9 @@ ERROR = "shoal: error:"
 """How every command's one-line error starts (``shoal launch`` recognises its workers' by it)."""
 CONFIG_ERROR_EXIT = 2
 """The exit code of a usage or config mistake (``shoal launch`` tells a refused config by it)."""
+PEER_FAILURE_EXIT = 69
+"""The exit code of a worker whose collective broke because another worker died, raised or
+stalled (sysexits' EX_UNAVAILABLE): ``shoal launch`` then blames the other one."""
 WARNING = "shoal: warning:"
 """How a library warning's line starts (``shoal launch`` shows each worker's once)."""
 
@@ -141,6 +144,15 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     say(f"{WARNING} {' '.join(str(message).split())}")
 
 
+def _worker_rank() -> str:
+    """``rank R: `` in a worker of a job of several processes (the launcher shows every
+    worker's line, and "client 7 failed" did not say whose), else nothing. Config errors
+    go without it: each worker says the same, and the launcher shows that line once."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK"):
+        return f"rank {os.environ['RANK']}: "
+    return ""
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text
@@ -173,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The library's own messages say what went wrong and what to do about it.
         if debug:
             raise
-        say(f"{ERROR} {_one_line(e)}")
+        from shoal.runtime.procgroup import PeerFailure  # torch is loaded by now
+
+        if isinstance(e, PeerFailure):  # it names its rank already
+            say(f"{ERROR} {_one_line(e)}")
+            return PEER_FAILURE_EXIT
+        say(f"{ERROR} {_worker_rank()}{_one_line(e)}")
         return 1
     except KeyboardInterrupt:
         say("shoal: interrupted")

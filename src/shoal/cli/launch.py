@@ -24,6 +24,7 @@ from typing import Any
 from shoal.cli import (
     CONFIG_ERROR_EXIT,
     ERROR,
+    PEER_FAILURE_EXIT,
     WARNING,
     UsageError,
     add_set_option,
@@ -37,6 +38,7 @@ _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 _ROOT_CAUSE = "Root Cause (first observed failure)"
 _AGENT_STOP = "-15"  # SIGTERM: the agent stopping the other workers once one has failed
+_NOT_THE_CAUSE = (_AGENT_STOP, str(PEER_FAILURE_EXIT))
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 # The agent's log lines as it sees a worker fail (it may first stop the others with SIGTERM):
 # its failure report follows.
@@ -94,7 +96,7 @@ class _AgentLog:
         report is dropped then, unless verbose). A worker the agent stopped before it got to
         refuse (SIGTERM) does not make a refused config a failure."""
         self.flush()
-        own = [code for code in exit_codes if code != _AGENT_STOP]
+        own = [code for code in exit_codes if code not in _NOT_THE_CAUSE]
         refused = bool(own) and all(code == str(CONFIG_ERROR_EXIT) for code in own)
         if self.report and (self.verbose or not refused):
             sys.stderr.writelines(self.report)
@@ -125,12 +127,16 @@ class _Failures:
     def cause(self) -> tuple[str | None, str | None]:
         """The worker to blame. A signal other than the agent's own SIGTERM first (a killed
         worker breaks its peers' collectives, and either may be observed first), then the
-        failure the agent observed first, then any failure it did not cause itself."""
+        failure the agent observed first, then any failure it did not cause itself: not a
+        worker the agent stopped, nor one whose collective broke (``PEER_FAILURE_EXIT``), which
+        is the survivor of another's failure; then one the agent stopped (a worker that
+        stalled until its peers timed out), then any."""
         entries = self.entries
         signalled = [e for e in entries if e[1] and e[1].startswith("-") and e[1] != _AGENT_STOP]
         root = [entries[self.root]] if self.root is not None and self.root < len(entries) else []
-        own = [e for e in root + entries if e[1] != _AGENT_STOP]
-        return (signalled or own or entries or [(None, None)])[0]
+        own = [e for e in root + entries if e[1] not in _NOT_THE_CAUSE]
+        stopped = [e for e in entries if e[1] == _AGENT_STOP]
+        return (signalled or own or stopped or entries or [(None, None)])[0]
 
 
 def _nnodes(text: str) -> str:
@@ -245,6 +251,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         failed_rank, exit_code = failures.cause()
         who = f"rank {failed_rank}" if failed_rank is not None else "a worker"
         how = f" with exit code {exit_code}" if exit_code is not None else ""
+        if exit_code == _AGENT_STOP and str(PEER_FAILURE_EXIT) in failures.codes:
+            how = " to respond (its peers timed out waiting; the agent stopped it)"
         hint = "" if args.max_restarts else "; --max-restarts K restarts from the checkpoint"
         print(f"{ERROR} {who} failed{how}; the job stopped{hint}", file=sys.stderr)
         return 1

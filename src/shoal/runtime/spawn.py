@@ -23,6 +23,8 @@ import torch.multiprocessing as mp
 
 from shoal.checks import check_count
 
+_CAUSE_GRACE_S = 3.0
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -49,8 +51,12 @@ def _worker(
         buf = io.BytesIO()
         torch.save(fn(*args), buf)
         q.put((rank, True, buf.getvalue()))
-    except BaseException:  # report any failure to the parent, with its traceback
-        q.put((rank, False, traceback.format_exc()))
+    except BaseException as e:  # report any failure to the parent, with its traceback
+        from shoal.runtime.procgroup import PeerFailure, as_peer_failure
+
+        # A broken collective is a symptom: the parent looks for the rank that caused it.
+        victim = isinstance(e, PeerFailure) or as_peer_failure(e, rank) is not None
+        q.put((rank, False, (traceback.format_exc(), victim)))
     finally:
         from shoal.runtime.procgroup import shutdown
 
@@ -77,17 +83,32 @@ def spawn_local(
         p.start()
     results: dict[int, Any] = {}
     deadline = time.monotonic() + timeout_s
+    # A rank whose collective broke (a peer died, raised or stalled) is reported only if no
+    # cause turns up within this grace: the survivor's error usually reaches the queue
+    # first, and named the survivor.
+    victim: tuple[int, str, float] | None = None
     try:
         while len(results) < world_size:
             if not q.empty():
                 rank, ok, value = q.get()
                 if not ok:
-                    raise RuntimeError(f"rank {rank} failed:\n{value}")
+                    text, broken = value
+                    if not broken:
+                        raise RuntimeError(f"rank {rank} failed:\n{text}")
+                    if victim is None:
+                        victim = (rank, text, time.monotonic() + _CAUSE_GRACE_S)
+                    continue
                 results[rank] = torch.load(io.BytesIO(value), weights_only=False)
                 continue
             dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            dead = [r for r in dead if victim is None or r != victim[0]]
             if dead and q.empty():
                 raise RuntimeError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode}")
+            if victim is not None and time.monotonic() > victim[2]:
+                rank, text, _ = victim
+                still = sorted(set(range(world_size)) - set(results) - {rank})
+                stalled = f" (rank(s) {still} neither finished nor failed)" if still else ""
+                raise RuntimeError(f"rank {rank} failed{stalled}:\n{text}")
             if time.monotonic() > deadline:
                 missing = sorted(set(range(world_size)) - set(results))
                 raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s")
