@@ -5,7 +5,9 @@ train them and aggregate their messages, apply the server update, evaluate, log 
 row, and checkpoint. Every random choice is keyed by ``(seed, round)``, and the checkpoint
 holds everything else (parameters, server and client state, the metrics so far), so a run
 killed at any point and resumed with ``resume=True`` ends with the same model and metrics as
-an uninterrupted run (only ``wall_seconds`` differs).
+an uninterrupted run (only ``wall_seconds`` differs). A run that *finished* at a shorter
+``rounds`` and is resumed to train further has the same model, but with ``eval_every > 1``
+its rows keep the evaluation of the shorter run's last round, which the longer run skips.
 """
 
 from __future__ import annotations
