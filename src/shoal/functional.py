@@ -291,6 +291,8 @@ def check_model(
                 "vectorized runtime refuses random operations); use "
                 f"nn.LeakyReLU({(m.lower + m.upper) / 2:g}), what it computes in eval mode"
             )
+    if len(x_test) == 0:  # every row's test accuracy was NaN, and summary.json held NaN
+        raise ValueError("the test set is empty: give the data a test split to score the model on")
     if x_test.dtype != x.dtype or x_test.shape[1:] != x.shape[1:]:
         raise ValueError(
             f"test samples are {tuple(x_test.shape[1:])} {x_test.dtype}, training samples "

@@ -393,6 +393,9 @@ def train(
             restored = {k: v for k, v in ck.get("carried", {}).items() if k not in differ}
         if main:
             write_metrics(out / METRICS, rows)
+            if not resume:  # an earlier run's outputs would sit beside this run's rows
+                for stale in (CHECKPOINT, SUMMARY, MODEL):
+                    (out / stale).unlink(missing_ok=True)
     # Objects that carry state from round to round (centered clipping's last aggregate, a
     # seeded attack's or bucketing's random stream) continue a resumed run's state, and start
     # a fresh run afresh even when they served an earlier run.

@@ -302,3 +302,28 @@ def test_runtime_settings_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
         SimRuntime(**kw)
     assert SimRuntime(max_chunk=np.int64(2), vectorize=False).max_chunk == 2
+
+
+def test_an_empty_test_set_is_refused():
+    # Every row's test accuracy was NaN, and summary.json held bare NaN tokens.
+    data = tiny_data()
+    empty = ArrayDataset(data.test.x[:0], data.test.y[:0], 3)
+    with pytest.raises(ValueError, match="the test set is empty"):
+        _train(data=FederatedDataset("tiny", data.train, empty))
+
+
+def test_a_fresh_run_into_a_used_folder_leaves_none_of_the_old_runs_files(tmp_path):
+    # A diverging run over an earlier one truncated metrics.jsonl and kept the old summary,
+    # model and checkpoint (which resume=True would then have continued).
+    train(tiny_model(), tiny_data(), CLIENTS, fedavg(0.1), _config(), out_dir=tmp_path)
+    assert {"summary.json", "model.pt", "checkpoint.pt"} <= {p.name for p in tmp_path.iterdir()}
+
+    def stop(row):
+        raise KeyboardInterrupt  # the second run stops at its first row
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_model(), tiny_data(), CLIENTS, fedavg(0.1), _config(), out_dir=tmp_path,
+            callback=stop,
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -196,9 +196,11 @@ def _resume_hint(out: Path) -> None:
 def _diverged(error: FloatingPointError, out: Path) -> FloatingPointError:
     """A diverged run's error, saying what became of its folder: resuming it would diverge
     again, so a new run needs another one."""
+    metrics = out / METRICS
+    rows = metrics.is_file() and bool(metrics.read_text(encoding="utf-8").strip())
+    kept = "keeps the run's rows up to here" if rows else "has no metrics row yet"
     return FloatingPointError(
-        f"{error} ({out} keeps the run's rows up to here; to run again, remove it or choose "
-        "another --out)"
+        f"{error} ({out} {kept}; to run again, remove it or choose another --out)"
     )
 
 
