@@ -97,6 +97,39 @@ def test_an_overlay_names_a_run_without_simulated_time(
     assert (tmp_path / "pngs" / "test_vs_sim_time.png").is_file()
 
 
+def test_plot_takes_a_metrics_file_and_refuses_one_run_named_twice(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # RUN/metrics.jsonl was "no such run folder"; RUN and RUN/ drew one line under two labels.
+    run = two_runs[0]
+    assert shoal("plot", run / "metrics.jsonl", two_runs[1], "--out", "pngs") == 0
+    capsys.readouterr()
+    assert shoal("plot", run, f"{run}/", "--out", "pngs") == 2
+    assert "are the same run; name it once" in capsys.readouterr().err
+
+
+def test_a_symbolic_link_to_a_run_is_labelled_by_its_own_name(two_runs: tuple[Path, Path]) -> None:
+    from shoal.report import run_labels
+
+    link = two_runs[0].parent / "renamed"
+    link.symlink_to(two_runs[0])
+    assert run_labels([link, two_runs[1]]) == ["renamed", two_runs[1].name]
+
+
+def test_an_overlay_of_a_data_parallel_and_a_federated_run_says_they_part(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The data-parallel run was missing from the rounds figures (and the federated one from
+    # the steps figures) without a word.
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    rows = [{"step": 10 * i, "test_accuracy": 0.5, "test_loss": 1.0, "bytes_sent": 100 * i}
+            for i in (1, 2)]  # fmt: skip
+    (steps / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert shoal("plot", two_runs[0], steps, "--out", "pngs") == 0
+    assert "steps: data-parallel run(s), drawn against steps" in capsys.readouterr().err
+
+
 def test_plot_of_a_run_without_evaluations_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

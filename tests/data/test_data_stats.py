@@ -35,6 +35,9 @@ def test_format_histogram_truncates_many_clients() -> None:
     rows = [ln for ln in text.splitlines() if ln.strip()[:2].isdigit() or ln.strip()[:1].isdigit()]
     assert [r.split()[0] for r in rows] == ["0", "1", "2", "47", "48", "49"]
     assert text.splitlines()[-1].split()[:2] == ["total", "150"]
+    # A data-parallel split's rows are workers (the table said "client" beside "workers: 50").
+    workers = format_histogram(hist, max_rows=6, who="worker")
+    assert workers.split()[0] == "worker" and "(44 more workers)" in workers
 
 
 def test_feature_noise_scales_with_client_number() -> None:

@@ -104,8 +104,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     options = ", ".join(f"{key}={v}" for key, v in cfg.options("partition").items())
     scheme = f"{cfg['partition.scheme']}({options})"
     print(f"{data.name}: {len(data.train)} training samples, {k} classes; {scheme}")
-    print(format_histogram(hist, max_rows=args.rows))
     who = "worker" if workers else "client"
+    print(format_histogram(hist, max_rows=args.rows, who=who))
     print(
         f"{who}s: {len(clients)}; samples per {who}: min {sizes.min()}, median "
         f"{np.median(sizes):g}, max {sizes.max()} ({sizes.sum()} of {len(data.train)} used)"

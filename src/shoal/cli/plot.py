@@ -9,6 +9,7 @@ from typing import Any
 
 from shoal.cli import UsageError, folder_arg
 from shoal.report import plot_runs, read_metrics, run_labels
+from shoal.train import METRICS
 
 
 def add_parser(sub: Any) -> None:
@@ -29,11 +30,15 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    dirs = [Path(d) for d in args.dirs]
+    # A run's metrics.jsonl names its run (read_metrics takes either).
+    dirs = [p.parent if p.name == METRICS and p.is_file() else p for p in map(Path, args.dirs)]
     out = folder_arg(args.out) if args.out is not None else None
+    seen: dict[Path, Path] = {}
     for d in dirs:
         if not d.is_dir():
             raise UsageError(f"{d}: no such run folder")
+        if (same := seen.setdefault(d.resolve(), d)) is not d:  # one line drawn, two labels
+            raise UsageError(f"{d} and {same} are the same run; name it once")
     try:
         runs = {label: read_metrics(d) for label, d in zip(run_labels(dirs), dirs)}
     except FileNotFoundError as e:  # a folder that is not a run's
@@ -43,6 +48,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for label in [k for k, has in drawn.items() if not has and any(drawn.values())]:
         # an overlay would lack it without a word (none drawn: plot_runs says so)
         warnings.warn(f"{label}: no evaluated round (yet); it has no line", stacklevel=2)
+    steps = {k: any("step" in r for r in rows) for k, rows in runs.items()}
+    if len(set(steps.values())) > 1:  # each kind of run has its own figures
+        parallel = ", ".join(k for k, s in steps.items() if s)
+        warnings.warn(
+            f"{parallel}: data-parallel run(s), drawn against steps and bytes sent, apart from "
+            "the federated runs' rounds and uplink figures",
+            stacklevel=2,
+        )
     timed = {k: any("sim_seconds" in r for r in rows) for k, rows in runs.items()}
     for label in [k for k, has in timed.items() if not has and drawn[k] and any(timed.values())]:
         warnings.warn(

@@ -23,11 +23,11 @@ def label_histogram(
     return hist
 
 
-def format_histogram(hist: np.ndarray, max_rows: int = 20) -> str:
+def format_histogram(hist: np.ndarray, max_rows: int = 20, who: str = "client") -> str:
     """A plain-text table of a label histogram: one row per client, its size and class count.
 
     With more than ``max_rows`` clients the first and last rows are shown around a ``...`` line;
-    a final row gives the totals.
+    a final row gives the totals. ``who`` names a row (``"worker"`` for data-parallel ones).
     """
     hist = np.asarray(hist)
     if hist.ndim != 2:
@@ -36,7 +36,7 @@ def format_histogram(hist: np.ndarray, max_rows: int = 20) -> str:
     # Wide enough for the totals row too: a class's total outgrows any one client's count.
     width = max(len(str(int(hist.sum(axis=0).max(initial=0)))), len(str(num_classes - 1)), 1)
     total_w = max(len(str(int(hist.sum()))), 5)
-    head = f"{'client':>6} {'n':>{total_w}} {'#cls':>4} | "
+    head = f"{who:>6} {'n':>{total_w}} {'#cls':>4} | "
     lines = [head + " ".join(f"{c:>{width}}" for c in range(num_classes))]
     lines.append("-" * len(lines[0]))
 
@@ -52,7 +52,7 @@ def format_histogram(hist: np.ndarray, max_rows: int = 20) -> str:
         shown = list(range(num_clients))
     for i in shown:
         if i < 0:
-            lines.append(f"{'...':>6} ({num_clients - max_rows} more clients)")
+            lines.append(f"{'...':>6} ({num_clients - max_rows} more {who}s)")
         else:
             lines.append(row(str(i), hist[i]))
     lines.append("-" * len(lines[0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,9 @@ def human_bytes(n: float) -> str:
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
-    """Legend labels: each run folder's name, with parent folders added until they differ."""
-    parts = [p.resolve().parts for p in run_dirs]
+    """Legend labels: each run folder's name, with parent folders added until they differ.
+    The names as given (made absolute, not resolved): a symbolic link keeps its own name."""
+    parts = [Path(os.path.abspath(p)).parts for p in run_dirs]
     for depth in range(1, max((len(p) for p in parts), default=1) + 1):
         labels = ["/".join(p[-depth:]) for p in parts]
         if len(set(labels)) == len(labels):
