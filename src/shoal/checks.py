@@ -49,6 +49,13 @@ def check_counts(owner: object, names: tuple[str, ...]) -> None:
         check_count(getattr(owner, name), name)
 
 
+def check_flag(value: Any, name: str) -> None:
+    """A switch must be a bool: the string "False" is true to Python, and nesterov="False"
+    trained with Nesterov momentum."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+
+
 def check_instance(value: Any, kind: type, name: str, hint: str = "") -> None:
     """``value`` must be a ``kind``: a wrong object otherwise failed later, deep inside, with
     an ``AttributeError`` that named neither the argument nor what it should be."""

@@ -293,14 +293,16 @@ def check_model(
             )
     if len(x_test) == 0:  # every row's test accuracy was NaN, and summary.json held NaN
         raise ValueError("the test set is empty: give the data a test split to score the model on")
+    # The samples may stay where the data is (the CPU): each probe moves its few rows.
+    dev = _device_of(model, x)
     if x_test.dtype != x.dtype or x_test.shape[1:] != x.shape[1:]:
         raise ValueError(
             f"test samples are {tuple(x_test.shape[1:])} {x_test.dtype}, training samples "
             f"{tuple(x.shape[1:])} {x.dtype}: they must agree"
         )
     try:
-        with torch.no_grad(), eval_mode(model), _kept_rng(x.device):
-            logits = model(x[:2])
+        with torch.no_grad(), eval_mode(model), _kept_rng(dev):
+            logits = model(x[:2].to(dev))
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ValueError(
             f"the model cannot take the training samples ({tuple(x.shape[1:])} {x.dtype}; "
@@ -316,11 +318,11 @@ def check_model(
             f"the model's output has shape {tuple(logits.shape)} for 2 samples; cross-entropy "
             f"needs logits [batch, classes] with at least the data's {num_classes} classes"
         )
-    _check_token_ids(model, x)
-    _check_training_forward(model, x)
+    _check_token_ids(model, x, dev)
+    _check_training_forward(model, x, dev)
     try:
         with torch.no_grad():
-            losses = loss_fn(logits, y[:2])
+            losses = loss_fn(logits, y[:2].to(dev))
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ValueError(f"loss_fn cannot take the model's output and labels: {e}") from None
     if not isinstance(losses, torch.Tensor) or losses.shape != y[:2].shape:
@@ -331,7 +333,14 @@ def check_model(
         )
 
 
-def _check_token_ids(model: nn.Module, x: torch.Tensor) -> None:
+def _device_of(model: nn.Module, x: torch.Tensor) -> torch.device:
+    """Where the model computes: its first parameter's or buffer's device (else ``x``'s)."""
+    first: torch.Tensor | None = next(model.parameters(), None)
+    first = first if first is not None else next(model.buffers(), None)
+    return first.device if first is not None else x.device
+
+
+def _check_token_ids(model: nn.Module, x: torch.Tensor, dev: torch.device) -> None:
     """Token ids beyond an embedding's rows failed in round 1 with a bare ``IndexError`` when
     the first samples (the ones tried above) happened to be in range."""
     tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
@@ -339,8 +348,8 @@ def _check_token_ids(model: nn.Module, x: torch.Tensor) -> None:
         return
     row = int(x.reshape(len(x), -1).max(dim=1).values.argmax())
     try:  # the model may map ids before its embedding: only a failing forward is proof
-        with torch.no_grad(), eval_mode(model), _kept_rng(x.device):
-            model(x[row : row + 1])
+        with torch.no_grad(), eval_mode(model), _kept_rng(dev):
+            model(x[row : row + 1].to(dev))
     except (RuntimeError, IndexError) as e:
         sizes = ", ".join(str(m.num_embeddings) for m in tables)
         raise ValueError(
@@ -369,7 +378,7 @@ def _kept_rng(device: torch.device) -> Iterator[Callable[[], bool]]:
             torch.cuda.set_rng_state(cuda, device)
 
 
-def _check_training_forward(model: nn.Module, x: torch.Tensor) -> None:
+def _check_training_forward(model: nn.Module, x: torch.Tensor, dev: torch.device) -> None:
     """One forward in the model's own (training) mode on a few samples, refusing what the
     runtimes would train silently wrong; see :func:`check_model`. Buffers and the global
     random generators are put back as they were."""
@@ -377,9 +386,9 @@ def _check_training_forward(model: nn.Module, x: torch.Tensor) -> None:
         return
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     try:
-        with _kept_rng(x.device) as rng_changed, torch.no_grad():
-            few = model(x[: min(len(x), 4)])
-            two = model(x[:2])
+        with _kept_rng(dev) as rng_changed, torch.no_grad():
+            few = model(x[: min(len(x), 4)].to(dev))
+            two = model(x[:2].to(dev))
             drew = rng_changed()
         changed = [name for name, b in model.named_buffers() if not torch.equal(b, buffers[name])]
     finally:

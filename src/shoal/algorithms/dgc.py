@@ -63,7 +63,7 @@ from typing import ClassVar, Literal
 import torch
 
 from shoal.algorithms.base import LocalWork, check_lr
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed, is_real
 from shoal.compress._common import as_shapes, check_flat, mix
 from shoal.compress.base import Payload
 from shoal.compress.layerwise import Layerwise, skip_1d
@@ -190,9 +190,9 @@ class DGC:
     def __post_init__(self) -> None:
         check_lr("lr", self.lr)
         object.__setattr__(self, "shapes", as_shapes(self.shapes, "dgc"))
-        if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
+        if not (is_real(self.density) and 0 < self.density <= 1):
             raise ValueError(f"dgc: density must be in (0, 1], got {self.density!r}")
-        if not 0 <= self.momentum < 1:
+        if not (is_real(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"dgc: momentum must be in [0, 1), got {self.momentum!r}")
         if not isinstance(self.momentum_masking, bool):  # "false" would have switched it on
             raise ValueError(
@@ -201,7 +201,7 @@ class DGC:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"dgc: batch_size must be >= 1 or None, got {self.batch_size}")
         if self.clip_norm is not None:
-            if not 0 < self.clip_norm < math.inf:
+            if not (is_real(self.clip_norm) and 0 < self.clip_norm < math.inf):  # True was 1
                 raise ValueError(f"dgc: clip_norm must be a positive number, got {self.clip_norm}")
             if self.num_workers is None:
                 raise ValueError(
@@ -211,6 +211,7 @@ class DGC:
             raise ValueError(f"dgc: num_workers must be >= 1, got {self.num_workers}")
         if not 0 < self.sample_ratio <= 1:
             raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio}")
+        check_seed(self.seed, "dgc: seed")  # 1.5 was truncated to 1
         for name in ("warmup_epochs", "epoch_steps"):  # one at a time: a config sets only one
             check_count(getattr(self, name), f"dgc: {name}", least=0)
         if self.warmup not in ("paper", "code"):

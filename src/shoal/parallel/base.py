@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from shoal.checks import check_count
+from shoal.checks import check_count, is_real
 
 if TYPE_CHECKING:
     from shoal.parallel.comm import Comm
@@ -165,13 +165,14 @@ class OwnModel:
 
 def check_positive(name: str, value: float) -> None:
     """Learning rates and similar step sizes must be finite and positive."""
-    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+    # is_real: a numpy float is a number (it was refused), True is not (it was lr = 1).
+    if not (is_real(value) and 0 < value < math.inf):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def check_fraction(name: str, value: float) -> None:
     """A coefficient in ``[0, 1)``: momentum."""
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+    if not (is_real(value) and 0 <= value < 1):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from shoal.checks import check_counts, check_seed, is_integer, is_real
+from shoal.checks import check_counts, check_flag, check_instance, check_seed, is_integer, is_real
 from shoal.functional import ParamSpec
 from shoal.parallel.base import State
 
@@ -41,8 +41,11 @@ class ParallelConfig:
         )
         # The seed keys every draw, through numpy's SeedSequence, as TrainConfig's does.
         check_seed(self.seed)
-        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
-            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        target = self.target_accuracy  # "0.5" failed in a comparison, True was 1
+        if target is not None and not (is_real(target) and 0 < target <= 1):
+            raise ValueError(f"target_accuracy must be in (0, 1], got {target!r}")
+        check_flag(self.progress, "progress")  # "no" showed the bar
+        check_instance(self.slowdown, dict, "slowdown", " of worker id -> factor")
         for worker, factor in self.slowdown.items():
             if not is_integer(worker) or worker < 0:
                 raise ValueError(f"slowdown keys are worker ids >= 0, got {worker!r}")

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shoal.checks import check_instance
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
@@ -96,12 +97,21 @@ def train_parallel(
         raise TypeError(f"algorithm must have name/init/step/model, got {type(algorithm)}")
     if not isinstance(comm, Comm):
         raise TypeError(f"comm must be a SimComm or DistComm, got {type(comm).__name__}")
+    # A wrong object failed later with an AttributeError (a dict config, a list init), or
+    # after training (a callback that is not callable, at the first evaluation).
+    check_instance(config, ParallelConfig, "config")
+    if init is not None:
+        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
+        if not bool(torch.isfinite(init).all()):
+            raise ValueError("init has NaN or inf entries")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
     dev = _device(config, comm)
     model = model.to(dev)
-    x_2, y_2 = data.train.x[:2].to(dev), data.train.y[:2].to(dev)
-    check_model(model, x_2, y_2, data.test.x[:2], data.train.num_classes, loss_fn)
+    # All the samples, where they are: the checks move the few rows they try to the model.
+    check_model(model, data.train.x, data.train.y, data.test.x, data.train.num_classes, loss_fn)
     spec = ParamSpec.of(model)
     # In the model's own dtype (a float64 model trains in float64): the runtimes'
     # functional calls pair these parameters with the model's samples.
@@ -231,7 +241,9 @@ class _WorkerRun:
         loss_workers = len(comm.workers) if loss_keep_W is None else int(loss_keep_W.sum())
         # A run that stopped at its target accuracy is finished: a resume does not train on.
         # An asynchronous worker knows it from the server's stop flag in its checkpoint.
-        finished = prog.steps_to_target is not None or bool(state.get("stop", False))
+        # A resume without the target (train_parallel's config) trains on.
+        reached = prog.steps_to_target is not None and cfg.target_accuracy is not None
+        finished = reached or bool(state.get("stop", False))
         end = prog.step if finished else cfg.steps
         bar = tqdm(
             range(prog.step, end),
@@ -381,12 +393,62 @@ class _WorkerRun:
             "progress": asdict(prog),
             "rows": self.rows,
             "bytes_sent": self.comm.bytes_sent,
+            "setup": self._setup(),
         }
         if self.coordinated and path.exists():
             os.replace(path, records.previous_checkpoint(path))
         atomic_save(ck, path)
         if self.coordinated:  # a barrier: no process trains on before all have saved
             self.comm.sum_stats([0.0])
+
+    def _check_resumed(self, path: Path, ck: dict[str, Any]) -> None:
+        """A resume continues the same run, further. Without these checks another setting
+        went on silently from the checkpoint (fewer steps returned the longer run), or failed
+        deep inside (another algorithm's state: a KeyError; a model of another size)."""
+        saved_WD, workers = ck["params_WD"], len(self.comm.workers)
+        if saved_WD.shape[0] != workers:
+            raise ValueError(
+                f"cannot resume: {path.name} holds {saved_WD.shape[0]} workers, this run has "
+                f"{workers}"
+            )
+        if saved_WD.shape[1] != self.spec.num_params:
+            raise ValueError(
+                f"cannot resume: {path.name} holds a model of {saved_WD.shape[1]} parameters, "
+                f"this one has {self.spec.num_params}"
+            )
+        check_checkpoint_dtype(path, saved_WD, param_dtype(self.model))
+        done = ck["progress"]["step"]
+        if done > self.config.steps:
+            raise ValueError(
+                f"cannot resume: {path.name} is at step {done}, past steps={self.config.steps}; "
+                "a resumed run can only train further"
+            )
+        fresh = self.algorithm.init(saved_WD.clone(), self.comm)
+        if set(fresh) != set(ck["state"]):  # another algorithm, or momentum added or removed
+            raise ValueError(
+                f"cannot resume: {path.name} holds the state of another algorithm or setting "
+                f"({', '.join(sorted(ck['state'])) or 'none'}), {self.algorithm.name} here keeps "
+                f"{', '.join(sorted(fresh)) or 'none'}"
+            )
+        saved = ck.get("setup", {})
+        differ = [k for k, v in self._setup().items() if k in saved and saved[k] != v]
+        if differ:
+            warnings.warn(
+                f"resuming {path.parent} with a setup unlike its checkpoint's ({', '.join(differ)} "
+                "differ): the run goes on from that state under the new setting",
+                stacklevel=4,
+            )
+
+    def _setup(self) -> dict[str, Any]:
+        """What a checkpoint records of the run's setting, for a resume to be checked against
+        (as ``shoal.train``'s does)."""
+        cfg = self.config
+        return {
+            "algorithm": repr(self.algorithm),
+            "seed": cfg.seed,
+            "batch size": cfg.batch_size,
+            "shard sizes": [len(s) for s in self.job.shards],
+        }
 
     def _restore(self, path: Path, resume: bool) -> tuple[torch.Tensor, State, Progress] | None:
         """The checkpoint to continue from (``None``: start over). In a distributed run, the
@@ -415,9 +477,7 @@ class _WorkerRun:
                     )
                 os.replace(previous, path)  # where this process is now
         assert ck is not None
-        if ck["params_WD"].shape[0] != len(self.comm.workers):
-            raise ValueError(f"{path.name} holds {ck['params_WD'].shape[0]} workers, not these")
-        check_checkpoint_dtype(path, ck["params_WD"], param_dtype(self.model))
+        self._check_resumed(path, ck)
         self.rows = ck["rows"]
         self.comm.bytes_sent = ck["bytes_sent"]
         return ck["params_WD"], ck["state"], Progress(**ck["progress"])

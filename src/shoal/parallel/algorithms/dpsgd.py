@@ -77,13 +77,11 @@ class DPSGD(OwnModel):
     name: str = "dpsgd"
 
     def __post_init__(self) -> None:
-        check_optimizer("dpsgd", self.lr, self.momentum, self.weight_decay)
+        check_optimizer("dpsgd", self.lr, self.momentum, self.weight_decay, self.nesterov)
         if not isinstance(self.topology, Topology):
             raise TypeError(f"dpsgd: topology must be a Topology, got {type(self.topology)}")
         if self.order not in ORDERS:
             raise ValueError(f"dpsgd: order must be one of {ORDERS}, got {self.order!r}")
-        if self.nesterov and not self.momentum:
-            raise ValueError("dpsgd: nesterov=True needs momentum > 0")
         for g in self.topology.cycle or (self.topology,):
             if not g.doubly_stochastic:
                 raise ValueError(

@@ -54,10 +54,8 @@ class LocalSGD(OwnModel):
     name: str = "local_sgd"
 
     def __post_init__(self) -> None:
-        check_optimizer("local_sgd", self.lr, self.momentum, self.weight_decay)
+        check_optimizer("local_sgd", self.lr, self.momentum, self.weight_decay, self.nesterov)
         check_period("local_sgd: the averaging period H", self.period)
-        if self.nesterov and not self.momentum:
-            raise ValueError("local_sgd: nesterov=True needs momentum > 0")
         check_compressor("local_sgd", self.compressor)
         check_reduce("local_sgd", self.reduce, self.compressor)
 

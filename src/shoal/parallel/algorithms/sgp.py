@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shoal.checks import check_flag
 from shoal.parallel.algorithms.dpsgd import check_connected, check_topology
 from shoal.parallel.algorithms.sync_sgd import check_optimizer
 from shoal.parallel.base import GradFn, State, resolve, sgd_direction
@@ -54,11 +55,10 @@ class SGP:
     name: str = "sgp"
 
     def __post_init__(self) -> None:
-        check_optimizer("sgp", self.lr, self.momentum, self.weight_decay)
+        check_optimizer("sgp", self.lr, self.momentum, self.weight_decay, self.nesterov)
+        check_flag(self.overlap, "sgp: overlap")  # "no" ran Overlap SGP
         if self.topology is not None and not isinstance(self.topology, Topology):
             raise TypeError(f"sgp: topology must be a Topology, got {type(self.topology)}")
-        if self.nesterov and not self.momentum:
-            raise ValueError("sgp: nesterov=True needs momentum > 0")
         if self.topology is not None:  # the default graph is checked when the world is known
             self._check_mass(self.topology)
 

@@ -57,12 +57,14 @@ Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from shoal.checks import check_flag, is_real
 from shoal.compress._common import init_with_seed, mix
 from shoal.compress.base import (
     Compressor,
@@ -102,11 +104,16 @@ def summable(compressor: Compressor, like_D: torch.Tensor) -> bool:
     return bool(torch.allclose(compressor.decompress(sum_floats(payloads)), own_D, atol=1e-5))
 
 
-def check_optimizer(who: str, lr: float, momentum: float, weight_decay: float) -> None:
+def check_optimizer(
+    who: str, lr: float, momentum: float, weight_decay: float, nesterov: bool = False
+) -> None:
     check_positive(f"{who}: lr", lr)
     check_fraction(f"{who}: momentum", momentum)
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"{who}: weight_decay must be >= 0, got {weight_decay!r}")
+    if not (is_real(weight_decay) and 0 <= weight_decay < math.inf):
+        raise ValueError(f"{who}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    check_flag(nesterov, f"{who}: nesterov")
+    if nesterov and not momentum:
+        raise ValueError(f"{who}: nesterov=True needs momentum > 0")
 
 
 REDUCE = ("auto", "all_gather", "two_round")
@@ -223,12 +230,9 @@ class SyncSGD:
     name: str = "sync_sgd"
 
     def __post_init__(self) -> None:
-        check_optimizer("sync_sgd", self.lr, self.momentum, self.weight_decay)
-        if self.nesterov and not self.momentum:
-            raise ValueError("sync_sgd: nesterov=True needs momentum > 0")
+        check_optimizer("sync_sgd", self.lr, self.momentum, self.weight_decay, self.nesterov)
         check_compressor("sync_sgd", self.compressor)
-        if not isinstance(self.overlap, bool):
-            raise TypeError(f"sync_sgd: overlap must be true or false, got {self.overlap!r}")
+        check_flag(self.overlap, "sync_sgd: overlap")
         check_positive("sync_sgd: bucket_cap_mb", self.bucket_cap_mb)
         check_reduce("sync_sgd", self.reduce, self.compressor)
         # Buckets belong to the dense all-reduce, reduce to compressed payloads: say so when a

@@ -1,0 +1,146 @@
+"""``train_parallel`` checks a resume against its checkpoint, and its inputs as ``train`` does.
+
+A resume with other settings went on silently from the checkpoint (fewer steps returned the
+longer run), or failed deep inside: another algorithm's state (``KeyError: 'weight_W1'``),
+momentum added (a bare ``AssertionError``), a model of another size (a reshape error). A model
+that mixes the samples of a batch trained silently, since the checks saw only 2 samples.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from shoal.algorithms.dgc import dgc
+from shoal.data.types import ArrayDataset, FederatedDataset
+from shoal.parallel import ParallelConfig, SimComm, dpsgd, sgp, sync_sgd, train_parallel
+from shoal.topology import ring
+
+from .cases import DIM, config, shards, tiny_data, tiny_model
+
+
+def _run(tmp_path, algorithm, steps, resume, model=None, **cfg):
+    return train_parallel(
+        model if model is not None else tiny_model(), tiny_data(), shards(3), algorithm,
+        config(steps=steps, checkpoint_every=2, **cfg), SimComm(3), out_dir=tmp_path,
+        resume=resume,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "match"),
+    [
+        (lambda: sgp(0.2), "holds the state of another algorithm"),
+        (lambda: sync_sgd(0.2, momentum=0.9), "holds the state of another algorithm"),
+    ],
+)
+def test_a_resume_with_another_algorithms_state_is_refused(tmp_path, algorithm, match):
+    _run(tmp_path, sync_sgd(0.2), 4, False)
+    with pytest.raises(ValueError, match=match):
+        _run(tmp_path, algorithm(), 6, True)
+
+
+def test_a_resume_with_another_model_or_fewer_steps_is_refused(tmp_path):
+    _run(tmp_path, sync_sgd(0.2), 4, False)
+    torch.manual_seed(0)
+    wider = nn.Sequential(nn.Linear(DIM, 16), nn.Tanh(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="holds a model of 83 parameters, this one has 163"):
+        _run(tmp_path, sync_sgd(0.2), 6, True, model=wider)
+    with pytest.raises(ValueError, match="at step 4, past steps=2; a resumed run can only"):
+        _run(tmp_path, sync_sgd(0.2), 2, True)
+
+
+def test_a_resume_with_other_settings_warns_and_the_same_ones_do_not(tmp_path):
+    _run(tmp_path, sync_sgd(0.2), 4, False)
+    with pytest.warns(UserWarning, match=r"unlike its checkpoint's \(algorithm, seed differ\)"):
+        _run(tmp_path, dpsgd(0.2, ring(3)), 6, True, seed=9)  # same state keys as sync_sgd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run(tmp_path, dpsgd(0.2, ring(3)), 8, True, seed=9)  # as the last checkpoint was made
+
+
+def test_a_run_stopped_at_its_target_trains_on_when_resumed_without_it(tmp_path):
+    stopped = _run(tmp_path, sync_sgd(0.5), 40, False, target_accuracy=0.3)
+    reached = stopped.summary["steps_to_target"]
+    assert reached is not None and stopped.metrics[-1]["step"] < 40
+    again = _run(tmp_path, sync_sgd(0.5), 40, True, target_accuracy=0.3)
+    assert again.metrics == stopped.metrics  # finished: nothing more
+    further = _run(tmp_path, sync_sgd(0.5), 40, True)  # it returned at once before
+    assert further.metrics[-1]["step"] == 40
+
+
+class _Centred(nn.Module):
+    """Subtracts the batch mean: a sample's output depends on the rest of its batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(DIM, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return h - 0.5 * h.mean(0)
+
+
+def test_the_model_checks_see_all_the_samples():
+    data, cfg = tiny_data(), config(steps=1)
+    with pytest.raises(ValueError, match="depends on the other samples of its batch"):
+        train_parallel(_Centred(), data, shards(2), sync_sgd(0.1), cfg, SimComm(2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (200, 4), generator=g)
+    x[50:, 0] = 9  # beyond the first two samples, which were all the checks saw
+    y = x[:, 1] % 3
+    tokens = FederatedDataset(
+        "tokens", ArrayDataset(x[:160], y[:160], 3), ArrayDataset(x[160:], y[160:], 3)
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="training sample 50 has token id 9"):
+        train_parallel(model, tokens, shards(2), sync_sgd(0.1), cfg, SimComm(2))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: sync_sgd(0.2, 0.9, nesterov="False"), "nesterov must be true or false"),
+        (lambda: sgp(0.1, overlap="no"), "overlap must be true or false"),
+        (lambda: sync_sgd(True), "lr must be a positive number, got True"),
+        (lambda: sync_sgd(0.1, weight_decay=float("inf")), "weight_decay must be a finite"),
+        (lambda: ParallelConfig(5, target_accuracy="0.5"), r"target_accuracy must be in \(0, 1\]"),
+        (lambda: ParallelConfig(5, progress="no"), "progress must be true or false"),
+        (lambda: ParallelConfig(5, slowdown=[1, 2]), "slowdown must be a dict"),
+        (lambda: dgc(0.1, [(3, 3)], seed=1.5), "dgc: seed must be an integer"),
+        (lambda: dgc(0.1, [(3, 3)], clip_norm=True, num_workers=2), "clip_norm must be a positive"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(build, match):
+    # A string flag is true to Python (nesterov="False" trained with Nesterov), True a number
+    # (lr = 1), a float seed was truncated; the rest failed later, or deep inside.
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()
+
+
+def test_a_numpy_learning_rate_is_a_number():
+    # np.float32(0.1) was refused as "not a positive number".
+    assert sync_sgd(np.float32(0.1)).lr == np.float32(0.1)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"config": {"steps": 5}}, "config must be a ParallelConfig"),
+        ({"init": [0.0] * 83}, "init must be a Tensor"),
+        ({"init": torch.full((83,), float("nan"))}, "init has NaN or inf entries"),
+        ({"callback": 3}, "callback must be callable"),
+    ],
+)
+def test_train_parallels_arguments_are_checked_before_any_work(kw, match):
+    args = {"config": config(steps=2), **kw}
+    cfg = args.pop("config")
+    with pytest.raises((ValueError, TypeError), match=match):
+        train_parallel(tiny_model(), tiny_data(), shards(2), sync_sgd(0.1), cfg, SimComm(2), **args)
