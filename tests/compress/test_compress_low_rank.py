@@ -251,3 +251,25 @@ def test_a_non_finite_input_does_not_poison_the_warm_start(power_iterations: int
     expected, _ = c.compress(x, state)
     assert torch.equal(payload["p0"], expected["p0"]) and torch.equal(payload["q0"], expected["q0"])
     assert c.decompress(payload).isfinite().all()
+
+
+def test_an_all_zero_block_does_not_stall_the_warm_start() -> None:
+    """Q = M^T P = 0 from one all-zero block, then P = M 0 = 0, whose orthogonalization is
+    the first unit vectors: every later message kept only M's first r rows. With those rows
+    zero (dead units) nothing was sent ever after, and error feedback's residual grew."""
+    c = powersgd([(30, 20)], rank=2)
+    zero = torch.zeros(600)
+    _, state = c.compress(zero, c.init(zero))
+    assert torch.equal(state["q0"], c.init(zero)["q0"])  # the seed's query kept, not 0
+    m = torch.randn(30, 20, generator=gen(9))
+    m[:2] = 0
+    payload, _ = c.compress(m.reshape(-1), state)
+    fresh, _ = c.compress(m.reshape(-1), c.init(zero))  # as if the zero block never was
+    assert torch.equal(c.decompress(payload), c.decompress(fresh))
+    assert c.decompress(payload).ne(0).any()
+
+
+def test_an_all_zero_sum_of_queries_is_not_taken_as_the_warm_start() -> None:
+    c = powersgd([(30, 20)], rank=2)
+    state = c.init(torch.zeros(600))
+    assert torch.equal(c.with_query(state, {"q0": torch.zeros(20, 2)})["q0"], state["q0"])

@@ -17,7 +17,8 @@ Two ways to use it:
 
 - ``compress(x_D, state)``: one worker, one message ``{p_i, q_i, dense}``;
   ``decompress`` = ``P Q^T``. With full rank (r = min(n, m)) it reproduces ``x_D``. A block
-  whose new ``Q`` has an inf or NaN entry (a non-finite input) keeps its previous query.
+  whose new ``Q`` has an inf or NaN entry (a non-finite input) or is all zero (an all-zero
+  block) keeps its previous query (see ``_kept``).
 - The paper's all-reduce, with homomorphic sums: every worker starts from the same ``Q``
   (same seed; later, :meth:`PowerSGD.with_query` with the summed ``Q``). Round 1:
   ``project(x_D, state)`` gives ``{p_i: M_i Q}``, and ``sum_payloads`` of these equals
@@ -219,7 +220,7 @@ class PowerSGD:
         (unchanged with ``warm_start=False``: every step starts from the seed's query)."""
         if not self.warm_start:
             return state
-        return {**state, **{f"q{i}": payload[f"q{i}"] for i, _ in self._compressed()}}
+        return _kept(state, {f"q{i}": payload[f"q{i}"] for i, _ in self._compressed()})
 
     def compress(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
@@ -232,9 +233,7 @@ class PowerSGD:
         payload, new_state = self.complete(x_D, self.project(x_D, query), query)
         if not self.warm_start:
             return payload, state
-        # A query with an inf or NaN entry (from a non-finite x_D) is not kept: every later
-        # P = M Q, and so every later message, would be NaN however finite its input.
-        return payload, {k: q.where(q.isfinite().all(), state[k]) for k, q in new_state.items()}
+        return payload, _kept(state, new_state)
 
     def _subspace_step(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
@@ -327,3 +326,18 @@ def powersgd(
         power_iterations,
         warm_start,
     )
+
+
+def _kept(
+    state: dict[str, torch.Tensor], queries: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the new ``queries`` as warm start, except a query that would stall:
+    one with an inf or NaN entry (a non-finite input: every later ``P = M Q``, and so every
+    later message, would be NaN), or all zero (a block that was all zero once: then ``M Q = 0``
+    and the orthogonalized ``P`` is the first unit vectors, which keep only the first ``r``
+    rows of every later ``M``; zero rows there, say dead units, sent nothing ever after and
+    error feedback's residual grew without bound). Such a block keeps its previous query."""
+    kept = dict(state)
+    for k, q in queries.items():
+        kept[k] = q.where(q.isfinite().all() & q.ne(0).any(), state[k])
+    return kept
