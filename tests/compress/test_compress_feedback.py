@@ -221,3 +221,15 @@ def test_layerwise_validation() -> None:
         c.init(torch.zeros(D - 1))
     with pytest.raises(ValueError, match="shapes"):
         layerwise(top_k(k=1), [])
+
+
+@pytest.mark.parametrize(
+    "x", [torch.ones(1), torch.ones(7), torch.ones(10, dtype=torch.float16)], ids=str
+)
+def test_an_input_unlike_the_states_residual_is_refused(x) -> None:
+    # A length-1 input broadcast into a 10-entry message, length 7 failed inside torch, and a
+    # half-precision one silently sent float32 and kept a float32 residual.
+    ef = error_feedback(top_k(ratio=0.5))
+    state = ef.init(torch.zeros(10))
+    with pytest.raises(ValueError, match="the state's residual is \\(10,\\) torch.float32"):
+        ef.compress(x, state)

@@ -16,8 +16,11 @@ their messages still add up in compressed form.
 
 Compressors whose payloads can be added without decompressing (Jang, Na, Yoon 2017,
 "homomorphic parameter compression") also satisfy :class:`Homomorphic`: ``homomorphic = True``
-and ``sum_payloads(payloads) -> payload`` with ``decompress(sum_payloads(ps))`` equal to
-``sum(decompress(p) for p in ps)`` (each class says whether bit for bit or up to rounding).
+and ``sum_payloads(payloads) -> payload``, the payload of the summed *input*: the tables are
+linear in it. ``decompress(sum_payloads(ps))`` then equals ``sum(decompress(p) for p in ps)``
+(each class says whether bit for bit or up to rounding) for every such compressor but the
+count sketch of depth > 1, whose median decoding is not linear: the summed sketch decodes to
+one estimate of the sum, not to the sum of the estimates (:mod:`shoal.compress.sketch`).
 
 A receiver that needs only the *sum* of many decompressed messages (a data-parallel all-gather
 inbox) calls :func:`decompress_sum`; compressors that can form it without one dense vector per

@@ -87,11 +87,25 @@ class ErrorFeedback:
 
     def compress(self, x_D: torch.Tensor, state: dict[str, Any]) -> tuple[Payload, dict[str, Any]]:
         x_D = check_flat(x_D, self.name)
-        if not isinstance(state, dict) or "residual" not in state:
-            raise ValueError("error_feedback: state must come from error_feedback(c).init(x_D)")
+        self._check_state(x_D, state)
         accumulated_D = x_D + state["residual"]
         payload, inner_state = self.inner.compress(accumulated_D, state["inner"])
         return payload, {"residual": self._residual(accumulated_D, payload), "inner": inner_state}
+
+    @staticmethod
+    def _check_state(x_D: torch.Tensor, state: Any) -> None:
+        """The state of this input's stream: a residual of another length broadcast (a length-1
+        input made a message of the residual's length) or failed inside torch, and one of
+        another dtype changed the message's dtype silently."""
+        if not isinstance(state, dict) or "residual" not in state:
+            raise ValueError("error_feedback: state must come from error_feedback(c).init(x_D)")
+        r = state["residual"]
+        if r.shape != x_D.shape or r.dtype != x_D.dtype:
+            raise ValueError(
+                f"error_feedback: the state's residual is {tuple(r.shape)} {r.dtype}, the input "
+                f"{tuple(x_D.shape)} {x_D.dtype}; keep one state per input stream, made by "
+                "init(x_D) of that stream"
+            )
 
     def _residual(self, accumulated_D: torch.Tensor, payload: Payload) -> torch.Tensor:
         residual = getattr(self.inner, "residual", None)
@@ -107,6 +121,7 @@ class ErrorFeedback:
         return is_two_round(self.inner)
 
     def project(self, x_D: torch.Tensor, state: dict[str, Any]) -> Payload:
+        self._check_state(x_D, state)
         inner: Any = self.inner
         return inner.project(x_D + state["residual"], state["inner"])
 
