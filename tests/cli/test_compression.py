@@ -127,6 +127,12 @@ ERRORS = [
         ],
         ["'compression.downlink_x' for compression.downlink = \"top_k\""],
     ),
+    # top_k's own message named Python arguments ("give exactly one of ratio= or k=").
+    (
+        ["compression.name=top_k", "compression.ratio=0.1", "compression.k=5"],
+        ["compression.ratio and compression.k, got 2", "--unset one of"],
+    ),
+    (["compression.downlink=top_k"], ["compression.downlink_ratio and compression.downlink_k"]),
 ]
 
 

@@ -9,11 +9,12 @@ top-k among them; fewer than ``0.8 k`` -> ``threshold *= 0.8`` (at most 10 times
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from compress_helpers import gen
 
-from shoal.compress import top_k
+from shoal.compress import random_k, threshold, top_k
 from shoal.compress.sparsify import (
     BLOCK,
     DGCPlan,
@@ -120,3 +121,22 @@ def test_dgc_at_ratio_one_sends_every_entry(d: int) -> None:
     x = torch.randn(d, generator=gen(31))
     c = dgc_top_k(1.0)
     assert torch.equal(c.decompress(c.compress(x, c.init(x))[0]), x)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: random_k(0.1, unbiased="no"), "unbiased must be true or false"),
+        (lambda: threshold(True), "tau must be a finite number >= 0, got True"),
+        (lambda: dgc_top_k(0.01, sample_ratio=True), r"sample_ratio must be in \(0, 1\]"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused(build, match) -> None:
+    # "no" is true to Python (an unbiased random_k), True is 1 (tau = 1, every entry sampled).
+    with pytest.raises((TypeError, ValueError), match=match):
+        build()
+
+
+def test_a_numpy_threshold_is_a_number() -> None:
+    # np.float32(0.5) was refused while np.float64(0.5) was taken.
+    assert threshold(np.float32(0.5)).tau == np.float32(0.5)

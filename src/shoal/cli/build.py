@@ -250,6 +250,14 @@ def build_compressor(cfg: Config, model: nn.Module, downlink: bool = False) -> C
     factory = COMPRESSORS[name]
     options = cfg.options("compression", prefix)
     facts = {**model_facts(factory, model), **run_seed(factory, options, cfg)}
+    if name == "top_k" and ("ratio" in options) == ("k" in options):
+        # top_k's own "give exactly one of ratio= or k=" named Python arguments
+        given = [f"compression.{prefix}{o}" for o in ("ratio", "k") if o in options]
+        hint = f" (--unset one of {' and '.join(given)})" if given else ""
+        raise ConfigError(
+            f'compression.{key} = "top_k" needs exactly one of compression.{prefix}ratio and '
+            f"compression.{prefix}k, got {len(given)}{hint}"
+        )
     compressor = call_factory(
         "compression",
         f'compression.{key} = "{name}"',

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from shoal.checks import check_count, check_seed
+from shoal.checks import check_count, check_flag, check_seed, is_real
 from shoal.compress._common import (
     check_flat,
     check_ratio,
@@ -271,7 +271,7 @@ class Threshold(_Sparse):
     tau: float
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
+        if not (is_real(self.tau) and math.isfinite(self.tau) and self.tau >= 0):  # True was 1
             raise ValueError(f"threshold: tau must be a finite number >= 0, got {self.tau!r}")
 
     @property
@@ -334,6 +334,7 @@ class RandomK:
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "random_k")
         check_seed(self.seed, "random_k: seed")
+        check_flag(self.unbiased, "random_k: unbiased")  # "no" was unbiased
 
     @property
     def name(self) -> str:
@@ -483,7 +484,7 @@ class DGCTopK(_Sparse):
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "dgc_top_k")
         check_seed(self.seed, "dgc_top_k: seed")
-        if not (isinstance(self.sample_ratio, (int, float)) and 0 < self.sample_ratio <= 1):
+        if not (is_real(self.sample_ratio) and 0 < self.sample_ratio <= 1):
             raise ValueError(f"dgc_top_k: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if not self.upper_bound >= 1.0:
             raise ValueError(f"dgc_top_k: upper_bound must be >= 1, got {self.upper_bound}")
