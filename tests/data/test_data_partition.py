@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -217,12 +218,18 @@ def test_num_clients_and_rng_are_checked(part: Partition) -> None:
 
 def test_errors_say_what_is_wrong() -> None:
     labels = np.repeat(np.arange(3), 10)
-    with pytest.raises(ValueError, match="alpha must be > 0, got 0"):
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0, got 0"):
         dirichlet(0)
-    with pytest.raises(ValueError, match="alpha must be > 0, got -1"):
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0, got -1"):
         hsu_dirichlet(-1)
-    with pytest.raises(ValueError, match="beta must be > 0"):
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         quantity_skew(0.0)
+    # inf made every draw NaN (an even split, silently); "0.5" failed in a comparison.
+    for bad in (float("inf"), "0.5", True, None):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            dirichlet(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            quantity_skew(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_clients"):
         iid()(labels, 0, rng(0))
     with pytest.raises(ValueError, match="num_clients"):
@@ -243,3 +250,26 @@ def test_dirichlet_gives_up_with_a_clear_message() -> None:
     one_class = np.zeros(20, dtype=np.int64)  # needs an exact 10/10 split of one class
     with pytest.raises(ValueError, match="infeasible"):
         Dirichlet(0.01, min_size=10, max_tries=5)(one_class, 2, rng(0))
+
+
+def test_a_vanishing_alpha_gives_each_class_to_one_client() -> None:
+    """Dir(alpha -> 0) puts a class's mass on one client. When the draw put it on a client
+    already full, every open share underflowed to 0 and the class was split evenly among the
+    open clients: alpha = 1e-6 came out less skewed than 1e-3 (0.84 of a class on its largest
+    owner against 0.98)."""
+    labels = np.repeat(np.arange(10), 600)
+    for seed in range(5):
+        parts = dirichlet(1e-6, min_size=0)(labels, 20, rng(seed))
+        hist = np.stack([np.bincount(labels[p], minlength=10) for p in parts])
+        assert (hist.max(axis=0) == 600).all()  # each class whole on one client
+
+
+def test_feature_noise_and_synthetic_refuse_what_they_cannot_use() -> None:
+    # sigma = NaN filled the features with NaN; iid="no" built the IID variant.
+    from shoal.data import feature_noise, synthetic
+
+    x = np.zeros((4, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0, got nan"):
+        feature_noise(torch.as_tensor(x), [np.arange(4)], float("nan"), rng(0))
+    with pytest.raises(TypeError, match="iid must be true or false"):
+        synthetic(1, 1, iid="no")  # type: ignore[arg-type]

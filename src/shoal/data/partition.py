@@ -15,12 +15,13 @@ Hsu et al. 2019 for per-client Dirichlet.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from shoal.checks import check_count
+from shoal.checks import check_count, is_real
 
 Partition = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
@@ -42,8 +43,10 @@ def _check(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> np
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    # A finite real: inf made every Dirichlet draw NaN (an even split, silently), "0.5" failed
+    # in a comparison, True was 1.
+    if not (is_real(value) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _fits(name: str, per_client: int, num_clients: int, n: int) -> None:
@@ -77,8 +80,10 @@ class Dirichlet:
     truncated to integers, as in NIID-Bench's code: so the last client can still get one sample
     of a class when its ``p_j`` was zeroed). The whole draw is repeated until the smallest
     client has ``>= min_size`` samples; each client's indices are shuffled at the end. If every
-    remaining ``p_j`` underflows to zero (only for tiny ``alpha``; the original would divide by
-    zero) the class is split uniformly among the clients still below ``N / W``.
+    remaining ``p_j`` underflows to zero (only for tiny ``alpha``, where the draw put all its mass
+    on a client already full; the original would divide by zero) the class goes to one client
+    still below ``N / W``, drawn uniformly: the limit of the renormalised draw as ``alpha -> 0``.
+    (An even split there made ``alpha = 1e-6`` less skewed than ``1e-3``.)
     """
 
     alpha: float
@@ -108,7 +113,11 @@ class Dirichlet:
                 p = rng.dirichlet(np.full(num_clients, float(self.alpha)))
                 open_ = sizes < n / num_clients
                 p = p * open_
-                p = p / p.sum() if p.sum() > 0 else open_ / open_.sum()
+                if p.sum() > 0:
+                    p = p / p.sum()
+                else:
+                    p = np.zeros(num_clients)
+                    p[rng.choice(np.flatnonzero(open_))] = 1.0
                 cuts = (np.cumsum(p) * len(idx_k)).astype(np.int64)[:-1]
                 sizes += np.diff(cuts, prepend=0, append=len(idx_k))
                 cut.append((idx_k, cuts))
@@ -118,8 +127,8 @@ class Dirichlet:
         raise ValueError(
             f"dirichlet(alpha={self.alpha}, min_size={self.min_size}) found no split of {n} "
             f"samples over {num_clients} clients in {self.max_tries} draws; this alpha / min_size "
-            "/ num_clients combination is infeasible -- raise alpha or lower min_size or "
-            "num_clients"
+            "/ num_clients combination is infeasible or too unlikely -- raise alpha or lower "
+            "min_size or num_clients"
         )
 
 

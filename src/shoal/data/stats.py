@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from shoal.checks import is_real
 
 
 def label_histogram(
@@ -76,8 +79,8 @@ def feature_noise(
     """
     if not x.is_floating_point():
         raise TypeError(f"feature_noise needs floating-point features, got {x.dtype}")
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if not (is_real(sigma) and 0 <= sigma < math.inf):  # NaN filled the features with NaN
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
     out = x.clone()
     num_clients = len(client_indices)
     for i, idx in enumerate(client_indices):
