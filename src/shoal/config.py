@@ -61,7 +61,7 @@ The schema (two levels: top-level keys, then one table per concern)::
     [sampling]
     clients_per_round = 10
     replace = false
-    weighted = false    # sample clients with probability n_k / n
+    weighted = false    # sample clients by size (probability n_k / n with replace = true)
     weighting = "samples"   # aggregation weights: samples | uniform
     straggler_fraction = 0.0
     drop_stragglers = false

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal.algorithms.base import LocalWork
-from shoal.checks import check_count, stragglers_keep
+from shoal.checks import check_count, check_flag, is_real, stragglers_keep
 
 # Stream ids keep the generators of different purposes independent.
-_SAMPLE, _STRAGGLE, _BATCHES = 0, 1, 2
+_SAMPLE, _STRAGGLE, _BATCHES, _EPOCHS = 0, 1, 2, 3
 
 
 def round_rng(seed: int, round_idx: int, *stream: int) -> np.random.Generator:
@@ -44,6 +44,8 @@ class ClientSampler:
 
     def __post_init__(self) -> None:
         check_count(self.clients_per_round, "clients_per_round")
+        check_flag(self.replace, "ClientSampler: replace")  # "no" sampled with replacement
+        check_flag(self.weighted, "ClientSampler: weighted")
 
     def check(self, num_clients: int) -> None:
         if not self.replace and self.clients_per_round > num_clients:
@@ -66,23 +68,27 @@ class Stragglers:
 
     Of the ``m`` sampled clients, ``round(m * (1 - fraction))`` chosen at random do the full
     local work; the rest are stragglers that run ``randint(1, E)`` epochs, i.e. 1 to E-1 (with
-    E = 1 there is nothing less to do, so they run the one epoch). With ``drop=True`` the
-    stragglers are dropped instead (the FedAvg baseline in ``flearn/trainers/fedavg.py``).
+    E = 1 there is nothing less to do, so they run the one epoch), whatever
+    ``LocalWork.min_epochs`` says (it draws the others' epochs, from a stream of its own: the
+    same clients straggle with and without it). With ``drop=True`` the stragglers are dropped
+    instead (the FedAvg baseline in ``flearn/trainers/fedavg.py``).
     """
 
     fraction: float = 0.0
     drop: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ValueError(f"straggler fraction must be in [0, 1], got {self.fraction}")
+        if not (is_real(self.fraction) and 0.0 <= self.fraction <= 1.0):  # True was 1.0
+            raise ValueError(f"straggler fraction must be in [0, 1], got {self.fraction!r}")
+        check_flag(self.drop, "Stragglers: drop")  # "False" dropped them
 
     def epochs(self, num_sampled: int, work: LocalWork, seed: int, round_idx: int) -> np.ndarray:
         """Epochs per sampled client; 0 means dropped."""
         epochs: np.ndarray = np.full(num_sampled, work.epochs, dtype=np.int64)
         rng = round_rng(seed, round_idx, _STRAGGLE)
-        if work.min_epochs is not None:
-            epochs = rng.integers(work.min_epochs, work.epochs + 1, size=num_sampled)
+        if work.min_epochs is not None:  # its own stream: it changed who straggled
+            draws = round_rng(seed, round_idx, _EPOCHS)
+            epochs = draws.integers(work.min_epochs, work.epochs + 1, size=num_sampled)
         if self.fraction == 0.0:
             return epochs
         num_active = stragglers_keep(num_sampled, self.fraction)

@@ -140,9 +140,9 @@ def _warn_weighting(config: TrainConfig) -> None:
     """Weighted sampling and sample-weighted averaging count a client's size twice."""
     if getattr(config.sampler, "weighted", False) and config.weighting == "samples":
         warnings.warn(
-            "sampling clients by size (weighted=True) already favours large clients; "
-            "weighting='samples' counts their size a second time (Li et al.'s scheme I pairs "
-            "weighted sampling with weighting='uniform')",
+            "sampling clients by size (weighted) already favours large clients; weighting by "
+            "samples counts their size a second time (Li et al.'s unbiased scheme I samples "
+            "weighted with replacement and averages uniformly)",
             stacklevel=3,
         )
 
@@ -198,6 +198,8 @@ def _setup(
         "seed": config.seed,
         "sampler": repr(config.sampler),
         "local work": repr(config.work),
+        "stragglers": repr(config.stragglers),
+        "weighting": config.weighting,
         # Keyed like `carried` below: a changed one starts its state afresh.
         "aggregator": repr(aggregator),
         "attack": attack,
@@ -361,6 +363,14 @@ def train(
             f"stragglers (fraction {straggle.fraction}) run 1 to E-1 of the E local epochs; "
             "with E = 1 there is nothing less to do, so they change nothing here. Give the "
             "clients more epochs, or drop the stragglers",
+            stacklevel=2,
+        )
+    m = getattr(config.sampler, "clients_per_round", None)
+    if straggle.fraction > 0 and m is not None and stragglers_keep(m, straggle.fraction) == m:
+        warnings.warn(
+            f"stragglers (fraction {straggle.fraction}) of {m} client(s) a round: "
+            f"round({m} x (1 - {straggle.fraction})) = {m} keep the full work, so no client "
+            "ever straggles; raise the fraction or sample more clients",
             stacklevel=2,
         )
 

@@ -121,7 +121,7 @@ def test_sampling_choices_that_would_count_clients_twice():
     with pytest.raises(ValueError, match="sample without replacement"):
         train(tiny_model(), data, clients, scaffold(0.2), twice)
     by_size = TrainConfig(rounds=1, sampler=ClientSampler(4, weighted=True), progress=False)
-    with pytest.warns(UserWarning, match="weighting='uniform'"):
+    with pytest.warns(UserWarning, match="weighted with replacement and averages uniformly"):
         train(tiny_model(), data, clients, fedavg(0.2), by_size)
 
 

@@ -313,6 +313,27 @@ def test_stragglers_with_nothing_less_to_do_are_warned_of():
             )  # fmt: skip
 
 
+def test_a_straggler_fraction_that_rounds_to_no_straggler_is_warned_of(tmp_path):
+    # round(m (1 - f)) = m: 0.3 of 1 client a round (or 0.04 of 10) never made one straggle.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    work = LocalWork(epochs=2, batch_size=8)
+    cfg = _config(rounds=1, sampler=ClientSampler(1), work=work, stragglers=Stragglers(0.3))
+    with pytest.warns(UserWarning, match=r"round\(1 x \(1 - 0.3\)\) = 1 keep the full work"):
+        train(tiny_model(), data, clients, fedavg(0.2), cfg)
+
+
+def test_a_resume_with_other_stragglers_or_weighting_warns(tmp_path):
+    # Neither was in the checkpoint's setup: the resumed run changed them without a word.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    work = LocalWork(epochs=2, batch_size=8)
+    train(tiny_model(), data, clients, fedavg(0.2), _config(rounds=2, work=work), out_dir=tmp_path)
+    other = _config(rounds=3, work=work, stragglers=Stragglers(0.5), weighting="uniform")
+    with pytest.warns(UserWarning, match=r"\(stragglers, weighting differ\)"):
+        train(tiny_model(), data, clients, fedavg(0.2), other, out_dir=tmp_path, resume=True)
+
+
 def test_a_round_of_only_byzantine_clients_is_warned_of():
     # The attack crafts from honest updates: with none in the round, the Byzantine clients'
     # honest updates went through, and the run looked more robust than it was, silently.

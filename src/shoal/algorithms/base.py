@@ -41,7 +41,9 @@ class LocalWork:
     """How much local training a client does in one round.
 
     ``epochs`` passes over the client's data in minibatches of ``batch_size`` (``None``:
-    the whole local dataset as one batch), or exactly ``steps`` minibatch steps when given.
+    the whole local dataset as one batch), or exactly ``steps`` minibatch steps when given
+    (passes over the data one after another, each ending in its short batch when
+    ``batch_size`` does not divide the client's size: that batch is one step too).
     ``min_epochs`` draws each client's epochs uniformly from ``[min_epochs, epochs]`` every
     round (FedNova's heterogeneous local work).
     """
