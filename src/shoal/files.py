@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,21 @@ def check_checkpoint_dtype(path: Path, saved: torch.Tensor, dtype: torch.dtype) 
             f"cannot resume: {path} holds {str(saved.dtype).removeprefix('torch.')} parameters, "
             f"but this model trains in {str(dtype).removeprefix('torch.')}; cast the model back"
         )
+
+
+def warn_setup_differs(
+    where: Path, saved: dict[str, Any], now: dict[str, Any], stacklevel: int, note: str = ""
+) -> list[str]:
+    """Warn when a resume's setup differs from the one its checkpoint recorded (``saved``;
+    keys it lacks, from an older checkpoint, are not compared), and return the keys that
+    differ. It may be meant (a lower learning rate from here on), so it is no error. A repr
+    that shows an object's address (an algorithm holding a function) differs between
+    processes: not comparable. ``note`` ends the warning (``differ`` -> text)."""
+    differ = [k for k, v in now.items() if k in saved and saved[k] != v and " at 0x" not in str(v)]
+    if differ:
+        warnings.warn(
+            f"resuming {where} with a setup unlike its checkpoint's ({', '.join(differ)} "
+            f"differ): the run goes on from that state under the new setting{note}",
+            stacklevel=stacklevel + 1,
+        )
+    return differ

@@ -11,6 +11,7 @@ Shape suffixes: ``W`` workers, ``D`` flat parameters, ``B`` batch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable, Iterator
@@ -241,7 +242,7 @@ def check_model(
       does not govern torch's global generator), changes a buffer (a counter: the runtimes
       share buffers between clients, and the user's model was changed), or mixes the samples
       of a batch (``h - h.mean(0)``: the runtimes pad batches, and the padding rows joined in).
-      One training-mode forward on a few samples tells; the model is left as it was.
+      Two training-mode forwards on batches of four samples tell; the model is left as it was.
     - A model that cannot take the training samples (shape, dtype; a token id beyond an
       embedding), test samples that differ from them, an output that is not ``[batch,
       classes]`` logits, or a ``loss_fn`` that is not per sample.
@@ -347,9 +348,12 @@ def _check_token_ids(model: nn.Module, x: torch.Tensor, dev: torch.device) -> No
     if not tables or x.is_floating_point() or x.numel() == 0:
         return
     row = int(x.reshape(len(x), -1).max(dim=1).values.argmax())
+    # On a GPU an index beyond a table is an asynchronous device assert, which no try here
+    # catches (and which ends the CUDA context): the probe runs on a CPU copy then.
+    probe = model if dev.type == "cpu" else copy.deepcopy(model).cpu()
     try:  # the model may map ids before its embedding: only a failing forward is proof
-        with torch.no_grad(), eval_mode(model), _kept_rng(dev):
-            model(x[row : row + 1].to(dev))
+        with torch.no_grad(), eval_mode(probe), _kept_rng(torch.device("cpu")):
+            probe(x[row : row + 1].cpu())
     except (RuntimeError, IndexError) as e:
         sizes = ", ".join(str(m.num_embeddings) for m in tables)
         raise ValueError(
@@ -384,11 +388,15 @@ def _check_training_forward(model: nn.Module, x: torch.Tensor, dev: torch.device
     random generators are put back as they were."""
     if len(x) < 2:
         return
+    # Two batches of one size (so one kernel choice: cuDNN may pick another algorithm, with
+    # TF32, for another batch size) whose first two rows are the same samples and whose
+    # other two differ: a model that mixes a batch's samples gives those two rows otherwise.
+    others = {2: ([0, 0], [1, 1]), 3: ([2, 2], [0, 0])}.get(len(x), ([2, 3], [3, 3]))
+    batches = [x[[0, 1, *rest]].to(dev) for rest in others]
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     try:
         with _kept_rng(dev) as rng_changed, torch.no_grad():
-            few = model(x[: min(len(x), 4)].to(dev))
-            two = model(x[:2].to(dev))
+            one, other = (model(b) for b in batches)
             drew = rng_changed()
         changed = [name for name, b in model.named_buffers() if not torch.equal(b, buffers[name])]
     finally:
@@ -407,10 +415,15 @@ def _check_training_forward(model: nn.Module, x: torch.Tensor, dev: torch.device
             "parameters, so the runtimes share one copy between all clients (and the model "
             "passed in was changed); keep the state in a parameter or out of the model"
         )
-    finite = bool(torch.isfinite(few).all()) and bool(torch.isfinite(two).all())
-    if few.shape[1:] == two.shape[1:] and finite:  # NaN weights are reported as divergence
-        scale = float(two.abs().max()) if two.numel() else 0.0
-        if not torch.allclose(few[:2], two, rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
+    if not (isinstance(one, torch.Tensor) and isinstance(other, torch.Tensor)):
+        raise ValueError(
+            f"in training mode the model returns a {type(one).__name__} (an auxiliary head?); "
+            "it must return one tensor of logits [batch, classes]"
+        )
+    # NaN weights are reported as divergence, later.
+    if bool(torch.isfinite(one[:2]).all()) and bool(torch.isfinite(other[:2]).all()):
+        scale = float(one[:2].abs().max()) if one.numel() else 0.0
+        if not torch.allclose(one[:2], other[:2], rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
             raise ValueError(
                 "the model's output for a sample depends on the other samples of its batch "
                 "(batch statistics, h - h.mean(0)): the runtimes pad batches to one size, and "

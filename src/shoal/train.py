@@ -42,6 +42,7 @@ from shoal.files import (
     check_checkpoint_dtype,
     environment,
     load_checkpoint,
+    warn_setup_differs,
     write_metrics,
 )
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
@@ -223,19 +224,9 @@ def _check_resumed(
             f"cannot resume: the checkpoint in {out} holds a model of {saved['parameters']} "
             f"parameters, this one has {setup['parameters']}"
         )
-    # A repr that shows an object's address differs between processes: not comparable.
-    differ = [
-        k for k, v in setup.items() if k in saved and saved[k] != v and " at 0x" not in str(v)
-    ]
-    if differ:
-        fresh = [k for k in differ if k in ("aggregator", "attack")]
-        warnings.warn(
-            f"resuming {out} with a setup unlike its checkpoint's ({', '.join(differ)} "
-            "differ): the run goes on from that state under the new setting"
-            + (f"; the new {' and '.join(fresh)} start(s) afresh" if fresh else ""),
-            stacklevel=3,  # the caller of train(...)
-        )
-    return differ
+    carried = [k for k in ("aggregator", "attack") if k in saved and saved[k] != setup[k]]
+    note = f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""
+    return warn_setup_differs(out, saved, setup, stacklevel=3, note=note)  # train's caller
 
 
 def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:

@@ -293,3 +293,19 @@ def test_a_simulated_runtime_in_a_distributed_job_is_refused(tmp_path, monkeypat
         "runtime.kind = 'sim' runs every client or worker in one process" in capsys.readouterr().err
     )
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_the_same_error_from_every_rank_is_shown_once(capsys):
+    # Each worker's error names its rank: the same refusal from two ranks was two lines.
+    log = _AgentLog(verbose=False)
+    for line in (
+        "shoal: error: rank 0: the model returns a tuple\n",
+        "shoal: error: rank 1: the model returns a tuple\n",
+        "shoal: error: rank 1: client 7 boom\n",
+    ):
+        log.write(line)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "shoal: error: rank 0: the model returns a tuple",
+        "shoal: error: rank 1: client 7 boom",
+    ]

@@ -150,3 +150,22 @@ def test_a_model_vmap_cannot_stack_says_how_to_train_it():
     with pytest.raises(ValueError, match=r"cannot stack this model's clients.*vectorize=False"):
         _train(_Branching(), vectorize=True)
     _train(_Branching(), vectorize=False)
+
+
+class _AuxHead(nn.Module):
+    """Inception-style: an extra output in training mode only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = self.a(x)
+        return (out, out) if self.training else out
+
+
+def test_a_tuple_returned_in_training_mode_only_is_refused():
+    # The eval-mode check passed it, and the training-mode probe failed with a bare TypeError.
+    with pytest.raises(ValueError, match="in training mode the model returns a tuple"):
+        _train(_AuxHead())

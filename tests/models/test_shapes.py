@@ -103,3 +103,9 @@ def test_model_arguments_of_the_wrong_type_are_refused_in_one_line(build, match)
 def test_the_lstm_refuses_an_empty_sequence() -> None:
     with pytest.raises(ValueError, match="sequences of length >= 1, got length 0"):
         char_lstm()(torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_mlp_takes_its_hidden_sizes_from_an_iterator() -> None:
+    # The size check read the iterator, and the model was built with no hidden layer.
+    widths = mlp(784, (h for h in [200, 200]), 10)
+    assert sum(p.numel() for p in widths.parameters()) == 199_210

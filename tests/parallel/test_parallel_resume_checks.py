@@ -144,3 +144,31 @@ def test_train_parallels_arguments_are_checked_before_any_work(kw, match):
     cfg = args.pop("config")
     with pytest.raises((ValueError, TypeError), match=match):
         train_parallel(tiny_model(), tiny_data(), shards(2), sync_sgd(0.1), cfg, SimComm(2), **args)
+
+
+class _LazyMomentum:
+    """A user's algorithm that makes its momentum at the first step (init keeps no state)."""
+
+    name = "lazy"
+
+    def init(self, params_WD, comm):
+        return {}
+
+    def step(self, params_WD, grad_fn, state, comm, step):
+        m = 0.9 * state.get("m", torch.zeros_like(params_WD)) + grad_fn(params_WD)
+        return comm.all_reduce_mean(params_WD - 0.1 * m), {"m": m}
+
+    @staticmethod
+    def model(params_WD, state):
+        return params_WD[0]
+
+
+def test_an_algorithm_whose_state_grows_after_init_resumes(tmp_path):
+    # Its checkpoint holds "m", which init does not make: the resume was refused as another
+    # algorithm's state. Only keys init makes must be there.
+    straight = _run(tmp_path / "a", _LazyMomentum(), 6, False)
+    _run(tmp_path / "b", _LazyMomentum(), 4, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a setup warning (its repr shows an address)
+        resumed = _run(tmp_path / "b", _LazyMomentum(), 6, True)
+    torch.testing.assert_close(resumed.params, straight.params, rtol=0, atol=0)

@@ -42,6 +42,7 @@ _NOT_THE_CAUSE = (_AGENT_STOP, str(PEER_FAILURE_EXIT))
 _AGENT_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 # The agent's log lines as it sees a worker fail (it may first stop the others with SIGTERM):
 # its failure report follows.
+_WORKER_RANK = re.compile(rf"(?<=^{re.escape(ERROR)} )rank \d+: ")
 _REPORT_START = re.compile(r"failed \(exitcode: -?\d+\)|Sending process \d+ closing signal")
 
 
@@ -53,8 +54,8 @@ class _AgentLog:
     only the table is news. Any other traceback passes through (``SHOAL_DEBUG=1``: all).
 
     Every worker refuses a bad config with the same one-line error, and warns of a setting
-    with the same one-line warning: each such line is shown once (a line that names its rank
-    differs, and stays). The
+    with the same one-line warning: each such line is shown once, also when each worker's
+    error starts with its own rank (``rank R: ...``: the first is shown). The
     agent's failure report is held until the job ends (:meth:`finish`), and dropped when the
     workers only refused the config: that line already says everything."""
 
@@ -66,9 +67,11 @@ class _AgentLog:
 
     def write(self, line: str) -> None:
         if line.startswith((ERROR, WARNING)) and not self.verbose:
-            if line in self.said:
+            # A worker's own error names its rank; the same error from every rank is shown once.
+            key = _WORKER_RANK.sub("", line, count=1)
+            if key in self.said:
                 return
-            self.said.add(line)
+            self.said.add(key)
         if self.report is None and _REPORT_START.search(line):
             self.report = []
         if not self.held and (self.verbose or not line.startswith("Traceback (most recent")):

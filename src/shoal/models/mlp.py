@@ -29,6 +29,7 @@ def mlp(
 
     ``hidden=()`` gives :func:`~shoal.models.mclr`. Returns logits ``[B, num_classes]``.
     """
+    hidden = hidden if isinstance(hidden, int) else tuple(hidden)  # an iterator is read once
     if isinstance(hidden, int) or not all(is_integer(h) and h >= 1 for h in hidden):
         raise ValueError(f"mlp: hidden must be a sequence of integers >= 1, got {hidden!r}")
     check_count(in_features, "mlp: in_features")  # mlp(10, 5, 3) failed inside Python

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,13 @@ from shoal.checks import check_instance
 from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
-from shoal.files import atomic_save, check_checkpoint_dtype, load_checkpoint, write_metrics
+from shoal.files import (
+    atomic_save,
+    check_checkpoint_dtype,
+    load_checkpoint,
+    warn_setup_differs,
+    write_metrics,
+)
 from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
 from shoal.parallel import records
 from shoal.parallel.base import (
@@ -228,7 +234,7 @@ class _WorkerRun:
         # The processes of a distributed run agree on the step to continue from (see _restore).
         self.coordinated = ckpt is not None and self.job.rank is not None and not asynchronous
         if ckpt is not None and (resume or self.coordinated):
-            restored = self._restore(ckpt, resume)
+            restored = self._restore(ckpt, resume, set(state))
             if restored is not None:
                 params_WD, state, prog = restored
         if self.out is not None and self.reports and not asynchronous:
@@ -241,7 +247,8 @@ class _WorkerRun:
         loss_workers = len(comm.workers) if loss_keep_W is None else int(loss_keep_W.sum())
         # A run that stopped at its target accuracy is finished: a resume does not train on.
         # An asynchronous worker knows it from the server's stop flag in its checkpoint.
-        # A resume without the target (train_parallel's config) trains on.
+        # A synchronous run resumed without the target (train_parallel's config) trains on; an
+        # asynchronous worker still stops on the server's flag in its checkpoint.
         reached = prog.steps_to_target is not None and cfg.target_accuracy is not None
         finished = reached or bool(state.get("stop", False))
         end = prog.step if finished else cfg.steps
@@ -401,7 +408,7 @@ class _WorkerRun:
         if self.coordinated:  # a barrier: no process trains on before all have saved
             self.comm.sum_stats([0.0])
 
-    def _check_resumed(self, path: Path, ck: dict[str, Any]) -> None:
+    def _check_resumed(self, path: Path, ck: dict[str, Any], init_keys: Collection[str]) -> None:
         """A resume continues the same run, further. Without these checks another setting
         went on silently from the checkpoint (fewer steps returned the longer run), or failed
         deep inside (another algorithm's state: a KeyError; a model of another size)."""
@@ -423,21 +430,15 @@ class _WorkerRun:
                 f"cannot resume: {path.name} is at step {done}, past steps={self.config.steps}; "
                 "a resumed run can only train further"
             )
-        fresh = self.algorithm.init(saved_WD.clone(), self.comm)
-        if set(fresh) != set(ck["state"]):  # another algorithm, or momentum added or removed
+        # What init made must be there (an algorithm may add keys later, never drop them):
+        # another algorithm's state failed in its step (KeyError), so did added momentum.
+        if missing := sorted(set(init_keys) - set(ck["state"])):
             raise ValueError(
                 f"cannot resume: {path.name} holds the state of another algorithm or setting "
-                f"({', '.join(sorted(ck['state'])) or 'none'}), {self.algorithm.name} here keeps "
-                f"{', '.join(sorted(fresh)) or 'none'}"
+                f"({', '.join(sorted(ck['state'])) or 'none'}), without the "
+                f"{', '.join(missing)} that {self.algorithm.name} here keeps"
             )
-        saved = ck.get("setup", {})
-        differ = [k for k, v in self._setup().items() if k in saved and saved[k] != v]
-        if differ:
-            warnings.warn(
-                f"resuming {path.parent} with a setup unlike its checkpoint's ({', '.join(differ)} "
-                "differ): the run goes on from that state under the new setting",
-                stacklevel=4,
-            )
+        warn_setup_differs(path.parent, ck.get("setup", {}), self._setup(), stacklevel=5)
 
     def _setup(self) -> dict[str, Any]:
         """What a checkpoint records of the run's setting, for a resume to be checked against
@@ -450,7 +451,9 @@ class _WorkerRun:
             "shard sizes": [len(s) for s in self.job.shards],
         }
 
-    def _restore(self, path: Path, resume: bool) -> tuple[torch.Tensor, State, Progress] | None:
+    def _restore(
+        self, path: Path, resume: bool, init_keys: Collection[str]
+    ) -> tuple[torch.Tensor, State, Progress] | None:
         """The checkpoint to continue from (``None``: start over). In a distributed run, the
         newest step that every process has a checkpoint of (one that has none starts them
         all over): a process ahead of another continues from its previous checkpoint."""
@@ -477,7 +480,7 @@ class _WorkerRun:
                     )
                 os.replace(previous, path)  # where this process is now
         assert ck is not None
-        self._check_resumed(path, ck)
+        self._check_resumed(path, ck, init_keys)
         self.rows = ck["rows"]
         self.comm.bytes_sent = ck["bytes_sent"]
         return ck["params_WD"], ck["state"], Progress(**ck["progress"])
