@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 
 def is_integer(value: object) -> bool:
     """An integer (a numpy one too), not a bool (``True`` is an int to Python)."""
@@ -52,7 +54,7 @@ def check_counts(owner: object, names: tuple[str, ...]) -> None:
 def check_flag(value: Any, name: str) -> None:
     """A switch must be a bool: the string "False" is true to Python, and nesterov="False"
     trained with Nesterov momentum."""
-    if not isinstance(value, bool):
+    if not isinstance(value, (bool, np.bool_)):  # a numpy comparison's result is a flag too
         raise TypeError(f"{name} must be true or false, got {value!r}")
 
 
