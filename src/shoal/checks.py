@@ -14,8 +14,9 @@ def is_integer(value: object) -> bool:
 
 
 def is_real(value: object) -> bool:
-    """A real number, not a bool nor a numeric string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A real number torch computes with: a Python or numpy int or float, not a bool (nor a
+    numeric string, nor a ``Fraction``, which torch refuses inside the first round)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def check_count(value: Any, name: str, least: int = 1) -> None:
@@ -51,11 +52,16 @@ def check_counts(owner: object, names: tuple[str, ...]) -> None:
         check_count(getattr(owner, name), name)
 
 
+class FlagError(TypeError, ValueError):
+    """A switch given something else: a wrong type, so a TypeError, and a wrong value to the
+    callers (the command line, the config factories) that report ValueErrors in one line."""
+
+
 def check_flag(value: Any, name: str) -> None:
     """A switch must be a bool: the string "False" is true to Python, and nesterov="False"
     trained with Nesterov momentum."""
     if not isinstance(value, (bool, np.bool_)):  # a numpy comparison's result is a flag too
-        raise TypeError(f"{name} must be true or false, got {value!r}")
+        raise FlagError(f"{name} must be true or false, got {value!r}")
 
 
 def check_instance(value: Any, kind: type, name: str, hint: str = "") -> None:

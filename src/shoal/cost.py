@@ -86,7 +86,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_instance, is_real
 from shoal.streams import COST_BANDWIDTH, COST_SPEED, COST_STRAGGLE, keyed_rng
 from shoal.topology import Topology
 
@@ -130,10 +130,11 @@ def _counts(values: Any, what: str, n: int | None = None) -> np.ndarray:
 
 
 def _finite(value: float, what: str, positive: bool = False) -> None:
-    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    # is_real: True was taken as 1 (a 1 s latency), a string failed inside math.isfinite.
+    ok = is_real(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
     if not ok:
         raise ValueError(
-            f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value}"
+            f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
         )
 
 
@@ -167,6 +168,10 @@ class Network:
     name: str
     uplink: Link
     downlink: Link
+
+    def __post_init__(self) -> None:  # a wrong object failed in round 1 with an AttributeError
+        for side in ("uplink", "downlink"):
+            check_instance(getattr(self, side), Link, f"Network.{side}", " (see alpha_beta)")
 
 
 # Typical values, not measurements; one-way latency is half a round trip (ping).
@@ -236,12 +241,11 @@ class Heterogeneity:
     def __post_init__(self) -> None:
         _finite(self.speed_sigma, "speed_sigma")
         _finite(self.bandwidth_sigma, "bandwidth_sigma")
-        if not 0.0 <= self.straggler_probability <= 1.0:
-            raise ValueError(
-                f"straggler_probability must be in [0, 1], got {self.straggler_probability}"
-            )
-        if not (math.isfinite(self.straggler_slowdown) and self.straggler_slowdown >= 1.0):
-            raise ValueError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
+        p, slow = self.straggler_probability, self.straggler_slowdown
+        if not (is_real(p) and 0.0 <= p <= 1.0):  # True was 1: every client straggled
+            raise ValueError(f"straggler_probability must be in [0, 1], got {p!r}")
+        if not (is_real(slow) and math.isfinite(slow) and slow >= 1.0):
+            raise ValueError(f"straggler_slowdown must be >= 1, got {slow!r}")
         check_count(self.seed, "heterogeneity seed", least=0)
 
     def slowdown(self, clients_W: np.ndarray, round_idx: int) -> np.ndarray:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +85,37 @@ def check_checkpoint_dtype(path: Path, saved: torch.Tensor, dtype: torch.dtype) 
 
 
 def warn_setup_differs(
-    where: Path, saved: dict[str, Any], now: dict[str, Any], stacklevel: int, note: str = ""
+    where: Path,
+    saved: dict[str, Any],
+    now: dict[str, Any],
+    stacklevel: int,
+    note: Callable[[list[str]], str] = lambda differ: "",
 ) -> list[str]:
     """Warn when a resume's setup differs from the one its checkpoint recorded (``saved``;
     keys it lacks, from an older checkpoint, are not compared), and return the keys that
     differ. It may be meant (a lower learning rate from here on), so it is no error. A repr
     that shows an object's address (an algorithm holding a function) differs between
-    processes: not comparable. ``note`` ends the warning (``differ`` -> text)."""
-    differ = [k for k, v in now.items() if k in saved and saved[k] != v and " at 0x" not in str(v)]
+    processes: not compared; numpy scalars compare as the numbers they are (``np.int64(2)``
+    is ``2``). ``note(differ)`` ends the warning."""
+    differ = [
+        k
+        for k, v in now.items()
+        if k in saved and _plain(saved[k]) != _plain(v) and " at 0x" not in str(v)
+    ]
     if differ:
         warnings.warn(
             f"resuming {where} with a setup unlike its checkpoint's ({', '.join(differ)} "
-            f"differ): the run goes on from that state under the new setting{note}",
+            f"differ): the run goes on from that state under the new setting{note(differ)}",
             stacklevel=stacklevel + 1,
         )
     return differ
+
+
+_NUMPY_SCALAR = re.compile(r"np\.(?:u?int|float)\d*\(([^()]*)\)|np\.(True|False)_")
+
+
+def _plain(value: Any) -> Any:
+    """A recorded setting with numpy scalars' reprs as the plain numbers'."""
+    if not isinstance(value, str):
+        return value
+    return _NUMPY_SCALAR.sub(lambda m: m.group(1) or m.group(2), value)

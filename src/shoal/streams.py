@@ -29,7 +29,7 @@ def keyed_rng(seed: int, purpose: int, *key: int) -> np.random.Generator:
 def seeded_stream(seed: int) -> torch.Generator:
     """A CPU generator at the start of ``seed``'s stream."""
     gen = torch.Generator()
-    gen.manual_seed(seed)
+    gen.manual_seed(int(seed))  # a numpy integer is refused by manual_seed
     return gen
 
 

@@ -31,7 +31,7 @@ from shoal.aggregate.mean import mean
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import check_counts, check_instance, check_seed, stragglers_keep
+from shoal.checks import check_counts, check_flag, check_instance, check_seed, stragglers_keep
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -83,6 +83,12 @@ class TrainConfig:
         check_instance(self.work, LocalWork, "work")
         check_instance(self.stragglers, Stragglers, "stragglers")
         check_counts(self, ("rounds", "eval_every", "eval_batch_size", "checkpoint_every"))
+        for flag in ("client_eval", "eval_train", "progress"):  # "False" is true to Python
+            check_flag(getattr(self, flag), flag)
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
         m, fraction = self.sampler.clients_per_round, self.stragglers.fraction
         if self.stragglers.drop and fraction > 0 and stragglers_keep(m, fraction) == 0:
             raise ValueError(
@@ -224,9 +230,58 @@ def _check_resumed(
             f"cannot resume: the checkpoint in {out} holds a model of {saved['parameters']} "
             f"parameters, this one has {setup['parameters']}"
         )
-    carried = [k for k in ("aggregator", "attack") if k in saved and saved[k] != setup[k]]
-    note = f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""
+
+    def note(differ: list[str]) -> str:
+        carried = [k for k in ("aggregator", "attack") if k in differ]
+        return f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""
+
     return warn_setup_differs(out, saved, setup, stacklevel=3, note=note)  # train's caller
+
+
+def _check_arguments(
+    model: Any,
+    data: Any,
+    algorithm: Any,
+    config: Any,
+    runtime: Any,
+    aggregator: Any,
+    compressor: Any,
+    downlink: Any,
+    network: Any,
+    byzantine: Any,
+    init: Any,
+    out_dir: Any,
+    resume: Any,
+    callback: Any,
+) -> None:
+    """``train``'s arguments, before any work. A wrong object failed later with an
+    AttributeError that named neither the argument nor what it should be (``"mean"`` for
+    ``mean()``, a ``Network`` for a ``CostModel``, the ``SimRuntime`` class), a callback only
+    after round 1, and ``resume="False"`` continued the old run (a string is true)."""
+    check_instance(model, nn.Module, "model")
+    check_instance(data, FederatedDataset, "data")
+    check_instance(config, TrainConfig, "config")
+    for name, value, kind, hint in (
+        ("algorithm", algorithm, Algorithm, " (e.g. fedavg(0.1))"),
+        ("runtime", runtime, Runtime, " (SimRuntime() or DistRuntime())"),
+        ("aggregator", aggregator, Aggregator, " (e.g. mean(), median())"),
+        ("compressor", compressor, Compressor, " (e.g. top_k(0.01))"),
+        ("downlink_compressor", downlink, Compressor, " (e.g. top_k(0.01))"),
+        ("network", network, CostModel, " (e.g. CostModel(wifi()))"),
+        ("byzantine", byzantine, Byzantine, " (see shoal.attacks.byzantine)"),
+    ):
+        # A class passes a protocol's attribute check: only instances are meant.
+        if value is not None and (isinstance(value, type) or not isinstance(value, kind)):
+            raise TypeError(f"{name} must be a {kind.__name__}{hint}, got {value!r}")
+    if init is not None:
+        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
+        if not bool(torch.isfinite(init).all()):  # reported after round 1 as a divergence
+            raise ValueError("init has NaN or inf entries")
+    if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
+        raise ValueError("out_dir is empty; name a folder (or None for no files)")
+    check_flag(resume, "resume")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
 
 
 def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -284,6 +339,10 @@ def train(
     ``model`` keeps its parameters (it is moved to ``config.device``): the trained ones are
     ``result.params``, put into a model by ``result.spec.load_into(model, result.params)``.
     """
+    _check_arguments(
+        model, data, algorithm, config, runtime, aggregator, compressor, downlink_compressor,
+        network, byzantine, init, out_dir, resume, callback,
+    )  # fmt: skip
     clients = _check_clients(clients, len(data.train))
     config.sampler.check(len(clients))
     outside = [] if byzantine is None else sorted(c for c in byzantine.clients if c >= len(clients))
@@ -314,8 +373,6 @@ def train(
     spec = ParamSpec.of(model)
     # In the model's own dtype (a float64 model trains in float64): the runtimes'
     # functional calls pair these parameters with the model's samples.
-    if init is not None:
-        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
     params = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
     if params.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
@@ -342,7 +399,7 @@ def train(
     # Every client's aggregation weight: a round averages its clients' messages by these.
     weight_K = sizes if config.weighting == "samples" else np.ones(len(clients))
     work = getattr(algorithm, "work_override", None) or config.work
-    if work != config.work:
+    if work != config.work and config.work != LocalWork():  # the default was not chosen
         warnings.warn(
             f"{algorithm.name} fixes its own local work ({work}); the configured "
             f"{config.work} is ignored",

@@ -239,7 +239,7 @@ def test_dgc_converges_at_two_percent_density(problem_factory):
         ({"epoch_steps": 2.5}, "epoch_steps must be an integer >= 0, got 2.5$"),
         ({"warmup_epochs": -1}, "warmup_epochs must be an integer >= 0, got -1$"),
         ({"warmup": "linear"}, "warmup must be"),
-        ({"momentum_masking": "false"}, "momentum_masking must be True or False"),
+        ({"momentum_masking": "false"}, "momentum_masking must be true or false"),
         ({"lr": -1.0}, "lr must be a positive number"),
     ],
 )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, mean_scaled_diffs, row_norms
+from shoal.aggregate._common import as_matrix, check_number, mean_scaled_diffs, row_norms
 from shoal.checks import check_count
 
 
@@ -49,8 +49,8 @@ class CenteredClip:
     linear: bool = False
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"centered_clip: tau must be > 0, got {self.tau}")
+        # inf clips nothing (the mean after one iteration): allowed.
+        check_number(self.tau, "centered_clip: tau", positive=True, finite=False)
         check_count(self.num_iters, "centered_clip: num_iters")
 
     def __call__(

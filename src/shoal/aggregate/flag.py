@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, canonical_order, gram
+from shoal.aggregate._common import as_matrix, canonical_order, check_number, gram
 from shoal.checks import check_count
 
 # Relative size below which an eigenvalue of the weighted scatter counts as zero.
@@ -66,11 +66,10 @@ class FlagAggregator:
 
     def __post_init__(self) -> None:
         check_count(self.r, "flag_aggregator: r")
-        if not self.lam >= 0:
-            raise ValueError(f"flag_aggregator: lam must be >= 0, got {self.lam}")
+        check_number(self.lam, "flag_aggregator: lam", positive=False)
         check_count(self.max_iter, "flag_aggregator: max_iter")
-        if not self.eps > 0:
-            raise ValueError(f"flag_aggregator: eps must be > 0, got {self.eps}")
+        check_number(self.tol, "flag_aggregator: tol", positive=False)  # was never checked
+        check_number(self.eps, "flag_aggregator: eps", positive=True)
 
     def _solve(self, k_NN: torch.Tensor, g_NN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``r`` eigenspace of ``U^T K U`` as ``Y = U^T B``; returns ``(B_NR, P_RN = Y^T U^T)``.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, positive_weights, row_norms
+from shoal.aggregate._common import as_matrix, check_number, positive_weights, row_norms
 from shoal.checks import check_count
 
 
@@ -39,11 +39,9 @@ class GeometricMedian:
     linear: bool = False
 
     def __post_init__(self) -> None:
-        if not self.nu > 0:
-            raise ValueError(f"geometric_median: nu must be > 0, got {self.nu}")
+        check_number(self.nu, "geometric_median: nu", positive=True)
         check_count(self.max_iter, "geometric_median: max_iter")
-        if not self.tol >= 0:
-            raise ValueError(f"geometric_median: tol must be >= 0, got {self.tol}")
+        check_number(self.tol, "geometric_median: tol", positive=False)
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
         x_ND, shape = as_matrix(inbox_ND, weights_N, "geometric_median")

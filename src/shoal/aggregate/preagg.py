@@ -33,6 +33,7 @@ Shapes: ``N`` inbox rows, ``D`` flat parameters, ``G`` buckets.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
 from shoal.aggregate.base import Aggregator
-from shoal.checks import check_count
+from shoal.checks import check_count, check_seed
 from shoal.streams import restore_stream, seeded_stream
 
 
@@ -56,6 +57,8 @@ class Bucketing:
 
     def __post_init__(self) -> None:
         check_count(self.s, "bucketing: the bucket size s")
+        _check_inner(self.agg, "bucketing")
+        check_seed(self.seed, "bucketing: seed")  # a float failed inside torch's manual_seed
         # The stream advances with every call; frozen otherwise (see the module docstring).
         object.__setattr__(self, "_generator", seeded_stream(self.seed))
 
@@ -119,6 +122,7 @@ class NearestNeighborMixing:
 
     def __post_init__(self) -> None:
         check_f(self.f, "nnm")
+        _check_inner(self.agg, "nnm")
 
     # NNM itself keeps nothing between calls, but the rule it feeds may (centered clipping's
     # last aggregate): without these, shoal.train neither checkpointed that state nor reset
@@ -168,3 +172,12 @@ def bucketing(agg: Aggregator, s: int = 2, seed: int = 0) -> Bucketing:
 def nnm(agg: Aggregator, f: int) -> NearestNeighborMixing:
     """Nearest-neighbour mixing (Allouah et al. 2023) in front of ``agg``; needs ``n > 2f``."""
     return NearestNeighborMixing(agg=agg, f=f)
+
+
+def _check_inner(agg: Any, who: str) -> None:
+    """The rule a wrapper feeds: a string, None, a class, or one of Shoal's factories not
+    called (``median`` for ``median()``) failed only in round 1. A plain function
+    ``(inbox_ND, weights_N) -> x_D`` of the user's is a rule."""
+    factory = inspect.isfunction(agg) and agg.__module__.startswith("shoal.aggregate")
+    if isinstance(agg, type) or not callable(agg) or factory:
+        raise TypeError(f"{who}: agg must be an aggregator (e.g. median()), got {agg!r}")

@@ -63,7 +63,7 @@ from typing import ClassVar, Literal
 import torch
 
 from shoal.algorithms.base import LocalWork, check_lr
-from shoal.checks import check_count, check_seed, is_real
+from shoal.checks import check_count, check_flag, check_seed, is_real
 from shoal.compress._common import as_shapes, check_flat, mix
 from shoal.compress.base import Payload
 from shoal.compress.layerwise import Layerwise, skip_1d
@@ -194,23 +194,22 @@ class DGC:
             raise ValueError(f"dgc: density must be in (0, 1], got {self.density!r}")
         if not (is_real(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"dgc: momentum must be in [0, 1), got {self.momentum!r}")
-        if not isinstance(self.momentum_masking, bool):  # "false" would have switched it on
-            raise ValueError(
-                f"dgc: momentum_masking must be True or False, got {self.momentum_masking!r}"
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"dgc: batch_size must be >= 1 or None, got {self.batch_size}")
+        check_flag(self.momentum_masking, "dgc: momentum_masking")  # "false" switched it on
+        if self.batch_size is not None:  # True, 2.5 or NaN were refused later, as LocalWork's
+            check_count(self.batch_size, "dgc: batch_size")
         if self.clip_norm is not None:
             if not (is_real(self.clip_norm) and 0 < self.clip_norm < math.inf):  # True was 1
-                raise ValueError(f"dgc: clip_norm must be a positive number, got {self.clip_norm}")
+                raise ValueError(
+                    f"dgc: clip_norm must be a positive number, got {self.clip_norm!r}"
+                )
             if self.num_workers is None:
                 raise ValueError(
                     "dgc: clip_norm needs num_workers (N): the local threshold is clip_norm/sqrt(N)"
                 )
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ValueError(f"dgc: num_workers must be >= 1, got {self.num_workers}")
-        if not 0 < self.sample_ratio <= 1:
-            raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio}")
+        if self.num_workers is not None:  # 2.5 failed only after round 1's training
+            check_count(self.num_workers, "dgc: num_workers")
+        if not (is_real(self.sample_ratio) and 0 < self.sample_ratio <= 1):
+            raise ValueError(f"dgc: sample_ratio must be in (0, 1], got {self.sample_ratio!r}")
         check_seed(self.seed, "dgc: seed")  # 1.5 was truncated to 1
         for name in ("warmup_epochs", "epoch_steps"):  # one at a time: a config sets only one
             check_count(getattr(self, name), f"dgc: {name}", least=0)

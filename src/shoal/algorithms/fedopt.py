@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.algorithms.base import StatelessClient, check_lr
-from shoal.checks import is_real
+from shoal.checks import check_flag, is_real
 from shoal.types import Message, ServerState
 
 
@@ -130,8 +130,7 @@ def _check_adaptive(
     # tau > 0 keeps the first steps finite where Delta (hence v) is exactly zero.
     check_lr("tau", tau)
     # Only a bool: any non-empty string, "false" too, would have switched the correction on.
-    if not isinstance(bias_correction, bool):
-        raise ValueError(f"bias_correction must be True or False, got {bias_correction!r}")
+    check_flag(bias_correction, "bias_correction")
 
 
 class _AdaptiveServer(StatelessClient, ABC):

@@ -8,7 +8,7 @@ process (looped or vectorized); the distributed runtimes do it across processes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ def honest_train_loss(
     return float(losses[keep].sum() / max(samples[keep].sum(), 1.0))
 
 
+@runtime_checkable
 class Runtime(Protocol):
     """Trains a round's clients and aggregates their messages: :class:`~shoal.SimRuntime` in one
     process, :class:`~shoal.runtime.dist.DistRuntime` across ``torch.distributed`` processes."""

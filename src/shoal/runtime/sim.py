@@ -19,6 +19,7 @@ size, and linear aggregators (the mean) keep only running sums of the messages.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.checks import check_count
+from shoal.checks import check_count, check_flag, is_real
 from shoal.evaluate import predict
 from shoal.functional import batch_loss, unbatchable
 from shoal.runtime.base import (
@@ -129,9 +130,11 @@ class SimRuntime:
     _warned_budget: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_flag(self.fused, "fused")  # "False" took the fused path
         self._loop = ClientLoop(self.fused)
-        if self.memory_budget_mb <= 0:
-            raise ValueError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
+        budget = self.memory_budget_mb  # NaN failed in round 1, True was 1 MB
+        if not (is_real(budget) and 0 < budget < math.inf):
+            raise ValueError(f"memory_budget_mb must be a finite number > 0, got {budget!r}")
         # A chunk of 0 or fewer clients failed in round 1 (range() with step 0, or no chunk
         # trained and an empty torch.cat), a float one with a TypeError.
         if self.max_chunk not in ("auto", None):
