@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shoal.checks import check_instance
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(logits_BC, targets_B) -> per-sample losses_B``."""
 
@@ -429,6 +431,18 @@ def _check_training_forward(model: nn.Module, x: torch.Tensor, dev: torch.device
                 "(batch statistics, h - h.mean(0)): the runtimes pad batches to one size, and "
                 "the padding rows would join in; compute each sample's output from it alone"
             )
+
+
+def check_run_inputs(init: Any, callback: Any) -> None:
+    """``init`` and ``callback`` of ``train`` and ``train_parallel``, before any work: a list
+    for ``init`` failed in an AttributeError, a NaN in it was reported after the first round
+    as a divergence, and a callback that is not callable failed only after training."""
+    if init is not None:
+        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
+        if not bool(torch.isfinite(init).all()):
+            raise ValueError("init has NaN or inf entries")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
 
 
 def init_params(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor]:

@@ -45,7 +45,14 @@ from shoal.files import (
     warn_setup_differs,
     write_metrics,
 )
-from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
+from shoal.functional import (
+    LossFn,
+    ParamSpec,
+    check_model,
+    check_run_inputs,
+    cross_entropy,
+    param_dtype,
+)
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
 from shoal.runtime.sim import SimRuntime, resolve_device
@@ -273,15 +280,10 @@ def _check_arguments(
         # A class passes a protocol's attribute check: only instances are meant.
         if value is not None and (isinstance(value, type) or not isinstance(value, kind)):
             raise TypeError(f"{name} must be a {kind.__name__}{hint}, got {value!r}")
-    if init is not None:
-        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
-        if not bool(torch.isfinite(init).all()):  # reported after round 1 as a divergence
-            raise ValueError("init has NaN or inf entries")
+    check_run_inputs(init, callback)
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
         raise ValueError("out_dir is empty; name a folder (or None for no files)")
     check_flag(resume, "resume")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
 
 
 def _check_clients(clients: list[np.ndarray], n: int) -> list[np.ndarray]:

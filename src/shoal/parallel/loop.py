@@ -59,7 +59,14 @@ from shoal.files import (
     warn_setup_differs,
     write_metrics,
 )
-from shoal.functional import LossFn, ParamSpec, check_model, cross_entropy, param_dtype
+from shoal.functional import (
+    LossFn,
+    ParamSpec,
+    check_model,
+    check_run_inputs,
+    cross_entropy,
+    param_dtype,
+)
 from shoal.parallel import records
 from shoal.parallel.base import (
     HonestSubset,
@@ -106,12 +113,7 @@ def train_parallel(
     # A wrong object failed later with an AttributeError (a dict config, a list init), or
     # after training (a callback that is not callable, at the first evaluation).
     check_instance(config, ParallelConfig, "config")
-    if init is not None:
-        check_instance(init, torch.Tensor, "init", " of the flat parameters (see init_params)")
-        if not bool(torch.isfinite(init).all()):
-            raise ValueError("init has NaN or inf entries")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
+    check_run_inputs(init, callback)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
     dev = _device(config, comm)
