@@ -334,6 +334,18 @@ def test_a_resume_with_other_stragglers_or_weighting_warns(tmp_path):
         train(tiny_model(), data, clients, fedavg(0.2), other, out_dir=tmp_path, resume=True)
 
 
+def test_a_rule_short_of_inputs_says_in_which_round_and_how_many_arrived():
+    # "krum needs n >= 2f+3, got n=2, f=1" named neither the round nor that dropped stragglers
+    # had shrunk the inbox.
+    from shoal.aggregate import krum
+
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    cfg = _config(rounds=2, sampler=ClientSampler(5), stragglers=Stragglers(0.6, drop=True))
+    with pytest.raises(ValueError, match=r"^round 1: 2 message\(s\) reached .*krum needs"):
+        train(tiny_model(), data, clients, fedavg(0.2), cfg, aggregator=krum(1))
+
+
 def test_a_round_of_only_byzantine_clients_is_warned_of():
     # The attack crafts from honest updates: with none in the round, the Byzantine clients'
     # honest updates went through, and the run looked more robust than it was, silently.

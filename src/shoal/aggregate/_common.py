@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from shoal.aggregate.base import NonFiniteInbox
+from shoal.aggregate.base import NonFiniteInbox, TooFewInputs
 from shoal.checks import check_count, is_real
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
@@ -64,7 +64,7 @@ def check_f(f: int, rule: str) -> None:
 def require(cond: bool, rule: str, need: str, n: int, f: int) -> None:
     """Raise the house error for an impossible ``(n, f)``: ``krum needs n >= 2f+3, ...``."""
     if not cond:
-        raise ValueError(f"{rule} needs {need}, got n={n}, f={f}; send more inputs or lower f")
+        raise TooFewInputs(f"{rule} needs {need}, got n={n}, f={f}; send more inputs or lower f")
 
 
 def positive_weights(weights_N: torch.Tensor, rule: str) -> torch.Tensor:

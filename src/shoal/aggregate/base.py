@@ -21,6 +21,11 @@ around each call: the stateless protocol has no room for it, and a stateful rule
 state per key (SCAFFOLD's two keys of one shape shared a clipping center)."""
 
 
+class TooFewInputs(ValueError):
+    """An inbox with fewer rows than a rule needs for its ``f`` (``krum needs n >= 2f+3``): the
+    runtime adds the round, since sampling and dropped stragglers decide ``n``."""
+
+
 class NonFiniteInbox(ValueError):
     """An inbox with a NaN or inf entry: the rules refuse it rather than guess (a grid or a
     sweep catches this one to record a diverged run, and lets every other mistake surface)."""

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from shoal.aggregate.base import MESSAGE_KEY, Aggregator
+from shoal.aggregate.base import MESSAGE_KEY, Aggregator, TooFewInputs
 from shoal.attacks.base import Attack
 from shoal.compress.base import Compressor, identity
 from shoal.compress.feedback import without_feedback
@@ -111,6 +111,11 @@ class Inbox:
             token = MESSAGE_KEY.set(k)  # a stateful rule keeps a state per key
             try:
                 out[k] = self.aggregator(v, w)
+            except TooFewInputs as e:  # the rule's message does not say when or why
+                raise TooFewInputs(
+                    f"round {self.round_idx + 1}: {len(w)} message(s) reached the server "
+                    f"(sampled clients less dropped stragglers): {e}"
+                ) from None
             finally:
                 MESSAGE_KEY.reset(token)
         return out
