@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -17,6 +18,17 @@ def is_real(value: object) -> bool:
     """A real number torch computes with: a Python or numpy int or float, not a bool (nor a
     numeric string, nor a ``Fraction``, which torch refuses inside the first round)."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_number(value: Any, name: str, *, positive: bool, finite: bool = True) -> None:
+    """A real setting, ``> 0`` or ``>= 0``, finite unless ``finite=False``: True was taken as
+    1 (a 1 s latency; a clipping radius), inf made the geometric median NaN, a string or None
+    failed later inside the first round."""
+    ok = is_real(value) and (value > 0 if positive else value >= 0)
+    if not ok or (finite and not math.isfinite(value)):
+        bound = "> 0" if positive else ">= 0"
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {kind} {bound}, got {value!r}")
 
 
 def check_count(value: Any, name: str, least: int = 1) -> None:

@@ -86,7 +86,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from shoal.checks import check_count, check_instance, is_real
+from shoal.checks import check_count, check_instance, check_number, is_real
 from shoal.streams import COST_BANDWIDTH, COST_SPEED, COST_STRAGGLE, keyed_rng
 from shoal.topology import Topology
 
@@ -129,15 +129,6 @@ def _counts(values: Any, what: str, n: int | None = None) -> np.ndarray:
     return out
 
 
-def _finite(value: float, what: str, positive: bool = False) -> None:
-    # is_real: True was taken as 1 (a 1 s latency), a string failed inside math.isfinite.
-    ok = is_real(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(
-            f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
-        )
-
-
 @dataclass(frozen=True)
 class Link:
     """One direction of a link: ``seconds(n) = latency_s + n / bandwidth_Bps`` (0 for n = 0)."""
@@ -146,8 +137,8 @@ class Link:
     bandwidth_Bps: float
 
     def __post_init__(self) -> None:
-        _finite(self.latency_s, "latency_s")
-        _finite(self.bandwidth_Bps, "bandwidth_Bps", positive=True)
+        check_number(self.latency_s, "latency_s", positive=False)
+        check_number(self.bandwidth_Bps, "bandwidth_Bps", positive=True)
 
     def seconds(self, nbytes: np.ndarray, factor_W: np.ndarray | float = 1.0) -> np.ndarray:
         """Per message: its time over this link with bandwidth scaled by ``factor_W``."""
@@ -239,8 +230,8 @@ class Heterogeneity:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _finite(self.speed_sigma, "speed_sigma")
-        _finite(self.bandwidth_sigma, "bandwidth_sigma")
+        check_number(self.speed_sigma, "speed_sigma", positive=False)
+        check_number(self.bandwidth_sigma, "bandwidth_sigma", positive=False)
         p, slow = self.straggler_probability, self.straggler_slowdown
         if not (is_real(p) and 0.0 <= p <= 1.0):  # True was 1: every client straggled
             raise ValueError(f"straggler_probability must be in [0, 1], got {p!r}")
@@ -338,8 +329,8 @@ class CostModel:
             raise TypeError(
                 f"heterogeneity must be a Heterogeneity, got {type(self.heterogeneity).__name__}"
             )
-        _finite(self.seconds_per_sample, "seconds_per_sample")
-        _finite(self.codec_seconds_per_element, "codec_seconds_per_element")
+        check_number(self.seconds_per_sample, "seconds_per_sample", positive=False)
+        check_number(self.codec_seconds_per_element, "codec_seconds_per_element", positive=False)
         het = self.heterogeneity
         slows = het.speed_sigma > 0 or het.straggler_probability > 0
         if slows and self.seconds_per_sample == 0 and self.codec_seconds_per_element == 0:

@@ -5,13 +5,10 @@ Shape suffixes: ``N`` inbox rows, ``D`` flat parameters.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 
 from shoal.aggregate.base import NonFiniteInbox, TooFewInputs
-from shoal.checks import check_count, is_real
+from shoal.checks import check_count
 
 # Columns of the inbox converted to float64 at a time when building a Gram matrix, so that a
 # float32 inbox of a large model is never copied whole into float64.
@@ -43,16 +40,6 @@ def as_matrix(
             "before aggregating"
         )
     return inbox_ND.reshape(inbox_ND.shape[0], -1), inbox_ND.shape[1:]
-
-
-def check_number(value: Any, name: str, *, positive: bool, finite: bool = True) -> None:
-    """A rule's real setting: ``> 0`` or ``>= 0``, finite unless ``finite=False`` (True was
-    taken as 1; ``nu = inf`` made the geometric median NaN; a tol of None failed in round 1)."""
-    ok = is_real(value) and (value > 0 if positive else value >= 0)
-    if not ok or (finite and not math.isfinite(value)):
-        bound = "> 0" if positive else ">= 0"
-        kind = "a finite number" if finite else "a number"
-        raise ValueError(f"{name} must be {kind} {bound}, got {value!r}")
 
 
 def check_f(f: int, rule: str) -> None:

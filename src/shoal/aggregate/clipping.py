@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, check_number, mean_scaled_diffs, row_norms
-from shoal.checks import check_count
+from shoal.aggregate._common import as_matrix, mean_scaled_diffs, row_norms
+from shoal.checks import check_count, check_number
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, canonical_order, check_number, gram
-from shoal.checks import check_count
+from shoal.aggregate._common import as_matrix, canonical_order, gram
+from shoal.checks import check_count, check_number
 
 # Relative size below which an eigenvalue of the weighted scatter counts as zero.
 _RANK_RTOL = 1e-12

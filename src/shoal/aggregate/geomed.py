@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.aggregate._common import as_matrix, check_number, positive_weights, row_norms
-from shoal.checks import check_count
+from shoal.aggregate._common import as_matrix, positive_weights, row_norms
+from shoal.checks import check_count, check_number
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ Hsu et al. 2019 for per-client Dirichlet.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from shoal.checks import check_count, is_real
+from shoal.checks import check_count, check_number
 
 Partition = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
@@ -40,13 +39,6 @@ def _check(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> np
             f"num_clients must be in [1, number of samples = {len(labels)}], got {num_clients}"
         )
     return labels
-
-
-def _positive(name: str, value: float) -> None:
-    # A finite real: inf made every Dirichlet draw NaN (an even split, silently), "0.5" failed
-    # in a comparison, True was 1.
-    if not (is_real(value) and 0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _fits(name: str, per_client: int, num_clients: int, n: int) -> None:
@@ -91,7 +83,7 @@ class Dirichlet:
     max_tries: int = 1000
 
     def __post_init__(self) -> None:
-        _positive("alpha", self.alpha)
+        check_number(self.alpha, "alpha", positive=True)
         check_count(self.min_size, "min_size", least=0)
         check_count(self.max_tries, "max_tries")
 
@@ -148,7 +140,7 @@ class HsuDirichlet:
     samples_per_client: int | None = None
 
     def __post_init__(self) -> None:
-        _positive("alpha", self.alpha)
+        check_number(self.alpha, "alpha", positive=True)
         if self.samples_per_client is not None:
             check_count(self.samples_per_client, "samples_per_client")
 
@@ -263,7 +255,7 @@ class QuantitySkew:
     max_tries: int = 1000
 
     def __post_init__(self) -> None:
-        _positive("beta", self.beta)
+        check_number(self.beta, "beta", positive=True)
         check_count(self.min_size, "min_size", least=0)
         check_count(self.max_tries, "max_tries")
 
