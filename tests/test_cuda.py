@@ -203,3 +203,47 @@ def test_aggregators_take_cpu_weights_with_an_inbox_on_the_device(agg: ag.Aggreg
     got = agg(x.to(DEVICE), torch.ones(9, dtype=torch.float64))
     assert got.device.type == torch.device(DEVICE).type
     torch.testing.assert_close(got.cpu(), agg(x, torch.ones(9, dtype=torch.float64)), **TOL)
+
+
+class _FrozenRecurrent(torch.nn.Module):
+    """A two-layer LSTM with dropout, frozen with ``.eval()`` (its dropout off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = torch.nn.LSTM(1, 8, num_layers=2, dropout=0.5, batch_first=True)
+        self.out = torch.nn.Linear(8, 3)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x.unsqueeze(-1))[0][:, -1])
+
+
+def test_a_recurrent_model_in_eval_mode_trains_on_the_device_as_on_the_cpu() -> None:
+    # cuDNN has no RNN backward in eval mode ("cudnn RNN backward can only be called in
+    # training mode"): both runtimes failed in their first step on a GPU.
+    from shoal.parallel import ParallelConfig, sync_sgd, train_parallel
+
+    data = helpers.tiny_data()
+    clients = helpers.unequal_clients(len(data.train), 4)
+    fed, par = {}, {}
+    for device in ("cpu", DEVICE):
+        config = TrainConfig(rounds=2, sampler=ClientSampler(2), device=device, progress=False)
+        fed[device] = train(_FrozenRecurrent(), data, clients, fedavg(0.1), config).params.cpu()
+        pconfig = ParallelConfig(steps=3, batch_size=16, device=device, progress=False, seed=3)
+        run = train_parallel(_FrozenRecurrent(), data, clients, sync_sgd(0.1), pconfig, SimComm(4))
+        par[device] = run.params.cpu()
+    torch.testing.assert_close(fed[DEVICE], fed["cpu"], **TOL)
+    torch.testing.assert_close(par[DEVICE], par["cpu"], **TOL)
+
+
+def test_model_pt_of_a_run_on_the_device_holds_cpu_tensors(tmp_path) -> None:
+    # A model.pt written on a GPU machine must load with a plain torch.load on one without.
+    data = helpers.tiny_data()
+    config = TrainConfig(rounds=1, sampler=ClientSampler(2), device=DEVICE, progress=False)
+    res = train(helpers.tiny_model(), data, helpers.unequal_clients(len(data.train), 4),
+                fedavg(0.1), config, out_dir=tmp_path)  # fmt: skip
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert {v.device.type for v in saved.values()} == {"cpu"}
+    for name, trained in res.spec.unflatten(res.params).items():
+        assert torch.equal(saved[name], trained.cpu()), name

@@ -15,7 +15,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,12 +126,14 @@ class ParamSpec:
 
         ``flat`` goes into the model for the call and the model's own values back after it:
         only ``model.state_dict()`` itself knows what it holds (a module's extra state, which
-        need not be a tensor, or values that a state-dict hook made from the parameters)."""
+        need not be a tensor, or values that a state-dict hook made from the parameters).
+        The tensors are copies on the CPU, so that a ``model.pt`` written on a GPU loads with a
+        plain ``torch.load`` on a machine without one."""
         own = self.flatten(model)
         self.load_into(model, flat)
         try:
             return {
-                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
                 for k, v in model.state_dict().items()
             }
         finally:
@@ -160,6 +162,17 @@ def unbatchable(model: nn.Module) -> nn.Module | None:
         if isinstance(m, nn.Embedding) and m.padding_idx is not None:
             return m
     return None
+
+
+def rnn_backward_backends(model: nn.Module, device: torch.device) -> AbstractContextManager:
+    """Where a training step's forward and backward run: cuDNN has no backward for an RNN in
+    eval mode ("cudnn RNN backward can only be called in training mode"), so on a GPU a model
+    with an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` the user froze with ``.eval()`` trains with cuDNN
+    off (PyTorch's own RNN kernels, the CPU's arithmetic); every other model keeps cuDNN."""
+    frozen_rnn = any(isinstance(m, nn.RNNBase) and not m.training for m in model.modules())
+    if device.type == "cuda" and frozen_rnn:
+        return torch.backends.cudnn.flags(enabled=False)
+    return nullcontext()
 
 
 def batch_loss(

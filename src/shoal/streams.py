@@ -37,5 +37,5 @@ def restore_stream(gen: torch.Generator, seed: int, saved: torch.Tensor | None) 
     """Put ``gen`` where ``saved`` (its ``get_state()``) was; ``None``: at ``seed``'s start."""
     if saved is None:
         gen.manual_seed(seed)
-    else:
-        gen.set_state(saved)
+    else:  # a checkpoint loaded onto a GPU holds the CPU generator's state there
+        gen.set_state(saved.cpu())

@@ -511,7 +511,8 @@ def test_a_runtime_reused_after_the_model_changed_trains_the_new_model(change):
     got = train(model, data, [np.arange(240)], fedavg(lr), config, runtime=runtime)
     # One client holding every row, one full-batch step: one step of torch.optim.SGD.
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    torch.nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
+    dev = got.params.device  # train moved the model to config.device
+    torch.nn.functional.cross_entropy(model(data.train.x.to(dev)), data.train.y.to(dev)).backward()
     opt.step()
     torch.testing.assert_close(got.params, got.spec.flatten(model), rtol=0, atol=1e-6)
 
@@ -528,13 +529,13 @@ def test_a_saving_run_leaves_the_model_as_it_was_and_saves_the_trained_one(tmp_p
     res = train(model, data, unequal_clients(len(data.train), 10), fedavg(0.2), _config(),
                 out_dir=tmp_path)  # fmt: skip
     for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+        assert torch.equal(v.cpu(), before[k]), k
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     assert saved.keys() == before.keys()
     trained = res.spec.unflatten(res.params)
     for k in trained:
-        assert torch.equal(saved[k], trained[k]), k
-    assert torch.equal(saved["2.weight"], trained["0.weight"])
+        assert torch.equal(saved[k], trained[k].cpu()), k
+    assert torch.equal(saved["2.weight"], trained["0.weight"].cpu())
     assert not torch.equal(saved["0.weight"], before["0.weight"])
 
 
@@ -567,10 +568,10 @@ def test_model_pt_is_what_the_models_own_state_dict_gives(tmp_path):
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     assert saved["_extra_state"] == {"vocabulary": ["a", "b"]}
     trained = res.spec.unflatten(res.params)
-    assert torch.equal(saved["2.weight"], trained["2.weight"].half())
-    assert torch.equal(saved["0.weight"], trained["0.weight"])
+    assert torch.equal(saved["2.weight"], trained["2.weight"].half().cpu())
+    assert torch.equal(saved["0.weight"], trained["0.weight"].cpu())
     for k, v in model.state_dict().items():  # the model itself is left as it was
-        assert not isinstance(v, torch.Tensor) or torch.equal(v, before[k]), k
+        assert not isinstance(v, torch.Tensor) or torch.equal(v.cpu(), before[k]), k
 
 
 def test_client_test_accuracy_only_for_the_natural_users():

@@ -109,8 +109,8 @@ def test_submodules_frozen_in_eval_mode_stay_so(vectorize):
     config = _config(rounds=rounds, sampler=ClientSampler(1), work=LocalWork(batch_size=240))
     got = train(model, data, [np.arange(240)], fedavg(lr), config, runtime=SimRuntime(vectorize))
     assert [m.training for m in model] == [True, False, True, False, True]
-    assert torch.equal(model[1].running_mean, stats)
-    torch.testing.assert_close(got.params, got.spec.flatten(ref), rtol=0, atol=1e-6)
+    assert torch.equal(model[1].running_mean.cpu(), stats)
+    torch.testing.assert_close(got.params.cpu(), got.spec.flatten(ref), rtol=0, atol=1e-6)
 
 
 def _data(x, x_test=None):
@@ -327,3 +327,21 @@ def test_a_fresh_run_into_a_used_folder_leaves_none_of_the_old_runs_files(tmp_pa
             callback=stop,
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_cudnn_is_off_on_a_gpu_only_for_a_recurrent_layer_in_eval_mode():
+    # cuDNN's RNN kernels have no backward in eval mode; other models keep cuDNN on a GPU.
+    from shoal.functional import rnn_backward_backends
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    frozen, trained = _Recurrent(nn.LSTM).eval(), _Recurrent(nn.GRU)
+    frozen_mlp = tiny_model().eval()
+    for model, device, cudnn in [
+        (frozen, gpu, False),
+        (frozen, cpu, True),
+        (trained, gpu, True),
+        (frozen_mlp, gpu, True),
+    ]:
+        with rnn_backward_backends(model, device):
+            assert torch.backends.cudnn.enabled is cudnn
+        assert torch.backends.cudnn.enabled

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec, batch_loss, channels_last, unbatchable
+from shoal.functional import (
+    LossFn,
+    ParamSpec,
+    batch_loss,
+    channels_last,
+    rnn_backward_backends,
+    unbatchable,
+)
 from shoal.parallel.base import Buckets, bucket_ranges
 
 _BATCH_STREAM = 11  # keeps these generators apart from any other use of (seed, step, worker)
@@ -140,10 +147,11 @@ class Gradients:
         self._stretch.start()
         out_WD = torch.empty_like(at_WD)
         handover = None if buckets is None else _Handover(self.spec, out_WD, buckets, self._stretch)
-        if self.vectorize:
-            self._vmapped(at_WD, out_WD, handover)
-        else:
-            self._looped(at_WD, out_WD, handover)
+        with rnn_backward_backends(self.model, at_WD.device):
+            if self.vectorize:
+                self._vmapped(at_WD, out_WD, handover)
+            else:
+                self._looped(at_WD, out_WD, handover)
         if out_WD.is_cuda:
             torch.cuda.synchronize(out_WD.device)  # measure the compute, not the launch
         self._stretch()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from shoal.functional import channels_last
+from shoal.functional import channels_last, rnn_backward_backends
 from shoal.runtime.base import RoundTask, corrects
 from shoal.runtime.fused import fused_train, linear_chain
 from shoal.types import ClientState
@@ -134,21 +134,22 @@ class ClientLoop:
         x_TB, y_TB, counts = task.x[index_TB], task.y[index_TB], plan.mask_TB.sum(axis=1)
         mask_TB = torch.from_numpy(plan.mask_TB).to(dev)
         losses = []
-        for t in range(plan.num_steps):
-            per_sample = task.loss_fn(work.module(x_TB[t]), y_TB[t])
-            if counts[t] == per_sample.shape[0]:
-                loss = per_sample.mean()
-            else:  # a short last batch: average over its real rows, as the vectorized path
-                loss = (per_sample * mask_TB[t]).sum() / max(float(counts[t]), 1.0)
-            # An unused parameter: a zero gradient (torch.optim leaves it), not an error.
-            grads = torch.autograd.grad(loss, work.params, materialize_grads=True)
-            with torch.no_grad():
-                if corrected:  # evaluated at the parameters before this step, like the gradient
-                    corr = task.algorithm.correction(work.flat.unsqueeze(0), task.down, row)
-                    assert corr is not None
-                    work.flat.sub_(corr[0], alpha=lr)
-                torch._foreach_add_(work.params, list(grads), alpha=-lr)
-            losses.append(loss.detach())
+        with rnn_backward_backends(work.module, dev):
+            for t in range(plan.num_steps):
+                per_sample = task.loss_fn(work.module(x_TB[t]), y_TB[t])
+                if counts[t] == per_sample.shape[0]:
+                    loss = per_sample.mean()
+                else:  # a short last batch: average over its real rows, as the vectorized path
+                    loss = (per_sample * mask_TB[t]).sum() / max(float(counts[t]), 1.0)
+                # An unused parameter: a zero gradient (torch.optim leaves it), not an error.
+                grads = torch.autograd.grad(loss, work.params, materialize_grads=True)
+                with torch.no_grad():
+                    if corrected:  # at the parameters before this step, like the gradient
+                        corr = task.algorithm.correction(work.flat.unsqueeze(0), task.down, row)
+                        assert corr is not None
+                        work.flat.sub_(corr[0], alpha=lr)
+                    torch._foreach_add_(work.params, list(grads), alpha=-lr)
+                losses.append(loss.detach())
         # One device-to-host transfer per client, not one per step.
         mean_T = torch.stack(losses).double().cpu().numpy()
         return float(mean_T @ counts.astype(np.float64)), float(counts.sum())
