@@ -423,6 +423,12 @@ def dgc_plan(numel: int, ratio: float, sample_ratio: float) -> DGCPlan:
     return DGCPlan(num_kept(ratio, numel), num_samples, num_kept(ratio, num_samples), stride)
 
 
+def _largest_in_order(x_D: torch.Tensor, index_N: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` of the ascending positions ``index_N`` where ``|x_D|`` is largest, still
+    ascending: a message then needs no sort to be encoded (:func:`sparse_payload`)."""
+    return index_N[torch.topk(x_D[index_N].abs(), k, sorted=False).indices.sort().values]
+
+
 def dgc_select(
     x_D: torch.Tensor,
     plan: DGCPlan,
@@ -437,7 +443,7 @@ def dgc_select(
     of the top ``top_k_samples`` of the strided sample ``|x[start::stride]|``; then, at most
     ``max_adaptation_iters`` times: more than ``upper_bound * k`` candidates -> exact top-k
     among the candidates, stop; more than k -> stop; fewer than ``lower_bound * k`` ->
-    ``threshold *= lower_bound`` and reselect.
+    ``threshold *= lower_bound`` and reselect. ``index_K`` is ascending.
     """
     k = plan.num_selects
     samples = x_D[start :: plan.sample_stride].abs()
@@ -447,7 +453,7 @@ def dgc_select(
         n = index_K.numel()
         if n > k:
             if n > upper_bound * k:
-                index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
+                index_K = _largest_in_order(x_D, index_K, k)
             break
         if n >= lower_bound * k:
             break
@@ -502,10 +508,10 @@ class DGCTopK(_Sparse):
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:
         x_D = check_flat(x_D, self.name)
         index_K = self.select(x_D, state)
-        return sparse_payload(x_D[index_K], index_K, x_D.numel()), next_state(state)
+        return sparse_payload(x_D[index_K], index_K, x_D.numel(), ascending=True), next_state(state)
 
     def select(self, x_D: torch.Tensor, state: Any) -> torch.Tensor:
-        """The positions (int64, unordered) that :meth:`compress` sends for this state; the
+        """The positions (int64, ascending) that :meth:`compress` sends for this state; the
         DGC algorithm uses them without building a message."""
         seed, step = check_seed_state(state, "dgc_top_k")
         d = x_D.numel()
@@ -516,14 +522,14 @@ class DGCTopK(_Sparse):
         if k == d:  # every entry: a threshold from a sample left ~10% of them out at ratio 1
             return torch.arange(d, device=x_D.device)
         if plan.num_samples == d:
-            return torch.topk(x_D.abs(), k, sorted=False).indices
+            return torch.topk(x_D.abs(), k, sorted=False).indices.sort().values
         g = generator(seed, step, "cpu")
         start = int(torch.randint(0, plan.sample_stride, (1,), generator=g))
         index_K, _ = dgc_select(
             x_D, plan, start, self.upper_bound, self.lower_bound, self.max_adaptation_iters
         )
         if index_K.numel() > self.upper_bound * k:
-            index_K = index_K[torch.topk(x_D[index_K].abs(), k, sorted=False).indices]
+            index_K = _largest_in_order(x_D, index_K, k)
         return index_K
 
 
