@@ -106,3 +106,77 @@ def test_damaged_archive_or_batch_names_the_file(tmp_path: Path) -> None:
 def test_missing_data_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
         load_cifar10(tmp_path)
+
+
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def write_folder(root: Path, members: dict[str, dict]) -> Path:
+    """An extracted ``cifar-10-batches-py`` folder under ``root``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, obj in members.items():
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    return folder
+
+
+def good_batches(seed: int = 0) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    return {name: batch(rng, 3, {b"labels": 10})[0] for name in CIFAR10_BATCHES}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.zeros((3, 32, 32, 3), dtype=np.uint8),  # height, width, channel
+        np.full((3, 3072), 0.5, dtype=np.float32),  # already scaled to [0, 1]
+        np.full((3, 3072), 300, dtype=np.int64),  # past 255
+    ],
+    ids=["hwc", "float", "int64"],
+)
+def test_data_in_another_layout_is_refused(tmp_path: Path, data: np.ndarray) -> None:
+    # Each was reshaped silently into wrong images (floats cast to uint8 became all zeros).
+    members = good_batches()
+    members["data_batch_2"][b"data"] = data
+    write_folder(tmp_path, members)
+    with pytest.raises(ValueError, match=r"data_batch_2: CIFAR data must be uint8 \[N, 3072\]"):
+        load_cifar10(tmp_path)
+
+
+def test_labels_are_counted_in_each_batch(tmp_path: Path) -> None:
+    # One label too many in one batch and one too few in the next matched in total and
+    # shifted every label between them by one, silently.
+    members = good_batches()
+    members["data_batch_1"][b"labels"].append(0)
+    members["data_batch_2"][b"labels"].pop()
+    write_folder(tmp_path, members)
+    with pytest.raises(ValueError, match="data_batch_1: 3 images but 4 labels"):
+        load_cifar10(tmp_path)
+
+
+def test_labels_out_of_range_name_the_batch(tmp_path: Path) -> None:
+    members = good_batches()
+    members["data_batch_3"][b"labels"][0] = 10
+    write_folder(tmp_path, members)
+    with pytest.raises(ValueError, match=r"data_batch_3: labels must lie in \[0, 10\)"):
+        load_cifar10(tmp_path)
+
+
+def test_a_missing_batch_file_is_named(tmp_path: Path) -> None:
+    # "[Errno 2] No such file or directory" before.
+    members = good_batches()
+    del members["test_batch"]
+    folder = write_folder(tmp_path, members)
+    with pytest.raises(FileNotFoundError, match=f"{folder} lacks test_batch") as err:
+        load_cifar10(tmp_path)
+    assert "Errno" not in str(err.value)
+
+
+def test_batches_pickled_with_str_keys_are_read(tmp_path: Path) -> None:
+    # Re-pickled by Python 3 with "data" for b"data": refused as "a CIFAR batch without data".
+    members = good_batches()
+    write_folder(tmp_path, {n: {k.decode(): v for k, v in b.items()} for n, b in members.items()})
+    ds = load_cifar10(tmp_path)
+    assert ds.test.y.tolist() == members["test_batch"][b"labels"]
+    expect = torch.from_numpy(members["test_batch"][b"data"].reshape(3, 3, 32, 32)) / 255
+    assert torch.allclose(ds.test.x, expect.float())

@@ -167,3 +167,24 @@ def test_reads_shared_mnist5k_unchanged() -> None:
     assert float(ds.train.x.min()) >= 0.0 and float(ds.train.x.max()) == 1.0
     # MNIST digits are light strokes on a dark background: most pixels are 0
     assert float((ds.train.x == 0).float().mean()) > 0.7
+
+
+def test_missing_test_files_name_both_spellings(tmp_path: Path) -> None:
+    # Only EMNIST's test-images-idx3-ubyte was named, to an MNIST user missing t10k-...
+    x, y = make(np.random.default_rng(3), 4)
+    write_set(tmp_path, "", "train", x, y)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no t10k-images-idx3-ubyte\(\.gz\) or test-images-idx3-ubyte\(\.gz\) in",
+    ):
+        load_mnist_family(tmp_path)
+
+
+def test_labels_out_of_range_name_the_file(tmp_path: Path) -> None:
+    x, y = make(np.random.default_rng(4), 4)
+    write_set(tmp_path, "", "train", x, y)
+    write_set(tmp_path, "", "t10k", x, np.array([1, 2, 200, 3], dtype=np.uint8))
+    with pytest.raises(
+        ValueError, match=r"t10k-labels-idx1-ubyte.gz: labels must lie in \[0, 10\), got 200"
+    ):
+        load_mnist_family(tmp_path, num_classes=10)

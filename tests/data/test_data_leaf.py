@@ -163,6 +163,42 @@ GOOD = {"x": [[0.5] * 784], "y": [1]}
         ({"users": ["a"], "user_data": {"a": {"x": [[0.1] * 784], "y": [1.7]}}}, "integer"),
         # a natural client without data, which the partition refused without naming it
         ({"users": ["a", "b"], "user_data": {"a": {"x": [], "y": []}, "b": GOOD}}, "'a' has no"),
+        # users, num_samples and user_data disagreeing: a corrupt file, read silently
+        (
+            {"users": ["a"], "num_samples": [5], "user_data": {"a": GOOD}},
+            "t.json: user 'a' has 1 samples but 'num_samples' says 5",
+        ),
+        (
+            {"users": ["a"], "num_samples": [1, 1], "user_data": {"a": GOOD}},
+            "t.json: 'num_samples' must list one count per user",
+        ),
+        (  # b's samples were dropped
+            {"users": ["a"], "user_data": {"a": GOOD, "b": GOOD}},
+            "t.json: user 'b' is in 'user_data' but not in 'users'",
+        ),
+        # an empty dataset, which failed later with a misleading message
+        ({"users": [], "num_samples": [], "user_data": {}}, "train/ lists no users"),
+        # LEAF stores grey levels / 255; these loaded silently
+        *(
+            ({"users": ["a"], "user_data": {"a": {"x": [[v] * 784], "y": [1]}}}, words)
+            for v, words in (
+                (255, r"t.json: user 'a': x must be grey levels in \[0, 1\].*got 255"),
+                (-0.5, r"t.json: user 'a': x must be grey levels in \[0, 1\].*got -0.5"),
+                (float("nan"), r"t.json: user 'a': x must be grey levels.*got nan"),
+                (None, r"t.json: user 'a': x must be grey levels.*got nan"),
+            )
+        ),
+        *(
+            (
+                {"users": ["a"], "user_data": {"a": {"x": [[0.5] * 784], "y": [y]}}},
+                f"t.json: user 'a': y must be integer classes, got {y!r}",
+            )
+            for y in ("1", True, 1.0)
+        ),
+        (
+            {"users": ["a"], "user_data": {"a": {"x": [[0.5] * 784], "y": [62]}}},
+            r"t.json: user 'a': y must lie in \[0, 62\), got 62",
+        ),
     ],
 )
 def test_malformed_femnist_users_are_named(tmp_path: Path, blob: dict, words: str) -> None:

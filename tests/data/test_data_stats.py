@@ -71,3 +71,13 @@ def test_format_histogram_aligns_the_totals_with_the_columns() -> None:
     lines = format_histogram(hist, max_rows=4).splitlines()
     assert len(lines[-1]) == len(lines[0]) == len(lines[2])
     assert lines[-1].split()[-3:] == ["280", "280", "280"]
+
+
+def test_client_indices_must_not_be_boolean_masks() -> None:
+    # A mask converted to int64 is indices 0 and 1: every selected sample counted as sample 1.
+    labels = np.array([0, 1, 1, 2])
+    mask = np.array([True, False, True, True])
+    with pytest.raises(ValueError, match=r"client_indices\[0\] is a boolean mask"):
+        label_histogram(labels, [mask], 3)
+    with pytest.raises(ValueError, match=r"client_indices\[1\] is a boolean mask"):
+        feature_noise(torch.zeros(4, 2), [np.array([0]), mask], 1.0, np.random.default_rng(0))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,18 +97,7 @@ def _data_root(cfg: Config) -> Path | None:
             f'data.name = "{name}": not in the cache folder {cache / name}; run `shoal data fetch '
             f"{name}`, set data.download = true, or point data.dir at a folder with its files"
         )
-    return fetch_dataset(name, cache)
-
-
-def fetch_dataset(name: str, cache: Path) -> Path:
-    """:func:`shoal.data.fetch` with a network failure explained in one line."""
-    try:
-        return fetch(name, cache)
-    except urllib.error.URLError as e:
-        raise OSError(
-            f"downloading {name} failed ({e.reason}); check the network, or put its files into "
-            f"{cache / name} yourself, or point data.dir at them"
-        ) from None
+    return fetch(name, cache)  # a failed download is one line naming the file and the URL
 
 
 def load_data(cfg: Config) -> FederatedDataset:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from shoal.cli import UsageError, add_set_option, config_from_args, file_arg, name_choices
-from shoal.cli.build import build_clients, fetch_dataset
+from shoal.cli.build import build_clients
 from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import DATASETS, in_cache
-from shoal.data import default_cache_dir, format_histogram, label_histogram
+from shoal.data import default_cache_dir, fetch, format_histogram, label_histogram
 from shoal.report import plot_label_histogram
 
 
@@ -78,7 +78,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if source in ("bundled", "generated"):
         print(f"{name} needs no download ({_status(name, _cache(args))})")
         return 0
-    folder = fetch_dataset(name, _cache(args))
+    folder = fetch(name, _cache(args))
     print(f"{name}: {folder}")
     if source == "prepared":
         print(

@@ -50,19 +50,31 @@ def _unpickle(raw: bytes, what: str, keys: tuple[bytes, ...]) -> dict[bytes, Any
         raise ValueError(f"{what} is not a readable CIFAR batch: {e}") from e
     if not isinstance(out, dict):
         raise ValueError(f"{what}: a CIFAR batch must unpickle to a dict")
+    # Pickled by Python 3 from str keys ("data"), not Krizhevsky's bytes (b"data"): same batch.
+    out = {k.encode() if isinstance(k, str) else k: v for k, v in out.items()}
     missing = [k.decode() for k in keys if k not in out]  # a KeyError traceback before
     if missing:
         raise ValueError(f"{what}: a CIFAR batch without {' and '.join(missing)}")
     return out
 
 
+Batch = tuple[str, dict[bytes, Any]]
+"""A batch's dict and where it was read (a path, or ``archive:member``) for messages."""
+
+
 def _read_batches(
     root: Path, folder: str, archive: str, members: list[str], keys: tuple[bytes, ...]
-) -> list[dict[bytes, Any]]:
+) -> list[Batch]:
     """Unpickle ``members`` from an extracted ``folder`` or from a ``.tar.gz`` archive."""
     base = root if root.name == folder and root.is_dir() else root / folder
     if base.is_dir():
-        return [_unpickle((base / m).read_bytes(), str(base / m), keys) for m in members]
+        missing = [m for m in members if not (base / m).is_file()]
+        if missing:  # a bare "[Errno 2] No such file or directory" before
+            raise FileNotFoundError(
+                f"{base} lacks {', '.join(missing)}; extract {archive} there again"
+            )
+        named = [(str(base / m), (base / m).read_bytes()) for m in members]
+        return [(what, _unpickle(raw, what, keys)) for what, raw in named]
     tar_path = root / archive if root.is_dir() else root
     if not tar_path.is_file():
         raise FileNotFoundError(
@@ -86,15 +98,51 @@ def _read_batches(
     missing = [m for m in members if m not in found]
     if missing:
         raise FileNotFoundError(f"{tar_path} lacks {', '.join(folder + '/' + m for m in missing)}")
-    return [_unpickle(found[m], f"{tar_path}:{folder}/{m}", keys) for m in members]
+    named = [(f"{tar_path}:{folder}/{m}", found[m]) for m in members]
+    return [(what, _unpickle(raw, what, keys)) for what, raw in named]
 
 
-def _to_dataset(
-    batches: list[dict[bytes, Any]], label_key: bytes, num_classes: int
-) -> ArrayDataset:
-    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-    x = torch.from_numpy(data.reshape(-1, 3, 32, 32)).float().div_(255.0)
+def _decode(batch: Batch, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images ``[N, 3, 32, 32]`` uint8 and labels ``[N]`` int64, checked.
+
+    Each batch is checked on its own: data in another layout (HWC, floats in [0, 1], ints past
+    255) was reshaped into wrong images, and one label too many in one batch and too few in
+    the next shifted every label in between, silently.
+    """
+    what, b = batch
+    data, labels = b[b"data"], np.asarray(b[label_key])
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
+        got = (
+            f"{data.dtype} {list(data.shape)}"
+            if isinstance(data, np.ndarray)
+            else type(data).__name__
+        )
+        raise ValueError(
+            f"{what}: CIFAR data must be uint8 [N, 3072] (1024 red, then green, then blue "
+            f"values per image), got {got}"
+        )
+    key = label_key.decode()
+    if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{what}: {key} must be a list of integer classes")
+    if len(labels) != len(data):
+        raise ValueError(f"{what}: {len(data)} images but {len(labels)} {key}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what}: {key} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
+        )
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _to_dataset(batches: list[Batch], label_key: bytes, num_classes: int) -> ArrayDataset:
+    decoded = [_decode(b, label_key, num_classes) for b in batches]
+    data = np.concatenate([d for d, _ in decoded])
+    labels = np.concatenate([y for _, y in decoded])
+    x = torch.from_numpy(data).float().div_(255.0)
     return ArrayDataset(x, torch.from_numpy(labels), num_classes)
 
 

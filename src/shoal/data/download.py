@@ -4,7 +4,8 @@ The checksums below were copied from TensorFlow Datasets (tensorflow/datasets,
 ``tensorflow_datasets/url_checksums/{mnist,fashion_mnist,emnist}.txt`` and
 ``{cifar10,cifar100}.csv``), which record the SHA-256 of exactly these files. Where no
 published checksum was found the entry says ``None`` and :func:`fetch` warns that the file is
-unverified -- a hash is never guessed.
+unverified -- a hash is never guessed; such a file named ``*.zip`` must at least be a whole zip
+archive (downloaded or cached), and an HTML page (a login or error page) is never saved.
 
 LEAF's FEMNIST and Shakespeare are built by LEAF's own preprocessing scripts
 (TalwalkarLab/leaf ``data/<name>/preprocess.sh``) from raw inputs: NIST Special Database 19
@@ -17,11 +18,16 @@ Nothing here runs at import time; tests serve files from ``file://`` URLs.
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import http.client
 import os
-import tempfile
+import secrets
+import time
+import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,52 +157,34 @@ def download_file(
     hash matches, so an interrupted download never leaves a half file under the real name, and
     a copy with another hash stays until a verified one replaces it.
     A mismatch deletes the download and raises ``ValueError``; with no known hash the file is
-    kept and a warning says so.
+    kept and a warning says so. A failed download raises a one-line ``OSError`` naming the file,
+    the URL and what to do.
     """
     folder = Path(folder)
+    url = url or remote.url
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     dest = folder / remote.filename
     if dest.is_file():
-        if remote.sha256 is None:
+        if remote.sha256 is None and _looks_complete(dest):
             _warn_unverified(dest, sha256_of(dest))
             return dest
-        if sha256_of(dest) == remote.sha256:
+        if remote.sha256 is not None and sha256_of(dest) == remote.sha256:
             return dest
         # A stale or corrupt copy (or the user's own file) is replaced only by a verified
         # download: deleted first, it was lost when the download failed (offline, say).
-    fd, tmp_name = tempfile.mkstemp(prefix=remote.filename + ".", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    h = hashlib.sha256()
-    actual = ""
+    fd, tmp = _create_part(folder, remote.filename)
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url or remote.url, timeout=TIMEOUT_S) as resp,
-        ):
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=remote.filename, disable=not progress
-            ) as bar:
-                received = 0
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-                    received += len(block)
-        if total is not None and received != total:
-            # A server that closes early ends the read without an error; only the length
-            # announced tells, and files without a known hash have nothing else to check.
-            raise OSError(
-                f"the download of {remote.filename} from {url or remote.url} ended after "
-                f"{received:,} of {total:,} bytes; it was deleted (try again)"
-            )
-        actual = h.hexdigest()
+        actual = _receive(fd, remote, url, folder, progress)
         if remote.sha256 is not None and actual != remote.sha256:
             raise ValueError(
-                f"SHA-256 mismatch for {remote.filename} from {url or remote.url}: expected "
-                f"{remote.sha256}, got {actual}; the download was deleted (try again or use a "
-                "different mirror via urls=)"
+                f"SHA-256 mismatch for {remote.filename} from {url}: expected {remote.sha256}, "
+                f"got {actual}; the download was deleted (try again, use another mirror via "
+                f"urls= in Python, or {_by_hand(remote, url, folder)})"
+            )
+        if not _looks_complete(tmp, remote.filename):
+            raise OSError(
+                f"the download of {remote.filename} from {url} is not a complete zip archive "
+                f"(cut short?); it was deleted (try again, or {_by_hand(remote, url, folder)})"
             )
         os.replace(tmp, dest)
     except BaseException:
@@ -207,6 +195,128 @@ def download_file(
     if remote.sha256 is None:
         _warn_unverified(dest, actual)
     return dest
+
+
+def _by_hand(remote: RemoteFile, url: str, folder: Path) -> str:
+    """What a CLI user (who has no ``urls=``) can do instead: place the file themselves."""
+    return (
+        f"download {remote.filename} yourself from {url} or a mirror and put it into {folder}; "
+        "--cache-dir, data.cache_dir or $SHOAL_DATA choose the cache folder"
+    )
+
+
+def _create_part(folder: Path, filename: str) -> tuple[int, Path]:
+    """Open a new ``<filename>.<random>.part`` in ``folder`` (created if needed).
+
+    Created with mode 0666 less the umask, like any new file: mkstemp's 0600 survived
+    ``os.replace``, so other users of a shared cache could not read the data. Parts older
+    than a day are removed first: a killed download leaves its part behind.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(folder, filename)
+        while True:
+            tmp = folder / f"{filename}.{secrets.token_hex(4)}.part"
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+                return os.open(tmp, flags, 0o666), tmp
+            except FileExistsError:
+                continue
+    except OSError as e:  # a file in the way, a read-only disk: [Errno 20] or [Errno 30] before
+        raise OSError(
+            f"cannot write {filename} into the cache folder {folder} ({e.strerror}); choose "
+            "another with --cache-dir, data.cache_dir or $SHOAL_DATA"
+        ) from None
+
+
+STALE_PART_S = 24 * 3600.0
+"""Age in seconds after which a ``.part`` file is taken for a killed download's leftover (an
+active download writes to its part, so its modification time stays recent)."""
+
+
+def _remove_stale_parts(folder: Path, filename: str) -> None:
+    now = time.time()
+    for part in folder.glob(f"{glob.escape(filename)}.*.part"):
+        try:
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:  # best effort: another process removed it first, or it is not ours
+            pass
+
+
+def _receive(fd: int, remote: RemoteFile, url: str, folder: Path, progress: bool) -> str:
+    """Write the response for ``url`` to ``fd``; return its SHA-256. Failures of the network
+    or the server become one ``OSError`` naming the file, the URL and what to do (an
+    ``OSError`` rather than a ``URLError``, so no caller words it as a network failure)."""
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            if resp.headers.get_content_type() == "text/html":
+                # A login, error or "moved" page served with 200: without a published hash
+                # it was saved under the archive's name and accepted from then on.
+                raise OSError(
+                    f"{url} answered with an HTML page instead of {remote.filename}; nothing was "
+                    f"saved (if the file moved, {_by_hand(remote, url, folder)})"
+                )
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=remote.filename, disable=not progress
+            ) as bar:
+                received = 0
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    h.update(block)
+                    bar.update(len(block))
+                    received += len(block)
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 410):
+            why = f"the server has no such file (HTTP {e.code}); if it moved, "
+        else:
+            why = f"the server refused it (HTTP {e.code} {e.reason}); try again later, or "
+        raise OSError(
+            f"downloading {remote.filename} from {url} failed: {why}{_by_hand(remote, url, folder)}"
+        ) from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):  # while connecting
+            raise _timed_out(remote, url, folder) from None
+        raise OSError(
+            f"downloading {remote.filename} from {url} failed ({e.reason}); check the network, "
+            f"or {_by_hand(remote, url, folder)}"
+        ) from None
+    except TimeoutError:  # waiting for the response or its next bytes (socket.timeout)
+        raise _timed_out(remote, url, folder) from None
+    except (http.client.HTTPException, ConnectionError) as e:  # cut off, or a chunk cut short
+        raise OSError(
+            f"downloading {remote.filename} from {url} failed ({type(e).__name__}: {e}); "
+            f"try again, or {_by_hand(remote, url, folder)}"
+        ) from None
+    if total is not None and received != total:
+        # A server that closes early ends the read without an error; only the length
+        # announced tells, and files without a known hash have nothing else to check.
+        raise OSError(
+            f"the download of {remote.filename} from {url} ended after "
+            f"{received:,} of {total:,} bytes; it was deleted (try again)"
+        )
+    return h.hexdigest()
+
+
+def _timed_out(remote: RemoteFile, url: str, folder: Path) -> OSError:
+    return OSError(
+        f"downloading {remote.filename} from {url} timed out (no data for {TIMEOUT_S:g} s); "
+        f"try again later, or {_by_hand(remote, url, folder)}"
+    )
+
+
+def _looks_complete(path: Path, filename: str | None = None) -> bool:
+    """False for a file named ``*.zip`` that is not a whole zip archive.
+
+    Files without a published hash (LEAF's raw inputs) have nothing else to check: a download
+    cut short without a Content-Length, or an error page, was kept and reused from the cache.
+    A zip ends with its central directory, so one cut short has none.
+    """
+    if not (filename or path.name).endswith(".zip"):
+        return True
+    return zipfile.is_zipfile(path)
 
 
 def check_cached(name: str, folder: str | Path) -> None:

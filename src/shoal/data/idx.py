@@ -87,6 +87,17 @@ def _member_bytes(root: Path, name: str) -> tuple[bytes, str]:
     raise FileNotFoundError(f"no {name}(.gz) in {root}")
 
 
+def _first_member(root: Path, names: list[str]) -> tuple[bytes, str]:
+    """Bytes of the first of ``names`` found, as :func:`_member_bytes`; the error names all."""
+    for name in names:
+        try:
+            return _member_bytes(root, name)
+        except FileNotFoundError:
+            continue
+    # naming only the last spelling sent MNIST users looking for EMNIST's test-... files
+    raise FileNotFoundError(f"no {' or '.join(n + '(.gz)' for n in names)} in {root}")
+
+
 def load_mnist_family(
     root: str | Path,
     prefix: str = "",
@@ -119,10 +130,8 @@ def load_mnist_family(
             ("images-idx3-ubyte", IMAGES_MAGIC),
             ("labels-idx1-ubyte", LABELS_MAGIC),
         ):
-            try:
-                raw, where = _member_bytes(root, f"{prefix}{split}-{kind}")
-            except FileNotFoundError:
-                raw, where = _member_bytes(root, f"{prefix}{alt}-{kind}")
+            names = list(dict.fromkeys([f"{prefix}{split}-{kind}", f"{prefix}{alt}-{kind}"]))
+            raw, where = _first_member(root, names)
             arrays.append(parse_idx(raw, expect_magic=magic, what=where))
         images, labels = arrays
         if len(images) != len(labels):
@@ -130,10 +139,17 @@ def load_mnist_family(
         if transpose:
             images = images.transpose(0, 2, 1)
         x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-        splits.append((x, torch.from_numpy(labels.astype(np.int64))))
+        splits.append((x, torch.from_numpy(labels.astype(np.int64)), where))
     if not len(splits[0][1]):  # max() of no labels said "max() arg is an empty sequence"
         raise ValueError(f"{root}: the training split has no samples")
     if num_classes is None:
-        num_classes = int(max(int(y.max()) for _, y in splits if len(y)) + 1)
-    train, test = (ArrayDataset(x, y, num_classes) for x, y in splits)
+        num_classes = int(max(int(y.max()) for _, y, _ in splits if len(y)) + 1)
+    for _, y, where in splits:  # ArrayDataset would refuse them without naming the file
+        bad = y[(y < 0) | (y >= num_classes)]
+        if len(bad):
+            raise ValueError(
+                f"{where}: labels must lie in [0, {num_classes}), got {int(bad[0])} "
+                f"({len(bad)} such labels): corrupt, or another dataset's file?"
+            )
+    train, test = (ArrayDataset(x, y, num_classes) for x, y, _ in splits)
     return FederatedDataset(name or prefix.rstrip("-_") or "mnist", train, test)

@@ -35,44 +35,78 @@ ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghij
 _LETTER_INDEX = {c: i for i, c in enumerate(ALL_LETTERS)}
 
 
+Chunk = tuple[Path, dict[str, list[Any]]]
+"""One file's ``{"x": [...], "y": [...]}`` for one user, with the file, for messages."""
+
+
 def read_leaf_split(folder: str | Path) -> dict[str, dict[str, list[Any]]]:
     """Merge every ``*.json`` in ``folder`` (sorted) into ``{user: {"x": [...], "y": [...]}}``.
 
     Users keep the order in which the files list them; a user repeated across files is merged.
     """
+    return {
+        u: {k: [v for _, d in chunks for v in d[k]] for k in ("x", "y")}
+        for u, chunks in _read_chunks(folder).items()
+    }
+
+
+def _read_chunks(folder: str | Path) -> dict[str, list[Chunk]]:
+    """``{user: [(file, data), ...]}`` over every ``*.json`` in ``folder`` (sorted), checked."""
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no LEAF *.json files in {folder}")
-    users: dict[str, dict[str, list[Any]]] = {}
+    users: dict[str, list[Chunk]] = {}
     for path in files:
-        try:  # JSON is UTF-8 (RFC 8259), whatever the locale says
-            blob = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON (corrupt or truncated?): {e}") from None
-        for key in ("users", "user_data"):
-            if not isinstance(blob, dict) or key not in blob:
-                raise ValueError(f"{path} is not LEAF JSON: missing {key!r}")
-        if not isinstance(blob["users"], list) or not isinstance(blob["user_data"], dict):
-            raise ValueError(f"{path}: 'users' must be a list and 'user_data' an object")
-        if len(set(blob["users"])) != len(blob["users"]):  # its samples were counted twice
-            raise ValueError(f"{path}: 'users' lists a user twice")
-        for u in blob["users"]:
-            if u not in blob["user_data"]:
-                raise ValueError(f"{path}: user {u!r} is in 'users' but not in 'user_data'")
-            data = blob["user_data"][u]
-            if not (
-                isinstance(data, dict)
-                and isinstance(data.get("x"), list)
-                and isinstance(data.get("y"), list)
-            ):
-                raise ValueError(f"{path}: user {u!r} needs lists 'x' and 'y'")
-            if len(data["x"]) != len(data["y"]):
-                raise ValueError(f"{path}: user {u} has {len(data['x'])} x but {len(data['y'])} y")
-            entry = users.setdefault(u, {"x": [], "y": []})
-            entry["x"].extend(data["x"])
-            entry["y"].extend(data["y"])
+        for u, data in _read_file(path).items():
+            users.setdefault(u, []).append((path, data))
     return users
+
+
+def _read_file(path: Path) -> dict[str, dict[str, list[Any]]]:
+    """One LEAF JSON file's ``user_data`` in the order of its ``users``, checked for agreement
+    between ``users``, ``num_samples`` and ``user_data`` (disagreement means a corrupt file:
+    users missing from ``users`` were dropped silently, and ``num_samples`` went unread)."""
+    try:  # JSON is UTF-8 (RFC 8259), whatever the locale says
+        blob = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON (corrupt or truncated?): {e}") from None
+    for key in ("users", "user_data"):
+        if not isinstance(blob, dict) or key not in blob:
+            raise ValueError(f"{path} is not LEAF JSON: missing {key!r}")
+    listed, user_data = blob["users"], blob["user_data"]
+    if not isinstance(listed, list) or not isinstance(user_data, dict):
+        raise ValueError(f"{path}: 'users' must be a list and 'user_data' an object")
+    known = set(listed)
+    if len(known) != len(listed):  # its samples were counted twice
+        raise ValueError(f"{path}: 'users' lists a user twice")
+    for u in listed:
+        if u not in user_data:
+            raise ValueError(f"{path}: user {u!r} is in 'users' but not in 'user_data'")
+    unlisted = [u for u in user_data if u not in known]
+    if unlisted:
+        raise ValueError(f"{path}: user {unlisted[0]!r} is in 'user_data' but not in 'users'")
+    for u in listed:
+        data = user_data[u]
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("x"), list)
+            and isinstance(data.get("y"), list)
+        ):
+            raise ValueError(f"{path}: user {u!r} needs lists 'x' and 'y'")
+        if len(data["x"]) != len(data["y"]):
+            raise ValueError(f"{path}: user {u} has {len(data['x'])} x but {len(data['y'])} y")
+    counts = blob.get("num_samples")  # LEAF writes it; files written by hand may leave it out
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != len(listed):
+            raise ValueError(f"{path}: 'num_samples' must list one count per user in 'users'")
+        for u, n in zip(listed, counts):
+            if n != len(user_data[u]["y"]):
+                raise ValueError(
+                    f"{path}: user {u!r} has {len(user_data[u]['y'])} samples but "
+                    f"'num_samples' says {n!r}"
+                )
+    return {u: user_data[u] for u in listed}
 
 
 def encode_shakespeare(text: str) -> list[int]:
@@ -80,28 +114,46 @@ def encode_shakespeare(text: str) -> list[int]:
     return [_LETTER_INDEX.get(c, 0) for c in text]
 
 
+def _convert(
+    chunk: Chunk, user: str, to_x: Any, to_y: Any, num_classes: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One user's samples from one file as tensors; a refusal names the file and user."""
+    path, data = chunk
+    try:
+        x, y = to_x(data["x"]), to_y(data["y"])
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            bad = y[(y < 0) | (y >= num_classes)][0]
+            raise ValueError(f"y must lie in [0, {num_classes}), got {bad}")
+    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a y past int64
+        raise ValueError(f"{path}: user {user!r}: {e}") from None
+    return x, y
+
+
 def _load(root: str | Path, name: str, to_x: Any, to_y: Any, num_classes: int) -> FederatedDataset:
     root = Path(root)
-    parts = {s: read_leaf_split(root / s) for s in ("train", "test")}
-    idle = [u for u, d in parts["train"].items() if not d["y"]]
+    parts = {s: _read_chunks(root / s) for s in ("train", "test")}
+    for split, users in parts.items():
+        if not users:  # an empty dataset failed later with a message about something else
+            raise ValueError(
+                f"{root}: {split}/ lists no users; run LEAF's preprocess.sh again (or with a "
+                "lower -k, the minimum samples per user)"
+            )
+    idle = [u for u, chunks in parts["train"].items() if not any(d["y"] for _, d in chunks)]
     if idle:  # a natural client without data, which the partition then refused
         raise ValueError(f"{root / 'train'}: user {idle[0]!r} has no training samples")
     datasets, offsets = {}, {}
     for split, users in parts.items():
-        xs, ys = [], []
-        for u, d in users.items():
-            try:
-                xs.append(to_x(d["x"]))
-                ys.append(to_y(d["y"]))
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{root / split}: user {u!r}: {e}") from None
-        sizes = np.array([len(y) for y in ys], dtype=np.int64)
+        xs, ys, sizes = [], [], []
+        for u, chunks in users.items():
+            for chunk in chunks:
+                x, y = _convert(chunk, u, to_x, to_y, num_classes)
+                xs.append(x)
+                ys.append(y)
+            sizes.append(sum(len(d["y"]) for _, d in chunks))
         starts = np.concatenate([[0], np.cumsum(sizes)])
         offsets[split] = {u: np.arange(starts[i], starts[i + 1]) for i, u in enumerate(users)}
         datasets[split] = ArrayDataset(
-            torch.cat(xs) if xs else torch.empty(0),
-            torch.from_numpy(np.concatenate(ys) if ys else np.zeros(0, np.int64)),
-            num_classes,
+            torch.cat(xs), torch.from_numpy(np.concatenate(ys)), num_classes
         )
     train_users = list(parts["train"])
     test_clients = None
@@ -131,11 +183,17 @@ def load_femnist(root: str | Path) -> FederatedDataset:
             # reshape(-1, 784) paired rows of other lengths with other samples' labels
             raise ValueError("every x must be a list of 784 grey levels")
         arr = np.asarray(x, dtype=np.float32).reshape(-1, 784)
+        bad = arr[~((arr >= 0) & (arr <= 1))]  # NaN (from NaN or null) fails both
+        if bad.size:
+            raise ValueError(
+                f"x must be grey levels in [0, 1] (LEAF stores level / 255), got {bad[0]:g}"
+            )
         return torch.from_numpy(arr).reshape(-1, 1, 28, 28)
 
     def to_y(y: list[int]) -> np.ndarray:
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in y):
-            raise ValueError("every y must be an integer class (1.7 was cut to 1)")
+        bad = [c for c in y if not isinstance(c, int) or isinstance(c, bool)]
+        if bad:  # 1.7 was cut to 1, "1" and true read as 1
+            raise ValueError(f"y must be integer classes, got {bad[0]!r}")
         return np.asarray(y, dtype=np.int64)
 
     return _load(root, "femnist", to_x, to_y, 62)

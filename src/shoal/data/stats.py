@@ -22,8 +22,19 @@ def label_histogram(
         )
     hist = np.zeros((len(client_indices), num_classes), dtype=np.int64)
     for i, idx in enumerate(client_indices):
-        hist[i] = np.bincount(labels[np.asarray(idx, dtype=np.int64)], minlength=num_classes)
+        hist[i] = np.bincount(labels[_indices(idx, i)], minlength=num_classes)
     return hist
+
+
+def _indices(idx: np.ndarray, i: int) -> np.ndarray:
+    """Client ``i``'s sample indices as int64; a boolean mask is refused, since converting it
+    gives indices 0 and 1 (every selected sample counted as sample 1), silently."""
+    arr = np.asarray(idx)
+    if arr.dtype == np.bool_:
+        raise ValueError(
+            f"client_indices[{i}] is a boolean mask; pass sample indices (np.flatnonzero(mask))"
+        )
+    return arr.astype(np.int64, copy=False)
 
 
 def format_histogram(hist: np.ndarray, max_rows: int = 20, who: str = "client") -> str:
@@ -85,7 +96,7 @@ def feature_noise(
     num_clients = len(client_indices)
     for i, idx in enumerate(client_indices):
         std = sigma * i / num_clients
-        idx_t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        idx_t = torch.as_tensor(_indices(idx, i))
         if std == 0 or len(idx_t) == 0:
             continue
         noise = rng.normal(0.0, std, size=(len(idx_t), *x.shape[1:]))
