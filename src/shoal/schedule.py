@@ -34,8 +34,10 @@ class ClientSampler:
     (McMahan et al. 2017; FedProx's code samples the same way). ``replace=True,
     weighted=True`` is scheme I of Li et al., "On the Convergence of FedAvg on Non-IID Data"
     (ICLR 2020), which pairs with uniform aggregation weights. With replacement a client can be
-    drawn twice in a round: both copies train from the same state and its stored algorithm
-    state is the one written last.
+    drawn twice in a round: both copies train from the same state on the same minibatches (one
+    local run counted twice, as in that paper's analysis, where every device trains and the
+    sample picks whose models are averaged), and its stored algorithm state is the one written
+    last.
     """
 
     clients_per_round: int
