@@ -5,8 +5,7 @@
 one ``vmap`` of :func:`torch.func.functional_call` computes every client's loss, and a
 single backward pass gives every client's gradient (the losses are independent, so the
 gradient of their sum w.r.t. client ``w``'s row is client ``w``'s own gradient). This is the
-"vmap forward + one backward" variant that measured fastest on CPU in
-``reference/flower-baseline.md``.
+"vmap forward + one backward" design; ``benchmarks/scale.py`` times it against the loop.
 
 Unequal local work is handled by *compaction*: clients are sorted by number of local steps,
 so at step ``t`` the clients still training are a prefix ``params_WD[:a]``, stepped in place
@@ -104,8 +103,8 @@ class SimRuntime:
 
     vectorize: bool | Literal["auto"] = "auto"
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
-    each convolution into a grouped convolution that is no faster than the loop
-    (``reference/flower-baseline.md``), and except for models with ``nn.LSTM``, ``nn.GRU`` or
+    each convolution into a grouped convolution that measured no faster than the loop (which
+    keeps a client's parameters in the cache for all its steps), and except for models with ``nn.LSTM``, ``nn.GRU`` or
     ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or an
     ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`; ``True``
     refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
