@@ -7,7 +7,8 @@ import os
 import platform
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,62 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
-    """A run's checkpoint, loaded onto ``device``. A file damaged after it was written (cut
-    short, emptied, overwritten) is refused in one line: torch.load ended a resume with a
-    traceback (``EOFError``, ``RuntimeError`` from its zip reader) or a stray message (from
-    parsing the legacy format: "invalid literal for int()")."""
+LOCK = ".shoal.lock"
+"""The file in a run folder that :func:`run_lock` locks."""
+
+
+class FolderInUse(ValueError):
+    """Another process holds the run folder's lock."""
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock (created if need be) while this process writes a run there.
+
+    Two runs writing into one folder (a sweep's ``&``, or a resume of a run still going)
+    interleaved their metrics rows, mixed one run's config with the other's model, and one of
+    them still ended with exit 0. An advisory ``flock``, which the system drops when the
+    process ends however it ends: a killed run never leaves its folder locked. Where there is
+    no ``fcntl`` (Windows) nothing guards the folder. Raises :class:`FolderInUse`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise FolderInUse(
+                f"{folder} is in use by another shoal process{by}: wait for it to end, or "
+                "choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+CHECKPOINT_KINDS = {
+    "params": "a federated run's",
+    "params_WD": "a data-parallel run's",
+    "centre_D": "an asynchronous EASGD server's",
+}
+"""What each kind of checkpoint holds its parameters under, and what it is called."""
+
+
+def load_checkpoint(path: Path, device: torch.device | str, holds: str) -> dict[str, Any]:
+    """A run's checkpoint, loaded onto ``device``; it must hold ``holds`` (a key of
+    :data:`CHECKPOINT_KINDS`). A file damaged after it was written (cut short, emptied,
+    overwritten) is refused in one line: torch.load ended a resume with a traceback
+    (``EOFError``, ``RuntimeError`` from its zip reader) or a stray message (from parsing the
+    legacy format: "invalid literal for int()"). So is another kind of run's checkpoint (a
+    config edited from federated to data-parallel): a ``KeyError`` before."""
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
     except OSError:
@@ -59,6 +111,13 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
         ) from None
     if not isinstance(ck, dict):
         raise ValueError(f"cannot resume: {path} holds a {type(ck).__name__}, not a checkpoint")
+    if holds not in ck:
+        kind = next((v for k, v in CHECKPOINT_KINDS.items() if k in ck), None)
+        what = f"is {kind} checkpoint" if kind else "is not a shoal checkpoint"
+        raise ValueError(
+            f"cannot resume: {path} {what}, not {CHECKPOINT_KINDS[holds]} (was the config's "
+            "[algorithm] name changed?); resume it with the config it was written with"
+        )
     return ck
 
 

@@ -212,8 +212,9 @@ def one_peer_exponential(n: int) -> Topology:
     """SGP's time-varying directed graph: at step ``t`` node ``i`` keeps half its mass and
     pushes half to ``i + 2^(t mod log2 n)``. For ``n`` a power of two, ``log2 n`` consecutive
     steps average exactly (Assran et al. 2019, Sec. 5). Forward pushes only, as the code's
-    ``graph_type 5`` (facebookresearch/stochastic_gradient_push); the paper's ImageNet job script uses ``graph_type 0``,
-    which alternates ``+2^k`` and ``-2^k`` and needs ``2 log2 n`` steps to average exactly."""
+    ``graph_type 5`` (facebookresearch/stochastic_gradient_push); the paper's ImageNet job
+    script uses ``graph_type 0``, which alternates ``+2^k`` and ``-2^k`` and needs ``2 log2 n``
+    steps to average exactly."""
     _check_n(n, "one_peer_exponential")
     periods = max(1, math.ceil(math.log2(n))) if n > 1 else 1
     graphs = []

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from shoal.aggregate.base import Aggregator
 from shoal.aggregate.mean import mean
@@ -42,6 +41,7 @@ from shoal.files import (
     check_checkpoint_dtype,
     environment,
     load_checkpoint,
+    replace_text,
     warn_setup_differs,
     write_metrics,
 )
@@ -53,6 +53,7 @@ from shoal.functional import (
     cross_entropy,
     param_dtype,
 )
+from shoal.progress import progress_bar
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
 from shoal.runtime.broadcast import DownlinkState, broadcast, check_downlink
 from shoal.runtime.sim import SimRuntime, resolve_device
@@ -441,7 +442,7 @@ def train(
         if resume:
             if not (out / CHECKPOINT).exists():
                 raise ValueError(f"cannot resume: no {CHECKPOINT} in {out}")
-            ck = load_checkpoint(out / CHECKPOINT, dev)
+            ck = load_checkpoint(out / CHECKPOINT, dev, "params")
             check_checkpoint_dtype(out / CHECKPOINT, ck["params"], params.dtype)
             params, server, rows = ck["params"], ck["server"], ck["metrics"]
             store = ClientStore(ck["clients"], ck["compressor"])
@@ -464,7 +465,7 @@ def train(
         if callable(getattr(obj, "load_state_dict", None)):
             obj.load_state_dict(restored.get(name))
 
-    bar = tqdm(
+    bar = progress_bar(
         range(start_round, config.rounds),
         initial=start_round,
         total=config.rounds,
@@ -583,7 +584,7 @@ def train(
     )
     if out is not None and main:
         atomic_save(spec.state_dict(model, params), out / MODEL)
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        replace_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)
 

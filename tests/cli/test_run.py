@@ -293,3 +293,32 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys, command, say
     args = [str(a).format(cfg=cfg, run=tmp_path / "run") for a in command]
     assert shoal(*args) == 2
     assert says in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes(tmp_path: Path) -> None:
+    # SIGTERM (kill, a scheduler's stop) ended the process at once: no word, exit -15, a
+    # temporary file left behind.
+    cfg_path = write_config(tmp_path, rounds=40, epochs=3)
+    out = tmp_path / "termed"
+    run = [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while _metrics_rows(out / "metrics.jsonl") < 2:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never wrote metrics"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert f"continue this run with: shoal run --resume {out}" in text
+    assert text.rstrip().endswith("shoal: terminated") and "Traceback" not in text, text
+    assert not list(out.glob("*.tmp"))
+    assert shoal("run", "--resume", out, "--quiet") == 0
+    assert [r["round"] for r in read_metrics(out)] == list(range(1, 41))

@@ -17,6 +17,7 @@ from shoal.cli.registry import CATALOG
 from shoal.cli.run import fresh_out
 from shoal.config import Config, ConfigError, load, loads, resolve
 from shoal.parallel import ParallelConfig
+from shoal.report import read_metrics
 from shoal.topology import one_peer_exponential, ring
 
 
@@ -73,6 +74,17 @@ def test_a_resume_to_the_same_length_is_refused(
     capsys.readouterr()
     assert shoal("run", "--resume", "r", "--set", "rounds=2", "--quiet") == 2
     assert "can only train further, past its 2" in capsys.readouterr().err
+
+
+def test_a_resume_to_n_killed_before_n_is_taken_again(tmp_path: Path) -> None:
+    # `--resume r --set rounds=3` writes rounds = 3 into config.toml first; killed by SIGTERM
+    # or SIGKILL before round 3, the same command was then refused ("past its 3").
+    assert shoal("run", write_config(tmp_path, rounds=1), "--out", "r", "--quiet") == 0
+    config = Path("r") / "config.toml"
+    config.write_text(config.read_text().replace("rounds = 1", "rounds = 3"))  # the kill
+    assert shoal("run", "--resume", "r", "--set", "rounds=3", "--quiet") == 0
+    assert [row["round"] for row in read_metrics(Path("r"))] == [1, 2, 3]
+    assert shoal("run", "--resume", "r", "--set", "rounds=3", "--quiet") == 2  # now it is
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage\n", "truncate"])

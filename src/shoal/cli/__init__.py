@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,9 +160,31 @@ def _one_line(e: BaseException) -> str:
     return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised where the command is, so that a run ends
+    as on Ctrl-C: its files whole, no temporary file left, the command that continues it
+    printed. Before, the process died at once, silently."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in a command of its own; a worker of a job keeps
+    the default (``torchrun`` stops the workers with SIGTERM, and the launcher reads a death by
+    that signal as "stopped by the agent", not as the cause of a failure)."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not distributed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage or config error)."""
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage or config error,
+    130 interrupted, 143 terminated)."""
     debug = bool(os.environ.get("SHOAL_DEBUG"))
+    if argv is None:  # the program itself, not a caller's process
+        _catch_sigterm()
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -192,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return PEER_FAILURE_EXIT
         say(f"{ERROR} {_worker_rank()}{_one_line(e)}")
         return 1
+    except Terminated:
+        say("shoal: terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         say("shoal: interrupted")
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,10 @@ def parallel_config(cfg: Config, progress: bool) -> ParallelConfig:
 def resume_command(out: Path) -> str:
     """The command that continues the run in ``out``: a data-parallel run launched on ``n``
     processes checkpoints each one's workers, and continues on as many."""
-    n = len(list(out.glob(RANK_CHECKPOINTS)))
+    n, folder = len(list(out.glob(RANK_CHECKPOINTS))), shlex.quote(str(out))
     if n and not (out / checkpoint_name(None)).is_file():
-        return f"torchrun --nproc-per-node {n} -m shoal run --resume {out}"
-    return f"shoal run --resume {out}"
+        return f"torchrun --nproc-per-node {n} -m shoal run --resume {folder}"
+    return f"shoal run --resume {folder}"
 
 
 def has_checkpoint(out: Path) -> bool:

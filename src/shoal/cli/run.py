@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from shoal.cli import UsageError, add_set_option, config_from_args, folder_arg, 
 from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, dumps, load, loads, resolve, resolve_overridden
-from shoal.files import replace_text
+from shoal.files import LOCK, FolderInUse, replace_text, run_lock
 from shoal.report import human_bytes, plot_runs, read_metrics
 from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
@@ -72,18 +73,57 @@ def fresh_out(out: str | None, stem: str) -> Path:
     """The run folder: ``--out``, or the first unused ``runs/<stem>[-k]``."""
     if out is not None:
         path = folder_arg(out)
-        if (path / CONFIG).exists():
-            raise ConfigError(
-                f"--out {out}: already holds a run; continue it with "
-                f"`{parallel.resume_command(path)}` or choose another folder"
-            )
+        _check_unused(path, out)
         return path
+    return next(p for p in _default_outs(stem) if not _taken(p))
+
+
+def _check_unused(path: Path, out: str) -> None:
+    if (path / CONFIG).exists():
+        raise ConfigError(
+            f"--out {out}: already holds a run; continue it with "
+            f"`{parallel.resume_command(path)}` or choose another folder"
+        )
+
+
+def _default_outs(stem: str) -> Iterator[Path]:
     base = Path("runs") / stem
-    path, k = base, 1
-    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+    yield base
+    k = 2
+    while True:
+        yield base.with_name(f"{base.name}-{k}")
         k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
+
+
+def _taken(path: Path) -> bool:
+    """Whether ``path`` is no folder to start a run in: a file, or a folder with files (a
+    lock left by a run that ended before writing anything does not count)."""
+    return path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir()))
+
+
+@contextlib.contextmanager
+def claimed_out(out: str | None, stem: str) -> Iterator[Path]:
+    """:func:`fresh_out`, locked for this process (:func:`shoal.files.run_lock`) and checked
+    again under the lock: two runs started at once chose the same folder and wrote into it
+    together. Without ``--out``, a folder another run has locked is passed over."""
+    if out is not None:
+        path = folder_arg(out)
+        with run_lock(path):
+            _check_unused(path, out)
+            yield path
+        return
+    for path in _default_outs(stem):
+        if _taken(path):
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(run_lock(path))
+            except FolderInUse:
+                continue
+            if _taken(path):  # filled between the look and the lock
+                continue
+            yield path
+            return
 
 
 def _write_config(cfg: Config, path: Path, made_by: str = "run") -> None:
@@ -190,7 +230,7 @@ def execute_parallel(
 def _resume_hint(out: Path) -> None:
     """After Ctrl-C: how to go on, when the run got as far as its folder."""
     if (out / CONFIG).is_file() and _rank() == 0:
-        print(f"\ncontinue this run with: shoal run --resume {out}", file=sys.stderr)
+        print(f"\ncontinue this run with: {parallel.resume_command(out)}", file=sys.stderr)
 
 
 def _diverged(error: FloatingPointError, out: Path) -> FloatingPointError:
@@ -327,7 +367,11 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
         if key != length:
             raise ConfigError(f"{key}: this run's length is {length}; --set {length}=N")
     longer = resolve_overridden(cfg.values, assignments, [], CATALOG, str(out / CONFIG))
-    if longer[length] < cfg[length] or (strict and longer[length] == cfg[length]):
+    # Equal is taken as given where the run has not got there yet: a resume to N that was
+    # killed (SIGTERM, SIGKILL) had written N into config.toml, and the same command was then
+    # refused as "not past N".
+    same = longer[length] == cfg[length]
+    if longer[length] < cfg[length] or (strict and same and _reached(out, cfg[length])):
         raise ConfigError(
             f"{length} = {longer[length]}: a resumed run can only train further, past its "
             f"{cfg[length]}"
@@ -342,6 +386,15 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
                 "new run without the target (or with a higher one) to train longer"
             )
     return longer
+
+
+def _reached(out: Path, length: int) -> bool:
+    """Whether the run in ``out`` has metrics rows up to round (step) ``length``."""
+    try:
+        rows = read_metrics(out)
+    except (OSError, ValueError):
+        return False
+    return bool(rows) and rows[-1].get("round", rows[-1].get("step", 0)) >= length
 
 
 @contextlib.contextmanager
@@ -407,16 +460,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _distributed_run(args)
     if args.resume:
         cfg, out, shorter = _resume_config(args)
-        with _lengthened(out, cfg, shorter):
+        with run_lock(out), _lengthened(out, cfg, shorter):
             # Killed before the first checkpoint: nothing to continue, so start over.
             execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)
         return 0
     if not args.config:
         raise UsageError("give a CONFIG.toml to run, or --resume DIR")
     cfg = config_from_args(args)
-    out = fresh_out(args.out, Path(args.config).stem)
-    execute(cfg, out, resume=False, progress=not args.quiet)
-    print(f"  plot it: shoal plot {out}")
+    with claimed_out(args.out, Path(args.config).stem) as out:
+        execute(cfg, out, resume=False, progress=not args.quiet)
+    print(f"  plot it: shoal plot {shlex.quote(str(out))}")
     return 0
 
 
@@ -428,17 +481,18 @@ def demo_config() -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, loads(demo_config(), "demo.toml"), "demo.toml")
     out = Path("runs") / "demo" if args.out is None else folder_arg(args.out)
-    if (out / CONFIG).is_file():
+    if (out / CONFIG).is_file() and _made_by((out / CONFIG).read_text(encoding="utf-8")) != "demo":
         # The demo is a fixed job: running it again redoes it in place (only its files go),
         # but another command's run is not the demo's to delete.
-        if _made_by((out / CONFIG).read_text(encoding="utf-8")) != "demo":
-            raise ConfigError(f"--out {out}: holds a run that is not a demo; choose another folder")
-        print(f"replacing the earlier demo in {out}")
-        for name in (CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-        for png in out.glob("test_vs_*.png"):  # a figure the new run may not draw
-            png.unlink()
-    execute(cfg, out, resume=False, progress=not args.quiet, made_by="demo")
+        raise ConfigError(f"--out {out}: holds a run that is not a demo; choose another folder")
+    with run_lock(out):
+        if (out / CONFIG).is_file():
+            print(f"replacing the earlier demo in {out}")
+            for name in (CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT):
+                (out / name).unlink(missing_ok=True)
+            for png in out.glob("test_vs_*.png"):  # a figure the new run may not draw
+                png.unlink()
+        execute(cfg, out, resume=False, progress=not args.quiet, made_by="demo")
     # From the file: a data-parallel run (--set algorithm.name=dpsgd ...) returns no result.
     pngs = plot_runs({out.name: read_metrics(out)}, out)
     print(f"metrics: {out / METRICS}")

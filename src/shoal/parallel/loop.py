@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from shoal.checks import check_instance
 from shoal.cost import CostModel
@@ -80,6 +79,7 @@ from shoal.parallel.comm import Comm
 from shoal.parallel.config import ParallelConfig, ParallelResult
 from shoal.parallel.job import Callback, Job, Progress
 from shoal.parallel.server import run_server
+from shoal.progress import progress_bar
 from shoal.runtime.sim import resolve_device
 
 
@@ -254,7 +254,7 @@ class _WorkerRun:
         reached = prog.steps_to_target is not None and cfg.target_accuracy is not None
         finished = reached or bool(state.get("stop", False))
         end = prog.step if finished else cfg.steps
-        bar = tqdm(
+        bar = progress_bar(
             range(prog.step, end),
             initial=prog.step,
             total=cfg.steps,
@@ -464,7 +464,7 @@ class _WorkerRun:
             raise ValueError(f"cannot resume: no {path.name} in {path.parent}")
         ck = None
         if resume:
-            ck = load_checkpoint(path if path.exists() else previous, self.dev)
+            ck = load_checkpoint(path if path.exists() else previous, self.dev, "params_WD")
         if self.coordinated:
             assert self.job.rank is not None
             step = ck["progress"]["step"] if ck is not None else 0
@@ -474,7 +474,7 @@ class _WorkerRun:
             if agreed == 0:
                 return None
             if step != agreed:
-                ck = load_checkpoint(previous, self.dev)
+                ck = load_checkpoint(previous, self.dev, "params_WD")
                 if ck["progress"]["step"] != agreed:
                     raise ValueError(
                         f"cannot resume: {previous.name} holds step {ck['progress']['step']}, "

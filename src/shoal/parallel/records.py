@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from shoal.evaluate import pooled, predict
-from shoal.files import atomic_save, environment
+from shoal.files import atomic_save, environment, replace_text
 from shoal.functional import LossFn, ParamSpec
 
 METRICS = "metrics.jsonl"
@@ -104,4 +104,4 @@ def save_final(
     out: Path, model: nn.Module, spec: ParamSpec, params_D: torch.Tensor, summary: dict[str, Any]
 ) -> None:
     atomic_save(spec.state_dict(model, params_D), out / MODEL)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    replace_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from shoal.files import atomic_save, load_checkpoint, write_metrics
 from shoal.parallel import records
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.config import ParallelResult
 from shoal.parallel.job import Job, Progress
+from shoal.progress import progress_bar
 
 
 def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult:
@@ -43,13 +43,15 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
     if resume and ckpt is not None:
         if not ckpt.exists():
             raise ValueError(f"cannot resume: no {ckpt.name} in {ckpt.parent}")
-        ck = load_checkpoint(ckpt, dev)
+        ck = load_checkpoint(ckpt, dev, "centre_D")
         centre_D, rows, steps_W = ck["centre_D"], ck["rows"], ck["steps_W"]
         prog, comm.bytes_sent = Progress(**ck["progress"]), ck["bytes_sent"]
         received_before = ck["received"]
     if out is not None:
         write_metrics(out / records.METRICS, rows)
-    bar = tqdm(total=config.steps, desc=algorithm.name, unit="step", disable=not config.progress)
+    bar = progress_bar(
+        total=config.steps, desc=algorithm.name, unit="step", disable=not config.progress
+    )
     clock = [time.perf_counter()]  # start of the current stretch of serving
 
     def row_now(centre: torch.Tensor, total_bytes: int) -> bool:

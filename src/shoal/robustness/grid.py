@@ -49,6 +49,7 @@ from shoal.attacks import Byzantine, alie_z
 from shoal.data import FederatedDataset, dirichlet, load_digits, load_mnist_family
 from shoal.functional import init_params
 from shoal.models import mlp
+from shoal.progress import progress_bar
 from shoal.robustness import presets
 from shoal.robustness.momentum import worker_momentum
 from shoal.robustness.presets import Preset
@@ -225,7 +226,7 @@ def run_grid(
     }
     results: dict[str, dict[str, dict[str, Any]]] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(rows) * len(aggregators), unit="cell", disable=not progress)
+    bar = progress_bar(total=len(rows) * len(aggregators), unit="cell", disable=not progress)
     for attack in rows.values():
         for agg in aggregators.values():
             assert agg.make is not None

@@ -103,11 +103,11 @@ class SimRuntime:
 
     vectorize: bool | Literal["auto"] = "auto"
     """``"auto"`` vectorizes except on the CPU for convolutional models, where ``vmap`` turns
-    each convolution into a grouped convolution that measured no faster than the loop (which
-    keeps a client's parameters in the cache for all its steps), and except for models with ``nn.LSTM``, ``nn.GRU`` or
-    ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or an
-    ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`; ``True``
-    refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
+    each convolution into a grouped convolution that measured no faster than the loop (which keeps a
+    client's parameters in the cache for all its steps), and except for models with ``nn.LSTM``,
+    ``nn.GRU`` or ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or
+    an ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`;
+    ``True`` refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
     on a GPU, it vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
