@@ -133,9 +133,13 @@ class TrainResult:
 Callback = Callable[[dict[str, Any]], None]
 
 
-def check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
+def check_sampling(
+    config: TrainConfig, algorithm: Algorithm, num_clients: int | None = None
+) -> None:
     """Refuse sampling that would make ``algorithm`` silently wrong (``ValueError``); ``shoal
-    run`` calls it while it builds the run, so a config asking for it is refused as one."""
+    run`` calls it while it builds the run, so a config asking for it is refused as one.
+    With ``num_clients`` (``train`` gives it), a data-parallel algorithm's every worker must
+    train every round: it was refused in its first server update, after a round's training."""
     sampler = config.sampler
     if getattr(sampler, "replace", False) and getattr(algorithm, "tracks", None):
         raise ValueError(
@@ -148,6 +152,21 @@ def check_sampling(config: TrainConfig, algorithm: Algorithm) -> None:
             f"{algorithm.name} is data-parallel: every worker trains once every round, and "
             "sampling with replacement can draw one twice and leave another out; sample "
             "without replacement"
+        )
+    if num_clients is None or not getattr(algorithm, "every_client_every_round", False):
+        return
+    workers = getattr(algorithm, "num_workers", None)
+    if workers is not None and workers != num_clients:
+        raise ValueError(f"{algorithm.name}: num_workers={workers} but the run has {num_clients}")
+    stragglers = config.stragglers
+    m = sampler.clients_per_round
+    dropped = stragglers.drop and stragglers_keep(m, stragglers.fraction) < m
+    if m != num_clients or dropped:
+        raise ValueError(
+            f"{algorithm.name} is data-parallel: every worker must train every round, but "
+            f"{m} of {num_clients} are sampled"
+            f"{' and stragglers dropped' if dropped else ''} (set clients_per_round to the "
+            "number of clients, and keep the stragglers)"
         )
 
 
@@ -354,7 +373,7 @@ def train(
             f"byzantine names client(s) {outside}, but there are {len(clients)} clients; "
             f"build it with byzantine(f, {len(clients)}, ...)"
         )
-    check_sampling(config, algorithm)
+    check_sampling(config, algorithm, len(clients))
     _warn_weighting(config)
     if network is not None and network.codec_seconds_per_element > 0:
         raise ValueError(

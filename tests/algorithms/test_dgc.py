@@ -17,7 +17,7 @@ from shoal.algorithms.dgc import Nonzeros, warmup_density
 from shoal.compress import payload_nbytes, serialize
 from shoal.functional import ParamSpec
 from shoal.runtime.sim import SimRuntime
-from shoal.schedule import ClientSampler
+from shoal.schedule import ClientSampler, Stragglers
 from shoal.train import TrainConfig, train
 
 FEATURES, CLASSES = 4, 3  # the conftest problem's
@@ -259,8 +259,21 @@ def test_needs_shapes_and_every_worker_every_round(problem_factory):
     model = problem.model()
     alg = full_batch(problem, 0.1)
     cfg = TrainConfig(rounds=1, sampler=ClientSampler(2), work=alg.work_override, progress=False)
-    with pytest.raises(ValueError, match="every worker must train every round"):
+    with pytest.raises(ValueError, match="every worker must train every round, but 2 of 3"):
         train(model, problem.data, problem.clients, alg, cfg, compressor=alg.default_compressor)
+    # Refused before round 1's training (it was, in the server's update after it), like
+    # dropped stragglers and a num_workers for another number of workers.
+    rounds: list[dict] = []
+    everyone = ClientSampler(3)
+    for work_cfg, algorithm, match in [
+        (Stragglers(0.4, drop=True), alg, "3 of 3 are sampled and stragglers dropped"),
+        (Stragglers(), full_batch(problem, 0.1, num_workers=4), "num_workers=4 but the run has 3"),
+    ]:
+        cfg = TrainConfig(rounds=1, sampler=everyone, stragglers=work_cfg, progress=False)
+        with pytest.raises(ValueError, match=match):
+            train(model, problem.data, problem.clients, algorithm, cfg,
+                  compressor=alg.default_compressor, callback=rounds.append)  # fmt: skip
+    assert not rounds
     # Three draws with replacement pass the count, with a worker twice and one left out.
     cfg = TrainConfig(rounds=1, sampler=ClientSampler(3, replace=True), progress=False)
     with pytest.raises(ValueError, match="sample without replacement"):

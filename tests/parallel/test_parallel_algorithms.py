@@ -214,6 +214,10 @@ def test_bad_configurations_raise_clear_errors():
         local_sgd(0.1, period=0)
     with pytest.raises(ValueError, match="alpha must be in"):
         easgd(0.1, alpha=1.5)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        easgd(0.1, alpha=True)
+    # A numpy float in range is a number (it was refused, "must be in (0, 1), got 0.1").
+    assert easgd(0.1, tau=1, alpha=np.float32(0.1)).alpha == np.float32(0.1)
     with pytest.raises(ValueError, match="lr must be a positive number"):
         sync_sgd(0.0)
     with pytest.raises(ValueError, match="momentum must be in"):

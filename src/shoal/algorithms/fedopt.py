@@ -30,8 +30,11 @@ FedAdagrad ``v`` is a sum, not an average, so only the momentum's ``1 / (1 - b1^
 Deviations: Algorithm 2 averages the deltas with a plain mean over the sampled clients; here
 the mean uses the run's aggregation weights (``n_k`` by default, ``weighting="uniform"`` for
 the paper's). Algorithm 2 starts ``v`` at ``v_{-1} >= tau^2``; the authors' code, and this
-one, at 0, which changes the first steps only on coordinates where ``|Delta|`` is not well
-above ``tau`` (at most 2x there).
+one, at 0. A step is then up to 2x larger where ``|Delta|`` is not well above
+``tau / sqrt(1 - b2)`` (~32 ``tau`` at ``b2 = 0.999``), and the offset fades only as ``b2^t``:
+FedAdam with ``|Delta| = tau`` steps 1.9x, 1.5x and 1.2x the paper's at rounds 1, 100 and
+500, at ``10 tau`` 1.6x, 1.04x and 1.01x. FedAdagrad's ``v`` is a sum, so there its
+``tau^2`` offset never fades.
 """
 
 from __future__ import annotations

@@ -49,7 +49,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--data-dir", metavar="DIR", help="MNIST-format IDX files (default: the mnist cache)"
     )
-    p.add_argument("--out", metavar="DIR", default="runs/robustness", help="output folder")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="runs/robustness",
+        help="output folder (default: runs/robustness)",
+    )
     p.add_argument("--quick", action="store_true", help="2 attacks x 3 aggregators, 5 rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,7 +22,11 @@ slice); none of it is counted in ``bytes_sent``. Rank 0 writes the files.
 Checkpoints hold each process's workers' parameters and algorithm state (messages in flight
 received first), the counters and the rows so far, one file per rank; ``resume=True``
 restores them, and because every random choice is keyed by the step, a resumed run ends with
-the same parameters and metrics as an uninterrupted one (only the timings differ). The
+the same parameters and metrics as an uninterrupted one writing checkpoints at the same steps
+(only the timings differ; a run without ``out_dir``, whose train loss is not split at the
+checkpoints, can differ in the last bit of ``train_loss``). A run that *finished* at fewer
+``steps`` and is trained further has the same parameters, but its rows keep the shorter run's
+last evaluation, and the next row's train loss covers only the steps since. The
 processes of a distributed run save their own, so one killed while they saved may leave some
 a checkpoint ahead of others: each keeps its previous one too, and none trains on before all
 have saved (one small all-reduce), so a resumed run continues, on every process, from the

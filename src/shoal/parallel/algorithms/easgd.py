@@ -37,6 +37,7 @@ from typing import Literal
 
 import torch
 
+from shoal.checks import is_real
 from shoal.parallel.algorithms import deepspark
 from shoal.parallel.base import GradFn, State, check_fraction, check_period, check_positive
 from shoal.parallel.comm import Comm, DistComm
@@ -59,7 +60,7 @@ class EASGD:
         check_positive(f"{self.name}: lr", self.lr)
         check_period(f"{self.name}: the communication period tau", self.tau)
         if self.alpha is not None and not (
-            isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1
+            is_real(self.alpha) and 0 < self.alpha < 1  # a numpy float too
         ):
             raise ValueError(f"{self.name}: alpha must be in (0, 1), got {self.alpha!r}")
         check_fraction(f"{self.name}: momentum", self.momentum)
