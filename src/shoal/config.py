@@ -419,7 +419,10 @@ def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:
     if param.choices and value not in param.choices:
         raise BadValue(key, f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
     if param.check is not None and not param.check(value):
-        raise BadValue(key, f"{key} = {_show(value)}: must be {param.allowed}")
+        # "latency_ms = nan: must be >= 0" and "uplink_mbit_s = inf: must be > 0" read wrong.
+        finite = isinstance(value, float) and not math.isfinite(value)
+        kind = ("a number " if math.isnan(value) else "finite and ") if finite else ""
+        raise BadValue(key, f"{key} = {_show(value)}: must be {kind}{param.allowed}")
     return value
 
 

@@ -258,18 +258,24 @@ class Heterogeneity:
         return np.exp(self.bandwidth_sigma * _normal(self.seed, COST_BANDWIDTH, clients_W))
 
 
+def _ring_args(num_workers: int, nbytes: float, who: str) -> tuple[int, float]:
+    """Checked: a NaN byte count gave NaN seconds and a negative one 0, silently."""
+    check_count(num_workers, f"{who}: num_workers", least=0)
+    return num_workers, float(_counts([nbytes], f"{who}: nbytes")[0])
+
+
 def ring_all_reduce_seconds(num_workers: int, nbytes: float, link: Link) -> float:
     """A ring all-reduce of ``nbytes`` per worker: ``2(W-1)/W n/beta + 2(W-1) alpha``."""
-    w = num_workers
-    if w <= 1 or nbytes <= 0:
+    w, nbytes = _ring_args(num_workers, nbytes, "ring_all_reduce_seconds")
+    if w <= 1 or nbytes == 0:
         return 0.0
     return 2 * (w - 1) / w * nbytes / link.bandwidth_Bps + 2 * (w - 1) * link.latency_s
 
 
 def ring_all_gather_seconds(num_workers: int, nbytes: float, link: Link) -> float:
     """A ring all-gather of blocks of at most ``nbytes``: ``(W-1) (alpha + n / beta)``."""
-    w = num_workers
-    if w <= 1 or nbytes <= 0:
+    w, nbytes = _ring_args(num_workers, nbytes, "ring_all_gather_seconds")
+    if w <= 1 or nbytes == 0:
         return 0.0
     return (w - 1) * (link.latency_s + nbytes / link.bandwidth_Bps)
 
@@ -374,7 +380,8 @@ class CostModel:
         downlink_bytes_W: np.ndarray,
         round_idx: int,
     ) -> float:
-        """A server round: the server waits for its slowest sampled client."""
+        """A server round: the server waits for the slowest of these clients (``train`` gives
+        the ones it keeps: not the stragglers it drops)."""
         per_client = self.client_seconds(
             clients_W, samples_W, uplink_bytes_W, downlink_bytes_W, round_idx
         )
@@ -487,13 +494,20 @@ def measure_codec(
     repeats: int = 7,
     seed: int = 0,
 ) -> float:
-    """Seconds per entry to compress one ``numel``-entry message and sum ``world_size``
-    received ones (:func:`shoal.compress.decompress_sum`), as synchronous SGD does every step:
-    the median of ``repeats`` timed steps (after one untimed warm-up, the compressor's state
-    carried as in training) over ``numel``. A property of this machine and device, like
-    ``seconds_per_sample``: pass it as :class:`CostModel`'s ``codec_seconds_per_element``.
+    """Seconds per entry of a worker's codec work in a step of synchronous SGD: compress one
+    ``numel``-entry message, then, as its exchange does, either sum ``world_size`` received
+    ones (:func:`shoal.compress.decompress_sum`, after an all-gather) or, for payloads an
+    all-reduce adds (random-k's shared seed, :func:`shoal.parallel.algorithms.sync_sgd.
+    reduction`), decompress the one sum: timing ``world_size`` decompressions there charged
+    random-k ~17x its work at 16 workers. The median of ``repeats`` timed steps (after one
+    untimed warm-up, the compressor's state carried as in training) over ``numel``. A property
+    of this machine and device, like ``seconds_per_sample``: pass it as :class:`CostModel`'s
+    ``codec_seconds_per_element``.
     """
-    from shoal.compress import Compressor, decompress_sum, init_for_worker
+    from shoal import compress
+    from shoal.parallel.algorithms.sync_sgd import reduction
+
+    Compressor, init_for_worker = compress.Compressor, compress.init_for_worker
 
     if not isinstance(compressor, Compressor):
         raise TypeError(f"measure_codec needs a compressor, got {type(compressor).__name__}")
@@ -503,13 +517,17 @@ def measure_codec(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     inputs = [torch.randn(numel, generator=gen).to(dev) for _ in range(repeats + 1)]
     state = init_for_worker(compressor, inputs[0], 0)
+    summed = reduction(compressor, inputs[0], "auto") == "sum"
     seconds = []
     for x_D in inputs:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
         payload, state = compressor.compress(x_D, state)
-        decompress_sum(compressor, [payload] * world_size)
+        if summed:  # the network added the payloads (the all-reduce's own arithmetic)
+            compressor.decompress(payload)
+        else:
+            compress.decompress_sum(compressor, [payload] * world_size)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds.append(time.perf_counter() - start)

@@ -548,7 +548,11 @@ def train(
         cum_down += down_bytes
         row.update(downlink_bytes=down_bytes, cum_uplink_bytes=cum_up, cum_downlink_bytes=cum_down)
         if network is not None:
-            round_s = network.federated_round(sampled, samples_W, up_W, down_W, r)
+            # The server waits for the clients it keeps: a dropped straggler's download (long on
+            # a slow link) set the round's time before.
+            round_s = network.federated_round(
+                sampled[keep], samples_W[keep], up_W[keep], down_W[keep], r
+            )
             sim += round_s
             row.update(round_sim_seconds=round_s, sim_seconds=sim)
         if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:

@@ -213,7 +213,11 @@ def test_the_cost_model_is_the_one_built_by_hand() -> None:
         "straggler_slowdown": 4.0,
     }
     expected = CostModel(
-        Network("wifi", alpha_beta(0.007, 3 * MBIT_S), alpha_beta(0.007, 9 * MBIT_S)),
+        Network(
+            "wifi (links set in [network])",
+            alpha_beta(0.007, 3 * MBIT_S),
+            alpha_beta(0.007, 9 * MBIT_S),
+        ),
         1e-3,
         Heterogeneity(0.3, 0.7, 0.1, 4.0, seed=9),
     )

@@ -132,6 +132,15 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
         ({"seed": 2**32}, ["seed = 4294967296", "< 2**32"]),
         ({"eval": 3}, ["eval", "table"]),
         ({"network": {"uplink_mbit_s": 2.0}}, ['network "none"', "allowed in [network]: profile"]),
+        # "nan: must be >= 0" and "inf: must be > 0" read as if the value met the rule
+        (
+            {"network": {"profile": "wifi", "latency_ms": float("nan")}},
+            ["nan: must be a number >= 0"],
+        ),
+        (
+            {"network": {"profile": "wifi", "uplink_mbit_s": float("inf")}},
+            ["inf: must be finite and > 0"],
+        ),
         # TOML values that the message could not show (a TypeError traceback before):
         ({"data": [{"name": "mnist"}]}, ["data = [a table]", "must be a table"]),  # [[data]]
         ({"model": {"hidden": [datetime.date(1979, 5, 27)]}}, ["model.hidden", "integers"]),

@@ -28,7 +28,7 @@ from shoal.cost import (
 from shoal.functional import ParamSpec, cross_entropy
 from shoal.runtime.base import ClientStore, RoundTask
 from shoal.runtime.sim import SimRuntime
-from shoal.schedule import ClientSampler, make_plan
+from shoal.schedule import ClientSampler, Stragglers, make_plan
 from shoal.topology import one_peer_exponential, ring
 from shoal.train import TrainConfig, train
 
@@ -151,6 +151,20 @@ def test_measure_codec_times_a_compressed_step_per_entry():
     assert 0 < rate < 1e-6
     with pytest.raises(ValueError, match="world_size must be an integer >= 1"):
         measure_codec(top_k(ratio=0.01), 100, 0)
+
+
+def test_measure_codec_does_the_work_of_the_exchange_the_compressor_gets(monkeypatch):
+    # Payloads an all-reduce adds (random-k's shared seed) are decompressed once, as the sum;
+    # timing world_size decompressions charged random-k ~17x its work at 16 workers.
+    import shoal.compress as C
+
+    inboxes: list[int] = []
+    real = C.decompress_sum
+    monkeypatch.setattr(C, "decompress_sum", lambda c, p, *a: inboxes.append(len(p)) or real(c, p))
+    measure_codec(C.random_k(0.01), 10_000, 16, repeats=2)
+    assert inboxes == []
+    measure_codec(C.top_k(ratio=0.01), 10_000, 16, repeats=2)  # all-gathered: a sum of 16
+    assert inboxes == [16, 16, 16]
     with pytest.raises(TypeError, match="needs a compressor"):
         measure_codec("top_k", 100, 2)
 
@@ -321,3 +335,29 @@ def test_slow_workers_without_compute_time_are_warned_of(het):
         CostModel(wifi(), 1e-3, het)
         CostModel(wifi(), heterogeneity=het, codec_seconds_per_element=1e-9)  # codec is scaled
         CostModel(wifi(), heterogeneity=Heterogeneity(bandwidth_sigma=0.5))  # links, not compute
+
+
+def test_the_server_does_not_wait_for_the_stragglers_it_drops():
+    # A dropped straggler still downloads the model, but the server moves on without it: its
+    # download on a slow link set the round's time before.
+    torch.set_num_threads(1)
+    data, clients = _setup()
+    het = Heterogeneity(bandwidth_sigma=2.0, seed=11)
+    network = CostModel(NET, seconds_per_sample=1e-3, heterogeneity=het)
+    stragglers = Stragglers(0.5, drop=True)
+    work = LocalWork(1, 8)
+    cfg = TrainConfig(rounds=6, sampler=ClientSampler(4), work=work, stragglers=stragglers,
+                      progress=False, seed=2)  # fmt: skip
+    res = train(tiny_model(), data, clients, fedavg(0.2), cfg, network=network)
+    sizes = np.array([len(c) for c in clients], dtype=np.float64)
+    waited_for_a_dropped_one = False
+    for r, row in enumerate(res.metrics):
+        sampled = ClientSampler(4)(sizes, 2, r)
+        kept = stragglers.epochs(4, work, 2, r) > 0
+        down = np.full(4, row["downlink_bytes"] / 4)  # dense: every client the same
+        up = np.where(kept, row["uplink_bytes"] / kept.sum(), 0.0)
+        samples = np.where(kept, sizes[sampled], 0.0)
+        each = network.client_seconds(sampled, samples, up, down, r)
+        assert row["round_sim_seconds"] == pytest.approx(each[kept].max())
+        waited_for_a_dropped_one |= bool(each[~kept].max() > each[kept].max())
+    assert waited_for_a_dropped_one  # the case the old rule got wrong happens here

@@ -273,6 +273,9 @@ def build_network(cfg: Config) -> CostModel | None:
     latency = o["latency_ms"] / 1e3
     uplink = alpha_beta(latency, o["uplink_mbit_s"] * MBIT_S)
     downlink = alpha_beta(latency, o["downlink_mbit_s"] * MBIT_S)
+    profile = NETWORKS[name]()  # type: ignore[misc]
+    if (uplink, downlink) != (profile.uplink, profile.downlink):  # the summary names it so
+        name += " (links set in [network])"
     spread = Heterogeneity(
         o["speed_sigma"],
         o["bandwidth_sigma"],

@@ -246,7 +246,7 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
     lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{how}{rate}")
     sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
     if sim is not None:
-        lines.append(f"  simulated time on {cfg['network.profile']}: {sim:.1f} s")
+        lines.append(f"  simulated time on {cfg['network.profile']}: {sim:.4g} s")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     files = ", ".join(sorted(f.name for f in out.iterdir() if f.is_file()))
     lines.append(f"  files in {out}{os.sep}: {files}")

@@ -341,7 +341,7 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
     )
     if exp.network is not None and result.metrics:
         sim = result.metrics[-1]["sim_seconds"]
-        lines.append(f"  simulated time on {exp.network.network.name}: {sim:.1f} s")
+        lines.append(f"  simulated time on {exp.network.network.name}: {sim:.4g} s")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     files = ", ".join((CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT))
     lines.append(f"  files in {out}{os.sep}: {files}")

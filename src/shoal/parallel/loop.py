@@ -320,8 +320,8 @@ class _WorkerRun:
         if codec and not charged_codec and self.reports:
             warnings.warn(
                 f"network.codec_seconds_per_element is charged per compressed exchange, and "
-                f"{alg.name} sent none here (it takes a compressor only in sync_sgd, local_sgd "
-                "and dgc), so it added nothing to sim_seconds",
+                f"{alg.name} sent none here (no compressor was given; only sync_sgd, local_sgd "
+                "and dgc take one), so it added nothing to sim_seconds",
                 stacklevel=2,
             )
         state = settle(state)  # no message left in flight when the run returns
