@@ -416,6 +416,8 @@ def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:
         raise BadValue(
             key, f"{key} = {_show(given)}: must be {describe(param.kind)}{hint}"
         ) from None
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # OverflowError tracebacks
+        raise BadValue(key, f"{key} = {_show(value)}: too large (at most 2**63 - 1)")
     if param.choices and value not in param.choices:
         raise BadValue(key, f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
     if param.check is not None and not param.check(value):
@@ -664,8 +666,8 @@ def loads(text: str, source: str = "config") -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into plain dicts (not yet validated: see :func:`resolve`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) was "Invalid statement"
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except (IsADirectoryError, UnicodeDecodeError) as e:
@@ -674,12 +676,24 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value: parsed as a TOML value (``3``, ``0.1``, ``true``, ``[1, 2]``,
-    ``"x"``), else taken as a plain string (``mnist``, ``../data``)."""
+    r"""A ``--set`` value: parsed as a TOML value (``3``, ``0.1``, ``true``, ``[1, 2]``,
+    ``"x"``), else taken as a plain string (``mnist``, ``../data``). A value that opens a
+    TOML string, array or table but is not one is refused: ``"C:\data"`` (``\d`` is no TOML
+    escape) was kept as a path with its quotes in it."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text.strip()
+    except tomllib.TOMLDecodeError as e:
+        plain = text.strip()
+        if plain[:1] in ('"', "'", "[", "{"):
+            why = str(e).partition(" (at line")[0]
+            hint = ""
+            if plain.startswith('"') and "\\" in plain:
+                hint = (
+                    "; in double quotes a backslash starts an escape: put a path in single "
+                    "quotes ('C:\\data') or leave the quotes out"
+                )
+            raise ConfigError(f"{plain} is not a TOML value ({why}){hint}") from None
+        return plain
 
 
 def apply_overrides(
@@ -712,8 +726,75 @@ def apply_overrides(
             target = out.setdefault(parts[0], {})
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item!r}: {parts[0]} is a value, not a table")
-        target[parts[-1]] = parse_value(text)
+        try:
+            value = parse_value(text)
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+        old = target.get(parts[-1])
+        if isinstance(value, dict) and isinstance(old, dict):
+            # --set 'compression={name="qsgd", levels=4}' sets those keys; replacing the table
+            # dropped the file's other keys (error_feedback = true) without a word.
+            old.update(value)
+        else:
+            target[parts[-1]] = value
     return out
+
+
+def _set_keys(assignments: Sequence[str]) -> list[str]:
+    """The dotted keys that ``assignments`` set (an inline table's each key)."""
+    keys = []
+    for item in assignments:
+        key, _, text = item.partition("=")
+        key = key.strip()
+        try:
+            value = parse_value(text)
+        except ConfigError:
+            value = None
+        if isinstance(value, dict) and "." not in key:
+            keys += [f"{key}.{k}" for k in value]
+        keys.append(key)
+    return keys
+
+
+def _check_reselected(
+    raw: Mapping[str, Any],
+    overridden: Mapping[str, Any],
+    set_keys: Sequence[str],
+    unset: Sequence[str],
+    catalog: Catalog,
+    source: str,
+) -> None:
+    """A ``--set`` that picks another name (profile, algorithm, ...) for a table whose keys the
+    file sets at the old name's defaults: those defaults would stay, silently. A run's
+    ``config.toml`` writes every default out, so ``--set network.profile=4g`` on a wifi run's
+    file kept wifi's latency and bandwidths."""
+    for section, selector in SELECTORS.items():
+        given = raw.get(section)
+        if f"{section}.{selector}" not in set_keys or not isinstance(given, dict):
+            continue
+        entries = catalog.get(section, {})
+        old_name = given.get(selector, SECTIONS[section][selector].default)
+        new_name = overridden.get(section, {}).get(selector)
+        if old_name not in entries or new_name not in entries or new_name == old_name:
+            continue
+        old_params, new_params = entries[old_name](), entries[new_name]()
+        stale = []
+        for key, value in given.items():
+            dotted = f"{section}.{key}"
+            param, new = old_params.get(key), new_params.get(key)
+            if param is None or new is None or dotted in set_keys or dotted in unset:
+                continue  # a key the new name lacks is refused by resolve, with the same hint
+            # (A value of another type for the new name is refused by resolve, with the hint.)
+            fits = _fits(value, new.kind)
+            if fits and value == param.default and new.default != param.default:
+                stale.append(dotted)
+        if stale:
+            drop = " ".join(f"--unset {k}" for k in stale)
+            raise ConfigError(
+                f"{', '.join(stale)}, set in {source}, hold {section} {_show(old_name)}'s "
+                f"defaults, and --set {section}.{selector}={new_name} picks another: {drop} "
+                f"takes {_show(new_name)}'s, or --set them"
+            )
 
 
 def resolve_overridden(
@@ -726,11 +807,13 @@ def resolve_overridden(
     """:func:`resolve` of ``raw`` (read from ``source``) after the command line's overrides;
     an unknown key that ``source`` set, not ``--set``, names the way to drop it: typically
     an option of the name that ``--set`` replaced."""
+    set_keys = _set_keys(assignments)
+    overridden = apply_overrides(raw, assignments, unset)
+    _check_reselected(raw, overridden, set_keys, unset, catalog, source)
     try:
-        return resolve(apply_overrides(raw, assignments, unset), catalog)
+        return resolve(overridden, catalog)
     except (UnknownKey, BadValue) as e:
         # an unknown table is named alone (--set dat.name=x: e.key is "dat")
-        set_keys = [a.partition("=")[0].strip() for a in assignments]
         if any(e.key in (k, k.split(".")[0]) for k in set_keys):
             raise
         # A value the file set for the old name (mlp's hidden = [200, 200] under char_lstm):

@@ -74,6 +74,58 @@ def test_overrides_parse_toml_values_else_strings() -> None:
         apply_overrides({"seed": 1}, ["seed.x=1"])
 
 
+def test_a_set_value_that_opens_toml_but_is_none_is_refused() -> None:
+    # "C:\data" was kept with its quotes (\d is no TOML escape): a folder named with quotes.
+    for text, words in [
+        ('"/tmp/x\\mnist"', ["not a TOML value", "single quotes"]),
+        ("[64,", ["[64, is not a TOML value"]),
+        ("{name=", ["not a TOML value"]),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            apply_overrides({}, [f"data.cache_dir={text}"])
+        for w in words:
+            assert w in str(info.value), str(info.value)
+    assert parse_value("'C:\\data'") == "C:\\data"  # single quotes take it as written
+
+
+def test_an_inline_table_sets_its_keys_and_keeps_the_files_others() -> None:
+    # It replaced the table: the file's error_feedback = true went, silently.
+    raw = {"compression": {"name": "top_k", "ratio": 0.01, "error_feedback": True}}
+    out = apply_overrides(raw, ['compression={name="qsgd", levels=4}'], ["compression.ratio"])
+    assert out["compression"] == {"name": "qsgd", "levels": 4, "error_feedback": True}
+    with pytest.raises(ConfigError, match="compression.ratio"):  # top_k's key under qsgd
+        resolve_overridden(raw, ['compression={name="qsgd", levels=4}'], [], CATALOG, "a.toml")
+
+
+def test_another_profile_does_not_keep_the_files_links_of_the_old_ones_defaults() -> None:
+    # A run's config.toml writes wifi's links out; --set network.profile=4g kept them.
+    written = resolve({"network": {"profile": "wifi"}}, CATALOG).values
+    raw = {"network": dict(written["network"])}
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden(raw, ["network.profile=4g"], [], CATALOG, "config.toml")
+    message = str(info.value)
+    assert "network.latency_ms, network.uplink_mbit_s, network.downlink_mbit_s" in message
+    assert '"wifi"\'s defaults' in message and "--unset network.uplink_mbit_s" in message
+    links = ["network.latency_ms", "network.uplink_mbit_s", "network.downlink_mbit_s"]
+    cfg = resolve_overridden(raw, ["network.profile=4g"], links, CATALOG, "config.toml")
+    assert cfg == resolve({"network": {"profile": "4g"}}, CATALOG).replace("seed", cfg["seed"])
+    # Links the user chose (not wifi's) go with the new profile, as asked.
+    raw["network"]["uplink_mbit_s"] = 3.0
+    raw["network"].pop("latency_ms"), raw["network"].pop("downlink_mbit_s")
+    cfg = resolve_overridden(raw, ["network.profile=4g"], [], CATALOG, "config.toml")
+    assert cfg["network.uplink_mbit_s"] == 3.0
+
+
+def test_an_integer_beyond_int64_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="client.epochs = 100000000000000000000: too large"):
+        resolve({"client": {"epochs": 10**20}}, CATALOG)
+
+
+def test_a_file_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfseed = 5\n")
+    assert load(tmp_path / "bom.toml") == {"seed": 5}
+
+
 def test_unset_drops_a_key_before_the_assignments() -> None:
     raw = {"seed": 1, "compression": {"name": "top_k", "ratio": 0.01}}
     out = apply_overrides(raw, ["compression.name=qsgd"], ["compression.ratio", "seed"])

@@ -214,3 +214,29 @@ def test_an_unwritable_file_is_refused_before_the_work(
     with pytest.raises(UsageError, match="--json .*t.json: not writable"):
         file_arg(str(tmp_path / "ro" / "t.json"), "--json")
     assert file_arg(str(tmp_path / "t.json"), "--json") == tmp_path / "t.json"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "words"),
+    [
+        ("data.download=true", "data.download = true: digits reads no files"),
+        ("data.cache_dir=/tmp/x", 'data.cache_dir = "/tmp/x": digits reads no files'),
+        (
+            "parallel.slowdown_factor=10",  # on a federated config: [parallel] is refused
+            "parallel",
+        ),
+    ],
+)
+def test_keys_that_would_be_ignored_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, assignment: str, words: str
+) -> None:
+    # Accepted and ignored before: the data options of a dataset that reads no files.
+    assert shoal("run", write_config(tmp_path, rounds=1), "--set", assignment, "--quiet") == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_slowdown_factor_without_a_worker_is_refused() -> None:
+    cfg = _dp("dpsgd", "steps = 2\nslowdown_factor = 10.0\n")
+    with pytest.raises(ConfigError, match="slowdown_worker names, and it names none"):
+        parallel_config(cfg, progress=False)
+    parallel_config(_dp("dpsgd", "steps = 2\nslowdown_factor = 5.0\n"), progress=False)

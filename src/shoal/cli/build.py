@@ -75,8 +75,11 @@ def _data_root(cfg: Config) -> Path | None:
     name = cfg["data.name"]
     entry = DATASETS[name]
     if entry.source in ("bundled", "generated"):
-        if cfg["data.dir"]:
-            raise ConfigError(f'data.dir = "{cfg["data.dir"]}": {name} reads no files; remove it')
+        for key, unused in (("dir", ""), ("cache_dir", ""), ("download", False)):
+            value = cfg[f"data.{key}"]
+            if value != unused:  # cache_dir and download were accepted and ignored, silently
+                shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+                raise ConfigError(f"data.{key} = {shown}: {name} reads no files; remove it")
         return None
     if cfg["data.dir"]:
         return Path(cfg["data.dir"]).expanduser()

@@ -29,7 +29,7 @@ from shoal.cli.build import (
 )
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
-from shoal.config import Config, ConfigError
+from shoal.config import SECTIONS, Config, ConfigError
 from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
 from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.algorithms.easgd import EASGD
@@ -110,6 +110,12 @@ def build_algorithm(cfg: Config, compressor: Any, model: Any, shard_sizes: list[
 
 def parallel_config(cfg: Config, progress: bool) -> ParallelConfig:
     p = cfg.values["parallel"]
+    default_factor = SECTIONS["parallel"]["slowdown_factor"].default
+    if p["slowdown_worker"] < 0 and p["slowdown_factor"] != default_factor:
+        raise ConfigError(  # it slowed no one, silently
+            f"parallel.slowdown_factor = {p['slowdown_factor']} slows the worker that "
+            "parallel.slowdown_worker names, and it names none (-1): set it, or drop the factor"
+        )
     slow = {p["slowdown_worker"]: p["slowdown_factor"]} if p["slowdown_worker"] >= 0 else {}
     return ParallelConfig(
         steps=p["steps"],
