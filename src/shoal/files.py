@@ -33,13 +33,18 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``."""
+    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``; a
+    save interrupted (Ctrl-C, SIGTERM) removes its temporary file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 LOCK = ".shoal.lock"
@@ -124,8 +129,12 @@ def load_checkpoint(path: Path, device: torch.device | str, holds: str) -> dict[
 def replace_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to a temporary file beside ``path``, then rename it over ``path``."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # interrupted: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -87,29 +87,33 @@ NETWORK = [
 ]
 
 
+def _started(cfg_path: Path, out: Path, rows: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``shoal run`` in a process of its own, once it has written ``rows`` metrics rows."""
+    run = [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*run, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while _metrics_rows(out / "metrics.jsonl") < rows:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never wrote metrics"
+            time.sleep(0.005)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     rounds = 40
     cfg_path = write_config(tmp_path, rounds=rounds, epochs=3)
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(killed), "--quiet"]
-    proc = subprocess.Popen(
-        run + NETWORK,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while _metrics_rows(killed / "metrics.jsonl") < 3:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the run never wrote metrics"
-            time.sleep(0.005)
-    finally:  # killed here also when an assertion failed, and its pipe closed (no leak)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    proc = _started(cfg_path, killed, 3, tuple(NETWORK))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()  # and its pipe closed (no leak)
     assert proc.returncode == -signal.SIGKILL
     done = _metrics_rows(killed / "metrics.jsonl")
     assert 3 <= done < rounds, "killed too late to test resuming"
@@ -300,15 +304,8 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes(tmp_path: Path) -> Non
     # temporary file left behind.
     cfg_path = write_config(tmp_path, rounds=40, epochs=3)
     out = tmp_path / "termed"
-    run = [sys.executable, "-m", "shoal", "run", str(cfg_path), "--out", str(out), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    proc = _started(cfg_path, out, 2)
     try:
-        while _metrics_rows(out / "metrics.jsonl") < 2:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the run never wrote metrics"
-            time.sleep(0.005)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
