@@ -32,16 +32,47 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+class _Writes:
+    """How deep this process is in writes that a stop must not cut short, and the stop that
+    came meanwhile (see :func:`stop_when_written`)."""
+
+    depth = 0
+    stop: BaseException | None = None
+
+
+def stop_when_written(stop: BaseException) -> None:
+    """For a signal handler (SIGTERM's): raise ``stop`` now or, inside one of this module's
+    writes, once it is done. Raised inside ``torch.save``, the zip writer's own cleanup
+    failed, and the process ended with that error instead of the stop."""
+    if _Writes.depth:
+        _Writes.stop = stop
+        return
+    raise stop
+
+
+@contextmanager
+def _whole() -> Iterator[None]:
+    _Writes.depth += 1
+    try:
+        yield
+    finally:
+        _Writes.depth -= 1
+    if not _Writes.depth and _Writes.stop is not None:
+        stop, _Writes.stop = _Writes.stop, None
+        raise stop
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``; a
-    save interrupted (Ctrl-C, SIGTERM) removes its temporary file."""
+    save interrupted (Ctrl-C) removes its temporary file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _whole():
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -81,8 +112,15 @@ def run_lock(folder: Path) -> Iterator[None]:
                 f"{folder} is in use by another shoal process{by}: wait for it to end, or "
                 "choose another folder"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        except OSError as e:  # a file system without flock (Lustre mounted without it, FUSE)
+            warnings.warn(
+                f"{folder}: cannot lock the run folder ({e.strerror}); nothing keeps a second "
+                "run from writing into it",
+                stacklevel=3,
+            )
+        else:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         os.close(fd)  # and with it the lock
@@ -130,11 +168,18 @@ def replace_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to a temporary file beside ``path``, then rename it over ``path``."""
     tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with _whole():
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
     except BaseException:  # interrupted: no temporary file left behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    """Add a row (one JSON object) to a metrics file."""
+    with _whole(), open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -39,6 +39,8 @@ class _Lines:
 def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
     """``tqdm(*args, **kwargs)``, drawn as lines where stderr is not a terminal."""
     stream = sys.stderr
-    if not kwargs.get("disable") and not (hasattr(stream, "isatty") and stream.isatty()):
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    notebook = "ipykernel" in sys.modules  # its stderr is no terminal, but redraws a bar
+    if not kwargs.get("disable") and not terminal and not notebook:
         kwargs = {"file": _Lines(stream), "mininterval": LOG_INTERVAL_S, "ascii": True, **kwargs}
     return tqdm(*args, **kwargs)

@@ -37,6 +37,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import distribution, per_client_accuracy, pooled
 from shoal.files import (
+    append_metrics,
     atomic_save,
     check_checkpoint_dtype,
     environment,
@@ -575,8 +576,7 @@ def train(
         if callback is not None:
             callback(row)
         if out is not None and main:
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_metrics(out / METRICS, row)
         if out is not None and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.rounds):
             everyone = runtime.gather_store(store)  # a collective: every rank takes part
             if main:

@@ -95,3 +95,10 @@ def test_read_metrics_takes_the_file_too_and_refuses_rows_that_are_not_objects(
     path.write_text('{"round": 1}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object of metrics"):
         read_metrics(tmp_path)
+
+
+def test_simulated_seconds_read_well_short_and_long() -> None:
+    from shoal.report import seconds
+
+    # ".1f" showed a short run as 0.0 s; ".4g" a long one as 1.235e+04 s.
+    assert [seconds(s) for s in (0.01234, 4.567, 12345.6)] == ["0.0123 s", "4.57 s", "12,345.6 s"]

@@ -223,7 +223,7 @@ def test_an_unwritable_file_is_refused_before_the_work(
         ("data.cache_dir=/tmp/x", 'data.cache_dir = "/tmp/x": digits reads no files'),
         (
             "parallel.slowdown_factor=10",  # on a federated config: [parallel] is refused
-            "parallel",
+            'parallel.slowdown_factor is set, but algorithm.name = "fedavg" is federated',
         ),
     ],
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import shoal, write_config
+from cli_helpers import SMALL, shoal, write_config
 
 from core.helpers import tiny_data, tiny_model, unequal_clients
 from shoal.algorithms import fedavg
@@ -79,3 +79,33 @@ def test_a_checkpoint_of_another_kind_of_run_is_refused_in_one_line(tmp_path: Pa
         atomic_save({"params_WD": torch.zeros(2, 3)}, tmp_path / "checkpoint.pt")
         train(tiny_model(), data, unequal_clients(len(data.train), 4), fedavg(0.1), config,
               out_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lustre mounted without flock, some FUSE mounts: ENOSYS failed every run in one line.
+    import errno
+    import fcntl
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    warned = pytest.warns(UserWarning, match="cannot lock the run folder .*not implemented")
+    with warned, run_lock(tmp_path / "run"):
+        (tmp_path / "run" / "x").write_text("")
+    assert (tmp_path / "run" / "x").is_file()
+
+
+def test_the_summary_lists_the_runs_files_not_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The data-parallel summary lists the folder's files (the federated one names its own).
+    text = SMALL.split("[client]")[0].replace('"fedavg"', '"dpsgd"')
+    (tmp_path / "dp.toml").write_text(
+        text.replace("rounds = {rounds}\n", "") + "[parallel]\nsteps = 2\n"
+    )
+    assert shoal("run", tmp_path / "dp.toml", "--out", "r", "--quiet") == 0
+    listing = next(line for line in capsys.readouterr().out.splitlines() if "files in" in line)
+    assert ".shoal.lock" not in listing

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoal.files import atomic_save, write_metrics
-from shoal.parallel.records import append_metrics
+from shoal.files import append_metrics, atomic_save, write_metrics
 
 
 def test_atomic_save_fsyncs_a_temporary_of_its_own_then_renames_it(
@@ -55,3 +54,29 @@ def test_write_metrics_ends_every_row_so_appends_stay_one_per_line(tmp_path: Pat
     write_metrics(path, [])
     assert path.read_text() == ""
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_a_stop_signalled_during_a_write_waits_until_the_file_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM's exception raised inside torch.save: the zip writer's cleanup failed, and the
+    # process ended with that error (and a .tmp file) instead of the stop.
+    from shoal.files import stop_when_written
+
+    class Stop(BaseException):
+        pass
+
+    real = torch.save
+
+    def signalled_midway(obj: object, f: object) -> None:
+        stop_when_written(Stop())  # what the SIGTERM handler calls
+        real(obj, f)
+
+    monkeypatch.setattr(torch, "save", signalled_midway)
+    with pytest.raises(Stop):
+        atomic_save({"a": 1}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "c.pt") == {"a": 1} and not list(tmp_path.glob("*.tmp"))
+    append_metrics(tmp_path / "m.jsonl", {"round": 1})  # no stop left pending
+    with pytest.raises(Stop):  # outside a write: at once
+        stop_when_written(Stop())

@@ -234,3 +234,18 @@ def test_leaf_json_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and out.stdout.split()[-1] == "1", out.stderr[-500:]
+
+
+def test_the_empty_entries_leaf_writes_for_users_it_leaves_out_are_read(tmp_path: Path) -> None:
+    # split_data.py writes user_data[u] = {"x": [], "y": []} for every user and lists in
+    # "users" only those with 2 or more samples; such a file was refused as inconsistent.
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        blob = {
+            "users": ["a"],
+            "num_samples": [1],
+            "user_data": {"a": GOOD, "f1": {"x": [], "y": []}},
+        }
+        (tmp_path / split / "t.json").write_text(json.dumps(blob))
+    data = load_femnist(tmp_path)
+    assert len(data.train) == 1 and len(data.natural_clients or []) == 1

@@ -167,7 +167,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
+    from shoal.files import stop_when_written  # not before a command has imported torch
+
+    stop_when_written(Terminated())
 
 
 def _catch_sigterm() -> None:

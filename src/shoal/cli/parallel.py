@@ -30,12 +30,13 @@ from shoal.cli.build import (
 from shoal.cli.registry import PARALLEL, call_factory
 from shoal.compress import Identity
 from shoal.config import SECTIONS, Config, ConfigError
+from shoal.files import LOCK
 from shoal.parallel import Comm, DistComm, ParallelConfig, ParallelResult, SimComm
 from shoal.parallel import train_parallel as _train_parallel
 from shoal.parallel.algorithms.easgd import EASGD
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.records import RANK_CHECKPOINTS, checkpoint_name, previous_checkpoint
-from shoal.report import human_bytes
+from shoal.report import human_bytes, seconds
 from shoal.runtime.procgroup import in_distributed_env, init_from_env
 from shoal.runtime.sim import resolve_device
 from shoal.topology import TOPOLOGIES, Topology
@@ -252,8 +253,8 @@ def summary_text(cfg: Config, result: ParallelResult, out: Path, elapsed: float)
     lines.append(f"  sent {human_bytes(s['total_bytes_sent'])} in all{how}{rate}")
     sim = result.metrics[-1].get("sim_seconds") if result.metrics else None
     if sim is not None:
-        lines.append(f"  simulated time on {cfg['network.profile']}: {sim:.4g} s")
+        lines.append(f"  simulated time on {cfg['network.profile']}: {seconds(sim)}")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
-    files = ", ".join(sorted(f.name for f in out.iterdir() if f.is_file()))
+    files = ", ".join(sorted(f.name for f in out.iterdir() if f.is_file() and f.name != LOCK))
     lines.append(f"  files in {out}{os.sep}: {files}")
     return "\n".join(lines)

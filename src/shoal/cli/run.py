@@ -24,7 +24,7 @@ from shoal.cli.build import Experiment, build
 from shoal.cli.registry import CATALOG
 from shoal.config import Config, ConfigError, dumps, load, loads, resolve, resolve_overridden
 from shoal.files import LOCK, FolderInUse, replace_text, run_lock
-from shoal.report import human_bytes, plot_runs, read_metrics
+from shoal.report import human_bytes, plot_runs, read_metrics, seconds
 from shoal.runtime.procgroup import as_peer_failure, in_distributed_env, shutdown
 from shoal.train import CHECKPOINT, METRICS, MODEL, SUMMARY, TrainResult, train
 
@@ -341,7 +341,7 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
     )
     if exp.network is not None and result.metrics:
         sim = result.metrics[-1]["sim_seconds"]
-        lines.append(f"  simulated time on {exp.network.network.name}: {sim:.4g} s")
+        lines.append(f"  simulated time on {exp.network.network.name}: {seconds(sim)}")
     lines.append(f"  time: {s['wall_seconds']:.1f} s training, {elapsed:.1f} s this command")
     files = ", ".join((CONFIG, METRICS, SUMMARY, MODEL, CHECKPOINT))
     lines.append(f"  files in {out}{os.sep}: {files}")
@@ -388,13 +388,19 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
     return longer
 
 
-def _reached(out: Path, length: int) -> bool:
-    """Whether the run in ``out`` has metrics rows up to round (step) ``length``."""
+def _trained(out: Path) -> int:
+    """The last round (step) of the run in ``out`` with a metrics row; 0 for none, or for
+    rows that cannot be read."""
     try:
         rows = read_metrics(out)
     except (OSError, ValueError):
-        return False
-    return bool(rows) and rows[-1].get("round", rows[-1].get("step", 0)) >= length
+        return 0
+    return int(rows[-1].get("round", rows[-1].get("step", 0))) if rows else 0
+
+
+def _reached(out: Path, length: int) -> bool:
+    """Whether the run in ``out`` has metrics rows up to round (step) ``length``."""
+    return _trained(out) >= length
 
 
 @contextlib.contextmanager
@@ -413,11 +419,8 @@ def _lengthened(out: Path, cfg: Config, shorter: Config | None) -> Iterator[None
     try:
         yield
     except BaseException:
-        try:  # the rows of the rounds (steps) trained so far: past `old`, the new length holds
-            rows = read_metrics(out)
-        except (OSError, ValueError):  # none, or unreadable: the old length is the safe one
-            rows = []
-        if not rows or rows[-1].get("round", rows[-1].get("step", 0)) <= old:
+        # Trained past `old`, the new length holds; none, or unreadable: the old one is safe.
+        if _trained(out) <= old:
             replace_text(out / CONFIG, before)
         raise
 

@@ -63,6 +63,10 @@ def _read_chunks(folder: str | Path) -> dict[str, list[Chunk]]:
     return users
 
 
+def _has_samples(data: Any) -> bool:
+    return not (isinstance(data, dict) and not data.get("x") and not data.get("y"))
+
+
 def _read_file(path: Path) -> dict[str, dict[str, list[Any]]]:
     """One LEAF JSON file's ``user_data`` in the order of its ``users``, checked for agreement
     between ``users``, ``num_samples`` and ``user_data`` (disagreement means a corrupt file:
@@ -83,7 +87,9 @@ def _read_file(path: Path) -> dict[str, dict[str, list[Any]]]:
     for u in listed:
         if u not in user_data:
             raise ValueError(f"{path}: user {u!r} is in 'users' but not in 'user_data'")
-    unlisted = [u for u in user_data if u not in known]
+    # LEAF's split_data.py writes an empty entry for every user it leaves out of 'users' (fewer
+    # than 2 samples): those are fine; one with samples means a corrupt or edited file.
+    unlisted = [u for u, d in user_data.items() if u not in known and _has_samples(d)]
     if unlisted:
         raise ValueError(f"{path}: user {unlisted[0]!r} is in 'user_data' but not in 'users'")
     for u in listed:

@@ -56,6 +56,7 @@ from shoal.cost import CostModel
 from shoal.data.types import FederatedDataset
 from shoal.evaluate import pooled
 from shoal.files import (
+    append_metrics,
     atomic_save,
     check_checkpoint_dtype,
     load_checkpoint,
@@ -396,7 +397,7 @@ class _WorkerRun:
             row["sim_seconds"] = prog.sim_seconds
         self.rows.append(row)
         if self.out is not None:
-            records.append_metrics(self.out / records.METRICS, row)
+            append_metrics(self.out / records.METRICS, row)
         return row, reached
 
     def _save(self, path: Path, params_WD: torch.Tensor, state: State, prog: Progress) -> None:

@@ -39,11 +39,6 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(path.name.replace("checkpoint", "previous", 1))
 
 
-def append_metrics(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def evaluate(
     model: nn.Module,
     spec: ParamSpec,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from shoal.files import atomic_save, load_checkpoint, write_metrics
+from shoal.files import append_metrics, atomic_save, load_checkpoint, write_metrics
 from shoal.parallel import records
 from shoal.parallel.base import ServerAlgorithm
 from shoal.parallel.config import ParallelResult
@@ -90,7 +90,7 @@ def run_server(job: Job, params_D: torch.Tensor, resume: bool) -> ParallelResult
         bar.n = min(row["step"], config.steps)
         bar.set_postfix(acc=f"{test_acc:.3f}")
         if out is not None:
-            records.append_metrics(out / records.METRICS, row)
+            append_metrics(out / records.METRICS, row)
         if callback is not None:
             callback(row)
         if ckpt is not None:

@@ -43,6 +43,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def seconds(s: float) -> str:
+    """A simulated duration for people: ``0.0123 s``, ``4.56 s``, ``12,345.6 s`` (``.1f``
+    showed a short run as ``0.0 s``; ``.4g`` a long one as ``1.235e+04 s``)."""
+    return f"{s:.3g} s" if abs(s) < 10 else f"{s:,.1f} s"
+
+
 def human_bytes(n: float) -> str:
     """``1536 -> "1.5 KiB"``; the unit is chosen after rounding (``1024**2 - 1`` is
     ``"1.0 MiB"``, not ``"1024.0 KiB"``)."""
