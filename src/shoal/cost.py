@@ -507,16 +507,14 @@ def measure_codec(
     from shoal import compress
     from shoal.parallel.algorithms.sync_sgd import reduction
 
-    Compressor, init_for_worker = compress.Compressor, compress.init_for_worker
-
-    if not isinstance(compressor, Compressor):
+    if not isinstance(compressor, compress.Compressor):
         raise TypeError(f"measure_codec needs a compressor, got {type(compressor).__name__}")
     for name, value in (("numel", numel), ("world_size", world_size), ("repeats", repeats)):
         check_count(value, f"measure_codec: {name}")
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     inputs = [torch.randn(numel, generator=gen).to(dev) for _ in range(repeats + 1)]
-    state = init_for_worker(compressor, inputs[0], 0)
+    state = compress.init_for_worker(compressor, inputs[0], 0)
     summed = reduction(compressor, inputs[0], "auto") == "sum"
     seconds = []
     for x_D in inputs:

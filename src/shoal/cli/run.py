@@ -371,7 +371,7 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
     # killed (SIGTERM, SIGKILL) had written N into config.toml, and the same command was then
     # refused as "not past N".
     same = longer[length] == cfg[length]
-    if longer[length] < cfg[length] or (strict and same and _reached(out, cfg[length])):
+    if longer[length] < cfg[length] or (strict and same and _trained(out) >= cfg[length]):
         raise ConfigError(
             f"{length} = {longer[length]}: a resumed run can only train further, past its "
             f"{cfg[length]}"
@@ -396,11 +396,6 @@ def _trained(out: Path) -> int:
     except (OSError, ValueError):
         return 0
     return int(rows[-1].get("round", rows[-1].get("step", 0))) if rows else 0
-
-
-def _reached(out: Path, length: int) -> bool:
-    """Whether the run in ``out`` has metrics rows up to round (step) ``length``."""
-    return _trained(out) >= length
 
 
 @contextlib.contextmanager
