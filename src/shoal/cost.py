@@ -208,6 +208,10 @@ def _normal(seed: int, stream: int, clients_W: np.ndarray) -> np.ndarray:
     return np.array([keyed_rng(seed, stream, int(c)).standard_normal() for c in clients_W])
 
 
+MAX_SIGMA = 10.0
+"""The largest log-normal sigma :class:`Heterogeneity` takes."""
+
+
 @dataclass(frozen=True)
 class Heterogeneity:
     """Seeded per-client slowdowns and bandwidth factors, and per-round stragglers.
@@ -230,8 +234,13 @@ class Heterogeneity:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_number(self.speed_sigma, "speed_sigma", positive=False)
-        check_number(self.bandwidth_sigma, "bandwidth_sigma", positive=False)
+        for name in ("speed_sigma", "bandwidth_sigma"):
+            sigma = getattr(self, name)
+            check_number(sigma, name, positive=False)
+            # exp(sigma z) overflowed to inf seconds (numpy's warning only) from sigma ~ 150;
+            # at 10 one client in a thousand is already e^30 times slower than the median.
+            if sigma > MAX_SIGMA:
+                raise ValueError(f"{name} must be <= {MAX_SIGMA:g} (log-normal), got {sigma!r}")
         p, slow = self.straggler_probability, self.straggler_slowdown
         if not (is_real(p) and 0.0 <= p <= 1.0):  # True was 1: every client straggled
             raise ValueError(f"straggler_probability must be in [0, 1], got {p!r}")

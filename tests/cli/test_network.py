@@ -53,6 +53,7 @@ ERRORS = [
     (["network.profile=4g", "network.latency_ms=-1"], ["network.latency_ms", ">= 0"]),
     (["network.profile=wifi", "network.uplink_mbit_s=0"], ["network.uplink_mbit_s", "> 0"]),
     (["network.profile=4g", "network.speed_sigma=wide"], ["network.speed_sigma", "a number"]),
+    (["network.profile=4g", "network.speed_sigma=200"], ["network.speed_sigma", "[0, 10]"]),
     (
         ["network.profile=4g", "network.straggler_probability=2"],
         ["network.straggler_probability", "[0, 1]"],

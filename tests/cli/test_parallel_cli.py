@@ -132,6 +132,15 @@ def test_parallel_config_mistakes_are_one_line(tmp_path, capsys, name, extra, ke
     assert not (tmp_path / "run" / "config.toml").exists()  # the same --out can be used again
 
 
+@pytest.mark.parametrize(("name", "option"), [("local_sgd", "period"), ("easgd", "tau")])
+def test_a_bad_period_names_its_key(tmp_path, capsys, name, option):
+    # It said "the averaging period H" / "the communication period tau", not the key to fix.
+    cfg = _config(tmp_path, name)
+    cfg.write_text(cfg.read_text().replace("lr = 0.3", f"lr = 0.3\n{option} = 0"))
+    assert shoal("run", cfg, "--out", tmp_path / "run", "--quiet") == 2
+    assert f"algorithm.{option} (the " in capsys.readouterr().err
+
+
 def test_asynchronous_easgd_in_one_process_is_a_config_error(tmp_path, capsys):
     # Its parameter server needs a process of its own (exit code 1 before, naming no key).
     cfg = _config(tmp_path, "easgd")
@@ -224,8 +233,11 @@ def test_a_run_that_reached_its_target_is_finished(tmp_path, capsys):
     assert shoal("run", cfg, "--out", out, "--quiet") == 0
     rows, summary = _rows(out), (out / "summary.json").read_text()
     assert rows[-1]["step"] < 30 and json.loads(summary)["steps_to_target"] == rows[-1]["step"]
+    capsys.readouterr()
     assert shoal("run", "--resume", out, "--quiet") == 0
     assert _rows(out) == rows and (out / "summary.json").read_text() == summary
+    done = f"is finished (it met parallel.target_accuracy at step {rows[-1]['step']})"
+    assert done in capsys.readouterr().out
     capsys.readouterr()
     assert shoal("run", "--resume", out, "--set", "parallel.steps=60", "--quiet") == 2
     assert "stopped at its parallel.target_accuracy after 20 steps" in capsys.readouterr().err

@@ -87,6 +87,26 @@ def test_a_resume_to_n_killed_before_n_is_taken_again(tmp_path: Path) -> None:
     assert shoal("run", "--resume", "r", "--set", "rounds=3", "--quiet") == 2  # now it is
 
 
+def test_a_resume_of_a_finished_run_says_so_and_leaves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It trained no round, then rewrote model.pt and summary.json and printed the summary
+    # again, as if it had run.
+    assert shoal("run", write_config(tmp_path, rounds=2), "--out", "r", "--quiet") == 0
+    files = {f.name: f.stat().st_mtime_ns for f in Path("r").iterdir()}
+    capsys.readouterr()
+    assert shoal("run", "--resume", "r", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("r is finished (it trained its rounds = 2)")
+    assert "shoal run --resume r --set rounds=N (N > 2)" in out
+    assert {f.name: f.stat().st_mtime_ns for f in Path("r").iterdir()} == files
+    # Lengthened and killed before its new length: its old summary does not make it finished.
+    config = Path("r") / "config.toml"
+    config.write_text(config.read_text().replace("rounds = 2", "rounds = 3"))
+    assert shoal("run", "--resume", "r", "--quiet") == 0
+    assert [row["round"] for row in read_metrics(Path("r"))] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("damage", [b"", b"garbage\n", "truncate"])
 def test_a_damaged_checkpoint_is_named_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, damage: bytes | str

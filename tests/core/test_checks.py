@@ -73,7 +73,9 @@ def test_a_float_count_is_refused_when_built(case: str) -> None:
 
 def test_periods_and_sampling_counts() -> None:
     assert local_sgd(lr=0.1, period=np.int64(4)).period == 4
-    with pytest.raises(ValueError, match=r"period H must be an integer >= 1, got 2\.5"):
+    with pytest.raises(
+        ValueError, match=r"period \(the averaging period H\) must be an integer >= 1, got 2\.5"
+    ):
         local_sgd(lr=0.1, period=2.5)
     with pytest.raises(ValueError, match=r"clients_per_round must be an integer >= 1, got 2\.5"):
         ClientSampler(2.5)

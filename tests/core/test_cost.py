@@ -223,6 +223,8 @@ def test_stragglers_are_drawn_per_round():
         (lambda: Heterogeneity(straggler_probability=1.5), "straggler_probability"),
         (lambda: Heterogeneity(straggler_slowdown=0.5), "straggler_slowdown"),
         (lambda: Heterogeneity(speed_sigma=float("nan")), "speed_sigma"),
+        # exp(sigma z) was inf seconds with only numpy's overflow warning
+        (lambda: Heterogeneity(bandwidth_sigma=300.0), "bandwidth_sigma must be <= 10"),
         (lambda: CostModel(NET, seconds_per_sample=-1.0), "seconds_per_sample"),
         (lambda: CostModel(NET, codec_seconds_per_element=-1e-9), "codec_seconds_per_element"),
         (lambda: Heterogeneity(seed=-1), "seed must be an integer >= 0"),

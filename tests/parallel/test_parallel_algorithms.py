@@ -208,9 +208,13 @@ def test_dpsgd_orders_differ_but_both_train():
 
 
 def test_bad_configurations_raise_clear_errors():
-    with pytest.raises(ValueError, match="tau must be an integer >= 1"):
+    with pytest.raises(
+        ValueError, match=r"tau \(the communication period\) must be an integer >= 1"
+    ):
         easgd(0.1, tau=0)
-    with pytest.raises(ValueError, match="H must be an integer >= 1"):
+    with pytest.raises(
+        ValueError, match=r"period \(the averaging period H\) must be an integer >= 1"
+    ):
         local_sgd(0.1, period=0)
     with pytest.raises(ValueError, match="alpha must be in"):
         easgd(0.1, alpha=1.5)

@@ -283,6 +283,7 @@ def network_params(name: str) -> Mapping[str, Param]:
         return {}
     net = factory()
     non_negative, positive = (lambda v: 0 <= v < math.inf), (lambda v: 0 < v < math.inf)
+    sigma = (lambda v: 0 <= v <= cost.MAX_SIGMA,)[0]
     return {
         # One latency for both directions (every profile has one); the API takes two.
         "latency_ms": Param(float, round(net.uplink.latency_s * 1e3, 9), non_negative, ">= 0"),
@@ -296,8 +297,8 @@ def network_params(name: str) -> Mapping[str, Param]:
         "codec_seconds_per_element": Param(
             float, 0.0, non_negative, ">= 0 (0 = compressing takes no time; data-parallel only)"
         ),
-        "speed_sigma": Param(float, 0.0, non_negative, ">= 0"),
-        "bandwidth_sigma": Param(float, 0.0, non_negative, ">= 0"),
+        "speed_sigma": Param(float, 0.0, sigma, f"in [0, {cost.MAX_SIGMA:g}]"),
+        "bandwidth_sigma": Param(float, 0.0, sigma, f"in [0, {cost.MAX_SIGMA:g}]"),
         "straggler_probability": Param(float, 0.0, lambda v: 0 <= v <= 1, "in [0, 1]"),
         "straggler_slowdown": Param(float, 10.0, lambda v: 1 <= v < math.inf, ">= 1"),
     }

@@ -388,6 +388,30 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
     return longer
 
 
+def _finished(cfg: Config, out: Path) -> str | None:
+    """What to say when ``--resume`` names a run that ended as its config says (its summary
+    written, its last round or step reached, or its target met); None if it did not. Training
+    it again would rewrite its model and summary and change nothing."""
+    length = _length(cfg)
+    summary = out / SUMMARY
+    if not summary.is_file():
+        return None
+    try:
+        reached = json.loads(summary.read_text(encoding="utf-8")).get("steps_to_target")
+    except (OSError, ValueError):
+        return None
+    further = ""
+    if reached is not None:
+        done = f"it met parallel.target_accuracy at step {reached}"
+    elif (trained := _trained(out)) >= cfg[length]:
+        done = f"it trained its {length} = {trained}"
+        more = f"--set {length}=N (N > {cfg[length]})"
+        further = f"; to train it further: shoal run --resume {shlex.quote(str(out))} {more}"
+    else:
+        return None
+    return f"{out} is finished ({done}): nothing to continue{further}"
+
+
 def _trained(out: Path) -> int:
     """The last round (step) of the run in ``out`` with a metrics row; 0 for none, or for
     rows that cannot be read."""
@@ -458,6 +482,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _distributed_run(args)
     if args.resume:
         cfg, out, shorter = _resume_config(args)
+        if shorter is None and (done := _finished(cfg, out)):
+            print(done)
+            return 0
         with run_lock(out), _lengthened(out, cfg, shorter):
             # Killed before the first checkpoint: nothing to continue, so start over.
             execute(cfg, out, resume=_resumable(cfg, out), progress=not args.quiet)

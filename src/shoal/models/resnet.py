@@ -74,7 +74,7 @@ def resnet_small(
     check_count(width, "resnet_small: width")
     check_count(groups, "resnet_small: groups")
     if groups < 1 or width % groups != 0:
-        raise ValueError(f"groups={groups} must be >= 1 and divide width={width}")
+        raise ValueError(f"resnet_small: groups must divide width = {width}, got {groups}")
     if not blocks_per_stage or not all(is_integer(n) and n >= 1 for n in blocks_per_stage):
         raise ValueError(
             f"blocks_per_stage must be a non-empty sequence of ints >= 1, got {blocks_per_stage}"

@@ -58,7 +58,7 @@ class EASGD:
 
     def __post_init__(self) -> None:
         check_positive(f"{self.name}: lr", self.lr)
-        check_period(f"{self.name}: the communication period tau", self.tau)
+        check_period(f"{self.name}: tau (the communication period)", self.tau)
         if self.alpha is not None and not (
             is_real(self.alpha) and 0 < self.alpha < 1  # a numpy float too
         ):

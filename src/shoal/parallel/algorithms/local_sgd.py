@@ -55,7 +55,7 @@ class LocalSGD(OwnModel):
 
     def __post_init__(self) -> None:
         check_optimizer("local_sgd", self.lr, self.momentum, self.weight_decay, self.nesterov)
-        check_period("local_sgd: the averaging period H", self.period)
+        check_period("local_sgd: period (the averaging period H)", self.period)
         check_compressor("local_sgd", self.compressor)
         check_reduce("local_sgd", self.reduce, self.compressor)
 
