@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.data.types import ArrayDataset, FederatedDataset
+from shoal.data.types import ArrayDataset, FederatedDataset, check_labels
 
 _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
@@ -131,10 +131,7 @@ def _decode(batch: Batch, label_key: bytes, num_classes: int) -> tuple[np.ndarra
         raise ValueError(f"{what}: {key} must be a list of integer classes")
     if len(labels) != len(data):
         raise ValueError(f"{what}: {len(data)} images but {len(labels)} {key}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{what}: {key} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
+    check_labels(labels, num_classes, f"{what}: {key}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shoal.data.types import ArrayDataset, FederatedDataset
+from shoal.data.types import ArrayDataset, FederatedDataset, check_labels
 
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 LABELS_MAGIC = 0x0801
@@ -145,11 +145,6 @@ def load_mnist_family(
     if num_classes is None:
         num_classes = int(max(int(y.max()) for _, y, _ in splits if len(y)) + 1)
     for _, y, where in splits:  # ArrayDataset would refuse them without naming the file
-        bad = y[(y < 0) | (y >= num_classes)]
-        if len(bad):
-            raise ValueError(
-                f"{where}: labels must lie in [0, {num_classes}), got {int(bad[0])} "
-                f"({len(bad)} such labels): corrupt, or another dataset's file?"
-            )
+        check_labels(y, num_classes, f"{where}: labels", ": corrupt, or another dataset's file?")
     train, test = (ArrayDataset(x, y, num_classes) for x, y, _ in splits)
     return FederatedDataset(name or prefix.rstrip("-_") or "mnist", train, test)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shoal.data.types import ArrayDataset, FederatedDataset
+from shoal.data.types import ArrayDataset, FederatedDataset, check_labels
 
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 _LETTER_INDEX = {c: i for i, c in enumerate(ALL_LETTERS)}
@@ -127,9 +127,7 @@ def _convert(
     path, data = chunk
     try:
         x, y = to_x(data["x"]), to_y(data["y"])
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            bad = y[(y < 0) | (y >= num_classes)][0]
-            raise ValueError(f"y must lie in [0, {num_classes}), got {bad}")
+        check_labels(y, num_classes, "y")
     except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a y past int64
         raise ValueError(f"{path}: user {user!r}: {e}") from None
     return x, y

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from shoal.checks import is_real
+from shoal.data.types import check_labels
 
 
 def label_histogram(
@@ -16,10 +17,7 @@ def label_histogram(
 ) -> np.ndarray:
     """Counts ``[clients, classes]``: how many samples of each class each client holds."""
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
+    check_labels(labels, num_classes)
     hist = np.zeros((len(client_indices), num_classes), dtype=np.int64)
     for i, idx in enumerate(client_indices):
         hist[i] = np.bincount(labels[_indices(idx, i)], minlength=num_classes)

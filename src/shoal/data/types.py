@@ -14,6 +14,22 @@ import torch
 from shoal.checks import check_count
 
 
+def check_labels(
+    y: np.ndarray | torch.Tensor, num_classes: int, name: str = "labels", hint: str = ""
+) -> None:
+    """Class labels must lie in ``[0, num_classes)``: the one check (and wording) of every
+    reader and of :class:`ArrayDataset`, which say where in ``name`` and what to do in
+    ``hint``. Out-of-range labels failed later inside a loss or ``bincount``, or not at all."""
+    if len(y) == 0:
+        return
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        bad = y[(y < 0) | (y >= num_classes)]
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got {int(bad[0])} ({len(bad)} of {len(y)} "
+            f"outside it){hint}"
+        )
+
+
 @dataclass(frozen=True)
 class ArrayDataset:
     """Features and integer labels held in memory.
@@ -45,13 +61,7 @@ class ArrayDataset:
         if self.y.dtype != torch.int64:
             raise ValueError(f"y must be int64, got {self.y.dtype}; use y.long()")
         check_count(self.num_classes, "num_classes")
-        if len(self.y) > 0:
-            lo, hi = int(self.y.min()), int(self.y.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
-                    f"labels must lie in [0, {self.num_classes}), got range [{lo}, {hi}]; "
-                    "raise num_classes or remap the labels"
-                )
+        check_labels(self.y, self.num_classes, hint="; raise num_classes or remap the labels")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
