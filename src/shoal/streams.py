@@ -36,6 +36,6 @@ def seeded_stream(seed: int) -> torch.Generator:
 def restore_stream(gen: torch.Generator, seed: int, saved: torch.Tensor | None) -> None:
     """Put ``gen`` where ``saved`` (its ``get_state()``) was; ``None``: at ``seed``'s start."""
     if saved is None:
-        gen.manual_seed(seed)
+        gen.manual_seed(int(seed))  # as in seeded_stream
     else:  # a checkpoint loaded onto a GPU holds the CPU generator's state there
         gen.set_state(saved.cpu())

@@ -16,7 +16,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,10 +410,7 @@ def train(
                     f"label_flip({flip}) maps labels to {flip - 1} - y, but the data has {k} "
                     f"classes: build it with label_flip({k})"
                 )
-            y = y.clone()
-            for c in byzantine.clients:
-                own = torch.as_tensor(clients[c], device=dev)
-                y[own] = byzantine.behaviour(y[own])
+            y = _flipped(y, clients, byzantine.clients, byzantine.behaviour)
         else:
             attack = byzantine.behaviour
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
@@ -610,6 +607,27 @@ def train(
         replace_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     runtime.sync()  # other ranks return once the run's files are complete
     return TrainResult(params=params, spec=spec, metrics=rows, summary=summary)
+
+
+def _flipped(
+    y: torch.Tensor, clients: Sequence[np.ndarray], byzantine: frozenset[int], flip: LabelFlip
+) -> torch.Tensor:
+    """The labels the clients train on when the ``byzantine`` clients flip theirs: each of their
+    samples flipped once (flipped per client, a sample two of them held went back to its own
+    label). A sample an honest client holds too is refused: it cannot hold both labels."""
+    if not byzantine:
+        return y
+    own = np.unique(np.concatenate([np.asarray(clients[c]) for c in sorted(byzantine)]))
+    for c, idx in enumerate(clients):
+        if c not in byzantine and np.isin(idx, own).any():
+            raise ValueError(
+                f"label_flip: honest client {c} holds samples that Byzantine clients flip "
+                "(the clients' index lists overlap); give the Byzantine clients their own samples"
+            )
+    y = y.clone()
+    at = torch.as_tensor(own, device=y.device)
+    y[at] = flip(y[at])
+    return y
 
 
 def _summary(

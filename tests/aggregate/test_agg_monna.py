@@ -28,7 +28,7 @@ def test_matches_reference(num_neighbors: int, f: int) -> None:
 def test_batched_over_workers_equals_one_at_a_time() -> None:
     own = torch.randn(4, 6, dtype=torch.float64)
     inbox = torch.randn(4, 7, 6, dtype=torch.float64)
-    batched = monna(2)(own, inbox)
+    batched = monna(2).batched(own, inbox)
     for w in range(4):
         torch.testing.assert_close(batched[w], monna(2)(own[w], inbox[w]))
 
@@ -42,8 +42,18 @@ def test_far_neighbours_are_dropped() -> None:
 def test_requirement_counts_the_worker_itself() -> None:
     with pytest.raises(ValueError, match=r"monna needs n >= 2f\+1 .*got n=5, f=3"):
         monna(3)(torch.zeros(2), torch.randn(4, 2))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="does not match"):
         monna(1)(torch.zeros(3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="do not match"):
+        monna(1).batched(torch.zeros(2, 3), torch.randn(3, 4, 3))
+
+
+def test_a_worker_whose_rows_are_matrices_is_one_worker() -> None:
+    """A [2, 3] own row with two neighbours was read as two workers' vectors."""
+    own = torch.randn(2, 3, dtype=torch.float64)
+    inbox = torch.randn(2, 2, 3, dtype=torch.float64)
+    flat = monna(1)(own.reshape(-1), inbox.reshape(2, -1))
+    torch.testing.assert_close(monna(1)(own, inbox), flat.reshape(2, 3), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -63,12 +73,12 @@ def test_distances_do_not_overflow_or_underflow_in_their_squares(scale, dtype) -
     inbox = (inbox * scale).to(dtype).expand(2, 4, 3)
     want = inbox[0, 1:3].sum(dim=0) / 3  # own, 1 and 3: the n - f = 3 nearest (atol=0: tiny)
     torch.testing.assert_close(monna(2)(own[0], inbox[0]), want, rtol=1e-6, atol=0)
-    torch.testing.assert_close(monna(2)(own, inbox), want.expand(2, 3), rtol=1e-6, atol=0)
+    torch.testing.assert_close(monna(2).batched(own, inbox), want.expand(2, 3), rtol=1e-6, atol=0)
 
 
 def test_a_node_without_neighbours_keeps_its_own_vector() -> None:
     """n = 1, f = 0: the batched form [W, 0, D] did; the plain one failed in a reshape."""
     own = torch.randn(3)
     assert torch.equal(monna(0)(own, torch.randn(0, 3)), own)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="does not match"):
         monna(0)(own, torch.randn(0, 4))

@@ -66,6 +66,14 @@ def test_protocol_shapes_and_dtype(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
+def test_an_all_zero_inbox_gives_zero(name: str) -> None:
+    # flag_aggregator said "the inputs span fewer than r=1 dimensions; lower r".
+    x = torch.zeros(N, 4, dtype=torch.float64)
+    args = (torch.zeros(4, dtype=torch.float64),) if name == "centered_clip" else ()
+    assert torch.equal(RULES[name](x, torch.ones(N), *args), torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_identical_inputs_are_a_fixed_point(name: str) -> None:
     v = torch.randn(5, dtype=torch.float64)
     x = v.expand(N, 5).clone()

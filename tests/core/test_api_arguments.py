@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from shoal import aggregate as ag
+from shoal import attacks as at
 from shoal.algorithms import LocalWork, fedadam, fedavg, fedsgd
 from shoal.algorithms.dgc import dgc
 from shoal.cost import CostModel, Heterogeneity, Network, alpha_beta, wifi
@@ -81,6 +82,11 @@ def test_train_refuses_a_wrong_argument_before_any_work(kw, match, tmp_path, mon
         (lambda: dgc(0.1, [(3, 3)], batch_size=2.5), "batch_size must be an integer"),
         (lambda: dgc(0.1, [(3, 3)], num_workers=2.5), "num_workers must be an integer"),
         (lambda: dgc(0.1, [(3, 3)], sample_ratio=True), r"sample_ratio must be in \(0, 1\]"),
+        (lambda: at.ipm(float("inf")), "ipm: eps must be a finite number > 0"),
+        (lambda: at.label_flip(2.5), "label_flip: num_classes must be an integer >= 2"),
+        (lambda: at.byzantine(1, 6, "ipm"), "behaviour must be an attack"),
+        (lambda: at.byzantine(1, 6, at.ipm), "ipm is a factory: call it, ipm()"),
+        (lambda: at.gaussian(1.0, seed=1.5), "gaussian: seed must be an integer"),
     ],
 )
 def test_a_wrong_value_is_refused_where_it_is_given(build, match):
@@ -95,6 +101,13 @@ def test_numpy_scalars_are_numbers_and_flags():
     ag.bucketing(ag.median(), 2, seed=np.int64(1))
     ag.centered_clip(tau=np.float32(0.5))
     CostModel(wifi(), seconds_per_sample=np.float32(1e-3))
+
+
+def test_numpy_seeds_start_a_run():
+    # Accepted when built, they failed in train()'s restore of the stream (manual_seed).
+    _train(aggregator=ag.bucketing(ag.median(), 2, seed=np.int64(1)))
+    noise = at.byzantine(1, 6, at.gaussian(1.0, seed=np.int64(3)))
+    _train(aggregator=ag.median(), byzantine=noise)
 
 
 def test_a_resume_with_numpy_scalars_equal_to_the_saved_ones_is_the_same_setup(tmp_path):

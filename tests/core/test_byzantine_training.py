@@ -1,6 +1,8 @@
 """Byzantine clients inside training: the inbox swaps their messages (sent through the run's
 compressor), label flipping poisons."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from shoal.algorithms import fedavg
 from shoal.algorithms.base import LocalWork
 from shoal.attacks import Byzantine, byzantine, label_flip, sign_flip
 from shoal.compress import threshold
+from shoal.data.types import ArrayDataset
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
@@ -113,6 +116,32 @@ def test_label_flipping_majority_poisons_the_model():
     clean = _run(None, None).metrics[-1]["test_accuracy"]
     poisoned = _run(None, label_flip(3), num_byz=9).metrics[-1]["test_accuracy"]
     assert poisoned < clean - 0.3
+
+
+def test_byzantine_clients_sharing_samples_flip_each_once():
+    """Flipped per client, a sample two Byzantine clients held was flipped back (9 - (9 - y)):
+    the attack vanished. The reference: the same clients holding separate flipped copies."""
+    data = tiny_data()
+    halves = unequal_clients(len(data.train), 4)
+    shared = [*halves, halves[0]]  # client 4 holds client 0's samples
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(5), work=LocalWork(1, 8), progress=False)
+
+    def run(dataset, clients, byz):
+        return train(tiny_model(), dataset, clients, fedavg(0.2), cfg, byzantine=byz).params
+
+    flip = label_flip(3)
+    got = run(data, shared, Byzantine(frozenset({0, 4}), flip))
+    # Client 4 with its own copy of the samples, appended to the training split.
+    own = torch.as_tensor(halves[0])
+    x = torch.cat([data.train.x, data.train.x[own]])
+    y = torch.cat([data.train.y, data.train.y[own]])
+    copied = replace(data, train=ArrayDataset(x, y, data.train.num_classes))
+    copy = np.arange(len(data.train), len(x))
+    want = run(copied, [*halves, copy], Byzantine(frozenset({0, 4}), flip))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not torch.equal(got, run(data, shared, None))
+    with pytest.raises(ValueError, match="honest client 4 holds samples that Byzantine"):
+        run(data, shared, Byzantine(frozenset({0}), flip))
 
 
 def _one_round(compressor, behaviour):

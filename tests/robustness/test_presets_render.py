@@ -141,10 +141,17 @@ def test_markdown_lists_failures_more_than_5_points_below_clean_and_divergence()
     start = next(i for i, line in enumerate(lines) if line.startswith("## Where defenses fail"))
     fails = lines[start + 2 : lines.index("", start + 2)]
     assert sorted(fails) == [
-        "- mean under sign flip: diverged%",
+        "- mean under sign flip: diverged",  # was "diverged%"
         "- trimmed mean under ALIE: 50.0%",
         "- trimmed mean under sign flip: 84.0%",
     ]
+    # The clean mean diverged: the heading said "the clean mean's diverged%", the list "none".
+    report = _report()
+    report["headline"]["clean_accuracy"] = None
+    text = render.markdown(report)
+    assert "**diverged**." in text and "%%" not in text and "diverged%" not in text
+    assert "the clean mean diverged too" in text
+    assert "- mean under sign flip: diverged" in text.splitlines()
 
 
 def test_markdown_settings_tables_and_old_reports() -> None:

@@ -117,6 +117,8 @@ class FlagAggregator:
         # 0 for a zero row (nothing to normalise), 1 / ||x_i|| for any other: a clamp at 1e-12
         # scaled a row of norm 1e-14 to a non-unit u_i and skewed the subspace and the output.
         norm_N = g.diagonal().sqrt()
+        if not bool((norm_N > 0).any()):  # all zero: no subspace, and 0 as every rule gives
+            return torch.zeros_like(x_ND[0]).reshape(shape)  # ("fewer than r=1 dims; lower r")
         inv_norm = torch.where(norm_N > 0, 1 / norm_N, torch.zeros_like(norm_N))
         g_NN = g * inv_norm[:, None] * inv_norm[None, :]  # Gram of the unit vectors u_i
         dsq_NN = (g_NN.diagonal()[:, None] + g_NN.diagonal()[None, :] - 2 * g_NN).clamp_min(0)

@@ -9,8 +9,8 @@ to **its own** ``x_hat_i``, its own included (at distance 0). This is the refere
 belong to the algorithm; this module is only the aggregation rule.
 
 Call it as ``monna(f)(own_D, inbox_ND)``: ``inbox_ND`` holds the *neighbours'* vectors, without
-the worker's own, so ``n = N + 1``. It also works for all workers at once,
-``monna(f)(own_WD, inbox_WND) -> x_WD`` (``W`` workers, each with ``N`` neighbours).
+the worker's own, so ``n = N + 1``. For all workers at once,
+``monna(f).batched(own_WD, inbox_WND) -> x_WD`` (``W`` workers, each with ``N`` neighbours).
 Requirement: ``n >= 2f + 1`` (``f < n/2``). Distances are direct ``||x_j - own||``, O(N D)
 per worker. A worker whose squared distances overflowed (float32 vectors ~1e20 apart) or may all
 have underflowed (~1e-20 apart or closer) has them recomputed in float64 scaled by its largest
@@ -23,7 +23,6 @@ Weights: **ignored** (the paper's rule is unweighted); the argument exists for s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -70,19 +69,29 @@ class MoNNA:
         inbox_ND: torch.Tensor,
         weights_N: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batched = own_D.dim() == 2 and inbox_ND.dim() == 3
-        own = own_D if batched else own_D.reshape(1, -1)
-        # A row's length, not -1: an empty inbox (a node without neighbours) has no length.
-        row = math.prod(inbox_ND.shape[1:])
-        inbox = inbox_ND if batched else inbox_ND.reshape(1, inbox_ND.shape[0], row)
-        if inbox.shape[0] != own.shape[0] or inbox.shape[2] != own.shape[1]:
+        """One worker: ``own`` of any shape, ``inbox`` one such row per neighbour."""
+        if inbox_ND.dim() != own_D.dim() + 1 or inbox_ND.shape[1:] != own_D.shape:
             raise ValueError(
-                f"monna: own vector(s) of shape {tuple(own_D.shape)} do not match the inbox "
-                f"{tuple(inbox_ND.shape)}; pass own_D [D] with inbox [N, D], or own [W, D] "
-                "with inbox [W, N, D]"
+                f"monna: own vector of shape {tuple(own_D.shape)} does not match the inbox "
+                f"{tuple(inbox_ND.shape)}; pass own_D [D] with inbox [N, D] (all workers at "
+                "once: monna(f).batched(own_WD, inbox_WND))"
             )
-        if weights_N is not None and weights_N.shape[-1] != inbox.shape[1]:
-            raise ValueError(f"monna: {inbox.shape[1]} neighbours but weights {weights_N.shape}")
+        if weights_N is not None and weights_N.shape[-1] != inbox_ND.shape[0]:
+            raise ValueError(f"monna: {inbox_ND.shape[0]} neighbours but weights {weights_N.shape}")
+        # A row's length, not -1: an empty inbox (a node without neighbours) has no length.
+        own, inbox = own_D.reshape(1, -1), inbox_ND.reshape(1, inbox_ND.shape[0], own_D.numel())
+        return self.batched(own, inbox).reshape(own_D.shape)
+
+    def batched(self, own_WD: torch.Tensor, inbox_WND: torch.Tensor) -> torch.Tensor:
+        """All workers at once: ``own_WD`` and each one's ``N`` neighbours ``inbox_WND``. (One
+        ``__call__`` for both forms could not tell a worker's ``[2, 3]`` matrix from two
+        workers' vectors.)"""
+        own, inbox = own_WD, inbox_WND
+        if own.dim() != 2 or inbox.dim() != 3 or inbox.shape[::2] != own.shape:
+            raise ValueError(
+                f"monna: own vectors of shape {tuple(own.shape)} do not match the inbox "
+                f"{tuple(inbox.shape)}; batched takes own [W, D] with inbox [W, N, D]"
+            )
         if not (bool(torch.isfinite(own).all()) and bool(torch.isfinite(inbox).all())):
             raise NonFiniteInbox("monna: NaN or inf in the vectors; drop those neighbours first")
         n = inbox.shape[1] + 1
@@ -94,8 +103,7 @@ class MoNNA:
             sqd_N = _scaled_sq_distances(own[w], inbox[w])
             near_WK[w] = torch.topk(sqd_N, k, largest=False).indices
         picked = inbox.gather(1, near_WK[:, :, None].expand(-1, -1, inbox.shape[2]))
-        out = (own + picked.sum(dim=1)) / (n - self.f)
-        return out if batched else out.reshape(own_D.shape)
+        return (own + picked.sum(dim=1)) / (n - self.f)
 
 
 def monna(f: int) -> MoNNA:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
-from shoal.aggregate.base import Aggregator
+from shoal.aggregate.base import Aggregator, TooFewInputs
 from shoal.checks import check_count, check_seed
 from shoal.streams import restore_stream, seeded_stream
 
@@ -104,9 +104,10 @@ class Bucketing:
         means_GD = torch.einsum("gs,gsd->gd", w_GS, x_ND[safe]) / w_G[:, None]
         try:
             return self.agg(means_GD.reshape((-1, *shape)), w_G)
-        except ValueError as e:  # the inner rule's n counts buckets, not inputs: say so
+        except TooFewInputs as e:  # the inner rule's n counts buckets, not inputs: say so
+            # Still TooFewInputs: the runtime adds the round (and a grid tells it apart).
             n, g = x_ND.shape[0], means_GD.shape[0]
-            raise ValueError(
+            raise TooFewInputs(
                 f"bucketing: {n} inputs in buckets of s={self.s} are {g} inputs to the inner "
                 f"rule, and {e}"
             ) from None

@@ -8,6 +8,7 @@ which sees the round's honest updates) or trains honestly on flipped labels
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,14 @@ class Byzantine:
         odd = sorted(map(repr, (c for c in self.clients if not is_integer(c) or c < 0)))
         if odd:
             raise ValueError(f"Byzantine client ids must be integers >= 0, got {', '.join(odd)}")
+        # A name ("ipm") or a factory not called (ipm for ipm()) failed only in round 1.
+        b = self.behaviour
+        if inspect.isfunction(b) and b.__module__.startswith("shoal.attacks"):
+            raise TypeError(
+                f"byzantine: behaviour {b.__name__} is a factory: call it, {b.__name__}()"
+            )
+        if isinstance(b, type) or not callable(b):
+            raise TypeError(f"byzantine: behaviour must be an attack (e.g. sign_flip()), got {b!r}")
 
     def mask(self, clients: np.ndarray) -> np.ndarray:
         """Boolean per entry of ``clients``: is that client Byzantine."""

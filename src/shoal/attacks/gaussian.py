@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from shoal.attacks.base import check_attack
-from shoal.checks import is_real
+from shoal.checks import check_seed, is_real
 from shoal.streams import restore_stream, seeded_stream
 
 
@@ -36,6 +36,7 @@ class GaussianNoise:
         # inf sent inf/NaN rows: the robust rules refuse such an inbox, ending the run.
         if not (is_real(self.sigma) and 0 <= self.sigma < math.inf):
             raise ValueError(f"gaussian: sigma must be a finite number >= 0, got {self.sigma!r}")
+        check_seed(self.seed, "gaussian: seed")  # 1.5 was seed 1 here and a crash in a run
         object.__setattr__(self, "_generator", seeded_stream(self.seed))
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from shoal.attacks.base import check_attack, repeat
+from shoal.checks import check_number
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class InnerProductManipulation:
     eps: float = 0.1
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"ipm: eps must be > 0, got {self.eps}")
+        # inf sent inf rows; True was 1; "0.1" failed in the comparison.
+        check_number(self.eps, "ipm: eps", positive=True)
 
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
         check_attack(honest_HD, f, "ipm")

@@ -12,18 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
+from shoal.checks import check_count
+from shoal.data.types import check_labels
+
 
 def flip_labels(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``num_classes - 1 - y``; checks that every label is an integer in ``[0, num_classes)``."""
-    if num_classes < 2:
-        raise ValueError(f"label_flip: num_classes must be >= 2, got {num_classes}")
+    check_count(num_classes, "label_flip: num_classes", least=2)
     if y_B.is_floating_point() or y_B.is_complex() or y_B.dtype == torch.bool:
         raise TypeError(f"label_flip: labels must be an integer tensor, got {y_B.dtype}")
-    if y_B.numel() and (int(y_B.min()) < 0 or int(y_B.max()) >= num_classes):
-        raise ValueError(
-            f"label_flip: labels must lie in [0, {num_classes}), got "
-            f"[{int(y_B.min())}, {int(y_B.max())}]; check num_classes"
-        )
+    check_labels(y_B.reshape(-1), num_classes, "label_flip: labels", "; check num_classes")
     return num_classes - 1 - y_B
 
 
@@ -32,6 +30,10 @@ class LabelFlip:
     """Label flipping of the Byzantine clients' data; build it with :func:`label_flip`."""
 
     num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        # 2.5 made float labels, "10" a TypeError in the first round.
+        check_count(self.num_classes, "label_flip: num_classes", least=2)
 
     def __call__(self, y_B: torch.Tensor) -> torch.Tensor:
         return flip_labels(y_B, self.num_classes)

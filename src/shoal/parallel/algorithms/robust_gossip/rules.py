@@ -195,7 +195,7 @@ class NNAGossip:
         rule = monna(self.f)
         out = torch.empty_like(own_WD)
         for ids, x_GND in _by_degree(own_WD, received):
-            out[ids] = rule(x_GND[:, 0], x_GND[:, 1:])
+            out[ids] = rule.batched(x_GND[:, 0], x_GND[:, 1:])
         return out
 
 
