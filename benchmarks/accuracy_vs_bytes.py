@@ -9,7 +9,7 @@ changes: each client's model delta is compressed on upload, and the uplink bytes
 serialized payloads (``cum_uplink_bytes`` of the last round). Error feedback keeps a residual
 per client, carried to that client's next participation. PowerSGD gets the model's
 ``ParamSpec.shapes`` (its 1-D tensors, the biases, travel dense); the paper's PowerSGD warm-starts
-from the client's last query, the "2 iterations, cold start" rows start from the seed's query
+from the client's last query, the "2 iterations, cold start" rows start from a fresh query
 and take two subspace steps (same bytes), and the "best rank 2, SVD" row is a bound, not a
 method (see :class:`BestRank`). The thresholds 7e-4 and 2e-3
 are about the 90th and 99th percentiles of |delta| in a dense run of W (~10% and ~1% kept);

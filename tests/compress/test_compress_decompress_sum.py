@@ -92,6 +92,18 @@ def test_powersgd_stacked_product_is_the_sum_to_rounding(wrap: bool) -> None:
     assert torch.equal(decompress_sum(compressor, payloads[:1]), compressor.decompress(payloads[0]))
 
 
+def test_powersgd_sums_half_precision_messages_in_the_asked_dtype() -> None:
+    """Summed in float16 and cast after, two messages of 40,000 gave inf, not 80,000."""
+    c = powersgd([(20, 30), (30,)], rank=2)
+    x = torch.full((630,), 40_000.0, dtype=torch.float16)  # the dense (30,) block's
+    x[:600] = 0.01  # the matrix's (P = M Q itself would overflow float16)
+    payloads = [c.compress(x, c.init(x))[0] for _ in range(2)]
+    got = decompress_sum(c, payloads, torch.float32)
+    want = left_sum([c.decompress(p).to(torch.float32) for p in payloads])
+    assert got.dtype == torch.float32 and bool(got.isfinite().all())
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=0)
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one payload"):
         decompress_sum(top_k(ratio=0.1), [])

@@ -60,9 +60,9 @@ def test_error_feedback_two_round_path_uses_the_residual_in_both_rounds() -> Non
         torch.testing.assert_close(ef.decompress(payload).view(n, m) + e, a)
 
 
-def test_cold_start_two_round_workers_keep_the_seeds_query() -> None:
+def test_cold_start_two_round_workers_share_each_steps_fresh_query() -> None:
     """Two workers run the two-round all-reduce with ``warm_start=False``: after a step both
-    still hold the seed's query (``complete`` used to store each worker's own Q), so the next
+    hold the same fresh query (not their own Q, which ``complete`` once stored), so the next
     round-1 sum is ``(M_1 + M_2) Q`` as the protocol needs."""
     c = powersgd([(6, 5)], rank=1, min_compression_rate=0, warm_start=False, seed=3)
     xs = [torch.randn(30, generator=gen(20 + w)) for w in range(2)]
@@ -72,7 +72,8 @@ def test_cold_start_two_round_workers_keep_the_seeds_query() -> None:
     done = [c.complete(x, summed, s) for x, s in zip(xs, states)]
     total = c.sum_payloads([p for p, _ in done])
     states = [c.with_query(s, total) for _, s in done]
-    for s in states:
-        assert torch.equal(s["q0"], seed_query)
+    fresh = states[0]["q0"]
+    assert torch.equal(states[1]["q0"], fresh) and not torch.equal(fresh, seed_query)
+    assert not torch.equal(fresh, total["q0"])  # not the all-reduced Q: a cold start
     summed = c.sum_payloads([c.project(x, s) for x, s in zip(xs, states)])
-    torch.testing.assert_close(summed["p0"], (xs[0] + xs[1]).view(6, 5) @ seed_query)
+    torch.testing.assert_close(summed["p0"], (xs[0] + xs[1]).view(6, 5) @ fresh)

@@ -17,7 +17,8 @@ _MASK64 = (1 << 64) - 1
 
 
 def check_flat(x_D: Any, who: str) -> torch.Tensor:
-    """``x_D`` must be a 1-D floating-point tensor (a flat message)."""
+    """``x_D`` must be a 1-D floating-point tensor (a flat message); returned detached from
+    autograd and contiguous."""
     if not isinstance(x_D, torch.Tensor):
         raise TypeError(f"{who}: expected a torch.Tensor, got {type(x_D).__name__}")
     if not x_D.is_floating_point():
@@ -27,7 +28,10 @@ def check_flat(x_D: Any, who: str) -> torch.Tensor:
             f"{who}: expected a flat vector x_D (1-D), got shape {tuple(x_D.shape)}; "
             "flatten it first (shoal.functional.ParamSpec.flatten)"
         )
-    return x_D
+    # A message is data: a vector that requires grad left the autograd graph in QSGD's norms
+    # and the count sketch's table, whose decompress then failed in an in-place op. And one
+    # layout: a strided view's sums (QSGD's norms) differed from its copy's by an ulp.
+    return x_D.detach().contiguous()
 
 
 def as_shapes(shapes: Any, who: str) -> tuple[torch.Size, ...]:

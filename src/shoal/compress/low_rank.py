@@ -40,9 +40,14 @@ Two options of the reference implementations, both off by default (the paper's A
   there ``M`` is spread over the workers, so each half-step is all-reduced and sent, and the
   approximations of the half-steps add up.)
 - ``warm_start=False`` (PyTorch's ``PowerSGDState(warm_start=False)``): every call starts from
-  the seed's query instead of the last one. Warm starting pays off when a worker compresses
-  every step; a federated client sampled every ~10 rounds warm-starts from a stale query, and
-  there a cold start with 2 iterations is better (``benchmarks/accuracy_vs_bytes.py``).
+  a fresh Gaussian query, drawn from ``(seed, step)`` so that every worker draws the same one
+  in a step (PyTorch: "this seed should differ at every step"), instead of the last call's.
+  Warm starting pays off when a worker compresses every step; a federated client sampled
+  every ~10 rounds warm-starts from a stale query, and there a cold start with 2 iterations is
+  better (``benchmarks/accuracy_vs_bytes.py``). (Starting every step from the *same* query,
+  as this option once did, starves error feedback: the residual ``(I - P P^T) M`` is
+  orthogonal to ``Q`` after one iteration, ``P = orth(M Q)`` never sees it, and it grew
+  without bound.)
 
 ``project`` / ``complete`` (the two-round all-reduce protocol) are always one step.
 
@@ -62,7 +67,14 @@ from typing import ClassVar
 import torch
 
 from shoal.checks import check_count, check_seed
-from shoal.compress._common import as_shapes, check_flat, generator
+from shoal.compress._common import (
+    as_shapes,
+    check_flat,
+    check_seed_state,
+    mix,
+    next_state,
+    seed_state,
+)
 from shoal.compress.base import Payload, add_all
 from shoal.compress.wire import payload_nbytes
 
@@ -88,7 +100,8 @@ class _Block:
 class PowerSGD:
     """Rank-``rank`` PowerSGD per matrix block of ``shapes``; see the module docstring.
 
-    State: ``{"q0": Q_0, "q3": Q_3, ...}`` (one [m, r] query per compressed block ``i``).
+    State: ``{"q0": Q_0, "q3": Q_3, ...}`` (one [m, r] query per compressed block ``i``), and
+    with ``warm_start=False`` the ``seed`` and ``step`` its next fresh queries are drawn from.
     Payload: ``p<i>`` [n, r] and ``q<i>`` [m, r] per compressed block, ``dense`` (the other
     blocks, concatenated in order; absent if there are none).
     """
@@ -161,11 +174,25 @@ class PowerSGD:
         """Gaussian queries from ``seed``, drawn on the CPU: every worker gets the same Q."""
         x_D = self._check(x_D)
         seed = self.seed if seed is None else seed
+        state = self._queries(seed, 0, x_D)
+        if not self.warm_start:  # where the next steps' fresh queries come from
+            state.update(seed_state(seed, x_D.device))
+        return state
+
+    def _queries(self, seed: int, step: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step ``step``'s Gaussian queries from ``seed``, drawn on the CPU (the same on every
+        worker and device), in ``like``'s dtype and device."""
         state = {}
         for i, b in self._compressed():
-            q = torch.randn(b.cols, b.rank, generator=generator(seed, i, "cpu"))
-            state[f"q{i}"] = q.to(device=x_D.device, dtype=x_D.dtype)
+            g = torch.Generator().manual_seed(mix(seed, i) if step == 0 else mix(seed, i, step))
+            q = torch.randn(b.cols, b.rank, generator=g)
+            state[f"q{i}"] = q.to(device=like.device, dtype=like.dtype)
         return state
+
+    def _fresh(self, state: dict[str, torch.Tensor], like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A cold start's next state: the queries of the next step."""
+        seed, step = check_seed_state(state, self.name)
+        return {**next_state(state), **self._queries(seed, step + 1, like)}
 
     def _check_state(self, x_D: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
         for i, b in self._compressed():
@@ -202,11 +229,10 @@ class PowerSGD:
             q = (self._matrix(x_D, b).T @ p).contiguous()
             payload[f"p{i}"] = p
             payload[f"q{i}"] = q
-            if self.warm_start:  # a cold start keeps the seed's query for every step
-                new_state[f"q{i}"] = q
+            new_state[f"q{i}"] = q
         if dense:
             payload["dense"] = torch.cat(dense)
-        return payload, new_state
+        return payload, new_state if self.warm_start else self._fresh(state, x_D)
 
     @property
     def two_round(self) -> bool:
@@ -217,7 +243,7 @@ class PowerSGD:
         self, state: dict[str, torch.Tensor], payload: Payload
     ) -> dict[str, torch.Tensor]:
         """The state with the queries of ``payload`` (e.g. the all-reduced Q) as warm start
-        (unchanged with ``warm_start=False``: every step starts from the seed's query)."""
+        (unchanged with ``warm_start=False``: ``complete`` drew the next step's queries)."""
         if not self.warm_start:
             return state
         return _kept(state, {f"q{i}": payload[f"q{i}"] for i, _ in self._compressed()})
@@ -227,13 +253,11 @@ class PowerSGD:
     ) -> tuple[Payload, dict[str, torch.Tensor]]:
         x_D = self._check(x_D)
         self._check_state(x_D, state)
-        query = state if self.warm_start else self.init(x_D)
+        query = state
         for _ in range(self.power_iterations - 1):
             query = self._subspace_step(x_D, query)
         payload, new_state = self.complete(x_D, self.project(x_D, query), query)
-        if not self.warm_start:
-            return payload, state
-        return payload, _kept(state, new_state)
+        return payload, _kept(state, new_state) if self.warm_start else new_state
 
     def _subspace_step(
         self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
@@ -270,18 +294,20 @@ class PowerSGD:
         compressed = self._compressed()
         if compressed and any(f"q{compressed[0][0]}" not in p for p in payloads):
             raise ValueError("powersgd: a round-1 (project) payload has no decompression")
+        # Summed in ``dtype``, as the protocol's decompress(p).to(dtype) + ... is: two fp16
+        # messages of 40,000 summed to inf before the cast to float32.
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
         parts, dense_at = [], 0
         for i, b in enumerate(self._blocks):
             if b.rank:
-                p_MR = torch.cat([p[f"p{i}"] for p in payloads], dim=1)
-                q_NR = torch.cat([p[f"q{i}"] for p in payloads], dim=1)
+                p_MR = cast(torch.cat([p[f"p{i}"] for p in payloads], dim=1))
+                q_NR = cast(torch.cat([p[f"q{i}"] for p in payloads], dim=1))
                 parts.append((p_MR @ q_NR.T).reshape(-1))
             else:
-                dense = [p["dense"][dense_at : dense_at + b.numel] for p in payloads]
+                dense = [cast(p["dense"][dense_at : dense_at + b.numel]) for p in payloads]
                 parts.append(add_all(dense))
                 dense_at += b.numel
-        out_D = torch.cat(parts)
-        return out_D if dtype is None else out_D.to(dtype)
+        return torch.cat(parts)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)
