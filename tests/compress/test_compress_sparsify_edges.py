@@ -9,12 +9,14 @@ top-k among them; fewer than ``0.8 k`` -> ``threshold *= 0.8`` (at most 10 times
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from compress_helpers import gen
 
-from shoal.compress import random_k, threshold, top_k
+from shoal.compress import lgreco_qsgd, powersgd, random_k, threshold, top_k
 from shoal.compress.sparsify import (
     BLOCK,
     DGCPlan,
@@ -130,6 +132,12 @@ def test_dgc_at_ratio_one_sends_every_entry(d: int) -> None:
         (lambda: random_k(0.1, unbiased="no"), "unbiased must be true or false"),
         (lambda: threshold(True), "tau must be a finite number >= 0, got True"),
         (lambda: dgc_top_k(0.01, sample_ratio=True), r"sample_ratio must be in \(0, 1\]"),
+        (lambda: dgc_top_k(0.01, upper_bound="2"), "upper_bound must be a finite number >= 1"),
+        (lambda: dgc_top_k(0.01, upper_bound=math.inf), "upper_bound must be a finite"),
+        (lambda: dgc_top_k(0.01, lower_bound=None), r"lower_bound must be in \(0, 1\]"),
+        (lambda: powersgd([(4, 4)], min_compression_rate=math.inf), "min_compression_rate"),
+        (lambda: powersgd([(4, 4)], min_compression_rate=True), "min_compression_rate"),
+        (lambda: lgreco_qsgd([(4, 4)], levels=True), "budget's setting must be a number"),
     ],
 )
 def test_arguments_of_the_wrong_type_are_refused(build, match) -> None:

@@ -66,7 +66,7 @@ from typing import ClassVar
 
 import torch
 
-from shoal.checks import check_count, check_seed
+from shoal.checks import check_count, check_flag, check_number, check_seed
 from shoal.compress._common import (
     as_shapes,
     check_flat,
@@ -122,14 +122,9 @@ class PowerSGD:
         check_count(self.rank, "powersgd: rank")
         check_count(self.power_iterations, "powersgd: power_iterations")
         check_seed(self.seed, "powersgd: seed")
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f"powersgd: warm_start must be true or false, got {self.warm_start!r}")
-        if not (
-            isinstance(self.min_compression_rate, (int, float)) and self.min_compression_rate >= 0
-        ):
-            raise ValueError(
-                f"powersgd: min_compression_rate must be >= 0, got {self.min_compression_rate!r}"
-            )
+        check_flag(self.warm_start, "powersgd: warm_start")
+        # inf sent every block dense, silently; True was 1.
+        check_number(self.min_compression_rate, "powersgd: min_compression_rate", positive=False)
 
     @property
     def name(self) -> str:

@@ -13,8 +13,9 @@
   :func:`layerwise`). Biased: meant to be wrapped in :func:`error_feedback`.
 - ``natural_compression()``: Horvath, Ho, Horvath, Sahu, Canini, Richtarik 2019, "Natural
   compression for distributed deep learning": round ``|x|`` to one of the two nearest powers of
-  two, stochastically so that it is unbiased (variance ``<= x^2 / 8``); 9 bits per entry
-  (sign + 8-bit exponent), taken straight from the float32 bit pattern.
+  two, stochastically so that it is unbiased (variance ``<= x^2 / 8`` in float32's normal
+  range; a subnormal ``x`` rounds to 0 or ``2^-126``, so its relative error is unbounded);
+  9 bits per entry (sign + 8-bit exponent), taken straight from the float32 bit pattern.
 
 Deviations, named: codes are packed with byte-aligned widths (1, 2, 4, 8, 16, 32 bits: QSGD
 with s = 1 takes 2 bits, s <= 7 takes 4 bits, TernGrad 2 bits) rather than QSGD's Elias

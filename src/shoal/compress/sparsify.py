@@ -299,8 +299,8 @@ def random_indices(d: int, k: int, seed: int, step: int, device: torch.device) -
     ``k = d / 100`` for ``d = 10M``, 1.4x at ``d / 10``): uniform draws, deduplicated,
     topped up until ``k`` are distinct, then ``k`` of them chosen at random. Every step is
     symmetric under relabelling ``range(d)``, so each ``k``-subset is equally likely, as
-    with a permutation's first ``k``. The indices come out sorted (gathering and scattering
-    in memory order).
+    with a permutation's first ``k``. The drawn indices come out sorted (gathering and
+    scattering in memory order); a permutation's (``k > d / 8``) in its own order.
     """
     g = generator(seed, step, "cpu")
     if 8 * k > d:
@@ -492,10 +492,12 @@ class DGCTopK(_Sparse):
         check_seed(self.seed, "dgc_top_k: seed")
         if not (is_real(self.sample_ratio) and 0 < self.sample_ratio <= 1):
             raise ValueError(f"dgc_top_k: sample_ratio must be in (0, 1], got {self.sample_ratio}")
-        if not self.upper_bound >= 1.0:
-            raise ValueError(f"dgc_top_k: upper_bound must be >= 1, got {self.upper_bound}")
-        if not 0.0 < self.lower_bound <= 1.0:
-            raise ValueError(f"dgc_top_k: lower_bound must be in (0, 1], got {self.lower_bound}")
+        # "2" or None failed in the comparison, True was 1, inf never took the exact top-k.
+        up, low = self.upper_bound, self.lower_bound
+        if not (is_real(up) and 1.0 <= up < math.inf):
+            raise ValueError(f"dgc_top_k: upper_bound must be a finite number >= 1, got {up!r}")
+        if not (is_real(low) and 0.0 < low <= 1.0):
+            raise ValueError(f"dgc_top_k: lower_bound must be in (0, 1], got {low!r}")
         check_count(self.max_adaptation_iters, "dgc_top_k: max_adaptation_iters", least=0)
 
     @property

@@ -87,6 +87,8 @@ class LGreCo:
                 f"lgreco: choices (the candidate levels) must be 1 to 255 distinct values, got "
                 f"{len(levels)} ({shown})"
             )
+        if isinstance(self.uniform, (bool, np.bool_)):  # True "in" (1, 7, ...) is the level 1
+            raise ValueError(f"lgreco: the budget's setting must be a number, got {self.uniform!r}")
         if self.uniform not in levels:
             levels = (*levels, self.uniform)  # the budget's setting is always a candidate
         object.__setattr__(self, "levels", levels)
