@@ -14,6 +14,7 @@ Time-varying graphs (SGP's one-peer exponential graph) are a cycle of topologies
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ rounded to float32 (e.g. thirds), whose sums are within about ``6e-8`` of 1; the
 graphs are float64 and sum to 1 within about ``1e-15``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Topology:
     """A mixing matrix ``mixing_WW`` (see the module docstring) and, for stars, the hub."""
 
@@ -52,6 +53,27 @@ class Topology:
             raise ValueError(f"{self.name}: mixing weights must be non-negative")
         if not _sums_to_one(m.sum(0)):
             raise ValueError(f"{self.name}: columns must sum to 1 (every node keeps its mass)")
+
+    # The generated == compared the matrices as tensors ("Boolean value of Tensor ... is
+    # ambiguous"), and the generated repr abbreviated a matrix of over 1,000 entries, so a
+    # resume's check of the setup took two such graphs of one name for the same.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Topology):
+            return NotImplemented
+        return (
+            (self.name, self.hub, self.cycle) == (other.name, other.hub, other.cycle)
+            and self.mixing_WW.shape == other.mixing_WW.shape
+            and torch.equal(self.mixing_WW.cpu(), other.mixing_WW.cpu())
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.num_nodes, self.hub))
+
+    def __repr__(self) -> str:
+        weights = self.mixing_WW.detach().cpu().double().contiguous().numpy().tobytes()
+        digest = hashlib.sha256(weights).hexdigest()[:12]
+        hub = "" if self.hub is None else f", hub={self.hub}"
+        return f"Topology({self.name!r}, {self.num_nodes} nodes{hub}, mixing sha256 {digest})"
 
     @property
     def num_nodes(self) -> int:

@@ -225,6 +225,36 @@ def test_resume_of_a_launched_run_in_one_process_is_refused(tmp_path, capsys):
     )
 
 
+def test_a_launched_run_resumed_on_another_number_of_processes_is_named(
+    tmp_path, capsys, monkeypatch
+):
+    """It said "partition.num_clients = 2: ... give the partition one client per worker",
+    which a resume cannot change."""
+    import torch.distributed as dist
+
+    from shoal.runtime.spawn import free_port
+
+    cfg = _config(tmp_path, "sync_sgd")
+    out = tmp_path / "a"
+    assert shoal("run", cfg, "--set", "parallel.steps=10", "--out", out, "--quiet") == 0
+    ckpt = out / "checkpoint.pt"
+    for rank in (0, 1):  # what `shoal launch --nproc-per-node 2` leaves
+        (out / f"checkpoint.rank{rank}.pt").write_bytes(ckpt.read_bytes())
+    ckpt.unlink()
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    capsys.readouterr()
+    try:
+        assert shoal("run", "--resume", out, "--set", "parallel.steps=20", "--quiet") == 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    err = capsys.readouterr().err
+    assert "it ran on 2 processes, and this job has 1" in err
+    assert "torchrun --nproc-per-node 2 -m shoal run --resume" in err
+
+
 def test_a_run_that_reached_its_target_is_finished(tmp_path, capsys):
     """A plain resume trained it on to parallel.steps (overwriting its metrics and summary),
     and --set parallel.steps=N would stop again at once."""

@@ -16,9 +16,20 @@ import torch
 from torch import nn
 
 from shoal.algorithms.dgc import dgc
+from shoal.attacks import Byzantine, sign_flip
 from shoal.data.types import ArrayDataset, FederatedDataset
-from shoal.parallel import ParallelConfig, SimComm, dpsgd, sgp, sync_sgd, train_parallel
-from shoal.topology import ring
+from shoal.parallel import (
+    ParallelConfig,
+    SimComm,
+    clipped_gossip,
+    dpsgd,
+    robust_gossip,
+    sgp,
+    sync_sgd,
+    train_parallel,
+)
+from shoal.parallel.algorithms.sgp import SGP
+from shoal.topology import complete, exponential, ring
 
 from .cases import DIM, config, shards, tiny_data, tiny_model
 
@@ -62,6 +73,36 @@ def test_a_resume_with_other_settings_warns_and_the_same_ones_do_not(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _run(tmp_path, dpsgd(0.2, ring(3)), 8, True, seed=9)  # as the last checkpoint was made
+
+
+def test_a_resume_under_another_graph_or_byzantine_set_takes_the_new_one(tmp_path):
+    """SGP's graph and robust gossip's honest nodes live in the algorithm's state: the
+    checkpoint's were kept (a ring went on as a ring, the old Byzantine node was scored), while
+    the warning said the run went on under the new setting."""
+
+    def run(algorithm, steps, out, resume):
+        n = 4 if isinstance(algorithm, SGP) else 6
+        cfg = config(steps=steps, checkpoint_every=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the setup-differs warning, meant here
+            return train_parallel(
+                tiny_model(), tiny_data(), shards(n), algorithm, cfg, SimComm(n),
+                out_dir=tmp_path / out, resume=resume,
+            )  # fmt: skip
+
+    run(sgp(0.2, ring(4)), 4, "sgp", False)
+    resumed = run(sgp(0.2, complete(4)), 6, "sgp", True)
+    z_WD = resumed.params_WD  # one step on the complete graph: every node holds the average
+    torch.testing.assert_close(z_WD, z_WD.mean(0).expand_as(z_WD), rtol=0, atol=1e-6)
+
+    def gossip(byzantine):
+        attack = Byzantine(frozenset({byzantine}), sign_flip())
+        return robust_gossip(0.2, exponential(6), clipped_gossip(b=1), byzantine=attack)
+
+    run(gossip(1), 4, "rg", False)
+    resumed = run(gossip(3), 6, "rg", True)
+    honest = torch.tensor([w != 3 for w in range(6)])
+    torch.testing.assert_close(resumed.params, resumed.params_WD[honest].mean(0))
 
 
 def test_a_run_stopped_at_its_target_trains_on_when_resumed_without_it(tmp_path):

@@ -163,6 +163,21 @@ def test_batched_rules_equal_the_aggregators_node_by_node():
         torch.testing.assert_close(nna[i], monna(1)(x[i], rows[1:]), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [5, 14])
+def test_trimmed_gossip_refuses_a_nan_model_at_every_neighbourhood_size(n):
+    """On complete(5) (a min/max sorting network) a NaN node made every other node NaN; on
+    complete(14) (torch.sort, NaN last) it was trimmed away. Now one behaviour, nna's."""
+    from shoal.aggregate.base import NonFiniteInbox
+    from shoal.topology import complete
+
+    x = torch.randn(n, 3, dtype=torch.float64)
+    x[1] = math.nan
+    comm = SimComm(n)
+    received = comm.neighbors(x, complete(n))
+    with pytest.raises(NonFiniteInbox, match="trimmed_gossip"):
+        trimmed_gossip(1)(x, received, comm.graph(complete(n)), comm.workers)
+
+
 def test_dissensus_with_eps_one_stops_plain_gossip_exactly():
     # He et al.'s attack cancels the honest pull: an attacked node keeps its own model.
     topology, bad = ring(6), {2}
@@ -374,6 +389,21 @@ def test_every_node_byzantine_is_refused():
         robust_gossip(
             0.1, ring(3), plain_gossip(), byzantine=Byzantine(frozenset({0, 1, 2}), sign_flip())
         )
+
+
+def test_a_mimic_target_some_receiver_lacks_is_refused_naming_it():
+    """It failed at step 0, "mimic: target=1 but there are 1 honest updates"."""
+    from shoal.attacks import mimic
+
+    def build(target):
+        attack = Byzantine(frozenset({0, 2}), mimic(target))
+        return robust_gossip(0.1, ring(6), plain_gossip(), byzantine=attack)
+
+    for target in (0, -1, None):
+        build(target)
+    for target in (1, -2):
+        with pytest.raises(ValueError, match=rf"mimic\(target={target}\).* node 1 has 1 on ring"):
+            build(target)
 
 
 def test_mimic_forgery_copies_an_honest_neighbour_not_the_receiver():

@@ -312,3 +312,13 @@ def test_star_keeps_its_hub_and_averages_like_complete() -> None:
 def test_topologies_by_name_build_the_named_graph() -> None:
     for name, make in TOPOLOGIES.items():
         assert make(8).name == name
+
+
+def test_graphs_compare_by_their_weights_and_name_them_in_full() -> None:
+    """== raised ("Boolean value of Tensor ... is ambiguous"), and the repr a resume checks
+    abbreviated matrices over 1,000 entries: two custom 40-node graphs looked the same."""
+    assert ring(4) == ring(4) and ring(4) != ring(5) and ring(5) != exponential(5)
+    assert len({ring(4), ring(4), complete(4)}) == 2
+    a = from_matrix(ring(40).mixing_WW, "custom")
+    b = from_matrix(exponential(40).mixing_WW, "custom")
+    assert a != b and repr(a) != repr(b) and "40 nodes" in repr(a)

@@ -211,6 +211,12 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
             stacklevel=2,
         )
     if workers != len(shards):
+        launched = len(list(out.glob(RANK_CHECKPOINTS)))
+        if resume and launched and launched != comm.world_size:  # the partition is the run's
+            raise ConfigError(
+                f"cannot resume {out}: it ran on {launched} processes, and this job has "
+                f"{comm.world_size}; continue it with `{resume_command(out)}`"
+            )
         extra = " plus the parameter server" if server is not None else ""
         raise ConfigError(
             f"partition.num_clients = {len(shards)}: a {cfg['algorithm.name']} job with "

@@ -243,7 +243,11 @@ class _WorkerRun:
         if ckpt is not None and (resume or self.coordinated):
             restored = self._restore(ckpt, resume, set(state))
             if restored is not None:
-                params_WD, state, prog = restored
+                # State the algorithm makes from its setting (SGP's graph, robust gossip's
+                # honest nodes) is this run's: the checkpoint's kept the old setting while the
+                # warning said the run went on under the new one.
+                fresh, (params_WD, state, prog) = state, restored
+                state = {**state, **{k: fresh[k] for k in getattr(alg, "setting_keys", ())}}
         if self.out is not None and self.reports and not asynchronous:
             write_metrics(self.out / records.METRICS, self.rows)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.dev)

@@ -30,6 +30,7 @@ Shape suffixes: ``W`` local workers, ``D`` flat parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -53,6 +54,8 @@ class SGP:
     weight_decay: float = 0.0
     nesterov: bool = False
     name: str = "sgp"
+    setting_keys: ClassVar[tuple[str, ...]] = ("topology",)
+    """State made from the setting, not by training: a resume takes this run's (the graph)."""
 
     def __post_init__(self) -> None:
         check_optimizer("sgp", self.lr, self.momentum, self.weight_decay, self.nesterov)
@@ -125,9 +128,11 @@ class SGP:
             mixed_WD = retained(msg_WD, comm.graph(graph), comm.workers)
             if state["in_flight"] is not None:  # last step's pushes arrive now
                 received = resolve(state["in_flight"])
-                sent_graph = comm.graph(topology.at(state["in_flight_step"]))
-                mixed_WD = mixed_WD + mix_received(received, sent_graph, comm.workers, msg_WD)
+                # The graph they were sent on, even when a resume changed the topology.
+                sent = state.get("in_flight_graph") or topology.at(state["in_flight_step"])
+                mixed_WD = mixed_WD + mix_received(received, comm.graph(sent), comm.workers, msg_WD)
             state["in_flight"], state["in_flight_step"] = sending, step
+            state["in_flight_graph"] = graph
         state["weight_W1"] = mixed_WD[:, -1:]
         return mixed_WD[:, :-1], state
 

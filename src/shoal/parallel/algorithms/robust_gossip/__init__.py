@@ -60,10 +60,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from shoal.attacks import Byzantine, LabelFlip
+from shoal.attacks.mimic import Mimic
 from shoal.parallel.algorithms.dpsgd import check_connected, check_topology
 from shoal.parallel.algorithms.robust_gossip.attacks import Dissensus, dissensus, forge
 from shoal.parallel.algorithms.robust_gossip.rules import (
@@ -111,6 +113,8 @@ class RobustGossip:
     weight_decay: float = 0.0
     byzantine: Byzantine | None = None
     name: str = field(default="robust_gossip")
+    setting_keys: ClassVar[tuple[str, ...]] = ("honest_W",)
+    """State made from the setting, not by training: a resume takes this run's."""
 
     def __post_init__(self) -> None:
         check_optimizer("robust_gossip", self.lr, self.momentum, self.weight_decay)
@@ -142,7 +146,30 @@ class RobustGossip:
                 raise ValueError(f"robust_gossip: Byzantine node(s) {bad} not in 0..{n - 1}")
             if len(byz.clients) >= n:
                 raise ValueError("robust_gossip: every node is Byzantine; none is left to train")
+            self._check_mimic()
             self._warn_unprotected()
+
+    def _check_mimic(self) -> None:
+        """``mimic(target)`` copies a receiver's ``target``-th honest in-neighbour (its own
+        model when it has none): a target that some receiver lacks failed at step 0 with
+        "there are 1 honest updates", naming no node."""
+        attack, bad = self.byzantine.behaviour if self.byzantine else None, self.byzantine_nodes
+        if not isinstance(attack, Mimic) or attack.target is None:
+            return
+        for g in self.topology.cycle or (self.topology,):
+            for i in range(g.num_nodes):
+                inn = g.in_neighbors(i)
+                honest = max(1, sum(j not in bad for j in inn))
+                if (
+                    i not in bad
+                    and any(j in bad for j in inn)
+                    and not -honest <= attack.target < honest
+                ):
+                    raise ValueError(
+                        f"robust_gossip: mimic(target={attack.target}) copies the target-th "
+                        f"honest in-neighbour of each node a Byzantine one sends to, and node {i} "
+                        f"has {honest} on {g.name}: use a target below {honest}, or mimic(None)"
+                    )
 
     def _warn_unprotected(self) -> None:
         """Warn when an honest node has more Byzantine in-neighbours (at some step of the

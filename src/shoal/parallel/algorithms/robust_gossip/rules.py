@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from shoal.aggregate import monna, trimmed_mean
+from shoal.aggregate.base import NonFiniteInbox
 from shoal.checks import check_count, is_real
 from shoal.parallel.graph import InGraph, Neighbors, mix
 from shoal.topology import Topology
@@ -169,6 +170,10 @@ class TrimmedGossip:
     ) -> torch.Tensor:
         out = torch.empty_like(own_WD)
         for ids, x_GND in _by_degree(own_WD, received):
+            # As nna_gossip and the trimmed mean refuse it: the min/max network of small
+            # neighbourhoods spread a NaN to every node, torch.sort of larger ones trimmed it.
+            if not bool(torch.isfinite(x_GND).all()):
+                raise NonFiniteInbox("trimmed_gossip: NaN or inf in the models a node mixes")
             n = x_GND.shape[1]
             out[ids] = _sorted_rows(x_GND)[:, self.b : n - self.b].mean(dim=1)
         return out
