@@ -65,6 +65,17 @@ def test_protocol_shapes_and_dtype(name: str) -> None:
     torch.testing.assert_close(out.reshape(-1), agg(x.reshape(N, -1), torch.ones(N)))
 
 
+@pytest.mark.parametrize("name", ["mean", *sorted(RULES)])
+def test_weights_of_another_kind_or_shape_are_one_line(name: str) -> None:
+    # A list failed in .dim() / .shape (AttributeError), 2-D weights in the mean's matmul.
+    agg = mean() if name == "mean" else RULES[name]
+    x = torch.randn(N, 3)
+    with pytest.raises(TypeError, match="weights must be a tensor"):
+        agg(x, [1.0] * N)
+    with pytest.raises(ValueError, match="weights have shape"):
+        agg(x, torch.ones(N, 1))
+
+
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_an_all_zero_inbox_gives_zero(name: str) -> None:
     # flag_aggregator said "the inputs span fewer than r=1 dimensions; lower r".

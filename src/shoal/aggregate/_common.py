@@ -27,6 +27,8 @@ def as_matrix(
         raise TypeError(f"{rule}: the inbox must be a tensor with a leading row axis")
     if inbox_ND.shape[0] == 0:
         raise ValueError(f"{rule}: the inbox is empty; aggregate at least one message")
+    if not isinstance(weights_N, torch.Tensor):  # a list failed in .dim() (AttributeError)
+        raise TypeError(f"{rule}: weights must be a tensor, got {type(weights_N).__name__}")
     if weights_N.dim() != 1 or weights_N.shape[0] != inbox_ND.shape[0]:
         raise ValueError(
             f"{rule}: inbox has {inbox_ND.shape[0]} rows but weights have shape "

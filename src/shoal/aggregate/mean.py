@@ -14,9 +14,12 @@ class Mean:
     linear: bool = True
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
-        if inbox_ND.shape[0] != weights_N.shape[0]:
+        if not isinstance(weights_N, torch.Tensor):  # a list: AttributeError on .shape
+            raise TypeError(f"mean: weights must be a tensor, got {type(weights_N).__name__}")
+        if weights_N.dim() != 1 or inbox_ND.shape[0] != weights_N.shape[0]:  # 2-D: in matmul
             raise ValueError(
-                f"inbox has {inbox_ND.shape[0]} rows but {weights_N.shape[0]} weights were given"
+                f"mean: inbox has {inbox_ND.shape[0]} rows but weights have shape "
+                f"{tuple(weights_N.shape)}; pass one weight per row"
             )
         if inbox_ND.shape[0] == 0:
             raise ValueError("mean: the inbox is empty; aggregate at least one message")
