@@ -283,7 +283,10 @@ def network_params(name: str) -> Mapping[str, Param]:
         return {}
     net = factory()
     non_negative, positive = (lambda v: 0 <= v < math.inf), (lambda v: 0 < v < math.inf)
-    sigma = (lambda v: 0 <= v <= cost.MAX_SIGMA,)[0]
+
+    def sigma(v: float) -> bool:
+        return 0 <= v <= cost.MAX_SIGMA
+
     return {
         # One latency for both directions (every profile has one); the API takes two.
         "latency_ms": Param(float, round(net.uplink.latency_s * 1e3, 9), non_negative, ">= 0"),
