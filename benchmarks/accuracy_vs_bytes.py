@@ -18,10 +18,11 @@ the count sketches (depth 3) hold 10% or 1% as many entries as the model.
 20-round accuracy on W is noisy (a few points between neighbouring configurations), so the
 mean over the last 5 rounds is reported next to the final accuracy; ``--long-rounds 100`` adds
 a longer run of a few configurations (not W: no headline), with the round and the bytes at which
-each first reaches 90%. ``--server`` runs dense, top-k EF 1% and PowerSGD rank 2 again with a
-server optimizer (FedAvgM, server momentum 0.9, server lr 1 and 2) in place of FedAvg's plain
-average, each compressed run against dense under the same server optimizer: how much of the
-gap is a smaller step that a server optimizer would make up (not W: no headline).
+each first reaches 90%. ``--server`` runs dense, top-k EF 1%, PowerSGD rank 2 and its
+two-iteration cold start again with a server optimizer (FedAvgM, server momentum 0.9, server lr
+1 and 2) in place of FedAvg's plain average, each compressed run against dense under the same
+server optimizer: how much of the gap is a smaller step that a server optimizer would make up
+(not W: no headline).
 ``--participation 25,50,100`` runs them again with more clients sampled per round (W: 10 of
 100, so a client uploads about twice in 20 rounds): how much of the gap is error feedback's
 residual waiting at clients that are rarely sampled (not W: no headline). ``--seeds 1,2,3,4``

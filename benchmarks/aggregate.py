@@ -13,7 +13,8 @@ The mean's effective bandwidth is the bytes of the inbox it reads divided by its
 with the machine's memory bandwidth: bytes read + bytes written over the time of copying a
 tensor of the same size into a buffer allocated once (``dst.copy_(x)``). A ``clone()`` is
 reported too; it allocates 665 MB afresh every call, so it also times the kernel's first-touch
-page faults and understates the bandwidth (by about 3x on the 2-core machine we measured).
+page faults and understates the bandwidth (6.7x in the committed ``results/aggregate.json``:
+3.8 GB/s against 25.8).
 
     python benchmarks/aggregate.py --json benchmarks/results/aggregate.json   # ~5-10 min
     python benchmarks/aggregate.py --dim 100000                                # smoke test

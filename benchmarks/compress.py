@@ -4,10 +4,10 @@ Every compressor of ``shoal.compress`` compresses and decompresses one 10M-eleme
 vector (``torch.randn``, seed 0: a stand-in for a flattened gradient). Throughput is GB/s of
 gradient processed: input bytes / (compress + decompress time), the median of ``--reps`` timed
 calls after one warm-up, on ``--threads`` torch threads (default 1). The yardstick is a
-``clone()`` of the same vector: bytes read + written / time (measured before and after the
-compressors, median of both); a ``sum()`` gives the read-only figure. The fraction printed is
-compressor GB/s / copy GB/s, so a compressor exactly as fast as one copy scores 0.5 (a copy
-moves two bytes per input byte).
+``clone()`` of the same vector: bytes read + written / time (measured before every compressor
+and once at the end, the median of all); a ``sum()`` gives the read-only figure. The fraction
+printed is compressor GB/s / copy GB/s, so a compressor exactly as fast as one copy scores 0.5
+(a copy moves two bytes per input byte).
 
 PowerSGD needs layer shapes: the headline row uses the parameter shapes of a realistic ~10M
 model, a 3-layer Transformer encoder (``nn.TransformerEncoderLayer(512, 8, 2048)``) with a

@@ -28,13 +28,7 @@ Algorithm 1) are charged ``max(compute, transfer)`` a step, and synchronous SGD'
 from the end of the forward pass, which assumes the transfer costs the compute nothing; here
 the transport's work shares the 2 cores with it.
 
-    python benchmarks/cost_model_check.py --shaped benchmarks/results/shaped_network.json \
-        benchmarks/results/shaped_network_gossip.json \
-        benchmarks/results/shaped_network_codec.json \
-        benchmarks/results/shaped_network_gather.json \
-        benchmarks/results/shaped_network_overlap.json \
-        benchmarks/results/shaped_network_buckets.json \
-        benchmarks/results/shaped_network_powersgd.json \
+    python benchmarks/cost_model_check.py --shaped benchmarks/results/shaped_network_all.json \
         --probe benchmarks/results/transport_probe.json \
         --json benchmarks/results/cost_model_check.json
 """
@@ -195,7 +189,7 @@ def main() -> None:
         "--shaped",
         type=json_of("shaped_network"),
         nargs="+",
-        default=[Path("benchmarks/results/shaped_network.json")],
+        default=[Path("benchmarks/results/shaped_network_all.json")],
         help="measured runs (shaped_network.py --json) of one setup; a later file's "
         "configurations replace an earlier one's (a re-run of some of them)",
     )
