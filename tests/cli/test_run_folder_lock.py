@@ -44,6 +44,22 @@ def test_a_run_into_a_folder_in_use_ends_in_one_line_and_leaves_it_alone(
     assert "rounds = 1" in (tmp_path / "r" / "config.toml").read_text()
 
 
+def test_a_launch_into_a_folder_in_use_is_refused_before_any_worker_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `shoal launch` took no lock: a second launch or a resume wrote into the job's folder.
+    import shoal.cli.launch as launch
+
+    def no_workers(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torchrun started")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", no_workers)
+    cfg = write_config(tmp_path, rounds=1)
+    with run_lock(tmp_path / "job"):  # a launch (or run) going on there
+        assert shoal("launch", cfg, "--out", "job", "--quiet") == 1
+    assert "job is in use by another shoal process" in capsys.readouterr().err
+
+
 def test_without_out_a_folder_another_run_holds_is_passed_over(tmp_path: Path) -> None:
     # An empty folder, but a run has just claimed it.
     with run_lock(Path("runs") / "small"), claimed_out(None, "small") as out:

@@ -228,13 +228,24 @@ def torchrun_command(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from shoal.cli.run import fresh_out
+    from shoal.cli.run import claimed_out, fresh_out
 
     # Check the config here, once, so a typo is one line rather than one per worker.
     config_from_args(args)
-    if args.nnodes not in ("1", "1:1") and not args.out:
-        raise UsageError("--nnodes > 1 needs --out DIR (on a folder every machine can reach)")
-    out = fresh_out(args.out, Path(args.config).stem)
+    stem = Path(args.config).stem
+    if args.nnodes not in ("1", "1:1"):
+        if not args.out:
+            raise UsageError("--nnodes > 1 needs --out DIR (on a folder every machine can reach)")
+        # Every machine's launcher names the one shared folder: a lock would refuse all but one.
+        return _launch(args, fresh_out(args.out, stem))
+    # One machine: the launcher holds the folder's lock while its workers write there, so a
+    # second launch or a `shoal run --resume` of the folder is refused, as for `shoal run`.
+    with claimed_out(args.out, stem) as out:
+        return _launch(args, out)
+
+
+def _launch(args: argparse.Namespace, out: Path) -> int:
+    """Run torchrun's job into ``out``, passing its log through; the exit code to return."""
     cmd = torchrun_command(args, out)
     # torchrun sets 1 thread a worker when this is unset, with a banner saying so; the same
     # default, quietly (a config's num_threads still sets each worker's own).
