@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from shoal.functional import LossFn, ParamSpec, channels_last, eval_mode
+from shoal.functional import LossFn, ParamSpec, channels_last, channels_last_fits, eval_mode
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def predict(
     McMahan's CNN takes about half the time.
     """
     named = spec.unflatten(params_D)
-    if params_D.device.type == "cpu":
+    if params_D.device.type == "cpu" and channels_last_fits(model, named, x):
         named = channels_last(named)
     losses, correct = [], []
     with eval_mode(model):

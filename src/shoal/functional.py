@@ -209,6 +209,23 @@ def channels_last(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+def channels_last_fits(model: nn.Module, named: dict[str, torch.Tensor], x: torch.Tensor) -> bool:
+    """Whether ``model`` has kernels to put in channels-last layout (:func:`channels_last`) and
+    runs with them so: a forward that reshapes a kernel with ``.view`` (Weight
+    Standardization's ``w.view(out, -1)``) fails on one, in a bare "view size is not
+    compatible" deep in the first round. Such a model keeps the flat layout. Checked by one
+    forward of two rows in eval mode, without gradients."""
+    if not any(v.dim() == 4 for v in named.values()):
+        return False
+    device = next(iter(named.values())).device
+    try:
+        with torch.no_grad(), eval_mode(model):
+            torch.func.functional_call(model, channels_last(named), (x[:2].to(device),))
+    except RuntimeError:
+        return False
+    return True
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode inside the block, and every submodule back in its own mode after.

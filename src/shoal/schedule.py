@@ -139,6 +139,8 @@ def make_plan(
     index = np.zeros((len(batches), bs), dtype=np.int64)
     mask = np.zeros((len(batches), bs), dtype=np.float32)
     for t, b in enumerate(batches):
-        index[t, : len(b)] = b
+        # Padding repeats the batch's first row (masked out): row 0 of the dataset, which the
+        # client may not hold, made the whole batch NaN when its loss was inf (0 * inf).
+        index[t, : len(b)], index[t, len(b) :] = b, b[:1]
         mask[t, : len(b)] = 1.0
     return Plan(index, mask)

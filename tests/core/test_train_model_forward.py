@@ -169,3 +169,72 @@ def test_a_tuple_returned_in_training_mode_only_is_refused():
     # The eval-mode check passed it, and the training-mode probe failed with a bare TypeError.
     with pytest.raises(ValueError, match="in training mode the model returns a tuple"):
         _train(_AuxHead())
+
+
+def _conv_data(channels: int = 1) -> tuple[FederatedDataset, list[np.ndarray]]:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, channels, 6, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    data = FederatedDataset("t", ArrayDataset(x[:30], y[:30], 3), ArrayDataset(x[30:], y[30:], 3))
+    return data, [np.arange(15), np.arange(15, 30)]
+
+
+def test_a_runtime_used_again_trains_the_model_as_it_is_now():
+    """The looped runtime kept its work copy of the model across train() calls: a module
+    attribute changed in between (a sweep over LeakyReLU's slope) trained the stale copy."""
+    data, clients = _conv_data()
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(2), progress=False, client_eval=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.LeakyReLU(0.01), nn.Flatten(), nn.Linear(48, 3))
+    runtime = SimRuntime(vectorize=False)
+    first = train(model, data, clients, fedavg(0.1), cfg, runtime=runtime).params
+    model[1].negative_slope = 0.5
+    again = train(model, data, clients, fedavg(0.1), cfg, runtime=runtime).params
+    fresh = train(model, data, clients, fedavg(0.1), cfg, runtime=SimRuntime(vectorize=False))
+    assert torch.equal(again, fresh.params) and not torch.equal(again, first)
+
+
+class _WSConv2d(nn.Conv2d):
+    """Weight Standardization (Qiao et al. 2019), written as its code does: ``w.view``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        m = w.view(w.size(0), -1).mean(1).view(-1, 1, 1, 1)
+        s = w.view(w.size(0), -1).std(1).view(-1, 1, 1, 1) + 1e-5
+        return F.conv2d(x, (w - m) / s, self.bias)
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_model_that_views_its_kernels_trains_and_is_scored(vectorize):
+    """Its kernels reached it in channels-last layout, where .view fails: the looped round 1
+    and the vectorized run's first evaluation ended in "view size is not compatible"."""
+    data, clients = _conv_data(channels=3)  # one channel: a channels-last kernel is contiguous
+    cfg = TrainConfig(rounds=2, sampler=ClientSampler(2), progress=False, client_eval=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(_WSConv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    runtime = SimRuntime(vectorize=vectorize)
+    result = train(model, data, clients, fedavg(0.1), cfg, runtime=runtime)
+    assert np.isfinite(result.metrics[-1]["test_loss"])
+
+
+@pytest.mark.parametrize(("batch_size", "vectorize"), [(10, False), (10, True), (None, True)])
+def test_padding_rows_are_the_clients_own(batch_size, vectorize):
+    """Short batches (and, stacked, clients of fewer rows) were padded with the dataset's row 0,
+    masked out by multiplying: a row 0 no client holds, with an infinite loss, made every
+    padded batch NaN (0 * inf) and the run stop as diverged."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    x[0] = -1e3  # an outlier that no client holds
+
+    def nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # inf on row 0
+        return -torch.log(torch.softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1))
+
+    data = FederatedDataset("t", ArrayDataset(x[:30], y[:30], 3), ArrayDataset(x[30:], y[30:], 3))
+    clients = [np.arange(1, 16), np.arange(16, 30)]  # 15 and 14 rows
+    torch.manual_seed(1)
+    model = nn.Linear(6, 3)
+    assert torch.isinf(nll(model(x[:1]), y[:1])).all()
+    work = LocalWork(epochs=1, batch_size=batch_size)
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(2), work=work, progress=False)
+    runtime = SimRuntime(vectorize=vectorize)
+    result = train(model, data, clients, fedavg(0.1), cfg, loss_fn=nll, runtime=runtime)
+    assert np.isfinite(result.metrics[-1]["train_loss"])

@@ -29,6 +29,7 @@ from shoal.functional import (
     ParamSpec,
     batch_loss,
     channels_last,
+    channels_last_fits,
     rnn_backward_backends,
     unbatchable,
 )
@@ -70,6 +71,7 @@ class LocalBatches:
         self.sizes = [len(s) for s in local]
         self.workers = tuple(workers)
         self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.channels_last: bool | None = None  # see Gradients._channels_last
 
     def samples(self) -> list[int]:
         """Rows per step of each local worker."""
@@ -143,6 +145,15 @@ class Gradients:
     ) -> torch.Tensor:
         return batch_loss(self.model, self.loss_fn, named, x_B, y_B, mask_B)
 
+    def _channels_last(self, named: dict[str, torch.Tensor]) -> bool:
+        """Whether the kernels go in channels-last layout: on the CPU, for a model that runs
+        so (:func:`shoal.functional.channels_last_fits`), decided once for the run."""
+        if self.batches.channels_last is None:
+            cpu = self.batches.device.type == "cpu"
+            fits = cpu and channels_last_fits(self.model, named, self.batches.x)
+            self.batches.channels_last = fits
+        return self.batches.channels_last
+
     def __call__(self, at_WD: torch.Tensor, buckets: Buckets | None = None) -> torch.Tensor:
         self._stretch.start()
         out_WD = torch.empty_like(at_WD)
@@ -174,7 +185,7 @@ class Gradients:
         for i in range(at_WD.shape[0]):
             leaves = self.spec.leaves(at_WD[i])
             idx = self.index_WB[i]
-            named = channels_last(leaves) if at_WD.device.type == "cpu" else leaves
+            named = channels_last(leaves) if self._channels_last(leaves) else leaves
             loss = self._loss(named, self.batches.x[idx], self.batches.y[idx], self.mask_WB[i])
             outs = self.spec.unflatten(out_WD[i])
             # A bucket is final once the last worker's backward pass has produced it.

@@ -111,13 +111,16 @@ def linear_chain(task: RoundTask) -> list[Layer] | None:
 
 def stacked_plan(plans: list, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The minibatch indices ``[W, T, B]`` and masks of clients sorted by decreasing steps
-    (zero-padded), and how many clients are still training at each step (a prefix)."""
+    (padded with the client's first row, masked out), and how many clients are still training
+    at each step (a prefix)."""
     W, T = len(plans), plans[0].num_steps
     B = max(p.index_TB.shape[1] for p in plans)
     index = np.zeros((W, T, B), dtype=np.int64)
     mask = np.zeros((W, T, B), dtype=np.float32)
     for w, p in enumerate(plans):
         t, b = p.index_TB.shape
+        if t and b:  # padding: one of the client's own rows (masked out), as in make_plan
+            index[w] = p.index_TB[0, 0]
         index[w, :t, :b], mask[w, :t, :b] = p.index_TB, p.mask_TB
     num_steps = np.array([p.num_steps for p in plans])
     active_T = (num_steps[None, :] > np.arange(T)[:, None]).sum(axis=1)

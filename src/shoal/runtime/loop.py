@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from shoal.functional import channels_last, rnn_backward_backends
+from shoal.functional import channels_last, channels_last_fits, rnn_backward_backends
 from shoal.runtime.base import RoundTask, corrects
 from shoal.runtime.fused import fused_train, linear_chain
 from shoal.types import ClientState
@@ -57,33 +57,22 @@ class FlatModule:
         self.spec = spec
         self.flat = torch.empty_like(task.params_D)
         self.params: list[torch.Tensor] = []
+        cpu = self.flat.device.type == "cpu"
+        fits = cpu and channels_last_fits(model, spec.unflatten(task.params_D), task.x)
         kernels = []
         for name, view in spec.unflatten(self.flat).items():
             p = self.module.get_parameter(name)
             p.data = view
             self.params.append(p)
-            if p.dim() == 4 and self.flat.device.type == "cpu":
+            if p.dim() == 4 and fits:
                 kernels.append(name)
         for name in kernels:  # see shoal.functional.channels_last (after the loop: renames)
             owner, _, attr = name.rpartition(".")
             parametrize.register_parametrization(
                 self.module.get_submodule(owner), attr, _ChannelsLast(), unsafe=True
             )
-        # What the copy was made of, weakly (a cached copy must not keep the model alive).
-        self._parts = [weakref.ref(x) for x in [*model.modules(), *shared]]
-
-    def serves(self, task: RoundTask) -> bool:
-        """Whether this copy still is ``task.model``: the same trainable parameters (a later
-        run may freeze or unfreeze some) and the same modules, buffers and frozen parameters
-        (one assigned anew, say a frozen layer's pretrained weight, would be left stale)."""
-        parts = [*task.model.modules(), *_shared(task)]
-        return (
-            self.spec == task.spec
-            and len(parts) == len(self._parts)
-            and all(ref() is x for ref, x in zip(self._parts, parts))
-            and self.flat.device == task.params_D.device
-            and self.flat.dtype == task.params_D.dtype
-        )
+        # The round it was made for, weakly (a cached copy must not keep the model alive).
+        self.task = weakref.ref(task)
 
 
 class ClientLoop:
@@ -116,7 +105,10 @@ class ClientLoop:
         return params, loss_sum, samples
 
     def _work_copy(self, task: RoundTask) -> FlatModule:
-        if self._work is None or not self._work.serves(task):
+        # A fresh copy each round (~5 ms for McMahan's CNN), reused by its chunks: one kept
+        # across runs missed what changed in the model between them (an attribute such as a
+        # LeakyReLU's slope, a hook), trained the stale copy and scored the new model.
+        if self._work is None or self._work.task() is not task:
             self._work = FlatModule(task)
         # Every submodule in the mode the user's has, set one by one: work.train(flag) would put
         # a BatchNorm or Dropout the user froze with .eval() back in training mode.
