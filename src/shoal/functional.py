@@ -106,6 +106,11 @@ class ParamSpec:
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``flat`` (shape ``[..., D]``) as ``{name: [..., *shape]}``; no copy."""
+        if flat.shape[-1:] != (self.num_params,):  # a longer one lost its tail silently
+            raise ValueError(
+                f"a flat vector of {self.num_params} parameters was expected, got shape "
+                f"{tuple(flat.shape)}"
+            )
         lead = flat.shape[:-1]
         return {
             name: flat[..., off : off + math.prod(shape)].view(*lead, *shape)

@@ -19,6 +19,7 @@ from shoal import attacks as at
 from shoal.algorithms import LocalWork, fedadam, fedavg, fedsgd
 from shoal.algorithms.dgc import dgc
 from shoal.cost import CostModel, Heterogeneity, Network, alpha_beta, wifi
+from shoal.runtime.dist import DistRuntime
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
@@ -69,6 +70,10 @@ def test_train_refuses_a_wrong_argument_before_any_work(kw, match, tmp_path, mon
         (lambda: SimRuntime(fused="False"), "fused must be true or false"),
         (lambda: SimRuntime(memory_budget_mb=float("nan")), "memory_budget_mb must be a finite"),
         (lambda: SimRuntime(memory_budget_mb=True), "memory_budget_mb must be a finite"),
+        (lambda: DistRuntime(device="gpu"), "device must be 'auto', 'cpu' or 'cuda'"),
+        (lambda: DistRuntime(local="loop"), "local must be a SimRuntime"),
+        (lambda: DistRuntime(timeout_s=-5), "timeout_s must be a finite number > 0"),
+        (lambda: DistRuntime(balance="False"), "balance must be true or false"),
         (lambda: alpha_beta(True, 1e6), "must be a finite number"),
         (lambda: Heterogeneity(straggler_probability=True), "straggler_probability must be"),
         (lambda: Network("n", "up", alpha_beta(0.01, 1e6)), "Network.uplink must be a Link"),

@@ -38,6 +38,16 @@ def test_frozen_parameters_are_not_in_the_vector() -> None:
     assert spec.num_params == 4 + 8 + 2 and spec.offsets == (0, 4, 12)
 
 
+def test_a_flat_vector_of_another_length_is_refused() -> None:
+    # A longer one lost its tail silently (load_into too); a shorter one failed in a view.
+    model = small()
+    spec = ParamSpec.of(model)
+    for bad in (torch.zeros(spec.num_params + 5), torch.zeros(spec.num_params - 1)):
+        with pytest.raises(ValueError, match=f"a flat vector of {spec.num_params} parameters"):
+            spec.load_into(model, bad)
+    assert spec.unflatten(torch.zeros(3, spec.num_params))["0.weight"].shape == (3, 4, 3)
+
+
 def test_init_params_is_the_seeded_build_and_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(123)
     expect_model = small()

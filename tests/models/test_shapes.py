@@ -76,6 +76,11 @@ def test_bad_arguments_raise() -> None:
         resnet_small(width=10, groups=4)
     with pytest.raises(ValueError, match="blocks_per_stage"):
         resnet_small(blocks_per_stage=())
+    # Bare TypeErrors before ("'int' object is not iterable", "'NoneType' ...").
+    with pytest.raises(ValueError, match="resnet_small: blocks_per_stage must be a non-empty"):
+        resnet_small(blocks_per_stage=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mlp: hidden must be a sequence"):
+        mlp(hidden=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="char_lstm: hidden must be an integer >= 1, got 0"):
         char_lstm(hidden=0)
     with pytest.raises(ValueError, match="hidden must be a sequence of integers >= 1"):

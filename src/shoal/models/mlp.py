@@ -10,7 +10,7 @@ Shapes: ``B`` batch; the input is ``[B, ...]`` and is flattened to ``[B, in_feat
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -29,8 +29,9 @@ def mlp(
 
     ``hidden=()`` gives :func:`~shoal.models.mclr`. Returns logits ``[B, num_classes]``.
     """
-    hidden = hidden if isinstance(hidden, int) else tuple(hidden)  # an iterator is read once
-    if isinstance(hidden, int) or not all(is_integer(h) and h >= 1 for h in hidden):
+    # An iterator is read once; None or an int is no sequence (None failed in tuple()).
+    hidden = tuple(hidden) if isinstance(hidden, Iterable) else hidden
+    if not isinstance(hidden, tuple) or not all(is_integer(h) and h >= 1 for h in hidden):
         raise ValueError(f"mlp: hidden must be a sequence of integers >= 1, got {hidden!r}")
     check_count(in_features, "mlp: in_features")  # mlp(10, 5, 3) failed inside Python
     check_count(num_classes, "mlp: num_classes")

@@ -75,9 +75,15 @@ def resnet_small(
     check_count(groups, "resnet_small: groups")
     if groups < 1 or width % groups != 0:
         raise ValueError(f"resnet_small: groups must divide width = {width}, got {groups}")
-    if not blocks_per_stage or not all(is_integer(n) and n >= 1 for n in blocks_per_stage):
+    stages = blocks_per_stage  # an int failed as "'int' object is not iterable"
+    if (
+        not isinstance(stages, Sequence)
+        or not stages
+        or not all(is_integer(n) and n >= 1 for n in stages)
+    ):
         raise ValueError(
-            f"blocks_per_stage must be a non-empty sequence of ints >= 1, got {blocks_per_stage}"
+            f"resnet_small: blocks_per_stage must be a non-empty sequence of ints >= 1, got "
+            f"{blocks_per_stage!r}"
         )
 
     layers: list[tuple[str, nn.Module]] = [

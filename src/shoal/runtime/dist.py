@@ -45,6 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from shoal.algorithms.base import StatelessClient
+from shoal.checks import check_flag, check_instance, check_number
 from shoal.evaluate import predict_shared
 from shoal.functional import LossFn, ParamSpec
 from shoal.runtime.base import ClientStore, RoundResult, RoundTask, honest_train_loss, inbox_order
@@ -69,6 +70,23 @@ class DistRuntime:
     _ctx: DistContext | None = field(default=None, repr=False)
     _stateless: tuple[Any, Any, bool] | None = field(default=None, repr=False)
     _checked_model: Any = field(default=None, repr=False)  # the model the first check saw
+
+    def __post_init__(self) -> None:
+        # Checked where given, as SimRuntime's are: "gpu" ran on the CPU, local="loop" failed
+        # in round 1 (AttributeError), a negative timeout in a C++ store error, "False" was true.
+        check_instance(self.local, SimRuntime, "DistRuntime: local", " (e.g. SimRuntime())")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(
+                f"DistRuntime: backend must be 'auto', 'gloo' or 'nccl', got {self.backend!r}"
+            )
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu") or self.device.startswith("cuda")
+        ):
+            raise ValueError(
+                f"DistRuntime: device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
+            )
+        check_number(self.timeout_s, "DistRuntime: timeout_s", positive=True)
+        check_flag(self.balance, "DistRuntime: balance")
 
     @property
     def ctx(self) -> DistContext:
