@@ -260,3 +260,24 @@ def test_a_figure_names_only_the_runs_it_draws_each_in_its_own_colour(
     # Colours follow the run's place on the command line, not its place in one figure.
     assert legends["test_vs_rounds"]["fedprox"] == "C2"
     assert legends["test_vs_steps"]["sync_sgd"] == "C1"
+
+
+def test_every_run_is_in_the_legend_and_runs_past_ten_look_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run named "_baseline" was drawn but left out of the legend (matplotlib skips labels
+    that start with "_"), and run 11 had run 1's colour and line."""
+    from matplotlib.figure import Figure
+
+    from shoal.report import plot_runs
+
+    figures: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    rows = [{"round": r, "test_accuracy": 0.1 * r, "test_loss": 1.0 / r} for r in (1, 2)]
+    names = ["_baseline", *(f"run{i}" for i in range(1, 11))]
+    plot_runs(dict.fromkeys(names, rows), tmp_path)
+    acc = figures[0].axes[0]
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == names
+    first, eleventh = acc.get_lines()[0], acc.get_lines()[10]
+    assert first.get_color() == eleventh.get_color()
+    assert first.get_linestyle() != eleventh.get_linestyle()

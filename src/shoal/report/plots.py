@@ -78,13 +78,21 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
             x_label = f"{x_label} ({unit})"
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         ax_acc, ax_loss = fig.subplots(1, 2)
+        lines, labels = [], []
         for i, (label, rows) in enumerate(runs.items()):
             if not any(x_key in r for r in rows):
                 continue  # e.g. a data-parallel run among federated ones: no rounds
-            # A run keeps its colour in every figure, whichever runs a figure leaves out.
-            style = {"label": label, "color": f"C{i % 10}"}
+            # A run keeps its colour in every figure, whichever runs a figure leaves out; past
+            # ten runs the colours repeat with another line style (run 11 looked like run 1).
+            style = {
+                "label": label,
+                "color": f"C{i % 10}",
+                "linestyle": ("-", "--", ":", "-.")[i // 10 % 4],
+            }
             xs, acc = _curve(rows, x_key, "test_accuracy", log_x, scale)
-            ax_acc.plot(xs, [100 * a for a in acc], marker="." if len(xs) < 40 else "", **style)
+            marker = "." if len(xs) < 40 else ""
+            lines += ax_acc.plot(xs, [100 * a for a in acc], marker=marker, **style)
+            labels.append(label)
             xs, loss = _curve(rows, x_key, "test_loss", log_x, scale)
             ax_loss.plot(xs, loss, marker="." if len(xs) < 40 else "", **style)
         for ax, what, unit in (
@@ -99,7 +107,9 @@ def plot_runs(runs: Mapping[str, Rows], out_dir: str | Path, dpi: int = 120) -> 
                 ax.set_xscale("log")
             elif x_key in ("round", "step"):  # no round 1.5 on a short run's axis
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_acc.legend(loc="lower right", fontsize="small")
+        # Handles and labels given: matplotlib leaves out a label that starts with "_" (a run
+        # folder "_baseline"), and its line looked like another run's.
+        ax_acc.legend(lines, labels, loc="lower right", fontsize="small")
         path = out / f"{stem}.png"
         fig.savefig(path, dpi=dpi)
         written.append(path)
