@@ -4,6 +4,7 @@ swapped or read from the wrong place."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,25 @@ def test_the_partition_is_the_librarys_with_the_configs_options_and_seed(
     _same_clients(clients, by_hand(labels, 20, setup_rng(SEED, 0)))
     if "min_size" in options:
         assert min(len(c) for c in clients) >= options["min_size"]
+
+
+def test_a_partition_that_leaves_a_class_to_no_client_warns() -> None:
+    """5 clients with 2 classes each left classes of digits unheld in nearly every seed, and
+    the run said nothing while the test set scored them."""
+    raw = loads(SMALL.format(rounds=1, epochs=1))
+    part = {"num_clients": 5, "scheme": "classes", "classes_per_client": 2}
+    cfg = resolve({**raw, "partition": part}, CATALOG)
+    with pytest.warns(UserWarning, match=r'"classes": no client holds class(es)? \d') as caught:
+        _, data, clients = build_clients(cfg, check_sampling=False)
+    held = np.unique(data.train.y.numpy()[np.concatenate(clients)])
+    unused = len(data.train) - sum(len(c) for c in clients)
+    assert len(held) < 10 and f"({unused} of {len(data.train)} training samples" in str(
+        caught[0].message
+    )
+    cfg = resolve({**raw, "partition": {**part, "num_clients": 20}}, CATALOG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_clients(cfg)  # every class held: quiet
 
 
 def test_the_partition_follows_the_seed() -> None:

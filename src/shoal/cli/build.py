@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,7 @@ def build_clients(
             f"partition.num_clients = {num_clients}: {len(empty)} clients get no samples under "
             f'scheme "{scheme}" (client {empty[0]} first); use fewer clients or another scheme'
         )
+    _warn_unheld_classes(scheme, labels, clients)
     if check_sampling:
         check_num_clients(cfg, len(clients))
     sigma = cfg["partition.feature_noise"]
@@ -171,6 +173,25 @@ def build_clients(
         train = ArrayDataset(noisy, data.train.y, data.train.num_classes)
         data = dataclasses.replace(data, train=train)
     return cfg, data, clients
+
+
+def _warn_unheld_classes(scheme: str, labels: np.ndarray, clients: list[np.ndarray]) -> None:
+    """Warn when no client holds some class (the "classes" scheme with fewer clients than
+    classes, usually): the run trains without it while the test set still scores it, so its
+    accuracy is capped, and only ``shoal data show`` said so."""
+    held = np.zeros(len(labels), dtype=bool)
+    for c in clients:
+        held[c] = True
+    missing = np.setdiff1d(np.unique(labels), np.unique(labels[held]))
+    if len(missing):
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        warnings.warn(
+            f'partition.scheme = "{scheme}": no client holds class{"es" * (len(missing) > 1)} '
+            f"{shown} ({int((~held).sum())} of {len(labels)} training samples unused), which "
+            "the test set still scores; use more clients or another scheme (`shoal data show` "
+            "shows the split)",
+            stacklevel=3,
+        )
 
 
 def data_args(data: FederatedDataset) -> dict[str, int]:

@@ -327,7 +327,8 @@ def summary_text(exp: Experiment, result: TrainResult, out: Path, elapsed: float
     s = result.summary
     cfg = exp.config
     lines = [
-        f"{s['algorithm']} on {exp.data.name}: {s['rounds']} rounds, {s['num_clients']} clients "
+        f"{s['algorithm']} on {exp.data.name}: {s['rounds']} round{'s' * (s['rounds'] != 1)}, "
+        f"{s['num_clients']} clients "
         f"({cfg['sampling.clients_per_round']} per round), {s['num_params']:,} parameters"
     ]
     if s["final_test_accuracy"] is not None:
