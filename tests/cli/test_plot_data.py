@@ -183,6 +183,9 @@ def test_data_show_names_the_file_it_wrote(tmp_path: Path, capsys: pytest.Captur
         assert shoal("data", "show", cfg, "--png", bad) == 2
         assert "--png" in capsys.readouterr().err
     assert not (tmp_path / "figs.png").exists()
+    # A suffix matplotlib cannot write failed after the partition was built, with exit 1.
+    assert shoal("data", "show", cfg, "--png", "labels.foo") == 2
+    assert "--png labels.foo: name an image file (." in capsys.readouterr().err
 
 
 def test_data_list_names_every_dataset(capsys: pytest.CaptureFixture) -> None:

@@ -97,6 +97,12 @@ def test_shoal_probe_usage_errors_are_one_line(capsys, bad) -> None:
     assert len(err) == 1 and err[0].startswith("shoal: error:"), err
 
 
+def test_shoal_probe_refuses_a_gpu_index_it_would_not_honour(capsys) -> None:
+    # Each process probes its own local GPU: cuda:1 (and cudaX) was accepted and ignored.
+    assert main(["probe", "--device", "cuda:1"]) == 2
+    assert "--device must be auto, cpu or cuda, got 'cuda:1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("sizes", "says"),
     [
@@ -106,6 +112,8 @@ def test_shoal_probe_usage_errors_are_one_line(capsys, bad) -> None:
         # Measured as 4, 20000 and 30000 bytes, recorded as given.
         ("7,20001,30003", "multiples of 4 bytes (float32 messages), got [7, 20001, 30003]"),
         ("1024,20000,20000,30000", "must be distinct, got [20000] more than once"),
+        # A rate of 0.02 MB/s from sizes 8 bytes apart, and [network] keys to paste.
+        ("1024,16388,16392", "must span at least a factor of 2, got 16388 to 16392"),
     ],
 )
 def test_shoal_probe_refuses_sizes_it_cannot_send_before_starting(
@@ -120,3 +128,19 @@ def test_shoal_probe_refuses_sizes_it_cannot_send_before_starting(
     assert main(["probe", "--sizes", sizes, "--repeats", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def test_shoal_probe_offers_no_keys_from_a_fit_that_misses(capsys, monkeypatch) -> None:
+    """Sizes too close fitted a rate of 0.02 MB/s (|measured/fitted - 1| median 0.999), and
+    the probe still printed [network] keys to paste, with exit 0."""
+    import shoal.parallel.probe as probe
+    import shoal.runtime.spawn
+
+    carried = {"backend": "gloo", "device": "cpu"}
+    monkeypatch.setattr(shoal.runtime.spawn, "spawn_local", lambda *a, **k: [([], carried), None])
+    fit = {"latency_s": 1e-3, "bandwidth_Bps": 2e4, "median_relative_error": 0.999}
+    monkeypatch.setattr(probe, "summarize", lambda rows: {"fit": fit})
+    monkeypatch.setattr(probe, "report", lambda result, title: title)
+    assert main(["probe", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fits these timings badly" in out and "[network]" not in out and "latency_ms" not in out

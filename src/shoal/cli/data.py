@@ -94,6 +94,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     # A folder or an empty name was refused by no one: "" fell back to the default name, and
     # matplotlib wrote a folder's name with ".png" added (the line below named the folder).
     png = file_arg(args.png, "--png") if args.png is not None else None
+    if png is not None and png.suffix:  # none: matplotlib adds .png
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if png.suffix[1:].lower() not in kinds:
+            # matplotlib refused it after the whole partition was built, with exit code 1.
+            raise UsageError(f"--png {args.png}: name an image file (.{', .'.join(sorted(kinds))})")
     cfg = config_from_args(args)
     # A data-parallel config's clients are its workers, all of them every step: no sampling.
     workers = is_parallel(cfg)

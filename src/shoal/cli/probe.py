@@ -19,6 +19,11 @@ import torch
 
 from shoal.cli import UsageError, file_arg
 
+MAX_FIT_ERROR = 0.5
+"""The median relative error of a fit beyond which ``shoal probe`` offers no ``[network]``
+keys: on shaped links the fits are within a few percent, and a 0.999 one (sizes too close)
+printed a rate of 0.02 MB/s to paste."""
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -62,6 +67,12 @@ def _sizes(text: str | None) -> list[int]:
         raise UsageError(
             f"--sizes must be multiples of 4 bytes (float32 messages), got {odd} in {text!r}"
         )
+    big = [s for s in sizes if s > SMALL_BYTES]
+    if big[-1] < 2 * big[0]:  # 16384, 16388, 16392 gave a rate of 0.02 MB/s, and keys to paste
+        raise UsageError(
+            f"--sizes above {SMALL_BYTES} bytes (the rate) must span at least a factor of 2, "
+            f"got {big[0]} to {big[-1]}"
+        )
     return sizes
 
 
@@ -91,8 +102,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     json_path = file_arg(args.json, "--json") if args.json else None
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    if args.device not in ("auto", "cpu", "cuda"):  # each process takes its own local GPU
+        raise UsageError(f"--device must be auto, cpu or cuda, got {args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here")
     if in_distributed_env():
@@ -112,7 +123,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     over += f" ({carried['gpu']})" if "gpu" in carried else ""
     print(report(result, f"Shoal's exchanges between {where}, {over}, median of {args.repeats}"))
     fit = result["fit"]
-    if "error" not in fit:
+    if "error" not in fit and fit["median_relative_error"] > MAX_FIT_ERROR:
+        print(
+            f"\nThe alpha-beta link fits these timings badly (|measured/fitted - 1| median "
+            f"{fit['median_relative_error']:.2f} > {MAX_FIT_ERROR}): no cost-model keys from it; "
+            "probe again with more --repeats or sizes further apart"
+        )
+    elif "error" not in fit:
         print("\nFor the cost model of a config (simulated time on this link, both ways):")
         print(network_keys(fit))
     if json_path is not None:
