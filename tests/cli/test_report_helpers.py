@@ -82,6 +82,10 @@ def test_label_heat_map_counts_from_zero_over_whole_workers(
     assert ax.get_xlabel() == "worker"
     ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 3.5]
     assert ticks == [0, 1, 2, 3]
+    # Counts of 0 and 1: the colour bar showed 0.2, 0.4, ... samples.
+    plot_label_histogram(np.eye(3, dtype=int), tmp_path / "eye.png")
+    scale = figures["eye"].axes[1]
+    assert all(t == int(t) for t in scale.get_yticks())
 
 
 def test_read_metrics_takes_the_file_too_and_refuses_rows_that_are_not_objects(

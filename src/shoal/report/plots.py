@@ -137,7 +137,9 @@ def plot_label_histogram(
     image = ax.imshow(
         hist.T, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower", vmin=0
     )
-    fig.colorbar(image, ax=ax, label="samples", fraction=0.05, pad=0.01)
+    # Whole samples on the scale (counts of 0 and 1 showed 0.2, 0.4, ...).
+    ticks = MaxNLocator(integer=True)
+    fig.colorbar(image, ax=ax, label="samples", fraction=0.05, pad=0.01, ticks=ticks)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no client 0.5
     ax.set_xlabel(who)
     ax.set_ylabel("class")
