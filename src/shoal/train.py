@@ -385,6 +385,12 @@ def train(
     dev = resolve_device(config.device)
     runtime = runtime if runtime is not None else SimRuntime()
     main = runtime.is_main  # the one process that writes files
+    ranks_device = getattr(runtime, "compute_device", None)
+    if ranks_device is not None and str(config.device) == "auto":
+        # A distributed runtime chose this rank's device with its backend: "auto" alone
+        # picked cuda on every rank, also where the runtime fell back to gloo on the CPU
+        # (more processes than GPUs), whose collectives then got GPU tensors.
+        dev = ranks_device
     aggregator = aggregator if aggregator is not None else mean()
     if compressor is None:  # an algorithm with its own wire encoding (DGC) is charged by it
         compressor = getattr(algorithm, "default_compressor", None) or identity()

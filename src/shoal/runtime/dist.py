@@ -98,6 +98,12 @@ class DistRuntime:
     def is_main(self) -> bool:
         return self.ctx.is_main
 
+    @property
+    def compute_device(self) -> torch.device:
+        """Where this rank trains: its own GPU, or the CPU when the group runs gloo there
+        (``train`` takes it for ``TrainConfig.device = "auto"``)."""
+        return self.ctx.device
+
     def assign(self, task: RoundTask) -> np.ndarray:
         """The rank that trains each of the round's clients (task order); see the module
         docstring. Every rank computes the same answer from the same task."""
