@@ -70,10 +70,14 @@ class Topology:
         return hash((self.name, self.num_nodes, self.hub))
 
     def __repr__(self) -> str:
-        weights = self.mixing_WW.detach().cpu().double().contiguous().numpy().tobytes()
-        digest = hashlib.sha256(weights).hexdigest()[:12]
+        digest = hashlib.sha256()
+        for g in (self, *self.cycle):  # a time-varying graph's every step
+            digest.update(g.mixing_WW.detach().cpu().double().contiguous().numpy().tobytes())
         hub = "" if self.hub is None else f", hub={self.hub}"
-        return f"Topology({self.name!r}, {self.num_nodes} nodes{hub}, mixing sha256 {digest})"
+        return (
+            f"Topology({self.name!r}, {self.num_nodes} nodes{hub}, mixing sha256 "
+            f"{digest.hexdigest()[:12]})"
+        )
 
     @property
     def num_nodes(self) -> int:

@@ -623,9 +623,12 @@ def _flipped(
     label). A sample an honest client holds too is refused: it cannot hold both labels."""
     if not byzantine:
         return y
-    own = np.unique(np.concatenate([np.asarray(clients[c]) for c in sorted(byzantine)]))
+    flipped = np.zeros(len(y), dtype=bool)  # one mask: np.isin per client took 33 s on FEMNIST
+    for c in byzantine:
+        flipped[np.asarray(clients[c], dtype=np.int64)] = True
+    own = np.flatnonzero(flipped)
     for c, idx in enumerate(clients):
-        if c not in byzantine and np.isin(idx, own).any():
+        if c not in byzantine and flipped[np.asarray(idx, dtype=np.int64)].any():
             raise ValueError(
                 f"label_flip: honest client {c} holds samples that Byzantine clients flip "
                 "(the clients' index lists overlap); give the Byzantine clients their own samples"

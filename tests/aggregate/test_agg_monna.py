@@ -48,12 +48,15 @@ def test_requirement_counts_the_worker_itself() -> None:
         monna(1).batched(torch.zeros(2, 3), torch.randn(3, 4, 3))
 
 
-def test_a_worker_whose_rows_are_matrices_is_one_worker() -> None:
-    """A [2, 3] own row with two neighbours was read as two workers' vectors."""
-    own = torch.randn(2, 3, dtype=torch.float64)
-    inbox = torch.randn(2, 2, 3, dtype=torch.float64)
+def test_a_matrix_own_is_refused_and_other_row_shapes_are_one_worker() -> None:
+    """A [2, 3] own with two neighbours was read as two workers' vectors (and the old
+    all-workers call, as one worker's matrix): both readings fit, so it is refused."""
+    with pytest.raises(ValueError, match=r"is ambiguous .*monna\(f\)\.batched"):
+        monna(1)(torch.randn(2, 3), torch.randn(2, 2, 3))
+    own = torch.randn(2, 3, 2, dtype=torch.float64)
+    inbox = torch.randn(2, 2, 3, 2, dtype=torch.float64)
     flat = monna(1)(own.reshape(-1), inbox.reshape(2, -1))
-    torch.testing.assert_close(monna(1)(own, inbox), flat.reshape(2, 3), rtol=0, atol=0)
+    torch.testing.assert_close(monna(1)(own, inbox), flat.reshape(2, 3, 2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.aggregate import bucketing, krum, mean, median, nnm, trimmed_mean
+from shoal.aggregate import bucketing, krum, mean, median, multi_krum, nnm, trimmed_mean
 from shoal.aggregate.base import NonFiniteInbox, TooFewInputs
 
 
@@ -61,6 +61,9 @@ def test_bucketing_rejects_bad_input() -> None:
         bucketing(krum(1))(torch.randn(5, 2), torch.ones(5))
     with pytest.raises(NonFiniteInbox):  # a grid records this as a diverged cell
         bucketing(median())(torch.tensor([[1.0], [float("nan")], [2.0]]), torch.ones(3))
+    # Another size error of the inner rule keeps the buckets' explanation too.
+    with pytest.raises(ValueError, match=r"8 inputs in buckets of s=2 are 4 inputs .* m=6"):
+        bucketing(multi_krum(0, m=6))(torch.randn(8, 2), torch.ones(8))
 
 
 def nnm_ref(x: np.ndarray, f: int) -> np.ndarray:

@@ -159,6 +159,10 @@ def test_a_distributed_resume_trains_further_and_refuses_other_settings(tmp_path
         assert [r["round"] for r in _metrics(run)] == [1, 2, 3]
         assert shoal("run", "--resume", run, "--set", "seed=99") == 2
         assert shoal("run", "--resume", run, "--set", "rounds=2") == 2  # only further
+        # A finished run is left as it is (its model and summary were written again).
+        files = {f.name: f.stat().st_mtime_ns for f in run.iterdir()}
+        assert shoal("run", "--resume", run, "--quiet") == 0
+        assert {f.name: f.stat().st_mtime_ns for f in run.iterdir()} == files
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

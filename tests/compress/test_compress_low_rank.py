@@ -197,6 +197,19 @@ def test_cold_start_draws_a_fresh_shared_query_every_step() -> None:
     assert cold.name == "powersgd(rank=2, warm_start=False)"
 
 
+def test_a_cold_start_state_from_before_fresh_queries_goes_on() -> None:
+    """A checkpointed state of the seed's-query-every-step version has no seed and step: its
+    first compress failed ("state must come from init")."""
+    x = torch.randn(D, generator=gen(8))
+    cold = powersgd(SHAPES, rank=2, min_compression_rate=0, warm_start=False)
+    fresh = cold.init(x)
+    old = {k: v for k, v in fresh.items() if k not in ("seed", "step")}
+    payload, after = cold.compress(x, old)
+    want, _ = cold.compress(x, fresh)
+    assert all(torch.equal(payload[k], want[k]) for k in want)
+    assert int(after["step"]) == 1
+
+
 @pytest.mark.parametrize("power_iterations", [1, 2])
 def test_cold_start_under_error_feedback_sends_the_residual(power_iterations: int) -> None:
     """With the same query every step, the residual (I - P P^T) M is orthogonal to Q after one

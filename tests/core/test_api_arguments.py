@@ -71,6 +71,7 @@ def test_train_refuses_a_wrong_argument_before_any_work(kw, match, tmp_path, mon
         (lambda: SimRuntime(memory_budget_mb=float("nan")), "memory_budget_mb must be a finite"),
         (lambda: SimRuntime(memory_budget_mb=True), "memory_budget_mb must be a finite"),
         (lambda: DistRuntime(device="gpu"), "device must be 'auto', 'cpu' or 'cuda'"),
+        (lambda: DistRuntime(device="cudafoo"), "device must be 'auto', 'cpu' or 'cuda'"),
         (lambda: DistRuntime(local="loop"), "local must be a SimRuntime"),
         (lambda: DistRuntime(timeout_s=-5), "timeout_s must be a finite number > 0"),
         (lambda: DistRuntime(balance="False"), "balance must be true or false"),

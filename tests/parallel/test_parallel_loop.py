@@ -354,3 +354,29 @@ def test_a_resume_with_a_model_of_another_dtype_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds float32 parameters, but this model trains in"):
         train_parallel(tiny_model().double(), data64, shards(2), sync_sgd(0.2), config(steps=5),
                        SimComm(2), out_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_a_model_that_views_its_kernels_trains_data_parallel():
+    """Weight Standardization's w.view(out, -1) failed on the channels-last kernels the CPU
+    path hands a looped model ("view size is not compatible"), in the first step."""
+    import numpy as np
+    from torch import nn
+    from torch.nn import functional as F
+
+    from shoal.data.types import ArrayDataset, FederatedDataset
+
+    class WSConv2d(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = self.weight
+            m = w.view(w.size(0), -1).mean(1).view(-1, 1, 1, 1)
+            s = w.view(w.size(0), -1).std(1).view(-1, 1, 1, 1) + 1e-5
+            return F.conv2d(x, (w - m) / s, self.bias)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 3, 6, 6, generator=g), torch.randint(0, 3, (48,), generator=g)
+    data = FederatedDataset("t", ArrayDataset(x[:40], y[:40], 3), ArrayDataset(x[40:], y[40:], 3))
+    torch.manual_seed(0)
+    model = nn.Sequential(WSConv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    shards_ = [np.arange(0, 20), np.arange(20, 40)]
+    result = train_parallel(model, data, shards_, sync_sgd(0.1), config(steps=2), SimComm(2))
+    assert all(np.isfinite(r["test_loss"]) for r in result.metrics if "test_loss" in r)

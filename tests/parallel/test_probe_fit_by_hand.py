@@ -157,7 +157,7 @@ def test_probe_rows_on_two_processes_record_what_was_timed() -> None:
     [
         ("4194304,1024,1048576", [1024, 1048576, 4194304]),
         ("16384,1048576,2000000", [16384, 1048576, 2000000]),
-        ("4,16388,16392", [4, 16388, 16392]),
+        ("4,16388,65536", [4, 16388, 65536]),
     ],
 )
 def test_sizes_are_sorted_and_small_bytes_is_small(text: str, sizes: list[int]) -> None:

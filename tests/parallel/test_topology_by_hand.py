@@ -322,3 +322,7 @@ def test_graphs_compare_by_their_weights_and_name_them_in_full() -> None:
     a = from_matrix(ring(40).mixing_WW, "custom")
     b = from_matrix(exponential(40).mixing_WW, "custom")
     assert a != b and repr(a) != repr(b) and "40 nodes" in repr(a)
+    # A time-varying graph is named by every step of its cycle, not its first only.
+    c = Topology("cycle", ring(4).mixing_WW, cycle=(ring(4), complete(4)))
+    d = Topology("cycle", ring(4).mixing_WW, cycle=(ring(4), ring(4)))
+    assert repr(c) != repr(d)

@@ -69,7 +69,16 @@ class MoNNA:
         inbox_ND: torch.Tensor,
         weights_N: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One worker: ``own`` of any shape, ``inbox`` one such row per neighbour."""
+        """One worker: ``own`` of any shape but a matrix, ``inbox`` one such row per
+        neighbour. A 2-D ``own`` is refused: ``monna(f)(own_WD, inbox_WND)`` was once the
+        all-workers form, and with as many neighbours as workers it would be read as one
+        worker's matrix, silently."""
+        if own_D.dim() == 2:
+            raise ValueError(
+                f"monna: an own of shape {tuple(own_D.shape)} is ambiguous (one worker's matrix, "
+                "or several workers' vectors): flatten one worker's rows, own.reshape(-1) and "
+                "inbox.reshape(N, -1), or call monna(f).batched(own_WD, inbox_WND)"
+            )
         if inbox_ND.dim() != own_D.dim() + 1 or inbox_ND.shape[1:] != own_D.shape:
             raise ValueError(
                 f"monna: own vector of shape {tuple(own_D.shape)} does not match the inbox "

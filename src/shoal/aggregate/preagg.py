@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from shoal.aggregate._common import as_matrix, canonical_order, check_f, require, sq_distances
-from shoal.aggregate.base import Aggregator, TooFewInputs
+from shoal.aggregate.base import Aggregator, NonFiniteInbox, TooFewInputs
 from shoal.checks import check_count, check_seed
 from shoal.streams import restore_stream, seeded_stream
 
@@ -104,10 +104,12 @@ class Bucketing:
         means_GD = torch.einsum("gs,gsd->gd", w_GS, x_ND[safe]) / w_G[:, None]
         try:
             return self.agg(means_GD.reshape((-1, *shape)), w_G)
-        except TooFewInputs as e:  # the inner rule's n counts buckets, not inputs: say so
-            # Still TooFewInputs: the runtime adds the round (and a grid tells it apart).
+        except ValueError as e:  # the inner rule's n counts buckets, not inputs: say so
+            # The same class for the two the runtime and a grid read (the runtime adds the
+            # round to TooFewInputs; a grid records NonFiniteInbox as a divergence).
             n, g = x_ND.shape[0], means_GD.shape[0]
-            raise TooFewInputs(
+            kind = type(e) if isinstance(e, (TooFewInputs, NonFiniteInbox)) else ValueError
+            raise kind(
                 f"bucketing: {n} inputs in buckets of s={self.s} are {g} inputs to the inner "
                 f"rule, and {e}"
             ) from None

@@ -295,6 +295,10 @@ def _distributed_run(args: argparse.Namespace) -> int:
     shorter = None
     if args.resume:
         cfg, out, shorter = _resume_config(args)
+        if shorter is None and (finished := _finished(cfg, out)):  # every rank reads the same
+            if _rank() == 0:
+                print(finished)
+            return 0
     else:
         if not args.config or not args.out:
             raise UsageError(

@@ -185,7 +185,11 @@ class PowerSGD:
         return state
 
     def _fresh(self, state: dict[str, torch.Tensor], like: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A cold start's next state: the queries of the next step."""
+        """A cold start's next state: the queries of the next step. A state saved before cold
+        starts drew a fresh query per step has no ``seed`` and ``step``: it goes on from this
+        compressor's seed (a checkpointed run resumes instead of failing)."""
+        if "seed" not in state and "step" not in state:
+            state = {**state, **seed_state(self.seed, like.device)}
         seed, step = check_seed_state(state, self.name)
         return {**next_state(state), **self._queries(seed, step + 1, like)}
 

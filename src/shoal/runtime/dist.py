@@ -35,6 +35,7 @@ with :func:`shoal.runtime.procgroup.shutdown` before it exits (``shoal run`` doe
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,11 +80,13 @@ class DistRuntime:
             raise ValueError(
                 f"DistRuntime: backend must be 'auto', 'gloo' or 'nccl', got {self.backend!r}"
             )
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu") or self.device.startswith("cuda")
+        # cuda:N as a config may say; each rank still takes its local GPU (init_from_env).
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"auto|cpu|cuda(:\d+)?", self.device
         ):
             raise ValueError(
-                f"DistRuntime: device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
+                f"DistRuntime: device must be 'auto', 'cpu' or 'cuda' (each rank takes its "
+                f"local GPU), got {self.device!r}"
             )
         check_number(self.timeout_s, "DistRuntime: timeout_s", positive=True)
         check_flag(self.balance, "DistRuntime: balance")

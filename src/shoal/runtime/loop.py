@@ -14,7 +14,8 @@ algorithm corrections read the flat buffer directly. Calling the module itself, 
 Buffers and frozen parameters are *shared* with the user's model, not copied, so the work
 copy always computes what ``functional_call(model, params, x)`` would. On the CPU its 2-D
 convolution kernels reach the convolutions in channels-last layout (a parametrization; see
-:func:`shoal.functional.channels_last`).
+:func:`shoal.functional.channels_last`), unless the model cannot run so
+(:func:`shoal.functional.channels_last_fits`).
 """
 
 from __future__ import annotations
