@@ -3,7 +3,8 @@
 The schema (two levels: top-level keys, then one table per concern)::
 
     seed = 0            # every random choice: model init, partition, sampling, batches,
-                        # and the compressors' draws unless compression.seed pins them
+                        # and the compressors' draws unless compression.seed (uplink) or
+                        # compression.downlink_seed (downlink) pins them
     rounds = 20
     device = "auto"     # auto | cpu | cuda | cuda:N
     num_threads = 0     # torch intra-op threads; 0 = torch's default (1 a worker under launch)

@@ -37,7 +37,9 @@ class ClientSampler:
     drawn twice in a round: both copies train from the same state on the same minibatches (one
     local run counted twice, as in that paper's analysis, where every device trains and the
     sample picks whose models are averaged), and its stored algorithm state is the one written
-    last.
+    last. Its compressor state is chained instead: the second copy compresses with the state the
+    first left (an error-feedback residual sent once, not twice), so the two messages differ;
+    each copy is charged its download.
     """
 
     clients_per_round: int

@@ -222,6 +222,8 @@ def _setup(
     config: TrainConfig,
     aggregator: Aggregator,
     byzantine: Byzantine | None,
+    compressor: Compressor,
+    downlink: Compressor,
 ) -> dict[str, Any]:
     """What a run's checkpoint records of its setup, for a resume to be checked against."""
     attack = None if byzantine is None else f"{sorted(byzantine.clients)} {byzantine.behaviour!r}"
@@ -238,6 +240,10 @@ def _setup(
         # Keyed like `carried` below: a changed one starts its state afresh.
         "aggregator": repr(aggregator),
         "attack": attack,
+        # Their per-client and broadcast states too: another compressor's failed in its first
+        # round ("state must come from init"), and another seed's went on silently.
+        "compressor": repr(compressor),
+        "downlink": repr(downlink),
     }
 
 
@@ -260,7 +266,7 @@ def _check_resumed(
         )
 
     def note(differ: list[str]) -> str:
-        carried = [k for k in ("aggregator", "attack") if k in differ]
+        carried = [k for k in ("aggregator", "attack", "compressor", "downlink") if k in differ]
         return f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""
 
     return warn_setup_differs(out, saved, setup, stacklevel=3, note=note)  # train's caller
@@ -405,6 +411,10 @@ def train(
     params = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
     if params.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
+    try:  # one built for another model (PowerSGD's shapes) failed in round 2, not naming it
+        downlink.init(params)
+    except ValueError as e:
+        raise ValueError(f"downlink compressor {downlink.name}: {e}") from None
     x, y = data.train.x.to(dev), data.train.y.to(dev)
     y_true = y  # what the model is scored against: the labels before any poisoning
     attack = None
@@ -448,7 +458,9 @@ def train(
             stacklevel=2,
         )
 
-    setup = _setup(algorithm, model, spec, sizes, config, aggregator, byzantine)
+    setup = _setup(
+        algorithm, model, spec, sizes, config, aggregator, byzantine, compressor, downlink
+    )
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -475,6 +487,10 @@ def train(
             differ = _check_resumed(out, start_round, config.rounds, ck.get("setup", {}), setup)
             # Another aggregator's or attack's saved state is not this one's (a KeyError).
             restored = {k: v for k, v in ck.get("carried", {}).items() if k not in differ}
+            if "compressor" in differ:  # the clients' uplink states (residuals, seeds, queries)
+                store = ClientStore(store.states)
+            if "downlink" in differ:  # the clients' copy: sent dense again, as in round 1
+                bcast = {}
         if main:
             write_metrics(out / METRICS, rows)
             if not resume:  # an earlier run's outputs would sit beside this run's rows

@@ -8,7 +8,16 @@ import torch
 
 from shoal.algorithms import fedavg, scaffold
 from shoal.algorithms.base import LocalWork
-from shoal.compress import error_feedback, fp16, identity, layerwise, qsgd, serialize, top_k
+from shoal.compress import (
+    error_feedback,
+    fp16,
+    identity,
+    layerwise,
+    powersgd,
+    qsgd,
+    serialize,
+    top_k,
+)
 from shoal.runtime.broadcast import broadcast
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
@@ -121,3 +130,26 @@ def test_partial_participation_and_scaffold_compress_each_model_sized_tensor():
         assert p["downlink_bytes"] <= d["downlink_bytes"]
     assert packed.metrics[-1]["cum_downlink_bytes"] < dense.metrics[-1]["cum_downlink_bytes"]
     assert np.isfinite(packed.metrics[-1]["test_loss"])
+
+
+def test_each_model_sized_key_gets_its_own_draws():
+    """SCAFFOLD's params and c were rounded with the same uniform draws every round; the
+    first key keeps the configured seed, so a one-key downlink is as it was."""
+    d, c = 1000, qsgd(2, bucket_size=None, seed=0)
+    zero, v = torch.zeros(d), torch.linspace(0.1, 1.0, d)
+    _, _, state = broadcast(c, {"params": zero, "c": zero}, np.arange(2), {}, d)
+    got, _, _ = broadcast(c, {"params": v, "c": v}, np.arange(2), state, d)
+    assert not torch.equal(got["params"], got["c"])
+    payload, _ = c.compress(v, c.init(v))  # the first key: the configured seed, as before
+    assert torch.equal(got["params"], c.decompress(payload))
+
+
+def test_a_downlink_compressor_for_another_model_is_refused_before_round_1():
+    # It passed round 1 (sent dense, maybe checkpointed) and failed in round 2, in broadcast,
+    # with "powersgd: x_D has 57 entries but shapes describe 66", naming no downlink.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 6)
+    cfg = TrainConfig(rounds=2, sampler=ClientSampler(3), progress=False)
+    wrong = powersgd([(6, 11)], rank=1)
+    with pytest.raises(ValueError, match=r"downlink compressor powersgd\(rank=1\): .*shapes"):
+        train(tiny_model(), data, clients, fedavg(0.1), cfg, downlink_compressor=wrong)

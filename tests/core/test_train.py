@@ -11,7 +11,7 @@ from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
 from shoal.attacks import byzantine, gaussian, label_flip, sign_flip
-from shoal.compress import top_k
+from shoal.compress import error_feedback, qsgd, top_k
 from shoal.cost import CostModel, Heterogeneity, cellular_4g
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler, Stragglers
@@ -254,6 +254,40 @@ def test_a_resume_with_another_aggregator_or_attack_warns_and_starts_it_afresh(
         resumed = resume(tmp_path / "a")
     with pytest.warns(UserWarning, match="differ"):
         reference = resume(tmp_path / "b")
+    assert torch.equal(resumed.params, reference.params)
+
+
+@pytest.mark.parametrize(
+    ("key", "before", "after", "saved"),
+    [
+        ("compressor", top_k(k=4), error_feedback(top_k(k=4)), "compressor"),
+        ("downlink", top_k(k=4), qsgd(64, bucket_size=None), "downlink"),
+        ("compressor", qsgd(4, seed=1), qsgd(4, seed=2), "compressor"),
+    ],
+)
+def test_a_resume_with_another_compressor_warns_and_starts_its_state_afresh(
+    tmp_path, key, before, after, saved
+):
+    """The old compressor's per-client or broadcast state went to the new one: "state must
+    come from error_feedback(c).init" in the first round, or another seed's went on silently."""
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    arg = "compressor" if key == "compressor" else "downlink_compressor"
+
+    def run(rounds, out, compressor, resume):
+        cfg = _config(rounds=rounds)
+        kw = {arg: compressor, "out_dir": out, "resume": resume}
+        return train(tiny_model(), data, clients, fedavg(0.2), cfg, **kw)
+
+    run(3, tmp_path / "a", before, False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ck[saved] = {}  # the reference: a checkpoint without that state
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=rf"\({key} differ\).*start\(s\) afresh"):
+        resumed = run(5, tmp_path / "a", after, True)
+    with pytest.warns(UserWarning, match="differ"):
+        reference = run(5, tmp_path / "b", after, True)
     assert torch.equal(resumed.params, reference.params)
 
 

@@ -28,7 +28,8 @@ class ClientStore:
     """Algorithm state of the clients that have one, created on first participation.
 
     A dormant client costs its data indices (held by the dataset) and, once it has taken part,
-    its algorithm state; nothing else is kept per client.
+    its algorithm state and, with a stateful uplink compressor, its compressor state
+    (error feedback's residual is model-sized); nothing else is kept per client.
     """
 
     states: dict[int, ClientState] = field(default_factory=dict)

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from shoal.compress._common import init_with_seed, mix
 from shoal.compress.base import (
     CONTRACTIVE_EXAMPLES,
     Compressor,
     Identity,
+    configured_seed,
     identity,
     is_contractive,
 )
@@ -90,18 +92,23 @@ def broadcast(
     refs, cstates = dict(state.get("ref", {})), dict(state.get("compressor", {}))
     received: Message = {}
     sent_W = np.zeros(len(sampled_W), dtype=np.int64)
+    model_sized = 0
     for key, x in down.items():
         if x.dim() != 1 or x.shape[0] != num_params:
             received[key] = x
             sent_W += _dense(x)
             continue
+        stream, model_sized = model_sized, model_sized + 1
         ref = refs.get(key)
         if ref is None:  # the first broadcast: nobody holds a copy yet, all get it dense
             refs[key] = received[key] = x.clone()
             sent_W += _dense(x)
             continue
         if key not in cstates:
-            cstates[key] = compressor.init(x)
+            # Each key its own draws (SCAFFOLD sends params and c, which were rounded alike);
+            # the first keeps the configured seed, as before.
+            seed = None if stream == 0 else mix(configured_seed(compressor) or 0, stream)
+            cstates[key] = init_with_seed(compressor, x, seed)
         payload, cstates[key] = compressor.compress(x - ref, cstates[key])
         w = ref + compressor.decompress(payload).to(ref.dtype)
         refs[key] = received[key] = w
