@@ -33,3 +33,14 @@ def unequal_clients(n: int, num_clients: int, seed: int = 0) -> list[np.ndarray]
 def tiny_model(dim: int = 8, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(dim, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+class WSConv2d(nn.Conv2d):
+    """Weight Standardization (Qiao et al. 2019), written as its code does: ``w.view``, which
+    fails on a kernel in channels-last layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        m = w.view(w.size(0), -1).mean(1).view(-1, 1, 1, 1)
+        s = w.view(w.size(0), -1).std(1).view(-1, 1, 1, 1) + 1e-5
+        return nn.functional.conv2d(x, (w - m) / s, self.bias)

@@ -18,7 +18,7 @@ from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
 from shoal.train import TrainConfig, train
 
-from .helpers import tiny_data
+from .helpers import WSConv2d, tiny_data
 
 CLIENTS = [np.arange(k, 240, 4) for k in range(4)]
 
@@ -193,16 +193,6 @@ def test_a_runtime_used_again_trains_the_model_as_it_is_now():
     assert torch.equal(again, fresh.params) and not torch.equal(again, first)
 
 
-class _WSConv2d(nn.Conv2d):
-    """Weight Standardization (Qiao et al. 2019), written as its code does: ``w.view``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        m = w.view(w.size(0), -1).mean(1).view(-1, 1, 1, 1)
-        s = w.view(w.size(0), -1).std(1).view(-1, 1, 1, 1) + 1e-5
-        return F.conv2d(x, (w - m) / s, self.bias)
-
-
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_a_model_that_views_its_kernels_trains_and_is_scored(vectorize):
     """Its kernels reached it in channels-last layout, where .view fails: the looped round 1
@@ -210,7 +200,7 @@ def test_a_model_that_views_its_kernels_trains_and_is_scored(vectorize):
     data, clients = _conv_data(channels=3)  # one channel: a channels-last kernel is contiguous
     cfg = TrainConfig(rounds=2, sampler=ClientSampler(2), progress=False, client_eval=False)
     torch.manual_seed(0)
-    model = nn.Sequential(_WSConv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    model = nn.Sequential(WSConv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
     runtime = SimRuntime(vectorize=vectorize)
     result = train(model, data, clients, fedavg(0.1), cfg, runtime=runtime)
     assert np.isfinite(result.metrics[-1]["test_loss"])

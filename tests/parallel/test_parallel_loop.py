@@ -361,16 +361,9 @@ def test_a_model_that_views_its_kernels_trains_data_parallel():
     path hands a looped model ("view size is not compatible"), in the first step."""
     import numpy as np
     from torch import nn
-    from torch.nn import functional as F
 
+    from core.helpers import WSConv2d
     from shoal.data.types import ArrayDataset, FederatedDataset
-
-    class WSConv2d(nn.Conv2d):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            w = self.weight
-            m = w.view(w.size(0), -1).mean(1).view(-1, 1, 1, 1)
-            s = w.view(w.size(0), -1).std(1).view(-1, 1, 1, 1) + 1e-5
-            return F.conv2d(x, (w - m) / s, self.bias)
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 3, 6, 6, generator=g), torch.randint(0, 3, (48,), generator=g)
