@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shoal.cli import main
+from shoal.cli.probe import MAX_FIT_ERROR
 from shoal.cli.registry import CATALOG
 from shoal.config import loads, resolve
 from shoal.cost import Exchange
@@ -82,6 +83,9 @@ def test_shoal_probe_prints_a_link_a_config_accepts(tmp_path: Path, capsys) -> N
     if "error" in res["fit"]:
         assert res["fit"]["error"] in text
         return
+    if res["fit"]["median_relative_error"] > MAX_FIT_ERROR:  # loopback under load, 1 repeat
+        assert "fits these timings badly" in text and "[network]" not in text
+        return
     keys = text[text.index("[network]") :]
     cfg = resolve(loads(keys), CATALOG)
     assert cfg["network.latency_ms"] == pytest.approx(res["fit"]["latency_s"] * 1e3, rel=1e-2)
@@ -141,6 +145,6 @@ def test_shoal_probe_offers_no_keys_from_a_fit_that_misses(capsys, monkeypatch) 
     fit = {"latency_s": 1e-3, "bandwidth_Bps": 2e4, "median_relative_error": 0.999}
     monkeypatch.setattr(probe, "summarize", lambda rows: {"fit": fit})
     monkeypatch.setattr(probe, "report", lambda result, title: title)
-    assert main(["probe", "--repeats", "1"]) == 0
+    assert main(["probe", "--repeats", "1"]) == 1
     out = capsys.readouterr().out
     assert "fits these timings badly" in out and "[network]" not in out and "latency_ms" not in out

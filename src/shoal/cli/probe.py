@@ -123,7 +123,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     over += f" ({carried['gpu']})" if "gpu" in carried else ""
     print(report(result, f"Shoal's exchanges between {where}, {over}, median of {args.repeats}"))
     fit = result["fit"]
-    if "error" not in fit and fit["median_relative_error"] > MAX_FIT_ERROR:
+    missed = "error" not in fit and fit["median_relative_error"] > MAX_FIT_ERROR
+    if missed:
         print(
             f"\nThe alpha-beta link fits these timings badly (|measured/fitted - 1| median "
             f"{fit['median_relative_error']:.2f} > {MAX_FIT_ERROR}): no cost-model keys from it; "
@@ -138,4 +139,4 @@ def cmd_probe(args: argparse.Namespace) -> int:
                   "repeats": args.repeats, "torch": torch.__version__,
                   "machine": platform.machine(), **result}  # fmt: skip
         json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return 0 if "error" not in fit else 1
+    return 1 if "error" in fit or missed else 0
