@@ -381,9 +381,8 @@ def _longer(cfg: Config, assignments: list[str], out: Path, *, strict: bool) -> 
             f"{length} = {longer[length]}: a resumed run can only train further, past its "
             f"{cfg[length]}"
         )
-    summary = out / SUMMARY
-    if length == "parallel.steps" and summary.is_file():
-        reached = json.loads(summary.read_text(encoding="utf-8")).get("steps_to_target")
+    if length == "parallel.steps":
+        reached = (_summary(out) or {}).get("steps_to_target")
         if reached is not None:  # it would stop again at once
             raise ConfigError(
                 f"{length} = {longer[length]}: the run stopped at its "
@@ -397,14 +396,10 @@ def _finished(cfg: Config, out: Path) -> str | None:
     """What to say when ``--resume`` names a run that ended as its config says (its summary
     written, its last round or step reached, or its target met); None if it did not. Training
     it again would rewrite its model and summary and change nothing."""
-    length = _length(cfg)
-    summary = out / SUMMARY
-    if not summary.is_file():
+    length, summary = _length(cfg), _summary(out)
+    if summary is None:
         return None
-    try:
-        reached = json.loads(summary.read_text(encoding="utf-8")).get("steps_to_target")
-    except (OSError, ValueError):
-        return None
+    reached = summary.get("steps_to_target")
     further = ""
     if reached is not None:
         done = f"it met parallel.target_accuracy at step {reached}"
@@ -415,6 +410,16 @@ def _finished(cfg: Config, out: Path) -> str | None:
     else:
         return None
     return f"{out} is finished ({done}): nothing to continue{further}"
+
+
+def _summary(out: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` (written when it ended); None when there is none, or it
+    cannot be read."""
+    try:
+        summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _trained(out: Path) -> int:
