@@ -87,6 +87,14 @@ def test_hsu_dirichlet_redistributes_when_a_class_runs_dry() -> None:
     assert_disjoint(parts, 100)  # 2 x 50 = everything, though class 1 has only 5 samples
 
 
+@pytest.mark.parametrize("alpha", [1e-6, 5e-324])
+def test_hsu_dirichlet_tiny_alpha_gives_one_class_per_client(alpha) -> None:
+    # 5e-324 * prior underflows to a zero Dirichlet draw, which was read as uniform (IID)
+    labels = np.repeat(np.arange(10), 100)
+    parts = hsu_dirichlet(alpha, samples_per_client=50)(labels, 8, rng(0))
+    assert all(len(np.unique(labels[p])) == 1 for p in parts)
+
+
 @FAST
 @given(
     st.integers(2, 10),

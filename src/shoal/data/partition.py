@@ -132,7 +132,9 @@ class HsuDirichlet:
     class frequencies, then ``samples_per_client`` samples (default ``N // W``) are drawn from
     ``q`` without replacement, clients one after another. When a class pool runs dry its share
     is redistributed: the shortfall is redrawn from ``q`` restricted to classes that still have
-    samples (uniformly over them if ``q`` is zero there). Samples beyond
+    samples (uniformly over them if ``q`` is zero there). An ``alpha`` so small that
+    ``Dir(alpha * prior)`` underflows takes its limit: one class per client, drawn by the prior.
+    Samples beyond
     ``W * samples_per_client`` are left out.
     """
 
@@ -157,6 +159,11 @@ class HsuDirichlet:
         out = []
         for _ in range(num_clients):
             q = rng.dirichlet(self.alpha * counts / n)
+            if q.sum() == 0:
+                # alpha * prior underflowed (alpha ~ 1e-323) and numpy returns all zeros, which
+                # the pool rule below would read as uniform -- the IID opposite of what a tiny
+                # alpha asks. Take the alpha -> 0 limit instead: one class, drawn by its prior.
+                q = np.eye(len(classes))[rng.choice(len(classes), p=counts / n)]
             taken, need = [], m
             while need > 0:
                 left = counts - used
