@@ -28,6 +28,7 @@ from shoal.parallel import (
     sync_sgd,
     train_parallel,
 )
+from shoal.parallel.algorithms.dgc import dgc as parallel_dgc
 from shoal.parallel.algorithms.sgp import SGP
 from shoal.topology import complete, exponential, ring
 
@@ -157,6 +158,15 @@ def test_the_model_checks_see_all_the_samples():
         (lambda: ParallelConfig(5, slowdown=[1, 2]), "slowdown must be a dict"),
         (lambda: dgc(0.1, [(3, 3)], seed=1.5), "dgc: seed must be an integer"),
         (lambda: dgc(0.1, [(3, 3)], clip_norm=True, num_workers=2), "clip_norm must be a positive"),
+        # the data-parallel form took True as 1, and a string failed with a bare TypeError
+        (
+            lambda: parallel_dgc(0.1, [(3, 3)], warmup_epochs=0, clip_norm=True),
+            "clip_norm must be a positive",
+        ),
+        (
+            lambda: parallel_dgc(0.1, [(3, 3)], warmup_epochs=0, clip_norm="0.5"),
+            "clip_norm must be a positive",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(build, match):

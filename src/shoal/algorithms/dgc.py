@@ -58,7 +58,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -115,6 +115,13 @@ def required_shapes(shapes: Sequence[Sequence[int]] | None) -> tuple[torch.Size,
             "are sparsified"
         )
     return as_shapes(shapes, "dgc")
+
+
+def check_clip_norm(clip_norm: Any) -> None:
+    """DGC's clipping threshold: a finite number > 0 (True was taken as 1, a string failed
+    inside the first step)."""
+    if not (is_real(clip_norm) and 0 < clip_norm < math.inf):
+        raise ValueError(f"dgc: clip_norm must be a positive number, got {clip_norm!r}")
 
 
 def clip_locally(g_WD: torch.Tensor, clip_norm: float, num_workers: int) -> torch.Tensor:
@@ -198,10 +205,7 @@ class DGC:
         if self.batch_size is not None:  # True, 2.5 or NaN were refused later, as LocalWork's
             check_count(self.batch_size, "dgc: batch_size")
         if self.clip_norm is not None:
-            if not (is_real(self.clip_norm) and 0 < self.clip_norm < math.inf):  # True was 1
-                raise ValueError(
-                    f"dgc: clip_norm must be a positive number, got {self.clip_norm!r}"
-                )
+            check_clip_norm(self.clip_norm)
             if self.num_workers is None:
                 raise ValueError(
                     "dgc: clip_norm needs num_workers (N): the local threshold is clip_norm/sqrt(N)"

@@ -22,13 +22,19 @@ Shape suffixes: ``W`` local workers, ``N`` all workers, ``D`` flat parameters.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from shoal.algorithms.dgc import DGC, Warmup, check_warmup_length, clip_locally, required_shapes
+from shoal.algorithms.dgc import (
+    DGC,
+    Warmup,
+    check_clip_norm,
+    check_warmup_length,
+    clip_locally,
+    required_shapes,
+)
 from shoal.compress.base import decompress_sum
 from shoal.parallel.base import GradFn, State
 from shoal.parallel.comm import Comm
@@ -44,8 +50,8 @@ class ParallelDGC:
     name: str = "dgc"
 
     def __post_init__(self) -> None:
-        if self.clip_norm is not None and not 0 < self.clip_norm < math.inf:
-            raise ValueError(f"dgc: clip_norm must be a positive number, got {self.clip_norm}")
+        if self.clip_norm is not None:
+            check_clip_norm(self.clip_norm)
 
     @staticmethod
     def model(params_WD: torch.Tensor, state: State) -> torch.Tensor:
