@@ -48,6 +48,10 @@ on every worker (the reference draws it per process); the server's mean is the r
 aggregation mean (``TrainConfig.weighting="uniform"`` for the paper's ``1/N``; equal shards
 make the two the same). Local clipping uses the global L2 norm of the worker's whole gradient
 (Pascanu et al. 2013, as Sec. 3.2 describes); the reference ships it switched off.
+Recovering ``g`` from the float32 step rounds it: an entry with ``|lr g|`` below half an ulp of
+its weight comes back as 0 (on the 2NN at lr 0.01, 50 of 116,642 nonzero entries; relative
+error ~5e-5), so those are not accumulated; :func:`shoal.parallel.dgc`, which is handed the
+gradient itself, has no such loss.
 
 Shape suffixes: ``W`` workers, ``D`` flat parameters, ``K`` kept entries.
 """
