@@ -232,6 +232,10 @@ def _setup(
         "buffers and frozen parameters": spec.fixed_digest(model),
         "client sizes": sizes.astype(int).tolist(),
         "algorithm": repr(algorithm),
+        # Another algorithm's server and client states start afresh: FedAdam's first moment
+        # (scaled by 1 - beta1) went on as FedAvgM's momentum, silently, and SCAFFOLD found no
+        # "c" in FedAvg's (a KeyError after a round of training).
+        "algorithm class": type(algorithm).__qualname__,
         "seed": config.seed,
         "sampler": repr(config.sampler),
         "local work": repr(config.work),
@@ -267,6 +271,8 @@ def _check_resumed(
 
     def note(differ: list[str]) -> str:
         carried = [k for k in ("aggregator", "attack", "compressor", "downlink") if k in differ]
+        if "algorithm class" in differ:
+            carried.insert(0, "algorithm's server and client states")
         return f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""
 
     return warn_setup_differs(out, saved, setup, stacklevel=3, note=note)  # train's caller
@@ -487,6 +493,8 @@ def train(
             differ = _check_resumed(out, start_round, config.rounds, ck.get("setup", {}), setup)
             # Another aggregator's or attack's saved state is not this one's (a KeyError).
             restored = {k: v for k, v in ck.get("carried", {}).items() if k not in differ}
+            if "algorithm class" in differ:
+                server, store = algorithm.server_init(params), ClientStore({}, store.compressor)
             if "compressor" in differ:  # the clients' uplink states (residuals, seeds, queries)
                 store = ClientStore(store.states)
             if "downlink" in differ:  # the clients' copy: sent dense again, as in round 1

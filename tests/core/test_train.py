@@ -10,6 +10,8 @@ from shoal.aggregate import bucketing, centered_clip, median, nnm, stateful
 from shoal.aggregate.mean import Mean
 from shoal.algorithms.base import LocalWork
 from shoal.algorithms.fedavg import fedavg
+from shoal.algorithms.fedopt import fedadam, fedavgm
+from shoal.algorithms.scaffold import scaffold
 from shoal.attacks import byzantine, gaussian, label_flip, sign_flip
 from shoal.compress import error_feedback, qsgd, top_k
 from shoal.cost import CostModel, Heterogeneity, cellular_4g
@@ -254,6 +256,38 @@ def test_a_resume_with_another_aggregator_or_attack_warns_and_starts_it_afresh(
         resumed = resume(tmp_path / "a")
     with pytest.warns(UserWarning, match="differ"):
         reference = resume(tmp_path / "b")
+    assert torch.equal(resumed.params, reference.params)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (lambda: fedadam(0.2, 0.05), lambda: fedavgm(0.2)),  # Adam's m went on as momentum
+        (lambda: fedavg(0.2), lambda: scaffold(0.2)),  # KeyError 'c' after round 4's training
+        (lambda: scaffold(0.2), lambda: fedadam(0.2, 0.05)),  # the clients' c are dropped too
+    ],
+)
+def test_a_resume_with_another_algorithm_starts_its_state_afresh(tmp_path, before, after):
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+
+    def fit(alg, out, rounds):
+        return train(
+            tiny_model(), data, clients, alg, _config(rounds=rounds), out_dir=out,
+            resume=rounds > 3,
+        )  # fmt: skip
+
+    fit(before(), tmp_path / "a", 3)
+    # The reference: the same checkpoint with the new algorithm's fresh states in it.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ck["server"], ck["clients"] = after().server_init(ck["params"]), {}
+    ck["setup"]["algorithm class"] = type(after()).__qualname__
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="algorithm's server and client states start"):
+        resumed = fit(after(), tmp_path / "a", 5)
+    with pytest.warns(UserWarning, match=r"\(algorithm differ\)"):
+        reference = fit(after(), tmp_path / "b", 5)
     assert torch.equal(resumed.params, reference.params)
 
 
