@@ -133,6 +133,16 @@ def test_synthetic_data_is_the_librarys_and_natural_counts_its_users() -> None:
     assert cfg["partition.num_clients"] == 7  # filled in: the config says what ran
 
 
+def test_synthetic_iid_refuses_the_alpha_and_beta_it_would_ignore() -> None:
+    raw = loads(SMALL.format(rounds=1, epochs=1))
+    raw["data"] = {"name": "synthetic", "beta": 3.0, "num_users": 7, "iid": True}
+    raw["partition"] = {"scheme": "natural", "num_clients": 0}
+    with pytest.raises(ConfigError, match=r"so data.beta would be ignored"):
+        build_clients(resolve(raw, CATALOG))  # it built the same data as beta = 1
+    del raw["data"]["beta"]
+    assert len(build_clients(resolve(raw, CATALOG))[2]) == 7
+
+
 def test_feature_noise_is_the_librarys_under_the_seed() -> None:
     cfg = _config(partition={"feature_noise": 0.5})
     _, data, clients = build_clients(cfg)

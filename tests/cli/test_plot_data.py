@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from shoal.cli.registry import CATALOG, DATASETS
 from shoal.cli.run import demo_config
 from shoal.config import loads, resolve
+from shoal.data.download import CATALOGUE
 from shoal.report import read_metrics
 
 
@@ -194,6 +195,19 @@ def test_data_list_names_every_dataset(capsys: pytest.CaptureFixture) -> None:
     for name in DATASETS:
         assert name in out
     assert "not in the cache" in out  # the test cache is empty
+
+
+def test_data_list_does_not_call_a_damaged_cache_ready(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It said "in the cache", and the next run refused the files for their SHA-256.
+    folder = tmp_path / "cache" / "mnist"
+    folder.mkdir(parents=True)
+    for remote in CATALOGUE["mnist"]:
+        (folder / remote.filename).write_bytes(bytes(100))
+    assert shoal("data", "list") == 0
+    out = capsys.readouterr().out
+    assert "in the cache but damaged (a file fails its SHA-256): shoal data fetch mnist" in out
 
 
 def test_data_fetch_unknown_name_is_one_line(capsys: pytest.CaptureFixture) -> None:

@@ -124,6 +124,23 @@ def test_fetch_uses_catalogue_hash_with_url_overrides(
     assert not (tmp_path / "cache" / "bad" / "toy.bin").exists()
 
 
+def test_a_failed_fetch_names_every_file_still_missing(
+    served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Offline, it named the first file only: the others came one failure at a time.
+    src, payload, digest = served
+    gone = [(tmp_path / f"{n}.gz").as_uri() for n in "abc"]
+    files = [RemoteFile(url, f"{n}.gz", digest) for url, n in zip(gone, "abc")]
+    monkeypatch.setitem(CATALOGUE, "toy", tuple(files))
+    (tmp_path / "cache" / "toy").mkdir(parents=True)
+    (tmp_path / "cache" / "toy" / "c.gz").write_bytes(payload)  # in place already
+    with pytest.raises(OSError) as err:
+        fetch("toy", tmp_path / "cache", progress=False)
+    msg = str(err.value)
+    assert msg.count("a.gz") >= 1 and f"toy needs these files too: b.gz ({gone[1]})" in msg
+    assert "c.gz" not in msg and "\n" not in msg
+
+
 def test_fetch_rejects_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         fetch("nope", tmp_path)

@@ -13,6 +13,7 @@ from shoal.cli.build import build_clients
 from shoal.cli.parallel import is_parallel
 from shoal.cli.registry import DATASETS, in_cache
 from shoal.data import default_cache_dir, fetch, format_histogram, label_histogram
+from shoal.data.download import check_cached
 from shoal.report import plot_label_histogram
 
 
@@ -54,6 +55,12 @@ def _status(name: str, cache: Path) -> str:
     if source == "generated":
         return "ready (generated from the seed)"
     if in_cache(name, cache):
+        # Hashed as every run hashes it (about a second a GB): a corrupted file was listed
+        # as ready, and the next run refused it.
+        try:
+            check_cached(name, cache / name)
+        except ValueError:
+            return f"in the cache but damaged (a file fails its SHA-256): shoal data fetch {name}"
         return f"in the cache: {cache / name}"
     if source == "prepared":
         return f"needs data.dir: a LEAF-prepared folder (raw inputs: shoal data fetch {name})"

@@ -73,6 +73,19 @@ def _emnist(root: Path | None, opts: Options, seed: int) -> FederatedDataset:
     return load_mnist_family(root, f"emnist-{opts['split']}-", name="emnist")
 
 
+def _synthetic(opts: Options, seed: int) -> FederatedDataset:
+    # Synthetic-IID has no alpha or beta: set, they were ignored without a word.
+    if opts["iid"] and (set_ := [k for k in ("alpha", "beta") if opts[k] != 1.0]):
+        raise ConfigError(
+            f"data.iid = true shares one model and feature distribution, so "
+            f"{' and '.join(f'data.{k}' for k in set_)} would be ignored; unset "
+            f"{'them' if len(set_) > 1 else 'it'}, or set data.iid = false"
+        )
+    return synthetic(
+        opts["alpha"], opts["beta"], num_users=opts["num_users"], iid=opts["iid"], seed=seed
+    )
+
+
 _EMNIST_SPLITS = ("byclass", "bymerge", "balanced", "letters", "digits", "mnist")
 
 DATASETS: dict[str, Dataset] = {
@@ -83,9 +96,7 @@ DATASETS: dict[str, Dataset] = {
         {"test_fraction": Param(float, 0.2, lambda v: 0 < v < 1, "in (0, 1)")},
     ),
     "synthetic": Dataset(
-        lambda root, o, seed: synthetic(
-            o["alpha"], o["beta"], num_users=o["num_users"], iid=o["iid"], seed=seed
-        ),
+        lambda root, o, seed: _synthetic(o, seed),
         "generated",
         "FedProx's Synthetic(alpha, beta), one natural client per user",
         {

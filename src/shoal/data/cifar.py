@@ -78,8 +78,9 @@ def _read_batches(
     tar_path = root / archive if root.is_dir() else root
     if not tar_path.is_file():
         raise FileNotFoundError(
-            f"found neither a {folder}/ folder nor {archive} at {root}; "
-            f"download it with `shoal data fetch {'cifar100' if '100' in archive else 'cifar10'}`"
+            f"found neither a {folder}/ folder nor {archive} at {root}; put {archive} there "
+            f"(`shoal data fetch {'cifar100' if '100' in archive else 'cifar10'}` downloads it "
+            "into the cache folder, which a run reads when data.dir is unset)"
         )
     found: dict[str, bytes] = {}
     # One sequential pass: a .tar.gz cannot seek, so reopening it per member re-reads it all.

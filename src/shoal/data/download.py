@@ -368,6 +368,16 @@ def fetch(
         raise ValueError(f"urls names files that {name!r} does not have: {sorted(unknown)}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / name
-    for remote in CATALOGUE[name]:
-        download_file(remote, folder, url=urls.get(remote.filename), progress=progress)
+    remotes = CATALOGUE[name]
+    for i, remote in enumerate(remotes):
+        try:
+            download_file(remote, folder, url=urls.get(remote.filename), progress=progress)
+        except OSError as e:
+            # Offline, the message named the first file only: a user placing files by hand
+            # learned of the others one failure at a time.
+            rest = [r for r in remotes[i + 1 :] if not (folder / r.filename).is_file()]
+            if not rest:
+                raise
+            more = ", ".join(f"{r.filename} ({urls.get(r.filename, r.url)})" for r in rest)
+            raise OSError(f"{e}; {name} needs these files too: {more}") from None
     return folder
