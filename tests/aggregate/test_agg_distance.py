@@ -58,6 +58,8 @@ def test_float32_close_vectors_keep_their_order() -> None:
 def test_too_few_inputs_raise() -> None:
     with pytest.raises(ValueError, match=r"krum needs n >= 2f\+3, got n=7, f=3"):
         krum(3)(torch.randn(7, 2), torch.ones(7))
+    with pytest.raises(ValueError, match=r"^multi_krum needs n >= 2f\+3, got n=12, f=5"):
+        multi_krum(5)(torch.randn(12, 2), torch.ones(12))  # it named "krum"
     with pytest.raises(ValueError, match="m=12 exceeds"):
         multi_krum(1, 12)(torch.randn(9, 2), torch.ones(9))
     with pytest.raises(ValueError, match="m must be"):

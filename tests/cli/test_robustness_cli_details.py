@@ -113,3 +113,15 @@ def test_an_option_naming_nothing_is_refused_not_read_as_the_default(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"no {kind} named; choose from: " in err
     assert not grid  # the grid never ran
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be made"
+)
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_grid(
+    grid: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It trained every cell, then failed to write the results (exit 1, nothing kept).
+    assert shoal("robustness", "--data", "digits", "--out", "/proc/shoal-grid") == 2
+    assert "--out /proc/shoal-grid: cannot make the folder" in capsys.readouterr().err
+    assert not grid  # the grid never ran

@@ -81,14 +81,19 @@ class Krum:
     linear: bool = False
 
     def __post_init__(self) -> None:
-        check_f(self.f, "krum")
+        check_f(self.f, self._who)
         if self.m is not None:
-            check_count(self.m, "krum: m")
+            check_count(self.m, f"{self._who}: m")
+
+    @property
+    def _who(self) -> str:
+        """The rule's name in messages: a multi-Krum refusal named "krum"."""
+        return "krum" if self.m == 1 else "multi_krum"
 
     def __call__(self, inbox_ND: torch.Tensor, weights_N: torch.Tensor) -> torch.Tensor:
-        x_ND, shape = as_matrix(inbox_ND, weights_N, "krum")
+        x_ND, shape = as_matrix(inbox_ND, weights_N, self._who)
         n = x_ND.shape[0]
-        require(n >= 2 * self.f + 3, "krum", "n >= 2f+3", n, self.f)
+        require(n >= 2 * self.f + 3, self._who, "n >= 2f+3", n, self.f)
         m = n - self.f if self.m is None else self.m
         if m > n:
             raise ValueError(f"multi_krum: m={m} exceeds the inbox size n={n}; lower m")

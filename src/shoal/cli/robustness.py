@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     out = folder_arg(args.out)  # before the grid: minutes of training
+    # Made now, not by the write after the last cell: a folder that cannot be made (or written)
+    # lost the whole grid.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot make the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {args.out}: not writable")
     torch.set_num_threads(args.threads)
     work = load_workload(args.data, data_dir)
     report = run_grid(
