@@ -6,6 +6,8 @@ The schema (two levels: top-level keys, then one table per concern)::
                         # and the compressors' draws unless compression.seed (uplink) or
                         # compression.downlink_seed (downlink) pins them
     rounds = 20
+    checkpoint_every = 1  # rounds between checkpoints (resume points); each holds every
+                        # client's state, e.g. error feedback's residuals: raise it for those
     device = "auto"     # auto | cpu | cuda | cuda:N
     num_threads = 0     # torch intra-op threads; 0 = torch's default (1 a worker under launch)
 
@@ -201,6 +203,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 TOP: dict[str, Param] = {
     "seed": Param(int, 0, lambda v: 0 <= v < SEED_LIMIT, ">= 0 and < 2**32"),
     "rounds": Param(int, 20, _ge(1), ">= 1"),
+    "checkpoint_every": Param(int, 1, _ge(1), ">= 1"),
     "device": Param(
         str, "auto", lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, cuda or cuda:N"
     ),
@@ -524,6 +527,7 @@ when set (see :data:`FEDERATED_ONLY`)."""
 
 FEDERATED_ONLY = (
     "rounds",  # a federated run counts rounds; a data-parallel one counts parallel.steps
+    "checkpoint_every",  # in rounds; data-parallel runs use parallel.checkpoint_every (steps)
     "client.",  # a round's local training per client; workers step by parallel.batch_size
     "sampling.",  # which clients join a round; every data-parallel worker joins every step
     "eval.every",  # counted in rounds; data-parallel runs use parallel.eval_every (steps)

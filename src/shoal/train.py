@@ -270,7 +270,9 @@ def _check_resumed(
         )
 
     def note(differ: list[str]) -> str:
-        carried = [k for k in ("aggregator", "attack", "compressor", "downlink") if k in differ]
+        carried: list[str] = [
+            k for k in ("aggregator", "attack", "compressor", "downlink") if k in differ
+        ]
         if "algorithm class" in differ:
             carried.insert(0, "algorithm's server and client states")
         return f"; the new {' and '.join(carried)} start(s) afresh" if carried else ""

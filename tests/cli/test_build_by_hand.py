@@ -161,7 +161,7 @@ def test_model_and_initial_parameters_follow_the_seed() -> None:
 
 def test_the_train_config_is_the_one_built_by_hand() -> None:
     cfg = _config(
-        top={"rounds": 4, "seed": 2},
+        top={"rounds": 4, "seed": 2, "checkpoint_every": 3},
         partition={"num_clients": 8},
         client={"epochs": 3, "batch_size": 0, "min_epochs": 2},
         sampling={
@@ -185,6 +185,7 @@ def test_the_train_config_is_the_one_built_by_hand() -> None:
         seed=2,
         eval_every=2,
         eval_batch_size=321,
+        checkpoint_every=3,  # a checkpoint every round, whatever its cost, before
         device="auto",
         progress=False,
     )

@@ -258,6 +258,7 @@ DATA_PARALLEL = {
             ["federated", "data-parallel algorithms"],
         ),
         ({**DATA_PARALLEL, "rounds": 30}, "rounds", ["data-parallel", "parallel.steps"]),
+        ({**DATA_PARALLEL, "checkpoint_every": 5}, "checkpoint_every", ["data-parallel"]),
         ({**DATA_PARALLEL, "client": {"epochs": 2}}, "client.epochs", ["data-parallel"]),
         (
             {**DATA_PARALLEL, "sampling": {"clients_per_round": 4}},

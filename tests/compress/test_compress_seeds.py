@@ -111,3 +111,22 @@ def test_seeds_are_checked_when_built(make, who) -> None:
         with pytest.raises(ValueError, match=f"{who}: seed must be an integer >= 0"):
             make(seed)
     make(2**32 - 1).init(_x())
+
+
+@pytest.mark.parametrize(
+    "c",
+    [qsgd(4), terngrad(), natural_compression(), random_k(0.1), dgc_top_k(0.05)]
+    + [powersgd(SHAPES, 2, warm_start=False)],
+    ids=lambda c: c.name,
+)
+def test_a_state_saved_with_tensor_counters_goes_on_as_the_int_one(c: Compressor) -> None:
+    # States were {"seed": tensor, "step": tensor} (slow to checkpoint for many clients);
+    # a checkpoint written then must resume to the same messages.
+    x = _x()
+    fresh = c.init(x, seed=7)
+    old = {k: torch.tensor(v) if isinstance(v, int) else v for k, v in fresh.items()}
+    assert isinstance(fresh["step"], int) and isinstance(old["step"], torch.Tensor)
+    for _ in range(3):
+        (new_msg, fresh), (old_msg, old) = c.compress(x, fresh), c.compress(x, old)
+        assert torch.equal(c.decompress(new_msg), c.decompress(old_msg))
+    assert int(old["step"]) == int(fresh["step"]) == 3

@@ -386,6 +386,7 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         seed=cfg["seed"],
         eval_every=cfg["eval.every"],
         eval_batch_size=cfg["eval.batch_size"],
+        checkpoint_every=cfg["checkpoint_every"],
         device=cfg["device"],
         progress=progress,
     )

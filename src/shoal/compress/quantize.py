@@ -178,8 +178,8 @@ class _Stochastic(ABC):
     def name(self) -> str:
         """The compressor's name, for messages."""
 
-    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
-        return seed_state(self.seed if seed is None else seed, check_flat(x_D, self.name).device)
+    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        return seed_state(self.seed if seed is None else seed)
 
     def nbytes(self, payload: Payload) -> int:
         return payload_nbytes(payload)

@@ -346,12 +346,10 @@ class RandomK:
         (d/k - 1)||x||^2``."""
         return not self.unbiased or self.ratio >= 0.5
 
-    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
-        return seed_state(self.seed if seed is None else seed, check_flat(x_D, self.name).device)
+    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        return seed_state(self.seed if seed is None else seed)
 
-    def compress(
-        self, x_D: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[Payload, dict[str, torch.Tensor]]:
+    def compress(self, x_D: torch.Tensor, state: dict[str, Any]) -> tuple[Payload, dict[str, Any]]:
         x_D = check_flat(x_D, self.name)
         seed, step = check_seed_state(state, "random_k")
         d = x_D.numel()
@@ -504,8 +502,8 @@ class DGCTopK(_Sparse):
     def name(self) -> str:
         return f"dgc_top_k(ratio={self.ratio})"
 
-    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:
-        return seed_state(self.seed if seed is None else seed, check_flat(x_D, self.name).device)
+    def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        return seed_state(self.seed if seed is None else seed)
 
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:
         x_D = check_flat(x_D, self.name)

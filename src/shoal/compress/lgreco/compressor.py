@@ -225,8 +225,8 @@ class LGreCo:
             for i, o, n, shape in self._compressed()
         }
         return {
-            "step": torch.tensor(0, dtype=torch.int64),
-            "seed": torch.tensor(seed, dtype=torch.int64),
+            "step": 0,  # plain ints, as seed_state's (0-d tensors made checkpoints slow)
+            "seed": int(seed),
             "choice": torch.full((len(blocks),), u, dtype=torch.int64),
             "blocks": blocks,
         }
@@ -257,7 +257,7 @@ class LGreCo:
             payload["dense"] = torch.cat(dense)
         code = smallest_int_dtype(len(self.levels) - 1)
         payload["choice"] = choice.to(device=x_D.device, dtype=code)
-        state = {"step": state["step"] + 1, "seed": state["seed"], "choice": choice}
+        state = {"step": int(state["step"]) + 1, "seed": state["seed"], "choice": choice}
         return payload, {**state, "blocks": blocks}
 
     def decompress(self, payload: Payload) -> torch.Tensor:
