@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,31 @@ def test_a_stop_signalled_during_a_write_waits_until_the_file_is_whole(
     append_metrics(tmp_path / "m.jsonl", {"round": 1})  # no stop left pending
     with pytest.raises(Stop):  # outside a write: at once
         stop_when_written(Stop())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_during_a_checkpoint_save_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    # Ctrl-C inside torch.save ended `shoal run` with the zip writer's RuntimeError (exit 1)
+    # in 2 of 6 tries; SIGTERM was already held back.
+    from shoal.cli import Terminated, _catch_signals
+
+    real = torch.save
+
+    def signalled_midway(obj: object, f: object) -> None:
+        os.kill(os.getpid(), signum)  # the handler runs here, inside the write
+        real(obj, f)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _catch_signals()
+        monkeypatch.setattr(torch, "save", signalled_midway)
+        with pytest.raises(KeyboardInterrupt) as stop:
+            atomic_save({"a": 1}, tmp_path / "c.pt")
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert isinstance(stop.value, Terminated) == (signum == signal.SIGTERM)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "c.pt") == {"a": 1} and not list(tmp_path.glob("*.tmp"))

@@ -172,13 +172,25 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     stop_when_written(Terminated())
 
 
-def _catch_sigterm() -> None:
-    """Turn SIGTERM into :class:`Terminated` in a command of its own; a worker of a job keeps
-    the default (``torchrun`` stops the workers with SIGTERM, and the launcher reads a death by
-    that signal as "stopped by the agent", not as the cause of a failure)."""
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    """Ctrl-C: ``KeyboardInterrupt`` as Python raises it, but after a checkpoint write that it
+    would cut short (inside ``torch.save`` it ended the run with the zip writer's
+    RuntimeError, exit 1, 2 of 6 times on a run that saves a large checkpoint each round)."""
+    from shoal.files import stop_when_written
+
+    stop_when_written(KeyboardInterrupt())
+
+
+def _catch_signals() -> None:
+    """Turn SIGTERM into :class:`Terminated`, and hold Ctrl-C back during file writes, in a
+    command of its own; a worker of a job keeps the defaults (``torchrun`` stops the workers
+    with SIGTERM, and the launcher reads a death by that signal as "stopped by the agent", not
+    as the cause of a failure)."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if not distributed and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+            signal.signal(signal.SIGINT, _raise_interrupted)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 interrupted, 143 terminated)."""
     debug = bool(os.environ.get("SHOAL_DEBUG"))
     if argv is None:  # the program itself, not a caller's process
-        _catch_sigterm()
+        _catch_signals()
     try:
         with warnings.catch_warnings():
             if not debug:
