@@ -145,11 +145,14 @@ class ConfigError(ValueError):
 
 
 class UnknownKey(ConfigError):
-    """A key that no table (or no chosen name) takes; ``key`` is its dotted name."""
+    """A key that no table (or no chosen name) takes; ``key`` is its dotted name, ``keys``
+    every such key of its table (all named at once: a table switched to a name with fewer
+    options, ``network.profile = "none"``, was refused one key per attempt, nine times)."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, keys: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.key = key
+        self.keys = list(keys) or [key]
 
 
 class BadValue(ConfigError):
@@ -426,8 +429,12 @@ def _value(key: str, given: Any, param: Param, *, missing: bool) -> Any:
         raise BadValue(key, f"{key} = {_show(value)}: must be one of {_join(param.choices)}")
     if param.check is not None and not param.check(value):
         # "latency_ms = nan: must be >= 0" and "uplink_mbit_s = inf: must be > 0" read wrong.
+        # An allowed text that names finiteness itself ("a finite number > 0") needs no prefix:
+        # "must be a number a finite number > 0" read garbled.
         finite = isinstance(value, float) and not math.isfinite(value)
         kind = ("a number " if math.isnan(value) else "finite and ") if finite else ""
+        if "finite" in param.allowed:
+            kind = ""
         raise BadValue(key, f"{key} = {_show(value)}: must be {kind}{param.allowed}")
     return value
 
@@ -495,19 +502,22 @@ def resolve(raw: Mapping[str, Any], catalog: Catalog) -> Config:
                         f"allowed: {_join(list(entries))}"
                     )
                 extra = {**extra, **{prefix + k: p for k, p in entries[values[key]]().items()}}
-        for key in given:
-            if key not in fixed and key not in extra:
-                what = ""
-                if section in SELECTORS:  # say whose options these are ("none"'s too)
-                    what = f" for {section} {_show(values[SELECTORS[section]])}"
-                    sub = SUBSELECTORS.get(section)
-                    if sub is not None and key.startswith(sub[1]):  # not the uplink's options
-                        what = f" for {section}.{sub[0]} = {_show(values[sub[0]])}"
-                raise UnknownKey(
-                    f"{section}.{key}",
-                    f"unknown key '{section}.{key}'{what}; allowed in [{section}]: "
-                    f"{', '.join([*fixed, *extra])}",
-                )
+        unknown = [f"{section}.{k}" for k in given if k not in fixed and k not in extra]
+        if unknown:
+            key = unknown[0].split(".", 1)[1]
+            what = ""
+            if section in SELECTORS:  # say whose options these are ("none"'s too)
+                what = f" for {section} {_show(values[SELECTORS[section]])}"
+                sub = SUBSELECTORS.get(section)
+                if sub is not None and key.startswith(sub[1]):  # not the uplink's options
+                    what = f" for {section}.{sub[0]} = {_show(values[sub[0]])}"
+            named = ", ".join(f"'{k}'" for k in unknown)
+            raise UnknownKey(
+                unknown[0],
+                f"unknown key{'s' if len(unknown) > 1 else ''} {named}{what}; allowed in "
+                f"[{section}]: {', '.join([*fixed, *extra])}",
+                unknown,
+            )
         for k, p in extra.items():
             v = _value(f"{section}.{k}", given.get(k), p, missing=k not in given)
             if v is not None:
@@ -826,6 +836,9 @@ def resolve_overridden(
         renamed = f"{e.key.rpartition('.')[0]}.name" in set_keys
         if isinstance(e, BadValue) and not renamed:
             raise
+        if isinstance(e, UnknownKey) and len(e.keys) > 1:
+            drop = " ".join(f"--unset {k}" for k in e.keys)
+            raise ConfigError(f"{e} (set in {source}: {drop} drops them)") from None
         raise ConfigError(f"{e} (set in {source}: --unset {e.key} drops it)") from None
 
 

@@ -263,3 +263,25 @@ def test_a_natural_split_with_fewer_users_than_a_round_samples_is_refused() -> N
         build_clients(resolve(raw, CATALOG))
     raw["sampling"] = {"clients_per_round": 5, "replace": True}
     assert len(build_clients(resolve(raw, CATALOG))[2]) == 4
+
+
+def test_a_model_too_large_for_memory_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An extra 0 in model.hidden ended in torch's allocator traceback (36 lines, exit 1).
+    import shoal.cli.build as cli_build
+
+    def out_of_memory(*args: Any, **kw: Any) -> None:
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 25600000000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(cli_build, "init_params", out_of_memory)
+    with pytest.raises(ConfigError) as info:
+        build(_config(model={"hidden": [100_000_000]}), progress=False)
+    assert str(info.value) == (
+        'model.name = "mlp" (model.hidden = [100000000]): its parameters do not fit in memory '
+        "(one tensor of 23.8 GiB)"
+    )
+    monkeypatch.setattr(cli_build, "init_params", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other failures are not reworded
+        build(_config(), progress=False)

@@ -158,6 +158,17 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
         raw, ["compression.name=qsgd", "compression.levels=4"], ["compression.ratio"], CATALOG, "a"
     )
     assert cfg["compression.name"] == "qsgd" and cfg["compression.levels"] == 4
+    # Every stale key at once: a wifi run's config switched to "none" was refused one key
+    # per attempt, nine times over.
+    wifi = {"network": {"profile": "wifi", "latency_ms": 5.0, "uplink_mbit_s": 50.0}}
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden(wifi, ["network.profile=none"], [], CATALOG, "a.toml")
+    assert str(info.value).startswith(
+        "unknown keys 'network.latency_ms', 'network.uplink_mbit_s' for network \"none\""
+    )
+    assert str(info.value).endswith(
+        "(set in a.toml: --unset network.latency_ms --unset network.uplink_mbit_s drops them)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -193,6 +204,9 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
             {"network": {"profile": "wifi", "uplink_mbit_s": float("inf")}},
             ["inf: must be finite and > 0"],
         ),
+        # ... where the rule says "finite" itself: "must be a number a finite number > 0"
+        ({"partition": {"alpha": float("nan")}}, ["alpha = nan: must be a finite number > 0"]),
+        ({"algorithm": {"lr": float("inf")}}, ["lr = inf: must be a finite number > 0"]),
         # TOML values that the message could not show (a TypeError traceback before):
         ({"data": [{"name": "mnist"}]}, ["data = [a table]", "must be a table"]),  # [[data]]
         ({"model": {"hidden": [datetime.date(1979, 5, 27)]}}, ["model.hidden", "integers"]),

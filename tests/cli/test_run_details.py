@@ -200,15 +200,18 @@ def test_a_truncated_data_file_is_one_line(tmp_path, capsys) -> None:
     assert err.count("\n") == 1 and "cannot read" in err, err
 
 
-@pytest.mark.parametrize(("client", "warned"), [("", False), ("[client]\nepochs = 2\n", True)])
-def test_fedsgd_warns_of_its_own_local_work_only_when_asked_for_another(
-    tmp_path, capsys, client, warned
+@pytest.mark.parametrize(("client", "refused"), [("", False), ("[client]\nepochs = 2\n", True)])
+def test_fedsgd_refuses_other_local_work_only_when_asked_for(
+    tmp_path, capsys, client, refused
 ) -> None:
-    # It warned that the configured local work was ignored even when nothing was configured.
+    # It warned that the configured local work was ignored even when nothing was configured;
+    # then it warned with LocalWork reprs where a config refuses a key it would ignore.
     config = tmp_path / "c.toml"
     config.write_text('rounds = 1\n[algorithm]\nname = "fedsgd"\nlr = 0.1\n' + client)
-    assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == 0
-    assert ("fixes its own local work" in capsys.readouterr().err) == warned
+    assert shoal("run", config, "--out", tmp_path / "run", "--quiet") == (2 if refused else 0)
+    err = capsys.readouterr().err
+    assert ("fixes its own local work (epochs = 1, batch_size = 0," in err) == refused
+    assert "LocalWork" not in err
 
 
 def test_an_out_folder_below_a_file_is_a_usage_error(
@@ -253,6 +256,17 @@ def test_keys_that_would_be_ignored_are_refused(
     # Accepted and ignored before: the data options of a dataset that reads no files.
     assert shoal("run", write_config(tmp_path, rounds=1), "--set", assignment, "--quiet") == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("assignment", ["data.download=true", "data.cache_dir=elsewhere"])
+def test_cache_keys_beside_a_data_dir_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, assignment: str
+) -> None:
+    # data.dir wins: the cache folder and the download were accepted and ignored.
+    sets = ["--set", "data.name=mnist", "--set", f"data.dir={tmp_path}", "--set", assignment]
+    assert shoal("run", write_config(tmp_path, rounds=1), *sets, "--quiet") == 2
+    key = assignment.split("=")[0]
+    assert f"{key} is set, but data.dir = " in capsys.readouterr().err
 
 
 def test_a_slowdown_factor_without_a_worker_is_refused() -> None:

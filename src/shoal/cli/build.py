@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,13 @@ def _data_root(cfg: Config) -> Path | None:
                 raise ConfigError(f"data.{key} = {shown}: {name} reads no files; remove it")
         return None
     if cfg["data.dir"]:
+        # The cache's keys were accepted and ignored, silently, as for the bundled data above.
+        for key, unused in (("cache_dir", ""), ("download", False)):
+            if cfg[f"data.{key}"] != unused:
+                raise ConfigError(
+                    f'data.{key} is set, but data.dir = "{cfg["data.dir"]}" reads the files '
+                    f"there, not from the cache folder; remove one of them"
+                )
         return Path(cfg["data.dir"]).expanduser()
     cache = cache_dir(cfg)
     if in_cache(name, cache):
@@ -221,9 +229,19 @@ def build_model(cfg: Config, data: FederatedDataset) -> tuple[nn.Module, torch.T
         )
     kwargs = {**options, **{k: facts[k] for k in wanted}}
     label = f'model.name = "{name}"'
-    model, init = call_factory(
-        "model", label, options, lambda: init_params(lambda: factory(**kwargs), cfg["seed"])
-    )
+    try:
+        model, init = call_factory(
+            "model", label, options, lambda: init_params(lambda: factory(**kwargs), cfg["seed"])
+        )
+    except RuntimeError as e:  # torch's allocator: a 36-line traceback for a typo's extra 0
+        if "allocate" not in str(e) and not isinstance(e, torch.OutOfMemoryError):
+            raise
+        given = ", ".join(f"model.{k} = {v}" for k, v in options.items())
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        size = f" (one tensor of {int(asked[1]) / 2**30:.3g} GiB)" if asked else ""
+        raise ConfigError(
+            f"{label}{f' ({given})' if given else ''}: its parameters do not fit in memory{size}"
+        ) from None
     try:
         with torch.no_grad():
             model(data.train.x[:2])
@@ -374,8 +392,17 @@ def build(cfg: Config, *, progress: bool = True) -> Experiment:
         min_epochs=c["min_epochs"] or None,
     )
     override = getattr(algorithm, "work_override", None)
-    if override is not None and all(c[k] == p.default for k, p in SECTIONS["client"].items()):
-        work = override  # nothing was asked of [client]: no warning that it is ignored
+    if override is not None:
+        # The library warns (showing LocalWork reprs); a config refuses a key it would ignore.
+        if asked := [k for k, p in SECTIONS["client"].items() if c[k] != p.default]:
+            # In the config's words: None is 0 there (batch_size 0 = the whole local data).
+            own = ", ".join(f"{k} = {getattr(override, k) or 0}" for k in SECTIONS["client"])
+            raise ConfigError(
+                f"client.{asked[0]} = {c[asked[0]]}: algorithm.name = "
+                f'"{cfg["algorithm.name"]}" fixes its own local work ({own}), so [client] '
+                "would be ignored; remove it"
+            )
+        work = override
     s = cfg.values["sampling"]
     train_config = TrainConfig(
         rounds=cfg["rounds"],
