@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -97,6 +97,21 @@ class Chunk:
     """Per client: the bytes it sent (they sum to ``uplink_bytes``)."""
 
 
+MAX_PADDED_SHARE = 0.75
+"""Above this share of padding rows a CPU round is looped under ``vectorize="auto"``."""
+
+
+def padded_share(plans: Sequence[Any]) -> float:
+    """The share of a stacked round's minibatch rows that would be padding: every client's
+    batches are padded to the round's widest. Full-batch work (FedSGD, ``batch_size=None``)
+    on clients of unequal size pads the small ones to the largest: on 1,000 log-normal
+    clients (median 34 samples, largest 3,751) the stacked round took 4.7x the time of the
+    loop and 15x its memory, for the same result."""
+    widest = max((p.index_TB.shape[1] for p in plans), default=0)
+    rows = sum(p.num_steps * widest for p in plans)
+    return 1 - sum(float(p.mask_TB.sum()) for p in plans) / rows if rows else 0.0
+
+
 @dataclass
 class SimRuntime:
     """In-process runtime. See the module docstring for how the vectorized mode works."""
@@ -107,8 +122,9 @@ class SimRuntime:
     client's parameters in the cache for all its steps), and except for models with ``nn.LSTM``,
     ``nn.GRU`` or ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or
     an ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`;
-    ``True`` refuses those; :func:`shoal.models.char_lstm` is written to be batched). Otherwise, and
-    on a GPU, it vectorizes."""
+    ``True`` refuses those; :func:`shoal.models.char_lstm` is written to be batched), and except a
+    CPU round whose stacked batches would be mostly padding (:func:`padded_share`). Otherwise,
+    and on a GPU, it vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
     max_chunk: int | Literal["auto"] | None = "auto"
@@ -261,6 +277,8 @@ class SimRuntime:
             return False
         if task.params_D.device.type != "cpu":
             return True
+        if padded_share(task.plans) > MAX_PADDED_SHARE:
+            return False
         return not any(isinstance(m, nn.modules.conv._ConvNd) for m in task.model.modules())
 
     def _train(
