@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -342,6 +344,13 @@ def check_model(
         with torch.no_grad(), eval_mode(model), _kept_rng(dev):
             logits = model(x[:2].to(dev))
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        mine = param_dtype(model)
+        if x.is_floating_point() and mine.is_floating_point and x.dtype != mine:
+            # "features should be float32" of float32 features, for a float64 model.
+            raise ValueError(
+                f"the model's parameters are {mine}, the training samples {x.dtype}: convert "
+                f"one to the other (model.to({x.dtype}) or the data's x.to({mine}))"
+            ) from None
         raise ValueError(
             f"the model cannot take the training samples ({tuple(x.shape[1:])} {x.dtype}; "
             f"features should be float32, or int64 token ids): {e}"
@@ -368,6 +377,23 @@ def check_model(
         raise ValueError(
             f"loss_fn must return one loss per sample (shape {tuple(y[:2].shape)} here), got "
             f"{got}; use reduction='none' (shoal.cross_entropy is one)"
+        )
+    _warn_negative_loss(model, x, y, loss_fn, dev)
+
+
+def _warn_negative_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, dev: torch.device
+) -> None:
+    """nn.NLLLoss(reduction="none") of raw logits trained to chance, without a word: its
+    "loss" is ``-logit[y]``, negative for about half the samples of a fresh model."""
+    with torch.no_grad(), eval_mode(model), _kept_rng(dev):
+        losses = loss_fn(model(x[:64].to(dev)), y[:64].to(dev))
+    if bool((losses < 0).any()):
+        warnings.warn(
+            "loss_fn returned negative losses on the first training samples: a classification "
+            "loss is >= 0. nn.NLLLoss expects log-probabilities (end the model with "
+            "nn.LogSoftmax) -- or use shoal.cross_entropy on logits",
+            stacklevel=4,  # train's caller
         )
 
 
@@ -478,6 +504,15 @@ def check_run_inputs(init: Any, callback: Any) -> None:
             raise ValueError("init has NaN or inf entries")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (row -> None), got {type(callback).__name__}")
+    if callback is not None:
+        try:  # one of another signature failed only after the first round had trained
+            inspect.signature(callback).bind({})
+        except TypeError:
+            raise TypeError(
+                "callback must take one argument, the metrics row (row -> None)"
+            ) from None
+        except ValueError:  # a builtin without a signature: left to the call
+            pass
 
 
 def init_params(build: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor]:

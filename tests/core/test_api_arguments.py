@@ -19,6 +19,7 @@ from shoal import attacks as at
 from shoal.algorithms import LocalWork, fedadam, fedavg, fedsgd
 from shoal.algorithms.dgc import dgc
 from shoal.cost import CostModel, Heterogeneity, Network, alpha_beta, wifi
+from shoal.data import dirichlet
 from shoal.runtime.dist import DistRuntime
 from shoal.runtime.sim import SimRuntime
 from shoal.schedule import ClientSampler
@@ -52,6 +53,8 @@ def _train(**kw):
         ({"byzantine": 3}, "byzantine must be a Byzantine"),
         ({"config": {"rounds": 2}}, "config must be a TrainConfig"),
         ({"out_dir": ""}, "out_dir is empty"),
+        # It failed only after round 1 had trained.
+        ({"callback": lambda: None}, "callback must take one argument, the metrics row"),
     ],
 )
 def test_train_refuses_a_wrong_argument_before_any_work(kw, match, tmp_path, monkeypatch):
@@ -144,3 +147,42 @@ def test_an_algorithm_that_fixes_its_work_warns_only_when_work_was_chosen():
         data = tiny_data()
         cfg = _config(work=LocalWork(epochs=2))
         train(tiny_model(), data, unequal_clients(len(data.train), 6), fedsgd(0.1), cfg)
+
+
+@pytest.mark.parametrize(
+    ("clients", "match"),
+    [
+        (np.arange(40), r"one array of shape \(40,\)"),  # one flat array: len() of unsized
+        ({0: np.arange(5), 1: np.arange(5, 9)}, "got a dict; pass list"),
+        (dirichlet(0.5), r"got Dirichlet \(call it: partition"),  # the partitioner itself
+        (None, "got NoneType"),
+        ([np.arange(5), 3], r"client 1 must be a 1-D integer index array, got shape \(\)"),
+    ],
+)
+def test_clients_that_are_not_index_arrays_are_refused_in_one_line(clients, match):
+    data = tiny_data()
+    with pytest.raises((TypeError, ValueError), match=match):
+        train(tiny_model(), data, clients, fedavg(0.1), _config())
+
+
+def test_a_client_holding_a_sample_twice_warns():
+    data = tiny_data()
+    clients = [np.arange(10), np.array([10, 11, 11, 12]), np.arange(20, 30)]
+    with pytest.warns(UserWarning, match=r"1 client\(s\) \(the first: client 1\) hold a sample"):
+        train(tiny_model(), data, clients, fedavg(0.1), _config())
+
+
+def test_an_init_that_requires_grad_is_detached():
+    # It carried an autograd graph through every round (7.5 GB after 200 FedAdam rounds).
+    model = tiny_model()
+    init = torch.nn.utils.parameters_to_vector(model.parameters())
+    assert init.requires_grad
+    result = _train(init=init, config=_config(rounds=3))
+    assert not result.params.requires_grad and result.params.grad_fn is None
+    assert torch.equal(result.params, _train(init=init.detach(), config=_config(rounds=3)).params)
+
+
+def test_a_resume_of_a_missing_run_makes_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="cannot resume: no checkpoint.pt"):
+        _train(out_dir=tmp_path / "typo", resume=True)
+    assert not (tmp_path / "typo").exists()

@@ -487,11 +487,17 @@ def test_a_resume_is_checked_against_the_checkpoints_setup(tmp_path):
     with pytest.raises(ValueError, match="holds a model of .* parameters, this one has"):
         fit(4, fedavg(0.2), model=torch.nn.Linear(8, 3))
     others = unequal_clients(len(data.train), 10, seed=1)
-    with pytest.warns(UserWarning, match=r"checkpoint's \(client sizes, algorithm differ\)"):
+    with pytest.warns(UserWarning, match=r"'s \(client sizes, client split, algorithm differ\)"):
         fit(4, fedavg(0.1), parts=others)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit(5, fedavg(0.1), parts=others)  # as the checkpoint of round 4 was made
+    # Another split of the same sizes (a reseeded IID partition) went on silently.
+    pool = np.random.default_rng(1).permutation(np.concatenate(others))
+    shuffled = np.split(pool, np.cumsum([len(p) for p in others])[:-1])
+    assert [len(p) for p in shuffled] == [len(p) for p in others]
+    with pytest.warns(UserWarning, match=r"'s \(client split differ\)"):
+        fit(6, fedavg(0.1), parts=shuffled)
 
 
 def test_a_resume_with_other_frozen_weights_or_buffers_warns(tmp_path):

@@ -3,6 +3,8 @@ one line naming it, instead of a traceback from inside ``vmap`` or an evaluation
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -124,7 +126,10 @@ def _data(x, x_test=None):
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (lambda d: _data(d.train.x.double(), d.test.x.double()), r"\(8,\) torch.float64"),
+        (
+            lambda d: _data(d.train.x.double(), d.test.x.double()),
+            r"model's parameters are torch.float32, the training samples torch.float64",
+        ),
         (lambda d: _data(d.train.x[:, :5], d.test.x[:, :5]), r"\(5,\) torch.float32"),
         (lambda d: _data(d.train.x, d.test.x[:, :5]), "test samples are"),
     ],
@@ -142,6 +147,18 @@ def test_too_few_logits_and_a_reduced_loss_are_refused():
         _train(nn.Linear(8, 2))
     with pytest.raises(ValueError, match="one loss per sample"):
         _train(loss_fn=F.cross_entropy)
+
+
+def test_nll_loss_of_raw_logits_warns_and_cross_entropy_does_not():
+    # Its "loss" is -logit[y]: it trained to chance without a word.
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="negative losses .* nn.NLLLoss expects log-prob"):
+        _train(loss_fn=nn.NLLLoss(reduction="none"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(
+            nn.Sequential(nn.Linear(8, 3), nn.LogSoftmax(-1)), loss_fn=nn.NLLLoss(reduction="none")
+        )
 
 
 def test_clients_as_lists_train_and_float_indices_are_refused():

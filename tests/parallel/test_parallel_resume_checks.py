@@ -176,6 +176,19 @@ def test_bad_arguments_are_refused_in_one_line(build, match):
         build()
 
 
+@pytest.mark.parametrize(
+    ("model", "data", "match"),
+    [
+        (tiny_model, lambda: torch.utils.data.TensorDataset(torch.zeros(3)), "data must be a"),
+        (lambda: nn.Linear, tiny_data, "model must be a Module"),  # the class, not a model
+    ],
+)
+def test_train_parallel_refuses_what_is_not_a_model_or_data(model, data, match):
+    # AttributeErrors from inside: "'TensorDataset' object has no attribute 'train'".
+    with pytest.raises(TypeError, match=match):
+        train_parallel(model(), data(), shards(3), sync_sgd(0.1), config(steps=1), SimComm(3))
+
+
 def test_a_numpy_learning_rate_is_a_number():
     # np.float32(0.1) was refused as "not a positive number".
     assert sync_sgd(np.float32(0.1)).lr == np.float32(0.1)

@@ -117,6 +117,8 @@ def train_parallel(
         raise TypeError(f"comm must be a SimComm or DistComm, got {type(comm).__name__}")
     # A wrong object failed later with an AttributeError (a dict config, a list init), or
     # after training (a callback that is not callable, at the first evaluation).
+    check_instance(model, nn.Module, "model")  # a TensorDataset: 'no attribute train'
+    check_instance(data, FederatedDataset, "data")
     check_instance(config, ParallelConfig, "config")
     check_run_inputs(init, callback)
     if resume and out_dir is None:
