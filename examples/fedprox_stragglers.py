@@ -85,8 +85,9 @@ def main() -> None:
             "train_loss": [r["global_train_loss"] for r in res.metrics],
             "test_accuracy": [r["test_accuracy"] for r in res.metrics],
         }
-        curves[name]["summary"] = summary(curves[name], tail=50)
-    print(f"{'method':28s} loss, last 50 rounds | std of its change | final test acc")
+        curves[name]["summary"] = summary(curves[name], tail=min(50, args.rounds))
+    tail = f"last {min(50, args.rounds)} rounds"  # a shortened run has fewer than 50
+    print(f"{'method':28s} loss, {tail:14s} | std of its change | final test acc")
     for name, c in curves.items():
         s = c["summary"]
         print(f"{name:28s} {s['tail_loss']:20.3f} | {s['change_std']:17.3f} | {s['final_acc']:.3f}")
