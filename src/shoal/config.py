@@ -836,10 +836,11 @@ def resolve_overridden(
         renamed = f"{e.key.rpartition('.')[0]}.name" in set_keys
         if isinstance(e, BadValue) and not renamed:
             raise
-        if isinstance(e, UnknownKey) and len(e.keys) > 1:
-            drop = " ".join(f"--unset {k}" for k in e.keys)
-            raise ConfigError(f"{e} (set in {source}: {drop} drops them)") from None
-        raise ConfigError(f"{e} (set in {source}: --unset {e.key} drops it)") from None
+        # The file's keys only: a --set typo among them is the command line's to fix.
+        keys = [k for k in e.keys if k not in set_keys] if isinstance(e, UnknownKey) else [e.key]
+        drop = " ".join(f"--unset {k}" for k in keys)
+        them = "them" if len(keys) > 1 else "it"
+        raise ConfigError(f"{e} (set in {source}: {drop} drops {them})") from None
 
 
 # ----------------------------------------------------------------------------- writing

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -222,6 +224,17 @@ def warn_setup_differs(
             stacklevel=stacklevel + 1,
         )
     return differ
+
+
+def split_digest(parts: Sequence[Any]) -> str:
+    """A digest of which samples each client (or worker) holds, in order, for a resume to
+    compare: sizes alone missed a reseeded IID split, whose sizes never change."""
+    h = hashlib.sha256()
+    for idx in parts:
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        h.update(np.int64(len(idx)).tobytes())
+        h.update(idx.tobytes())
+    return h.hexdigest()[:16]
 
 
 _NUMPY_SCALAR = re.compile(r"np\.(?:u?int|float)\d*\(([^()]*)\)|np\.(True|False)_")

@@ -12,7 +12,6 @@ its rows keep the evaluation of the shorter run's last round, which the longer r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -44,6 +43,7 @@ from shoal.files import (
     environment,
     load_checkpoint,
     replace_text,
+    split_digest,
     warn_setup_differs,
     write_metrics,
 )
@@ -233,7 +233,7 @@ def _setup(
         "parameters": spec.num_params,
         "buffers and frozen parameters": spec.fixed_digest(model),
         "client sizes": sizes.astype(int).tolist(),
-        "client split": _split_digest(clients),  # another split of equal sizes (IID's, reseeded)
+        "client split": split_digest(clients),  # another split of equal sizes (IID's, reseeded)
         "algorithm": repr(algorithm),
         # Another algorithm's server and client states start afresh: FedAdam's first moment
         # (scaled by 1 - beta1) went on as FedAvgM's momentum, silently, and SCAFFOLD found no
@@ -254,16 +254,6 @@ def _setup(
     }
 
 
-def _split_digest(clients: list[np.ndarray]) -> str:
-    """A digest of which samples each client holds, in order (sizes alone missed a reseeded
-    IID split, whose sizes never change)."""
-    h = hashlib.sha256()
-    for idx in clients:
-        h.update(np.int64(len(idx)).tobytes())
-        h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
 def _check_resumed(
     out: Path, done: int, rounds: int, saved: dict[str, Any], setup: dict[str, Any]
 ) -> list[str]:
@@ -276,6 +266,10 @@ def _check_resumed(
             f"cannot resume: the checkpoint in {out} is at round {done}, past rounds={rounds}; "
             "a resumed run can only train further"
         )
+    named = str(saved.get("algorithm", "")).split("(", 1)[0]
+    if "algorithm class" not in saved and named.isidentifier():
+        # A checkpoint from before the class was recorded: its repr starts with it.
+        saved = {**saved, "algorithm class": named}
     if saved.get("parameters", setup["parameters"]) != setup["parameters"]:
         raise ValueError(
             f"cannot resume: the checkpoint in {out} holds a model of {saved['parameters']} "
@@ -344,20 +338,21 @@ def _check_clients(clients: Any, n: int) -> list[np.ndarray]:
     if not isinstance(clients, list | tuple | np.ndarray | torch.Tensor):
         hint = " (call it: partition(labels, num_clients, rng))" if callable(clients) else ""
         raise TypeError(f"{what}, got {type(clients).__name__}{hint}")
-    if isinstance(clients, np.ndarray | torch.Tensor) and clients.ndim != 2:
+    ragged = isinstance(clients, np.ndarray) and clients.dtype == object  # arrays in an array
+    if isinstance(clients, np.ndarray | torch.Tensor) and clients.ndim != 2 and not ragged:
         raise ValueError(f"{what}, got one array of shape {tuple(clients.shape)}")
     if not len(clients):
         raise ValueError("no clients: the partition is empty")
     arrays = [np.asarray(idx) for idx in clients]
     repeated = []
     for k, idx in enumerate(arrays):
+        if idx.ndim == 1 and idx.size == 0:  # [] is float64 to numpy: said before the dtype
+            raise ValueError(f"client {k} has no samples; use a partition with a minimum size")
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(
                 f"client {k} must be a 1-D integer index array, got shape {idx.shape} of "
                 f"{idx.dtype}"
             )
-        if len(idx) == 0:
-            raise ValueError(f"client {k} has no samples; use a partition with a minimum size")
         if idx.min() < 0 or idx.max() >= n:
             raise ValueError(f"client {k} has indices outside the training set [0, {n})")
         if len(np.unique(idx)) < len(idx):

@@ -169,6 +169,13 @@ def test_an_unknown_key_from_the_file_says_how_to_drop_it() -> None:
     assert str(info.value).endswith(
         "(set in a.toml: --unset network.latency_ms --unset network.uplink_mbit_s drops them)"
     )
+    # A --set typo among them is not the file's to drop.
+    with pytest.raises(ConfigError) as info:
+        resolve_overridden(
+            wifi, ["network.profile=none", "network.a_typo=1"], [], CATALOG, "a.toml"
+        )
+    assert "'network.a_typo'" in str(info.value)
+    assert "--unset network.a_typo" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -130,3 +130,9 @@ def test_a_state_saved_with_tensor_counters_goes_on_as_the_int_one(c: Compressor
         (new_msg, fresh), (old_msg, old) = c.compress(x, fresh), c.compress(x, old)
         assert torch.equal(c.decompress(new_msg), c.decompress(old_msg))
     assert int(old["step"]) == int(fresh["step"]) == 3
+
+
+@pytest.mark.parametrize("c", [qsgd(4), random_k(0.1), dgc_top_k(0.05)], ids=lambda c: c.name)
+def test_init_still_checks_its_input(c: Compressor) -> None:
+    with pytest.raises(ValueError, match="flat vector"):
+        c.init(torch.zeros(3, 3))

@@ -157,6 +157,7 @@ def test_an_algorithm_that_fixes_its_work_warns_only_when_work_was_chosen():
         (dirichlet(0.5), r"got Dirichlet \(call it: partition"),  # the partitioner itself
         (None, "got NoneType"),
         ([np.arange(5), 3], r"client 1 must be a 1-D integer index array, got shape \(\)"),
+        ([list(range(5)), []], "client 1 has no samples"),  # [] is float64 to numpy
     ],
 )
 def test_clients_that_are_not_index_arrays_are_refused_in_one_line(clients, match):
@@ -186,3 +187,14 @@ def test_a_resume_of_a_missing_run_makes_no_folder(tmp_path):
     with pytest.raises(ValueError, match="cannot resume: no checkpoint.pt"):
         _train(out_dir=tmp_path / "typo", resume=True)
     assert not (tmp_path / "typo").exists()
+
+
+def test_clients_in_an_object_array_train_as_a_list_does():
+    data = tiny_data()
+    parts = unequal_clients(len(data.train), 6)
+    ragged = np.empty(len(parts), dtype=object)
+    ragged[:] = parts
+    as_list = train(tiny_model(), data, parts, fedavg(0.1), _config())
+    assert torch.equal(
+        train(tiny_model(), data, ragged, fedavg(0.1), _config()).params, as_list.params
+    )

@@ -703,3 +703,19 @@ def test_config_objects_and_init_are_type_checked():
     init = np.zeros(sum(p.numel() for p in model.parameters()), np.float32)
     with pytest.raises(TypeError, match="init must be a Tensor of the flat parameters"):
         train(model, tiny_data(), unequal_clients(60, 4), fedavg(0.1), _config(), init=init)
+
+
+def test_a_checkpoint_without_the_algorithm_class_takes_it_from_the_repr(tmp_path):
+    # Checkpoints written before the class was recorded: SCAFFOLD after FedAvg still failed
+    # with KeyError 'c'.
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    train(tiny_model(), data, clients, fedavg(0.2), _config(rounds=2), out_dir=tmp_path)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ck["setup"]["algorithm class"]
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="algorithm's server and client states start"):
+        train(
+            tiny_model(), data, clients, scaffold(0.2), _config(rounds=3), out_dir=tmp_path,
+            resume=True,
+        )  # fmt: skip

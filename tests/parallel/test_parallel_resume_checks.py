@@ -236,3 +236,26 @@ def test_an_algorithm_whose_state_grows_after_init_resumes(tmp_path):
         warnings.simplefilter("error")  # nor a setup warning (its repr shows an address)
         resumed = _run(tmp_path / "b", _LazyMomentum(), 6, True)
     torch.testing.assert_close(resumed.params, straight.params, rtol=0, atol=0)
+
+
+def test_train_parallel_detaches_init_and_makes_no_folder_for_a_failed_resume(tmp_path):
+    model = tiny_model()
+    init = torch.nn.utils.parameters_to_vector(model.parameters())  # requires grad
+    result = train_parallel(
+        model, tiny_data(), shards(3), sync_sgd(0.1), config(steps=2), SimComm(3), init=init
+    )
+    assert result.params.grad_fn is None and not result.params.requires_grad
+    with pytest.raises(ValueError, match="cannot resume: no run folder"):
+        _run(tmp_path / "typo", sync_sgd(0.2), 4, True)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_resume_with_a_reshuffled_split_of_equal_sizes_warns(tmp_path):
+    _run(tmp_path, sync_sgd(0.2), 4, False)
+    pool = np.random.default_rng(5).permutation(np.concatenate(shards(3)))
+    other = np.split(pool, np.cumsum([len(s) for s in shards(3)])[:-1])
+    with pytest.warns(UserWarning, match=r"\(shard split differ\)"):
+        train_parallel(
+            tiny_model(), tiny_data(), other, sync_sgd(0.2),
+            config(steps=6, checkpoint_every=2), SimComm(3), out_dir=tmp_path, resume=True,
+        )  # fmt: skip

@@ -76,21 +76,23 @@ def _data_root(cfg: Config) -> Path | None:
     """Where the dataset's files are: ``data.dir``, else the cache (fetching if allowed)."""
     name = cfg["data.name"]
     entry = DATASETS[name]
-    if entry.source in ("bundled", "generated"):
-        for key, unused in (("dir", ""), ("cache_dir", ""), ("download", False)):
-            value = cfg[f"data.{key}"]
-            if value != unused:  # cache_dir and download were accepted and ignored, silently
-                shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
-                raise ConfigError(f"data.{key} = {shown}: {name} reads no files; remove it")
+    # Keys that would be ignored were accepted silently: every file key for data that reads
+    # no files, and the cache's keys beside data.dir, which wins.
+    reads_none = entry.source in ("bundled", "generated")
+    keys = ("dir", "cache_dir", "download") if reads_none else ("cache_dir", "download")
+    for key in keys if reads_none or cfg["data.dir"] else ():
+        value = cfg[f"data.{key}"]
+        if value != SECTIONS["data"][key].default:
+            shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+            why = (
+                f"{name} reads no files"
+                if reads_none
+                else f'data.dir = "{cfg["data.dir"]}" reads the files there, not the cache\'s'
+            )
+            raise ConfigError(f"data.{key} = {shown}: {why}; remove it")
+    if reads_none:
         return None
     if cfg["data.dir"]:
-        # The cache's keys were accepted and ignored, silently, as for the bundled data above.
-        for key, unused in (("cache_dir", ""), ("download", False)):
-            if cfg[f"data.{key}"] != unused:
-                raise ConfigError(
-                    f'data.{key} is set, but data.dir = "{cfg["data.dir"]}" reads the files '
-                    f"there, not from the cache folder; remove one of them"
-                )
         return Path(cfg["data.dir"]).expanduser()
     cache = cache_dir(cfg)
     if in_cache(name, cache):

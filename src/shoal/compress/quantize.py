@@ -179,6 +179,7 @@ class _Stochastic(ABC):
         """The compressor's name, for messages."""
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        check_flat(x_D, self.name)  # a 2-D input or a string was accepted here
         return seed_state(self.seed if seed is None else seed)
 
     def nbytes(self, payload: Payload) -> int:

@@ -347,6 +347,7 @@ class RandomK:
         return not self.unbiased or self.ratio >= 0.5
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        check_flat(x_D, self.name)  # a 2-D input or a string was accepted here
         return seed_state(self.seed if seed is None else seed)
 
     def compress(self, x_D: torch.Tensor, state: dict[str, Any]) -> tuple[Payload, dict[str, Any]]:
@@ -503,6 +504,7 @@ class DGCTopK(_Sparse):
         return f"dgc_top_k(ratio={self.ratio})"
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
+        check_flat(x_D, self.name)  # a 2-D input or a string was accepted here
         return seed_state(self.seed if seed is None else seed)
 
     def compress(self, x_D: torch.Tensor, state: Any) -> tuple[Payload, Any]:

@@ -60,6 +60,7 @@ from shoal.files import (
     atomic_save,
     check_checkpoint_dtype,
     load_checkpoint,
+    split_digest,
     warn_setup_differs,
     write_metrics,
 )
@@ -130,7 +131,9 @@ def train_parallel(
     spec = ParamSpec.of(model)
     # In the model's own dtype (a float64 model trains in float64): the runtimes'
     # functional calls pair these parameters with the model's samples.
-    params_D = (init if init is not None else spec.flatten(model)).to(dev, param_dtype(model))
+    # Detached, as train's: an init that requires grad carried its graph into every step.
+    params_D = (init if init is not None else spec.flatten(model)).detach()
+    params_D = params_D.to(dev, param_dtype(model))
     if params_D.shape != (spec.num_params,):
         raise ValueError(f"init has shape {tuple(params_D.shape)}, expected ({spec.num_params},)")
     if network is not None and not isinstance(network, CostModel):
@@ -157,6 +160,8 @@ def train_parallel(
     params_D = comm.broadcast(params_D)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
+        if resume and not out.is_dir():  # a typo's folder was made, and stayed, empty
+            raise ValueError(f"cannot resume: no run folder {out}")
         out.mkdir(parents=True, exist_ok=True)
     job = Job(model, spec, data, shards, algorithm, config, comm, loss_fn, out, callback, network)
     if server is not None and job.rank == server:
@@ -462,6 +467,7 @@ class _WorkerRun:
             "seed": cfg.seed,
             "batch size": cfg.batch_size,
             "shard sizes": [len(s) for s in self.job.shards],
+            "shard split": split_digest(self.job.shards),  # a reshuffle of equal sizes
         }
 
     def _restore(

@@ -257,7 +257,7 @@ class LGreCo:
             payload["dense"] = torch.cat(dense)
         code = smallest_int_dtype(len(self.levels) - 1)
         payload["choice"] = choice.to(device=x_D.device, dtype=code)
-        state = {"step": int(state["step"]) + 1, "seed": state["seed"], "choice": choice}
+        state = {"step": step + 1, "seed": seed, "choice": choice}
         return payload, {**state, "blocks": blocks}
 
     def decompress(self, payload: Payload) -> torch.Tensor:
