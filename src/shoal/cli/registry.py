@@ -75,7 +75,8 @@ def _emnist(root: Path | None, opts: Options, seed: int) -> FederatedDataset:
 
 def _synthetic(opts: Options, seed: int) -> FederatedDataset:
     # Synthetic-IID has no alpha or beta: set, they were ignored without a word.
-    if opts["iid"] and (set_ := [k for k in ("alpha", "beta") if opts[k] != 1.0]):
+    defaults = DATASETS["synthetic"].options
+    if opts["iid"] and (set_ := [k for k in ("alpha", "beta") if opts[k] != defaults[k].default]):
         raise ConfigError(
             f"data.iid = true shares one model and feature distribution, so "
             f"{' and '.join(f'data.{k}' for k in set_)} would be ignored; unset "
