@@ -63,6 +63,18 @@ def test_user_level_split_has_no_aligned_test_clients(tmp_path: Path) -> None:
     assert len(ds.natural_clients) == 1 and ds.natural_test_clients is None
 
 
+def test_a_test_only_user_keeps_the_shared_users_test_clients_and_warns(tmp_path: Path) -> None:
+    # One stray test user dropped every client's test set (and client_test_accuracy), silently.
+    rng = np.random.default_rng(2)
+    leaf_file(tmp_path / "train" / "a.json", {"u0": femnist_user(rng, 2, 1)})
+    test = {"u0": femnist_user(rng, 3, 1), "u9": femnist_user(rng, 2, 1)}
+    leaf_file(tmp_path / "test" / "a.json", test)
+    with pytest.warns(UserWarning, match=r"1 user\(s\) \(the first: 'u9'\) have test samples"):
+        ds = load_femnist(tmp_path)
+    assert ds.natural_test_clients is not None
+    assert [c.tolist() for c in ds.natural_test_clients] == [[0, 1, 2]]
+
+
 def test_shakespeare_uses_leaf_vocabulary(tmp_path: Path) -> None:
     line = ("To be, or not to be: that is the question:\nWhether 'tis nobler in the mind! " * 2)[
         :80
@@ -88,7 +100,7 @@ def test_shakespeare_uses_leaf_vocabulary(tmp_path: Path) -> None:
 def test_shakespeare_unknown_characters_map_to_zero_with_a_warning(tmp_path: Path) -> None:
     leaf_file(tmp_path / "train" / "t.json", {"A": {"x": ["é" + "a" * 79], "y": ["~"]}})
     leaf_file(tmp_path / "test" / "t.json", {"A": {"x": ["a" * 80], "y": ["a"]}})
-    with pytest.warns(UserWarning, match="2 characters"):
+    with pytest.warns(UserWarning, match=r"2 characters .*\(the first: 'é'\)"):
         ds = load_shakespeare(tmp_path)
     assert ds.train.x[0, 0].item() == 0 and ds.train.y.tolist() == [0]
 
@@ -186,6 +198,9 @@ GOOD = {"x": [[0.5] * 784], "y": [1]}
                 (-0.5, r"t.json: user 'a': x must be grey levels in \[0, 1\].*got -0.5"),
                 (float("nan"), r"t.json: user 'a': x must be grey levels.*got nan"),
                 (None, r"t.json: user 'a': x must be grey levels.*got nan"),
+                # converted to 0.5 and 1.0 without a word
+                ("0.5", r"t.json: user 'a': x must hold numbers \(grey levels\), got strings"),
+                (True, r"t.json: user 'a': x must hold numbers \(grey levels\), got booleans"),
             )
         ),
         *(
@@ -198,6 +213,10 @@ GOOD = {"x": [[0.5] * 784], "y": [1]}
         (
             {"users": ["a"], "user_data": {"a": {"x": [[0.5] * 784], "y": [62]}}},
             r"t.json: user 'a': y must lie in \[0, 62\), got 62",
+        ),
+        (  # "Python int too large to convert to C long"
+            {"users": ["a"], "user_data": {"a": {"x": [[0.5] * 784], "y": [10**30]}}},
+            r"t.json: user 'a': y must be classes in \[0, 62\), got one past int64",
         ),
     ],
 )

@@ -128,7 +128,11 @@ def _convert(
     try:
         x, y = to_x(data["x"]), to_y(data["y"])
         check_labels(y, num_classes, "y")
-    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a y past int64
+    except OverflowError:  # a y past int64: numpy's "Python int too large to convert"
+        raise ValueError(
+            f"{path}: user {user!r}: y must be classes in [0, {num_classes}), got one past int64"
+        ) from None
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: user {user!r}: {e}") from None
     return x, y
 
@@ -163,7 +167,15 @@ def _load(root: str | Path, name: str, to_x: Any, to_y: Any, num_classes: int) -
     test_clients = None
     # With ``-t sample`` every user is in both splits; with ``-t user`` the splits hold
     # different users and there is no aligned per-user test set.
-    if set(parts["test"]) <= set(train_users):
+    if set(parts["test"]) & set(train_users):
+        test_only = [u for u in parts["test"] if u not in parts["train"]]
+        if test_only:  # one such user dropped every client's test accuracy, without a word
+            warnings.warn(
+                f"{root / 'test'}: {len(test_only)} user(s) (the first: {test_only[0]!r}) have "
+                "test samples but no training samples: they count in the pooled test accuracy, "
+                "in no client's",
+                stacklevel=3,
+            )
         empty = np.zeros(0, dtype=np.int64)
         test_clients = [offsets["test"].get(u, empty) for u in train_users]
     return FederatedDataset(
@@ -179,13 +191,18 @@ def load_femnist(root: str | Path) -> FederatedDataset:
     """Load LEAF FEMNIST from ``root/train/*.json`` and ``root/test/*.json``.
 
     Images become ``[N, 1, 28, 28]`` float32 in [0, 1] as LEAF stored them; 62 classes; one
-    natural client per writer. ``natural_test_clients`` is None when train and test users differ.
+    natural client per writer. ``natural_test_clients`` is None when no user is in both splits.
     """
 
     def to_x(x: list[list[float]]) -> torch.Tensor:
         if any(not isinstance(row, list) or len(row) != 784 for row in x):
             # reshape(-1, 784) paired rows of other lengths with other samples' labels
             raise ValueError("every x must be a list of 784 grey levels")
+        kind = np.asarray(x).dtype.kind
+        if kind in "bSU":  # "0.5" and true were converted to 0.5 and 1.0 without a word
+            raise ValueError(
+                f"x must hold numbers (grey levels), got {'booleans' if kind == 'b' else 'strings'}"
+            )
         arr = np.asarray(x, dtype=np.float32).reshape(-1, 784)
         bad = arr[~((arr >= 0) & (arr <= 1))]  # NaN (from NaN or null) fails both
         if bad.size:
@@ -209,30 +226,32 @@ def load_shakespeare(root: str | Path, *, seq_len: int = 80) -> FederatedDataset
     80 classes (``ALL_LETTERS``); one natural client per speaking role. Characters outside the
     vocabulary map to 0 with a warning (LEAF itself would produce -1).
     """
-    unknown = 0
+    unknown: list[str] = []  # the characters outside the vocabulary, as met
 
     def to_x(x: list[str]) -> torch.Tensor:
-        nonlocal unknown
         if not all(isinstance(s, str) for s in x):
             raise ValueError("Shakespeare inputs must be strings")
         bad = [s for s in x if len(s) != seq_len]
         if bad:
-            raise ValueError(f"Shakespeare inputs must be {seq_len} characters, got {len(bad[0])}")
-        unknown += sum(c not in _LETTER_INDEX for s in x for c in s)
+            raise ValueError(
+                f"Shakespeare inputs must be {seq_len} characters, got {len(bad[0])} (seq_len, "
+                "data.seq_len in a config, is the length the prepared data has)"
+            )
+        unknown.extend(c for s in x for c in s if c not in _LETTER_INDEX)
         ids = [encode_shakespeare(s) for s in x]
         return torch.tensor(ids, dtype=torch.int64).reshape(-1, seq_len)
 
     def to_y(y: list[str]) -> np.ndarray:
-        nonlocal unknown
         if any(not isinstance(c, str) or len(c) != 1 for c in y):
             raise ValueError("Shakespeare targets must be single characters")
-        unknown += sum(c not in _LETTER_INDEX for c in y)
+        unknown.extend(c for c in y if c not in _LETTER_INDEX)
         return np.asarray(encode_shakespeare("".join(y)), dtype=np.int64)
 
     data = _load(root, "shakespeare", to_x, to_y, len(ALL_LETTERS))
     if unknown:
         warnings.warn(
-            f"{unknown} characters outside LEAF's 80-letter vocabulary were mapped to 0",
+            f"{len(unknown)} characters outside LEAF's 80-letter vocabulary (the first: "
+            f"{unknown[0]!r}) were mapped to 0, its '\\n'",
             stacklevel=2,
         )
     return data

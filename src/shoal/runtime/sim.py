@@ -122,8 +122,9 @@ class SimRuntime:
     client's parameters in the cache for all its steps), and except for models with ``nn.LSTM``,
     ``nn.GRU`` or ``nn.RNN`` layers, whose fused kernels ``vmap`` cannot batch, ``nn.RReLU``, or
     an ``nn.Embedding`` with a ``padding_idx`` (see :func:`shoal.functional.unbatchable`;
-    ``True`` refuses those; :func:`shoal.models.char_lstm` is written to be batched), and except a
-    CPU round whose stacked batches would be mostly padding (:func:`padded_share`). Otherwise,
+    ``True`` refuses those; :func:`shoal.models.char_lstm` is written to be batched, but on a
+    CPU it too is looped, measured faster: a module's ``loop_on_cpu = True`` says so), and except
+    a CPU round whose stacked batches would be mostly padding (:func:`padded_share`). Otherwise,
     and on a GPU, it vectorizes."""
     memory_budget_mb: float = 1024.0
     """Working-set budget for one chunk of clients trained together (vectorized mode)."""
@@ -279,7 +280,12 @@ class SimRuntime:
             return True
         if padded_share(task.plans) > MAX_PADDED_SHARE:
             return False
-        return not any(isinstance(m, nn.modules.conv._ConvNd) for m in task.model.modules())
+        # Measured slower stacked on a CPU: convolutions, and modules that say so (loop_on_cpu:
+        # the hand-written LSTM of shoal.models.char_lstm).
+        return not any(
+            isinstance(m, nn.modules.conv._ConvNd) or getattr(m, "loop_on_cpu", False)
+            for m in task.model.modules()
+        )
 
     def _train(
         self, task: RoundTask, plans: list, cstate: ClientState
