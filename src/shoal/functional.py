@@ -385,9 +385,20 @@ def _warn_negative_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, dev: torch.device
 ) -> None:
     """nn.NLLLoss(reduction="none") of raw logits trained to chance, without a word: its
-    "loss" is ``-logit[y]``, negative for about half the samples of a fresh model."""
+    "loss" is ``-logit[y]``, negative for about half the samples of a fresh model. And a model
+    ending in ``nn.Softmax`` under cross-entropy (which takes logits) trains badly: its
+    outputs are rows of probabilities, which logits of a fresh model almost never are."""
     with torch.no_grad(), eval_mode(model), _kept_rng(dev):
-        losses = loss_fn(model(x[:64].to(dev)), y[:64].to(dev))
+        out = model(x[:64].to(dev))
+        losses = loss_fn(out, y[:64].to(dev))
+    if loss_fn is cross_entropy and out.dim() == 2 and out.shape[-1] > 1:
+        sums = out.double().sum(-1)
+        if bool(((out >= 0).all() & (sums - 1).abs().le(1e-4).all()).item()):
+            warnings.warn(
+                "the model's outputs are probabilities (each row sums to 1), but "
+                "cross-entropy takes logits: remove the final softmax",
+                stacklevel=4,  # train's caller
+            )
     if bool((losses < 0).any()):
         warnings.warn(
             "loss_fn returned negative losses on the first training samples: a classification "

@@ -139,6 +139,10 @@ def test_a_failed_fetch_names_every_file_still_missing(
     msg = str(err.value)
     assert msg.count("a.gz") >= 1 and f"toy needs these files too: b.gz ({gone[1]})" in msg
     assert "c.gz" not in msg and "\n" not in msg
+    # A first fetch into a new cache folder leaves none behind when it fails (it left it empty).
+    with pytest.raises(OSError):
+        fetch("toy", tmp_path / "new_cache", progress=False)
+    assert not (tmp_path / "new_cache").exists()
 
 
 def test_fetch_rejects_unknown_names(tmp_path: Path) -> None:

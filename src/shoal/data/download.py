@@ -368,16 +368,22 @@ def fetch(
         raise ValueError(f"urls names files that {name!r} does not have: {sorted(unknown)}")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / name
-    remotes = CATALOGUE[name]
-    for i, remote in enumerate(remotes):
-        try:
-            download_file(remote, folder, url=urls.get(remote.filename), progress=progress)
-        except OSError as e:
-            # Offline, the message named the first file only: a user placing files by hand
-            # learned of the others one failure at a time.
-            rest = [r for r in remotes[i + 1 :] if not (folder / r.filename).is_file()]
-            if not rest:
-                raise
-            more = ", ".join(f"{r.filename} ({urls.get(r.filename, r.url)})" for r in rest)
-            raise OSError(f"{e}; {name} needs these files too: {more}") from None
+    remotes, made_root = CATALOGUE[name], not folder.parent.exists()
+    try:
+        for i, remote in enumerate(remotes):
+            try:
+                download_file(remote, folder, url=urls.get(remote.filename), progress=progress)
+            except OSError as e:
+                # Offline, the message named the first file only: a user placing files by
+                # hand learned of the others one failure at a time.
+                rest = [r for r in remotes[i + 1 :] if not (folder / r.filename).is_file()]
+                if not rest:
+                    raise
+                more = ", ".join(f"{r.filename} ({urls.get(r.filename, r.url)})" for r in rest)
+                raise OSError(f"{e}; {name} needs these files too: {more}") from None
+    except BaseException:
+        # download_file removes the dataset's empty folder; the cache folder made for it too
+        if made_root and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+        raise
     return folder
