@@ -53,7 +53,7 @@ from shoal.functional import (
     check_model,
     check_run_inputs,
     cross_entropy,
-    param_dtype,
+    start_params,
 )
 from shoal.progress import progress_bar
 from shoal.runtime.base import ClientStore, RoundTask, Runtime
@@ -442,14 +442,7 @@ def train(
     _check_tracked_mean(algorithm, aggregator)
     model = model.to(dev)
     spec = ParamSpec.of(model)
-    # In the model's own dtype (a float64 model trains in float64): the runtimes'
-    # functional calls pair these parameters with the model's samples.
-    # Detached: an init that requires grad (parameters_to_vector of a model) carried an
-    # autograd graph through every round, 7.5 GB after 200 FedAdam rounds of a 1M-parameter MLP.
-    params = (init if init is not None else spec.flatten(model)).detach()
-    params = params.to(dev, param_dtype(model))
-    if params.shape != (spec.num_params,):
-        raise ValueError(f"init has shape {tuple(params.shape)}, expected ({spec.num_params},)")
+    params = start_params(model, spec, init, dev)
     try:  # one built for another model (PowerSGD's shapes) failed in round 2, not naming it
         downlink.init(params)
     except ValueError as e:

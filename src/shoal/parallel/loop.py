@@ -71,6 +71,7 @@ from shoal.functional import (
     check_run_inputs,
     cross_entropy,
     param_dtype,
+    start_params,
 )
 from shoal.parallel import records
 from shoal.parallel.base import (
@@ -129,13 +130,7 @@ def train_parallel(
     # All the samples, where they are: the checks move the few rows they try to the model.
     check_model(model, data.train.x, data.train.y, data.test.x, data.train.num_classes, loss_fn)
     spec = ParamSpec.of(model)
-    # In the model's own dtype (a float64 model trains in float64): the runtimes'
-    # functional calls pair these parameters with the model's samples.
-    # Detached, as train's: an init that requires grad carried its graph into every step.
-    params_D = (init if init is not None else spec.flatten(model)).detach()
-    params_D = params_D.to(dev, param_dtype(model))
-    if params_D.shape != (spec.num_params,):
-        raise ValueError(f"init has shape {tuple(params_D.shape)}, expected ({spec.num_params},)")
+    params_D = start_params(model, spec, init, dev)
     if network is not None and not isinstance(network, CostModel):
         raise TypeError(f"network must be a shoal.cost.CostModel, got {type(network).__name__}")
     server = algorithm.server_rank(comm) if isinstance(algorithm, ServerAlgorithm) else None
