@@ -218,3 +218,15 @@ def test_a_cache_folder_that_cannot_be_written_is_named(
     monkeypatch.setattr(dl.os, "open", read_only)
     with pytest.raises(OSError, match="cannot write toy.bin into the cache folder .*Read-only"):
         download_file(remote, tmp_path / "ro", progress=False)
+
+
+def test_a_folder_at_the_files_name_is_refused_before_downloading(server, tmp_path: Path) -> None:
+    # The whole file was downloaded, then os.replace raised a bare IsADirectoryError.
+    base, routes = server
+    whole = a_zip()
+    routes["/by_class.zip"] = (200, {"Content-Length": str(len(whole))}, whole, False)
+    (tmp_path / "c" / "by_class.zip").mkdir(parents=True)
+    remote = RemoteFile(base + "/by_class.zip", "by_class.zip", None)
+    with pytest.raises(OSError, match="by_class.zip is in the way of the download: it is not a"):
+        download_file(remote, tmp_path / "c", progress=False)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["by_class.zip"]  # no part left

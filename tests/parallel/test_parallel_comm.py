@@ -1,5 +1,6 @@
-"""SimComm: gossip is the mixing matrix, neighbours are the graph's, bytes are exact, and
-push-sum on the one-peer exponential graph averages exactly in log2(n) steps."""
+"""SimComm: gossip is the mixing matrix, neighbours are the graph's, bytes are exact (and none
+for one worker, in DistComm too), and push-sum on the one-peer exponential graph averages
+exactly in log2(n) steps."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from shoal.compress import random_k, top_k
 from shoal.compress.wire import payload_nbytes
 from shoal.parallel import SimComm
+from shoal.parallel.dist_comm import DistComm
 from shoal.parallel.messages import dense_nbytes
+from shoal.runtime.procgroup import DistContext
 from shoal.topology import (
     complete,
     exponential,
@@ -86,6 +90,34 @@ def test_collectives_and_their_bytes():
     assert comm.bytes_sent == 2 * 3 * dense_nbytes(x[0]) + sum(
         payload_nbytes(p) for p in payloads + gathered
     )
+
+
+@pytest.fixture(params=["sim", "dist"])
+def one_worker_comm(request):
+    if request.param == "sim":
+        yield SimComm(1)
+        return
+    # A one-process gloo group in this process (what `shoal launch --nproc-per-node 1` makes).
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield DistComm(DistContext(0, 1, 0, torch.device("cpu"), "gloo", 0))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_workers_collectives_send_nothing(one_worker_comm):
+    """A collective over one worker moves no byte (the cost model charges it 0 s too); a
+    one-worker sync_sgd run reported its gradients as sent."""
+    comm = one_worker_comm
+    x = torch.randn(1, 4)
+    torch.testing.assert_close(comm.all_reduce_mean(x), x)
+    comm.all_gather(x)
+    comm.start_all_reduce_mean_(x.clone()).wait()
+    rk = random_k(0.5)
+    comm.all_reduce_payloads([rk.compress(x[0], rk.init(x[0]))[0]])
+    comm.all_gather_payloads([top_k(k=2).compress(x[0], None)[0]])
+    assert comm.bytes_sent == 0
+    assert len(comm.exchanges) == 5  # still recorded, as the steps' exchanges
 
 
 @pytest.mark.parametrize("n", [4, 8, 16])

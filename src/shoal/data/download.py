@@ -164,6 +164,8 @@ def download_file(
     url = url or remote.url
     created = not folder.exists()
     dest = folder / remote.filename
+    if dest.exists() and not dest.is_file():  # else found after the download, by os.replace
+        raise OSError(f"{dest} is in the way of the download: it is not a file; remove it")
     if dest.is_file():
         if remote.sha256 is None and _looks_complete(dest):
             _warn_unverified(dest, sha256_of(dest))

@@ -28,7 +28,8 @@ Operations:
 format of :mod:`shoal.compress.wire` (dense rows are an identity payload ``{"values": x_D}``):
 one payload per destination for point-to-point messages, and one per worker for a collective
 (the payload it contributes; how the collective library relays it, e.g. ring all-reduce's
-``2(N-1)/N`` factor, is not counted). :class:`SimComm` counts all workers, :class:`DistComm`
+``2(N-1)/N`` factor, is not counted), so a collective of one worker, which sends nothing, counts
+nothing. :class:`SimComm` counts all workers, :class:`DistComm`
 its own process; the loop sums them. Every counted operation also appends a
 :class:`shoal.cost.Exchange` to ``exchanges`` (its kind and every worker's bytes, which each
 process knows: collectives of dense rows and summable payloads have one size, and an
@@ -200,7 +201,8 @@ class SimComm:
         codec: int = 0,
         overlapped: bool = False,
     ) -> None:
-        self.bytes_sent += sum(nbytes_N)
+        if self.world_size > 1:  # one worker's collective sends nothing
+            self.bytes_sent += sum(nbytes_N)
         sizes = tuple(nbytes_N)
         self.exchanges.append(Exchange(kind, sizes, codec_elements=codec, overlapped=overlapped))
 

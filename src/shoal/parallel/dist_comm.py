@@ -121,8 +121,9 @@ class DistComm:
         codec: int = 0,
         overlapped: bool = False,
     ) -> None:
-        """Count this worker's contribution (every worker's has this size)."""
-        self.bytes_sent += nbytes
+        """Count this worker's contribution (every worker's has this size; none alone)."""
+        if self.world_size > 1:
+            self.bytes_sent += nbytes
         sizes = (nbytes,) * self.world_size
         self.exchanges.append(Exchange(kind, sizes, codec_elements=codec, overlapped=overlapped))
 
@@ -194,7 +195,8 @@ class DistComm:
             bufs = self._gather_padded(block, largest)
         self._capacity = largest + largest // _SPARE
         # Layout plus data is each worker's serialized message, so every size is known here.
-        self.bytes_sent += payload_nbytes(payload)
+        if self.world_size > 1:
+            self.bytes_sent += payload_nbytes(payload)
         nbytes_N = tuple(h + n for h, n in sizes)
         self.exchanges.append(Exchange("all_gather", nbytes_N, codec_elements=codec_elements))
         out = []
