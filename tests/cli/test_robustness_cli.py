@@ -90,3 +90,31 @@ def test_a_grid_without_the_mean_still_has_its_clean_reference(tmp_path: Path, c
     table = (out / "robustness.md").read_text()
     assert "diverged" not in table
     assert "over the last 2 rounds" in table  # two rounds ran, not five
+
+
+def test_an_interrupted_grid_goes_on_from_its_finished_cells(tmp_path: Path, capsys, monkeypatch):
+    import shoal.robustness.grid as grid
+
+    out = tmp_path / "grid"
+    args = ("robustness", "--data", "digits", "--attacks", "sign_flip", "--rounds", "2")
+    args += ("--aggregators", "mean,median", "--out", out, "--quiet")
+    real, trained = grid.run_cell, []
+
+    def interrupted_at_the_third(*a):
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        trained.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(grid, "run_cell", interrupted_at_the_third)
+    assert shoal(*args) == 130  # what Ctrl-C ends with
+    err = capsys.readouterr().err
+    assert f"the finished cells are kept in {out / 'robustness-cells.jsonl'}" in err
+    assert not (out / "robustness.json").exists()
+    trained.clear()
+    monkeypatch.setattr(grid, "run_cell", lambda *a: trained.append(1) or real(*a))
+    assert shoal(*args) == 0
+    assert len(trained) == 2  # sign flip x mean and median; the clean row was kept
+    assert "2 cell(s) taken from" in capsys.readouterr().err
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["reused_cells"] == ["clean x mean", "clean x median"]

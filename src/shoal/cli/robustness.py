@@ -5,7 +5,9 @@
 ``robustness.md``, ``robustness.png`` and ``robustness.json`` into ``--out``
 (``runs/robustness``). ``--style fedavg`` runs the FedAvg-style grid; ``--attacks`` and
 ``--aggregators`` pick rows and columns by name (the clean row is always there);
-``--data digits`` uses scikit-learn's bundled digits instead of IDX files.
+``--data digits`` uses scikit-learn's bundled digits instead of IDX files. Each finished cell
+is kept in ``robustness-cells.jsonl`` there as it ends, and the same command run again (after
+Ctrl-C, a kill or an error) takes those cells instead of training them again.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from typing import Any
 
 import torch
 
-from shoal.cli import UsageError, folder_arg
+from shoal.cli import UsageError, folder_arg, say
 from shoal.data import default_cache_dir
 from shoal.data.download import check_cached
+from shoal.files import run_lock
 from shoal.robustness import STYLES, load_workload, presets, render, run_grid
+
+CELLS = "robustness-cells.jsonl"
+"""Each finished cell, as it ends (:mod:`shoal.robustness.finished`): a killed grid goes on."""
 
 
 def add_parser(sub: Any) -> None:
@@ -133,15 +139,32 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: not writable")
     torch.set_num_threads(args.threads)
     work = load_workload(args.data, data_dir)
-    report = run_grid(
-        work, style, rounds, attacks, aggs, command=_command(args), progress=not args.quiet
-    )
-    paths = render.write(
-        report,
-        json_path=out / "robustness.json",
-        md_path=out / "robustness.md",
-        png_path=out / "robustness.png",
-    )
+    kept = out / CELLS
+    with run_lock(out):  # two grids appending to one cells file would interleave their lines
+        try:
+            report = run_grid(
+                work,
+                style,
+                rounds,
+                attacks,
+                aggs,
+                command=_command(args),
+                progress=not args.quiet,
+                finished=kept,
+            )
+        except BaseException:
+            if kept.is_file():  # killed, or an error in one cell: the others are not lost
+                say(f"shoal: the finished cells are kept in {kept}; the same command goes on")
+            raise
+        paths = render.write(
+            report,
+            json_path=out / "robustness.json",
+            md_path=out / "robustness.md",
+            png_path=out / "robustness.png",
+        )
+    if report["reused_cells"]:
+        n = len(report["reused_cells"])
+        say(f"shoal: {n} cell(s) taken from {kept} (delete it to train them again)")
     print(render.markdown(report).split("\n## Mean test accuracy")[0].rstrip())
     for p in paths:
         print(p)

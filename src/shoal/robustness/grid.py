@@ -51,6 +51,7 @@ from shoal.functional import init_params
 from shoal.models import mlp
 from shoal.progress import progress_bar
 from shoal.robustness import presets
+from shoal.robustness.finished import FinishedCells, workload_digest
 from shoal.robustness.momentum import worker_momentum
 from shoal.robustness.presets import Preset
 from shoal.schedule import ClientSampler
@@ -206,10 +207,13 @@ def run_grid(
     command: str,
     progress: bool = True,
     log_cells: bool = False,
+    finished: Path | None = None,
 ) -> dict[str, Any]:
     """Every attack (plus the clean row) x every aggregator; the report (a JSON-able dict).
 
-    ``log_cells`` prints one line per finished cell above the progress bar."""
+    ``log_cells`` prints one line per finished cell above the progress bar. ``finished``: a
+    JSON-lines file that keeps each cell as it ends; the cells it already holds for this
+    setup are taken from it, not trained again (:mod:`shoal.robustness.finished`)."""
     # The presets for this data's classes (label flip maps y to k - 1 - y), by their names.
     own = presets.attacks(work.data.train.num_classes)
     rows = {"clean": own["clean"], **{name: own.get(name, p) for name, p in attacks.items()}}
@@ -224,15 +228,35 @@ def run_grid(
         "rounds": rounds,
         "threads": torch.get_num_threads(),
     }
+    kept = FinishedCells(finished) if finished is not None else None
+    reused: list[str] = []  # the cells taken from ``finished``
+    same = {k: v for k, v in setup.items() if k != "threads"}
+    same["workload"] = workload_digest(
+        [work.data.train.x, work.data.train.y, work.data.test.x, work.data.test.y, work.init],
+        work.clients,
+    )
+
+    def cell_of(attack: Preset, agg: Preset) -> dict[str, Any]:
+        assert agg.make is not None
+        behaviour = None if attack.make is None else attack.make()
+        if kept is None:
+            return run_cell(work, style, rounds, behaviour, agg.make())
+        key = kept.key(setup=same, attack=repr(behaviour), aggregator=agg.setting)
+        cell = kept.get(key)
+        if cell is None:
+            cell = run_cell(work, style, rounds, behaviour, agg.make())
+            kept.add(key, cell)
+        else:
+            reused.append(f"{attack.label} x {agg.label}")
+        return cell
+
     results: dict[str, dict[str, dict[str, Any]]] = {}
     start = time.perf_counter()
     bar = progress_bar(total=len(rows) * len(aggregators), unit="cell", disable=not progress)
     for attack in rows.values():
         for agg in aggregators.values():
-            assert agg.make is not None
             bar.set_description(f"{attack.label} x {agg.label}")
-            behaviour = None if attack.make is None else attack.make()
-            cell = run_cell(work, style, rounds, behaviour, agg.make())
+            cell = cell_of(attack, agg)
             results.setdefault(attack.label, {})[agg.label] = cell
             bar.update()
             if log_cells:
@@ -247,8 +271,7 @@ def run_grid(
     mean = presets.aggregators(style.tau)["mean"]
     clean = results["clean"].get(mean.label)
     if clean is None:  # the grid's reference, run even when the mean is not one of its columns
-        assert mean.make is not None
-        clean = run_cell(work, style, rounds, None, mean.make())
+        clean = cell_of(rows["clean"], mean)
     return {
         "command": command,
         "setup": setup,
@@ -257,6 +280,7 @@ def run_grid(
         "mean_under_attack": mean_under_attack(),
         "results": results,
         "total_seconds": time.perf_counter() - start,
+        "reused_cells": reused,
         "headline": {
             "grid": grid,
             "clean_accuracy": clean["final"],
