@@ -76,8 +76,13 @@ def check_flag(value: Any, name: str) -> None:
         raise FlagError(f"{name} must be true or false, got {value!r}")
 
 
+def a_kind(kind: type) -> str:
+    """``"a Compressor"``, ``"an Aggregator"``."""
+    return f"{'an' if kind.__name__[0] in 'AEIOU' else 'a'} {kind.__name__}"
+
+
 def check_instance(value: Any, kind: type, name: str, hint: str = "") -> None:
     """``value`` must be a ``kind``: a wrong object otherwise failed later, deep inside, with
     an ``AttributeError`` that named neither the argument nor what it should be."""
     if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}{hint}, got {type(value).__name__}")
+        raise TypeError(f"{name} must be {a_kind(kind)}{hint}, got {type(value).__name__}")

@@ -27,10 +27,19 @@ from torch import nn
 
 from shoal.aggregate.base import Aggregator
 from shoal.aggregate.mean import mean
+from shoal.aggregate.stateful import warn_if_unkept
 from shoal.algorithms.base import Algorithm, LocalWork
 from shoal.attacks.byzantine import Byzantine
 from shoal.attacks.label_flip import LabelFlip
-from shoal.checks import check_counts, check_flag, check_instance, check_seed, stragglers_keep
+from shoal.attacks.mimic import Mimic
+from shoal.checks import (
+    a_kind,
+    check_counts,
+    check_flag,
+    check_instance,
+    check_seed,
+    stragglers_keep,
+)
 from shoal.compress.base import CONTRACTIVE_EXAMPLES, Compressor, identity, is_contractive
 from shoal.compress.feedback import without_feedback
 from shoal.cost import CostModel
@@ -321,7 +330,7 @@ def _check_arguments(
     ):
         # A class passes a protocol's attribute check: only instances are meant.
         if value is not None and (isinstance(value, type) or not isinstance(value, kind)):
-            raise TypeError(f"{name} must be a {kind.__name__}{hint}, got {value!r}")
+            raise TypeError(f"{name} must be {a_kind(kind)}{hint}, got {value!r}")
     check_run_inputs(init, callback)
     if out_dir is not None and not str(out_dir).strip():  # Path("") is the current folder
         raise ValueError("out_dir is empty; name a folder (or None for no files)")
@@ -434,6 +443,7 @@ def train(
         # (more processes than GPUs), whose collectives then got GPU tensors.
         dev = ranks_device
     aggregator = aggregator if aggregator is not None else mean()
+    warn_if_unkept(aggregator)
     if compressor is None:  # an algorithm with its own wire encoding (DGC) is charged by it
         compressor = getattr(algorithm, "default_compressor", None) or identity()
     downlink = downlink_compressor if downlink_compressor is not None else identity()
@@ -461,6 +471,10 @@ def train(
             y = _flipped(y, clients, byzantine.clients, byzantine.behaviour)
         else:
             attack = byzantine.behaviour
+        if isinstance(attack, Mimic):
+            bad = sum(0 <= c < len(clients) for c in byzantine.clients)
+            sampler = config.sampler
+            attack.check_rounds(min(sampler.clients_per_round, len(clients)), bad, sampler.replace)
     x_test, y_test = data.test.x.to(dev), data.test.y.to(dev)
     check_model(model, x, y_true, x_test, data.train.num_classes, loss_fn)
     sizes = np.array([len(c) for c in clients], dtype=np.float64)

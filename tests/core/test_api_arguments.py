@@ -48,7 +48,7 @@ def _train(**kw):
         ({"network": wifi()}, "network must be a CostModel"),
         ({"runtime": SimRuntime}, "runtime must be a Runtime"),
         ({"runtime": "sim"}, "runtime must be a Runtime"),
-        ({"aggregator": ag.mean}, "aggregator must be a Aggregator"),
+        ({"aggregator": ag.mean}, "aggregator must be an Aggregator"),
         ({"compressor": "top_k"}, "compressor must be a Compressor"),
         ({"byzantine": 3}, "byzantine must be a Byzantine"),
         ({"config": {"rounds": 2}}, "config must be a TrainConfig"),

@@ -10,7 +10,7 @@ import torch
 from shoal.aggregate import median
 from shoal.algorithms import fedavg
 from shoal.algorithms.base import LocalWork
-from shoal.attacks import Byzantine, byzantine, label_flip, sign_flip
+from shoal.attacks import Byzantine, byzantine, label_flip, mimic, sign_flip
 from shoal.compress import threshold
 from shoal.data.types import ArrayDataset
 from shoal.runtime.inbox import Inbox
@@ -189,3 +189,51 @@ def test_byzantine_ids_must_be_client_ids():
         with pytest.raises(ValueError, match="Byzantine client ids must be integers >= 0"):
             Byzantine(frozenset({0, odd}), sign_flip())
     assert Byzantine(frozenset({np.int64(3)}), sign_flip()).mask(np.arange(5)).sum() == 1
+
+
+@pytest.mark.parametrize(
+    ("per_round", "replace", "fewest"), [(4, False, 2), (10, False, 8), (4, True, 1)]
+)
+def test_a_mimic_target_past_a_rounds_honest_updates_is_refused_up_front(
+    per_round, replace, fewest
+):
+    """mimic(target) failed in the first round that sampled a Byzantine client, after the
+    earlier rounds had trained, naming no round. 2 of 10 clients are Byzantine: a round of
+    `per_round` holds `fewest` honest updates at least (with replacement, one)."""
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    cfg = TrainConfig(rounds=2, sampler=ClientSampler(per_round, replace), progress=False)
+
+    def run(target):
+        byz = byzantine(2, 10, mimic(target), seed=0)
+        return train(tiny_model(), data, clients, fedavg(0.2), cfg, byzantine=byz)
+
+    with pytest.raises(ValueError, match=f"can hold {fewest} honest update.s. when it samples"):
+        run(fewest)
+    with pytest.raises(ValueError, match="use a target below"):
+        run(-fewest - 1)
+    assert len(run(fewest - 1).metrics) == 2 and len(run(-fewest).metrics) == 2
+    assert len(run(None).metrics) == 2
+
+
+def test_a_stateful_rule_passed_bare_is_warned_about():
+    """centered_clip() passed as is clipped around 0 every round (plain norm clipping), not
+    around the last round's output, silently; stateful(...) keeps the center."""
+    import warnings
+
+    from shoal.aggregate import bucketing, centered_clip, stateful
+
+    data = tiny_data()
+    clients = unequal_clients(len(data.train), 10)
+    cfg = TrainConfig(rounds=1, sampler=ClientSampler(10), progress=False)
+
+    def run(agg):
+        return train(tiny_model(), data, clients, fedavg(0.2), cfg, aggregator=agg)
+
+    for bare in (centered_clip(1.0), bucketing(centered_clip(1.0))):
+        with pytest.warns(UserWarning, match=r"keeps no state .* pass stateful\(CenteredClip"):
+            run(bare)
+    for kept in (stateful(centered_clip(1.0)), bucketing(stateful(centered_clip(1.0))), median()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run(kept)

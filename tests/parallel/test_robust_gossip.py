@@ -178,6 +178,36 @@ def test_trimmed_gossip_refuses_a_nan_model_at_every_neighbourhood_size(n):
         trimmed_gossip(1)(x, received, comm.graph(complete(n)), comm.workers)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("rule", [clipped_gossip(1.0), clipped_gossip(b=1)], ids=["tau", "b"])
+def test_clipped_gossip_refuses_a_nan_or_inf_row(rule, bad):
+    """A NaN row was never "> tau" and went through as received, an inf one was scaled by
+    tau / inf = 0 into NaN: the node's model became NaN, silently."""
+    from shoal.aggregate.base import NonFiniteInbox
+
+    x = torch.randn(6, 3)
+    comm = SimComm(6)
+    received = comm.neighbors(x, ring(6))
+    received.rows_WKD[0, 0, 1] = bad
+    with pytest.raises(NonFiniteInbox, match="clipped_gossip"):
+        rule(x, received, comm.graph(ring(6)), comm.workers)
+
+
+@pytest.mark.parametrize("far", [1e18, 1e37])
+def test_clipped_gossip_clips_a_far_finite_row_whose_float32_norm_overflows(far):
+    """||row|| summed in float32 was inf and tau / inf = 0 dropped the row (the node did not
+    move toward it at all); clipped, it moves the node by its weight times tau."""
+    x = torch.zeros(4, 1000)
+    comm = SimComm(4)
+    received = comm.neighbors(x, ring(4))
+    received.rows_WKD[0, 0] = far
+    out = clipped_gossip(1.0)(x, received, comm.graph(ring(4)), comm.workers)
+    weight = float(comm.graph(ring(4)).weight_NK[0, 0])
+    direction = torch.full((1000,), 1000**-0.5)
+    torch.testing.assert_close(out[0], weight * direction)
+    assert torch.equal(out[1:], x[1:])
+
+
 def test_dissensus_with_eps_one_stops_plain_gossip_exactly():
     # He et al.'s attack cancels the honest pull: an attacked node keeps its own model.
     topology, bad = ring(6), {2}

@@ -20,8 +20,10 @@ agreement with ``Y`` (up to ``n / r``), not the inputs' norms.
 
 Deviations from the official code, on purpose:
 
-- IRLS runs **to convergence** (``max_iter``, relative decrease ``tol``); the code runs one step
-  (``n_its = 1``), which leaves ``Y`` close to its random start.
+- IRLS is **iterated** until the objective's relative decrease is below ``tol``, or for
+  ``max_iter`` steps; the code runs one step (``n_its = 1``), which leaves ``Y`` close to its
+  random start. IRLS converges linearly, slowly where two subspaces fit almost equally well:
+  100 steps can stop a few percent from the fixed point there (raise ``max_iter``).
 - The start is the flag **mean** (top-``r`` eigenspace of ``sum_i u_i u_i^T``), deterministic and
   independent of the inbox order, not a seeded random ``Y``.
 - The pair term (``lam > 0``) uses ``s_ij`` above, the squared norm of the part of the
@@ -143,6 +145,6 @@ class FlagAggregator:
 def flag_aggregator(
     r: int = 1, lam: float = 0.0, max_iter: int = 100, tol: float = 1e-10, eps: float = 1e-7
 ) -> FlagAggregator:
-    """Flag Aggregator (Almasi et al., ICLR 2024) with IRLS to convergence; ``lam`` > 0 adds
+    """Flag Aggregator (Almasi et al., ICLR 2024) by iterated IRLS; ``lam`` > 0 adds
     the pairwise regularizer. See the module docstring for the deviations from the code."""
     return FlagAggregator(r=r, lam=lam, max_iter=max_iter, tol=tol, eps=eps)

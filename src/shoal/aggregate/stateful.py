@@ -16,6 +16,7 @@ raises instead of silently mixing two streams.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Generic
 
 import torch
@@ -77,6 +78,22 @@ class Stateful(Generic[S]):
 
     def __repr__(self) -> str:
         return f"stateful({self.agg!r})"
+
+
+def warn_if_unkept(agg: Any) -> None:
+    """Warn when a stateful rule reaches a runtime bare (or inside bucketing or NNM): called
+    with ``(inbox_ND, weights_N)`` alone it starts every round from a zero state, so
+    ``centered_clip()`` clips around 0 (plain norm clipping), not around the previous round's
+    output as Karimireddy et al. 2021 do. Zero may be meant, hence a warning."""
+    while agg is not None and not isinstance(agg, Stateful):
+        if callable(getattr(agg, "update", None)) and callable(getattr(agg, "init", None)):
+            warnings.warn(
+                f"{agg!r} keeps no state between rounds as passed: every round starts from "
+                f"zero, not from the last round's output; pass stateful({agg!r}) to keep it",
+                stacklevel=3,
+            )
+            return
+        agg = getattr(agg, "agg", None)  # bucketing's and NNM's inner rule
 
 
 def stateful(agg: StatefulAggregator[S]) -> Stateful[S]:

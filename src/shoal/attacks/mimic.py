@@ -45,6 +45,24 @@ class Mimic:
         if self.target is not None and not is_integer(self.target):
             raise ValueError(f"mimic: target must be an integer or None, got {self.target!r}")
 
+    def check_rounds(self, clients_per_round: int, num_byzantine: int, replace: bool) -> None:
+        """Refuse a ``target`` past the honest updates of some attacked round of a federated
+        run: it failed in the first such round, after the earlier ones had trained. A round of
+        ``m`` clients holds as few as ``m - min(num_byzantine, m)`` honest ones (``1`` when
+        drawn with replacement, which can draw a Byzantine client ``m - 1`` times); stragglers
+        dropped can leave fewer, which the round then names."""
+        if self.target is None:
+            return
+        most_bad = clients_per_round - 1 if replace else min(num_byzantine, clients_per_round)
+        fewest = max(1, clients_per_round - most_bad)
+        if not -fewest <= self.target < fewest:
+            raise ValueError(
+                f"mimic(target={self.target}) copies the target-th honest update of a round, "
+                f"and a round of {clients_per_round} clients can hold {fewest} honest "
+                f"update(s) when it samples Byzantine ones: use a target below {fewest}, or "
+                "mimic(None)"
+            )
+
     def __call__(self, honest_HD: torch.Tensor, f: int) -> torch.Tensor:
         check_attack(honest_HD, f, "mimic")
         h = honest_HD.shape[0]

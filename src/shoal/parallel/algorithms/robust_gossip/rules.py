@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from shoal.aggregate import monna, trimmed_mean
+from shoal.aggregate._common import row_norms
 from shoal.aggregate.base import NonFiniteInbox
 from shoal.checks import check_count, is_real
 from shoal.parallel.graph import InGraph, Neighbors, mix
@@ -138,14 +139,23 @@ class ClippedGossip:
         self, own_WD: torch.Tensor, received: Neighbors, graph: InGraph, workers: tuple[int, ...]
     ) -> torch.Tensor:
         rows_WKD, mask_WK = received
+        # As the other rules: a NaN row was never "> tau" and went through as received, and an
+        # inf one was scaled by tau / inf = 0 into 0 * inf = NaN.
+        if not bool(torch.isfinite(rows_WKD).all() & torch.isfinite(own_WD).all()):
+            raise NonFiniteInbox("clipped_gossip: NaN or inf in the models a node mixes")
         diff_WKD = rows_WKD - own_WD[:, None]
         dist_WK = torch.linalg.vector_norm(diff_WKD, dim=2)
+        if not bool(torch.isfinite(dist_WK).all()):
+            # A far but finite row overflowed the sum of squares to inf, and tau / inf = 0
+            # dropped it instead of clipping it to tau: centered_clip's float64 distances.
+            dist_WK = torch.stack([row_norms(r, o) for r, o in zip(rows_WKD, own_WD)])
+            diff_WKD = rows_WKD.to(dist_WK.dtype) - own_WD.to(dist_WK.dtype)[:, None]
         tau_W1 = self.radius(dist_WK, mask_WK)
         clipped = mask_WK & (dist_WK > tau_W1)
         scale_WK = tau_W1 / torch.where(clipped, dist_WK, 1.0)
         # Unclipped messages are used as received (not x_i + (x_j - x_i)), so that tau = inf
         # reproduces D-PSGD's mixing bit for bit.
-        forged = own_WD[:, None] + scale_WK[..., None] * diff_WKD
+        forged = (own_WD[:, None] + scale_WK[..., None] * diff_WKD).to(own_WD.dtype)
         rows_WKD = torch.where(clipped[..., None], forged, rows_WKD)
         return mix(own_WD, Neighbors(rows_WKD, mask_WK), graph, workers)
 
