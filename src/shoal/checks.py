@@ -76,9 +76,13 @@ def check_flag(value: Any, name: str) -> None:
         raise FlagError(f"{name} must be true or false, got {value!r}")
 
 
+def a_word(word: str) -> str:
+    """``"a Compressor"``, ``"an Aggregator"``, ``"an easgd"``."""
+    return f"{'an' if word[:1].lower() in tuple('aeiou') else 'a'} {word}"
+
+
 def a_kind(kind: type) -> str:
-    """``"a Compressor"``, ``"an Aggregator"``."""
-    return f"{'an' if kind.__name__[0] in 'AEIOU' else 'a'} {kind.__name__}"
+    return a_word(kind.__name__)
 
 
 def check_instance(value: Any, kind: type, name: str, hint: str = "") -> None:

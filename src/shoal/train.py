@@ -596,7 +596,10 @@ def train(
                 None if byzantine is None else byzantine.mask(trained),
                 r,
             )
-            res = runtime.run_round(task, store)
+            try:
+                res = runtime.run_round(task, store)
+            except FloatingPointError as e:  # an error-feedback residual went NaN/inf
+                raise FloatingPointError(f"round {r + 1}: {e}") from None
             share = float(w.sum() / weight_K.sum())
             params, server = algorithm.server_update(
                 params, server, res.mean_msg, len(trained), len(clients), share

@@ -307,3 +307,19 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli_parallel, "train_parallel", interrupted)
     assert shoal("run", _config(tmp_path, "sync_sgd"), "--out", tmp_path / "a") != 0
     assert f"shoal run --resume {tmp_path / 'a'}" in capsys.readouterr().err
+
+
+def test_a_finished_launched_run_names_the_command_that_trains_it_further(tmp_path, capsys):
+    """The hint said `shoal run --resume DIR --set parallel.steps=N`, which is refused for a
+    run launched on 2 processes (its folder holds a checkpoint per rank)."""
+    out = tmp_path / "a"
+    assert shoal("run", _config(tmp_path, "sync_sgd"), "--out", out, "--quiet") == 0
+    # What `shoal launch --nproc-per-node 2` leaves: one checkpoint per rank, none shared.
+    saved = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").unlink()
+    for rank in (0, 1):
+        (out / f"checkpoint.rank{rank}.pt").write_bytes(saved)
+    capsys.readouterr()
+    assert shoal("run", "--resume", out, "--quiet") == 0
+    said = capsys.readouterr().out
+    assert f"torchrun --nproc-per-node 2 -m shoal run --resume {out} --set parallel.steps=N" in said

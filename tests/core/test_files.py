@@ -94,7 +94,9 @@ def test_ctrl_c_or_sigterm_during_a_checkpoint_save_waits_for_it(
     real = torch.save
 
     def signalled_midway(obj: object, f: object) -> None:
-        os.kill(os.getpid(), signum)  # the handler runs here, inside the write
+        # To this thread: os.kill's process signal could reach another of torch's threads,
+        # which on a loaded machine ran its C handler after the write had ended.
+        signal.raise_signal(signum)  # the handler runs here, inside the write
         real(obj, f)
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

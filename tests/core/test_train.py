@@ -719,3 +719,16 @@ def test_a_checkpoint_without_the_algorithm_class_takes_it_from_the_repr(tmp_pat
             tiny_model(), data, clients, scaffold(0.2), _config(rounds=3), out_dir=tmp_path,
             resume=True,
         )  # fmt: skip
+
+
+def test_a_nan_in_an_error_feedback_residual_stops_the_run_naming_the_round():
+    """NaN features under error_feedback(bf16): the residual kept the NaN for every later
+    upload; the run now stops in the round where a client's compressor saw it."""
+    from shoal.compress import bf16
+
+    data = tiny_data()
+    data.train.x[:, 0] = float("nan")
+    cfg = TrainConfig(rounds=3, sampler=ClientSampler(4), progress=False)
+    clients = unequal_clients(len(data.train), 10)
+    with pytest.raises(FloatingPointError, match=r"^round 1: error_feedback\(bf16\): the resid"):
+        train(tiny_model(), data, clients, fedavg(0.1), cfg, compressor=error_feedback(bf16()))

@@ -177,14 +177,34 @@ def test_target_accuracy_stops_the_run_and_records_when(tmp_path):
     assert summary["steps_to_target"] == last["step"]
 
 
-@pytest.mark.parametrize("name", ["sync_sgd", "dpsgd_ring", "sync_sgd_topk_ef"])
-def test_a_diverged_model_stops_the_run_with_one_line(name, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("sync_sgd", r"^step 2: the test loss is nan: .*NaN/inf"),
+        ("dpsgd_ring", r"^step 2: the test loss is nan: .*NaN/inf"),
+        # Error feedback stops at once: its residual would carry the NaN entries top-k left.
+        ("sync_sgd_topk_ef", r"^step 1: error_feedback\(top_k\(ratio=0.2\)\): the residual"),
+    ],
+)
+def test_a_diverged_model_stops_the_run_with_one_line(name, said, tmp_path):
     """NaN features make NaN gradients; the run stops at the next evaluation (every process
     sees the same pooled test loss) instead of training NaN to its last step."""
     data = tiny_data()
     data.train.x[:, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"^step 2: the test loss is nan: .*NaN/inf"):
+    with pytest.raises(FloatingPointError, match=said):
         train_parallel(tiny_model(), data, shards(2), CASES[name](2), config(steps=10), SimComm(2))
+
+
+def test_a_nan_in_an_error_feedback_residual_stops_the_run_naming_the_step():
+    """A NaN gradient under error_feedback(fp16) stayed in the residual; the run now stops
+    at that step, where the compressor saw it, not at the next evaluation."""
+    from shoal.compress import error_feedback, fp16
+
+    data = tiny_data()
+    data.train.x[:, 0] = float("nan")
+    alg = sync_sgd(0.2, compressor=error_feedback(fp16()))
+    with pytest.raises(FloatingPointError, match=r"^step 1: error_feedback\(fp16\): the resid"):
+        train_parallel(tiny_model(), data, shards(2), alg, config(steps=10), SimComm(2))
 
 
 def test_slowdown_in_simulation_still_reports_throughput():

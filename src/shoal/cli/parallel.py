@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from shoal.checks import a_word
 from shoal.cli.build import (
     build_clients,
     build_compressor,
@@ -219,7 +220,7 @@ def train_parallel(cfg: Config, out: Path, *, resume: bool, progress: bool) -> P
             )
         extra = " plus the parameter server" if server is not None else ""
         raise ConfigError(
-            f"partition.num_clients = {len(shards)}: a {cfg['algorithm.name']} job with "
+            f"partition.num_clients = {len(shards)}: {a_word(cfg['algorithm.name'])} job with "
             f"{comm.world_size} processes has {workers} worker{'s' * (workers != 1)}{extra}; "
             "give the partition one client per worker"
         )

@@ -406,7 +406,12 @@ def _finished(cfg: Config, out: Path) -> str | None:
     elif (trained := _trained(out)) >= cfg[length]:
         done = f"it trained its {length} = {trained}"
         more = f"--set {length}=N (N > {cfg[length]})"
-        further = f"; to train it further: shoal run --resume {shlex.quote(str(out))} {more}"
+        again = (  # a launched data-parallel run continues on as many processes
+            parallel.resume_command(out)
+            if parallel.is_parallel(cfg)
+            else f"shoal run --resume {shlex.quote(str(out))}"
+        )
+        further = f"; to train it further: {again} {more}"
     else:
         return None
     return f"{out} is finished ({done}): nothing to continue{further}"

@@ -159,13 +159,22 @@ def decompress_sum(
 
 
 def check_same(payloads: Sequence[Payload], keys: Sequence[str], who: str) -> None:
-    """Raise unless every payload has the same tensors under ``keys`` (e.g. seed, step, size)."""
+    """Raise unless every payload has the same entries of the same shapes, and the same
+    tensors under ``keys`` (e.g. seed, step, size). Another shape (a sketch of another width,
+    random-k of another ratio) was a bare torch error from the addition."""
     if len(payloads) == 0:
         raise ValueError(f"{who}.sum_payloads needs at least one payload")
     first = payloads[0]
     for p in payloads[1:]:
         if p.keys() != first.keys():
             raise ValueError(f"{who}.sum_payloads: payloads have different entries")
+        for key, t in p.items():
+            if t.shape != first[key].shape:
+                raise ValueError(
+                    f"{who}.sum_payloads: payloads differ in the shape of {key!r} "
+                    f"({tuple(first[key].shape)} and {tuple(t.shape)}); only messages of one "
+                    "compressor's settings can be summed compressed"
+                )
         for key in keys:
             if not torch.equal(p[key], first[key]):
                 raise ValueError(
@@ -196,9 +205,7 @@ class Identity:
 
     def sum_payloads(self, payloads: Sequence[Payload]) -> Payload:
         """Exact: the same additions as summing the decompressed vectors."""
-        check_same(payloads, (), self.name)
-        if len({p["values"].shape for p in payloads}) > 1:
-            raise ValueError(f"{self.name}.sum_payloads: messages of different lengths")
+        check_same(payloads, (), self.name)  # and of one length
         return {"values": add_all([p["values"] for p in payloads])}
 
 

@@ -19,7 +19,7 @@ import torch
 
 from shoal.compress._common import check_flat
 from shoal.compress.base import Payload
-from shoal.compress.wire import payload_nbytes
+from shoal.compress.wire import DTYPE_CODES, payload_nbytes
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class Cast:
         for what, dt in (("dtype", self.dtype), ("output_dtype", self.output_dtype)):
             if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
                 raise ValueError(f"cast: {what} must be a floating torch.dtype, got {dt!r}")
+        if self.dtype not in DTYPE_CODES:  # float8 compressed, then failed in nbytes
+            wired = ", ".join(
+                str(d).removeprefix("torch.") for d in DTYPE_CODES if d.is_floating_point
+            )
+            raise ValueError(f"cast: {self.dtype} has no wire code; messages can be {wired}")
 
     @property
     def name(self) -> str:

@@ -23,6 +23,10 @@ Error feedback assumes a contractive compressor, ``E||x - C(x)||^2 <= ||x||^2``
 levels per bucket, TernGrad, rescaled random-k, the count sketch) warns, since its residual can
 grow without bound (a count sketch under error feedback diverged on workload W).
 
+A residual that would hold NaN or inf (a non-finite input, or an fp16 message past 65504) raises
+``FloatingPointError`` instead of carrying it into every later message; the sparsifiers send
+such an input's entry rather than keep it, so they raise only for the rest of it.
+
 The residual starts at zero. DGC's momentum correction and factor masking, which also touch the
 residual, belong to the algorithm (they need the optimizer's momentum).
 """
@@ -110,8 +114,18 @@ class ErrorFeedback:
     def _residual(self, accumulated_D: torch.Tensor, payload: Payload) -> torch.Tensor:
         residual = getattr(self.inner, "residual", None)
         if residual is not None:  # computed in our own buffer (sparsifiers, PowerSGD)
-            return residual(accumulated_D, payload)
-        return accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
+            e_D = residual(accumulated_D, payload)
+        else:
+            e_D = accumulated_D - self.inner.decompress(payload).to(accumulated_D.dtype)
+        # A NaN or inf kept in the residual spoils every later message, or surfaces rounds
+        # later (random-k sends that entry when it draws it): stop where it starts.
+        if not bool(torch.isfinite(e_D).all()):
+            raise FloatingPointError(
+                f"{self.name}: the residual holds NaN or inf: the input did (lower the "
+                f"learning rate, or check the data){_overflow(self.inner)}; every later "
+                "message would carry it"
+            )
+        return e_D
 
     # PowerSGD's two-round all-reduce (Vogels et al. 2019, with error feedback as there): the
     # residual is this worker's own approximation error, ``a - P Q_i^T`` with the shared P.
@@ -153,6 +167,15 @@ class ErrorFeedback:
             raise TypeError(f"{self.inner.name} messages cannot be summed compressed")
         inner: Any = self.inner
         return inner.sum_payloads(payloads)
+
+
+def _overflow(inner: Compressor) -> str:
+    """The other cause, for a cast: a finite input past the message dtype's range."""
+    dtype = getattr(inner, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        top = torch.finfo(dtype).max
+        return f", or the message overflowed ({inner.name} is finite up to {top:.6g})"
+    return ""
 
 
 def error_feedback(compressor: Compressor) -> ErrorFeedback:

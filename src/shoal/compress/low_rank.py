@@ -75,7 +75,7 @@ from shoal.compress._common import (
     next_state,
     seed_state,
 )
-from shoal.compress.base import Payload, add_all
+from shoal.compress.base import Payload, add_all, check_same
 from shoal.compress.wire import payload_nbytes
 
 
@@ -306,12 +306,11 @@ class PowerSGD:
         return payload_nbytes(payload)
 
     def sum_payloads(self, payloads: Sequence[Payload]) -> Payload:
-        """Sum round-1 payloads (all P), or round-2 payloads that share every P (sum Q, dense)."""
-        if not payloads:
-            raise ValueError("powersgd.sum_payloads needs at least one payload")
+        """Sum round-1 payloads (all P), or round-2 payloads that share every P (sum Q, dense).
+        Round-1 P = M Q is only summable for one shared query Q, which the payload does not
+        carry: workers whose queries were seeded apart sum without complaint."""
+        check_same(payloads, (), "powersgd")
         keys = payloads[0].keys()
-        if any(p.keys() != keys for p in payloads):
-            raise ValueError("powersgd.sum_payloads: payloads have different entries")
         if not any(k.startswith("q") for k in keys):  # round 1
             return {k: add_all([p[k] for p in payloads]) for k in keys}
         out: Payload = {}

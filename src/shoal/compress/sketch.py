@@ -148,7 +148,9 @@ class CountSketch:
         return payload_nbytes(payload)
 
     def sum_payloads(self, payloads: Sequence[Payload]) -> Payload:
-        """Add the tables (same seed and length): the sketch of the summed inputs."""
+        """Add the tables (same seed and length): the sketch of the summed inputs. A table
+        does not carry its hashes' seed (it would cost bytes on every message), so tables of
+        sketches seeded apart add up without complaint: every worker needs one seed."""
         check_same(payloads, ("size",), "count_sketch")
         return {**payloads[0], "table": add_all([p["table"] for p in payloads])}
 

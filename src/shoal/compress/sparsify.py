@@ -343,8 +343,10 @@ class RandomK:
     @property
     def contractive(self) -> bool:
         """Unscaled, a subset of exact entries; scaled by d/k, ``E||x - C(x)||^2 =
-        (d/k - 1)||x||^2``."""
-        return not self.unbiased or self.ratio >= 0.5
+        (d/k - 1)||x||^2``: below ``||x||^2`` for ``ratio > 0.5``. At 0.5 it equals it for
+        every ``x`` (the bound other compressors reach at worst), and an error-feedback
+        residual grew like a random walk (28 ||x|| after 800 messages)."""
+        return not self.unbiased or self.ratio > 0.5
 
     def init(self, x_D: torch.Tensor, seed: int | None = None) -> dict[str, Any]:
         check_flat(x_D, self.name)  # a 2-D input or a string was accepted here

@@ -71,6 +71,8 @@ def _raw(t: torch.Tensor) -> bytes:
     flat = t.detach().contiguous().reshape(-1).cpu()
     if flat.numel() == 0:
         return b""
+    if flat.stride(0) != 1:  # one element of a strided view is "contiguous" at any stride
+        flat = flat.clone(memory_format=torch.contiguous_format)
     return flat.view(torch.uint8).numpy().tobytes()
 
 

@@ -287,7 +287,10 @@ class _WorkerRun:
                 self.vectorize,
                 self.slowdown,
             )
-            params_WD, state = alg.step(params_WD, grad_fn, state, comm, step)
+            try:
+                params_WD, state = alg.step(params_WD, grad_fn, state, comm, step)
+            except FloatingPointError as e:  # an error-feedback residual went NaN/inf
+                raise FloatingPointError(f"step {step + 1}: {e}") from None
             if self.job.network is not None:
                 prog.sim_seconds += self.job.network.step_seconds(
                     comm.exchanges, self.step_samples_N, step
