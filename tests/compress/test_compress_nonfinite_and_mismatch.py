@@ -105,3 +105,25 @@ def test_rescaled_random_k_is_contractive_only_above_half():
     assert random_k(0.5, unbiased=True).contractive is False
     assert random_k(0.51, unbiased=True).contractive is True
     assert random_k(0.1).contractive is True  # unscaled: a subset of exact entries
+
+
+def test_a_message_decoded_by_a_compressor_of_other_settings_is_refused():
+    """Each decoded silently: another sketch's table at 1.18 relative error, QSGD's norms of
+    another bucket size at 0.06, PowerSGD's and layerwise's longer dense part cut short."""
+    x = torch.randn(2048)
+    wide = count_sketch(300)
+    with pytest.raises(ValueError, match=r"count_sketch: the message's table is \(3, 300\)"):
+        count_sketch(200).decompress(wide.compress(x, wide.init(x))[0])
+    q256 = qsgd(8, bucket_size=256)
+    with pytest.raises(ValueError, match="holds 8 bucket scale.s., and 2048 entries in buckets"):
+        qsgd(8, bucket_size=512).decompress(q256.compress(x, q256.init(x))[0])
+    shapes48, shapes40 = [(40, 51), (48,)], [(40, 51), (40,)]
+    y = torch.randn(40 * 51 + 48)
+    p48 = powersgd(shapes48, rank=1, min_compression_rate=0)
+    with pytest.raises(ValueError, match="powersgd: the message's dense part holds 48 entries"):
+        powersgd(shapes40, rank=1, min_compression_rate=0).decompress(
+            p48.compress(y, p48.init(y))[0]
+        )
+    l48 = layerwise(top_k(ratio=0.1), shapes48)
+    with pytest.raises(ValueError, match="layerwise: the message's dense part holds 48 entries"):
+        layerwise(top_k(ratio=0.1), shapes40).decompress(l48.compress(y, l48.init(y))[0])

@@ -50,6 +50,17 @@ def as_shapes(shapes: Any, who: str) -> tuple[torch.Size, ...]:
     return out
 
 
+def check_dense(payloads: Any, numel: int, who: str) -> None:
+    """Each payload's ``dense`` part (the blocks sent uncompressed) holds ``numel`` entries: a
+    longer one, of a compressor with other shapes, was cut to length and decoded silently."""
+    for p in payloads:
+        if "dense" in p and p["dense"].numel() != numel:
+            raise ValueError(
+                f"{who}: the message's dense part holds {p['dense'].numel()} entries, this "
+                f"compressor's uncompressed blocks {numel}; decode it with the one that made it"
+            )
+
+
 def init_with_seed(compressor: Any, x_D: torch.Tensor, seed: int | None) -> Any:
     """``compressor.init(x_D, seed=seed)`` if it takes a seed and one is given, else ``init(x_D)``.
 

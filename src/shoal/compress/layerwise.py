@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from shoal.compress._common import as_shapes, check_flat, init_with_seed, mix
+from shoal.compress._common import as_shapes, check_dense, check_flat, init_with_seed, mix
 from shoal.compress.base import (
     Compressor,
     Payload,
@@ -137,6 +137,7 @@ class Layerwise:
         """Block by block with the inner compressor's :func:`decompress_sum` (one payload:
         its decompression; ``torch.cat`` promotes, e.g. a float32 dense part with float64
         blocks)."""
+        check_dense(payloads, sum(n for _, n, skipped in self._layout if skipped), "layerwise")
         split = [self._split(p) for p in payloads]
         parts, dense_at = [], 0
         for i, (_, numel, skipped) in enumerate(self._layout):

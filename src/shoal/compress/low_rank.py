@@ -69,6 +69,7 @@ import torch
 from shoal.checks import check_count, check_flag, check_number, check_seed
 from shoal.compress._common import (
     as_shapes,
+    check_dense,
     check_flat,
     check_seed_state,
     mix,
@@ -287,6 +288,7 @@ class PowerSGD:
         compressed = self._compressed()
         if compressed and any(f"q{compressed[0][0]}" not in p for p in payloads):
             raise ValueError("powersgd: a round-1 (project) payload has no decompression")
+        check_dense(payloads, sum(b.numel for b in self._blocks if not b.rank), "powersgd")
         # Summed in ``dtype``, as the protocol's decompress(p).to(dtype) + ... is: two fp16
         # messages of 40,000 summed to inf before the cast to float32.
         cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))

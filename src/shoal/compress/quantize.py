@@ -134,6 +134,12 @@ def _scale_buckets_(
 ) -> torch.Tensor:
     """``v_D`` with each bucket multiplied (``divide``: divided) by its scale, in place."""
     body_BL, tail = _split_buckets(v_D, length)
+    buckets = body_BL.shape[0] + (tail.numel() > 0)
+    if scales_B.numel() != buckets:  # decoded by a compressor of another bucket size
+        raise ValueError(
+            f"the message holds {scales_B.numel()} bucket scale(s), and {v_D.numel()} entries "
+            f"in buckets of {length} need {buckets}: decode it with the compressor that made it"
+        )
     op = torch.Tensor.div_ if divide else torch.Tensor.mul_
     op(body_BL, scales_B[: body_BL.shape[0], None])
     if tail.numel():

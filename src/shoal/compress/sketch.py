@@ -126,6 +126,11 @@ class CountSketch:
 
     def decompress(self, payload: Payload) -> torch.Tensor:
         table = payload["table"]
+        if table.shape != (self.depth, self.width):  # another sketch's table, read silently
+            raise ValueError(
+                f"count_sketch: the message's table is {tuple(table.shape)}, this sketch's "
+                f"({self.depth}, {self.width}); decode it with the sketch that made it"
+            )
         bucket_RD, sign_RD = self.hashes(int(payload["size"]), table.device)
         estimates_RD = table.reshape(-1).index_select(0, bucket_RD.reshape(-1))
         estimates_RD = estimates_RD.view(bucket_RD.shape).mul_(sign_RD.to(table.dtype))
