@@ -496,7 +496,7 @@ def _check_training_forward(model: nn.Module, x: torch.Tensor, dev: torch.device
         )
     # NaN weights are reported as divergence, later.
     if bool(torch.isfinite(one[:2]).all()) and bool(torch.isfinite(other[:2]).all()):
-        scale = float(one[:2].abs().max()) if one.numel() else 0.0
+        scale = float(one[:2].detach().abs().max()) if one.numel() else 0.0
         if not torch.allclose(one[:2], other[:2], rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
             raise ValueError(
                 "the model's output for a sample depends on the other samples of its batch "

@@ -7,12 +7,20 @@ FedNova reaches the true optimum, the mean of the e_i.
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from shoal.algorithms import LocalWork, fedavg, fednova
+from shoal.attacks import sign_flip
+from shoal.compress.cast import Cast
+from shoal.runtime.inbox import Inbox
 from shoal.runtime.sim import SimRuntime
-from shoal.schedule import Stragglers
+from shoal.runtime.transmit import transmit_each
+from shoal.schedule import ClientSampler, Stragglers
+from shoal.train import TrainConfig, train
 
 TAUS = (1, 2, 4)
 
@@ -100,3 +108,63 @@ def test_unequal_work_differs_from_fedavg(problem, run):
     avg = run(problem, fedavg(0.2), **cfg)
     nova = run(problem, fednova(0.2), **cfg)
     assert (nova.params - avg.params).abs().max() > 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountingBf16(Cast):
+    """bf16 (257 steps go as 256), recording the length of every vector it compresses."""
+
+    sent: list = dataclasses.field(default_factory=list, compare=False)
+
+    def compress(self, x_D, state):
+        self.sent.append(x_D.numel())
+        return super().compress(x_D, state)
+
+
+class _OneParameter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return self.x.expand(inp.shape[0], 1)
+
+
+class _Rows:
+    linear = False
+
+    def __call__(self, inbox_ND, weights_N):
+        return inbox_ND.mean(0)
+
+
+def test_tau_travels_uncompressed_and_unattacked_even_for_a_one_parameter_model():
+    """FedNova names tau among its statistics: by shape alone, its [W, 1] entry is model-sized
+    when the model has one parameter, and was compressed (bf16 sends 257 steps as 256, so
+    tau_eff was wrong) and crafted by attacks as if it were a delta."""
+    stats = fednova(0.1).statistics
+    msg = {"normalized_delta": torch.tensor([[0.5], [0.25]]), "tau": torch.tensor([[257.0], [3.0]])}
+    bf = _CountingBf16(torch.bfloat16)
+    got, _ = transmit_each(bf, msg, [0, 1], {}, 1, statistics=stats)
+    assert torch.equal(got["tau"], msg["tau"]) and bf.sent == [1, 1]  # the deltas alone
+    inbox = Inbox(
+        _Rows(), 1, attack=sign_flip(), byzantine=np.array([False, True]), statistics=stats
+    )
+    inbox.add(msg, torch.ones(2), np.arange(2))
+    out = inbox.result()
+    assert torch.equal(out["tau"], msg["tau"].mean(0))  # the Byzantine row's tau as it was
+    assert float(out["normalized_delta"]) == 0.0  # its delta: the flipped honest one, -0.5
+
+
+def test_a_one_parameter_fednova_run_compresses_only_its_deltas(label_problem):
+    problem = label_problem((3, 5))
+    problem.build = lambda: _OneParameter()  # labels 0 and 1 pull it apart
+
+    def loss(out, y):
+        return 0.5 * (out[:, 0] - y.to(out.dtype)) ** 2
+
+    bf = _CountingBf16(torch.bfloat16)
+    cfg = TrainConfig(rounds=2, sampler=ClientSampler(2), work=LocalWork(epochs=1, batch_size=1),
+                      progress=False, device="cpu")  # fmt: skip
+    train(problem.model(), problem.data, problem.clients, fednova(0.1), cfg,
+          compressor=bf, loss_fn=loss)  # fmt: skip
+    assert bf.sent == [1] * 4  # 2 clients x 2 rounds, one delta each; tau went raw

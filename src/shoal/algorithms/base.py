@@ -21,7 +21,10 @@ code broadcasts whether the runtime trains one client at a time or thousands at 
 
 Under a lossy uplink compressor the server receives ``decompress(C(msg))``; an algorithm whose
 client state must agree with the server's (SCAFFOLD's ``c_k``) names it in an optional
-``tracks = {message key: client-state key}``, see :mod:`shoal.runtime.transmit`.
+``tracks = {message key: client-state key}``, see :mod:`shoal.runtime.transmit`. Message keys
+that are per-client numbers rather than model-sized vectors (FedNova's ``tau``) are named in
+an optional ``statistics``: they travel uncompressed and attacks leave them alone, whatever
+the model's size (by shape alone, a ``[W, 1]`` entry is model-sized for a one-parameter model).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ step) arrive as ``-0.3``. A residual in model units would be exact in that case 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,6 +45,7 @@ class FedNova(StatelessClient):
 
     lr: float
     name: str = "fednova"
+    statistics: ClassVar[frozenset[str]] = frozenset({"tau"})  # sent as it is, never attacked
 
     def __post_init__(self) -> None:
         check_lr("lr", self.lr)

@@ -27,7 +27,7 @@ from shoal.attacks.base import Attack
 from shoal.compress.base import Compressor, identity
 from shoal.compress.feedback import without_feedback
 from shoal.runtime.base import RoundTask
-from shoal.runtime.transmit import transmit_each
+from shoal.runtime.transmit import model_sized, statistics_of, transmit_each
 from shoal.types import Message
 
 
@@ -41,6 +41,7 @@ class Inbox:
         compressor: Compressor | None = None,
         clients: np.ndarray | None = None,
         round_idx: int = 0,
+        statistics: frozenset[str] = frozenset(),
     ) -> None:
         """``byzantine`` and ``clients`` are per task position; ``compressor`` is the uplink's,
         through which the Byzantine clients send their crafted rows (``round_idx`` keys its
@@ -57,6 +58,7 @@ class Inbox:
         self.compressor = compressor if compressor is not None else identity()
         self.clients = clients
         self.round_idx = round_idx
+        self.statistics = statistics  # message keys attacks leave alone (FedNova's tau)
         self.sent: dict[int, int] = {}
         """Task position -> bytes a Byzantine client's crafted message took (set by result)."""
 
@@ -71,6 +73,7 @@ class Inbox:
             task.compressor,
             task.clients,
             task.round_idx,
+            statistics_of(task.algorithm),
         )
 
     def add(self, msg: Message, w_W: torch.Tensor, positions: np.ndarray) -> None:
@@ -128,7 +131,7 @@ class Inbox:
         crafted = {}
         for k, v in inbox.items():
             rows = v[bad.to(v.device)]
-            if v.shape[-1] == self.num_params:
+            if model_sized(k, v, self.num_params, self.statistics):
                 rows = attack(v[~bad.to(v.device)], len(positions)).to(v.dtype)
             crafted[k] = rows
         ids = [int(c) for c in (positions if self.clients is None else self.clients[positions])]
@@ -143,11 +146,12 @@ class Inbox:
             {},
             self.num_params,
             stream=(self.round_idx,),
+            statistics=self.statistics,
         )
         self.sent = {int(p): int(b) for p, b in zip(positions, sent_F)}
         out = {}
         for k, v in inbox.items():
-            if v.shape[-1] == self.num_params:
+            if model_sized(k, v, self.num_params, self.statistics):
                 v = v.clone()
                 v[bad.to(v.device)] = received[k]
             out[k] = v

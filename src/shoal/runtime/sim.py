@@ -44,7 +44,7 @@ from shoal.runtime.base import (
 from shoal.runtime.fused import fused_train, linear_chain, stacked_plan
 from shoal.runtime.inbox import Inbox
 from shoal.runtime.loop import ClientLoop
-from shoal.runtime.transmit import track, transmit_each
+from shoal.runtime.transmit import statistics_of, track, transmit_each
 from shoal.types import ClientState, Message
 
 
@@ -232,7 +232,13 @@ class SimRuntime:
             msg, new_state = task.algorithm.upload(params, task.down, cstate, steps_W1)
             tracked = getattr(task.algorithm, "tracks", None)
             received, sent_W = transmit_each(
-                task.compressor, msg, ids, store.compressor, task.spec.num_params, tracked
+                task.compressor,
+                msg,
+                ids,
+                store.compressor,
+                task.spec.num_params,
+                tracked,
+                statistics=statistics_of(task.algorithm),
             )
             new_state = track(tracked, cstate, new_state, received, task.compressor)
             for j, c in enumerate(ids):

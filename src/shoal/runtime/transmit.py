@@ -2,8 +2,9 @@
 
 Each client's message tensors of model size (``[W, D]``: deltas, SCAFFOLD's control-variate
 updates) go through the compressor one client at a time; the receiver sees the decompressed
-tensors and the ledger is charged ``compressor.nbytes`` of what was really produced. Smaller
-tensors (FedNova's ``tau``, one number per client) travel uncompressed in the same framing.
+tensors and the ledger is charged ``compressor.nbytes`` of what was really produced. Other
+tensors (FedNova's ``tau``, one number per client, which the algorithm names among its
+``statistics``: see :func:`model_sized`) travel uncompressed in the same framing.
 A client's compressor state (error feedback's residual, a random-k counter) lives in the
 client store next to its algorithm state, created on first participation with the client's own
 seed for private randomness (:func:`shoal.compress.init_for_worker`): two clients sending the
@@ -19,7 +20,7 @@ sum and already carries what was not sent, so these keys go without error feedba
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,20 @@ from shoal.compress.feedback import without_feedback
 from shoal.types import ClientState, Message
 
 _RAW = identity()
+
+
+def model_sized(
+    key: str, value: torch.Tensor, num_params: int, statistics: Collection[str]
+) -> bool:
+    """Whether message entry ``key`` is a model-sized vector per client (compressed, and what
+    attacks craft): its last dimension is the model's, and the algorithm does not name it
+    among its per-client ``statistics`` (FedNova's ``[W, 1]`` tau has the model's size when
+    the model has one parameter, and was compressed and attacked as a delta)."""
+    return value.shape[-1] == num_params and key not in statistics
+
+
+def statistics_of(algorithm: Any) -> frozenset[str]:
+    return frozenset(getattr(algorithm, "statistics", ()))
 
 
 def transmit(
@@ -52,6 +67,7 @@ def transmit_each(
     num_params: int,
     tracked: Mapping[str, str] | None = None,
     stream: tuple[int, ...] = (),
+    statistics: Collection[str] = (),
 ) -> tuple[Message, np.ndarray]:
     """:func:`transmit`, with the bytes each client sent (int64, in ``clients`` order);
     the keys of ``tracked`` go without error feedback. A state made here is seeded by the
@@ -61,7 +77,7 @@ def transmit_each(
     received: Message = {}
     sent_W = np.zeros(len(clients), dtype=np.int64)
     for index, (key, value) in enumerate(msg.items()):
-        if value.shape[-1] != num_params or isinstance(compressor, Identity):
+        if not model_sized(key, value, num_params, statistics) or isinstance(compressor, Identity):
             sent_W += [_RAW.nbytes({"values": row}) for row in value]
             received[key] = value
             continue
