@@ -27,6 +27,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, Any]:
             s[system].update({k: _median(rows, k) for k in ("maxrss_mib", "tree_pss_mib")})
             s[system]["tree_rss_mib"] = _median(rows, "tree_rss_mib")
             s[system]["timed_out"] = any(r["timed_out"] for r in rows)
+            s[system]["failed"] = any(r["failed"] for r in rows)
     fl, sh = s.get("flower"), s.get("shoal")
     if fl and sh and fl["wall_s"] and sh["wall_s"]:
         s["speedup"] = fl["wall_s"] / sh["wall_s"]
@@ -59,7 +60,11 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
             if system not in s:
                 continue
             r = s[system]
-            wall = "timeout" if r["wall_s"] is None else f"{r['wall_s']:.2f}"
+            # A failed run is not a timeout: it stopped on an error (its line is printed below).
+            if r["failed"]:
+                wall = "failed"
+            else:
+                wall = "timeout" if r["wall_s"] is None else f"{r['wall_s']:.2f}"
             if system == "shoal":
                 mem, ratio = f"{r['maxrss_mib'] or 0:.0f} (maxrss)", ""
             else:
@@ -69,8 +74,16 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
                     ratio += f" (>= {s['speedup_at_least']:.1f}x: timeout)"
             acc = "n/a" if r["final_accuracy"] is None else f"{r['final_accuracy']:.4f}"
             print(fmt.format(system, label, wall, mem, acc, ratio))
+    for r in failures(results):
+        print(f"{r['system']}/{r['model']} failed (rc={r['returncode']}): {r['error']}")
     print("\n" + results["statement"])
     print("headline:", json.dumps(results["headline"]))
+
+
+def failures(results: dict[str, Any]) -> list[dict]:
+    """The runs that stopped on an error (not at the timeout)."""
+    comparisons = results["comparisons"].values()
+    return [r for c in comparisons for rows in c["runs"].values() for r in rows if r["failed"]]
 
 
 def shown(path: str) -> str:

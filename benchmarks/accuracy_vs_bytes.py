@@ -582,10 +582,15 @@ def main() -> None:
         metavar="S,S,...",
         help="as --seeds, for dense and --long-only over --long-rounds rounds",
     )
-    ap.add_argument("--target-acc", type=float, default=0.9, help="for 'round/bytes to' columns")
+    ap.add_argument(
+        "--target-acc",
+        type=_args.float_in(0, 1, lo_open=True),  # a fraction: 0.9 is 90%
+        default=0.9,
+        help="for 'round/bytes to' columns (a fraction, 0.9 = 90%%)",
+    )
     ap.add_argument(
         "--threads",
-        type=int,
+        type=_args.positive_int,
         default=1,
         help="torch threads (1: on 2 shared cores, 2 threads ran 13x slower when another "
         "process held a core)",
@@ -610,8 +615,7 @@ def main() -> None:
         for key, _, label, _ in CONFIGS:
             print(f"{key:<18} {label}{'  (--all)' if key in EXTRA else ''}")
         return
-    if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
+    _args.check_mnist5k(ap, a.data_dir)
     torch.set_num_threads(a.threads)
     if a.quick:
         keys = QUICK

@@ -280,15 +280,13 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=_args.positive_int, default=16, help="payloads the server reduces"
     )
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--device", type=_args.device, default="cpu", help="cpu | cuda | cuda:N | auto")
     ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     a = ap.parse_args()
     if a.size < MIN_SIZE:  # else a ValueError traceback from PowerSGD, mid-run
         ap.error(f"--size must be >= {MIN_SIZE:,} (PowerSGD's inputs), got {a.size:,}")
     reps = 3 if a.quick else a.reps
     torch.set_num_threads(a.threads)
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {a.device}: CUDA is not available here")
     dev = torch.device(a.device)
     x = torch.randn(a.size, generator=torch.Generator().manual_seed(0)).to(dev)
     where = (

@@ -42,7 +42,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +67,11 @@ FLAGS = {
 
 WARMING_UP = frozenset({"dgc"})
 """Configurations whose step cost changes over the run (DGC's sparsity warm-up)."""
+
+PERIODIC = dict.fromkeys(("local_sgd", "local_sgd_topk", "local_sgd_powersgd"), "local_period")
+"""Configurations that average every ``period`` steps (the measured run's flag): simulated for
+fewer ``--steps`` they never average, and their prediction is the compute alone. (EASGD's
+period is not here: it is not predicted.)"""
 
 
 def simulation_config(a: argparse.Namespace, steps: int) -> ParallelConfig:
@@ -165,29 +169,11 @@ def dgc_codec_seconds_per_element(rule: Any, numel: int, steps: int, repeats: in
     return total / steps / numel
 
 
-def json_of(benchmark: str) -> Callable[[str], Path]:
-    """An argparse type: the path of a ``<benchmark>.py --json``; a missing file or another
-    JSON is a usage error (they were tracebacks)."""
-
-    def parse(text: str) -> Path:
-        try:
-            data = json.loads(Path(text).read_text())
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"{text}: {e.strerror}") from None
-        except ValueError:  # not JSON
-            data = None
-        if not isinstance(data, dict) or data.get("benchmark") != benchmark:
-            raise argparse.ArgumentTypeError(f"{text}: not a {benchmark}.py --json")
-        return Path(text)
-
-    return parse
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--shaped",
-        type=json_of("shaped_network"),
+        type=_args.json_of("shaped_network"),
         nargs="+",
         default=[Path("benchmarks/results/shaped_network_all.json")],
         help="measured runs (shaped_network.py --json) of one setup; a later file's "
@@ -198,7 +184,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--probe",
-        type=json_of("transport_probe"),
+        type=_args.json_of("transport_probe"),
         help="transport_probe.py --json of the same links: also predict on its fitted links",
     )
     ap.add_argument("--json", type=_args.json_path, help="write all figures here")
@@ -226,6 +212,13 @@ def main() -> None:
          "--momentum", str(setup["momentum"]), "--seed", str(setup["seed"]), "--out", "."]
         + [f"--{FLAGS[k]}={v}" for k, v in hyper.items()]
     )  # fmt: skip
+    periods = {c: getattr(a, PERIODIC[c]) for cs in summary.values() for c in cs if c in PERIODIC}
+    if periods and args.steps < max(periods.values()):
+        config = max(periods, key=periods.__getitem__)
+        ap.error(
+            f"--steps must be >= {periods[config]}, {config}'s averaging period in "
+            f"{args.shaped[0]}: with fewer it never averages; got {args.steps}"
+        )
     torch.set_num_threads(1)
     print(
         f"Cost model vs {', '.join(map(str, args.shaped))} "

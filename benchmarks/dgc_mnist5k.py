@@ -35,10 +35,12 @@ a parameter.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
 import platform
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,17 @@ DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist5k"
 def shown(path: Path | str) -> str:
     """A path relative to the repository root (no machine paths in the output)."""
     return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def training_images(data_dir: str) -> int | None:
+    """The number of training images, from the IDX header of ``train-images-idx3-ubyte.gz``
+    (no loading); None if the header cannot be read (the loading will then say why)."""
+    try:
+        with gzip.open(Path(data_dir) / "train-images-idx3-ubyte.gz") as f:
+            magic, count = struct.unpack(">II", f.read(8))
+    except (OSError, EOFError, struct.error):
+        return None
+    return count if magic == 0x803 else None
 
 
 def last_round_after_warmup(rows: list[dict[str, Any]], warm: int) -> int | None:
@@ -195,10 +208,11 @@ def main() -> None:
         "--rounds", type=_args.positive_int, default=600, help="rounds (= synchronous SGD steps)"
     )
     ap.add_argument("--batch-size", type=_args.positive_int, default=32, help="per worker")
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--momentum", type=float, default=0.9)
+    # Checked now: dgc() refused a bad one only once the dense run (~3 min) was over.
+    ap.add_argument("--lr", type=_args.positive_float, default=0.05)
+    ap.add_argument("--momentum", type=_args.float_in(0, 1, hi_open=True), default=0.9)
     ap.add_argument("--density", type=float, default=0.001)
-    ap.add_argument("--warmup-epochs", type=int, default=4)
+    ap.add_argument("--warmup-epochs", type=_args.non_negative_int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=_args.positive_int, default=25)
     ap.add_argument("--threads", type=_args.positive_int, default=1)
@@ -218,8 +232,9 @@ def main() -> None:
     a = ap.parse_args()
     if not 0 < a.density <= 1:  # else refused by dgc() only after the whole dense run
         ap.error(f"--density must be in (0, 1], got {a.density}")
-    if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
+    _args.check_mnist5k(ap, a.data_dir)
+    if (n := training_images(a.data_dir)) is not None and a.workers > n:  # else a shard is empty
+        ap.error(f"--workers must be <= {n}, the training images in {a.data_dir}, got {a.workers}")
     torch.set_num_threads(a.threads)
     started = time.perf_counter()
     results = {}
@@ -257,6 +272,7 @@ def main() -> None:
         )
         + ")."
     )
+    print("\n" + statement)  # what was compared, on what (the JSON's statement)
     drop, fewer = headline["dgc_acc_drop"], headline["dgc_byte_reduction"]
     if after is not None:
         per_round = f"{after:.0f}x per round after the warm-up"

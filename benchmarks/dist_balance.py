@@ -138,6 +138,7 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     if unknown := [m for m in models if m not in ("mlp", "cnn")]:
         p.error(f"--models: unknown model(s) {unknown}; choose from mlp, cnn")
+    _args.check_mnist5k(p, args.data_dir)
     torch.set_num_threads(1)
     _, clients = wl.load(args.data_dir)
     sizes = np.array([len(c) for c in clients])

@@ -81,11 +81,18 @@ def main() -> None:
     )
     ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     a = ap.parse_args()
-    if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
+    _args.check_mnist5k(ap, a.data_dir)
     if not 1 <= a.acc_steps <= a.steps:
         raise SystemExit("--acc-steps must be in [1, --steps]")
     torch.set_num_threads(a.threads)
+    statement = (
+        f"mnist5k ({shown(a.data_dir)}), cnn(padding='valid') (582,026 parameters, init seed "
+        f"{a.seed}) after {a.steps} SGD steps (lr 0.05, momentum 0.9, batch 64); profile = mean "
+        f"of the last {a.acc_steps} minibatch gradients. L-GreCo knapsack DP (alpha = 1, 10,000 "
+        "buckets) per weight tensor; bytes are the weight tensors' serialized payloads (biases "
+        f"dense in both). {a.threads} torch thread(s), torch {torch.__version__}."
+    )
+    print(statement + "\n")  # what is compared, on what (also the JSON's statement)
     started = time.perf_counter()
     shapes, names, grad = gradient(a)
     weights = [n for n, s in zip(names, shapes) if len(s) > 1]
@@ -130,13 +137,6 @@ def main() -> None:
         "lgreco_error_vs_budget": results["powersgd"]["error_vs_budget"],
         **{f"lgreco_bytes_vs_uniform_{k}": r["bytes_vs_uniform"] for k, r in results.items()},
     }
-    statement = (
-        f"mnist5k ({shown(a.data_dir)}), cnn(padding='valid') (582,026 parameters, init seed "
-        f"{a.seed}) after {a.steps} SGD steps (lr 0.05, momentum 0.9, batch 64); profile = mean "
-        f"of the last {a.acc_steps} minibatch gradients. L-GreCo knapsack DP (alpha = 1, 10,000 "
-        "buckets) per weight tensor; bytes are the weight tensors' serialized payloads (biases "
-        f"dense in both). {a.threads} torch thread(s), torch {torch.__version__}."
-    )
     report = {
         "statement": statement,
         "settings": {

@@ -48,7 +48,13 @@ def main() -> None:
     ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     ap.add_argument("--md", help="markdown table (default, full run: results/robustness*.md)")
     ap.add_argument("--png", help="heat map (default, full run: docs/img/robustness*.png)")
-    ap.add_argument("--render", metavar="JSON", help="no training: redraw --md/--png from JSON")
+    ap.add_argument(
+        "--render",
+        # Its JSON has no "benchmark" field: known by what the table and heat map read.
+        type=_args.json_of("robustness", keys=("command", "setup", "aggregators", "results")),
+        metavar="JSON",
+        help="no training: redraw --md/--png from JSON",
+    )
     args = ap.parse_args()
     if args.rounds is not None and args.rounds < 1:  # 0 ran the default rounds, silently
         ap.error(f"--rounds must be >= 1, got {args.rounds}")

@@ -179,11 +179,18 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=_args.positive_int, default=3)
     ap.add_argument("--repeats", type=_args.positive_int, default=3, help="runs of each (K, mode)")
-    ap.add_argument("--threads", type=int, default=0, help="0: PyTorch's default, one per core")
+    ap.add_argument(
+        "--threads",
+        type=_args.non_negative_int,  # 0 means something here, a negative number nothing
+        default=0,
+        help="0: PyTorch's default, one per core",
+    )
     ap.add_argument("--budget-mb", type=float, default=1024.0)
     ap.add_argument("--looped-max", type=int, default=10000, help="skip the loop above this K")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument(
+        "--device", type=_args.device, default="auto", help="auto | cpu | cuda | cuda:N"
+    )
     ap.add_argument("--json", type=_args.json_path, help="write all figures here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -197,12 +204,6 @@ def main() -> None:
 
     import torch
 
-    from shoal.runtime.sim import resolve_device
-
-    try:
-        args.device = str(resolve_device(args.device))
-    except ValueError as e:
-        ap.error(str(e))
     peak = matmul_gflops(args.threads, args.device)
     args.threads = torch.get_num_threads()
     gpu = args.device.startswith("cuda")

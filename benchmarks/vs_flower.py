@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _args  # noqa: E402
 import _measure  # noqa: E402
 import _workload as wl  # noqa: E402
-from _report import report, shown, statement, summarize  # noqa: E402
+from _report import failures, report, shown, statement, summarize  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -144,6 +144,9 @@ def launch(system: str, model: str, a: argparse.Namespace, work: Path, **extra: 
     m = _measure.run(cmd, env=env, log=work / "log.txt", timeout=a.timeout, interval=a.interval)
     row: dict[str, Any] = {"system": system, "model": model, **vars(m)}
     row["timed_out"] = m.returncode is None
+    # A worker that stopped on its own without a result failed: not a timeout (it was
+    # reported as one, and the script still exited 0).
+    row["failed"] = not row["timed_out"] and not (m.returncode == 0 and out.exists())
     if m.returncode == 0 and out.exists():
         row.update(json.loads(out.read_text()))
         row["final_accuracy"] = row["accuracy"][-1]
@@ -151,6 +154,7 @@ def launch(system: str, model: str, a: argparse.Namespace, work: Path, **extra: 
         tail = (work / "log.txt").read_text(errors="replace")[-3000:]
         print(f"  {system}/{model} failed (rc={m.returncode}); log tail:\n{tail}", flush=True)
         row["error_log_tail"] = tail
+        row["error"] = ([line for line in tail.splitlines() if line.strip()] or [""])[-1]
     return row
 
 
@@ -186,15 +190,22 @@ def compile_bytecode() -> None:
 
 
 def _brief(r: dict) -> str:
+    if r["failed"]:
+        return f"failed (rc={r['returncode']}): {r['error']}"
     acc = r.get("final_accuracy")
     return f"wall {r['wall_s']:.2f} s, acc {acc if acc is None else round(acc, 4)}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default="mlp,cnn", help="comma-separated; 'none' for no W runs")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument(
+        "--models",
+        type=_args.names(("mlp", "cnn"), none="none"),
+        default="mlp,cnn",
+        help="comma-separated; 'none' for no W runs",
+    )
+    p.add_argument("--repeats", type=_args.positive_int, default=3)
+    p.add_argument("--rounds", type=_args.positive_int, default=20)
     p.add_argument("--quick", action="store_true", help="1 repeat")
     p.add_argument("--skip-flower", action="store_true", help="Shoal only")
     p.add_argument("--scale1000", action="store_true", help="also 1,000 clients/round, MLP, 3 r")
@@ -202,7 +213,7 @@ def main() -> None:
     p.add_argument("--json", type=_args.json_path, help="write all figures here")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_args.non_negative_int,
         default=0,
         help="torch threads of the Shoal worker (0: PyTorch's default, one per core)",
     )
@@ -223,8 +234,7 @@ def main() -> None:
         return
     if a.quick:
         a.repeats = 1
-    if not (Path(a.data_dir) / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"no mnist5k in {a.data_dir}; pass --data-dir")
+    _args.check_mnist5k(p, a.data_dir)
     models = [m for m in a.models.split(",") if m and m != "none"]
     compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="svf-"))
@@ -254,6 +264,8 @@ def main() -> None:
     if a.json:
         results["settings"]["json"] = shown(a.json)
     report(results, a)
+    if failed := failures(results):  # no figures to keep: a JSON already there stays as it was
+        raise SystemExit(f"{len(failed)} run(s) failed (above); no JSON written")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -78,6 +78,7 @@ def launch(cfg: Path, out: Path, nproc: int, *, kill: str | None, restarts: int)
     # Only shoal's own one-line verdict; torchrun's log lines name this machine's paths.
     last_line = last if last.startswith("shoal:") else ""
     return {
+        "error": last,  # for the terminal only, if the job should not have failed
         "returncode": proc.returncode,
         "wall_seconds": wall,
         "rounds_done": len(rows),
@@ -85,6 +86,12 @@ def launch(cfg: Path, out: Path, nproc: int, *, kill: str | None, restarts: int)
         "last_stderr_line": last_line,
         "rows": rows,
     }
+
+
+def must_succeed(job: dict, name: str) -> None:
+    """Stop on a failed job, in one line: the later jobs and figures would mean nothing."""
+    if job["returncode"] != 0:
+        raise SystemExit(f"job {name} failed (rc {job['returncode']}): {job['error']}")
 
 
 def same_run(a: Path, b: Path, rows_a: list[dict], rows_b: list[dict]) -> dict[str, Any]:
@@ -110,6 +117,7 @@ def main() -> None:
         ap.error(
             f"--kill-round must be in 1..{a.rounds - 1} (--rounds {a.rounds}), got {a.kill_round}"
         )
+    _args.check_mnist5k(ap, a.data_dir)
     kill = f"1:{a.kill_round}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -120,8 +128,12 @@ def main() -> None:
             f"SIGKILLed after round {a.kill_round} in jobs 2 and 3."
         )
         clean = launch(cfg, root / "clean", a.nproc, kill=None, restarts=0)
+        must_succeed(clean, "1 (uninterrupted)")
         restarted = launch(cfg, root / "restarted", a.nproc, kill=kill, restarts=1)
+        must_succeed(restarted, "2 (killed + restarted)")
         failed = launch(cfg, root / "failed", a.nproc, kill=kill, restarts=0)
+        if not failed["rows"]:  # it must fail, but after some rounds: the figure is the wait
+            raise SystemExit(f"job 3 (killed, no restarts) wrote no metrics: {failed['error']}")
         equal = (
             same_run(root / "clean", root / "restarted", clean["rows"], restarted["rows"])
             if clean["returncode"] == restarted["returncode"] == 0
@@ -129,6 +141,7 @@ def main() -> None:
         )
     for r in (clean, restarted, failed):
         r.pop("rows")
+        r.pop("error")
     overhead = restarted["wall_seconds"] - clean["wall_seconds"]
     detect = failed["seconds_after_last_metrics_write"]
     print(f"1. uninterrupted:        {clean['wall_seconds']:6.1f} s, rc {clean['returncode']}")

@@ -92,6 +92,7 @@ def _no_work(*args: Any, **kwargs: Any) -> NoReturn:
 
 
 SHAPED = "not a shaped_network.py --json"
+DEVICE = "--device: device 'bogus': use 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
 @pytest.mark.parametrize(
@@ -118,6 +119,44 @@ SHAPED = "not a shaped_network.py --json"
         ("dgc_mnist5k", ["--density", "0"], ["run_one", "run_one_parallel"],
          "--density must be in (0, 1]"),
         ("compress", ["--size", "1000000"], ["transformer_shapes"], "--size must be >= 10,000,000"),
+        # An unknown model, 0 rounds or 0 repeats ran nothing (or failed), exit 0.
+        ("vs_flower", ["--models", "mlp,bogus"], ["compile_bytecode", "launch"],
+         "--models: unknown ['bogus']; choose from mlp, cnn"),
+        ("vs_flower", ["--rounds", "0"], ["compile_bytecode", "launch"], "--rounds: must be >= 1"),
+        ("vs_flower", ["--repeats", "0"], ["compile_bytecode", "launch"],
+         "--repeats: must be >= 1"),
+        # A missing data folder: job 1 failed, then a TypeError; or a FileNotFoundError.
+        ("worker_kill", ["--data-dir", "missing"], ["launch"],
+         "no mnist5k in missing; pass --data-dir"),
+        ("dist_balance", ["--data-dir", "missing", "--models", "mlp"], ["load_ratios", "timed"],
+         "no mnist5k in missing; pass --data-dir"),
+        # dgc() refused these only after the dense run (~3 min).
+        ("dgc_mnist5k", ["--momentum", "1.5"], ["run_one", "run_one_parallel"],
+         "--momentum: must be in [0, 1), got 1.5"),
+        ("dgc_mnist5k", ["--momentum", "1"], ["run_one", "run_one_parallel"],
+         "--momentum: must be in [0, 1), got 1.0"),
+        ("dgc_mnist5k", ["--lr", "-1"], ["run_one", "run_one_parallel"],
+         "--lr: must be > 0, got -1.0"),
+        ("dgc_mnist5k", ["--warmup-epochs", "-1"], ["run_one", "run_one_parallel"],
+         "--warmup-epochs: must be >= 0, got -1"),
+        # set_num_threads' RuntimeError; a target of 2 (it is a fraction) ran the whole grid.
+        ("accuracy_vs_bytes", ["--threads", "0"], ["run_all"], "--threads: must be >= 1, got 0"),
+        ("accuracy_vs_bytes", ["--target-acc", "2"], ["run_all"],
+         "--target-acc: must be in (0, 1], got 2.0"),
+        ("accuracy_vs_bytes", ["--target-acc", "0"], ["run_all"],
+         "--target-acc: must be in (0, 1], got 0.0"),
+        ("scale", ["--threads", "-1"], ["matmul_gflops", "run_worker"],
+         "--threads: must be >= 0, got -1"),
+        # One device check for both scripts (compress.py's was a torch traceback).
+        ("scale", ["--device", "bogus"], ["matmul_gflops", "run_worker"], DEVICE),
+        ("compress", ["--device", "bogus"], ["transformer_shapes"], DEVICE),
+        ("robustness", ["--render", "missing.json"], [], "missing.json: No such file or directory"),
+        ("robustness", ["--render", str(BENCH / "results" / "aggregate.json")], [],
+         "not a robustness.py --json"),
+        # Fewer steps than local SGD's period: it never averaged, a nonsense row.
+        ("cost_model_check",
+         ["--shaped", str(BENCH / "results" / "shaped_network_all.json"), "--steps", "4"],
+         ["own_compute_seconds"], "--steps must be >= 8, local_sgd's averaging period"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_a_usage_error_before_any_work(
