@@ -234,8 +234,10 @@ def main() -> None:
         return
     if a.quick:
         a.repeats = 1
-    _args.check_mnist5k(p, a.data_dir)
     models = [m for m in a.models.split(",") if m and m != "none"]
+    if not models and not a.scale1000:  # it ran nothing and wrote an empty JSON, exit 0
+        p.error("--models none compares nothing without --scale1000")
+    _args.check_mnist5k(p, a.data_dir)
     compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="svf-"))
     results: dict[str, Any] = {"comparisons": {}, "headline": {}}

@@ -125,6 +125,8 @@ DEVICE = "--device: device 'bogus': use 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ("vs_flower", ["--rounds", "0"], ["compile_bytecode", "launch"], "--rounds: must be >= 1"),
         ("vs_flower", ["--repeats", "0"], ["compile_bytecode", "launch"],
          "--repeats: must be >= 1"),
+        ("vs_flower", ["--models", "none"], ["compile_bytecode", "launch"],
+         "--models none compares nothing without --scale1000"),
         # A missing data folder: job 1 failed, then a TypeError; or a FileNotFoundError.
         ("worker_kill", ["--data-dir", "missing"], ["launch"],
          "no mnist5k in missing; pass --data-dir"),
