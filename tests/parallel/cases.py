@@ -234,9 +234,27 @@ def dist_worker(names: list[str], out_dir: str, stragglers: bool) -> dict[str, A
     for message in gather_sequence(ctx.rank):
         got["gather_sequence"].append(comm.all_gather_payloads([message]))
         got["gather_capacity"].append(comm._capacity)
+    got["nan_one_worker"] = nan_on_one_worker(ctx)
     if stragglers:
         got.update(straggling(ctx, slow=1, factor=5.0))
     return got
+
+
+def nan_on_one_worker(ctx: Any) -> str:
+    """What stops a run whose worker 1 alone meets NaN features under error_feedback(fp16):
+    the compressor's own check stopped that process alone, and the others died in their next
+    collective with gloo's "connection closed by peer" instead of the divergence message."""
+    from shoal.compress import fp16
+    from shoal.parallel import DistComm
+
+    data, parts = tiny_data(), shards(ctx.world_size)
+    data.train.x[parts[1][:3], 0] = float("nan")
+    alg = sync_sgd(0.2, compressor=error_feedback(fp16()))
+    try:
+        train_parallel(tiny_model(), data, parts, alg, config(steps=6), DistComm(ctx))
+    except FloatingPointError as e:
+        return str(e)
+    return "finished"
 
 
 STRAGGLER_STEPS = 30

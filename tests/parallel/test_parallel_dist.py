@@ -157,6 +157,12 @@ def test_gathers_that_fit_the_learned_capacity_or_outgrow_it_are_exact(runs):
     assert largest[1] == largest[0] and largest[2] > largest[1] * 33 / 32 > largest[3]
 
 
+def test_a_nan_on_one_worker_stops_every_process_with_the_same_message(runs):
+    _, got = runs
+    said = {g["nan_one_worker"] for g in got}
+    assert len(said) == 1 and said.pop().startswith("step 2: the test loss is nan")
+
+
 def test_stragglers_keep_training_sgp_and_async_easgd(spawned):
     got = spawned(4)
     init_loss = _initial_test_loss()

@@ -95,7 +95,12 @@ def test_another_setup_trains_its_own_cells(tmp_path, monkeypatch):
     assert len(set(keys)) == len(keys) == 8
 
 
-def test_without_a_file_nothing_is_kept(tmp_path):
+def test_without_a_file_nothing_is_kept(tmp_path, monkeypatch):
+    def no_store(path):
+        raise AssertionError(f"a store of finished cells was made at {path}")
+
+    monkeypatch.chdir(tmp_path)  # where a default file would land
+    monkeypatch.setattr(grid, "FinishedCells", no_store)
     report = run_grid(
         load_workload("digits", None),
         STYLE,

@@ -29,9 +29,10 @@ one buffer, bit for bit the sum; PowerSGD multiplies the stacked factors once, e
 rounding), and the others fall back to decompressing each.
 
 Compressors also say whether they are *contractive*, ``E||x - C(x)||^2 <= ||x||^2`` for every
-``x`` (:func:`is_contractive`): the premise of error feedback's analysis (Stich, Cordonnier,
-Jaggi 2018; Karimireddy et al. 2019 ask for a strict ``(1 - delta)`` factor), under which the
-residual never outgrows what it accumulated. Sparsifiers, casts, scaled sign, natural
+``x`` (:func:`is_contractive`; a compressor that meets it with equality for every ``x``, as
+rescaled random-k at ratio 0.5 does, is not): the premise of error feedback's analysis (Stich,
+Cordonnier, Jaggi 2018; Karimireddy et al. 2019 ask for a strict ``(1 - delta)`` factor), under
+which the residual never outgrows what it accumulated. Sparsifiers, casts, scaled sign, natural
 compression and PowerSGD's projection are; the unbiased quantizers with a large variance, the
 rescaled random-k and the count sketch's estimate are not, and :func:`error_feedback` warns.
 

@@ -19,13 +19,18 @@ PowerSGD (``M - P Q^T`` by one fused product per matrix: equal to the subtractio
 rounding, 3.5x less time for the 1.66M-parameter CNN).
 
 Error feedback assumes a contractive compressor, ``E||x - C(x)||^2 <= ||x||^2``
-(:func:`shoal.compress.is_contractive`); wrapping one that declares otherwise (QSGD with few
-levels per bucket, TernGrad, rescaled random-k, the count sketch) warns, since its residual can
-grow without bound (a count sketch under error feedback diverged on workload W).
+(:func:`shoal.compress.is_contractive`; rescaled random-k at ratio 0.5 meets it with equality
+for every ``x`` and is counted out: its residual did a random walk); wrapping one that declares
+otherwise (QSGD with few levels per bucket, TernGrad, rescaled random-k, the count sketch)
+warns, since its residual can grow without bound (a count sketch under error feedback diverged
+on workload W).
 
 A residual that would hold NaN or inf (a non-finite input, or an fp16 message past 65504) raises
-``FloatingPointError`` instead of carrying it into every later message; the sparsifiers send
-such an input's entry rather than keep it, so they raise only for the rest of it.
+``FloatingPointError`` instead of carrying it into every later message (``top_k`` sends such an
+entry rather than keep it, so it raises only for the ones it did not send). Not in a process
+group of several processes: there the others would wait for this one in their next collective;
+the NaN reaches the model through the messages, and the runs' pooled checks stop every process
+together, as before.
 
 The residual starts at zero. DGC's momentum correction and factor masking, which also touch the
 residual, belong to the algorithm (they need the optimizer's momentum).
@@ -121,7 +126,11 @@ class ErrorFeedback:
         # later (random-k sends that entry when it draws it): stop where it starts. A finite
         # sum proves every entry finite in one reduction (isfinite().all() took 20% of
         # error_feedback(top_k)'s time on 10M entries); only a sum that overflowed is rechecked.
-        if not bool(torch.isfinite(e_D.sum())) and not bool(torch.isfinite(e_D).all()):
+        if (
+            not bool(torch.isfinite(e_D.sum()))
+            and not bool(torch.isfinite(e_D).all())
+            and not _in_a_group()
+        ):
             raise FloatingPointError(
                 f"{self.name}: the residual holds NaN or inf: the input did (lower the "
                 f"learning rate, or check the data){_overflow(self.inner)}; every later "
@@ -169,6 +178,13 @@ class ErrorFeedback:
             raise TypeError(f"{self.inner.name} messages cannot be summed compressed")
         inner: Any = self.inner
         return inner.sum_payloads(payloads)
+
+
+def _in_a_group() -> bool:
+    """Whether this process is one of several of a ``torch.distributed`` group (see the module
+    docstring: one of them alone must not stop)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _overflow(inner: Compressor) -> str:

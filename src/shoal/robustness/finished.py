@@ -3,10 +3,11 @@
 A 56-cell grid trains for about ten minutes: killed (Ctrl-C, a closed terminal) or stopped by
 an error in one cell, it kept nothing, and the next run trained every cell again.
 :class:`FinishedCells` appends each finished cell to a JSON-lines file, keyed by everything its
-result depends on (the style, rounds and workload setup, a digest of the data, the split and the
-initial model, the attack's and the aggregator's settings), and hands a later grid the cells
-of the same key instead of training them. A line cut short by a kill is skipped, so that cell
-is trained again. The torch thread count is not in the key: it changes only the time.
+result depends on (the style, rounds and workload setup, a digest of the data, the split and
+the initial model, the attack's and the aggregator's reprs, Shoal's version), and hands a later
+grid the cells of the same key instead of training them. A line cut short by a kill is skipped,
+so that cell is trained again. The torch thread count is not in the key: it changes only the
+time.
 """
 
 from __future__ import annotations

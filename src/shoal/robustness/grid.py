@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import shoal
 from shoal.aggregate import NonFiniteInbox
 from shoal.algorithms import LocalWork, fedavgm
 from shoal.attacks import Byzantine, alie_z
@@ -231,6 +232,7 @@ def run_grid(
     kept = FinishedCells(finished) if finished is not None else None
     reused: list[str] = []  # the cells taken from ``finished``
     same = {k: v for k, v in setup.items() if k != "threads"}
+    same["shoal"] = shoal.__version__  # another version may train differently
     same["workload"] = workload_digest(
         [work.data.train.x, work.data.train.y, work.data.test.x, work.data.test.y, work.init],
         work.clients,
@@ -238,13 +240,14 @@ def run_grid(
 
     def cell_of(attack: Preset, agg: Preset) -> dict[str, Any]:
         assert agg.make is not None
-        behaviour = None if attack.make is None else attack.make()
+        behaviour, rule = None if attack.make is None else attack.make(), agg.make()
         if kept is None:
-            return run_cell(work, style, rounds, behaviour, agg.make())
-        key = kept.key(setup=same, attack=repr(behaviour), aggregator=agg.setting)
+            return run_cell(work, style, rounds, behaviour, rule)
+        # The instances' reprs, not the presets' texts: a changed default changes the key.
+        key = kept.key(setup=same, attack=repr(behaviour), aggregator=repr(rule))
         cell = kept.get(key)
         if cell is None:
-            cell = run_cell(work, style, rounds, behaviour, agg.make())
+            cell = run_cell(work, style, rounds, behaviour, rule)
             kept.add(key, cell)
         else:
             reused.append(f"{attack.label} x {agg.label}")
