@@ -15,15 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from bench_helpers import script
-
-
-@pytest.fixture
-def mnist_dir(tmp_path: Path) -> Path:
-    """A folder that passes the scripts' "is mnist5k there" check (nothing reads it here)."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train-images-idx3-ubyte.gz").write_bytes(b"")
-    return tmp_path / "data"
+from bench_helpers import dgc_result, script
 
 
 def _vs_flower(
@@ -170,16 +162,7 @@ def test_dgc_prints_what_it_compared(
     dgc = script("dgc_mnist5k")
 
     def run(a: argparse.Namespace, dense: bool) -> dict[str, Any]:
-        return {
-            "algorithm": "dense" if dense else "dgc",
-            "final_accuracy": 0.5,
-            "best_accuracy": 0.5,
-            "mean_last5_eval_accuracy": 0.5,
-            "total_uplink_bytes": 1000 if dense else 500,
-            "uplink_bytes_per_round_after_warmup": 100 if dense else 10,
-            "rounds_per_epoch": 16,
-            "wall_s": 0.0,
-        }
+        return dgc_result(dense, 10)
 
     monkeypatch.setattr(dgc, "run_one", run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
