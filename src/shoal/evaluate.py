@@ -29,6 +29,7 @@ def predict(
     McMahan's CNN takes about half the time.
     """
     named = spec.unflatten(params_D)
+    dtype = loss_dtype(params_D)
     if params_D.device.type == "cpu" and channels_last_fits(model, named, x):
         named = channels_last(named)
     losses, correct = [], []
@@ -37,11 +38,16 @@ def predict(
             xb = x[i : i + batch_size].to(params_D.device, non_blocking=True)
             yb = y[i : i + batch_size].to(params_D.device, non_blocking=True)
             logits = torch.func.functional_call(model, named, (xb,))
-            losses.append(loss_fn(logits, yb).float())
+            losses.append(loss_fn(logits, yb).to(dtype))
             correct.append(logits.argmax(dim=-1) == yb)
     if not losses:  # no rows (an empty test set): no scores, which pooled() makes NaN
         return params_D.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=params_D.device)
     return torch.cat(losses), torch.cat(correct)
+
+
+def loss_dtype(params_D: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for a float64 model (its loss was cut to float32's 7 digits)."""
+    return torch.promote_types(params_D.dtype, torch.float32)
 
 
 def predict_shared(
@@ -61,7 +67,7 @@ def predict_shared(
     n = len(y)
     per = -(-n // world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)
-    mine = torch.zeros(2, per, dtype=torch.float32, device=x.device)
+    mine = torch.zeros(2, per, dtype=loss_dtype(params_D), device=x.device)
     if hi > lo:  # more processes than rows leaves the last ones without any
         loss_N, correct_N = predict(model, spec, params_D, x[lo:hi], y[lo:hi], loss_fn, batch_size)
         mine[0, : hi - lo], mine[1, : hi - lo] = loss_N, correct_N

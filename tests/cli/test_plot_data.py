@@ -155,6 +155,32 @@ def test_a_half_written_last_row_is_skipped_and_a_complete_bad_row_named(
             read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [('"12"', "sim_seconds is '12', not a number"), ("[0.5]", "sim_seconds is [0.5], not a")],
+)
+def test_a_row_with_a_value_that_is_not_a_number_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str, said: str
+) -> None:
+    # "12" failed in the plotting's comparison with a bare TypeError, a list in float().
+    row = '{"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "sim_seconds": ' + value + "}"
+    (tmp_path / "metrics.jsonl").write_text(row + "\n")
+    assert shoal("plot", tmp_path, "--out", tmp_path / "p") != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"metrics.jsonl:1: {said}" in err
+
+
+def test_a_byte_order_mark_is_read_and_other_bytes_named(tmp_path: Path) -> None:
+    # An editor's BOM made a valid first row "not a JSON line"; bytes that are not UTF-8
+    # gave the codec's message, naming no file.
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"round": 1, "test_accuracy": 0.5}\n')
+    assert read_metrics(tmp_path) == [{"round": 1, "test_accuracy": 0.5}]
+    path.write_bytes(b"\xff\xfe garbage\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl: not UTF-8 text \(byte 0\)"):
+        read_metrics(tmp_path)
+
+
 def test_data_show_prints_histogram_and_writes_png(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -39,3 +39,15 @@ def test_no_rows_are_scored_as_no_samples() -> None:
     )
     assert loss_N.shape == correct_N.shape == (0,) and correct_N.dtype == torch.bool
     assert all(math.isnan(v) for v in pooled(loss_N, correct_N))
+
+
+def test_a_float64_models_loss_keeps_float64_precision() -> None:
+    # It was cast to float32: 2.2519159317 reported for 2.2519159794.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    spec = ParamSpec.of(model)
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    loss_N, _ = predict(model, spec, spec.flatten(model), x, y, cross_entropy, batch_size=7)
+    reference = nn.functional.cross_entropy(model(x), y, reduction="none")
+    assert loss_N.dtype == torch.float64
+    torch.testing.assert_close(loss_N, reference.detach(), rtol=0, atol=1e-15)

@@ -94,13 +94,14 @@ def test_ctrl_c_or_sigterm_during_a_checkpoint_save_waits_for_it(
     real = torch.save
 
     def signalled_midway(obj: object, f: object) -> None:
-        # To this thread: os.kill's process signal could reach another of torch's threads,
-        # which on a loaded machine ran its C handler after the write had ended.
         signal.raise_signal(signum)  # the handler runs here, inside the write
         real(obj, f)
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # As a command started from a terminal has it: pytest started in the background (`&`)
+        # inherits an ignored SIGINT, which _catch_signals rightly leaves alone.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         _catch_signals()
         monkeypatch.setattr(torch, "save", signalled_midway)
         with pytest.raises(KeyboardInterrupt) as stop:

@@ -18,7 +18,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
     A run killed while appending may leave a half-written last line: one without its newline
     (every row is written with one). It is skipped (a resumed run rewrites the file from its
-    checkpoint anyway); any other line that is not JSON is an error naming it.
+    checkpoint anyway); any other line that is not JSON is an error naming it, and so is a value
+    that is not a number or null (every metric is one: a hand-edited "n/a" or a list failed
+    deep inside the plotting, or named no line).
     """
     path = Path(run_dir)
     if path.name != METRICS or not path.is_file():  # the run folder, or its metrics file
@@ -26,7 +28,10 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {METRICS} (is it a run folder?)")
     rows = []
-    text = path.read_text(encoding="utf-8")
+    try:  # -sig: a byte-order mark (an editor's) made a valid first row "not a JSON line"
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); a metrics file?") from None
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
@@ -39,8 +44,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{i + 1}: not a JSON line") from None
         if not isinstance(row, dict):  # valid JSON, but not a metrics row
             raise ValueError(f"{path}:{i + 1}: not a JSON object of metrics")
+        for key, value in row.items():
+            if value is not None and (isinstance(value, bool) or not _is_number(value)):
+                raise ValueError(f"{path}:{i + 1}: {key} is {value!r}, not a number")
         rows.append(row)
     return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
 
 
 def seconds(s: float) -> str:
