@@ -47,6 +47,22 @@ def _fits(name: str, per_client: int, num_clients: int, n: int) -> None:
         raise ValueError(f"{name}={per_client} x num_clients={num_clients} exceeds the {n} samples")
 
 
+def _dirichlet(rng: np.random.Generator, alpha: float, prior: np.ndarray) -> np.ndarray:
+    """``Dir(alpha * prior)``, or its limit where numpy's draw degenerates to all zeros: a
+    concentration whose sum overflows (alpha ~ 1e307 over a few clients) is the even split of
+    alpha -> inf, and one whose every gamma draw underflows (alpha ~ 1e-323) is one coordinate,
+    drawn by the prior, as alpha -> 0. The zeros were read as the other limit: a huge alpha
+    gave each class to one client, a tiny one an even split."""
+    q = rng.dirichlet(alpha * prior)
+    if q.sum() > 0:
+        return q
+    if alpha > 1.0:
+        return np.full(len(prior), 1.0 / len(prior))
+    one = np.zeros(len(prior))
+    one[rng.choice(len(prior), p=prior / prior.sum())] = 1.0
+    return one
+
+
 def _finish(parts: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle each client's indices (so no client sees its data grouped by class)."""
     return [rng.permutation(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -102,7 +118,7 @@ class Dirichlet:
             sizes = np.zeros(num_clients, dtype=np.int64)
             for members in by_class:
                 idx_k = rng.permutation(members)
-                p = rng.dirichlet(np.full(num_clients, float(self.alpha)))
+                p = _dirichlet(rng, float(self.alpha), np.ones(num_clients))
                 open_ = sizes < n / num_clients
                 p = p * open_
                 if p.sum() > 0:
@@ -132,10 +148,10 @@ class HsuDirichlet:
     class frequencies, then ``samples_per_client`` samples (default ``N // W``) are drawn from
     ``q`` without replacement, clients one after another. When a class pool runs dry its share
     is redistributed: the shortfall is redrawn from ``q`` restricted to classes that still have
-    samples (uniformly over them if ``q`` is zero there). An ``alpha`` so small that
-    ``Dir(alpha * prior)`` underflows takes its limit: one class per client, drawn by the prior.
-    Samples beyond
-    ``W * samples_per_client`` are left out.
+    samples; where ``q`` is zero on all of them (underflow, at a small ``alpha``), from a new
+    ``Dir(alpha * prior)`` over them, which is the law of ``q`` restricted and renormalized. An
+    ``alpha`` so small that a draw underflows entirely takes its limit: one class, drawn by the
+    prior. Samples beyond ``W * samples_per_client`` are left out.
     """
 
     alpha: float
@@ -158,17 +174,20 @@ class HsuDirichlet:
         used = np.zeros(len(classes), dtype=np.int64)
         out = []
         for _ in range(num_clients):
-            q = rng.dirichlet(self.alpha * counts / n)
-            if q.sum() == 0:
-                # alpha * prior underflowed (alpha ~ 1e-323) and numpy returns all zeros, which
-                # the pool rule below would read as uniform -- the IID opposite of what a tiny
-                # alpha asks. Take the alpha -> 0 limit instead: one class, drawn by its prior.
-                q = np.eye(len(classes))[rng.choice(len(classes), p=counts / n)]
+            q = _dirichlet(rng, float(self.alpha), counts / n)
             taken, need = [], m
             while need > 0:
                 left = counts - used
                 w = q * (left > 0)
-                w = w / w.sum() if w.sum() > 0 else (left > 0) / (left > 0).sum()
+                if w.sum() == 0:
+                    # q is zero on every class with samples left: at a small alpha its tiny
+                    # entries underflowed (72% of draws at 1e-3), and an even split over those
+                    # classes made alpha = 1e-3 less skewed than 0.5. q restricted to them and
+                    # renormalized is Dir(alpha * their prior): draw that (or its limit).
+                    q = np.zeros(len(classes))
+                    q[left > 0] = _dirichlet(rng, float(self.alpha), counts[left > 0] / n)
+                    w = q
+                w = w / w.sum()
                 take = np.minimum(rng.multinomial(need, w), left)
                 for c in np.flatnonzero(take):
                     taken.append(pools[c][used[c] : used[c] + take[c]])
@@ -274,7 +293,7 @@ class QuantitySkew:
         _fits("min_size", self.min_size, num_clients, n)
         perm = rng.permutation(n)
         for _ in range(self.max_tries):
-            q = rng.dirichlet(np.full(num_clients, float(self.beta)))
+            q = _dirichlet(rng, float(self.beta), np.ones(num_clients))
             if q.min() * n >= self.min_size:
                 cuts = (np.cumsum(q) * n).astype(np.int64)[:-1]
                 return _finish(np.split(perm, cuts), rng)
