@@ -231,12 +231,14 @@ def run_grid(
     }
     kept = FinishedCells(finished) if finished is not None else None
     reused: list[str] = []  # the cells taken from ``finished``
-    same = {k: v for k, v in setup.items() if k != "threads"}
-    same["shoal"] = shoal.__version__  # another version may train differently
-    same["workload"] = workload_digest(
-        [work.data.train.x, work.data.train.y, work.data.test.x, work.data.test.y, work.init],
-        work.clients,
-    )
+    same: dict[str, Any] = {}  # what a kept cell's key holds besides its attack and rule
+    if kept is not None:
+        same = {k: v for k, v in setup.items() if k != "threads"}
+        same["shoal"] = shoal.__version__  # another version may train differently
+        data = work.data
+        same["workload"] = workload_digest(
+            [data.train.x, data.train.y, data.test.x, data.test.y, work.init], work.clients
+        )
 
     def cell_of(attack: Preset, agg: Preset) -> dict[str, Any]:
         assert agg.make is not None
