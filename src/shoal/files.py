@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
 import re
 import warnings
@@ -142,18 +143,27 @@ def load_checkpoint(path: Path, device: torch.device | str, holds: str) -> dict[
     overwritten) is refused in one line: torch.load ended a resume with a traceback
     (``EOFError``, ``RuntimeError`` from its zip reader) or a stray message (from parsing the
     legacy format: "invalid literal for int()"). So is another kind of run's checkpoint (a
-    config edited from federated to data-parallel): a ``KeyError`` before."""
+    config edited from federated to data-parallel): a ``KeyError`` before.
+
+    Loaded weights-only, with the few state classes a run saves allowed by name: unpickling
+    anything else could run code from a checkpoint handed over with a run folder (torch's own
+    default since 2.6). A file that needs more is refused, naming what it holds."""
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        with torch.serialization.safe_globals(_checkpoint_classes()):
+            ck = torch.load(path, map_location=device, weights_only=True)
     except OSError:
         raise
-    except Exception as e:  # any failure to unpickle means the same: not a checkpoint
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise _unreadable(path, e) from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
         raise ValueError(
-            f"cannot resume: {path} is not a readable checkpoint ({reason}); it was changed "
-            "after the run wrote it (checkpoints are written whole, by rename): run again "
-            "into another folder"
+            f"cannot resume: {path} holds an object a checkpoint is not expected to hold "
+            f"({found.group(1) if found else 'an unknown class'}), and loading it could run "
+            "code; if you trust the file, load it with torch.load(..., weights_only=False)"
         ) from None
+    except Exception as e:  # any failure to unpickle means the same: not a checkpoint
+        raise _unreadable(path, e) from None
     if not isinstance(ck, dict):
         raise ValueError(f"cannot resume: {path} holds a {type(ck).__name__}, not a checkpoint")
     if holds not in ck:
@@ -164,6 +174,28 @@ def load_checkpoint(path: Path, device: torch.device | str, holds: str) -> dict[
             "[algorithm] name changed?); resume it with the config it was written with"
         )
     return ck
+
+
+def _checkpoint_classes() -> list[Any]:
+    """What a checkpoint may hold besides tensors and plain Python values: numpy arrays and
+    scalars (a downlink's holders, numpy floats among the metrics) and three state classes."""
+    from shoal.aggregate.clipping import ClipState  # here: files.py is imported by them
+    from shoal.parallel.graph import Neighbors
+    from shoal.topology import Topology
+
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2, or 1
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    numpy_values = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+    return [ClipState, Neighbors, Topology, *numpy_values]
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    reason = " ".join(str(e).split())[:200] or type(e).__name__
+    return ValueError(
+        f"cannot resume: {path} is not a readable checkpoint ({reason}); it was changed "
+        "after the run wrote it (checkpoints are written whole, by rename): run again "
+        "into another folder"
+    )
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -10,10 +10,11 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from shoal.files import append_metrics, atomic_save, write_metrics
+from shoal.files import append_metrics, atomic_save, load_checkpoint, write_metrics
 
 
 def test_atomic_save_fsyncs_a_temporary_of_its_own_then_renames_it(
@@ -112,3 +113,42 @@ def test_ctrl_c_or_sigterm_during_a_checkpoint_save_waits_for_it(
     assert isinstance(stop.value, Terminated) == (signum == signal.SIGTERM)
     monkeypatch.undo()
     assert torch.load(tmp_path / "c.pt") == {"a": 1} and not list(tmp_path.glob("*.tmp"))
+
+
+class _Planted:
+    """What a checkpoint handed over with a run folder could hold: unpickling it runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_is_loaded_weights_only_and_runs_no_planted_code(tmp_path: Path) -> None:
+    # torch.load(weights_only=False) ran whatever the file's pickle named.
+    marker = tmp_path / "ran"
+    torch.save({"params": torch.zeros(3), "x": _Planted(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"holds an object .* \(getattr\), and loading it could"):
+        load_checkpoint(tmp_path / "checkpoint.pt", "cpu", "params")
+    assert not marker.exists()
+
+
+def test_the_state_classes_a_run_saves_load_weights_only(tmp_path: Path) -> None:
+    from shoal.aggregate.clipping import ClipState
+    from shoal.parallel.graph import Neighbors
+    from shoal.topology import ring
+
+    saved = {
+        "params": torch.ones(3),
+        "aggregator": ClipState(torch.zeros(3)),
+        "in_flight": Neighbors(torch.zeros(2, 1, 3), torch.ones(2, 1, dtype=torch.bool)),
+        "topology": ring(4),
+        "holders": np.arange(4),  # a downlink's, in int64
+        "history": [{"sim_seconds": np.float64(1.5), "share": np.float32(0.25)}],
+    }
+    atomic_save(saved, tmp_path / "checkpoint.pt")
+    got = load_checkpoint(tmp_path / "checkpoint.pt", "cpu", "params")
+    assert got["topology"] == ring(4) and torch.equal(got["aggregator"].center, torch.zeros(3))
+    assert isinstance(got["in_flight"], Neighbors)
+    assert np.array_equal(got["holders"], np.arange(4)) and got["history"] == saved["history"]
